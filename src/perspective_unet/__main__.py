@@ -1,0 +1,5 @@
+import sys
+
+from perspective_unet.cli import main
+
+sys.exit(main())

@@ -1,0 +1,127 @@
+"""The network's two repeated blocks: the bi-path residual block (BPRB) and the efficient non-local transformer
+block (ENLTB)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from perspective_unet.models.attention import EfficientNonLocalAttention
+from perspective_unet.models.layers import DropPath, to_feature_map, to_tokens
+
+__all__ = ["BiPathResidualBlock", "EfficientNonLocalTransformerBlock", "FeedForward", "ResidualPath"]
+
+
+class ResidualPath(nn.Module):
+    """A 1x1 projection to the output width, then a residual block of two 3x3 convolutions.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        dilation: Dilation (and padding) of both 3x3 convolutions.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 1) -> None:
+        super().__init__()
+        self.proj = nn.Conv2d(in_channels, out_channels, 1)
+        self.conv1 = nn.Conv2d(out_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn1 = nn.BatchNorm2d(out_channels)
+        self.conv2 = nn.Conv2d(out_channels, out_channels, 3, padding=dilation, dilation=dilation, bias=False)
+        self.bn2 = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        identity = self.proj(x)
+        y = self.act(self.bn1(self.conv1(identity)))
+        y = self.bn2(self.conv2(y))
+        return self.act(y + identity)
+
+
+class BiPathResidualBlock(nn.Module):
+    """BPRB: a local 3x3 residual path and a dilated residual path side by side, fused by a 1x1 convolution.
+
+    Args:
+        in_channels: Input channels.
+        out_channels: Output channels.
+        dilation: Dilation of the wide path.
+        use_bipath: Without it (the paper's ablation) the dilated path is not built and the fusion sees the
+            local path twice.
+
+    Example:
+        >>> block = BiPathResidualBlock(1, 16)
+        >>> block(torch.randn(2, 1, 20, 28)).shape
+        torch.Size([2, 16, 20, 28])
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, dilation: int = 2, use_bipath: bool = True) -> None:
+        super().__init__()
+        self.local_path = ResidualPath(in_channels, out_channels, dilation=1)
+        self.dilated_path = ResidualPath(in_channels, out_channels, dilation=dilation) if use_bipath else None
+        self.fuse = nn.Conv2d(2 * out_channels, out_channels, 1)
+        self.fuse_bn = nn.BatchNorm2d(out_channels)
+        self.act = nn.ReLU(inplace=True)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        local = self.local_path(x)
+        wide = self.dilated_path(x) if self.dilated_path is not None else local
+        return self.act(self.fuse_bn(self.fuse(torch.cat([local, wide], dim=1))))
+
+
+class FeedForward(nn.Sequential):
+    """Linear, GELU, dropout, linear, dropout: the ENLTB feed-forward layer."""
+
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.act = nn.GELU()
+        self.drop1 = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.drop2 = nn.Dropout(dropout)
+
+
+class EfficientNonLocalTransformerBlock(nn.Module):
+    """ENLTB: pre-norm transformer block whose attention is ENLSA, on a (B, C, H, W) feature map.
+
+    Args:
+        dim: Channels ``c`` of the feature map.
+        heads: ENLSA heads.
+        num_features: ENLSA random features per head; ``None`` uses the head size.
+        kernel: ENLSA kernel, ``"softmax"`` or ``"relu"``.
+        redraw_interval: Training steps between redraws of the random projection; 0 never.
+        mlp_ratio: Feed-forward hidden width relative to ``dim``.
+        dropout: Dropout after attention and in the feed-forward layer.
+        drop_path: Stochastic-depth rate of both residual branches.
+
+    Example:
+        >>> block = EfficientNonLocalTransformerBlock(32)
+        >>> block(torch.randn(2, 32, 7, 9)).shape
+        torch.Size([2, 32, 7, 9])
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int = 1,
+        num_features: int | None = None,
+        kernel: str = "softmax",
+        redraw_interval: int = 0,
+        mlp_ratio: float = 4.0,
+        dropout: float = 0.1,
+        drop_path: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = EfficientNonLocalAttention(dim, heads, num_features, kernel, redraw_interval)
+        self.attn_drop = nn.Dropout(dropout)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = FeedForward(dim, int(dim * mlp_ratio), dropout)
+
+    def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
+        """The block on tokens of shape (B, N, dim)."""
+        x = x + self.drop_path(self.attn_drop(self.attn(self.norm1(x))))
+        return x + self.drop_path(self.mlp(self.norm2(x)))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        return to_feature_map(self.forward_tokens(to_tokens(x)), height, width)

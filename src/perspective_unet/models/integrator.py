@@ -1,0 +1,120 @@
+"""SCSI, the spatial cross-scale integrator: one transformer over the tokens of three scales at once."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from perspective_unet.models.layers import to_feature_map, to_tokens
+
+__all__ = ["CrossScaleAttention", "IntegratorLayer", "SpatialCrossScaleIntegrator"]
+
+
+class CrossScaleAttention(nn.Module):
+    """Multi-head self-attention over a token sequence, through ``scaled_dot_product_attention``.
+
+    ``mode="tokens"`` attends across the token sequence of each sample, as the paper describes; memory stays
+    linear in the tokens wherever SDPA has a memory-efficient kernel. ``mode="official"`` reproduces the released
+    code at batch size 1, whose attention runs over a sequence of length one: the output is out(v(s)) for every
+    token, with the attention dropout falling on that single weight per token and head.
+
+    Args:
+        dim: Token width.
+        heads: Attention heads; must divide ``dim``.
+        dropout: Dropout on the attention weights (training only).
+        mode: ``"tokens"`` or ``"official"``.
+    """
+
+    def __init__(self, dim: int, heads: int, dropout: float = 0.0, mode: str = "tokens") -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"heads ({heads}) must divide dim ({dim}).")
+        if mode not in ("tokens", "official"):
+            raise ValueError(f"mode must be 'tokens' or 'official', got {mode!r}.")
+        self.dim = dim
+        self.heads = heads
+        self.dropout = dropout
+        self.mode = mode
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Attend over tokens ``x`` of shape (B, N, dim); returns (B, N, dim)."""
+        batch, tokens, _ = x.shape
+        dropout = self.dropout if self.training else 0.0
+        if self.mode == "official":
+            v = F.linear(x, self.qkv.weight[2 * self.dim :], self.qkv.bias[2 * self.dim :])
+            if dropout > 0.0:
+                keep = F.dropout(x.new_ones(batch, tokens, self.heads, 1), dropout, training=True)
+                v = (v.unflatten(-1, (self.heads, -1)) * keep).flatten(2)
+            return self.out(v)
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
+        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        return self.out(attended.transpose(1, 2).flatten(2))
+
+
+class IntegratorLayer(nn.Module):
+    """Post-norm transformer layer (attention, then a ReLU feed-forward layer), each followed by LayerNorm."""
+
+    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.1, mode: str = "tokens") -> None:
+        super().__init__()
+        self.attn = CrossScaleAttention(dim, heads, dropout, mode)
+        self.norm1 = nn.LayerNorm(dim)
+        self.fc1 = nn.Linear(dim, ffn_dim)
+        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.norm2 = nn.LayerNorm(dim)
+        self.drop_attn = nn.Dropout(dropout)
+        self.drop_hidden = nn.Dropout(dropout)
+        self.drop_ffn = nn.Dropout(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.norm1(x + self.drop_attn(self.attn(x)))
+        hidden = self.drop_hidden(F.relu(self.fc1(x)))
+        return self.norm2(x + self.drop_ffn(self.fc2(hidden)))
+
+
+class SpatialCrossScaleIntegrator(nn.Module):
+    """SCSI: project each scale to ``dim`` tokens, concatenate, run a transformer, split and project back.
+
+    Args:
+        in_channels: Channels of each input scale, finest first.
+        dim: Token width.
+        heads: Attention heads.
+        depth: Transformer layers.
+        ffn_dim: Feed-forward hidden width.
+        dropout: Dropout of attention and feed-forward layers.
+        attention: ``"tokens"`` (paper) or ``"official"`` (the released code at batch size 1).
+
+    Example:
+        >>> scsi = SpatialCrossScaleIntegrator((16, 32), dim=16, heads=2, depth=1, ffn_dim=32)
+        >>> [t.shape for t in scsi([torch.randn(2, 16, 8, 6), torch.randn(2, 32, 4, 3)])]
+        [torch.Size([2, 16, 8, 6]), torch.Size([2, 32, 4, 3])]
+    """
+
+    def __init__(
+        self,
+        in_channels: tuple[int, ...] | list[int],
+        dim: int = 256,
+        heads: int = 8,
+        depth: int = 6,
+        ffn_dim: int = 2048,
+        dropout: float = 0.1,
+        attention: str = "tokens",
+    ) -> None:
+        super().__init__()
+        self.in_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
+        self.layers = nn.ModuleList(IntegratorLayer(dim, heads, ffn_dim, dropout, attention) for _ in range(depth))
+        self.norm = nn.LayerNorm(dim)
+        self.out_proj = nn.ModuleList(nn.Conv2d(dim, c, 1) for c in in_channels)
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        if len(features) != len(self.in_proj):
+            raise ValueError(f"expected {len(self.in_proj)} feature maps, got {len(features)}.")
+        sizes = [f.shape[-2:] for f in features]
+        tokens = torch.cat([to_tokens(proj(f)) for proj, f in zip(self.in_proj, features)], dim=1)
+        for layer in self.layers:
+            tokens = layer(tokens)
+        tokens = self.norm(tokens)
+        pieces = tokens.split([h * w for h, w in sizes], dim=1)
+        return [proj(to_feature_map(p, h, w)) for proj, p, (h, w) in zip(self.out_proj, pieces, sizes)]

@@ -1,0 +1,173 @@
+"""Loading checkpoints saved by the authors' released implementation.
+
+The released state dicts use other module names; :func:`convert_official_state_dict` renames every key to this
+project's names (and reshapes 1x1-convolution q/k/v weights to linear weights). The loaded model takes three
+channels, repeats a one-channel input as the release does, and runs SCSI in ``official`` mode, so its logits equal
+the release's at batch size 1 for every sample of any batch.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+
+import torch
+
+from perspective_unet.config import ModelConfig
+from perspective_unet.errors import InputError
+from perspective_unet.models.checkpoint import load_checkpoint_file, save_model
+from perspective_unet.models.perspective_unet import PerspectiveUNet
+
+__all__ = ["convert_official_checkpoint", "convert_official_state_dict", "load_official_checkpoint"]
+
+# Applied in order to every released key; each rule rewrites a prefix or a name inside the key.
+_RENAMES: tuple[tuple[str, str], ...] = (
+    (r"^encoder\.Encoder1\.layers\.(\d+)\.", "encoder.cnn.stages.<half:\\1>."),
+    (r"\.resblock\.0\.", ".local_path.proj."),
+    (r"\.resblock\.1\.", ".local_path."),
+    (r"\.dilated_resblock\.0\.", ".dilated_path.proj."),
+    (r"\.dilated_resblock\.1\.", ".dilated_path."),
+    (r"\.fusionblock\.conv\.", ".fuse."),
+    (r"\.fusionblock\.bn\.", ".fuse_bn."),
+    (r"^encoder\.Encoder2\.stages\.", "encoder.transformer.stages."),
+    (r"\.conv_match1\.0\.", ".attn.to_q."),
+    (r"\.conv_match2\.0\.", ".attn.to_k."),
+    (r"\.conv_assembly\.0\.", ".attn.to_v."),
+    (r"\.attn\.projection_matrix$", ".attn.projection"),
+    (r"^encoder\.Encoder2\.downsample\.", "encoder.transformer.downsamples."),
+    (r"^encoder\.Encoder2\.channel_adjuster\.", "encoder.transformer.mergers."),
+    (r"^encoder\.scale_integrator\.proj_layers\.", "encoder.integrator.in_proj."),
+    (r"^encoder\.scale_integrator\.reproj_layers\.", "encoder.integrator.out_proj."),
+    (r"^encoder\.scale_integrator\.transformer\.norm\.", "encoder.integrator.norm."),
+    (r"^encoder\.scale_integrator\.transformer\.layers\.", "encoder.integrator.layers."),
+    (r"\.self_attn\.in_proj_(weight|bias)$", ".attn.qkv.\\1"),
+    (r"\.self_attn\.out_proj\.", ".attn.out."),
+    (r"\.linear1\.", ".fc1."),
+    (r"\.linear2\.", ".fc2."),
+    (r"^encoder\.fuser\.", "encoder.fusers."),
+    (r"^decoder\.first_block\.", "decoder.bottleneck."),
+    (r"^decoder\.last_block\.", "decoder.final_block."),
+    (r"^(decoder\..*)\.bn\.", "\\1.norm."),
+    (r"^(encoder\.transformer\.downsamples\.\d+)\.bn\.", "\\1.norm."),
+    (r"^segmentation_head\.0\.", "head."),
+)
+_HALF = re.compile(r"<half:(\d+)>")
+
+
+def _rename(key: str) -> str:
+    for pattern, replacement in _RENAMES:
+        key = re.sub(pattern, replacement, key)
+    # Encoder1.layers interleaves max-pool layers with the blocks, so block i sits at index 2 i.
+    return _HALF.sub(lambda m: str(int(m.group(1)) // 2), key)
+
+
+def _unwrap(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
+    for wrapper in ("state_dict", "model", "model_state_dict", "net"):
+        inner = state.get(wrapper)
+        if isinstance(inner, Mapping) and inner and all(isinstance(v, torch.Tensor) for v in inner.values()):
+            state = inner
+            break
+    tensors = {}
+    for key, value in state.items():
+        if not isinstance(value, torch.Tensor):
+            raise InputError(f"entry {key!r} of the released checkpoint is a {type(value).__name__}, not a tensor.")
+        # Checkpoints saved from nn.DataParallel prefix every key with "module.".
+        tensors[key.removeprefix("module.")] = value
+    return tensors
+
+
+def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Rename a released state dict to this project's module names.
+
+    Args:
+        state: The released state dict (``module.`` prefixes and a ``state_dict``/``model`` wrapper are accepted).
+
+    Returns:
+        A new dict; 1x1-convolution weights of ENLSA's q/k/v become linear weights.
+    """
+    converted = {}
+    for key, value in _unwrap(state).items():
+        new_key = _rename(key)
+        if re.search(r"\.attn\.to_[qkv]\.weight$", new_key) and value.ndim == 4:
+            value = value.flatten(1)
+        converted[new_key] = value
+    return converted
+
+
+def official_model_config(num_classes: int, use_bipath: bool = True) -> ModelConfig:
+    """The configuration of the released network: 3 input channels, gray repeated, SCSI attention as released."""
+    return ModelConfig(
+        in_channels=3, num_classes=num_classes, repeat_gray_to_rgb=True, scsi_attention="official", use_bipath=use_bipath
+    )
+
+
+def load_official_checkpoint(
+    source: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+    *,
+    num_classes: int | None = None,
+    use_bipath: bool = True,
+    map_location: str | torch.device = "cpu",
+) -> PerspectiveUNet:
+    """Load a checkpoint saved by the authors' released implementation into an eval-mode model.
+
+    Args:
+        source: Path of the released ``.pth`` (read with ``weights_only=True``) or its state dict.
+        num_classes: Output classes; by default read from the head's weight.
+        use_bipath: ``False`` for a checkpoint trained with the "no bi-path" ablation; its unused dilated-path
+            weights are then dropped.
+        map_location: Device for the weights.
+
+    Returns:
+        A :class:`PerspectiveUNet` with ``in_channels=3`` (a 1-channel input is repeated), in eval mode.
+
+    Raises:
+        InputError: listing every missing, unexpected or mis-shaped key at once.
+
+    Example:
+        >>> model = load_official_checkpoint("epoch_599.pth")  # doctest: +SKIP
+        >>> logits = model(torch.rand(4, 1, 224, 224))  # doctest: +SKIP
+    """
+    origin = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
+    raw = load_checkpoint_file(source, map_location) if isinstance(source, (str, os.PathLike)) else source
+    state = convert_official_state_dict(raw)
+    if not use_bipath:
+        state = {k: v for k, v in state.items() if ".dilated_path." not in k}
+    if num_classes is None:
+        head = state.get("head.weight")
+        if head is None:
+            raise InputError(f"{origin} has no 'segmentation_head.0.weight'; is it a Perspective+ Unet checkpoint?")
+        num_classes = int(head.shape[0])
+    model = PerspectiveUNet(official_model_config(num_classes, use_bipath))
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    misshaped = sorted(
+        f"{k}: file {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in set(state) & set(expected)
+        if state[k].shape != expected[k].shape
+    )
+    if missing or unexpected or misshaped:
+        parts = []
+        for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
+            if keys:
+                parts.append(f"{len(keys)} {title}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
+        raise InputError(
+            f"{origin} does not match the released Perspective+ Unet for {num_classes} classes "
+            f"(keys named after conversion to this project's names): " + "; ".join(parts)
+        )
+    model.load_state_dict(state, strict=True)
+    return model.to(map_location).eval()
+
+
+def convert_official_checkpoint(
+    source: str | os.PathLike[str] | Mapping[str, torch.Tensor],
+    destination: str | os.PathLike[str],
+    *,
+    num_classes: int | None = None,
+    use_bipath: bool = True,
+) -> Path:
+    """Convert a released checkpoint to this project's format (weights plus config); returns the written path."""
+    model = load_official_checkpoint(source, num_classes=num_classes, use_bipath=use_bipath)
+    return save_model(model, destination, converted_from="official")

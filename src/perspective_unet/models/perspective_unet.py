@@ -1,0 +1,99 @@
+"""Perspective+ Unet: Hu et al., "Perspective+ Unet: Enhancing Segmentation with Bi-Path Fusion and Efficient
+Non-Local Attention for Superior Receptive Fields", MICCAI 2024 (arXiv 2406.14052)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from perspective_unet.config import ModelConfig
+from perspective_unet.models.attention import EfficientNonLocalAttention
+from perspective_unet.models.decoder import UNetDecoder
+from perspective_unet.models.encoder import PerspectiveEncoder
+
+__all__ = ["PerspectiveUNet", "check_input_size", "nearest_valid_sizes"]
+
+
+def nearest_valid_sizes(size: int, divisor: int) -> tuple[int, int]:
+    """The valid side lengths just below and just above ``size`` (multiples of ``divisor``, at least ``divisor``)."""
+    below = max(divisor, (size // divisor) * divisor)
+    above = max(divisor, -(-size // divisor) * divisor)
+    return below, above
+
+
+def check_input_size(height: int, width: int, divisor: int) -> None:
+    """Raise ``ValueError`` unless both sides are positive multiples of ``divisor``, naming the nearest valid sizes."""
+    bad = [(name, s) for name, s in (("height", height), ("width", width)) if s < divisor or s % divisor]
+    if not bad:
+        return
+    h_options = nearest_valid_sizes(height, divisor)
+    w_options = nearest_valid_sizes(width, divisor)
+    raise ValueError(
+        f"Input size {height}x{width} is not supported: both sides must be multiples of {divisor}. "
+        f"Nearest valid heights: {sorted(set(h_options))}, widths: {sorted(set(w_options))}; "
+        f"resize or pad the image (e.g. to {h_options[1]}x{w_options[1]})."
+    )
+
+
+class PerspectiveUNet(nn.Module):
+    """Perspective+ Unet: bi-path residual CNN encoder, efficient non-local transformer branch, spatial cross-scale
+    integrator and a U-Net decoder.
+
+    Build it with :func:`perspective_unet.create_model`, which names the paper's and smaller variants.
+
+    Args:
+        config: The architecture; see :class:`~perspective_unet.config.ModelConfig`.
+
+    Example:
+        >>> from perspective_unet import ModelConfig
+        >>> model = PerspectiveUNet(ModelConfig(widths=(8, 16, 32, 64, 128), scsi_dim=32, scsi_heads=4))
+        >>> model(torch.randn(1, 1, 48, 80)).shape
+        torch.Size([1, 9, 48, 80])
+    """
+
+    def __init__(self, config: ModelConfig | None = None, **overrides: Any) -> None:
+        super().__init__()
+        config = config or ModelConfig()
+        if overrides:
+            config = config.replace(**overrides)
+        self.config = config
+        self.encoder = PerspectiveEncoder(config)
+        self.decoder = UNetDecoder(self.encoder.out_channels)
+        self.head = nn.Conv2d(self.decoder.out_channels, config.num_classes, 3, padding=1)
+
+    @property
+    def size_divisor(self) -> int:
+        """Input sides must be multiples of this number."""
+        return self.config.size_divisor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Segment a batch.
+
+        Args:
+            x: Images of shape (B, in_channels, H, W), H and W multiples of ``size_divisor``. With
+                ``repeat_gray_to_rgb`` a 1-channel input is repeated to ``in_channels``.
+
+        Returns:
+            Logits of shape (B, num_classes, H, W).
+        """
+        if x.ndim != 4:
+            raise ValueError(f"expected a 4-D input (batch, channels, height, width), got shape {tuple(x.shape)}.")
+        channels = x.shape[1]
+        if channels != self.config.in_channels:
+            if channels == 1 and self.config.repeat_gray_to_rgb:
+                x = x.expand(-1, self.config.in_channels, -1, -1)
+            else:
+                raise ValueError(
+                    f"the model takes {self.config.in_channels} input channel(s), got {channels} "
+                    f"(input shape {tuple(x.shape)})."
+                )
+        check_input_size(x.shape[-2], x.shape[-1], self.size_divisor)
+        return self.head(self.decoder(self.encoder(x)))
+
+    def redraw_projections(self) -> None:
+        """Draw new random projections in every ENLSA module."""
+        for module in self.modules():
+            if isinstance(module, EfficientNonLocalAttention):
+                module.redraw_projection()
