@@ -86,7 +86,9 @@ class ModelConfig:
         if self.num_classes < 2:
             raise ValueError(f"num_classes must be at least 2 (background and one class), got {self.num_classes}.")
         if len(self.widths) < 3:
-            raise ValueError(f"widths needs at least 3 stages (the transformer branch uses the last 3), got {self.widths}.")
+            raise ValueError(
+                f"widths needs at least 3 stages (the transformer branch uses the last 3), got {self.widths}."
+            )
         for w in self.widths:
             _positive("every entry of widths", w)
         if len(self.enltb_depths) != 3:

@@ -9,7 +9,6 @@ import sys
 from collections.abc import Sequence
 
 from perspective_unet import __version__
-from perspective_unet.errors import InputError
 
 __all__ = ["main", "build_parser"]
 
@@ -17,6 +16,7 @@ __all__ = ["main", "build_parser"]
 # parsed namespace and returning an exit status.
 _COMMAND_MODULES = (
     "info",
+    "convert",
 )
 
 
@@ -44,7 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         status = args.func(args)
-    except (InputError, FileNotFoundError, FileExistsError) as exc:
+    # InputError is a ValueError; other ValueErrors come from argument checks (sizes, options) and read the same.
+    except (ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"perspective-unet {args.command}: error: {exc}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

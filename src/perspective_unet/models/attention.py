@@ -126,7 +126,12 @@ class EfficientNonLocalAttention(nn.Module):
     """
 
     def __init__(
-        self, dim: int, heads: int = 1, num_features: int | None = None, kernel: str = "softmax", redraw_interval: int = 0
+        self,
+        dim: int,
+        heads: int = 1,
+        num_features: int | None = None,
+        kernel: str = "softmax",
+        redraw_interval: int = 0,
     ) -> None:
         super().__init__()
         if dim % heads:
@@ -181,4 +186,3 @@ class EfficientNonLocalAttention(nn.Module):
 def exact_softmax_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Exact attention with kernel exp(q.k) (scale 1), the quantity ENLSA estimates; through SDPA, so memory-lean."""
     return F.scaled_dot_product_attention(q, k, v, scale=1.0)
-

@@ -99,7 +99,11 @@ def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, 
 def official_model_config(num_classes: int, use_bipath: bool = True) -> ModelConfig:
     """The configuration of the released network: 3 input channels, gray repeated, SCSI attention as released."""
     return ModelConfig(
-        in_channels=3, num_classes=num_classes, repeat_gray_to_rgb=True, scsi_attention="official", use_bipath=use_bipath
+        in_channels=3,
+        num_classes=num_classes,
+        repeat_gray_to_rgb=True,
+        scsi_attention="official",
+        use_bipath=use_bipath,
     )
 
 

@@ -1,0 +1,178 @@
+"""Shapes, argument checks, gradients, determinism and batch independence of the network."""
+
+from __future__ import annotations
+
+import itertools
+
+import pytest
+import torch
+
+import perspective_unet
+from perspective_unet import ModelConfig, create_model
+from perspective_unet.models import PerspectiveUNet
+
+TINY = "perspective_unet_tiny"
+
+
+@pytest.mark.parametrize(
+    ("in_channels", "num_classes", "size"),
+    [(1, 9, (16, 16)), (1, 4, (32, 48)), (3, 2, (48, 32)), (1, 9, (80, 112)), (2, 14, (160, 192)), (1, 9, (224, 224))],
+)
+def test_output_shape_table(in_channels, num_classes, size):
+    model = create_model(TINY, in_channels=in_channels, num_classes=num_classes).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, in_channels, *size))
+    assert out.shape == (2, num_classes, *size)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", perspective_unet.list_models())
+@pytest.mark.parametrize("size", [(224, 224), (160, 192)])
+def test_every_variant_builds_and_runs(name, size):
+    model = create_model(name).eval()
+    with torch.no_grad():
+        out = model(torch.randn(1, 1, *size))
+    assert out.shape == (1, 9, *size)
+    assert torch.isfinite(out).all()
+
+
+def test_paper_model_has_the_papers_parameter_count():
+    model = create_model("perspective_unet", num_classes=9)
+    assert round(sum(p.numel() for p in model.parameters()) / 1e6, 2) == 112.66
+
+
+def test_variants_scale_the_widths():
+    assert create_model("perspective_unet_small").config.widths == (16, 32, 64, 128, 256)
+    assert create_model(TINY).config.widths == (8, 16, 32, 64, 128)
+
+
+@pytest.mark.parametrize(("height", "width"), [(225, 224), (224, 100), (8, 16), (30, 30)])
+def test_bad_input_size_names_the_nearest_valid_sizes(height, width):
+    model = create_model(TINY).eval()
+    with pytest.raises(ValueError, match="multiples of 16") as info:
+        model(torch.randn(1, 1, height, width))
+    message = str(info.value)
+    for side in (height, width):
+        if side % 16 or side < 16:
+            assert str(max(16, side // 16 * 16)) in message
+            assert str(max(16, -(-side // 16) * 16)) in message
+
+
+def test_size_divisor_follows_the_number_of_stages():
+    model = create_model(TINY, widths=(8, 16, 32, 64)).eval()
+    assert model.size_divisor == 8
+    with torch.no_grad():
+        assert model(torch.randn(1, 1, 24, 40)).shape == (1, 9, 24, 40)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"scsi_dim": 30, "scsi_heads": 4}, "scsi_heads"),
+        ({"enlsa_heads": 3}, "enlsa_heads"),
+        ({"num_classes": 1}, "num_classes"),
+        ({"in_channels": 0}, "in_channels"),
+        ({"widths": (8, 16)}, "widths"),
+        ({"enltb_depths": (1, 1)}, "enltb_depths"),
+        ({"enlsa_kernel": "cosine"}, "enlsa_kernel"),
+        ({"scsi_attention": "batch"}, "scsi_attention"),
+        ({"drop_path_rate": 1.5}, "drop_path_rate"),
+        ({"not_an_option": 1}, "not_an_option"),
+    ],
+)
+def test_bad_arguments_raise_value_error(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        create_model(TINY, **kwargs)
+
+
+def test_unknown_model_name_lists_the_known_ones():
+    with pytest.raises(ValueError, match="perspective_unet_tiny"):
+        create_model("perspective_unet_huge")
+
+
+def test_wrong_channel_count_is_a_clear_error():
+    model = create_model(TINY, in_channels=1).eval()
+    with pytest.raises(ValueError, match="1 input channel"):
+        model(torch.randn(1, 3, 32, 32))
+
+
+def test_gray_input_is_repeated_when_asked():
+    model = create_model(TINY, in_channels=3, repeat_gray_to_rgb=True).eval()
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x.repeat(1, 3, 1, 1)))
+
+
+ABLATIONS = list(itertools.product([True, False], repeat=3))
+
+
+@pytest.mark.parametrize(("use_bipath", "use_enltb", "use_scsi"), ABLATIONS)
+def test_every_parameter_gets_a_gradient_in_every_ablation(use_bipath, use_enltb, use_scsi):
+    torch.manual_seed(0)
+    model = create_model(
+        TINY,
+        num_classes=3,
+        use_bipath=use_bipath,
+        use_enltb=use_enltb,
+        use_scsi=use_scsi,
+        enltb_dropout=0.0,
+        scsi_dropout=0.0,
+        drop_path_rate=0.0,
+    ).train()
+    x = torch.randn(2, 1, 32, 48)
+    target = torch.randint(0, 3, (2, 32, 48))
+    loss = torch.nn.functional.cross_entropy(model(x), target)
+    loss.backward()
+    for name, param in model.named_parameters():
+        assert param.grad is not None, f"no gradient for {name}"
+        assert torch.isfinite(param.grad).all(), f"non-finite gradient for {name}"
+        assert param.grad.abs().sum() > 0, f"zero gradient for {name}"
+
+
+def test_ablations_leave_out_the_modules_they_switch_off():
+    model = create_model(TINY, use_bipath=False, use_enltb=False, use_scsi=False)
+    names = [n for n, _ in model.named_modules()]
+    assert not any("dilated_path" in n for n in names)
+    assert model.encoder.transformer is None and model.encoder.integrator is None and model.encoder.fusers is None
+    full = create_model(TINY)
+    assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())
+
+
+def test_eval_mode_is_deterministic():
+    model = create_model(TINY).eval()
+    x = torch.randn(2, 1, 48, 64)
+    with torch.no_grad():
+        assert torch.equal(model(x), model(x))
+
+
+def test_training_mode_is_stochastic():
+    model = create_model(TINY).train()
+    x = torch.randn(2, 1, 32, 32)
+    assert not torch.equal(model(x), model(x))
+
+
+@pytest.mark.parametrize("attention", ["tokens", "official"])
+def test_outputs_do_not_depend_on_the_rest_of_the_batch(attention):
+    torch.manual_seed(0)
+    model = create_model(TINY, scsi_attention=attention).eval()
+    x = torch.randn(3, 1, 48, 32)
+    with torch.no_grad():
+        together = model(x)
+        alone = torch.cat([model(x[i : i + 1]) for i in range(3)])
+    torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
+
+
+def test_token_attention_mixes_tokens_but_official_mode_does_not():
+    torch.manual_seed(0)
+    tokens = create_model(TINY).eval()
+    official = create_model(TINY, scsi_attention="official").eval()
+    official.load_state_dict(tokens.state_dict())
+    x = torch.randn(1, 1, 32, 32)
+    with torch.no_grad():
+        assert not torch.allclose(tokens(x), official(x), atol=1e-4)
+
+
+def test_model_built_from_config_object_equals_registry_config():
+    config = perspective_unet.models.get_model_config(TINY, num_classes=5)
+    assert PerspectiveUNet(config).config == create_model(TINY, num_classes=5).config
+    assert ModelConfig.from_dict(config.to_dict()) == config
