@@ -11,7 +11,7 @@ def _is_number(text: str) -> bool:
     try:
         float(text.replace(",", ""))
     except ValueError:
-        return text in ("nan", "-")
+        return text in ("nan", "n/a", "-")
     return True
 
 

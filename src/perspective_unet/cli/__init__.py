@@ -16,7 +16,13 @@ __all__ = ["main", "build_parser"]
 # parsed namespace and returning an exit status.
 _COMMAND_MODULES = (
     "info",
+    "prepare",
     "convert",
+    "train",
+    "evaluate",
+    "demo",
+    "predict",
+    "visualize",
 )
 
 

@@ -1,0 +1,40 @@
+"""Data: converters from raw datasets to one prepared layout, readers of the lineage's files, datasets, augmentation.
+
+Nothing here imports the models or the engine.
+
+Example:
+    >>> from perspective_unet.data import SliceDataset, VolumeDataset, prepare_demo  # doctest: +SKIP
+    >>> root = prepare_demo("demo_prepared")  # doctest: +SKIP
+    >>> SliceDataset(root, "train", img_size=224)[0]["image"].shape  # doctest: +SKIP
+    torch.Size([1, 224, 224])
+"""
+
+from __future__ import annotations
+
+from perspective_unet.data.acdc import prepare_acdc
+from perspective_unet.data.augmentation import AugmentationConfig, build_augmentation
+from perspective_unet.data.datasets import SliceDataset, VolumeDataset, read_dataset_info, seed_worker
+from perspective_unet.data.demo import prepare_demo
+from perspective_unet.data.folder2d import prepare_folder_2d
+from perspective_unet.data.io import from_canonical, read_image, to_canonical, uncrop_canonical, write_label_map
+from perspective_unet.data.nnunet import prepare_nnunet
+from perspective_unet.data.synapse import prepare_synapse
+
+__all__ = [
+    "AugmentationConfig",
+    "SliceDataset",
+    "VolumeDataset",
+    "build_augmentation",
+    "from_canonical",
+    "prepare_acdc",
+    "prepare_demo",
+    "prepare_folder_2d",
+    "prepare_nnunet",
+    "prepare_synapse",
+    "read_dataset_info",
+    "read_image",
+    "seed_worker",
+    "to_canonical",
+    "uncrop_canonical",
+    "write_label_map",
+]

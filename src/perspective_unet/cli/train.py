@@ -1,0 +1,72 @@
+"""``perspective-unet train``: train a model with a YAML recipe, overridable from the command line."""
+
+from __future__ import annotations
+
+import argparse
+
+import yaml
+
+from perspective_unet.config import TrainConfig
+from perspective_unet.models.registry import list_models
+
+
+def _key_value(text: str) -> tuple[str, object]:
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    return key.strip(), yaml.safe_load(value)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train",
+        help="train a model on a prepared dataset",
+        description="Train Perspective+ Unet with the paper's recipe (configs/*.yaml); any field can be overridden. "
+        "Writes last.pt and best.pt (weights, optimiser, RNG states, config), train_log.csv and TensorBoard events "
+        "into the output folder. Under torchrun it trains with DistributedDataParallel.",
+    )
+    parser.add_argument("--config", help="YAML recipe (e.g. configs/synapse.yaml); default: the paper's Synapse recipe")
+    parser.add_argument("--data", help="prepared dataset folder (perspective-unet prepare ...)")
+    parser.add_argument("-o", "--output", help="run folder")
+    parser.add_argument("--model", choices=list_models(), help="model variant")
+    parser.add_argument("--epochs", type=int)
+    parser.add_argument("--batch-size", type=int)
+    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--lr", dest="base_lr", type=float, help="initial learning rate")
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--num-workers", type=int)
+    parser.add_argument("--grad-accum-steps", type=int)
+    parser.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
+    parser.add_argument("--max-iterations", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--time-limit-minutes", type=float, help="stop after the epoch that passes this budget")
+    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="paper augmentation")
+    parser.add_argument(
+        "--model-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+        help="model config override, e.g. use_scsi=false or widths=[16,32,64,128,256] (repeatable)",
+    )
+    parser.add_argument("--resume", help="continue from this last.pt")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from perspective_unet.engine.train import train
+
+    names = ("data", "output", "model", "epochs", "batch_size", "img_size", "base_lr", "seed", "device",
+             "num_workers", "grad_accum_steps", "val_every", "max_iterations", "time_limit_minutes", "amp",
+             "compile", "augment")
+    overrides = {name: getattr(args, name) for name in names}
+    if args.model_option:
+        overrides["model_options"] = dict(args.model_option)
+    if args.config:
+        config = TrainConfig.from_yaml(args.config, **overrides)
+    else:
+        config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
+    if not config.data:
+        raise ValueError("no dataset given: pass --data or set `data:` in the --config file.")
+    result = train(config, resume=args.resume)
+    print(f"finished after {result.epochs_completed} epoch(s), {result.iterations} iterations; last checkpoint "
+          f"{result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else ""))
+    return 0

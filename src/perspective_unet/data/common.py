@@ -1,0 +1,103 @@
+"""Helpers shared by the dataset converters: reading an image/label pair with every check, and progress bars."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+from tqdm import tqdm
+
+from perspective_unet.data.checks import check_finite, check_label_values, check_same_geometry
+from perspective_unet.data.io import CANONICAL_ORIENTATION, canonical_spacing, read_image, to_canonical
+
+__all__ = ["CanonicalPair", "progress", "read_pair", "volume_attrs"]
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+
+
+def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
+    """A tqdm bar on a terminal, nothing in logs and tests (``disable=None`` switches it off without a TTY)."""
+    return iter(tqdm(items, desc=desc, total=total, unit="case", disable=None, leave=False))
+
+
+class CanonicalPair:
+    """An image and its label map, read, checked and brought to the canonical (Z, H, W) order.
+
+    Attributes:
+        image: (Z, H, W) float array, raw intensities.
+        label: (Z, H, W) int array of class ids (after ``label_map``), or None.
+        meta: The image's meta from ``read_image``.
+        orientation: The orientation the canonical arrays are in.
+    """
+
+    def __init__(self, image: np.ndarray, label: np.ndarray | None, meta: dict[str, Any], orientation: str) -> None:
+        self.image = image
+        self.label = label
+        self.meta = meta
+        self.orientation = orientation
+
+    @property
+    def spacing(self) -> tuple[float, float, float]:
+        """Voxel size (z, y, x) in mm of the canonical arrays."""
+        return canonical_spacing(self.meta, self.orientation)
+
+
+def read_pair(
+    image_path: Path,
+    label_path: Path | None,
+    allowed_labels: Iterable[int],
+    orientation: str = CANONICAL_ORIENTATION,
+    label_map: dict[int, int] | None = None,
+) -> CanonicalPair:
+    """Read an image and its label, check them, and reorient both to canonical order.
+
+    Args:
+        image_path: Image file (or DICOM folder).
+        label_path: Label file, or None for an unlabelled image.
+        allowed_labels: Label values the file may hold (before ``label_map``).
+        orientation: Canonical orientation code (see ``to_canonical``).
+        label_map: Source value -> class id; values not in it become 0 (background).
+
+    Raises:
+        InputError: Unreadable files, NaN/Inf voxels, shape or geometry mismatch, undeclared label values.
+    """
+    image, meta = read_image(image_path)
+    check_finite(image, image_path)
+    label = None
+    if label_path is not None:
+        label, label_meta = read_image(label_path, as_label=True)
+        check_same_geometry(meta, label_meta, image_path, label_path)
+        check_label_values(label, allowed_labels, label_path)
+        label = label.astype(np.int64)
+        if label_map is not None:
+            label = remap_labels(label, label_map)
+        label = to_canonical(label, meta, orientation)
+    return CanonicalPair(to_canonical(image.astype(np.float32), meta, orientation), label, meta, orientation)
+
+
+def remap_labels(label: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
+    """Map source label values to class ids with a lookup table; unmapped values become 0."""
+    size = max(int(label.max(initial=0)), max(label_map, default=0)) + 1
+    table = np.zeros(size, dtype=np.int64)
+    for source, target in label_map.items():
+        table[source] = target
+    return table[label]
+
+
+def volume_attrs(pair: CanonicalPair, source: str, **extra: Any) -> dict[str, Any]:
+    """The h5 attributes that let a prediction on the canonical volume be written back onto the original grid."""
+    meta = pair.meta
+    attrs: dict[str, Any] = {
+        "affine": np.asarray(meta["affine"], dtype=np.float64),
+        "original_shape": np.asarray(meta["shape"], dtype=np.int64),
+        "original_axcodes": meta.get("axcodes", ""),
+        "orientation": pair.orientation,
+        "canonical_shape": np.asarray(pair.image.shape, dtype=np.int64),
+        "source": source,
+    }
+    attrs.update(extra)
+    return attrs

@@ -1,0 +1,419 @@
+"""Torch datasets over prepared data and over the files that circulate in this line of work, read as they are.
+
+Three layouts are recognised by ``read_dataset_info``:
+
+- ``prepared``: this package's layout (``dataset.json`` with ``img_format_version``), see ``layout``;
+- ``synapse_lineage``: TransUNet's Synapse files, ``train_npz/caseXXXX_sliceNNN.npz`` (keys image, label) and
+  ``test_vol_h5/caseXXXX.npy.h5`` (datasets image, label); list files in ``lists/`` or ``lists/lists_Synapse/`` are
+  used when present;
+- ``acdc_lineage``: MT-UNet's ACDC files, ``train/`` and ``valid/`` with ``case_XXX_slice{ED,ES}_N.npz`` and
+  ``test/`` with ``case_XXX_volume_{ED,ES}.npz`` (keys img, label).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import random
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import torch
+from monai.utils import convert_to_tensor
+from scipy import ndimage
+from torch.utils.data import Dataset
+
+from perspective_unet.data.acdc import ACDC_CLASS_NAMES
+from perspective_unet.data.augmentation import AugmentationConfig, build_augmentation
+from perspective_unet.data.layout import IMG_FORMAT_VERSION, TEST_DIR, TRAIN_DIR, VOLUME_SUFFIX, volume_dir
+from perspective_unet.data.normalise import SYNAPSE_HU_WINDOW, ct_intensity, describe_ct_window
+from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
+from perspective_unet.errors import InputError
+
+__all__ = ["SPLITS", "SliceDataset", "VolumeDataset", "read_dataset_info", "seed_worker"]
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+_ACDC_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
+_REQUIRED_KEYS = ("name", "num_classes", "class_names", "splits")
+
+
+def read_dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:
+    """The dataset's description: ``dataset.json`` of a prepared folder, or one inferred for circulating files.
+
+    Returns:
+        ``dataset.json``'s content plus ``layout`` ("prepared", "synapse_lineage", "acdc_lineage") and ``root``.
+        Inferred descriptions hold ``name``, ``num_classes``, ``class_names``, ``modality``, ``normalisation``,
+        ``source``, ``licence`` and ``splits`` (case names found on disk).
+
+    Raises:
+        InputError: The folder is missing or in none of the known layouts, or its dataset.json is invalid.
+    """
+    root = Path(root)
+    if not root.is_dir():
+        raise InputError(f"{root} is not a folder; give a prepared dataset folder (see `perspective-unet prepare`).")
+    json_path = root / "dataset.json"
+    if json_path.is_file():
+        try:
+            info = json.loads(json_path.read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            raise InputError(f"{json_path} is not valid JSON ({exc}); prepare the dataset again.") from None
+        if "img_format_version" not in info:
+            if "channel_names" in info:
+                raise InputError(f"{root} is an nnU-Net raw dataset; convert it first with "
+                                 f"`perspective-unet prepare nnunet -i {root} -o OUT`.")
+            raise InputError(f"{json_path} lacks img_format_version; it was not written by `perspective-unet prepare`.")
+        if int(info["img_format_version"]) > IMG_FORMAT_VERSION:
+            raise InputError(f"{root} has format version {info['img_format_version']}; this version of "
+                             f"perspective-unet reads up to {IMG_FORMAT_VERSION}. Upgrade the package.")
+        missing = [k for k in _REQUIRED_KEYS if k not in info]
+        if missing:
+            raise InputError(f"{json_path} lacks {missing}; prepare the dataset again.")
+        return {**info, "layout": "prepared", "root": str(root)}
+    if (root / TRAIN_DIR).is_dir() or (root / TEST_DIR).is_dir():
+        return _synapse_lineage_info(root)
+    if any((root / folder).is_dir() for folder in _ACDC_FOLDERS.values()) and _has_acdc_files(root):
+        return _acdc_lineage_info(root)
+    raise InputError(
+        f"{root} is in no known layout: expected dataset.json (from `perspective-unet prepare`), the Synapse "
+        "files train_npz/ and test_vol_h5/, or the ACDC folders train/, valid/, test/ of case_*.npz files."
+    )
+
+
+def _has_acdc_files(root: Path) -> bool:
+    return any(next((root / folder).glob("case_*.npz"), None) is not None
+               for folder in _ACDC_FOLDERS.values() if (root / folder).is_dir())
+
+
+def _synapse_list(root: Path, name: str) -> list[str] | None:
+    for folder in (root / "lists", root / "lists" / "lists_Synapse", root / "lists_Synapse"):
+        path = folder / name
+        if path.is_file():
+            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+    return None
+
+
+def _case_of_slice(name: str) -> str:
+    return name.rsplit("_slice", 1)[0]
+
+
+def _synapse_lineage_info(root: Path) -> dict[str, Any]:
+    train_names = _synapse_list(root, "train.txt") or sorted(p.stem for p in (root / TRAIN_DIR).glob("*.npz"))
+    test_names = _synapse_list(root, "test_vol.txt") or sorted(
+        p.name[: -len(VOLUME_SUFFIX)] for p in (root / TEST_DIR).glob(f"*{VOLUME_SUFFIX}")
+    )
+    return {
+        "name": "Synapse",
+        "num_classes": len(SYNAPSE_CLASS_NAMES),
+        "class_names": list(SYNAPSE_CLASS_NAMES),
+        "modality": "CT",
+        "normalisation": describe_ct_window(SYNAPSE_HU_WINDOW, "the TransUNet lineage's files"),
+        "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
+        "source": "Synapse (BTCV) files of the TransUNet lineage, read as they are",
+        "licence": "BTCV challenge data terms",
+        "splits": {"train": sorted({_case_of_slice(n) for n in train_names}), "val": [], "test": list(test_names)},
+        "layout": "synapse_lineage",
+        "root": str(root),
+    }
+
+
+def _acdc_lineage_info(root: Path) -> dict[str, Any]:
+    splits: dict[str, list[str]] = {}
+    for split, folder in _ACDC_FOLDERS.items():
+        directory = root / folder
+        names = sorted(p.stem for p in directory.glob("case_*.npz")) if directory.is_dir() else []
+        # Slice files are case_XXX_slice{ED,ES}_N, volumes case_XXX_volume_{ED,ES}: both name the case the same way.
+        splits[split] = sorted({_acdc_case(n) for n in names})
+    return {
+        "name": "ACDC",
+        "num_classes": len(ACDC_CLASS_NAMES),
+        "class_names": list(ACDC_CLASS_NAMES),
+        "modality": "MR",
+        "normalisation": "as baked into the circulating ACDC npz files (not published)",
+        "source": "ACDC files of the MT-UNet lineage, read as they are",
+        "licence": "ACDC data terms",
+        "splits": splits,
+        "layout": "acdc_lineage",
+        "root": str(root),
+    }
+
+
+def _acdc_case(stem: str) -> str:
+    # case_001_sliceED_3 -> case_001_ED; case_001_volume_ES -> case_001_ES
+    parts = stem.split("_")
+    if len(parts) >= 4 and parts[2].startswith("slice"):
+        return f"{parts[0]}_{parts[1]}_{parts[2][len('slice'):]}"
+    if len(parts) >= 4 and parts[2] == "volume":
+        return f"{parts[0]}_{parts[1]}_{parts[3]}"
+    return stem
+
+
+@dataclass(frozen=True)
+class _SliceRef:
+    """Where one slice lives: a 2D npz file (z is None) or slice z of a volume file."""
+
+    name: str
+    path: Path
+    z: int | None = None
+
+
+def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
+    try:
+        with np.load(path) as data:
+            key = "image" if "image" in data.files else "img" if "img" in data.files else None
+            if key is None:
+                raise InputError(f"{path} has no 'image' (or 'img') array; keys are {data.files}.")
+            label = np.asarray(data["label"]) if "label" in data.files else None
+            return np.asarray(data[key]), label
+    except InputError:
+        raise
+    except Exception as exc:
+        raise InputError(f"Cannot read {path}: {type(exc).__name__}: {exc}; prepare or copy the file again.") from exc
+
+
+def _load_h5(path: Path, z: int | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
+    try:
+        with h5py.File(path, "r") as f:
+            index = slice(None) if z is None else z
+            image = np.asarray(f["image"][index])
+            label = np.asarray(f["label"][index]) if "label" in f else None
+            attrs = {key: _plain(value) for key, value in f.attrs.items()} if z is None else {}
+        return image, label, attrs
+    except Exception as exc:
+        raise InputError(f"Cannot read {path}: {type(exc).__name__}: {exc}; prepare or copy the file again.") from exc
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return value.decode()
+    if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
+        return value.astype(str)
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def _volume_depth(path: Path) -> int:
+    if path.name.endswith(VOLUME_SUFFIX):
+        try:
+            with h5py.File(path, "r") as f:
+                return int(f["image"].shape[0])
+        except Exception as exc:
+            raise InputError(f"Cannot read {path}: {type(exc).__name__}: {exc}.") from exc
+    image, _ = _load_npz(path)
+    return int(image.shape[0])
+
+
+def _volume_files(info: dict[str, Any], split: str) -> list[tuple[str, Path]]:
+    """(case, file) of a split's volumes in any layout."""
+    root = Path(info["root"])
+    layout = info["layout"]
+    if layout == "acdc_lineage":
+        folder = root / _ACDC_FOLDERS[split]
+        return [(_acdc_case(p.stem), p) for p in sorted(folder.glob("case_*_volume_*.npz"))] if folder.is_dir() else []
+    if split == "train" or (layout == "synapse_lineage" and split == "val"):
+        return []
+    folder = root / (volume_dir(split) if layout == "prepared" else TEST_DIR)
+    return [(case, folder / f"{case}{VOLUME_SUFFIX}") for case in info["splits"].get(split, [])]
+
+
+def _require_split(split: str) -> None:
+    if split not in SPLITS:
+        raise ValueError(f"split must be one of {SPLITS}, got {split!r}.")
+
+
+def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
+    if isinstance(size, int):
+        return (size, size)
+    height, width = (int(s) for s in size)
+    return (height, width)
+
+
+class SliceDataset(Dataset):
+    """2D slices for training: zoomed to ``img_size``, optionally augmented, normalised as the paper does.
+
+    Each item is ``{"image": float32 (1, H, W), "label": int64 (H, W), "case": str}``: the image is zoomed with cubic
+    interpolation and the label with nearest neighbour (as the lineage does, with ``scipy.ndimage.zoom``), then
+    augmented, then normalised to (x - 0.5) / 0.5. ``case`` is the slice's name, ``<case>_slice<NNN>``.
+
+    The training split reads ``train_npz`` (or the ACDC ``train/`` folder); the val and test splits give the slices
+    of the volumes (or the ACDC ``valid/`` slice files).
+
+    Args:
+        root: A prepared dataset or a folder of circulating Synapse / ACDC files.
+        split: ``"train"``, ``"val"`` or ``"test"``.
+        img_size: Size (H, W) of the items, or one int for a square.
+        augmentation: Augmentation settings; None for none (validation, testing).
+        seed: Seed of the augmentation's draws. In DataLoader workers ``seed_worker`` combines it with the worker's
+            seed, so workers draw differently and the same seeds give the same samples.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "train", img_size: int | Sequence[int] = (224, 224),
+                 augmentation: AugmentationConfig | None = None, seed: int = 1234) -> None:
+        _require_split(split)
+        self.root = Path(root)
+        self.split = split
+        self.img_size = _as_pair(img_size)
+        self.info = read_dataset_info(self.root)
+        self.seed = int(seed)
+        self.augmentation_config = augmentation
+        self._augment = build_augmentation(augmentation) if augmentation is not None else None
+        self.samples = self._list_samples()
+        if not self.samples:
+            raise InputError(f"{self.root} has no {split} slices; check the folder or choose another split.")
+        self.reseed(None)
+
+    def _list_samples(self) -> list[_SliceRef]:
+        info, split = self.info, self.split
+        layout = info["layout"]
+        if layout == "acdc_lineage" and split in ("train", "val"):
+            folder = self.root / _ACDC_FOLDERS[split]
+            return [_SliceRef(p.stem, p) for p in sorted(folder.glob("case_*_slice*.npz"))] if folder.is_dir() else []
+        if split == "train":
+            names = self._train_names()
+            return [_SliceRef(name, self.root / TRAIN_DIR / f"{name}.npz") for name in names]
+        samples = []
+        for case, path in _volume_files(info, split):
+            if not path.exists():
+                raise InputError(f"{path} is missing; the dataset lists case {case!r} in its {split} split.")
+            samples += [_SliceRef(f"{case}_slice{z:03d}", path, z) for z in range(_volume_depth(path))]
+        return samples
+
+    def _train_names(self) -> list[str]:
+        if self.info["layout"] == "synapse_lineage":
+            names = _synapse_list(self.root, "train.txt")
+        else:
+            list_path = self.root / "lists" / "train.txt"
+            names = None
+            if list_path.is_file():
+                names = [n.strip() for n in list_path.read_text().splitlines() if n.strip()]
+        if names is None:
+            names = sorted(p.stem for p in (self.root / TRAIN_DIR).glob("*.npz"))
+        if self.info["layout"] == "prepared":
+            cases = set(self.info["splits"]["train"])
+            names = [n for n in names if _case_of_slice(n) in cases]
+        return names
+
+    def reseed(self, worker_seed: int | None) -> None:
+        """Reset the augmentation's random state from the dataset seed and, in a worker, the worker's seed."""
+        if self._augment is None:
+            return
+        entropy = [self.seed] if worker_seed is None else [self.seed, int(worker_seed)]
+        state = int(np.random.SeedSequence(entropy).generate_state(1)[0])
+        self._augment.set_random_state(seed=state)
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def load_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored slice, before zoom, augmentation and normalisation: image float32 (H, W), label int64 (H, W)."""
+        ref = self.samples[index]
+        if ref.z is None:
+            image, label = _load_npz(ref.path)
+        elif ref.path.name.endswith(VOLUME_SUFFIX):
+            image, label, _ = _load_h5(ref.path, ref.z)
+        else:
+            volume, labels = _load_npz(ref.path)
+            image, label = volume[ref.z], None if labels is None else labels[ref.z]
+        if label is None:
+            raise InputError(f"{ref.path} has no label; slices for training and validation need one.")
+        if image.ndim != 2 or image.shape != label.shape:
+            raise InputError(f"{ref.path}: slice image {image.shape} and label {label.shape} must be equal 2D shapes.")
+        return image.astype(np.float32), np.rint(label).astype(np.int64)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        image, label = self.load_slice(index)
+        height, width = image.shape
+        if (height, width) != self.img_size:
+            factors = (self.img_size[0] / height, self.img_size[1] / width)
+            image = ndimage.zoom(image, factors, order=3)
+            label = ndimage.zoom(label, factors, order=0)
+        image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        label_t = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None]
+        if self._augment is not None:
+            out = self._augment({"image": image_t, "label": label_t})
+            image_t = convert_to_tensor(out["image"], track_meta=False, dtype=torch.float32)
+            label_t = convert_to_tensor(out["label"], track_meta=False, dtype=torch.float32)
+        return {
+            "image": ((image_t - 0.5) / 0.5).contiguous(),
+            "label": torch.round(label_t[0]).to(torch.int64),
+            "case": self.samples[index].name,
+        }
+
+
+class VolumeDataset(Dataset):
+    """Whole volumes for evaluation, with their geometry.
+
+    Each item is ``{"image": float32 (Z, H, W) in [0, 1], "label": uint8 (Z, H, W) or None, "case": str,
+    "spacing": (z, y, x) mm or None, "meta": dict}`` with numpy arrays. ``meta`` holds the h5 attributes of
+    prepared volumes (``affine``, ``original_shape``, ``orientation``, ``canonical_shape``, ``source``, and
+    ``crop_z`` for a block cut out of a larger volume): with ``io.from_canonical`` they put a prediction back on
+    the original voxel grid. Circulating files carry no geometry: their spacing is None and meta is empty.
+
+    Args:
+        root: A prepared dataset or a folder of circulating Synapse / ACDC files.
+        split: ``"val"`` or ``"test"`` (``"train"`` only for ACDC lineage folders, which hold no training volumes).
+    """
+
+    def __init__(self, root: str | os.PathLike[str], split: str = "test") -> None:
+        _require_split(split)
+        self.root = Path(root)
+        self.split = split
+        self.info = read_dataset_info(self.root)
+        self.volumes = _volume_files(self.info, split)
+        for case, path in self.volumes:
+            if not path.exists():
+                raise InputError(f"{path} is missing; the dataset lists case {case!r} in its {split} split.")
+
+    def __len__(self) -> int:
+        return len(self.volumes)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        case, path = self.volumes[index]
+        if path.name.endswith(VOLUME_SUFFIX):
+            image, label, attrs = _load_h5(path)
+        else:
+            image, label = _load_npz(path)
+            attrs = {}
+        if image.ndim != 3 or (label is not None and label.shape != image.shape):
+            shape = None if label is None else label.shape
+            raise InputError(f"{path}: image {image.shape} and label {shape} must be equal (Z, H, W) volumes.")
+        spacing = attrs.pop("spacing", None)
+        return {
+            "image": image.astype(np.float32, copy=False),
+            "label": None if label is None else np.rint(label).astype(np.uint8),
+            "case": case,
+            "spacing": None if spacing is None else tuple(float(s) for s in np.ravel(spacing)),
+            "meta": attrs,
+        }
+
+
+def seed_worker(worker_id: int) -> None:
+    """``DataLoader(worker_init_fn=seed_worker)``: seed Python, NumPy and the dataset's augmentation per worker.
+
+    PyTorch gives each worker the seed ``base_seed + worker_id``, where ``base_seed`` comes from the DataLoader's
+    generator (or the global torch seed): seeding everything from it makes workers draw differently from each other
+    and the same seeds give the same batches.
+    """
+    info = torch.utils.data.get_worker_info()
+    seed = (info.seed if info is not None else torch.initial_seed()) % 2**32
+    random.seed(seed)
+    np.random.seed(seed)
+    dataset: Any = info.dataset if info is not None else None
+    pending = [dataset]
+    while pending:
+        current = pending.pop()
+        if current is None:
+            continue
+        if hasattr(current, "reseed"):
+            current.reseed(seed)
+        elif hasattr(current, "datasets"):  # ConcatDataset
+            pending.extend(current.datasets)
+        elif hasattr(current, "dataset"):  # Subset and similar wrappers
+            pending.append(current.dataset)

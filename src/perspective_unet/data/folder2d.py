@@ -1,0 +1,176 @@
+"""Plain 2D datasets: a folder of PNG/JPG/BMP/TIFF images and a folder of masks with the same file stems.
+
+Each picture is one case (a one-slice volume). Images are converted to grey (luminance) and scaled to [0, 1]:
+8-bit by /255, 16-bit by /65535, any other type by its own min and max. Masks hold class ids; masks that only hold
+0 and 255 are read as binary (255 -> class 1), the common way of saving a binary mask.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+from perspective_unet.data.checks import check_finite, check_same_geometry, require_files
+from perspective_unet.data.common import progress
+from perspective_unet.data.io import PICTURE_SUFFIXES, full_suffix, read_image
+from perspective_unet.data.layout import PreparedWriter
+from perspective_unet.data.normalise import picture_intensity
+from perspective_unet.data.splits import split_cases
+from perspective_unet.errors import InputError
+
+__all__ = ["picture_to_unit", "prepare_folder_2d", "prepare_pictures"]
+
+logger = logging.getLogger(__name__)
+
+_PICTURE_NORMALISATION = (
+    "2D pictures: converted to grey (luminance); 8-bit / 255, 16-bit / 65535, other types min-max per image -> [0, 1]"
+)
+
+
+def picture_to_unit(picture: np.ndarray, path: str | Path) -> np.ndarray:
+    """Scale a grey picture to [0, 1] float32 by its data type's range (min-max for float or 32-bit pictures)."""
+    check_finite(picture, path)
+    if picture.dtype == np.uint8:
+        return (picture / 255.0).astype(np.float32)
+    if picture.dtype == np.uint16:
+        return (picture / 65535.0).astype(np.float32)
+    values = picture.astype(np.float64)
+    low, high = values.min(), values.max()
+    if high <= low:
+        return np.zeros(picture.shape, dtype=np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+def _find_mask(masks: Path, stem: str, mask_suffix: str) -> Path | None:
+    for suffix in PICTURE_SUFFIXES:
+        candidate = masks / f"{stem}{mask_suffix}{suffix}"
+        if candidate.exists():
+            return candidate
+    return None
+
+
+def prepare_folder_2d(
+    images: str | os.PathLike[str],
+    masks: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    class_names: Sequence[str] | None = None,
+    val_fraction: float = 0.1,
+    test_fraction: float = 0.2,
+    seed: int = 1234,
+    mask_suffix: str = "",
+    name: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Prepare a folder of 2D images and masks, with a seeded split of whole images.
+
+    Args:
+        images: Folder of pictures.
+        masks: Folder of masks named ``<image stem><mask_suffix>.<png|...>``.
+        out: Output folder (written atomically).
+        class_names: Names of the classes, background first; by default ``class_1``... up to the largest mask value.
+        val_fraction: Share of images for validation.
+        test_fraction: Share of images for testing.
+        seed: Seed of the split.
+        mask_suffix: Text between the image stem and the mask's suffix, such as ``"_mask"``.
+        name: Dataset name; the images folder's parent name by default.
+        overwrite: Replace an existing ``out``.
+
+    Returns:
+        The output folder.
+    """
+    images, masks = Path(images), Path(masks)
+    for folder in (images, masks):
+        if not folder.is_dir():
+            raise InputError(f"{folder} is not a folder; give the folders of the images and of the masks.")
+    image_files = require_files(
+        sorted(p for p in images.iterdir() if full_suffix(p) in PICTURE_SUFFIXES), images, "PNG/JPG/BMP/TIFF images"
+    )
+    pairs: list[tuple[str, Path, Path | None]] = []
+    seen: dict[str, Path] = {}
+    for image_path in image_files:
+        case = image_path.name[: -len(full_suffix(image_path))]
+        if case in seen:
+            raise InputError(f"{image_path} and {seen[case]} share the name {case!r}; rename one of them.")
+        seen[case] = image_path
+        mask_path = _find_mask(masks, case, mask_suffix)
+        if mask_path is None:
+            raise InputError(f"{image_path} has no mask in {masks} (looked for '{case}{mask_suffix}.png' "
+                             "and the other picture suffixes); every image needs a mask with the same stem.")
+        pairs.append((case, image_path, mask_path))
+    splits = split_cases([case for case, _, _ in pairs], val_fraction, test_fraction, seed)
+    return prepare_pictures(
+        pairs, out, splits, class_names, name=name or images.parent.name or "folder2d",
+        source=f"2D images from {images} with masks from {masks}", licence="as the source images'",
+        overwrite=overwrite,
+    )
+
+
+def prepare_pictures(
+    pairs: Sequence[tuple[str, Path, Path | None]],
+    out: str | os.PathLike[str],
+    splits: dict[str, list[str]],
+    class_names: Sequence[str] | None,
+    name: str,
+    source: str,
+    licence: str,
+    overwrite: bool = False,
+) -> Path:
+    """Write 2D picture pairs (case, image, mask) into the prepared layout with the given case split."""
+    case_split = {case: split for split, cases in splits.items() for case in cases}
+    # First pass over the masks only: the classes present decide the binary 0/255 rule and the class count.
+    values: set[int] = set()
+    for _, _, mask_path in pairs:
+        if mask_path is not None:
+            mask, _ = read_image(mask_path, as_label=True)
+            values.update(int(v) for v in np.unique(mask))
+    binary_255 = bool(values) and values <= {0, 255} and 255 in values
+    if binary_255:
+        logger.info("Masks hold only 0 and 255: read as binary masks (255 -> class 1).")
+    largest = 1 if binary_255 else max(values, default=1)
+    names = list(class_names) if class_names else ["background", *[f"class_{i}" for i in range(1, largest + 1)]]
+    if len(names) < 2:
+        raise InputError("A segmentation dataset needs at least two classes (background and one more).")
+    with PreparedWriter(out, overwrite=overwrite) as writer:
+        for case, image_path, mask_path in progress(pairs, "2D images"):
+            picture, meta = read_image(image_path)
+            image = picture_to_unit(picture, image_path)
+            label = None
+            if mask_path is not None:
+                mask, mask_meta = read_image(mask_path, as_label=True)
+                check_same_geometry(meta, mask_meta, image_path, mask_path)
+                if binary_255:
+                    mask = (mask == 255).astype(np.uint8)
+                if int(mask.max(initial=0)) >= len(names) or int(mask.min(initial=0)) < 0:
+                    raise InputError(
+                        f"{mask_path} holds label values {sorted(int(v) for v in np.unique(mask) if v >= len(names))}"
+                        f" beyond the declared classes 0..{len(names) - 1}; fix the mask or declare those classes."
+                    )
+                label = mask.astype(np.uint8)
+            split = case_split.get(case)
+            if split is None:
+                continue
+            attrs = {"affine": np.eye(4), "original_shape": np.asarray(image.shape, dtype=np.int64),
+                     "orientation": "2d", "canonical_shape": np.asarray((1, *image.shape), dtype=np.int64),
+                     "source": image_path.name}
+            if split == "train":
+                if label is None:
+                    raise InputError(f"{image_path} has no mask; training images need one.")
+                writer.add_train_slice(case, 0, image, label)
+                writer.record_geometry(case, (1.0, 1.0, 1.0), attrs)
+            else:
+                writer.add_volume(split, case, image[None], None if label is None else label[None], (1.0, 1.0, 1.0),
+                                  attrs)
+        return writer.finish({
+            "name": name,
+            "class_names": names,
+            "modality": "2D",
+            "normalisation": _PICTURE_NORMALISATION,
+            "intensity": picture_intensity(),
+            "orientation": "2d",
+            "source": source,
+            "licence": licence,
+        })

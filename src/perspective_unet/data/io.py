@@ -1,0 +1,348 @@
+"""Reading images and writing label maps, with the geometry that puts a prediction back on the input's voxel grid.
+
+Every reader returns ``(array, meta)``. A 3D array keeps the file's own index order ``(i, j, k)`` as nibabel gives
+it (SimpleITK and DICOM input is transposed to the same order), and ``meta["affine"]`` maps those indices to RAS+
+millimetres. A 2D picture (PNG, JPG, BMP, TIFF) comes back as ``(H, W)``.
+
+``to_canonical`` brings a volume to the ``(Z, H, W)`` order used in prepared data by reorienting it (flips and axis
+permutations only, never resampling) to a target orientation code, and ``from_canonical`` undoes exactly that.
+The default code ``"SPL"`` means: Z runs from inferior to superior, rows from anterior to posterior, columns from
+the patient's right to left, so ``plt.imshow(volume[z])`` shows the usual radiological axial view. The code
+``"stored"`` keeps the file's slice axis (its third index) as Z and only moves it to the front: for oblique
+acquisitions such as cardiac short-axis MRI, where the nearest anatomical axes are not the acquisition's.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import SimpleITK
+from nibabel import orientations
+
+from perspective_unet.errors import InputError
+
+__all__ = [
+    "CANONICAL_ORIENTATION",
+    "NIFTI_SUFFIXES",
+    "PICTURE_SUFFIXES",
+    "atomic_write_path",
+    "canonical_spacing",
+    "from_canonical",
+    "read_image",
+    "to_canonical",
+    "uncrop_canonical",
+    "write_label_map",
+]
+
+CANONICAL_ORIENTATION = "SPL"
+STORED_ORIENTATION = "stored"
+NIFTI_SUFFIXES = (".nii", ".nii.gz")
+PICTURE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+# Formats SimpleITK reads that nibabel does not; DICOM series come as folders.
+SITK_SUFFIXES = (".mha", ".mhd", ".nrrd", ".nhdr", ".gipl", ".gipl.gz", ".dcm", ".hdr", ".img")
+# RAS+ <-> LPS+ (ITK and DICOM) flip the first two world axes.
+_LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
+
+
+def full_suffix(path: str | os.PathLike[str]) -> str:
+    """The file's suffix in lower case, ``.nii.gz`` and ``.gipl.gz`` counted as one."""
+    name = Path(path).name.lower()
+    for double in (".nii.gz", ".gipl.gz"):
+        if name.endswith(double):
+            return double
+    return Path(name).suffix
+
+
+def read_image(path: str | os.PathLike[str], as_label: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+    """Read a NIfTI file, a DICOM series folder, any SimpleITK format or a PNG/JPG picture.
+
+    Args:
+        path: The file, or a folder holding one DICOM series.
+        as_label: Read a picture as class ids: palette indices are kept and colour pictures whose three channels
+            agree are reduced to one channel. Without it colour pictures are converted to grey (luminance).
+
+    Returns:
+        The voxel array in the file's stored data type (NIfTI scaling applied) and its meta: ``affine`` (4x4 RAS+
+        mm, identity for pictures), ``spacing`` (per array axis, mm), ``shape``, ``axcodes`` (nibabel's codes of
+        the array axes), ``format`` ("nifti", "sitk", "dicom", "picture"), ``path``, and for NIfTI ``header``
+        (the nibabel header, for writing a label map with the same header).
+
+    Raises:
+        InputError: The file does not exist, cannot be read completely (unreadable or truncated), or is not 2D/3D.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path} does not exist; check the path.")
+    suffix = full_suffix(path)
+    try:
+        if path.is_dir():
+            array, meta = _read_dicom_series(path)
+        elif suffix in NIFTI_SUFFIXES:
+            array, meta = _read_nifti(path)
+        elif suffix in PICTURE_SUFFIXES:
+            array, meta = _read_picture(path, as_label)
+        else:
+            array, meta = _read_sitk(path)
+    except InputError:
+        raise
+    except MemoryError:
+        raise
+    except Exception as exc:  # nibabel, gzip, zlib, SimpleITK and Pillow each raise their own types
+        raise InputError(
+            f"Cannot read {path}: {type(exc).__name__}: {exc}. The file is unreadable or truncated; "
+            "copy or download it again."
+        ) from exc
+    if array.ndim == 4 and array.shape[3] == 1:
+        array = array[..., 0]
+    if array.ndim not in (2, 3):
+        raise InputError(f"{path} has {array.ndim} dimensions (shape {array.shape}); expected a 2D or 3D image.")
+    meta["path"] = str(path)
+    meta["shape"] = tuple(int(s) for s in array.shape)
+    if array.ndim == 3:
+        meta["axcodes"] = "".join(nib.aff2axcodes(meta["affine"]))
+        meta["spacing"] = tuple(float(z) for z in np.sqrt((meta["affine"][:3, :3] ** 2).sum(axis=0)))
+    return array, meta
+
+
+def _read_nifti(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    image = nib.load(str(path))
+    # Reading every voxel here (not lazily later) is what detects a truncated file while we can still name it.
+    array = np.asarray(image.dataobj)
+    return array, {"affine": np.asarray(image.affine, dtype=np.float64), "format": "nifti", "header": image.header}
+
+
+def _sitk_to_array(image: Any) -> tuple[np.ndarray, np.ndarray]:
+    array = SimpleITK.GetArrayFromImage(image)  # (z, y, x) for 3D, (y, x) for 2D
+    dim = image.GetDimension()
+    if dim == 2:
+        return array, np.eye(4)
+    if dim != 3:
+        raise InputError(f"{dim}D images are not supported; expected 2D or 3D.")
+    array = np.transpose(array, (2, 1, 0))  # to (i, j, k) as nibabel indexes
+    direction = np.asarray(image.GetDirection(), dtype=np.float64).reshape(3, 3)
+    affine_lps = np.eye(4)
+    affine_lps[:3, :3] = direction * np.asarray(image.GetSpacing(), dtype=np.float64)
+    affine_lps[:3, 3] = image.GetOrigin()
+    return array, _LPS_TO_RAS @ affine_lps
+
+
+def _read_sitk(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    array, affine = _sitk_to_array(SimpleITK.ReadImage(str(path)))
+    return array, {"affine": affine, "format": "sitk"}
+
+
+def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
+    series_ids = SimpleITK.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+    if not series_ids:
+        raise InputError(f"{folder} is a folder without a DICOM series; give a DICOM folder or an image file.")
+    # A folder with several series: take the one with the most slices, which is what a user means almost always.
+    files = max((SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
+    reader = SimpleITK.ImageSeriesReader()
+    reader.SetFileNames(files)
+    array, affine = _sitk_to_array(reader.Execute())
+    return array, {"affine": affine, "format": "dicom"}
+
+
+def _read_picture(path: Path, as_label: bool) -> tuple[np.ndarray, dict[str, Any]]:
+    from PIL import Image
+
+    with Image.open(path) as picture:
+        picture.load()
+        if as_label:
+            array = np.asarray(picture)
+            if array.ndim == 3:
+                if picture.mode in ("RGBA", "LA"):
+                    array = array[..., :-1]
+                if not (array == array[..., :1]).all():
+                    raise InputError(
+                        f"{path} is a colour mask; masks must hold class ids (0, 1, 2, ...) in one channel or "
+                        "as palette indices."
+                    )
+                array = array[..., 0]
+        else:
+            if picture.mode in ("I;16", "I;16B", "I;16L", "I", "F"):
+                array = np.asarray(picture)
+            else:
+                array = np.asarray(picture.convert("L"))
+    return array, {"affine": np.eye(4), "format": "picture", "spacing": (1.0, 1.0)}
+
+
+def _orientation_of(meta: dict[str, Any], orientation: str | None) -> str:
+    if orientation is not None:
+        return orientation
+    recorded = meta.get("orientation")
+    return str(recorded) if recorded else CANONICAL_ORIENTATION
+
+
+def _target_ornt(orientation: str) -> np.ndarray | None:
+    if orientation == STORED_ORIENTATION:
+        return None
+    codes = tuple(orientation.upper())
+    if len(codes) != 3 or not set(codes) <= set("LRAPSI"):
+        raise ValueError(f"orientation must be 'stored' or three axis codes such as 'SPL', got {orientation!r}.")
+    target = orientations.axcodes2ornt(codes)
+    if len(set(target[:, 0])) != 3:
+        raise ValueError(f"orientation {orientation!r} names one anatomical axis twice.")
+    return target
+
+
+def _canonical_transform(meta: dict[str, Any], orientation: str) -> np.ndarray:
+    """nibabel orientation transform from the stored array axes to the canonical (Z, H, W) axes."""
+    target = _target_ornt(orientation)
+    if target is None:
+        # Stored order (i, j, k) -> (k, i, j): new axis of each stored axis, no flips.
+        return np.array([[1, 1], [2, 1], [0, 1]], dtype=float)
+    source = orientations.io_orientation(np.asarray(meta["affine"], dtype=np.float64))
+    return orientations.ornt_transform(source, target)
+
+
+def to_canonical(volume: np.ndarray, meta: dict[str, Any], orientation: str | None = None) -> np.ndarray:
+    """Reorient a volume read by ``read_image`` to the canonical ``(Z, H, W)`` order.
+
+    Args:
+        volume: Array in the stored order of the file ``meta`` describes (or any array of that shape, such as a
+            label map). A 2D picture ``(H, W)`` becomes ``(1, H, W)``.
+        meta: The meta ``read_image`` returned.
+        orientation: Three axis codes of the canonical (Z, H, W) axes, such as ``"SPL"``, or ``"stored"``; None
+            takes ``meta["orientation"]`` if present (prepared volumes record it), else ``"SPL"``.
+
+    Returns:
+        A view or copy with axes permuted and flipped only; voxel values are untouched.
+    """
+    volume = np.asarray(volume)
+    if volume.ndim == 2:
+        return volume[None]
+    if volume.ndim != 3:
+        raise ValueError(f"to_canonical expects a 2D or 3D array, got shape {volume.shape}.")
+    transform = _canonical_transform(meta, _orientation_of(meta, orientation))
+    return np.ascontiguousarray(orientations.apply_orientation(volume, transform))
+
+
+def from_canonical(volume: np.ndarray, meta: dict[str, Any], orientation: str | None = None) -> np.ndarray:
+    """Undo ``to_canonical``: bring a ``(Z, H, W)`` array back to the stored order of the file ``meta`` describes.
+
+    Args:
+        volume: A canonical array, typically a predicted label map of the canonical shape.
+        meta: The meta of the original image (from ``read_image`` or a prepared volume's attributes).
+        orientation: The orientation that ``to_canonical`` was called with (None: as in ``to_canonical``).
+    """
+    volume = np.asarray(volume)
+    shape = tuple(meta.get("shape", meta.get("original_shape", ())))
+    if len(shape) == 2:
+        if volume.ndim != 3 or volume.shape[0] != 1:
+            raise ValueError(f"A 2D image's canonical array has shape (1, H, W), got {volume.shape}.")
+        return volume[0]
+    inverse = orientations.ornt_transform(*_inverse_pair(meta, _orientation_of(meta, orientation)))
+    out = np.ascontiguousarray(orientations.apply_orientation(volume, inverse))
+    if shape and out.shape != shape:
+        raise ValueError(f"Canonical array of shape {volume.shape} does not map back to the original {shape}.")
+    return out
+
+
+def _inverse_pair(meta: dict[str, Any], orientation: str) -> tuple[np.ndarray, np.ndarray]:
+    target = _target_ornt(orientation)
+    if target is None:
+        # Canonical (k, i, j) back to (i, j, k): expressed as orientations of the canonical and stored axes.
+        return np.array([[2, 1], [0, 1], [1, 1]], dtype=float), np.array([[0, 1], [1, 1], [2, 1]], dtype=float)
+    source = orientations.io_orientation(np.asarray(meta["affine"], dtype=np.float64))
+    return target, source
+
+
+def canonical_spacing(meta: dict[str, Any], orientation: str | None = None) -> tuple[float, float, float]:
+    """Voxel size in mm along the canonical (Z, H, W) axes; (1, 1, 1) for a 2D picture."""
+    spacing = tuple(meta.get("spacing", ()))
+    if len(spacing) != 3:
+        return (1.0, 1.0, 1.0)
+    transform = _canonical_transform(meta, _orientation_of(meta, orientation))
+    out = [0.0, 0.0, 0.0]
+    for source_axis, (target_axis, _) in enumerate(transform):
+        out[int(target_axis)] = float(spacing[source_axis])
+    return out[0], out[1], out[2]
+
+
+def uncrop_canonical(volume: np.ndarray, meta: dict[str, Any], fill: int | float = 0) -> np.ndarray:
+    """Put a block of slices cut from a canonical volume (``meta["crop_z"]``) back into the full canonical shape.
+
+    Volumes without ``crop_z`` are returned unchanged; the slices outside the block are set to ``fill``.
+    """
+    if "crop_z" not in meta:
+        return np.asarray(volume)
+    start, stop = (int(v) for v in np.ravel(meta["crop_z"]))
+    full_shape = tuple(int(v) for v in np.ravel(meta["canonical_shape"]))
+    if volume.shape[0] != stop - start or tuple(volume.shape[1:]) != full_shape[1:]:
+        raise ValueError(f"Block of shape {volume.shape} does not fit crop_z {start}..{stop} of {full_shape}.")
+    full = np.full(full_shape, fill, dtype=np.asarray(volume).dtype)
+    full[start:stop] = volume
+    return full
+
+
+def atomic_write_path(path: Path) -> Path:
+    """A temporary name beside ``path`` with the same suffix, to write to and then ``os.replace`` onto ``path``."""
+    return path.with_name(f".tmp-{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def write_label_map(array: np.ndarray, meta: dict[str, Any], path: str | os.PathLike[str]) -> Path:
+    """Write a label map as uint8 with the geometry (and, for NIfTI input, the header) of the image it belongs to.
+
+    The file is written under a temporary name and renamed, so an interrupted write never leaves half a file.
+
+    Args:
+        array: Class ids in the stored order of the original image (``from_canonical`` output), values 0..255.
+        meta: The original image's meta from ``read_image`` (at least ``affine``).
+        path: Output file; ``.nii``/``.nii.gz`` (nibabel), a picture suffix (Pillow), or any SimpleITK format.
+    """
+    path = Path(path)
+    array = np.asarray(array)
+    if array.size and (array.min() < 0 or array.max() > 255):
+        raise ValueError(f"Label values must lie in 0..255 to be stored as uint8, got {array.min()}..{array.max()}.")
+    labels = array.astype(np.uint8)
+    expected = tuple(meta.get("shape", labels.shape))
+    if labels.shape != expected:
+        raise ValueError(f"Label map shape {labels.shape} differs from the image's shape {expected}.")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = atomic_write_path(path)
+    suffix = full_suffix(path)
+    affine = np.asarray(meta.get("affine", np.eye(4)), dtype=np.float64)
+    try:
+        if suffix in NIFTI_SUFFIXES:
+            header = meta.get("header")
+            header = header.copy() if isinstance(header, nib.Nifti1Header) else None
+            image = nib.Nifti1Image(labels, affine, header=header)
+            image.set_data_dtype(np.uint8)
+            image.header.set_slope_inter(1.0, 0.0)
+            qcode = int(header["qform_code"]) if header is not None and int(header["qform_code"]) > 0 else 1
+            scode = int(header["sform_code"]) if header is not None and int(header["sform_code"]) > 0 else 1
+            image.set_qform(affine, code=qcode)
+            image.set_sform(affine, code=scode)
+            nib.save(image, str(tmp))
+        elif suffix in PICTURE_SUFFIXES:
+            from PIL import Image
+
+            if labels.ndim != 2:
+                raise ValueError(f"A picture holds a 2D label map, got shape {labels.shape}.")
+            Image.fromarray(labels).save(tmp)
+        else:
+            _write_sitk(labels, affine, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _write_sitk(labels: np.ndarray, affine: np.ndarray, path: Path) -> None:
+    if labels.ndim == 2:
+        SimpleITK.WriteImage(SimpleITK.GetImageFromArray(labels), str(path))
+        return
+    image = SimpleITK.GetImageFromArray(np.transpose(labels, (2, 1, 0)))
+    affine_lps = _LPS_TO_RAS @ affine
+    spacing = np.sqrt((affine_lps[:3, :3] ** 2).sum(axis=0))
+    image.SetSpacing(tuple(float(s) for s in spacing))
+    image.SetDirection(tuple(float(d) for d in (affine_lps[:3, :3] / spacing).ravel()))
+    image.SetOrigin(tuple(float(o) for o in affine_lps[:3, 3]))
+    SimpleITK.WriteImage(image, str(path), useCompression=True)

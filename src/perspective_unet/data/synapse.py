@@ -1,0 +1,162 @@
+"""Synapse (BTCV abdomen CT) from the raw challenge files to the prepared layout.
+
+Raw input: ``RAW/img/img00XX.nii.gz`` and ``RAW/label/label00XX.nii.gz`` (``RAW`` may also be the folder above
+``Training/`` or ``RawData/Training/``). Output: the 18 standard training cases as slices, the 12 standard test cases
+as volumes, HU clipped to [-125, 275] and scaled to [0, 1], the 13 BTCV labels mapped to the 8 classes of the
+TransUNet lineage.
+
+Slices are cut as the lineage's files are: the volume is transposed to (Z, i, j) and its last axis flipped, so a
+prepared slice equals the slice of the circulating ``train_npz`` files. That index rule is expressed as an
+orientation code computed from the first case's affine (recorded as ``orientation`` in dataset.json); a case stored
+in another orientation is reoriented to the same anatomical axes rather than cut by the index rule blindly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+from collections import Counter
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+
+from perspective_unet.data.checks import require_files
+from perspective_unet.data.common import progress, read_pair, volume_attrs
+from perspective_unet.data.io import read_image
+from perspective_unet.data.layout import PreparedWriter
+from perspective_unet.data.normalise import SYNAPSE_HU_WINDOW, ct_intensity, ct_window, describe_ct_window
+from perspective_unet.errors import InputError
+
+__all__ = [
+    "SYNAPSE_CLASS_NAMES",
+    "SYNAPSE_LABEL_MAP",
+    "SYNAPSE_TEST_CASES",
+    "SYNAPSE_TRAIN_CASES",
+    "lineage_orientation",
+    "prepare_synapse",
+]
+
+logger = logging.getLogger(__name__)
+
+SYNAPSE_TRAIN_CASES = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
+SYNAPSE_TEST_CASES = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
+SYNAPSE_CLASS_NAMES = (
+    "background", "aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach"
+)
+# BTCV id -> lineage class id; the other BTCV organs (esophagus, IVC, veins, adrenals) become background.
+SYNAPSE_LABEL_MAP = {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
+BTCV_LABEL_VALUES = range(14)
+_CASE_PATTERN = re.compile(r"img(\d+)\.nii(\.gz)?$")
+
+
+def case_name(number: int) -> str:
+    """``case0005``: the lineage's name of BTCV case 5."""
+    return f"case{number:04d}"
+
+
+def lineage_orientation(affine: np.ndarray) -> str:
+    """Orientation code of the (Z, H, W) axes that the lineage's index rule produces for a file with this affine.
+
+    The rule is ``np.flip(np.transpose(volume, (2, 0, 1)), 2)``: Z is the stored k axis, H the stored i axis, and
+    W the stored j axis reversed.
+    """
+    codes = nib.aff2axcodes(affine)
+    opposite = {"L": "R", "R": "L", "A": "P", "P": "A", "S": "I", "I": "S"}
+    return codes[2] + codes[0] + opposite[codes[1]]
+
+
+def _find_raw_folders(raw: Path) -> tuple[Path, Path]:
+    for base in (raw, raw / "Training", raw / "RawData" / "Training", raw / "RawData"):
+        if (base / "img").is_dir() and (base / "label").is_dir():
+            return base / "img", base / "label"
+    raise InputError(
+        f"{raw} has no img/ and label/ folders; give the folder that holds img/img00XX.nii.gz and "
+        "label/label00XX.nii.gz (the BTCV 'RawData/Training' folder)."
+    )
+
+
+def prepare_synapse(
+    raw: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False
+) -> Path:
+    """Convert the raw BTCV abdomen files into the prepared layout with the lineage's split and classes.
+
+    Cases of the standard split that are missing from ``raw`` are skipped with a warning; at least one training and
+    one test case must be present.
+
+    Args:
+        raw: Folder holding ``img/`` and ``label/``.
+        out: Output folder (written atomically).
+        overwrite: Replace an existing ``out``.
+
+    Returns:
+        The output folder.
+
+    Raises:
+        InputError: Missing folders or cases, unreadable files, mismatched image/label, label values above 13,
+            NaN voxels.
+    """
+    raw = Path(raw)
+    img_dir, label_dir = _find_raw_folders(raw)
+    found: dict[int, Path] = {}
+    for path in sorted(img_dir.iterdir()):
+        match = _CASE_PATTERN.match(path.name)
+        if match:
+            found[int(match.group(1))] = path
+    require_files(list(found.values()), img_dir, "img00XX.nii.gz files")
+    wanted = {n: "train" for n in SYNAPSE_TRAIN_CASES} | {n: "test" for n in SYNAPSE_TEST_CASES}
+    missing = sorted(set(wanted) - set(found))
+    if missing:
+        logger.warning("Synapse: %d cases of the standard split are missing and skipped: %s", len(missing), missing)
+    ignored = sorted(set(found) - set(wanted))
+    if ignored:
+        logger.info("Synapse: cases outside the standard split are ignored: %s", ignored)
+    present = {n: split for n, split in wanted.items() if n in found}
+    for split in ("train", "test"):
+        if split not in present.values():
+            raise InputError(f"{img_dir} holds none of the standard Synapse {split} cases; nothing to prepare.")
+
+    # One orientation for the whole dataset: the one the lineage's index rule gives on most files.
+    orientations = Counter(lineage_orientation(read_image_header_affine(found[n])) for n in present)
+    orientation = orientations.most_common(1)[0][0]
+    if len(orientations) > 1:
+        logger.warning("Synapse: files are stored in several orientations %s; all are reoriented to %s",
+                       dict(orientations), orientation)
+
+    with PreparedWriter(out, overwrite=overwrite) as writer:
+        for number in progress(sorted(present), "Synapse cases"):
+            image_path = found[number]
+            label_path = label_dir / image_path.name.replace("img", "label", 1)
+            if not label_path.exists():
+                raise InputError(f"{image_path} has no label file {label_path}; every Synapse case needs both.")
+            pair = read_pair(image_path, label_path, BTCV_LABEL_VALUES, orientation, SYNAPSE_LABEL_MAP)
+            image = ct_window(pair.image, SYNAPSE_HU_WINDOW)
+            assert pair.label is not None
+            if present[number] == "train":
+                writer.add_train_volume(case_name(number), image, pair.label, spacing=pair.spacing,
+                                        attrs=volume_attrs(pair, image_path.name))
+            else:
+                writer.add_volume("test", case_name(number), image, pair.label, pair.spacing,
+                                  volume_attrs(pair, image_path.name))
+        return writer.finish({
+            "name": "Synapse",
+            "class_names": list(SYNAPSE_CLASS_NAMES),
+            "modality": "CT",
+            "normalisation": describe_ct_window(SYNAPSE_HU_WINDOW, "the TransUNet lineage's window"),
+            "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
+            "orientation": orientation,
+            "source": "Multi-Atlas Labeling Beyond the Cranial Vault (BTCV), MICCAI 2015 challenge, abdomen CT",
+            "licence": "BTCV challenge data terms (Synapse registration); not redistributable with this package",
+            "label_map": {str(k): v for k, v in SYNAPSE_LABEL_MAP.items()},
+            "notes": "Split and class mapping of TransUNet / Swin-Unet / MISSFormer / Perspective+ Unet.",
+        })
+
+
+def read_image_header_affine(path: Path) -> np.ndarray:
+    """The affine of an image file, reading only its header when it is NIfTI."""
+    try:
+        return np.asarray(nib.load(str(path)).affine, dtype=np.float64)
+    except Exception:
+        # Not a readable NIfTI: read_image gives the one clear message for it.
+        return read_image(path)[1]["affine"]

@@ -1,0 +1,1100 @@
+"""Speed and memory of the network and its attention kernels: latency, throughput, achieved FLOP rate, peak memory.
+
+Every measurement compares two *paths* of the same network with the same weights:
+
+- ``baseline``: the straightforward float32 path: eager mode, default layout, BatchNorm as separate layers,
+  ``torch.nn.functional.dropout`` (and SDPA's own dropout), no activation checkpointing, default allocator settings.
+- ``optimized``: what this package offers that changes no eval-mode output beyond float rounding: BatchNorm folded
+  into the convolutions (``fuse_for_inference``), channels-last layout, fast dropout, optional activation
+  checkpointing, glibc allocator thresholds raised; optionally ``torch.compile`` and autocast (``amp``).
+
+On the CPU each measurement runs in a fresh Python process, so that its peak resident memory (``ru_maxrss``) is its
+own and its allocator settings cannot leak into the other path. On CUDA the peak is ``max_memory_allocated``.
+Latency is the median of ``runs`` timed calls after ``warmup`` untimed ones (min and max are kept too).
+
+Achieved FLOP rates count what one call executes (``torch.utils.flop_counter``, a multiply-add = 2 FLOPs, the CPU
+attention kernel included; recomputation under checkpointing included) and are set against this machine's dense
+float32 matrix-product rate, measured in the same run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import dataclasses
+import datetime
+import gc
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from perspective_unet.engine.summary import count_flops_mode, model_parts
+from perspective_unet.models.attention import exact_softmax_attention, gaussian_orthogonal_random_matrix
+from perspective_unet.models.attention import linear_attention, random_feature_map
+from perspective_unet.models.integrator import SpatialCrossScaleIntegrator
+from perspective_unet.models.registry import create_model
+from perspective_unet.table import format_table
+
+__all__ = [
+    "AttentionPoint",
+    "BenchmarkResult",
+    "MachineInfo",
+    "PathSettings",
+    "ScsiPoint",
+    "Timing",
+    "attention_table",
+    "baseline_settings",
+    "benchmark_attention",
+    "benchmark_model",
+    "benchmark_scsi_memory",
+    "comparison_table",
+    "machine_info",
+    "matmul_gflops",
+    "measure_attention_point",
+    "measure_inference",
+    "measure_scsi_point",
+    "measure_train_step",
+    "measure_volume",
+    "optimized_settings",
+    "output_fidelity",
+    "profile_parts",
+    "run_isolated",
+    "time_function",
+    "tune_glibc_malloc",
+]
+
+MODES = ("inference", "train", "volume")
+# glibc keeps freed blocks below these sizes for reuse instead of unmapping them and faulting them back in.
+MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**31 - 1), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+_RESULT_TAG = "@@BENCHMARK-RESULT@@"
+
+
+# --------------------------------------------------------------------------------------------------------- machine
+
+
+@dataclass
+class MachineInfo:
+    """Where a benchmark ran."""
+
+    cpu_model: str
+    cores: int
+    threads: int
+    device: str
+    torch_version: str
+    python_version: str
+    date: str
+    platform: str
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as handle:
+            for line in handle:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown"
+
+
+def machine_info(device: torch.device | str = "cpu") -> MachineInfo:
+    """CPU model (from /proc/cpuinfo), cores, torch threads, the accelerator's name, versions and the date."""
+    device = torch.device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return MachineInfo(
+        cpu_model=_cpu_model(),
+        cores=os.cpu_count() or 0,
+        threads=torch.get_num_threads(),
+        device=name,
+        torch_version=torch.__version__,
+        python_version=platform.python_version(),
+        date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        platform=platform.platform(),
+    )
+
+
+def tune_glibc_malloc(threshold: int = 2**31 - 1) -> bool:
+    """Raise glibc's mmap and trim thresholds in this process (``mallopt``); returns whether glibc accepted them.
+
+    PyTorch's CPU allocator hands large blocks to ``malloc``; above the mmap threshold glibc maps them anew and
+    unmaps them on free, so every training step faults hundreds of MB of fresh pages in again. With the thresholds
+    raised the blocks are reused. Setting ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the
+    environment before Python starts does the same.
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+    except OSError:
+        return False
+    libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
+    m_trim_threshold, m_mmap_threshold = -1, -3
+    value = min(int(threshold), 2**31 - 1)
+    return bool(libc.mallopt(m_mmap_threshold, value)) and bool(libc.mallopt(m_trim_threshold, value))
+
+
+def _malloc_tuned() -> bool:
+    return all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
+
+
+def _current_rss_mb() -> float:
+    try:
+        with open("/proc/self/statm", encoding="utf-8") as handle:
+            return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+    except (OSError, ValueError, IndexError):
+        return _peak_rss_mb()
+
+
+def _peak_rss_mb() -> float:
+    # Linux reports kilobytes, macOS bytes.
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+# ---------------------------------------------------------------------------------------------------------- timing
+
+
+@dataclass
+class Timing:
+    """Seconds per call: median, min and max of the timed runs, and the runs themselves."""
+
+    median_s: float
+    min_s: float
+    max_s: float
+    runs_s: list[float]
+
+    @classmethod
+    def from_runs(cls, runs: Sequence[float]) -> Timing:
+        if not runs:
+            raise ValueError("no timed runs")
+        return cls(float(np.median(runs)), float(min(runs)), float(max(runs)), [float(r) for r in runs])
+
+
+def time_function(fn: Callable[[], Any], *, runs: int = 5, warmup: int = 1, device: torch.device | str = "cpu") -> Timing:
+    """Call ``fn`` ``warmup`` times untimed, then ``runs`` times timed (synchronising CUDA around each call)."""
+    if runs < 1 or warmup < 0:
+        raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs} and {warmup}.")
+    device = torch.device(device)
+    for _ in range(warmup):
+        fn()
+    _synchronize(device)
+    samples = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        _synchronize(device)
+        samples.append(time.perf_counter() - start)
+    return Timing.from_runs(samples)
+
+
+def matmul_gflops(device: torch.device | str = "cpu", size: int | None = None, runs: int = 5) -> float:
+    """This machine's dense float32 matrix-product rate (GFLOP/s): the median of ``runs`` ``size x size`` products."""
+    device = torch.device(device)
+    size = size or (8192 if device.type == "cuda" else 2048)
+    generator = torch.Generator().manual_seed(0)
+    a = torch.randn(size, size, generator=generator).to(device)
+    b = torch.randn(size, size, generator=generator).to(device)
+    if device.type == "cuda":
+        # TF32 would report a rate float32 work does not get.
+        previous = torch.backends.cuda.matmul.allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        timing = time_function(lambda: a @ b, runs=runs, warmup=2, device=device)
+    finally:
+        if device.type == "cuda":
+            torch.backends.cuda.matmul.allow_tf32 = previous
+    return 2 * size**3 / timing.median_s / 1e9
+
+
+# ----------------------------------------------------------------------------------------------------------- paths
+
+
+@dataclass
+class PathSettings:
+    """How a path runs the network.
+
+    Attributes:
+        name: ``"baseline"``, ``"optimized"`` or any label.
+        channels_last: Channels-last layout for weights and feature maps.
+        fuse_batchnorm: Fold BatchNorm into convolutions (inference only).
+        fast_dropout: ``ModelConfig.fast_dropout`` (training only).
+        gradient_checkpointing: Parts recomputed in backward (training only).
+        tune_malloc: Raise glibc's mmap/trim thresholds (CPU).
+        compile: ``torch.compile`` the model.
+        amp: ``"bfloat16"`` or ``"float16"`` autocast, or ``None`` for float32.
+    """
+
+    name: str = "baseline"
+    channels_last: bool = False
+    fuse_batchnorm: bool = False
+    fast_dropout: bool = False
+    gradient_checkpointing: tuple[str, ...] = ()
+    tune_malloc: bool = False
+    compile: bool = False
+    amp: str | None = None
+
+    def __post_init__(self) -> None:
+        self.gradient_checkpointing = tuple(self.gradient_checkpointing)
+        if self.amp not in (None, "bfloat16", "float16"):
+            raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}.")
+
+    @property
+    def amp_dtype(self) -> torch.dtype | None:
+        return getattr(torch, self.amp) if self.amp else None
+
+
+def baseline_settings() -> PathSettings:
+    """The straightforward float32 eager path."""
+    return PathSettings(name="baseline")
+
+
+def optimized_settings(
+    device: torch.device | str = "cpu",
+    *,
+    gradient_checkpointing: Sequence[str] = ("scsi",),
+    compile: bool = False,
+    amp: str | None = None,
+    channels_last: bool = True,
+) -> PathSettings:
+    """Every same-output change: folded BatchNorm, channels-last, fast dropout, checkpointing, allocator thresholds."""
+    return PathSettings(
+        name="optimized",
+        channels_last=channels_last,
+        fuse_batchnorm=True,
+        fast_dropout=True,
+        gradient_checkpointing=tuple(gradient_checkpointing),
+        tune_malloc=torch.device(device).type == "cpu",
+        compile=compile,
+        amp=amp,
+    )
+
+
+def _settings_from(data: PathSettings | dict[str, Any]) -> PathSettings:
+    return data if isinstance(data, PathSettings) else PathSettings(**data)
+
+
+def _build_model(
+    model_name: str, settings: PathSettings, *, train: bool, device: torch.device, overrides: dict[str, Any]
+) -> nn.Module:
+    torch.manual_seed(0)
+    model = create_model(
+        model_name,
+        **{
+            **overrides,
+            "fast_dropout": settings.fast_dropout,
+            "gradient_checkpointing": settings.gradient_checkpointing if train else (),
+        },
+    ).to(device)
+    if train:
+        model.train()
+        if settings.channels_last:
+            model.to_channels_last()
+    else:
+        model.eval()
+        if settings.fuse_batchnorm:
+            model = model.fuse_for_inference(channels_last=settings.channels_last, inplace=True)
+        elif settings.channels_last:
+            model.to_channels_last()
+    if settings.compile:
+        model = torch.compile(model)
+    return model
+
+
+def _autocast(device: torch.device, settings: PathSettings) -> contextlib.AbstractContextManager:
+    dtype = settings.amp_dtype
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _count_flops(fn: Callable[[], Any]) -> int:
+    counter = count_flops_mode()
+    with counter:
+        fn()
+    return int(counter.get_total_flops())
+
+
+# ---------------------------------------------------------------------------------------------------------- results
+
+
+@dataclass
+class BenchmarkResult:
+    """One path measured in one mode.
+
+    Attributes:
+        mode: ``"inference"``, ``"train"`` (one optimiser step) or ``"volume"`` (whole-volume evaluation).
+        items: Slices per timed call (the batch, or the volume's depth).
+        flops_per_call: FLOPs one timed call executes (recomputation included); 0 where not counted.
+        peak_memory_mb: Peak resident memory of the measuring process (CPU) or peak CUDA memory allocated.
+        memory_kind: ``"cpu_rss"`` or ``"cuda_max_allocated"``.
+        model_memory_mb: Resident memory (CPU) or CUDA memory allocated once the model was built.
+        extra: Mode-specific facts (volume shape, label agreement, loss, ...).
+    """
+
+    mode: str
+    path: str
+    model: str
+    img_size: tuple[int, int]
+    batch_size: int
+    device: str
+    settings: dict[str, Any]
+    parameters: int
+    items: int
+    timing: Timing
+    flops_per_call: int
+    peak_memory_mb: float
+    memory_kind: str
+    model_memory_mb: float
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def items_per_s(self) -> float:
+        return self.items / self.timing.median_s
+
+    @property
+    def achieved_gflops(self) -> float:
+        return self.flops_per_call / self.timing.median_s / 1e9
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["items_per_s"] = self.items_per_s
+        out["achieved_gflops"] = self.achieved_gflops
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> BenchmarkResult:
+        data = {k: v for k, v in data.items() if k not in ("items_per_s", "achieved_gflops")}
+        data["timing"] = Timing(**data["timing"])
+        data["img_size"] = tuple(data["img_size"])
+        return cls(**data)
+
+
+def _memory_start(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _memory_now(device: torch.device) -> float:
+    return torch.cuda.memory_allocated(device) / 2**20 if device.type == "cuda" else _current_rss_mb()
+
+
+def _memory_peak(device: torch.device) -> tuple[float, str]:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda_max_allocated"
+    return _peak_rss_mb(), "cpu_rss"
+
+
+def _prepare(settings: PathSettings | dict[str, Any], device: torch.device | str) -> tuple[PathSettings, torch.device]:
+    settings = _settings_from(settings)
+    device = torch.device(device)
+    if settings.tune_malloc and device.type == "cpu" and not _malloc_tuned():
+        tune_glibc_malloc()
+    _memory_start(device)
+    return settings, device
+
+
+def measure_inference(
+    model_name: str = "perspective_unet",
+    *,
+    img_size: Sequence[int] = (224, 224),
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    settings: PathSettings | dict[str, Any] | None = None,
+    runs: int = 5,
+    warmup: int = 2,
+    model_overrides: dict[str, Any] | None = None,
+) -> BenchmarkResult:
+    """Latency of one forward pass (eval mode, ``inference_mode``) of a batch, in this process."""
+    settings, device = _prepare(settings or baseline_settings(), device)
+    model = _build_model(model_name, settings, train=False, device=device, overrides=dict(model_overrides or {}))
+    parameters = sum(p.numel() for p in model.parameters())
+    model_memory = _memory_now(device)
+    x = torch.randn(batch_size, 1, *img_size, generator=torch.Generator().manual_seed(1)).to(device)
+
+    @torch.inference_mode()
+    def call() -> torch.Tensor:
+        with _autocast(device, settings):
+            return model(x)
+
+    call()  # compiles, if asked, before FLOPs are counted
+    flops = _count_flops(call) if not settings.compile else 0
+    timing = time_function(call, runs=runs, warmup=warmup, device=device)
+    peak, kind = _memory_peak(device)
+    return BenchmarkResult(
+        "inference", settings.name, model_name, tuple(img_size), batch_size, str(device), dataclasses.asdict(settings),
+        parameters, batch_size, timing, flops, peak, kind, model_memory,
+    )  # fmt: skip
+
+
+def measure_train_step(
+    model_name: str = "perspective_unet",
+    *,
+    img_size: Sequence[int] = (224, 224),
+    batch_size: int = 2,
+    device: torch.device | str = "cpu",
+    settings: PathSettings | dict[str, Any] | None = None,
+    runs: int = 3,
+    warmup: int = 1,
+    model_overrides: dict[str, Any] | None = None,
+) -> BenchmarkResult:
+    """Latency of one training step: forward, cross-entropy, backward, SGD with momentum (the paper's optimiser)."""
+    settings, device = _prepare(settings or baseline_settings(), device)
+    model = _build_model(model_name, settings, train=True, device=device, overrides=dict(model_overrides or {}))
+    parameters = sum(p.numel() for p in model.parameters())
+    model_memory = _memory_now(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
+    generator = torch.Generator().manual_seed(1)
+    x = torch.randn(batch_size, 1, *img_size, generator=generator).to(device)
+    num_classes = model.config.num_classes if hasattr(model, "config") else 9
+    target = torch.randint(0, num_classes, (batch_size, *img_size), generator=generator).to(device)
+    losses: list[float] = []
+
+    def step() -> None:
+        optimizer.zero_grad(set_to_none=True)
+        with _autocast(device, settings):
+            logits = model(x)
+        loss = F.cross_entropy(logits.float(), target)
+        loss.backward()
+        optimizer.step()
+        losses.append(float(loss.detach()))
+
+    flops = _count_flops(step) if not settings.compile else 0
+    timing = time_function(step, runs=runs, warmup=max(0, warmup - 1), device=device)
+    peak, kind = _memory_peak(device)
+    return BenchmarkResult(
+        "train", settings.name, model_name, tuple(img_size), batch_size, str(device), dataclasses.asdict(settings),
+        parameters, batch_size, timing, flops, peak, kind, model_memory, extra={"losses": losses},
+    )  # fmt: skip
+
+
+def synthetic_ct_volume(depth: int = 100, height: int = 512, width: int = 512, seed: int = 0) -> np.ndarray:
+    """A (depth, height, width) float32 volume in [0, 1] with smooth blobs, a stand-in for a windowed CT."""
+    generator = torch.Generator().manual_seed(seed)
+    coarse = torch.rand(1, 1, max(2, depth // 8), 16, 16, generator=generator)
+    smooth = F.interpolate(coarse, size=(depth, height, width), mode="trilinear", align_corners=False)[0, 0]
+    noise = 0.05 * torch.randn(depth, height, width, generator=generator)
+    return (smooth + noise).clamp_(0, 1).numpy().astype(np.float32)
+
+
+def measure_volume(
+    model_name: str = "perspective_unet",
+    *,
+    img_size: Sequence[int] = (224, 224),
+    batch_size: int = 16,
+    device: torch.device | str = "cpu",
+    settings: PathSettings | dict[str, Any] | None = None,
+    volume_shape: Sequence[int] = (100, 512, 512),
+    resampler: str | None = None,
+    runs: int = 1,
+    warmup: int = 0,
+    model_overrides: dict[str, Any] | None = None,
+    labels_out: str | None = None,
+) -> BenchmarkResult:
+    """Whole-volume evaluation through ``predict_volume``: resampling, batched prediction, labels back on the grid.
+
+    The baseline path is the lineage's loop (one slice at a time, scipy resampling) unless ``resampler`` and
+    ``batch_size`` say otherwise. ``labels_out`` saves the predicted labels (``.npy``) for comparing paths.
+    """
+    from perspective_unet.engine.inference import predict_volume
+
+    settings, device = _prepare(settings or baseline_settings(), device)
+    if resampler is None:
+        resampler = "scipy" if settings.name == "baseline" else "torch"
+    model = _build_model(model_name, settings, train=False, device=device, overrides=dict(model_overrides or {}))
+    parameters = sum(p.numel() for p in model.parameters())
+    model_memory = _memory_now(device)
+    depth, height, width = (int(s) for s in volume_shape)
+    volume = synthetic_ct_volume(depth, height, width)
+    labels: list[np.ndarray] = []
+
+    def call() -> None:
+        labels[:] = [
+            predict_volume(
+                model, volume, img_size=img_size, batch_size=batch_size, device=device, resampler=resampler,
+                amp_dtype=settings.amp_dtype,
+            )
+        ]  # fmt: skip
+
+    timing = time_function(call, runs=runs, warmup=warmup, device=device)
+    peak, kind = _memory_peak(device)
+    if labels_out:
+        np.save(labels_out, labels[0])
+    extra = {"volume_shape": [depth, height, width], "resampler": resampler, "label_counts": np.bincount(
+        labels[0].ravel(), minlength=9).tolist()}  # fmt: skip
+    return BenchmarkResult(
+        "volume", settings.name, model_name, tuple(img_size), batch_size, str(device), dataclasses.asdict(settings),
+        parameters, depth, timing, 0, peak, kind, model_memory, extra=extra,
+    )  # fmt: skip
+
+
+@torch.no_grad()
+def output_fidelity(
+    model_name: str = "perspective_unet",
+    *,
+    img_size: Sequence[int] = (224, 224),
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    settings: PathSettings | dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+) -> dict[str, float]:
+    """Eval-mode logits of a path against the plain float32 path with the same weights.
+
+    Returns ``max_abs_diff``, ``max_abs_logit`` and their ratio ``relative`` (the test bound is 1e-4), and the
+    fraction of pixels whose argmax label agrees.
+    """
+    settings = _settings_from(settings or optimized_settings(device))
+    device = torch.device(device)
+    overrides = dict(model_overrides or {})
+    reference_model = _build_model(model_name, baseline_settings(), train=False, device=device, overrides=overrides)
+    x = torch.randn(batch_size, 1, *img_size, generator=torch.Generator().manual_seed(2)).to(device)
+    reference = reference_model(x).float()
+    del reference_model
+    model = _build_model(model_name, settings, train=False, device=device, overrides=overrides)
+    with _autocast(device, settings):
+        out = model(x).float()
+    diff = float((out - reference).abs().max())
+    scale = float(reference.abs().max())
+    agree = float((out.argmax(1) == reference.argmax(1)).float().mean())
+    return {"max_abs_diff": diff, "max_abs_logit": scale, "relative": diff / scale, "label_agreement": agree}
+
+
+# --------------------------------------------------------------------------------------------------------- profiling
+
+
+def profile_parts(
+    model: nn.Module,
+    x: torch.Tensor,
+    *,
+    train: bool = False,
+    top_operators: int = 10,
+) -> dict[str, Any]:
+    """Per-part forward time and the costliest operators of one call, from ``torch.profiler``.
+
+    Each part of :func:`~perspective_unet.engine.summary.model_parts` runs inside a ``record_function`` range. With
+    ``train`` the call is forward, cross-entropy against random labels and backward; backward time is reported as
+    one row, since autograd does not run inside the parts' ranges.
+
+    Returns:
+        ``{"total_ms", "parts": [{"name", "ms", "percent"}], "operators": [{"name", "self_ms", "percent"}]}``.
+    """
+    from torch.autograd.profiler import record_function
+
+    device = x.device
+    parts = model_parts(model)
+    ranges: dict[int, Any] = {}
+    handles = []
+
+    def _enter(name: str):
+        def hook(module, args):  # noqa: ARG001
+            ranges[id(module)] = record_function(name)
+            ranges[id(module)].__enter__()
+
+        return hook
+
+    def _exit(module, args, output):  # noqa: ARG001
+        ranges.pop(id(module)).__exit__(None, None, None)
+
+    for name, module in parts.items():
+        for member in module if isinstance(module, nn.ModuleList) else [module]:
+            handles.append(member.register_forward_pre_hook(_enter(name)))
+            handles.append(member.register_forward_hook(_exit))
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    target = None
+    if train:
+        target = torch.randint(0, 2, (x.shape[0], *x.shape[-2:]), device=device)
+
+    def call() -> None:
+        if train:
+            with record_function("forward"):
+                logits = model(x)
+            loss = F.cross_entropy(logits.float(), target.clamp_max(logits.shape[1] - 1))
+            with record_function("backward"):
+                loss.backward()
+        else:
+            with torch.inference_mode():
+                model(x)
+
+    try:
+        call()  # warm-up
+        _synchronize(device)
+        start = time.perf_counter()
+        with torch.profiler.profile(activities=activities) as prof:
+            call()
+            _synchronize(device)
+        total_ms = (time.perf_counter() - start) * 1e3
+    finally:
+        for handle in handles:
+            handle.remove()
+    use_device = device.type == "cuda"
+    averages = prof.key_averages()
+
+    def inclusive_ms(event) -> float:
+        return (event.device_time_total if use_device else event.cpu_time_total) / 1e3
+
+    def self_ms(event) -> float:
+        return (event.self_device_time_total if use_device else event.self_cpu_time_total) / 1e3
+
+    by_key = {event.key: event for event in averages}
+    rows = [{"name": name, "ms": inclusive_ms(by_key[name])} for name in parts if name in by_key]
+    if train and "backward" in by_key:
+        rows.append({"name": "backward (all parts)", "ms": inclusive_ms(by_key["backward"])})
+    measured = sum(r["ms"] for r in rows)
+    # Time outside the parts: input checks, the loss, the profiler's own overhead.
+    rows.append({"name": "other", "ms": max(0.0, total_ms - measured)})
+    for r in rows:
+        r["percent"] = 100.0 * r["ms"] / total_ms
+    operators = sorted(
+        (e for e in averages if e.key.startswith("aten::") or e.key.startswith("mkldnn")), key=self_ms, reverse=True
+    )[:top_operators]
+    total_self = sum(self_ms(e) for e in averages) or 1.0
+    return {
+        "total_ms": total_ms,
+        "parts": rows,
+        "operators": [{"name": e.key, "self_ms": self_ms(e), "percent": 100 * self_ms(e) / total_self} for e in operators],
+    }
+
+
+def profile_path(
+    model_name: str = "perspective_unet",
+    *,
+    mode: str = "inference",
+    img_size: Sequence[int] = (224, 224),
+    batch_size: int = 1,
+    device: torch.device | str = "cpu",
+    settings: PathSettings | dict[str, Any] | None = None,
+    model_overrides: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """:func:`profile_parts` on a model built for a path (``mode`` ``"inference"`` or ``"train"``)."""
+    settings, device = _prepare(settings or baseline_settings(), device)
+    train = mode == "train"
+    model = _build_model(
+        model_name, dataclasses.replace(settings, compile=False), train=train, device=device,
+        overrides=dict(model_overrides or {}),
+    )  # fmt: skip
+    x = torch.randn(batch_size, 1, *img_size, generator=torch.Generator().manual_seed(1)).to(device)
+    result = profile_parts(model, x, train=train)
+    result.update(mode=mode, path=settings.name)
+    return result
+
+
+# --------------------------------------------------------------------------------------------------------- attention
+
+
+@dataclass
+class AttentionPoint:
+    """One attention kernel at one sequence length: time per call and the peak memory it added."""
+
+    kernel: str
+    tokens: int
+    dim: int
+    timing: Timing
+    peak_memory_mb: float
+    memory_kind: str
+
+
+def measure_attention_point(
+    kernel: str, tokens: int, *, dim: int = 256, device: torch.device | str = "cpu", runs: int = 3, warmup: int = 1
+) -> AttentionPoint:
+    """Time ENLSA (``"enlsa"``, random features m = d) or exact softmax attention (``"exact"``, SDPA, scale 1).
+
+    One head of width ``dim``, unit-length q and k as ENLSA uses them. Memory is the peak above what the inputs
+    occupy: CUDA peak allocation, or on the CPU the rise of this process's peak resident memory (so run each
+    point in a fresh process, as :func:`benchmark_attention` does).
+    """
+    device = torch.device(device)
+    generator = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(1, tokens, dim, generator=generator), dim=-1).to(device)
+    k = F.normalize(torch.randn(1, tokens, dim, generator=generator), dim=-1).to(device)
+    v = torch.randn(1, tokens, dim, generator=generator).to(device)
+    projection = gaussian_orthogonal_random_matrix(dim, dim, generator=generator, device=device)
+    if kernel == "enlsa":
+
+        def call() -> torch.Tensor:
+            return linear_attention(random_feature_map(q, projection), random_feature_map(k, projection), v)
+
+    elif kernel == "exact":
+
+        def call() -> torch.Tensor:
+            return exact_softmax_attention(q[:, None], k[:, None], v[:, None])
+
+    else:
+        raise ValueError(f"kernel must be 'enlsa' or 'exact', got {kernel!r}.")
+    _memory_start(device)
+    base = _memory_now(device) if device.type == "cuda" else _peak_rss_mb()
+    with torch.inference_mode():
+        timing = time_function(call, runs=runs, warmup=warmup, device=device)
+    peak, kind = _memory_peak(device)
+    return AttentionPoint(kernel, tokens, dim, timing, max(0.0, peak - base), kind)
+
+
+@dataclass
+class ScsiPoint:
+    """The paper's SCSI at one input size: tokens, time and the peak memory it added."""
+
+    img_size: int
+    tokens: int
+    train: bool
+    depth: int
+    batch_size: int
+    timing: Timing
+    peak_memory_mb: float
+    memory_kind: str
+
+
+def measure_scsi_point(
+    img_size: int = 224,
+    *,
+    train: bool = False,
+    depth: int = 6,
+    batch_size: int = 1,
+    fast_dropout: bool = True,
+    device: torch.device | str = "cpu",
+    runs: int = 2,
+    warmup: int = 1,
+) -> ScsiPoint:
+    """The paper's SCSI (token attention, width 256, 8 heads, feed-forward 2048) on ENLTB-sized inputs.
+
+    ``train`` times forward and backward in training mode (dropout 0.1); otherwise one eval forward pass.
+    """
+    device = torch.device(device)
+    widths = (256, 512, 1024)
+    scsi = SpatialCrossScaleIntegrator(widths, depth=depth, fast_dropout=fast_dropout).to(device).train(train)
+    generator = torch.Generator().manual_seed(0)
+    features = [
+        torch.randn(batch_size, c, img_size // s, img_size // s, generator=generator).to(device).requires_grad_(train)
+        for c, s in zip(widths, (4, 8, 16))
+    ]
+    tokens = sum((img_size // s) ** 2 for s in (4, 8, 16))
+
+    def call() -> None:
+        if train:
+            outputs = scsi(features)
+            sum(o.sum() for o in outputs).backward()
+        else:
+            with torch.inference_mode():
+                scsi(features)
+
+    _memory_start(device)
+    base = _memory_now(device) if device.type == "cuda" else _peak_rss_mb()
+    timing = time_function(call, runs=runs, warmup=warmup, device=device)
+    peak, kind = _memory_peak(device)
+    return ScsiPoint(img_size, tokens, train, depth, batch_size, timing, max(0.0, peak - base), kind)
+
+
+# ------------------------------------------------------------------------------------------------------- isolation
+
+
+def run_isolated(
+    function: str, kwargs: dict[str, Any], *, env: dict[str, str] | None = None, timeout: float | None = None
+) -> dict[str, Any]:
+    """Run one of this module's ``measure_*``/``profile_path``/``output_fidelity`` functions in a fresh Python process.
+
+    Returns its result as a dict; on failure (including being killed for memory) a dict with ``"error"``.
+    """
+    allowed = {
+        "measure_inference", "measure_train_step", "measure_volume", "measure_attention_point", "measure_scsi_point",
+        "profile_path", "output_fidelity",
+    }  # fmt: skip
+    if function not in allowed:
+        raise ValueError(f"function must be one of {sorted(allowed)}, got {function!r}.")
+    code = "from perspective_unet.engine.benchmark import _child_main; _child_main()"
+    payload = json.dumps({"function": function, "kwargs": kwargs, "threads": torch.get_num_threads()})
+    child_env = {**os.environ, **(env or {})}
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-c", code], input=payload, capture_output=True, text=True, env=child_env, timeout=timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"error": f"timed out after {timeout} s"}
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith(_RESULT_TAG):
+            return json.loads(line[len(_RESULT_TAG) :])
+    tail = (proc.stderr or proc.stdout)[-2000:]
+    return {"error": f"exit status {proc.returncode}" + (" (killed: out of memory?)" if proc.returncode < 0 else ""),
+            "stderr_tail": tail}  # fmt: skip
+
+
+def _child_main() -> None:
+    request = json.loads(sys.stdin.read())
+    torch.set_num_threads(int(request.get("threads", torch.get_num_threads())))
+    result = globals()[request["function"]](**request["kwargs"])
+    if dataclasses.is_dataclass(result):
+        result = result.to_dict() if hasattr(result, "to_dict") else dataclasses.asdict(result)
+    sys.stdout.write(_RESULT_TAG + json.dumps(result) + "\n")
+    sys.stdout.flush()
+
+
+def _measure(function: str, kwargs: dict[str, Any], settings: PathSettings, isolate: bool, device: torch.device):
+    if not isolate:
+        fn = globals()[function]
+        out = fn(**kwargs)
+        return out.to_dict() if hasattr(out, "to_dict") else out
+    env = dict(MALLOC_ENV) if settings.tune_malloc and device.type == "cpu" else {}
+    return run_isolated(function, kwargs, env=env)
+
+
+# ------------------------------------------------------------------------------------------------------- reporting
+
+
+def benchmark_model(
+    model_name: str = "perspective_unet",
+    *,
+    modes: Sequence[str] = ("inference", "train"),
+    paths: Sequence[PathSettings] | None = None,
+    img_size: Sequence[int] = (224, 224),
+    batch_size: int = 1,
+    train_batch_size: int = 2,
+    volume_batch_size: int = 16,
+    volume_shape: Sequence[int] = (100, 512, 512),
+    device: torch.device | str = "cpu",
+    runs: int = 5,
+    warmup: int = 2,
+    rounds: int = 1,
+    isolate: bool = True,
+    fidelity: bool = True,
+    profile: bool = False,
+    model_overrides: dict[str, Any] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Measure every path in every mode and gather a report (JSON-ready dict).
+
+    ``rounds`` > 1 repeats each (mode, path) measurement, alternating the paths, so that load from other processes
+    falls on both; every round's result is kept and the tables use the round with the median latency.
+
+    Returns:
+        ``{"machine", "matmul_gflops", "results": [...], "fidelity": {...}, "profiles": [...], "config": {...}}``.
+    """
+    device = torch.device(device)
+    paths = list(paths or [baseline_settings(), optimized_settings(device)])
+    for mode in modes:
+        if mode not in MODES:
+            raise ValueError(f"mode must be among {MODES}, got {mode!r}.")
+    say = log or (lambda message: None)
+    overrides = dict(model_overrides or {})
+    report: dict[str, Any] = {
+        "machine": dataclasses.asdict(machine_info(device)),
+        "config": {
+            "model": model_name, "img_size": list(img_size), "batch_size": batch_size,
+            "train_batch_size": train_batch_size, "volume_batch_size": volume_batch_size,
+            "volume_shape": list(volume_shape), "runs": runs, "warmup": warmup, "rounds": rounds,
+            "model_overrides": overrides, "paths": [dataclasses.asdict(p) for p in paths],
+        },
+        "results": [], "fidelity": {}, "profiles": [],
+    }  # fmt: skip
+    say("measuring the dense matrix-product rate")
+    report["matmul_gflops"] = matmul_gflops(device)
+    common = {"model_name": model_name, "img_size": list(img_size), "device": str(device), "model_overrides": overrides}
+    for mode in modes:
+        for round_index in range(rounds):
+            order = paths if round_index % 2 == 0 else list(reversed(paths))
+            for settings in order:
+                kwargs = {**common, "settings": dataclasses.asdict(settings), "runs": runs, "warmup": warmup}
+                if mode == "inference":
+                    function, kwargs["batch_size"] = "measure_inference", batch_size
+                elif mode == "train":
+                    function, kwargs["batch_size"] = "measure_train_step", train_batch_size
+                    kwargs["runs"], kwargs["warmup"] = max(1, runs), max(1, min(warmup, 1))
+                else:
+                    function = "measure_volume"
+                    kwargs.update(batch_size=1 if settings.name == "baseline" else volume_batch_size,
+                                  volume_shape=list(volume_shape), runs=1, warmup=0)  # fmt: skip
+                say(f"{mode}: {settings.name} (round {round_index + 1}/{rounds})")
+                result = _measure(function, kwargs, settings, isolate, device)
+                result.setdefault("mode", mode)
+                result.setdefault("path", settings.name)
+                result["round"] = round_index
+                report["results"].append(result)
+                if "error" in result:
+                    say(f"  failed: {result['error']}")
+                else:
+                    say(f"  median {result['timing']['median_s']:.3f} s, peak memory {result['peak_memory_mb']:.0f} MB")
+    if fidelity:
+        for settings in paths:
+            if settings.name == "baseline":
+                continue
+            say(f"fidelity of {settings.name} against the plain float32 path")
+            kwargs = {**common, "settings": dataclasses.asdict(settings), "batch_size": 1}
+            report["fidelity"][settings.name] = _measure("output_fidelity", kwargs, settings, isolate, device)
+    if profile:
+        for mode in [m for m in modes if m in ("inference", "train")]:
+            for settings in paths:
+                say(f"profiling {mode}: {settings.name}")
+                kwargs = {
+                    **common, "mode": mode, "settings": dataclasses.asdict(settings),
+                    "batch_size": batch_size if mode == "inference" else train_batch_size,
+                }  # fmt: skip
+                report["profiles"].append(_measure("profile_path", kwargs, settings, isolate, device))
+    return report
+
+
+def _median_results(report: dict[str, Any]) -> dict[tuple[str, str], dict[str, Any]]:
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for result in report["results"]:
+        if "error" not in result:
+            groups.setdefault((result["mode"], result["path"]), []).append(result)
+    chosen = {}
+    for key, results in groups.items():
+        results = sorted(results, key=lambda r: r["timing"]["median_s"])
+        chosen[key] = results[(len(results) - 1) // 2]
+    return chosen
+
+
+def comparison_table(report: dict[str, Any], *, markdown: bool = False) -> str:
+    """One row per (mode, path): latency, slices/s, GFLOP/s and its share of the matmul rate, memory, ratios."""
+    chosen = _median_results(report)
+    peak = report.get("matmul_gflops") or float("nan")
+    rows = []
+    for (mode, path), r in chosen.items():
+        timing = r["timing"]
+        base = chosen.get((mode, "baseline"))
+        speedup = base["timing"]["median_s"] / timing["median_s"] if base else float("nan")
+        memory_ratio = r["peak_memory_mb"] / base["peak_memory_mb"] if base else float("nan")
+        gflops = r["flops_per_call"] / timing["median_s"] / 1e9 if r["flops_per_call"] else float("nan")
+        rows.append([
+            mode, path, r["batch_size"], f"{timing['median_s']:.3f}", f"{timing['min_s']:.3f}-{timing['max_s']:.3f}",
+            f"{r['items'] / timing['median_s']:.2f}", f"{gflops:.0f}" if gflops == gflops else "-",
+            f"{100 * gflops / peak:.0f}" if gflops == gflops else "-", f"{r['peak_memory_mb']:.0f}",
+            f"{speedup:.2f}", f"{memory_ratio:.2f}",
+        ])  # fmt: skip
+    for r in report["results"]:
+        if "error" in r:
+            rows.append([r["mode"], r["path"], "-", "failed", r["error"], "-", "-", "-", "-", "-", "-"])
+    header = ["mode", "path", "batch", "median s", "min-max s", "slices/s", "GFLOP/s", "% matmul", "peak MB",
+              "speed-up", "memory x"]  # fmt: skip
+    return format_table(header, rows, markdown=markdown)
+
+
+def attention_table(points: Sequence[dict[str, Any]], *, markdown: bool = False) -> str:
+    """ENLSA and exact attention side by side, with each kernel's growth from the previous length."""
+    rows = []
+    previous: dict[str, dict[str, Any]] = {}
+    for p in sorted(points, key=lambda p: (p.get("kernel", ""), p.get("tokens", 0))):
+        if "error" in p:
+            rows.append([p.get("kernel", "?"), p.get("tokens", "?"), "failed", "-", "-", "-"])
+            continue
+        prev = previous.get(p["kernel"])
+        growth = p["timing"]["median_s"] / prev["timing"]["median_s"] if prev else float("nan")
+        token_ratio = p["tokens"] / prev["tokens"] if prev else float("nan")
+        rows.append([
+            p["kernel"], p["tokens"], f"{1e3 * p['timing']['median_s']:.1f}",
+            f"{1e9 * p['timing']['median_s'] / p['tokens']:.0f}", f"{p['peak_memory_mb']:.0f}",
+            f"{growth:.2f} (x{token_ratio:.0f} tokens)" if prev else "-",
+        ])  # fmt: skip
+        previous[p["kernel"]] = p
+    return format_table(["kernel", "tokens", "ms", "ns/token", "peak MB", "time growth"], rows, markdown=markdown)
+
+
+def benchmark_attention(
+    tokens: Sequence[int] = (1024, 4096, 16384, 65536),
+    *,
+    dim: int = 256,
+    device: torch.device | str = "cpu",
+    runs: int = 3,
+    warmup: int = 1,
+    exact_max_tokens: int = 65536,
+    isolate: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """ENLSA against exact attention (SDPA) over sequence lengths; each point in its own process on the CPU.
+
+    Exact attention above 16k tokens is timed once (``runs=1``, no warm-up); it takes tens of seconds on a CPU.
+
+    Returns:
+        ``{"machine", "points": [...], "enlsa_64k_over_16x_4k": ratio or None}``.
+    """
+    device = torch.device(device)
+    say = log or (lambda message: None)
+    points = []
+    for kernel in ("enlsa", "exact"):
+        for n in tokens:
+            if kernel == "exact" and n > exact_max_tokens:
+                continue
+            slow = kernel == "exact" and n > 16384
+            kwargs = {"kernel": kernel, "tokens": int(n), "dim": dim, "device": str(device),
+                      "runs": 1 if slow else runs, "warmup": 0 if slow else warmup}  # fmt: skip
+            say(f"attention: {kernel} at {n} tokens")
+            if isolate:
+                point = run_isolated("measure_attention_point", kwargs)
+            else:
+                point = dataclasses.asdict(measure_attention_point(**kwargs))
+            point.setdefault("kernel", kernel)
+            point.setdefault("tokens", int(n))
+            points.append(point)
+    by = {(p["kernel"], p["tokens"]): p for p in points if "error" not in p}
+    ratio = None
+    if ("enlsa", 65536) in by and ("enlsa", 4096) in by:
+        ratio = by[("enlsa", 65536)]["timing"]["median_s"] / (16 * by[("enlsa", 4096)]["timing"]["median_s"])
+    return {"machine": dataclasses.asdict(machine_info(device)), "points": points, "enlsa_64k_over_16x_4k": ratio}
+
+
+def benchmark_scsi_memory(
+    img_sizes: Sequence[int] = (224, 448),
+    *,
+    device: torch.device | str = "cpu",
+    train_depth: int = 1,
+    runs: int = 1,
+    isolate: bool = True,
+    log: Callable[[str], None] | None = None,
+) -> dict[str, Any]:
+    """Peak memory of the paper's SCSI (token attention) at several input sizes, in eval mode (6 layers) and in
+    training (forward and backward with dropout through the fast path, ``train_depth`` layers), batch 1.
+
+    Memory linear in the tokens grows 4x from 224 to 448 (4,116 to 16,464 tokens); an N x N matrix would grow 16x.
+    """
+    device = torch.device(device)
+    say = log or (lambda message: None)
+    points = []
+    for train in (False, True):
+        for size in img_sizes:
+            kwargs = {"img_size": int(size), "train": train, "depth": train_depth if train else 6,
+                      "device": str(device), "runs": runs, "warmup": 1}  # fmt: skip
+            say(f"SCSI {'training' if train else 'eval'} at {size}x{size}")
+            point = run_isolated("measure_scsi_point", kwargs) if isolate else dataclasses.asdict(
+                measure_scsi_point(**kwargs))  # fmt: skip
+            point.setdefault("img_size", int(size))
+            point.setdefault("train", train)
+            points.append(point)
+    return {"points": points}
+
+
+def scsi_table(points: Sequence[dict[str, Any]], *, markdown: bool = False) -> str:
+    """SCSI memory per input size, with the growth over the smallest size next to the growth in tokens."""
+    rows = []
+    first: dict[bool, dict[str, Any]] = {}
+    for p in points:
+        if "error" in p:
+            rows.append(["train" if p.get("train") else "eval", p.get("img_size"), "-", "failed", "-", "-"])
+            continue
+        ref = first.setdefault(p["train"], p)
+        growth = p["peak_memory_mb"] / ref["peak_memory_mb"] if ref["peak_memory_mb"] else float("nan")
+        rows.append([
+            "train" if p["train"] else "eval", p["img_size"], p["tokens"], f"{p['timing']['median_s']:.2f}",
+            f"{p['peak_memory_mb']:.0f}", f"{growth:.2f} (tokens x{p['tokens'] / ref['tokens']:.1f})",
+        ])  # fmt: skip
+    return format_table(["SCSI", "input", "tokens", "s", "peak MB", "memory growth"], rows, markdown=markdown)
+
+
+def machine_markdown(machine: dict[str, Any]) -> str:
+    """A one-paragraph description of the machine for a results README."""
+    return (
+        f"CPU: {machine['cpu_model']}, {machine['cores']} cores, {machine['threads']} torch threads; "
+        f"device: {machine['device']}; torch {machine['torch_version']}, Python {machine['python_version']}; "
+        f"{machine['platform']}; measured {machine['date']}."
+    )

@@ -1,0 +1,242 @@
+"""Evaluation of a model on prepared volumes with the papers' (``legacy``) and the ``corrected`` protocol.
+
+Each volume is predicted slice by slice in batches (the model's outputs do not depend on the batch), the labels are
+brought back to the volume's grid, and every foreground class is scored in 3D with
+:func:`perspective_unet.metrics.score_case`. See ``docs/metrics.md`` for the rules of both protocols.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from tqdm.auto import tqdm
+
+from perspective_unet.data import VolumeDataset, read_dataset_info
+from perspective_unet.engine.inference import predict_volume
+from perspective_unet.engine.runtime import DistributedContext, resolve_device
+from perspective_unet.errors import InputError
+from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
+from perspective_unet.models.checkpoint import load_checkpoint_file, load_model
+from perspective_unet.table import format_table
+
+__all__ = ["evaluate", "evaluate_model", "load_for_inference", "write_reports"]
+
+
+def load_for_inference(
+    checkpoint: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a checkpoint in eval mode, and what inference needs to know about its training.
+
+    Returns:
+        ``(model, info)`` where ``info`` holds ``img_size`` (the training size, 224x224 when the checkpoint does
+        not say) and ``dataset`` (class names, modality and intensity normalisation of the training data, when
+        the checkpoint was written by ``train``).
+    """
+    model = load_model(checkpoint, map_location=device)
+    raw = load_checkpoint_file(checkpoint, map_location="cpu")
+    train_config = raw.get("train_config") or {}
+    info = {
+        "img_size": tuple(train_config.get("img_size", (224, 224))),
+        "dataset": dict(raw.get("dataset") or {}),
+        "epoch": raw.get("epoch"),
+    }
+    return model, info
+
+
+def evaluate_model(
+    model: torch.nn.Module,
+    dataset: VolumeDataset,
+    *,
+    num_classes: int,
+    img_size: Sequence[int],
+    batch_size: int = 16,
+    protocols: Sequence[str] = PROTOCOLS,
+    class_names: Sequence[str] | None = None,
+    tta: bool = False,
+    resampler: str = "torch",
+    amp_dtype: torch.dtype | None = None,
+    ctx: DistributedContext | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Predict and score every volume of ``dataset``.
+
+    Args:
+        model: The segmentation model (put in eval mode here; its training mode is restored at the end).
+        dataset: Volumes with labels.
+        num_classes: Classes, background included.
+        img_size: The size the model was trained at.
+        batch_size: Slices per forward pass.
+        protocols: ``legacy`` and/or ``corrected``.
+        class_names: Names indexed by class id (background first).
+        tta: Flip test-time augmentation.
+        resampler: ``torch`` (batched on the model's device) or ``scipy`` (the lineage's slice loop).
+        amp_dtype: Autocast type for inference, or None.
+        ctx: Distributed context; volumes are split across processes and the scores gathered on every process.
+        progress: Show a progress bar.
+
+    Returns:
+        ``{"per_case": [{"case", "spacing_known", protocol: scores, ...}], protocol: aggregate(...), ...}``.
+    """
+    for protocol in protocols:
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}.")
+    ctx = ctx or DistributedContext()
+    was_training = model.training
+    model.eval()
+    rows = []
+    indices = range(ctx.rank, len(dataset), ctx.world_size)
+    for index in tqdm(indices, desc="evaluate", disable=not (progress and ctx.is_main), dynamic_ncols=True):
+        item = dataset[index]
+        if item["label"] is None:
+            raise InputError(f"case {item['case']} of {dataset.root} has no label; evaluation needs labelled volumes.")
+        prediction = predict_volume(
+            model, item["image"], img_size=img_size, batch_size=batch_size, tta=tta, resampler=resampler,
+            amp_dtype=amp_dtype,
+        )
+        spacing = item.get("spacing")
+        row: dict[str, Any] = {"case": item["case"], "spacing_known": spacing is not None}
+        for protocol in protocols:
+            row[protocol] = score_case(
+                prediction, item["label"], num_classes, protocol=protocol,
+                spacing=tuple(spacing) if spacing is not None else (1.0,) * prediction.ndim,
+            )
+        rows.append(row)
+    model.train(was_training)
+    rows = sorted(ctx.gather(rows), key=lambda r: r["case"])
+    result: dict[str, Any] = {"per_case": rows}
+    for protocol in protocols:
+        result[protocol] = aggregate([r[protocol] for r in rows], class_names, protocol=protocol)
+    return result
+
+
+def _finite_or_none(value: float) -> float | None:
+    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
+
+
+def _per_class_by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    out = {}
+    for entry in summary["per_class"].values():
+        fields = {k: _finite_or_none(v) for k, v in entry.items() if k != "name"}
+        out[entry["name"]] = fields
+    return out
+
+
+def write_reports(result: dict[str, Any], output: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> dict:
+    """Write ``per_case.csv``, ``summary.json`` and ``summary.md`` into ``output``; returns the summary dict.
+
+    ``summary.json`` holds, at the top level, ``mean_dice`` (in [0, 1]) and ``mean_hd95`` of the legacy protocol and
+    ``per_class`` values by class name; the corrected protocol's numbers sit under ``corrected``.
+    """
+    output = Path(output)
+    output.mkdir(parents=True, exist_ok=True)
+    legacy, corrected = result.get("legacy"), result.get("corrected")
+    main = legacy or corrected
+    summary: dict[str, Any] = {
+        "protocol": "legacy" if legacy else "corrected",
+        "num_cases": main["num_cases"],
+        "mean_dice": main["mean_dice"],
+        "mean_hd95": main["mean_hd95"],
+        "per_class": _per_class_by_name(main),
+    }
+    if legacy and corrected:
+        summary["corrected"] = {
+            "mean_dice": _finite_or_none(corrected["mean_dice"]),
+            "mean_hd95": _finite_or_none(corrected["mean_hd95"]),
+            "per_class": _per_class_by_name(corrected),
+            "undefined": corrected["undefined"],
+            "spacing_known_cases": sum(r["spacing_known"] for r in result["per_case"]),
+            "hd95_units": "mm",
+        }
+    summary["hd95_units"] = "voxels" if legacy else "mm"
+    summary.update(extra or {})
+    (output / "summary.json").write_text(json.dumps(summary, indent=2))
+
+    protocols = [p for p in PROTOCOLS if p in result]
+    with (output / "per_case.csv").open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["case", "protocol", "class_id", "class_name", "dice", "hd95"])
+        for row in result["per_case"]:
+            for protocol in protocols:
+                for class_id, scores in row[protocol].items():
+                    name = result[protocol]["per_class"][class_id]["name"]
+                    writer.writerow([row["case"], protocol, class_id, name, scores["dice"], scores["hd95"]])
+    (output / "summary.md").write_text(summary_markdown(result))
+    return summary
+
+
+def _fmt(value: float, scale: float = 1.0) -> str:
+    return "n/a" if value is None or math.isnan(value) else f"{value * scale:.2f}"
+
+
+def summary_markdown(result: dict[str, Any]) -> str:
+    """Tables laid out like the paper's: DSC (x100) and HD95, then DSC per organ, one table per protocol."""
+    parts = []
+    titles = {
+        "legacy": "Legacy protocol (as in the papers; HD95 in voxels, (1, 0) / (0, 0) rules for empty masks)",
+        "corrected": "Corrected protocol (HD95 in mm; undefined values left out and counted)",
+    }
+    for protocol in PROTOCOLS:
+        if protocol not in result:
+            continue
+        summary = result[protocol]
+        names = [e["name"] for e in summary["per_class"].values()]
+        header = ["cases", "DSC", "HD95", *names]
+        row = [summary["num_cases"], _fmt(summary["mean_dice"], 100), _fmt(summary["mean_hd95"])]
+        row += [_fmt(e["dice"], 100) for e in summary["per_class"].values()]
+        text = f"## {titles[protocol]}\n\n" + format_table(header, [row], markdown=True) + "\n"
+        if protocol == "corrected":
+            hd_row = ["HD95", *[_fmt(e["hd95"]) for e in summary["per_class"].values()]]
+            undefined = ["undefined Dice / HD95", *[f"{e['dice_undefined']} / {e['hd95_undefined']}"
+                                                   for e in summary["per_class"].values()]]
+            text += "\n" + format_table(["", *names], [hd_row, undefined], markdown=True) + "\n"
+        parts.append(text)
+    return "# Evaluation\n\n" + "\n".join(parts)
+
+
+def evaluate(
+    checkpoint: str | os.PathLike[str],
+    data: str | os.PathLike[str],
+    output: str | os.PathLike[str],
+    *,
+    split: str = "test",
+    batch_size: int = 16,
+    device: str = "auto",
+    tta: bool = False,
+    resampler: str = "torch",
+    img_size: Sequence[int] | None = None,
+    protocols: Sequence[str] = PROTOCOLS,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a checkpoint on a prepared dataset's volumes and write the reports; returns ``summary.json``'s dict.
+
+    Example:
+        >>> summary = evaluate("runs/synapse/best.pt", "prepared/Synapse", "runs/synapse/eval")  # doctest: +SKIP
+        >>> summary["mean_dice"], summary["corrected"]["mean_hd95"]  # doctest: +SKIP
+    """
+    torch_device = resolve_device(device)
+    model, info = load_for_inference(checkpoint, torch_device)
+    dataset_info = read_dataset_info(data)
+    num_classes = model.config.num_classes
+    if int(dataset_info["num_classes"]) != num_classes:
+        raise InputError(
+            f"the checkpoint {checkpoint} predicts {num_classes} classes but {data} has "
+            f"{dataset_info['num_classes']}; evaluate it on data of the same label set."
+        )
+    dataset = VolumeDataset(data, split=split)
+    if len(dataset) == 0:
+        raise InputError(f"{data} has no {split!r} volumes to evaluate; choose another --split.")
+    size = tuple(img_size) if img_size is not None else info["img_size"]
+    result = evaluate_model(
+        model, dataset, num_classes=num_classes, img_size=size, batch_size=batch_size, protocols=protocols,
+        class_names=dataset_info.get("class_names"), tta=tta, resampler=resampler, progress=progress,
+    )
+    extra = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "img_size": list(size), "tta": tta,
+             "resampler": resampler}
+    return write_reports(result, output, extra=extra)
