@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from perspective_unet.config import ModelConfig
+from perspective_unet.config import ModelConfig, TrainConfig
 from perspective_unet.errors import InputError
 from perspective_unet.models import (
     PerspectiveUNet,
@@ -22,14 +22,42 @@ from perspective_unet.models import (
     save_model,
 )
 
+# The pipeline's entry points import MONAI, TensorBoard and friends; they load on first use so that building a model
+# stays a light import.
+_LAZY = {
+    "train": "perspective_unet.engine.train",
+    "evaluate": "perspective_unet.engine.evaluate",
+    "predict_volume": "perspective_unet.engine.inference",
+    "predict_path": "perspective_unet.engine.predict",
+    "run_demo": "perspective_unet.engine.demo",
+    "metrics": "perspective_unet.metrics",
+}
+
+
+def __getattr__(name: str):
+    if name in _LAZY:
+        import importlib
+
+        module = importlib.import_module(_LAZY[name])
+        return module if name == "metrics" else getattr(module, name)
+    raise AttributeError(f"module 'perspective_unet' has no attribute {name!r}")
+
+
 __all__ = [
     "InputError",
     "ModelConfig",
     "PerspectiveUNet",
+    "TrainConfig",
     "__version__",
     "create_model",
+    "evaluate",
     "list_models",
     "load_model",
     "load_official_checkpoint",
+    "metrics",
+    "predict_path",
+    "predict_volume",
+    "run_demo",
     "save_model",
+    "train",
 ]

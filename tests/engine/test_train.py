@@ -99,3 +99,31 @@ def test_shipped_recipes_hold_the_papers_settings(name):
     assert (config.batch_size, config.img_size, config.seed) == (12, (224, 224), 1234)
     assert (config.ce_weight, config.dice_weight) == (0.4, 0.6)
     assert config.epochs == {"synapse": 600, "acdc": 1000}[name]
+
+
+def test_foreground_weights_favour_slices_with_labels():
+    import numpy as np
+
+    from perspective_unet.engine.train import _foreground_weights
+
+    class TwoSlices:
+        labels = [np.zeros((4, 4)), np.pad(np.ones((1, 1)), 1)]
+
+        def __len__(self):
+            return 2
+
+        def load_slice(self, index):
+            return None, self.labels[index]
+
+    assert _foreground_weights(TwoSlices(), 1.0) is None
+    assert _foreground_weights(TwoSlices(), 4.0).tolist() == [1.0, 4.0]
+
+
+def test_adamw_with_foreground_sampling_trains_and_resumes_its_state(tiny_dataset, tmp_path):
+    result = train(_config(tiny_dataset, tmp_path / "adamw", epochs=1, optimizer="adamw", base_lr=1e-3,
+                           foreground_sampling_weight=3.0, val_every=0))
+    state = torch.load(result.last_checkpoint, weights_only=True)
+    assert any("exp_avg" in s for s in state["optimizer"]["state"].values())
+    assert result.best_checkpoint is None  # no validation, so no best.pt
+    with pytest.raises(ValueError, match="optimizer"):
+        TrainConfig(optimizer="lamb")

@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from tqdm.auto import tqdm
 
 from perspective_unet.config import TrainConfig
@@ -106,11 +106,27 @@ def _dataset_summary(info: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: info[k] for k in keep if k in info}))
 
 
-def _make_loader(dataset: SliceDataset, config: TrainConfig, ctx: DistributedContext, epoch: int) -> DataLoader:
-    # A generator seeded per epoch fixes both the order and the workers' seeds, so a resumed run sees the same
-    # batches as an uninterrupted one.
-    generator = torch.Generator().manual_seed(config.seed + epoch)
-    if ctx.enabled:
+def _foreground_weights(dataset: SliceDataset, weight: float) -> torch.Tensor | None:
+    """Sampling weight per slice: ``weight`` for slices holding any foreground, 1 otherwise (None when uniform)."""
+    if weight == 1.0:
+        return None
+    has_foreground = [bool(dataset.load_slice(i)[1].any()) for i in range(len(dataset))]
+    return torch.tensor([weight if f else 1.0 for f in has_foreground], dtype=torch.float64)
+
+
+def _make_loader(
+    dataset: SliceDataset,
+    config: TrainConfig,
+    ctx: DistributedContext,
+    epoch: int,
+    weights: torch.Tensor | None = None,
+) -> DataLoader:
+    # A generator seeded per epoch (and process) fixes both the order and the workers' seeds, so a resumed run sees
+    # the same batches as an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.seed + 7919 * epoch + ctx.rank)
+    if weights is not None:
+        sampler = WeightedRandomSampler(weights, len(dataset) // ctx.world_size, replacement=True, generator=generator)
+    elif ctx.enabled:
         sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
         sampler.set_epoch(epoch)
     else:
@@ -125,6 +141,14 @@ def _make_loader(dataset: SliceDataset, config: TrainConfig, ctx: DistributedCon
         pin_memory=torch.cuda.is_available(),
         drop_last=len(dataset) >= config.batch_size * ctx.world_size,
         persistent_workers=False,
+    )
+
+
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.base_lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
 
 
@@ -162,8 +186,9 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
     info = read_dataset_info(config.data)
     num_classes = int(info["num_classes"])
     augmentation = AugmentationConfig(**config.augmentation) if config.augment else None
-    train_set = SliceDataset(config.data, split="train", img_size=config.img_size, augmentation=augmentation,
-                             seed=config.seed)
+    train_set = SliceDataset(
+        config.data, split="train", img_size=config.img_size, augmentation=augmentation, seed=config.seed
+    )
     if len(train_set) == 0:
         raise InputError(f"{config.data} has no training slices; run `perspective-unet prepare` first.")
     val_set = None
@@ -175,15 +200,16 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
         if val_set is not None and len(val_set) == 0:
             val_set = None
         if val_set is None and ctx.is_main:
-            log.info("no %r volumes in %s: training without validation (best.pt is not written)",
-                     config.val_split, config.data)
+            log.info(
+                "no %r volumes in %s: training without validation (best.pt is not written)",
+                config.val_split,
+                config.data,
+            )
 
     # Model, loss, optimiser
     model = create_model(config.model, in_channels=1, num_classes=num_classes, **config.model_options).to(device)
     loss_fn = SegmentationLoss(num_classes, ce_weight=config.ce_weight, dice_weight=config.dice_weight)
-    optimizer = torch.optim.SGD(
-        model.parameters(), lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
-    )
+    optimizer = _make_optimizer(model, config)
     amp_dtype = _autocast_dtype(device, config.amp)
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
 
@@ -206,7 +232,10 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
     if ctx.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 
-    steps_per_epoch = math.ceil(len(_make_loader(train_set, config, ctx, 0)) / config.grad_accum_steps)
+    sampling_weights = _foreground_weights(train_set, config.foreground_sampling_weight)
+    steps_per_epoch = math.ceil(
+        len(_make_loader(train_set, config, ctx, 0, sampling_weights)) / config.grad_accum_steps
+    )
     max_iterations = config.epochs * steps_per_epoch
     dataset_info = _dataset_summary(info)
     writer = None
@@ -226,11 +255,12 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
         # Augmentation draws restart from a per-epoch seed (workers reseed from the loader's generator), so a
         # resumed run augments exactly as an uninterrupted one.
         train_set.reseed(epoch * 1000 + ctx.rank)
-        loader = _make_loader(train_set, config, ctx, epoch)
+        loader = _make_loader(train_set, config, ctx, epoch, sampling_weights)
         totals = {"loss": 0.0, "ce": 0.0, "dice": 0.0}
         seen = 0
-        bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not ctx.is_main, leave=False,
-                   dynamic_ncols=True)
+        bar = tqdm(
+            loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not ctx.is_main, leave=False, dynamic_ncols=True
+        )
         optimizer.zero_grad(set_to_none=True)
         for step, batch in enumerate(bar):
             images = batch["image"].to(device, non_blocking=True)
@@ -266,8 +296,14 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
         validate = val_set is not None and ((epoch + 1) % config.val_every == 0 or epoch + 1 == config.epochs)
         if validate:
             summary = evaluate_model(
-                core_model, val_set, num_classes=num_classes, img_size=config.img_size,
-                batch_size=config.val_batch_size, protocols=("legacy",), ctx=ctx, progress=False,
+                core_model,
+                val_set,
+                num_classes=num_classes,
+                img_size=config.img_size,
+                batch_size=config.val_batch_size,
+                protocols=("legacy",),
+                ctx=ctx,
+                progress=False,
                 class_names=info.get("class_names"),
             )["legacy"]
             row["val_mean_dice"], row["val_mean_hd95"] = summary["mean_dice"], summary["mean_hd95"]
@@ -280,8 +316,14 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
 
         if ctx.is_main:
             payload = _checkpoint_payload(
-                core_model, config, optimizer, scaler, epoch=epoch + 1, iteration=iteration,
-                best_val_dice=best_val_dice, dataset_info=dataset_info,
+                core_model,
+                config,
+                optimizer,
+                scaler,
+                epoch=epoch + 1,
+                iteration=iteration,
+                best_val_dice=best_val_dice,
+                dataset_info=dataset_info,
             )
             if validate and (best_val_dice is None or row["val_mean_dice"] > best_val_dice):
                 best_val_dice = row["val_mean_dice"]
@@ -291,8 +333,12 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
             _append_log(output / "train_log.csv", row)
             if writer is not None:
                 writer.add_scalar("train/epoch_loss", row["train_loss"], iteration)
-                writer.add_image("train/panel", overlay_panel(images[0], labels[0], logits[0].argmax(0)), iteration,
-                                 dataformats="HWC")
+                writer.add_image(
+                    "train/panel",
+                    overlay_panel(images[0], labels[0], logits[0].argmax(0)),
+                    iteration,
+                    dataformats="HWC",
+                )
                 writer.flush()
             message = f"epoch {epoch + 1}/{config.epochs}: loss {row['train_loss']:.4f}"
             if validate:
