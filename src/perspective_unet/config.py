@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
-__all__ = ["ModelConfig", "TrainConfig"]
+__all__ = ["ModelConfig", "TrainConfig", "dataclass_from_dict"]
+
+T = TypeVar("T")
 
 _ENLSA_KERNELS = ("softmax", "relu")
 _SCSI_ATTENTION = ("tokens", "official")
@@ -156,11 +159,7 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Build a config from ``to_dict()`` output; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown model config keys {unknown}; known keys are {sorted(known)}.")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "model config keys")
 
     def replace(self, **overrides: Any) -> ModelConfig:
         """A copy with some fields changed; unknown names raise ``ValueError``."""
@@ -169,6 +168,15 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"Unknown model options {unknown}; valid options are {sorted(known - {'extra'})}.")
         return dataclasses.replace(self, **overrides)
+
+
+def dataclass_from_dict(cls: type[T], data: Mapping[str, Any], what: str = "keys") -> T:
+    """``cls(**data)``, with unknown keys named in one ``ValueError`` beside the known ones."""
+    known = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ValueError(f"Unknown {what} {unknown}; known keys are {sorted(known)}.")
+    return cls(**data)
 
 
 def _positive(name: str, value: int) -> None:
@@ -281,11 +289,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown training config keys {unknown}; known keys are {sorted(known)}.")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "training config keys")
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:

@@ -38,6 +38,8 @@ from monai.transforms import (
 )
 from monai.transforms.utils import create_grid
 
+from perspective_unet.config import dataclass_from_dict
+
 __all__ = [
     "OPERATIONS",
     "AugmentationConfig",
@@ -141,11 +143,7 @@ class AugmentationConfig:
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> AugmentationConfig:
         """Build from ``to_dict`` output; unknown keys raise ``ValueError``."""
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"Unknown augmentation options {unknown}; valid options are {sorted(known)}.")
-        return cls(**data)
+        return dataclass_from_dict(cls, data, "augmentation options")
 
 
 class RandLinearContrastd(RandomizableTransform, MapTransform):
