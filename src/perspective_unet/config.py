@@ -58,7 +58,8 @@ class ModelConfig:
             ``"cnn"`` (the two finest bi-path stages), ``"enltb"`` (each ENLTB block) and ``"scsi"`` (each
             integrator layer); empty keeps everything. Outputs, gradients and BatchNorm statistics are unchanged
             (dropout masks are redrawn identically); it trades compute for memory.
-            ``PerspectiveUNet.set_gradient_checkpointing`` changes it on a built model.
+            ``PerspectiveUNet.set_gradient_checkpointing`` changes it on a built model. ``"enltb"`` cannot be
+            combined with ``enlsa_redraw_interval > 0``.
     """
 
     in_channels: int = 1
@@ -143,6 +144,9 @@ class ModelConfig:
             raise ValueError(
                 f"gradient_checkpointing takes parts among {CHECKPOINTABLE_PARTS}, got {self.gradient_checkpointing!r}."
             )
+        if self.enlsa_redraw_interval and "enltb" in self.gradient_checkpointing:
+            # A redraw during the recomputation would give backward another projection than forward used.
+            raise ValueError("enlsa_redraw_interval > 0 cannot be combined with checkpointing 'enltb'.")
         for name in ("enltb_dropout", "scsi_dropout", "drop_path_rate"):
             value = getattr(self, name)
             if not 0.0 <= value < 1.0:

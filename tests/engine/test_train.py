@@ -27,7 +27,8 @@ def _config(data, output, **overrides) -> TrainConfig:
 
 def test_two_epoch_cli_run_writes_checkpoints_logs_and_events(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
-    assert main(["train", "--data", str(tiny_dataset), "-o", str(out), "--epochs", "2", "--val-every", "1", *TINY_RUN]) == 0
+    args = ["train", "--data", str(tiny_dataset), "-o", str(out), "--epochs", "2", "--val-every", "1", *TINY_RUN]
+    assert main(args) == 0
     for name in ("last.pt", "best.pt", "train_log.csv", "config.json"):
         assert (out / name).is_file(), name
     assert list((out / "tensorboard").iterdir())

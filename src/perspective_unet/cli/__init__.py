@@ -23,6 +23,7 @@ _COMMAND_MODULES = (
     "demo",
     "predict",
     "visualize",
+    "benchmark",
 )
 
 

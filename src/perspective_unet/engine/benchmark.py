@@ -6,7 +6,7 @@ Every measurement compares two *paths* of the same network with the same weights
   ``torch.nn.functional.dropout`` (and SDPA's own dropout), no activation checkpointing, default allocator settings.
 - ``optimized``: what this package offers that changes no eval-mode output beyond float rounding: BatchNorm folded
   into the convolutions (``fuse_for_inference``), channels-last layout, fast dropout, optional activation
-  checkpointing, glibc allocator thresholds raised; optionally ``torch.compile`` and autocast (``amp``).
+  checkpointing, an allocator profile (:data:`ALLOCATOR_PROFILES`); optionally ``torch.compile`` and autocast.
 
 On the CPU each measurement runs in a fresh Python process, so that its peak resident memory (``ru_maxrss``) is its
 own and its allocator settings cannot leak into the other path. On CUDA the peak is ``max_memory_allocated``.
@@ -30,6 +30,7 @@ import platform
 import resource
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -41,8 +42,11 @@ import torch.nn.functional as F
 from torch import nn
 
 from perspective_unet.engine.summary import count_flops_mode, model_parts
-from perspective_unet.models.attention import exact_softmax_attention, gaussian_orthogonal_random_matrix
-from perspective_unet.models.attention import linear_attention, random_feature_map
+from perspective_unet.models.attention import (
+    exact_softmax_attention,
+    gaussian_orthogonal_random_matrix,
+    kernel_attention,
+)
 from perspective_unet.models.integrator import SpatialCrossScaleIntegrator
 from perspective_unet.models.registry import create_model
 from perspective_unet.table import format_table
@@ -76,8 +80,18 @@ __all__ = [
 ]
 
 MODES = ("inference", "train", "volume")
-# glibc keeps freed blocks below these sizes for reuse instead of unmapping them and faulting them back in.
-MALLOC_ENV = {"MALLOC_MMAP_THRESHOLD_": str(2**31 - 1), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)}
+# Allocator profiles of the optimized CPU path, set in its process's environment before Python starts.
+# "reuse": glibc keeps every freed block for reuse (mmap and trim thresholds at their maximum), so large tensors are
+#   not unmapped and faulted back in at every step: fastest, but the heap fragments and resident memory grows well
+#   past what the live tensors use.
+# "release": glibc maps every block of 128 KiB or more on its own and unmaps it when freed (a fixed threshold; by
+#   default it rises to 32 MiB), and PyTorch aligns blocks of 2 MiB or more to 2 MiB and asks for transparent huge
+#   pages, so each fresh mapping costs few page faults. Resident memory follows the live tensors; the kernel still
+#   zeroes every fresh page, which costs time.
+ALLOCATOR_PROFILES: dict[str, dict[str, str]] = {
+    "reuse": {"MALLOC_MMAP_THRESHOLD_": str(2**31 - 1), "MALLOC_TRIM_THRESHOLD_": str(2**31 - 1)},
+    "release": {"MALLOC_MMAP_THRESHOLD_": "131072", "THP_MEM_ALLOC_ENABLE": "1"},
+}
 _RESULT_TAG = "@@BENCHMARK-RESULT@@"
 
 
@@ -125,26 +139,25 @@ def machine_info(device: torch.device | str = "cpu") -> MachineInfo:
     )
 
 
-def tune_glibc_malloc(threshold: int = 2**31 - 1) -> bool:
-    """Raise glibc's mmap and trim thresholds in this process (``mallopt``); returns whether glibc accepted them.
+def tune_glibc_malloc(profile: str = "reuse") -> bool:
+    """Apply the glibc part of an allocator profile to this process (``mallopt``); returns whether glibc accepted it.
 
-    PyTorch's CPU allocator hands large blocks to ``malloc``; above the mmap threshold glibc maps them anew and
-    unmaps them on free, so every training step faults hundreds of MB of fresh pages in again. With the thresholds
-    raised the blocks are reused. Setting ``MALLOC_MMAP_THRESHOLD_`` and ``MALLOC_TRIM_THRESHOLD_`` in the
-    environment before Python starts does the same.
+    ``"reuse"`` raises the mmap and trim thresholds to their maximum; ``"release"`` fixes the mmap threshold at
+    128 KiB. Only allocations made afterwards are affected. The huge-page half of ``"release"``
+    (``THP_MEM_ALLOC_ENABLE=1``) must be in the environment before Python starts, as must, ideally, the whole
+    profile: :data:`ALLOCATOR_PROFILES` holds the environment variables.
     """
+    if profile not in ALLOCATOR_PROFILES:
+        raise ValueError(f"profile must be one of {sorted(ALLOCATOR_PROFILES)}, got {profile!r}.")
     try:
         libc = ctypes.CDLL("libc.so.6")
     except OSError:
         return False
     libc.mallopt.argtypes = [ctypes.c_int, ctypes.c_int]
     m_trim_threshold, m_mmap_threshold = -1, -3
-    value = min(int(threshold), 2**31 - 1)
-    return bool(libc.mallopt(m_mmap_threshold, value)) and bool(libc.mallopt(m_trim_threshold, value))
-
-
-def _malloc_tuned() -> bool:
-    return all(os.environ.get(k) == v for k, v in MALLOC_ENV.items())
+    if profile == "release":
+        return bool(libc.mallopt(m_mmap_threshold, 128 * 1024))
+    return bool(libc.mallopt(m_mmap_threshold, 2**31 - 1)) and bool(libc.mallopt(m_trim_threshold, 2**31 - 1))
 
 
 def _current_rss_mb() -> float:
@@ -159,6 +172,37 @@ def _peak_rss_mb() -> float:
     # Linux reports kilobytes, macOS bytes.
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 2**20 if sys.platform == "darwin" else peak / 2**10
+
+
+class _RssSampler:
+    """Samples this process's resident memory every millisecond on a thread; ``peak_mb`` is the largest sample."""
+
+    def __init__(self, interval_s: float = 0.001) -> None:
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            self.peak_mb = max(self.peak_mb, _current_rss_mb())
+            time.sleep(self.interval_s)
+
+    def __enter__(self) -> _RssSampler:
+        self.peak_mb = _current_rss_mb()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak_mb = max(self.peak_mb, _current_rss_mb())
+
+
+def _release_free_memory() -> None:
+    gc.collect()
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
 def _synchronize(device: torch.device) -> None:
@@ -185,7 +229,9 @@ class Timing:
         return cls(float(np.median(runs)), float(min(runs)), float(max(runs)), [float(r) for r in runs])
 
 
-def time_function(fn: Callable[[], Any], *, runs: int = 5, warmup: int = 1, device: torch.device | str = "cpu") -> Timing:
+def time_function(
+    fn: Callable[[], Any], *, runs: int = 5, warmup: int = 1, device: torch.device | str = "cpu"
+) -> Timing:
     """Call ``fn`` ``warmup`` times untimed, then ``runs`` times timed (synchronising CUDA around each call)."""
     if runs < 1 or warmup < 0:
         raise ValueError(f"runs must be >= 1 and warmup >= 0, got {runs} and {warmup}.")
@@ -234,7 +280,8 @@ class PathSettings:
         fuse_batchnorm: Fold BatchNorm into convolutions (inference only).
         fast_dropout: ``ModelConfig.fast_dropout`` (training only).
         gradient_checkpointing: Parts recomputed in backward (training only).
-        tune_malloc: Raise glibc's mmap/trim thresholds (CPU).
+        allocator: A key of :data:`ALLOCATOR_PROFILES` (CPU), or ``None`` for the defaults. Applied to isolated
+            measurements only, through the environment of their process.
         compile: ``torch.compile`` the model.
         amp: ``"bfloat16"`` or ``"float16"`` autocast, or ``None`` for float32.
     """
@@ -244,12 +291,14 @@ class PathSettings:
     fuse_batchnorm: bool = False
     fast_dropout: bool = False
     gradient_checkpointing: tuple[str, ...] = ()
-    tune_malloc: bool = False
+    allocator: str | None = None
     compile: bool = False
     amp: str | None = None
 
     def __post_init__(self) -> None:
         self.gradient_checkpointing = tuple(self.gradient_checkpointing)
+        if self.allocator is not None and self.allocator not in ALLOCATOR_PROFILES:
+            raise ValueError(f"allocator must be None or one of {sorted(ALLOCATOR_PROFILES)}, got {self.allocator!r}.")
         if self.amp not in (None, "bfloat16", "float16"):
             raise ValueError(f"amp must be None, 'bfloat16' or 'float16', got {self.amp!r}.")
 
@@ -266,19 +315,24 @@ def baseline_settings() -> PathSettings:
 def optimized_settings(
     device: torch.device | str = "cpu",
     *,
-    gradient_checkpointing: Sequence[str] = ("scsi",),
+    gradient_checkpointing: Sequence[str] = (),
+    allocator: str | None = "reuse",
     compile: bool = False,
     amp: str | None = None,
     channels_last: bool = True,
 ) -> PathSettings:
-    """Every same-output change: folded BatchNorm, channels-last, fast dropout, checkpointing, allocator thresholds."""
+    """Every same-output change: folded BatchNorm, channels-last, fast dropout, and as asked checkpointing and an
+    allocator profile (CPU only).
+
+    The defaults favour speed. For memory, checkpoint ``("cnn", "enltb")`` and use the ``"release"`` allocator.
+    """
     return PathSettings(
         name="optimized",
         channels_last=channels_last,
         fuse_batchnorm=True,
         fast_dropout=True,
         gradient_checkpointing=tuple(gradient_checkpointing),
-        tune_malloc=torch.device(device).type == "cpu",
+        allocator=allocator if torch.device(device).type == "cpu" else None,
         compile=compile,
         amp=amp,
     )
@@ -402,8 +456,6 @@ def _memory_peak(device: torch.device) -> tuple[float, str]:
 def _prepare(settings: PathSettings | dict[str, Any], device: torch.device | str) -> tuple[PathSettings, torch.device]:
     settings = _settings_from(settings)
     device = torch.device(device)
-    if settings.tune_malloc and device.type == "cpu" and not _malloc_tuned():
-        tune_glibc_malloc()
     _memory_start(device)
     return settings, device
 
@@ -431,14 +483,26 @@ def measure_inference(
         with _autocast(device, settings):
             return model(x)
 
-    call()  # compiles, if asked, before FLOPs are counted
-    flops = _count_flops(call) if not settings.compile else 0
     timing = time_function(call, runs=runs, warmup=warmup, device=device)
     peak, kind = _memory_peak(device)
+    # Counted last: the counter's dispatch mode holds on to memory that the timed calls do not need.
+    flops = _count_flops(call) if not settings.compile else 0
     return BenchmarkResult(
-        "inference", settings.name, model_name, tuple(img_size), batch_size, str(device), dataclasses.asdict(settings),
-        parameters, batch_size, timing, flops, peak, kind, model_memory,
-    )  # fmt: skip
+        "inference",
+        settings.name,
+        model_name,
+        tuple(img_size),
+        batch_size,
+        str(device),
+        dataclasses.asdict(settings),
+        parameters,
+        batch_size,
+        timing,
+        flops,
+        peak,
+        kind,
+        model_memory,
+    )
 
 
 def measure_train_step(
@@ -452,7 +516,11 @@ def measure_train_step(
     warmup: int = 1,
     model_overrides: dict[str, Any] | None = None,
 ) -> BenchmarkResult:
-    """Latency of one training step: forward, cross-entropy, backward, SGD with momentum (the paper's optimiser)."""
+    """Latency of one training step: forward, cross-entropy, backward, SGD with momentum (the paper's optimiser).
+
+    Peak memory covers the ``warmup`` and timed steps (the first step allocates the momentum buffers); FLOPs are
+    counted afterwards on one more step.
+    """
     settings, device = _prepare(settings or baseline_settings(), device)
     model = _build_model(model_name, settings, train=True, device=device, overrides=dict(model_overrides or {}))
     parameters = sum(p.numel() for p in model.parameters())
@@ -473,13 +541,27 @@ def measure_train_step(
         optimizer.step()
         losses.append(float(loss.detach()))
 
-    flops = _count_flops(step) if not settings.compile else 0
-    timing = time_function(step, runs=runs, warmup=max(0, warmup - 1), device=device)
+    timing = time_function(step, runs=runs, warmup=warmup, device=device)
     peak, kind = _memory_peak(device)
+    # Counted last: under the counter's dispatch mode a step holds far more memory than a plain one.
+    flops = _count_flops(step) if not settings.compile else 0
     return BenchmarkResult(
-        "train", settings.name, model_name, tuple(img_size), batch_size, str(device), dataclasses.asdict(settings),
-        parameters, batch_size, timing, flops, peak, kind, model_memory, extra={"losses": losses},
-    )  # fmt: skip
+        "train",
+        settings.name,
+        model_name,
+        tuple(img_size),
+        batch_size,
+        str(device),
+        dataclasses.asdict(settings),
+        parameters,
+        batch_size,
+        timing,
+        flops,
+        peak,
+        kind,
+        model_memory,
+        extra={"losses": losses},
+    )
 
 
 def synthetic_ct_volume(depth: int = 100, height: int = 512, width: int = 512, seed: int = 0) -> np.ndarray:
@@ -525,21 +607,42 @@ def measure_volume(
     def call() -> None:
         labels[:] = [
             predict_volume(
-                model, volume, img_size=img_size, batch_size=batch_size, device=device, resampler=resampler,
+                model,
+                volume,
+                img_size=img_size,
+                batch_size=batch_size,
+                device=device,
+                resampler=resampler,
                 amp_dtype=settings.amp_dtype,
             )
-        ]  # fmt: skip
+        ]
 
     timing = time_function(call, runs=runs, warmup=warmup, device=device)
     peak, kind = _memory_peak(device)
     if labels_out:
         np.save(labels_out, labels[0])
-    extra = {"volume_shape": [depth, height, width], "resampler": resampler, "label_counts": np.bincount(
-        labels[0].ravel(), minlength=9).tolist()}  # fmt: skip
+    extra = {
+        "volume_shape": [depth, height, width],
+        "resampler": resampler,
+        "label_counts": np.bincount(labels[0].ravel(), minlength=9).tolist(),
+    }
     return BenchmarkResult(
-        "volume", settings.name, model_name, tuple(img_size), batch_size, str(device), dataclasses.asdict(settings),
-        parameters, depth, timing, 0, peak, kind, model_memory, extra=extra,
-    )  # fmt: skip
+        "volume",
+        settings.name,
+        model_name,
+        tuple(img_size),
+        batch_size,
+        str(device),
+        dataclasses.asdict(settings),
+        parameters,
+        depth,
+        timing,
+        0,
+        peak,
+        kind,
+        model_memory,
+        extra=extra,
+    )
 
 
 @torch.no_grad()
@@ -634,11 +737,12 @@ def profile_parts(
     try:
         call()  # warm-up
         _synchronize(device)
-        start = time.perf_counter()
         with torch.profiler.profile(activities=activities) as prof:
+            start = time.perf_counter()
             call()
             _synchronize(device)
-        total_ms = (time.perf_counter() - start) * 1e3
+            # Before the profiler stops: its teardown is not part of the call.
+            total_ms = (time.perf_counter() - start) * 1e3
     finally:
         for handle in handles:
             handle.remove()
@@ -656,7 +760,7 @@ def profile_parts(
     if train and "backward" in by_key:
         rows.append({"name": "backward (all parts)", "ms": inclusive_ms(by_key["backward"])})
     measured = sum(r["ms"] for r in rows)
-    # Time outside the parts: input checks, the loss, the profiler's own overhead.
+    # Time outside the parts: input checks, the loss, and the profiler's per-operator overhead.
     rows.append({"name": "other", "ms": max(0.0, total_ms - measured)})
     for r in rows:
         r["percent"] = 100.0 * r["ms"] / total_ms
@@ -667,7 +771,9 @@ def profile_parts(
     return {
         "total_ms": total_ms,
         "parts": rows,
-        "operators": [{"name": e.key, "self_ms": self_ms(e), "percent": 100 * self_ms(e) / total_self} for e in operators],
+        "operators": [
+            {"name": e.key, "self_ms": self_ms(e), "percent": 100 * self_ms(e) / total_self} for e in operators
+        ],
     }
 
 
@@ -685,9 +791,12 @@ def profile_path(
     settings, device = _prepare(settings or baseline_settings(), device)
     train = mode == "train"
     model = _build_model(
-        model_name, dataclasses.replace(settings, compile=False), train=train, device=device,
+        model_name,
+        dataclasses.replace(settings, compile=False),
+        train=train,
+        device=device,
         overrides=dict(model_overrides or {}),
-    )  # fmt: skip
+    )
     x = torch.randn(batch_size, 1, *img_size, generator=torch.Generator().manual_seed(1)).to(device)
     result = profile_parts(model, x, train=train)
     result.update(mode=mode, path=settings.name)
@@ -715,8 +824,9 @@ def measure_attention_point(
     """Time ENLSA (``"enlsa"``, random features m = d) or exact softmax attention (``"exact"``, SDPA, scale 1).
 
     One head of width ``dim``, unit-length q and k as ENLSA uses them. Memory is the peak above what the inputs
-    occupy: CUDA peak allocation, or on the CPU the rise of this process's peak resident memory (so run each
-    point in a fresh process, as :func:`benchmark_attention` does).
+    occupy: CUDA peak allocation, or on the CPU the largest rise of resident memory sampled every millisecond
+    (run each point in a fresh process with the ``"release"`` allocator profile, as :func:`benchmark_attention`
+    does, so that resident memory follows the live tensors).
     """
     device = torch.device(device)
     generator = torch.Generator().manual_seed(0)
@@ -727,7 +837,7 @@ def measure_attention_point(
     if kernel == "enlsa":
 
         def call() -> torch.Tensor:
-            return linear_attention(random_feature_map(q, projection), random_feature_map(k, projection), v)
+            return kernel_attention(q, k, v, projection)
 
     elif kernel == "exact":
 
@@ -736,12 +846,28 @@ def measure_attention_point(
 
     else:
         raise ValueError(f"kernel must be 'enlsa' or 'exact', got {kernel!r}.")
-    _memory_start(device)
-    base = _memory_now(device) if device.type == "cuda" else _peak_rss_mb()
-    with torch.inference_mode():
-        timing = time_function(call, runs=runs, warmup=warmup, device=device)
-    peak, kind = _memory_peak(device)
-    return AttentionPoint(kernel, tokens, dim, timing, max(0.0, peak - base), kind)
+    timing, added, kind = _timed_with_added_memory(call, runs=runs, warmup=warmup, device=device, no_grad=True)
+    return AttentionPoint(kernel, tokens, dim, timing, added, kind)
+
+
+def _timed_with_added_memory(
+    fn: Callable[[], Any], *, runs: int, warmup: int, device: torch.device, no_grad: bool
+) -> tuple[Timing, float, str]:
+    # Peak memory above what is allocated before the calls: CUDA's counters, or on the CPU resident memory sampled
+    # on a thread after returning freed heap memory to the system (so reused free blocks do not hide growth).
+    context = torch.inference_mode() if no_grad else contextlib.nullcontext()
+    if device.type == "cuda":
+        _memory_start(device)
+        base = _memory_now(device)
+        with context:
+            timing = time_function(fn, runs=runs, warmup=warmup, device=device)
+        peak, kind = _memory_peak(device)
+        return timing, max(0.0, peak - base), kind
+    _release_free_memory()
+    base = _current_rss_mb()
+    with context, _RssSampler() as sampler:
+        timing = time_function(fn, runs=runs, warmup=warmup, device=device)
+    return timing, max(0.0, sampler.peak_mb - base), "cpu_rss"
 
 
 @dataclass
@@ -756,6 +882,7 @@ class ScsiPoint:
     timing: Timing
     peak_memory_mb: float
     memory_kind: str
+    fast_dropout: bool = True
 
 
 def measure_scsi_point(
@@ -787,35 +914,49 @@ def measure_scsi_point(
         if train:
             outputs = scsi(features)
             sum(o.sum() for o in outputs).backward()
+            for f in features:
+                f.grad = None
+            scsi.zero_grad(set_to_none=True)
         else:
-            with torch.inference_mode():
-                scsi(features)
+            scsi(features)
 
-    _memory_start(device)
-    base = _memory_now(device) if device.type == "cuda" else _peak_rss_mb()
-    timing = time_function(call, runs=runs, warmup=warmup, device=device)
-    peak, kind = _memory_peak(device)
-    return ScsiPoint(img_size, tokens, train, depth, batch_size, timing, max(0.0, peak - base), kind)
+    timing, added, kind = _timed_with_added_memory(call, runs=runs, warmup=warmup, device=device, no_grad=not train)
+    return ScsiPoint(img_size, tokens, train, depth, batch_size, timing, added, kind, fast_dropout)
 
 
 # ------------------------------------------------------------------------------------------------------- isolation
 
 
 def run_isolated(
-    function: str, kwargs: dict[str, Any], *, env: dict[str, str] | None = None, timeout: float | None = None
+    function: str,
+    kwargs: dict[str, Any],
+    *,
+    env: dict[str, str] | None = None,
+    timeout: float | None = None,
+    memory_limit_mb: float | None = None,
 ) -> dict[str, Any]:
     """Run one of this module's ``measure_*``/``profile_path``/``output_fidelity`` functions in a fresh Python process.
 
-    Returns its result as a dict; on failure (including being killed for memory) a dict with ``"error"``.
+    ``memory_limit_mb`` caps the child's address space (``RLIMIT_AS``), so a path that needs more memory than the
+    machine can spare fails with an error instead of pushing the machine into swap or the OOM killer.
+
+    Returns its result as a dict; on failure (including running out of memory) a dict with ``"error"``.
     """
     allowed = {
-        "measure_inference", "measure_train_step", "measure_volume", "measure_attention_point", "measure_scsi_point",
-        "profile_path", "output_fidelity",
-    }  # fmt: skip
+        "measure_inference",
+        "measure_train_step",
+        "measure_volume",
+        "measure_attention_point",
+        "measure_scsi_point",
+        "profile_path",
+        "output_fidelity",
+    }
     if function not in allowed:
         raise ValueError(f"function must be one of {sorted(allowed)}, got {function!r}.")
     code = "from perspective_unet.engine.benchmark import _child_main; _child_main()"
-    payload = json.dumps({"function": function, "kwargs": kwargs, "threads": torch.get_num_threads()})
+    payload = json.dumps(
+        {"function": function, "kwargs": kwargs, "threads": torch.get_num_threads(), "memory_limit_mb": memory_limit_mb}
+    )
     child_env = {**os.environ, **(env or {})}
     try:
         proc = subprocess.run(
@@ -827,13 +968,20 @@ def run_isolated(
         if line.startswith(_RESULT_TAG):
             return json.loads(line[len(_RESULT_TAG) :])
     tail = (proc.stderr or proc.stdout)[-2000:]
-    return {"error": f"exit status {proc.returncode}" + (" (killed: out of memory?)" if proc.returncode < 0 else ""),
-            "stderr_tail": tail}  # fmt: skip
+    if "DefaultCPUAllocator: can't allocate memory" in tail or "MemoryError" in tail:
+        return {"error": f"out of memory (address space capped at {memory_limit_mb} MB)", "stderr_tail": tail[-500:]}
+    return {
+        "error": f"exit status {proc.returncode}" + (" (killed: out of memory?)" if proc.returncode < 0 else ""),
+        "stderr_tail": tail,
+    }
 
 
 def _child_main() -> None:
     request = json.loads(sys.stdin.read())
     torch.set_num_threads(int(request.get("threads", torch.get_num_threads())))
+    if request.get("memory_limit_mb"):
+        limit = int(request["memory_limit_mb"] * 2**20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     result = globals()[request["function"]](**request["kwargs"])
     if dataclasses.is_dataclass(result):
         result = result.to_dict() if hasattr(result, "to_dict") else dataclasses.asdict(result)
@@ -841,13 +989,20 @@ def _child_main() -> None:
     sys.stdout.flush()
 
 
-def _measure(function: str, kwargs: dict[str, Any], settings: PathSettings, isolate: bool, device: torch.device):
+def _measure(
+    function: str,
+    kwargs: dict[str, Any],
+    settings: PathSettings,
+    isolate: bool,
+    device: torch.device,
+    memory_limit_mb: float | None = None,
+):
     if not isolate:
         fn = globals()[function]
         out = fn(**kwargs)
         return out.to_dict() if hasattr(out, "to_dict") else out
-    env = dict(MALLOC_ENV) if settings.tune_malloc and device.type == "cpu" else {}
-    return run_isolated(function, kwargs, env=env)
+    env = dict(ALLOCATOR_PROFILES[settings.allocator]) if settings.allocator and device.type == "cpu" else {}
+    return run_isolated(function, kwargs, env=env, memory_limit_mb=memory_limit_mb)
 
 
 # ------------------------------------------------------------------------------------------------------- reporting
@@ -871,9 +1026,12 @@ def benchmark_model(
     fidelity: bool = True,
     profile: bool = False,
     model_overrides: dict[str, Any] | None = None,
+    memory_limit_mb: float | None = None,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
     """Measure every path in every mode and gather a report (JSON-ready dict).
+
+    ``memory_limit_mb`` caps each isolated measurement's address space (see :func:`run_isolated`).
 
     ``rounds`` > 1 repeats each (mode, path) measurement, alternating the paths, so that load from other processes
     falls on both; every round's result is kept and the tables use the round with the median latency.
@@ -891,13 +1049,22 @@ def benchmark_model(
     report: dict[str, Any] = {
         "machine": dataclasses.asdict(machine_info(device)),
         "config": {
-            "model": model_name, "img_size": list(img_size), "batch_size": batch_size,
-            "train_batch_size": train_batch_size, "volume_batch_size": volume_batch_size,
-            "volume_shape": list(volume_shape), "runs": runs, "warmup": warmup, "rounds": rounds,
-            "model_overrides": overrides, "paths": [dataclasses.asdict(p) for p in paths],
+            "model": model_name,
+            "img_size": list(img_size),
+            "batch_size": batch_size,
+            "train_batch_size": train_batch_size,
+            "volume_batch_size": volume_batch_size,
+            "volume_shape": list(volume_shape),
+            "runs": runs,
+            "warmup": warmup,
+            "rounds": rounds,
+            "model_overrides": overrides,
+            "paths": [dataclasses.asdict(p) for p in paths],
         },
-        "results": [], "fidelity": {}, "profiles": [],
-    }  # fmt: skip
+        "results": [],
+        "fidelity": {},
+        "profiles": [],
+    }
     say("measuring the dense matrix-product rate")
     report["matmul_gflops"] = matmul_gflops(device)
     common = {"model_name": model_name, "img_size": list(img_size), "device": str(device), "model_overrides": overrides}
@@ -913,10 +1080,14 @@ def benchmark_model(
                     kwargs["runs"], kwargs["warmup"] = max(1, runs), max(1, min(warmup, 1))
                 else:
                     function = "measure_volume"
-                    kwargs.update(batch_size=1 if settings.name == "baseline" else volume_batch_size,
-                                  volume_shape=list(volume_shape), runs=1, warmup=0)  # fmt: skip
+                    kwargs.update(
+                        batch_size=1 if settings.name == "baseline" else volume_batch_size,
+                        volume_shape=list(volume_shape),
+                        runs=1,
+                        warmup=0,
+                    )
                 say(f"{mode}: {settings.name} (round {round_index + 1}/{rounds})")
-                result = _measure(function, kwargs, settings, isolate, device)
+                result = _measure(function, kwargs, settings, isolate, device, memory_limit_mb)
                 result.setdefault("mode", mode)
                 result.setdefault("path", settings.name)
                 result["round"] = round_index
@@ -937,9 +1108,11 @@ def benchmark_model(
             for settings in paths:
                 say(f"profiling {mode}: {settings.name}")
                 kwargs = {
-                    **common, "mode": mode, "settings": dataclasses.asdict(settings),
+                    **common,
+                    "mode": mode,
+                    "settings": dataclasses.asdict(settings),
                     "batch_size": batch_size if mode == "inference" else train_batch_size,
-                }  # fmt: skip
+                }
                 report["profiles"].append(_measure("profile_path", kwargs, settings, isolate, device))
     return report
 
@@ -967,17 +1140,37 @@ def comparison_table(report: dict[str, Any], *, markdown: bool = False) -> str:
         speedup = base["timing"]["median_s"] / timing["median_s"] if base else float("nan")
         memory_ratio = r["peak_memory_mb"] / base["peak_memory_mb"] if base else float("nan")
         gflops = r["flops_per_call"] / timing["median_s"] / 1e9 if r["flops_per_call"] else float("nan")
-        rows.append([
-            mode, path, r["batch_size"], f"{timing['median_s']:.3f}", f"{timing['min_s']:.3f}-{timing['max_s']:.3f}",
-            f"{r['items'] / timing['median_s']:.2f}", f"{gflops:.0f}" if gflops == gflops else "-",
-            f"{100 * gflops / peak:.0f}" if gflops == gflops else "-", f"{r['peak_memory_mb']:.0f}",
-            f"{speedup:.2f}", f"{memory_ratio:.2f}",
-        ])  # fmt: skip
+        rows.append(
+            [
+                mode,
+                path,
+                r["batch_size"],
+                f"{timing['median_s']:.3f}",
+                f"{timing['min_s']:.3f}-{timing['max_s']:.3f}",
+                f"{r['items'] / timing['median_s']:.2f}",
+                f"{gflops:.0f}" if gflops == gflops else "-",
+                f"{100 * gflops / peak:.0f}" if gflops == gflops else "-",
+                f"{r['peak_memory_mb']:.0f}",
+                f"{speedup:.2f}",
+                f"{memory_ratio:.2f}",
+            ]
+        )
     for r in report["results"]:
         if "error" in r:
             rows.append([r["mode"], r["path"], "-", "failed", r["error"], "-", "-", "-", "-", "-", "-"])
-    header = ["mode", "path", "batch", "median s", "min-max s", "slices/s", "GFLOP/s", "% matmul", "peak MB",
-              "speed-up", "memory x"]  # fmt: skip
+    header = [
+        "mode",
+        "path",
+        "batch",
+        "median s",
+        "min-max s",
+        "slices/s",
+        "GFLOP/s",
+        "% matmul",
+        "peak MB",
+        "speed-up",
+        "memory x",
+    ]
     return format_table(header, rows, markdown=markdown)
 
 
@@ -992,13 +1185,23 @@ def attention_table(points: Sequence[dict[str, Any]], *, markdown: bool = False)
         prev = previous.get(p["kernel"])
         growth = p["timing"]["median_s"] / prev["timing"]["median_s"] if prev else float("nan")
         token_ratio = p["tokens"] / prev["tokens"] if prev else float("nan")
-        rows.append([
-            p["kernel"], p["tokens"], f"{1e3 * p['timing']['median_s']:.1f}",
-            f"{1e9 * p['timing']['median_s'] / p['tokens']:.0f}", f"{p['peak_memory_mb']:.0f}",
-            f"{growth:.2f} (x{token_ratio:.0f} tokens)" if prev else "-",
-        ])  # fmt: skip
+        rows.append(
+            [
+                p["kernel"],
+                p["tokens"],
+                f"{1e3 * p['timing']['median_s']:.1f}",
+                f"{1e9 * p['timing']['median_s'] / p['tokens']:.0f}",
+                f"{p['peak_memory_mb']:.0f}",
+                f"{growth:.2f} (x{token_ratio:.0f} tokens)" if prev else "-",
+            ]
+        )
         previous[p["kernel"]] = p
     return format_table(["kernel", "tokens", "ms", "ns/token", "peak MB", "time growth"], rows, markdown=markdown)
+
+
+def _memory_env(device: torch.device) -> dict[str, str]:
+    # Resident memory follows the live tensors only when freed blocks go back to the system.
+    return dict(ALLOCATOR_PROFILES["release"]) if device.type == "cpu" else {}
 
 
 def benchmark_attention(
@@ -1027,11 +1230,17 @@ def benchmark_attention(
             if kernel == "exact" and n > exact_max_tokens:
                 continue
             slow = kernel == "exact" and n > 16384
-            kwargs = {"kernel": kernel, "tokens": int(n), "dim": dim, "device": str(device),
-                      "runs": 1 if slow else runs, "warmup": 0 if slow else warmup}  # fmt: skip
+            kwargs = {
+                "kernel": kernel,
+                "tokens": int(n),
+                "dim": dim,
+                "device": str(device),
+                "runs": 1 if slow else runs,
+                "warmup": 0 if slow else warmup,
+            }
             say(f"attention: {kernel} at {n} tokens")
             if isolate:
-                point = run_isolated("measure_attention_point", kwargs)
+                point = run_isolated("measure_attention_point", kwargs, env=_memory_env(device))
             else:
                 point = dataclasses.asdict(measure_attention_point(**kwargs))
             point.setdefault("kernel", kernel)
@@ -1050,44 +1259,65 @@ def benchmark_scsi_memory(
     device: torch.device | str = "cpu",
     train_depth: int = 1,
     runs: int = 1,
+    baseline_sizes: Sequence[int] = (224,),
     isolate: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> dict[str, Any]:
-    """Peak memory of the paper's SCSI (token attention) at several input sizes, in eval mode (6 layers) and in
-    training (forward and backward with dropout through the fast path, ``train_depth`` layers), batch 1.
+    """Peak memory of the paper's SCSI (token attention) at several input sizes, batch 1: in eval mode (6 layers),
+    and in training (forward and backward with dropout 0.1, ``train_depth`` layers) through the fast path and, at
+    ``baseline_sizes``, through SDPA's own dropout (its N x N math path on the CPU).
 
     Memory linear in the tokens grows 4x from 224 to 448 (4,116 to 16,464 tokens); an N x N matrix would grow 16x.
     """
     device = torch.device(device)
     say = log or (lambda message: None)
+    plan = [(False, True, size) for size in img_sizes] + [(True, True, size) for size in img_sizes]
+    plan += [(True, False, size) for size in baseline_sizes]
     points = []
-    for train in (False, True):
-        for size in img_sizes:
-            kwargs = {"img_size": int(size), "train": train, "depth": train_depth if train else 6,
-                      "device": str(device), "runs": runs, "warmup": 1}  # fmt: skip
-            say(f"SCSI {'training' if train else 'eval'} at {size}x{size}")
-            point = run_isolated("measure_scsi_point", kwargs) if isolate else dataclasses.asdict(
-                measure_scsi_point(**kwargs))  # fmt: skip
-            point.setdefault("img_size", int(size))
-            point.setdefault("train", train)
-            points.append(point)
+    for train, fast, size in plan:
+        kwargs = {
+            "img_size": int(size),
+            "train": train,
+            "depth": train_depth if train else 6,
+            "fast_dropout": fast,
+            "device": str(device),
+            "runs": runs,
+            "warmup": 1,
+        }
+        say(f"SCSI {'training' if train else 'eval'} at {size}x{size}{'' if fast else ' (SDPA dropout)'}")
+        point = (
+            run_isolated("measure_scsi_point", kwargs, env=_memory_env(device))
+            if isolate
+            else dataclasses.asdict(measure_scsi_point(**kwargs))
+        )
+        point.setdefault("img_size", int(size))
+        point.setdefault("train", train)
+        point.setdefault("fast_dropout", fast)
+        points.append(point)
     return {"points": points}
 
 
 def scsi_table(points: Sequence[dict[str, Any]], *, markdown: bool = False) -> str:
     """SCSI memory per input size, with the growth over the smallest size next to the growth in tokens."""
     rows = []
-    first: dict[bool, dict[str, Any]] = {}
+    first: dict[tuple[bool, bool], dict[str, Any]] = {}
     for p in points:
+        label = ("train" if p.get("train") else "eval") + ("" if p.get("fast_dropout", True) else " (SDPA dropout)")
         if "error" in p:
-            rows.append(["train" if p.get("train") else "eval", p.get("img_size"), "-", "failed", "-", "-"])
+            rows.append([label, p.get("img_size"), "-", "failed", "-", "-"])
             continue
-        ref = first.setdefault(p["train"], p)
+        ref = first.setdefault((p["train"], p.get("fast_dropout", True)), p)
         growth = p["peak_memory_mb"] / ref["peak_memory_mb"] if ref["peak_memory_mb"] else float("nan")
-        rows.append([
-            "train" if p["train"] else "eval", p["img_size"], p["tokens"], f"{p['timing']['median_s']:.2f}",
-            f"{p['peak_memory_mb']:.0f}", f"{growth:.2f} (tokens x{p['tokens'] / ref['tokens']:.1f})",
-        ])  # fmt: skip
+        rows.append(
+            [
+                label,
+                p["img_size"],
+                p["tokens"],
+                f"{p['timing']['median_s']:.2f}",
+                f"{p['peak_memory_mb']:.0f}",
+                f"{growth:.2f} (tokens x{p['tokens'] / ref['tokens']:.1f})",
+            ]
+        )
     return format_table(["SCSI", "input", "tokens", "s", "peak MB", "memory growth"], rows, markdown=markdown)
 
 
@@ -1098,3 +1328,60 @@ def machine_markdown(machine: dict[str, Any]) -> str:
         f"device: {machine['device']}; torch {machine['torch_version']}, Python {machine['python_version']}; "
         f"{machine['platform']}; measured {machine['date']}."
     )
+
+
+def report_markdown(report: dict[str, Any]) -> str:
+    """A Markdown section for a report of :func:`benchmark_model`, :func:`benchmark_attention` or both."""
+    lines = []
+    if "machine" in report:
+        lines += [machine_markdown(report["machine"]), ""]
+    if report.get("results"):
+        config = report["config"]
+        lines += [
+            f"Model `{config['model']}` at {config['img_size'][0]}x{config['img_size'][1]}, overrides "
+            f"{config['model_overrides'] or 'none'}; inference batch {config['batch_size']}, training batch "
+            f"{config['train_batch_size']}, volume {'x'.join(map(str, config['volume_shape']))}; median of "
+            f"{config['runs']} runs after {config['warmup']} warm-up, {config['rounds']} round(s). Dense matmul "
+            f"rate measured in the same run: {report['matmul_gflops']:.0f} GFLOP/s.",
+            "",
+            comparison_table(report, markdown=True),
+            "",
+        ]
+        for name, fid in report.get("fidelity", {}).items():
+            if "error" not in fid:
+                lines.append(
+                    f"- `{name}` eval logits vs plain float32: max |diff| {fid['max_abs_diff']:.2e} = "
+                    f"{fid['relative']:.2e} of the largest logit; labels agree on {100 * fid['label_agreement']:.3f}%."
+                )
+        lines.append("")
+    for profile in report.get("profiles", []):
+        if "error" in profile:
+            continue
+        lines += [f"Profile, {profile['mode']}, {profile['path']} ({profile['total_ms']:.0f} ms):", ""]
+        lines.append(
+            format_table(
+                ["part", "ms", "%"],
+                [[r["name"], f"{r['ms']:.0f}", f"{r['percent']:.1f}"] for r in profile["parts"]],
+                markdown=True,
+            )
+        )
+        lines += [
+            "",
+            format_table(
+                ["operator", "self ms", "%"],
+                [[o["name"], f"{o['self_ms']:.0f}", f"{o['percent']:.1f}"] for o in profile["operators"]],
+                markdown=True,
+            ),
+            "",
+        ]
+    if report.get("points"):
+        lines += [attention_table(report["points"], markdown=True), ""]
+        if report.get("enlsa_64k_over_16x_4k") is not None:
+            lines += [
+                f"ENLSA time at 64k tokens / (16 x time at 4k) = {report['enlsa_64k_over_16x_4k']:.2f} "
+                "(target <= 1.3).",
+                "",
+            ]
+    if report.get("scsi"):
+        lines += [scsi_table(report["scsi"]["points"], markdown=True), ""]
+    return "\n".join(lines)

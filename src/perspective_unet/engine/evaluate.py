@@ -128,7 +128,9 @@ def _per_class_by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return out
 
 
-def write_reports(result: dict[str, Any], output: str | os.PathLike[str], *, extra: dict[str, Any] | None = None) -> dict:
+def write_reports(
+    result: dict[str, Any], output: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
+) -> dict[str, Any]:
     """Write ``per_case.csv``, ``summary.json`` and ``summary.md`` into ``output``; returns the summary dict.
 
     ``summary.json`` holds, at the top level, ``mean_dice`` (in [0, 1]) and ``mean_hd95`` of the legacy protocol and

@@ -16,6 +16,7 @@ __all__ = [
     "EfficientNonLocalAttention",
     "exact_softmax_attention",
     "gaussian_orthogonal_random_matrix",
+    "kernel_attention",
     "linear_attention",
     "random_feature_map",
 ]
@@ -24,6 +25,8 @@ __all__ = [
 FEATURE_EPS = 1e-4
 # q and k are L2-normalised with this floor on the norm, as released.
 QK_NORM_EPS = 5e-5
+# Tokens per block in kernel_attention: a block's features stay in the CPU cache, so time grows linearly in N.
+TOKEN_CHUNK = 4096
 
 
 def gaussian_orthogonal_random_matrix(
@@ -106,6 +109,52 @@ def linear_attention(q_features: torch.Tensor, k_features: torch.Tensor, v: torc
     return (q_features @ context) / normaliser
 
 
+def kernel_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    projection: torch.Tensor,
+    kernel: str = "softmax",
+    chunk_size: int = TOKEN_CHUNK,
+) -> torch.Tensor:
+    """ENLSA's core: :func:`linear_attention` of the random features of q and k, block by block over the tokens.
+
+    The sums over keys (``sum_j phi(k_j) v_j^T`` and ``sum_j phi(k_j)``) are accumulated over blocks of
+    ``chunk_size`` tokens, then each block of queries is mapped and attended. No (N, m) feature tensor is built at
+    once, so the work stays in cache and the time grows linearly in N, also past the cache size. Sequences no
+    longer than ``chunk_size`` take exactly the one-block path; longer ones differ only by float summation order.
+
+    Args:
+        q: Queries ``(..., N, d)``.
+        k: Keys ``(..., M, d)``.
+        v: Values ``(..., M, e)``.
+        projection: Random projection ``(m, d)``.
+        kernel: ``"softmax"`` or ``"relu"``.
+        chunk_size: Tokens per block.
+
+    Returns:
+        ``(..., N, e)``.
+    """
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}.")
+    n, m = q.shape[-2], k.shape[-2]
+    if n <= chunk_size and m <= chunk_size:
+        return linear_attention(random_feature_map(q, projection, kernel), random_feature_map(k, projection, kernel), v)
+    context = None
+    key_sum = None
+    for start in range(0, m, chunk_size):
+        features = random_feature_map(k[..., start : start + chunk_size, :], projection, kernel)
+        part = features.transpose(-2, -1) @ v[..., start : start + chunk_size, :]
+        context = part if context is None else context + part
+        key_sum = features.sum(dim=-2) if key_sum is None else key_sum + features.sum(dim=-2)
+    normaliser_vector = key_sum.unsqueeze(-1)
+    blocks = []
+    for start in range(0, n, chunk_size):
+        features = random_feature_map(q[..., start : start + chunk_size, :], projection, kernel)
+        blocks.append((features @ context) / (features @ normaliser_vector))
+    return torch.cat(blocks, dim=-2)
+
+
 class EfficientNonLocalAttention(nn.Module):
     """ENLSA over a token sequence: q/k/v projections, L2-normalised q and k, random-feature linear attention.
 
@@ -171,9 +220,7 @@ class EfficientNonLocalAttention(nn.Module):
         q = F.normalize(self._split_heads(self.to_q(x)), dim=-1, eps=QK_NORM_EPS)
         k = F.normalize(self._split_heads(self.to_k(x)), dim=-1, eps=QK_NORM_EPS)
         v = self._split_heads(self.to_v(x))
-        out = linear_attention(
-            random_feature_map(q, self.projection, self.kernel), random_feature_map(k, self.projection, self.kernel), v
-        )
+        out = kernel_attention(q, k, v, self.projection, self.kernel)
         return out.transpose(1, 2).flatten(2)
 
     def extra_repr(self) -> str:

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from perspective_unet.models.attention import EfficientNonLocalAttention
-from perspective_unet.models.layers import DropPath, to_feature_map, to_tokens
+from perspective_unet.models.layers import Dropout, DropPath, fold_batchnorm, to_feature_map, to_tokens
 
 __all__ = ["BiPathResidualBlock", "EfficientNonLocalTransformerBlock", "FeedForward", "ResidualPath"]
 
@@ -35,6 +35,12 @@ class ResidualPath(nn.Module):
         y = self.act(self.bn1(self.conv1(identity)))
         y = self.bn2(self.conv2(y))
         return self.act(y + identity)
+
+    def fold_batchnorm_(self) -> None:
+        """Fold both BatchNorms into their convolutions (inference only)."""
+        if isinstance(self.bn1, nn.BatchNorm2d):
+            self.conv1, self.bn1 = fold_batchnorm(self.conv1, self.bn1), nn.Identity()
+            self.conv2, self.bn2 = fold_batchnorm(self.conv2, self.bn2), nn.Identity()
 
 
 class BiPathResidualBlock(nn.Module):
@@ -66,17 +72,22 @@ class BiPathResidualBlock(nn.Module):
         wide = self.dilated_path(x) if self.dilated_path is not None else local
         return self.act(self.fuse_bn(self.fuse(torch.cat([local, wide], dim=1))))
 
+    def fold_batchnorm_(self) -> None:
+        """Fold the fusion's BatchNorm into its convolution (inference only); the paths fold their own."""
+        if isinstance(self.fuse_bn, nn.BatchNorm2d):
+            self.fuse, self.fuse_bn = fold_batchnorm(self.fuse, self.fuse_bn), nn.Identity()
+
 
 class FeedForward(nn.Sequential):
-    """Linear, GELU, dropout, linear, dropout: the ENLTB feed-forward layer."""
+    """Linear, GELU, dropout, linear, dropout: the ENLTB feed-forward layer (``fast_dropout``: see :class:`Dropout`)."""
 
-    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, fast_dropout: bool = True) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden_dim)
         self.act = nn.GELU()
-        self.drop1 = nn.Dropout(dropout)
+        self.drop1 = Dropout(dropout, fast_dropout)
         self.fc2 = nn.Linear(hidden_dim, dim)
-        self.drop2 = nn.Dropout(dropout)
+        self.drop2 = Dropout(dropout, fast_dropout)
 
 
 class EfficientNonLocalTransformerBlock(nn.Module):
@@ -91,6 +102,7 @@ class EfficientNonLocalTransformerBlock(nn.Module):
         mlp_ratio: Feed-forward hidden width relative to ``dim``.
         dropout: Dropout after attention and in the feed-forward layer.
         drop_path: Stochastic-depth rate of both residual branches.
+        fast_dropout: Draw dropout masks the fast way on the CPU (see :class:`~perspective_unet.models.layers.Dropout`).
 
     Example:
         >>> block = EfficientNonLocalTransformerBlock(32)
@@ -108,14 +120,15 @@ class EfficientNonLocalTransformerBlock(nn.Module):
         mlp_ratio: float = 4.0,
         dropout: float = 0.1,
         drop_path: float = 0.1,
+        fast_dropout: bool = True,
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = EfficientNonLocalAttention(dim, heads, num_features, kernel, redraw_interval)
-        self.attn_drop = nn.Dropout(dropout)
+        self.attn_drop = Dropout(dropout, fast_dropout)
         self.drop_path = DropPath(drop_path)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, int(dim * mlp_ratio), dropout)
+        self.mlp = FeedForward(dim, int(dim * mlp_ratio), dropout, fast_dropout)
 
     def forward_tokens(self, x: torch.Tensor) -> torch.Tensor:
         """The block on tokens of shape (B, N, dim)."""

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perspective_unet.models.layers import to_feature_map, to_tokens
+from perspective_unet.models.chunked_attention import attention_with_dropout
+from perspective_unet.models.layers import Dropout, maybe_checkpoint, relu_dropout, to_feature_map, to_tokens
 
 __all__ = ["CrossScaleAttention", "IntegratorLayer", "SpatialCrossScaleIntegrator"]
 
@@ -19,14 +20,21 @@ class CrossScaleAttention(nn.Module):
     code at batch size 1, whose attention runs over a sequence of length one: the output is out(v(s)) for every
     token, with the attention dropout falling on that single weight per token and head.
 
+    In training with dropout on the CPU, SDPA has no fused kernel and would build (B, heads, N, N) matrices; with
+    ``fast_dropout`` the attention then runs block by block with recomputation
+    (:func:`~perspective_unet.models.chunked_attention.attention_with_dropout`), in memory linear in N.
+
     Args:
         dim: Token width.
         heads: Attention heads; must divide ``dim``.
         dropout: Dropout on the attention weights (training only).
         mode: ``"tokens"`` or ``"official"``.
+        fast_dropout: Fast dropout masks and the memory-lean attention-dropout path on the CPU.
     """
 
-    def __init__(self, dim: int, heads: int, dropout: float = 0.0, mode: str = "tokens") -> None:
+    def __init__(
+        self, dim: int, heads: int, dropout: float = 0.0, mode: str = "tokens", fast_dropout: bool = True
+    ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"heads ({heads}) must divide dim ({dim}).")
@@ -36,6 +44,7 @@ class CrossScaleAttention(nn.Module):
         self.heads = heads
         self.dropout = dropout
         self.mode = mode
+        self.fast_dropout = fast_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.out = nn.Linear(dim, dim)
 
@@ -50,27 +59,42 @@ class CrossScaleAttention(nn.Module):
                 v = (v.unflatten(-1, (self.heads, -1)) * keep).flatten(2)
             return self.out(v)
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        if self.fast_dropout:
+            attended = attention_with_dropout(q, k, v, dropout)
+        else:
+            attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
         return self.out(attended.transpose(1, 2).flatten(2))
 
 
 class IntegratorLayer(nn.Module):
-    """Post-norm transformer layer (attention, then a ReLU feed-forward layer), each followed by LayerNorm."""
+    """Post-norm transformer layer (attention, then a ReLU feed-forward layer), each followed by LayerNorm.
 
-    def __init__(self, dim: int, heads: int, ffn_dim: int, dropout: float = 0.1, mode: str = "tokens") -> None:
+    With ``fast_dropout`` the ReLU and the dropout after it are one autograd node that keeps only its output
+    (which ``fc2`` keeps anyway), a third of the feed-forward activations otherwise saved for backward.
+    """
+
+    def __init__(
+        self,
+        dim: int,
+        heads: int,
+        ffn_dim: int,
+        dropout: float = 0.1,
+        mode: str = "tokens",
+        fast_dropout: bool = True,
+    ) -> None:
         super().__init__()
-        self.attn = CrossScaleAttention(dim, heads, dropout, mode)
+        self.attn = CrossScaleAttention(dim, heads, dropout, mode, fast_dropout)
         self.norm1 = nn.LayerNorm(dim)
         self.fc1 = nn.Linear(dim, ffn_dim)
         self.fc2 = nn.Linear(ffn_dim, dim)
         self.norm2 = nn.LayerNorm(dim)
-        self.drop_attn = nn.Dropout(dropout)
-        self.drop_hidden = nn.Dropout(dropout)
-        self.drop_ffn = nn.Dropout(dropout)
+        self.drop_attn = Dropout(dropout, fast_dropout)
+        self.drop_hidden = Dropout(dropout, fast_dropout)
+        self.drop_ffn = Dropout(dropout, fast_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.norm1(x + self.drop_attn(self.attn(x)))
-        hidden = self.drop_hidden(F.relu(self.fc1(x)))
+        hidden = relu_dropout(self.fc1(x), self.drop_hidden.p, self.training, self.drop_hidden.fast)
         return self.norm2(x + self.drop_ffn(self.fc2(hidden)))
 
 
@@ -85,6 +109,10 @@ class SpatialCrossScaleIntegrator(nn.Module):
         ffn_dim: Feed-forward hidden width.
         dropout: Dropout of attention and feed-forward layers.
         attention: ``"tokens"`` (paper) or ``"official"`` (the released code at batch size 1).
+        fast_dropout: Fast CPU dropout (see :class:`IntegratorLayer` and :class:`CrossScaleAttention`).
+
+    Attributes:
+        gradient_checkpointing: Recompute each layer's activations in backward instead of keeping them.
 
     Example:
         >>> scsi = SpatialCrossScaleIntegrator((16, 32), dim=16, heads=2, depth=1, ffn_dim=32)
@@ -101,10 +129,14 @@ class SpatialCrossScaleIntegrator(nn.Module):
         ffn_dim: int = 2048,
         dropout: float = 0.1,
         attention: str = "tokens",
+        fast_dropout: bool = True,
     ) -> None:
         super().__init__()
+        self.gradient_checkpointing = False
         self.in_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
-        self.layers = nn.ModuleList(IntegratorLayer(dim, heads, ffn_dim, dropout, attention) for _ in range(depth))
+        self.layers = nn.ModuleList(
+            IntegratorLayer(dim, heads, ffn_dim, dropout, attention, fast_dropout) for _ in range(depth)
+        )
         self.norm = nn.LayerNorm(dim)
         self.out_proj = nn.ModuleList(nn.Conv2d(dim, c, 1) for c in in_channels)
 
@@ -114,7 +146,7 @@ class SpatialCrossScaleIntegrator(nn.Module):
         sizes = [f.shape[-2:] for f in features]
         tokens = torch.cat([to_tokens(proj(f)) for proj, f in zip(self.in_proj, features)], dim=1)
         for layer in self.layers:
-            tokens = layer(tokens)
+            tokens = maybe_checkpoint(layer, tokens, enabled=self.gradient_checkpointing and self.training)
         tokens = self.norm(tokens)
         pieces = tokens.split([h * w for h, w in sizes], dim=1)
         return [proj(to_feature_map(p, h, w)) for proj, p, (h, w) in zip(self.out_proj, pieces, sizes)]

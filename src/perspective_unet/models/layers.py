@@ -1,11 +1,34 @@
-"""Small building blocks shared by the network's parts."""
+"""Small building blocks shared by the network's parts: conv-norm-activation, dropout and stochastic depth, token
+layout helpers, BatchNorm folding and activation checkpointing."""
 
 from __future__ import annotations
 
-import torch
-from torch import nn
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import Any
 
-__all__ = ["ConvNormAct", "DropPath", "to_tokens", "to_feature_map"]
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+__all__ = [
+    "ConvNormAct",
+    "DropPath",
+    "Dropout",
+    "dropout",
+    "fold_batchnorm",
+    "frozen_batchnorm_statistics",
+    "keep_mask",
+    "maybe_checkpoint",
+    "relu_dropout",
+    "to_feature_map",
+    "to_tokens",
+]
+
+# Fast dropout compares uniform 16-bit integers with a threshold, so its rate is rounded to a multiple of 2^-16.
+_MASK_LEVELS = 1 << 16
 
 
 class ConvNormAct(nn.Sequential):
@@ -28,6 +51,12 @@ class ConvNormAct(nn.Sequential):
         self.conv = nn.Conv2d(in_channels, out_channels, kernel_size, stride=stride, padding=padding, bias=False)
         self.norm = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=True)
+
+    def fold_batchnorm_(self) -> None:
+        """Fold the BatchNorm into the convolution (inference only; the norm becomes an identity)."""
+        if isinstance(self.norm, nn.BatchNorm2d):
+            self.conv = fold_batchnorm(self.conv, self.norm)
+            self.norm = nn.Identity()
 
 
 class DropPath(nn.Module):
@@ -60,3 +89,175 @@ def to_tokens(x: torch.Tensor) -> torch.Tensor:
 def to_feature_map(tokens: torch.Tensor, height: int, width: int) -> torch.Tensor:
     """(B, H*W, C) tokens back to a (B, C, H, W) feature map."""
     return tokens.transpose(1, 2).reshape(tokens.shape[0], tokens.shape[2], height, width)
+
+
+def keep_mask(
+    shape: torch.Size | tuple[int, ...],
+    p: float,
+    device: torch.device | str | None = None,
+    *,
+    generator: torch.Generator | None = None,
+) -> tuple[torch.Tensor, float]:
+    """A boolean dropout mask (``True`` = kept) and the scale ``1 / P(kept)`` of the kept values.
+
+    On the CPU the mask is drawn as 16-bit uniform integers, four from every 64 random bits, which is about 4x faster
+    than ``bernoulli_`` (PyTorch's CPU generator runs on one thread); the drop rate is then ``round(p * 2^16) / 2^16``
+    and the returned scale uses that exact rate, so the dropout stays unbiased. Elsewhere it is ``rand >= p``.
+    """
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type != "cpu":
+        return torch.rand(shape, device=device, generator=generator) >= p, 1.0 / (1.0 - p)
+    threshold = min(round(p * _MASK_LEVELS), _MASK_LEVELS - 1)
+    numel = math.prod(shape)
+    words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device)
+    words.random_(-(2**63), None, generator=generator)
+    bits = words.view(torch.int16)[:numel].view(shape)
+    return bits >= threshold - _MASK_LEVELS // 2, _MASK_LEVELS / (_MASK_LEVELS - threshold)
+
+
+class _MaskedDropout(torch.autograd.Function):
+    """Dropout that keeps a one-byte mask for backward instead of torch's float mask."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # noqa: ANN001
+        keep, scale = keep_mask(x.shape, p, x.device)
+        drop = keep.logical_not_()
+        ctx.save_for_backward(drop)
+        ctx.scale = scale
+        return x.masked_fill(drop, 0.0).mul_(scale)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        (drop,) = ctx.saved_tensors
+        return grad.masked_fill(drop, 0.0).mul_(ctx.scale), None
+
+
+class _ReluDropout(torch.autograd.Function):
+    """``dropout(relu(x))`` keeping only its output for backward: the gradient passes where the output is positive.
+
+    The output is also what the next linear layer keeps, so the pair holds one tensor instead of three.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # noqa: ANN001
+        keep, scale = keep_mask(x.shape, p, x.device)
+        out = x.masked_fill(keep.logical_not_(), 0.0).clamp_min_(0.0).mul_(scale)
+        ctx.save_for_backward(out)
+        ctx.scale = scale
+        return out
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:  # noqa: ANN001
+        (out,) = ctx.saved_tensors
+        return grad.masked_fill(out <= 0.0, 0.0).mul_(ctx.scale), None
+
+
+def _fast_path(x: torch.Tensor, p: float, training: bool, fast: bool) -> bool:
+    return training and p > 0.0 and fast and x.device.type == "cpu"
+
+
+def dropout(x: torch.Tensor, p: float, training: bool, fast: bool = True) -> torch.Tensor:
+    """Dropout; with ``fast`` on the CPU, masks come from :func:`keep_mask` and backward keeps a one-byte mask.
+
+    Off the CPU, or with ``fast=False``, this is ``torch.nn.functional.dropout``. In eval mode it returns ``x``.
+    """
+    if not training or p == 0.0:
+        return x
+    if not _fast_path(x, p, training, fast):
+        return F.dropout(x, p, training=True)
+    return _MaskedDropout.apply(x, p)
+
+
+def relu_dropout(x: torch.Tensor, p: float, training: bool, fast: bool = True) -> torch.Tensor:
+    """``dropout(relu(x))``; with ``fast`` on the CPU it is one autograd node that keeps only its output."""
+    if not _fast_path(x, p, training, fast):
+        return dropout(F.relu(x), p, training, fast=False)
+    return _ReluDropout.apply(x, p)
+
+
+class Dropout(nn.Module):
+    """Element-wise dropout, by default through the fast CPU path of :func:`dropout`.
+
+    Args:
+        p: Probability of zeroing an element.
+        fast: Use the fast CPU path (16-bit thresholds, one-byte mask); ``False`` is ``nn.Dropout``'s maths and RNG use.
+    """
+
+    def __init__(self, p: float = 0.0, fast: bool = True) -> None:
+        super().__init__()
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"dropout probability must lie in [0, 1), got {p}.")
+        self.p = float(p)
+        self.fast = bool(fast)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return dropout(x, self.p, self.training, self.fast)
+
+    def extra_repr(self) -> str:
+        return f"p={self.p}, fast={self.fast}"
+
+
+@torch.no_grad()
+def fold_batchnorm(conv: nn.Conv2d, norm: nn.BatchNorm2d) -> nn.Conv2d:
+    """A convolution with bias equal to ``norm(conv(x))`` in eval mode (running statistics), computed in float64."""
+    fused = nn.Conv2d(
+        conv.in_channels,
+        conv.out_channels,
+        conv.kernel_size,
+        stride=conv.stride,
+        padding=conv.padding,
+        dilation=conv.dilation,
+        groups=conv.groups,
+        bias=True,
+        padding_mode=conv.padding_mode,
+        device=conv.weight.device,
+        dtype=conv.weight.dtype,
+    )
+    inv_std = torch.rsqrt(norm.running_var.double() + norm.eps)
+    factor = inv_std * norm.weight.double() if norm.affine else inv_std
+    shift = norm.bias.double() if norm.affine else torch.zeros_like(inv_std)
+    bias = conv.bias.double() if conv.bias is not None else torch.zeros_like(inv_std)
+    fused.weight.copy_(conv.weight.double() * factor[:, None, None, None])
+    fused.bias.copy_((bias - norm.running_mean.double()) * factor + shift)
+    if conv.weight.is_contiguous(memory_format=torch.channels_last) and not conv.weight.is_contiguous():
+        fused.weight.data = fused.weight.data.contiguous(memory_format=torch.channels_last)
+    return fused
+
+
+@contextlib.contextmanager
+def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
+    """Within the block, BatchNorm layers of ``module`` in training mode leave their running statistics unchanged.
+
+    Used while a checkpointed segment is recomputed, so its BatchNorms update their statistics once per step, not
+    twice. Outputs are unaffected: in training mode BatchNorm normalises with the batch's own statistics.
+    """
+    norms = [m for m in module.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.training]
+    saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]
+    for m in norms:
+        m.momentum = 0.0  # running = (1 - 0) * running + 0 * batch statistic, exactly
+    try:
+        yield
+    finally:
+        for m, momentum, count in saved:
+            m.momentum = momentum
+            if count is not None:
+                m.num_batches_tracked.copy_(count)
+
+
+def maybe_checkpoint(fn: Callable[..., Any], *args: Any, enabled: bool, module: nn.Module | None = None) -> Any:
+    """``fn(*args)``, through non-reentrant activation checkpointing when ``enabled`` and a graph is being recorded.
+
+    The random-number state is restored before recomputing, so dropout draws the same masks twice. Pass the
+    ``module`` that ``fn`` runs when it holds BatchNorm layers: their running statistics are then not updated again
+    by the recomputation.
+    """
+    if not (enabled and torch.is_grad_enabled()):
+        return fn(*args)
+    if module is None:
+        return checkpoint(fn, *args, use_reentrant=False)
+    return checkpoint(
+        fn,
+        *args,
+        use_reentrant=False,
+        context_fn=lambda: (contextlib.nullcontext(), frozen_batchnorm_statistics(module)),
+    )

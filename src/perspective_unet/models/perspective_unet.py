@@ -3,12 +3,14 @@ Non-Local Attention for Superior Receptive Fields", MICCAI 2024 (arXiv 2406.1405
 
 from __future__ import annotations
 
+import copy
+from collections.abc import Iterable
 from typing import Any
 
 import torch
 from torch import nn
 
-from perspective_unet.config import ModelConfig
+from perspective_unet.config import CHECKPOINTABLE_PARTS, ModelConfig
 from perspective_unet.models.attention import EfficientNonLocalAttention
 from perspective_unet.models.decoder import UNetDecoder
 from perspective_unet.models.encoder import PerspectiveEncoder
@@ -62,6 +64,8 @@ class PerspectiveUNet(nn.Module):
         self.encoder = PerspectiveEncoder(config)
         self.decoder = UNetDecoder(self.encoder.out_channels)
         self.head = nn.Conv2d(self.decoder.out_channels, config.num_classes, 3, padding=1)
+        self.channels_last = False
+        self.set_gradient_checkpointing(config.gradient_checkpointing)
 
     @property
     def size_divisor(self) -> int:
@@ -90,7 +94,80 @@ class PerspectiveUNet(nn.Module):
                     f"(input shape {tuple(x.shape)})."
                 )
         check_input_size(x.shape[-2], x.shape[-1], self.size_divisor)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.decoder(self.encoder(x)))
+
+    def set_gradient_checkpointing(self, parts: bool | str | Iterable[str] = True) -> PerspectiveUNet:
+        """Recompute the activations of some parts in backward instead of keeping them for it (training only).
+
+        Args:
+            parts: ``True`` for every part that supports it (``"cnn"``: the two finest bi-path stages, ``"enltb"``
+                blocks, ``"scsi"`` layers), ``False`` for none, or the names of the parts.
+
+        Returns:
+            The model itself; ``config.gradient_checkpointing`` is updated to match.
+
+        Example:
+            >>> from perspective_unet import create_model
+            >>> model = create_model("perspective_unet_tiny").set_gradient_checkpointing(["scsi"])
+            >>> model.config.gradient_checkpointing
+            ('scsi',)
+        """
+        if parts is True:
+            chosen: tuple[str, ...] = CHECKPOINTABLE_PARTS
+        elif parts is False:
+            chosen = ()
+        else:
+            chosen = (parts,) if isinstance(parts, str) else tuple(parts)
+        self.config = self.config.replace(gradient_checkpointing=chosen)  # validates the names
+        self.encoder.cnn.gradient_checkpointing = "cnn" in chosen
+        if self.encoder.transformer is not None:
+            for stage in self.encoder.transformer.stages:
+                stage.gradient_checkpointing = "enltb" in chosen
+        if self.encoder.integrator is not None:
+            self.encoder.integrator.gradient_checkpointing = "scsi" in chosen
+        return self
+
+    def to_channels_last(self, enabled: bool = True) -> PerspectiveUNet:
+        """Store convolution weights and run feature maps in channels-last layout (faster oneDNN convolutions).
+
+        The input is converted on entry; token reshapes then need no copies. Outputs equal the default layout's up
+        to float rounding. ``enabled=False`` goes back to the default layout. Returns the model itself.
+        """
+        self.to(memory_format=torch.channels_last if enabled else torch.contiguous_format)
+        self.channels_last = bool(enabled)
+        return self
+
+    @torch.no_grad()
+    def fuse_for_inference(self, channels_last: bool = True, inplace: bool = False) -> PerspectiveUNet:
+        """An eval-mode copy with every BatchNorm folded into the convolution before it, for faster inference.
+
+        Its logits equal the original's in eval mode up to float rounding (folding is done in float64). The copy's
+        state dict has no BatchNorm entries and convolution biases instead: save and load the original model, not
+        the copy. Its parameters do not require gradients.
+
+        Args:
+            channels_last: Also switch the copy to channels-last layout (:meth:`to_channels_last`).
+            inplace: Fold this model itself instead of a copy (saves the copy's memory; this model can then no
+                longer be trained or saved as a normal checkpoint).
+
+        Example:
+            >>> from perspective_unet import create_model
+            >>> model = create_model("perspective_unet_tiny").eval()
+            >>> fast = model.fuse_for_inference()
+            >>> x = torch.randn(1, 1, 32, 32)
+            >>> bool((fast(x) - model(x)).abs().max() < 1e-4)
+            True
+        """
+        fused = (self if inplace else copy.deepcopy(self)).eval()
+        for module in list(fused.modules()):
+            fold = getattr(module, "fold_batchnorm_", None)
+            if fold is not None:
+                fold()
+        for param in fused.parameters():
+            param.requires_grad_(False)
+        return fused.to_channels_last(channels_last) if channels_last else fused
 
     def redraw_projections(self) -> None:
         """Draw new random projections in every ENLSA module."""

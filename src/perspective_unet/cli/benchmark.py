@@ -1,0 +1,160 @@
+"""``perspective-unet benchmark``: speed and memory of the network (baseline against optimized path) and of its
+attention kernels."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from perspective_unet.engine import benchmark as bench
+from perspective_unet.models import list_models
+
+log = logging.getLogger("perspective_unet.benchmark")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "benchmark",
+        help="measure latency, throughput, FLOP rate and peak memory",
+        description="`benchmark` (or `benchmark model`) measures the network on two paths with the same weights: "
+        "the straightforward float32 path (baseline) and the optimized one (folded BatchNorm, channels-last, fast "
+        "dropout, activation checkpointing, huge-page allocator settings; optionally compile and autocast), for "
+        "inference, a training step and whole-volume evaluation. On the CPU each measurement runs in its own "
+        "process so its peak resident memory is its own. `benchmark attention` times ENLSA against exact "
+        "attention (SDPA) from 1k to 64k tokens and measures SCSI memory at 224 and 448.",
+    )
+    parser.add_argument("target", nargs="?", default="model", choices=("model", "attention"), help="what to measure")
+    parser.add_argument("--model", default="perspective_unet", choices=list_models(), help="model variant")
+    parser.add_argument("--img-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"), help="input size")
+    parser.add_argument("--batch-size", type=int, default=1, help="inference batch")
+    parser.add_argument("--train-batch-size", type=int, default=2, help="training-step batch")
+    parser.add_argument("--volume-batch-size", type=int, default=16, help="slices per forward pass (optimized path)")
+    parser.add_argument(
+        "--volume-shape", type=int, nargs=3, default=(100, 512, 512), metavar=("Z", "H", "W"), help="synthetic volume"
+    )
+    parser.add_argument("--device", default="cpu", help="cpu, cuda or cuda:N")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--runs", type=int, default=5, help="timed runs per measurement (median, min, max)")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat each measurement, alternating the paths")
+    parser.add_argument(
+        "--mode", nargs="+", default=["all"], choices=(*bench.MODES, "all"), help="inference, train, volume or all"
+    )
+    parser.add_argument("--path", default="both", choices=("baseline", "optimized", "both"), help="paths to measure")
+    parser.add_argument(
+        "--checkpoint",
+        nargs="*",
+        default=[],
+        metavar="PART",
+        help="parts checkpointed on the optimized path: cnn, enltb, scsi (default none; for memory: cnn enltb)",
+    )
+    parser.add_argument(
+        "--allocator",
+        default="reuse",
+        choices=(*bench.ALLOCATOR_PROFILES, "default"),
+        help="allocator profile of the optimized path on the CPU: reuse (speed), release (memory) or default",
+    )
+    parser.add_argument("--no-channels-last", action="store_true", help="optimized path keeps the default layout")
+    parser.add_argument("--compile", action="store_true", help="torch.compile on the optimized path")
+    parser.add_argument("--amp", choices=("bfloat16", "float16"), default=None, help="autocast on the optimized path")
+    parser.add_argument(
+        "--scsi-attention", choices=("tokens", "official"), default=None, help="override the model's SCSI attention"
+    )
+    parser.add_argument("--profile", action="store_true", help="also a torch.profiler breakdown per part")
+    parser.add_argument("--no-fidelity", action="store_true", help="skip the output check against plain float32")
+    parser.add_argument("--in-process", action="store_true", help="measure in this process (peak memory shared)")
+    parser.add_argument(
+        "--memory-limit-mb", type=float, default=None, help="cap each measuring process's address space (CPU)"
+    )
+    parser.add_argument("--tokens", type=int, nargs="+", default=[1024, 4096, 16384, 65536], help="attention lengths")
+    parser.add_argument("--dim", type=int, default=256, help="attention width")
+    parser.add_argument("--exact-max-tokens", type=int, default=65536, help="longest exact-attention sequence")
+    parser.add_argument(
+        "--scsi-sizes", type=int, nargs="*", default=[224, 448], help="SCSI memory at these input sides (none: skip)"
+    )
+    parser.add_argument("--json", type=Path, default=None, metavar="OUT", help="write the full report as JSON")
+    parser.add_argument("--markdown", type=Path, default=None, metavar="OUT", help="write the tables as Markdown")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.threads is not None:
+        if args.threads < 1:
+            raise ValueError(f"--threads must be positive, got {args.threads}.")
+        torch.set_num_threads(args.threads)
+    isolate = not args.in_process
+    if args.target == "attention":
+        report = bench.benchmark_attention(
+            args.tokens,
+            dim=args.dim,
+            device=args.device,
+            runs=args.runs,
+            warmup=args.warmup,
+            exact_max_tokens=args.exact_max_tokens,
+            isolate=isolate,
+            log=log.info,
+        )
+        print(bench.attention_table(report["points"]))
+        if report["enlsa_64k_over_16x_4k"] is not None:
+            print(f"ENLSA 64k / (16 x 4k) = {report['enlsa_64k_over_16x_4k']:.2f} (target <= 1.3)")
+        if args.scsi_sizes:
+            report["scsi"] = bench.benchmark_scsi_memory(
+                args.scsi_sizes, device=args.device, isolate=isolate, log=log.info
+            )
+            print(bench.scsi_table(report["scsi"]["points"]))
+    else:
+        modes = bench.MODES if "all" in args.mode else tuple(args.mode)
+        paths = []
+        if args.path in ("baseline", "both"):
+            paths.append(bench.baseline_settings())
+        if args.path in ("optimized", "both"):
+            paths.append(
+                bench.optimized_settings(
+                    args.device,
+                    gradient_checkpointing=args.checkpoint,
+                    allocator=None if args.allocator == "default" else args.allocator,
+                    compile=args.compile,
+                    amp=args.amp,
+                    channels_last=not args.no_channels_last,
+                )
+            )
+        overrides = {"scsi_attention": args.scsi_attention} if args.scsi_attention else {}
+        report = bench.benchmark_model(
+            args.model,
+            modes=modes,
+            paths=paths,
+            img_size=args.img_size,
+            batch_size=args.batch_size,
+            train_batch_size=args.train_batch_size,
+            volume_batch_size=args.volume_batch_size,
+            volume_shape=args.volume_shape,
+            device=args.device,
+            runs=args.runs,
+            warmup=args.warmup,
+            rounds=args.rounds,
+            isolate=isolate,
+            fidelity=not args.no_fidelity,
+            profile=args.profile,
+            model_overrides=overrides,
+            memory_limit_mb=args.memory_limit_mb,
+            log=log.info,
+        )
+        print(bench.machine_markdown(report["machine"]))
+        print(f"dense matmul rate: {report['matmul_gflops']:.0f} GFLOP/s")
+        print(bench.comparison_table(report))
+        for name, fid in report["fidelity"].items():
+            if "error" not in fid:
+                print(f"{name}: eval logits within {fid['relative']:.1e} of the largest logit of plain float32")
+    if args.json:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps(report, indent=1))
+        print(f"wrote {args.json}")
+    if args.markdown:
+        args.markdown.parent.mkdir(parents=True, exist_ok=True)
+        args.markdown.write_text(bench.report_markdown(report))
+        print(f"wrote {args.markdown}")
+    return 0
