@@ -460,6 +460,45 @@ def _prepare(settings: PathSettings | dict[str, Any], device: torch.device | str
     return settings, device
 
 
+def _time_and_record(
+    mode: str,
+    call: Callable[[], Any],
+    *,
+    model: torch.nn.Module,
+    model_name: str,
+    model_memory: float,
+    settings: PathSettings,
+    device: torch.device,
+    img_size: Sequence[int],
+    batch_size: int,
+    items: int,
+    runs: int,
+    warmup: int,
+    count_flops: bool,
+) -> BenchmarkResult:
+    """Time ``call``, read the peak memory, then (optionally) count its FLOPs, into one result."""
+    timing = time_function(call, runs=runs, warmup=warmup, device=device)
+    peak, kind = _memory_peak(device)
+    # Counted last: under the counter's dispatch mode a call holds far more memory than a plain one.
+    flops = _count_flops(call) if count_flops and not settings.compile else 0
+    return BenchmarkResult(
+        mode,
+        settings.name,
+        model_name,
+        tuple(img_size),
+        batch_size,
+        str(device),
+        dataclasses.asdict(settings),
+        sum(p.numel() for p in model.parameters()),
+        items,
+        timing,
+        flops,
+        peak,
+        kind,
+        model_memory,
+    )
+
+
 def measure_inference(
     model_name: str = "perspective_unet",
     *,
@@ -474,7 +513,6 @@ def measure_inference(
     """Latency of one forward pass (eval mode, ``inference_mode``) of a batch, in this process."""
     settings, device = _prepare(settings or baseline_settings(), device)
     model = _build_model(model_name, settings, train=False, device=device, overrides=dict(model_overrides or {}))
-    parameters = sum(p.numel() for p in model.parameters())
     model_memory = _memory_now(device)
     x = torch.randn(batch_size, 1, *img_size, generator=torch.Generator().manual_seed(1)).to(device)
 
@@ -483,25 +521,10 @@ def measure_inference(
         with _autocast(device, settings):
             return model(x)
 
-    timing = time_function(call, runs=runs, warmup=warmup, device=device)
-    peak, kind = _memory_peak(device)
-    # Counted last: the counter's dispatch mode holds on to memory that the timed calls do not need.
-    flops = _count_flops(call) if not settings.compile else 0
-    return BenchmarkResult(
-        "inference",
-        settings.name,
-        model_name,
-        tuple(img_size),
-        batch_size,
-        str(device),
-        dataclasses.asdict(settings),
-        parameters,
-        batch_size,
-        timing,
-        flops,
-        peak,
-        kind,
-        model_memory,
+    return _time_and_record(
+        "inference", call, model=model, model_name=model_name, model_memory=model_memory, settings=settings,
+        device=device, img_size=img_size, batch_size=batch_size, items=batch_size, runs=runs, warmup=warmup,
+        count_flops=True,
     )
 
 
@@ -523,7 +546,6 @@ def measure_train_step(
     """
     settings, device = _prepare(settings or baseline_settings(), device)
     model = _build_model(model_name, settings, train=True, device=device, overrides=dict(model_overrides or {}))
-    parameters = sum(p.numel() for p in model.parameters())
     model_memory = _memory_now(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4)
     generator = torch.Generator().manual_seed(1)
@@ -541,28 +563,13 @@ def measure_train_step(
         optimizer.step()
         losses.append(float(loss.detach()))
 
-    timing = time_function(step, runs=runs, warmup=warmup, device=device)
-    peak, kind = _memory_peak(device)
-    # Counted last: under the counter's dispatch mode a step holds far more memory than a plain one.
-    flops = _count_flops(step) if not settings.compile else 0
-    return BenchmarkResult(
-        "train",
-        settings.name,
-        model_name,
-        tuple(img_size),
-        batch_size,
-        str(device),
-        dataclasses.asdict(settings),
-        parameters,
-        batch_size,
-        timing,
-        flops,
-        peak,
-        kind,
-        model_memory,
-        extra={"losses": losses},
+    result = _time_and_record(
+        "train", step, model=model, model_name=model_name, model_memory=model_memory, settings=settings,
+        device=device, img_size=img_size, batch_size=batch_size, items=batch_size, runs=runs, warmup=warmup,
+        count_flops=True,
     )
-
+    result.extra["losses"] = losses
+    return result
 
 def synthetic_ct_volume(depth: int = 100, height: int = 512, width: int = 512, seed: int = 0) -> np.ndarray:
     """A (depth, height, width) float32 volume in [0, 1] with smooth blobs, a stand-in for a windowed CT."""
@@ -598,7 +605,6 @@ def measure_volume(
     if resampler is None:
         resampler = "scipy" if settings.name == "baseline" else "torch"
     model = _build_model(model_name, settings, train=False, device=device, overrides=dict(model_overrides or {}))
-    parameters = sum(p.numel() for p in model.parameters())
     model_memory = _memory_now(device)
     depth, height, width = (int(s) for s in volume_shape)
     volume = synthetic_ct_volume(depth, height, width)
@@ -617,33 +623,19 @@ def measure_volume(
             )
         ]
 
-    timing = time_function(call, runs=runs, warmup=warmup, device=device)
-    peak, kind = _memory_peak(device)
+    result = _time_and_record(
+        "volume", call, model=model, model_name=model_name, model_memory=model_memory, settings=settings,
+        device=device, img_size=img_size, batch_size=batch_size, items=depth, runs=runs, warmup=warmup,
+        count_flops=False,
+    )
     if labels_out:
         np.save(labels_out, labels[0])
-    extra = {
+    result.extra = {
         "volume_shape": [depth, height, width],
         "resampler": resampler,
         "label_counts": np.bincount(labels[0].ravel(), minlength=9).tolist(),
     }
-    return BenchmarkResult(
-        "volume",
-        settings.name,
-        model_name,
-        tuple(img_size),
-        batch_size,
-        str(device),
-        dataclasses.asdict(settings),
-        parameters,
-        depth,
-        timing,
-        0,
-        peak,
-        kind,
-        model_memory,
-        extra=extra,
-    )
-
+    return result
 
 @torch.no_grad()
 def output_fidelity(
