@@ -18,6 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from perspective_unet.engine.inference import zoom_slices
 from perspective_unet.errors import InputError
 
 __all__ = [
@@ -602,7 +603,7 @@ def feature_maps(
 ) -> list[np.ndarray]:
     """Activation strength of an intermediate layer, one (H, W) map per stage or scale, on the image's grid.
 
-    The slice is resampled to the model's size (bicubic, as for prediction), run through the model with forward
+    The slice is resampled to the model's size (cubic spline, as for prediction), run through the model with forward
     hooks on the layer's modules, and each captured (B, C, h, w) output is reduced over channels (mean of absolute
     values, or the L2 norm) and upsampled bilinearly back to the image's (H, W).
 
@@ -637,9 +638,7 @@ def feature_maps(
     divisor = int(getattr(model, "size_divisor", 16))
     size = tuple(int(s) for s in img_size) if img_size is not None else _model_size(height, width, divisor)
     device = next(model.parameters()).device
-    x = picture[None, None].to(device)
-    if (height, width) != size:
-        x = F.interpolate(x, size=size, mode="bicubic", align_corners=True)
+    x = zoom_slices(picture[None, None].to(device), size)
     if normalize:
         x = (x - 0.5) / 0.5
     captured: list[torch.Tensor] = []
