@@ -7,9 +7,9 @@ and zooms the labels back with nearest-neighbour sampling (corner-aligned, as ``
 steps in batches on the model's device. Both steps are linear and separable, so the spline zoom of a slice ``X`` is
 ``R @ X @ C.T`` with two fixed matrices (:func:`spline_zoom_matrix`): the torch path gives scipy's resampled
 slices to float32 rounding (about 1e-6) and therefore the same labels. One difference is deliberate: for some
-sizes (e.g. 32 -> 61; about one target size in ten) scipy's order-0 zoom puts its last output coordinate a rounding error beyond the last input
-and returns its constant 0 there, i.e. a last row or column of background; the torch path keeps the last label.
-For 224 <-> 512 both agree everywhere.
+sizes (e.g. 32 -> 61; about one target size in ten) scipy's order-0 zoom puts its last output coordinate a
+rounding error beyond the last input and returns its constant 0 there, i.e. a last row or column of background;
+the torch path keeps the last label. For 224 <-> 512 both agree everywhere.
 """
 
 from __future__ import annotations
