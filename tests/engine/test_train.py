@@ -130,3 +130,24 @@ def test_adamw_with_foreground_sampling_trains_and_resumes_its_state(tiny_datase
     assert result.best_checkpoint is None  # no validation, so no best.pt
     with pytest.raises(ValueError, match="optimizer"):
         TrainConfig(optimizer="lamb")
+
+
+def test_memory_budget_needs_compile_and_reaches_the_compiler(tiny_dataset, tmp_path, monkeypatch):
+    import perspective_unet.engine.train as train_module
+
+    with pytest.raises(ValueError, match="compile"):
+        TrainConfig(activation_memory_budget=0.4)
+    with pytest.raises(ValueError, match=r"\(0, 1\]"):
+        TrainConfig(compile=True, activation_memory_budget=1.5)
+    seen = {}
+
+    def fake_compile(model, *, activation_memory_budget=None):
+        seen["budget"] = activation_memory_budget
+        return model
+
+    monkeypatch.setattr(train_module, "compile_model", fake_compile)
+    args = ["train", "--data", str(tiny_dataset), "-o", str(tmp_path / "run"), "--model", "perspective_unet_tiny",
+            "--img-size", "32", "32", "--num-workers", "0", "--epochs", "1", "--batch-size", "2", "--val-every", "0",
+            "--max-iterations", "1", "--compile", "--activation-memory-budget", "0.4"]
+    assert main(args) == 0
+    assert seen == {"budget": 0.4}

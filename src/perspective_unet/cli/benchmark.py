@@ -60,6 +60,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-channels-last", action="store_true", help="optimized path keeps the default layout")
     parser.add_argument("--compile", action="store_true", help="torch.compile on the optimized path")
+    parser.add_argument(
+        "--activation-memory-budget", type=float, default=None, metavar="FRACTION",
+        help="with --compile: share (0, 1] of the activations a training step keeps for backward (0.4: about 0.6x "
+        "the plain path's memory on a CPU, and faster)",
+    )
     parser.add_argument("--amp", choices=("bfloat16", "float16"), default=None, help="autocast on the optimized path")
     parser.add_argument(
         "--scsi-attention", choices=("tokens", "official"), default=None, help="override the model's SCSI attention"
@@ -87,6 +92,8 @@ def run(args: argparse.Namespace) -> int:
             raise ValueError(f"--threads must be positive, got {args.threads}.")
         torch.set_num_threads(args.threads)
     isolate = not args.in_process
+    if args.activation_memory_budget is not None and not args.compile:
+        raise ValueError("--activation-memory-budget acts on compiled training steps only; add --compile.")
     if args.target == "attention":
         report = bench.benchmark_attention(
             args.tokens,
@@ -118,6 +125,7 @@ def run(args: argparse.Namespace) -> int:
                     gradient_checkpointing=args.checkpoint,
                     allocator=None if args.allocator == "default" else args.allocator,
                     compile=args.compile,
+                    activation_memory_budget=args.activation_memory_budget,
                     amp=args.amp,
                     channels_last=not args.no_channels_last,
                 )

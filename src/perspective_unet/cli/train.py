@@ -42,6 +42,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--time-limit-minutes", type=float, help="stop after the epoch that passes this budget")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    parser.add_argument(
+        "--activation-memory-budget", type=float, metavar="FRACTION",
+        help="with --compile: share (0, 1] of the activations kept for backward; the compiler recomputes the rest "
+        "(0.4: about 0.6x the memory of the plain path, and faster)",
+    )
     parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="paper augmentation")
     parser.add_argument(
         "--model-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
 
     names = ("data", "output", "model", "epochs", "batch_size", "img_size", "base_lr", "seed", "device",
              "num_workers", "grad_accum_steps", "val_every", "max_iterations", "time_limit_minutes", "amp",
-             "compile", "augment")
+             "compile", "activation_memory_budget", "augment")
     overrides = {name: getattr(args, name) for name in names}
     if args.model_option:
         overrides["model_options"] = dict(args.model_option)

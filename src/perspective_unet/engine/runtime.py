@@ -11,7 +11,14 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistributedContext", "get_rng_state", "resolve_device", "seed_everything", "set_rng_state"]
+__all__ = [
+    "DistributedContext",
+    "compile_model",
+    "get_rng_state",
+    "resolve_device",
+    "seed_everything",
+    "set_rng_state",
+]
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
@@ -35,6 +42,33 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device
+
+
+def compile_model(model: torch.nn.Module, *, activation_memory_budget: float | None = None) -> torch.nn.Module:
+    """``torch.compile(model)``, optionally keeping only part of the activations for backward.
+
+    Args:
+        model: The module to compile.
+        activation_memory_budget: In (0, 1]: the share of the activations that the compiled training graph may keep
+            for backward; the compiler recomputes the cheapest of the rest (element-wise chains such as BatchNorm,
+            ReLU, dropout from its saved mask) instead of storing them. ``None`` or 1 keeps torch's default. This
+            is a process-wide compiler setting, read when a graph is first compiled.
+
+    Raises:
+        ValueError: a budget outside (0, 1], or a budget with a torch that has no such setting.
+
+    Example:
+        >>> model = compile_model(torch.nn.Linear(4, 4), activation_memory_budget=0.4)
+    """
+    if activation_memory_budget is not None:
+        if not 0.0 < activation_memory_budget <= 1.0:
+            raise ValueError(f"activation_memory_budget must lie in (0, 1], got {activation_memory_budget}.")
+        import torch._functorch.config as functorch_config
+
+        if not hasattr(functorch_config, "activation_memory_budget"):
+            raise ValueError(f"torch {torch.__version__} has no activation memory budget; upgrade torch or drop it.")
+        functorch_config.activation_memory_budget = float(activation_memory_budget)
+    return torch.compile(model)
 
 
 def seed_everything(seed: int) -> None:

@@ -25,6 +25,7 @@ from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDatase
 from perspective_unet.engine.evaluate import evaluate_model
 from perspective_unet.engine.runtime import (
     DistributedContext,
+    compile_model,
     get_rng_state,
     resolve_device,
     seed_everything,
@@ -228,7 +229,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
 
     core_model = model
     if config.compile:
-        model = torch.compile(model)
+        model = compile_model(model, activation_memory_budget=config.activation_memory_budget)
     if ctx.enabled:
         model = DistributedDataParallel(model, device_ids=[device.index] if device.type == "cuda" else None)
 

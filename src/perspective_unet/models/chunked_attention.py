@@ -101,6 +101,8 @@ class _ChunkedAttention(torch.autograd.Function):
         return grad_q, grad_k, grad_v, None, None, None
 
 
+# Runs eagerly under torch.compile: its autograd function regenerates dropout masks from a seed it draws itself.
+@torch.compiler.disable
 def chunked_attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, chunk: int = DEFAULT_CHUNK
 ) -> torch.Tensor:

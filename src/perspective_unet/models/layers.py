@@ -115,6 +115,26 @@ def keep_mask(
     return bits >= threshold - _MASK_LEVELS // 2, _MASK_LEVELS / (_MASK_LEVELS - threshold)
 
 
+@torch.library.custom_op(
+    "perspective_unet::keep_mask", mutates_args=(), tags=(torch.Tag.nondeterministic_seeded,)
+)
+def _keep_mask_op(shape: list[int], p: float, device: torch.device) -> torch.Tensor:
+    return keep_mask(tuple(shape), p, device)[0]
+
+
+@_keep_mask_op.register_fake
+def _(shape: list[int], p: float, device: torch.device) -> torch.Tensor:
+    return torch.empty(shape, dtype=torch.bool, device=device)
+
+
+def _compiled_keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]:
+    # Under torch.compile the mask comes from an opaque operator, so the compiler neither traces the generator nor
+    # regenerates masks with its own (per-element Philox, about 4x slower on a CPU); the rest of the dropout is plain
+    # element-wise arithmetic that it fuses and, when it saves memory, recomputes in backward from the 1-byte mask.
+    threshold = min(round(p * _MASK_LEVELS), _MASK_LEVELS - 1)
+    return _keep_mask_op(list(x.shape), p, x.device), _MASK_LEVELS / (_MASK_LEVELS - threshold)
+
+
 class _MaskedDropout(torch.autograd.Function):
     """Dropout that keeps a one-byte mask for backward instead of torch's float mask."""
 
@@ -165,6 +185,9 @@ def dropout(x: torch.Tensor, p: float, training: bool, fast: bool = True) -> tor
         return x
     if not _fast_path(x, p, training, fast):
         return F.dropout(x, p, training=True)
+    if torch.compiler.is_compiling():
+        keep, scale = _compiled_keep_mask(x, p)
+        return x * keep * scale
     return _MaskedDropout.apply(x, p)
 
 
@@ -172,6 +195,9 @@ def relu_dropout(x: torch.Tensor, p: float, training: bool, fast: bool = True) -
     """``dropout(relu(x))``; with ``fast`` on the CPU it is one autograd node that keeps only its output."""
     if not _fast_path(x, p, training, fast):
         return dropout(F.relu(x), p, training, fast=False)
+    if torch.compiler.is_compiling():
+        keep, scale = _compiled_keep_mask(x, p)
+        return F.relu(x) * keep * scale
     return _ReluDropout.apply(x, p)
 
 
