@@ -57,3 +57,28 @@ def test_class_count_mismatch_is_a_clear_error(tiny_dataset, tmp_path, capsys):
     path = save_model(create_model("perspective_unet_tiny", num_classes=9), tmp_path / "nine.pt")
     assert main(["evaluate", "--checkpoint", str(path), "--data", str(tiny_dataset), "-o", str(tmp_path / "e")]) == 2
     assert "9 classes" in capsys.readouterr().err
+
+
+def test_volumes_are_read_one_ahead_of_prediction_in_order():
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from perspective_unet.engine.evaluate import _prefetch
+
+    requested = []
+    second_read = threading.Event()
+
+    class Volumes:
+        def __getitem__(self, index):
+            requested.append(index)
+            if index == 7:
+                second_read.set()
+            return {"case": index}
+
+    with ThreadPoolExecutor(max_workers=1) as workers:
+        items = _prefetch(Volumes(), [3, 7, 9], workers)
+        assert next(items) == {"case": 3}
+        assert second_read.wait(5)  # the next volume is read while the caller still works on the first
+        assert [item["case"] for item in items] == [7, 9]
+    assert requested == [3, 7, 9]
+    assert list(_prefetch(Volumes(), [], None)) == []

@@ -3,6 +3,9 @@
 Each volume is predicted slice by slice in batches (the model's outputs do not depend on the batch), the labels are
 brought back to the volume's grid, and every foreground class is scored in 3D with
 :func:`perspective_unet.metrics.score_case`. See ``docs/metrics.md`` for the rules of both protocols.
+
+Reading the next volume and scoring the previous one run on worker threads while the model predicts, so on a GPU
+the device does not wait for files or for the surface-distance computations.
 """
 
 from __future__ import annotations
@@ -11,7 +14,8 @@ import csv
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -90,30 +94,49 @@ def evaluate_model(
     ctx = ctx or DistributedContext()
     was_training = model.training
     model.eval()
-    rows = []
-    indices = range(ctx.rank, len(dataset), ctx.world_size)
-    for index in tqdm(indices, desc="evaluate", disable=not (progress and ctx.is_main), dynamic_ncols=True):
-        item = dataset[index]
-        if item["label"] is None:
-            raise InputError(f"case {item['case']} of {dataset.root} has no label; evaluation needs labelled volumes.")
-        prediction = predict_volume(
-            model, item["image"], img_size=img_size, batch_size=batch_size, tta=tta, resampler=resampler,
-            amp_dtype=amp_dtype,
-        )
-        spacing = item.get("spacing")
-        row: dict[str, Any] = {"case": item["case"], "spacing_known": spacing is not None}
-        for protocol in protocols:
-            row[protocol] = score_case(
-                prediction, item["label"], num_classes, protocol=protocol,
-                spacing=tuple(spacing) if spacing is not None else (1.0,) * prediction.ndim,
+    indices = list(range(ctx.rank, len(dataset), ctx.world_size))
+    scored: list[Future] = []
+    with ThreadPoolExecutor(max_workers=2, thread_name_prefix="evaluate") as workers:
+        loaded = _prefetch(dataset, indices, workers)
+        for item in tqdm(loaded, total=len(indices), desc="evaluate", disable=not (progress and ctx.is_main),
+                         dynamic_ncols=True):
+            if item["label"] is None:
+                raise InputError(
+                    f"case {item['case']} of {dataset.root} has no label; evaluation needs labelled volumes."
+                )
+            prediction = predict_volume(
+                model, item["image"], img_size=img_size, batch_size=batch_size, tta=tta, resampler=resampler,
+                amp_dtype=amp_dtype,
             )
-        rows.append(row)
+            scored.append(workers.submit(_score_row, item, prediction, num_classes, protocols))
+        rows = [future.result() for future in scored]
     model.train(was_training)
     rows = sorted(ctx.gather(rows), key=lambda r: r["case"])
     result: dict[str, Any] = {"per_case": rows}
     for protocol in protocols:
         result[protocol] = aggregate([r[protocol] for r in rows], class_names, protocol=protocol)
     return result
+
+
+def _prefetch(dataset: VolumeDataset, indices: Sequence[int], workers: ThreadPoolExecutor) -> Iterator[dict]:
+    """``dataset[i]`` for each index, the next one read on a worker while the caller works on the current one."""
+    pending = workers.submit(dataset.__getitem__, indices[0]) if indices else None
+    for position in range(len(indices)):
+        item = pending.result()
+        if position + 1 < len(indices):
+            pending = workers.submit(dataset.__getitem__, indices[position + 1])
+        yield item
+
+
+def _score_row(item: dict[str, Any], prediction: Any, num_classes: int, protocols: Sequence[str]) -> dict[str, Any]:
+    spacing = item.get("spacing")
+    row: dict[str, Any] = {"case": item["case"], "spacing_known": spacing is not None}
+    for protocol in protocols:
+        row[protocol] = score_case(
+            prediction, item["label"], num_classes, protocol=protocol,
+            spacing=tuple(spacing) if spacing is not None else (1.0,) * prediction.ndim,
+        )
+    return row
 
 
 def _finite_or_none(value: float) -> float | None:

@@ -150,6 +150,11 @@ def predict_volume(
     probabilities = None
     rows = corner_aligned_indices(target_h, height, device)
     cols = corner_aligned_indices(target_w, width, device)
+    if resampler == "torch":
+        # One transfer in and one out per volume: no per-batch synchronisation with an accelerator.
+        on_device = array.pin_memory() if device.type == "cuda" and array.device.type == "cpu" else array
+        on_device = on_device.to(device, non_blocking=True)
+        device_labels = torch.empty((depth, height, width), dtype=torch.uint8, device=device)
     for start in range(0, depth, batch_size):
         chunk = array[start : start + batch_size]
         if resampler == "scipy":
@@ -157,7 +162,7 @@ def predict_volume(
             resized = np.stack([scipy.ndimage.zoom(s.numpy(), factors, order=3) for s in chunk])
             x = torch.from_numpy(resized).to(device)
         else:
-            x = zoom_slices(chunk.to(device), (target_h, target_w))
+            x = zoom_slices(on_device[start : start + batch_size], (target_h, target_w))
         if normalize:
             x = (x - 0.5) / 0.5
         probs = predict_slices(model, x, tta=tta, amp_dtype=amp_dtype)
@@ -167,12 +172,14 @@ def predict_volume(
             back = [scipy.ndimage.zoom(s, factors, order=0) for s in small_labels.cpu().numpy().astype(np.uint8)]
             labels[start : start + len(chunk)] = np.stack(back)
         else:
-            labels[start : start + len(chunk)] = small_labels[:, rows][:, :, cols].to(torch.uint8).cpu().numpy()
+            device_labels[start : start + len(chunk)] = small_labels[:, rows][:, :, cols]
         if return_probabilities:
             if probabilities is None:
                 probabilities = np.empty((probs.shape[1], depth, height, width), dtype=np.float16)
             full = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=True)
             probabilities[:, start : start + len(chunk)] = full.transpose(0, 1).to(torch.float16).cpu().numpy()
+    if resampler == "torch":
+        labels[:] = device_labels.cpu().numpy()
     if return_probabilities:
         return labels, probabilities
     return labels
