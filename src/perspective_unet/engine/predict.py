@@ -536,37 +536,15 @@ def predict_file(
     model_or_checkpoint: torch.nn.Module | str | os.PathLike[str],
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
-    *,
-    info: dict[str, Any] | None = None,
-    tta: bool = False,
-    save_probabilities: bool = False,
-    overwrite: bool = False,
-    batch_size: int = 16,
-    device: str | torch.device = "auto",
-    window: Sequence[float] | None = None,
-    mr_normalise: bool = False,
-    orientation: str | None = None,
-    img_size: Sequence[int] | None = None,
-    resampler: str = "torch",
+    **options: Any,
 ) -> Path:
-    """Segment one image and write its label map with the image's geometry.
+    """Segment one image and write its label map with the image's geometry; :func:`predict_path` for one input.
 
     Args:
-        model_or_checkpoint: A checkpoint path, or a model (then ``info`` supplies ``img_size`` and ``dataset`` as
-            ``load_for_inference`` returns them; without it 224x224 and the CT fallback are assumed).
+        model_or_checkpoint: A checkpoint path, or a model (then pass ``info``, see :func:`predict_path`).
         input_path: A NIfTI/SimpleITK file, a DICOM series folder or a PNG/JPG picture.
         output_path: The label map file, or a folder to write it into under :func:`output_name`.
-        info: See ``model_or_checkpoint``.
-        tta: Average over flips.
-        save_probabilities: Also write the class probabilities beside the label map (:func:`probability_path`).
-        overwrite: Replace existing outputs; otherwise they raise ``FileExistsError``.
-        batch_size: Slices per forward pass.
-        device: ``auto``, ``cpu``, ``cuda``, ...; a model passed in stays where it is under ``auto``.
-        window: CT window (low, high) in HU overriding the checkpoint's normalisation.
-        mr_normalise: Per-volume MR normalisation overriding the checkpoint's.
-        orientation: Canonical orientation overriding the checkpoint's.
-        img_size: Model input size overriding the training size.
-        resampler: ``torch`` or ``scipy``.
+        **options: Keyword arguments of :func:`predict_path` (``tta``, ``overwrite``, ``window``, ``info``, ...).
 
     Returns:
         The label map's path.
@@ -575,12 +553,8 @@ def predict_file(
         >>> predict_file("runs/synapse/best.pt", "ct/case_0000.nii.gz", "pred/")  # doctest: +SKIP
         PosixPath('pred/case.nii.gz')
     """
-    written = predict_path(
-        model_or_checkpoint, input_path, output_path, info=info, tta=tta, save_probabilities=save_probabilities,
-        overwrite=overwrite, batch_size=batch_size, device=device, window=window, mr_normalise=mr_normalise,
-        orientation=orientation, img_size=img_size, resampler=resampler, progress=False,
-    )
-    return written[0]
+    options.setdefault("progress", False)
+    return predict_path(model_or_checkpoint, input_path, output_path, **options)[0]
 
 
 def predict_path(
@@ -608,7 +582,8 @@ def predict_path(
     the inputs before a failing one stay (they are complete).
 
     Args:
-        checkpoint: A checkpoint path, or a model (see :func:`predict_file` for ``info``).
+        checkpoint: A checkpoint path, or a model (then ``info`` supplies ``img_size`` and ``dataset`` as
+            ``load_for_inference`` returns them; without it 224x224 and the CT fallback are assumed).
         inputs: One path (file, DICOM folder, or folder of inputs) or several.
         output: A folder (created if needed), or a file name when there is a single input file.
         tta: Average over flips.
