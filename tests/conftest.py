@@ -4,8 +4,19 @@ from __future__ import annotations
 
 import os
 
+import pytest
 import torch
+
+from perspective_unet.data.io import preserved_locale
 
 # Under pytest-xdist every worker is a process of its own: one thread each keeps the cores from being oversubscribed,
 # which makes OpenMP's spinning threads orders of magnitude slower. A single process uses up to two.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else min(2, torch.get_num_threads()))
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_locale():
+    # Tests that write DICOM through SimpleITK (GDCM) would leave the process in the "C" locale, where Python opens
+    # text files as ASCII; later tests (torch.compile reads UTF-8 templates) must not depend on the order.
+    with preserved_locale():
+        yield

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import itertools
+import locale
 from pathlib import Path
 
 import nibabel as nib
@@ -16,6 +17,7 @@ from PIL import Image
 from perspective_unet.data.io import (
     canonical_spacing,
     from_canonical,
+    preserved_locale,
     read_image,
     to_canonical,
     uncrop_canonical,
@@ -125,10 +127,7 @@ def test_simpleitk_formats_round_trip(tmp_path: Path, suffix: str) -> None:
     assert np.allclose(read_meta["affine"], LPS_AFFINE)
 
 
-def test_dicom_series_folder(tmp_path: Path) -> None:
-    volume = np.random.default_rng(2).integers(-100, 100, (4, 6, 5)).astype(np.int16)  # (z, y, x) as SimpleITK
-    folder = tmp_path / "series"
-    folder.mkdir()
+def _write_dicom_series(volume: np.ndarray, folder: Path) -> None:
     writer = SimpleITK.ImageFileWriter()
     writer.KeepOriginalImageUIDOn()  # otherwise every file gets its own series UID
     for z in range(volume.shape[0]):
@@ -142,7 +141,17 @@ def test_dicom_series_folder(tmp_path: Path) -> None:
             slice_image.SetMetaData(tag, value)
         writer.SetFileName(str(folder / f"s{z:02d}.dcm"))
         writer.Execute(slice_image)
+
+
+def test_dicom_series_folder(tmp_path: Path) -> None:
+    volume = np.random.default_rng(2).integers(-100, 100, (4, 6, 5)).astype(np.int16)  # (z, y, x) as SimpleITK
+    folder = tmp_path / "series"
+    folder.mkdir()
+    with preserved_locale():
+        _write_dicom_series(volume, folder)
+    locale_before = locale.setlocale(locale.LC_ALL)
     array, meta = read_image(folder)
+    assert locale.setlocale(locale.LC_ALL) == locale_before  # GDCM's switch to the "C" locale is undone
     assert meta["format"] == "dicom"
     assert array.shape == (5, 6, 4)  # (i, j, k) as nibabel orders it
     assert np.array_equal(array, np.transpose(volume, (2, 1, 0)))

@@ -14,8 +14,11 @@ acquisitions such as cardiac short-axis MRI, where the nearest anatomical axes a
 
 from __future__ import annotations
 
+import contextlib
+import locale
 import os
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +139,35 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     return array, {"affine": affine, "format": "sitk"}
 
 
+@contextlib.contextmanager
+def preserved_locale() -> Iterator[None]:
+    """Restore the process's C locale on exit.
+
+    SimpleITK's DICOM (GDCM) code switches the whole process to the "C" locale, after which Python opens text files
+    as ASCII: any later read of a UTF-8 file without an explicit encoding fails (torch.compile's own templates
+    among them).
+    """
+    saved = locale.setlocale(locale.LC_ALL)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(locale.Error):
+            locale.setlocale(locale.LC_ALL, saved)
+
+
 def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
-    series_ids = SimpleITK.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
-    if not series_ids:
-        raise InputError(f"{folder} is a folder without a DICOM series; give a DICOM folder or an image file.")
-    # A folder with several series: take the one with the most slices, which is what a user means almost always.
-    files = max((SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len)
-    reader = SimpleITK.ImageSeriesReader()
-    reader.SetFileNames(files)
-    array, affine = _sitk_to_array(reader.Execute())
+    with preserved_locale():
+        series_ids = SimpleITK.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        if not series_ids:
+            raise InputError(f"{folder} is a folder without a DICOM series; give a DICOM folder or an image file.")
+        # A folder with several series: take the one with the most slices, what a user means almost always.
+        files = max(
+            (SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
+        )
+        reader = SimpleITK.ImageSeriesReader()
+        reader.SetFileNames(files)
+        image = reader.Execute()
+    array, affine = _sitk_to_array(image)
     return array, {"affine": affine, "format": "dicom"}
 
 

@@ -3,10 +3,12 @@
 Every measurement compares two *paths* of the same network with the same weights:
 
 - ``baseline``: the straightforward float32 path: eager mode, default layout, BatchNorm as separate layers,
-  ``torch.nn.functional.dropout`` (and SDPA's own dropout), no activation checkpointing, default allocator settings.
+  ``torch.nn.functional.linear`` (MKL on a CPU), ``torch.nn.functional.dropout`` (and SDPA's own dropout), no
+  activation checkpointing, default allocator settings.
 - ``optimized``: what this package offers that changes no eval-mode output beyond float rounding: BatchNorm folded
-  into the convolutions (``fuse_for_inference``), channels-last layout, fast dropout, optional activation
-  checkpointing, an allocator profile (:data:`ALLOCATOR_PROFILES`); optionally ``torch.compile`` and autocast.
+  into the convolutions (``fuse_for_inference``), channels-last layout, linear layers through oneDNN on a CPU, fast
+  dropout, optional activation checkpointing, an allocator profile (:data:`ALLOCATOR_PROFILES`); optionally
+  ``torch.compile`` (with an activation memory budget for training) and autocast.
 
 On the CPU each measurement runs in a fresh Python process, so that its peak resident memory (``ru_maxrss``) is its
 own and its allocator settings cannot leak into the other path. On CUDA the peak is ``max_memory_allocated``.
@@ -49,6 +51,7 @@ from perspective_unet.models.attention import (
     kernel_attention,
 )
 from perspective_unet.models.integrator import SpatialCrossScaleIntegrator
+from perspective_unet.models.layers import set_onednn_linear
 from perspective_unet.models.registry import create_model
 from perspective_unet.table import format_table
 
@@ -290,6 +293,8 @@ class PathSettings:
         channels_last: Channels-last layout for weights and feature maps.
         fuse_batchnorm: Fold BatchNorm into convolutions (inference only).
         fast_dropout: ``ModelConfig.fast_dropout`` (training only).
+        onednn_linear: Linear layers through oneDNN on the CPU (:func:`~perspective_unet.models.layers.linear`);
+            ``False`` is ``F.linear`` (MKL).
         gradient_checkpointing: Parts recomputed in backward (training only).
         allocator: A key of :data:`ALLOCATOR_PROFILES` (CPU), or ``None`` for the defaults. Applied to isolated
             measurements only, through the environment of their process.
@@ -303,6 +308,7 @@ class PathSettings:
     channels_last: bool = False
     fuse_batchnorm: bool = False
     fast_dropout: bool = False
+    onednn_linear: bool = False
     gradient_checkpointing: tuple[str, ...] = ()
     allocator: str | None = None
     compile: bool = False
@@ -336,8 +342,8 @@ def optimized_settings(
     amp: str | None = None,
     channels_last: bool = True,
 ) -> PathSettings:
-    """Every same-output change: folded BatchNorm, channels-last, fast dropout, and as asked checkpointing and an
-    allocator profile (CPU only).
+    """Every same-output change: folded BatchNorm, channels-last, fast dropout, linear layers through oneDNN, and
+    as asked checkpointing and an allocator profile (CPU only).
 
     The defaults favour speed in eager mode. For a training step both faster and leaner on a CPU, compile with an
     ``activation_memory_budget`` of 0.4 (:func:`train_settings`); without compile, checkpoint ``("cnn", "enltb")``
@@ -348,6 +354,7 @@ def optimized_settings(
         channels_last=channels_last,
         fuse_batchnorm=True,
         fast_dropout=True,
+        onednn_linear=True,
         gradient_checkpointing=tuple(gradient_checkpointing),
         allocator=allocator if torch.device(device).type == "cpu" else None,
         compile=compile,
@@ -372,6 +379,8 @@ def _settings_from(data: PathSettings | dict[str, Any]) -> PathSettings:
 def _build_model(
     model_name: str, settings: PathSettings, *, train: bool, device: torch.device, overrides: dict[str, Any]
 ) -> nn.Module:
+    # Process-wide: the path being built decides (each measurement builds its model before it runs anything).
+    set_onednn_linear(settings.onednn_linear)
     torch.manual_seed(0)
     model = create_model(
         model_name,

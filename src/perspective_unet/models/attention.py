@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perspective_unet.models.layers import Linear
+
 __all__ = [
     "EfficientNonLocalAttention",
     "exact_softmax_attention",
@@ -194,9 +196,9 @@ class EfficientNonLocalAttention(nn.Module):
         self.kernel = kernel
         self.redraw_interval = int(redraw_interval)
         self._calls_since_redraw = 0
-        self.to_q = nn.Linear(dim, dim)
-        self.to_k = nn.Linear(dim, dim)
-        self.to_v = nn.Linear(dim, dim)
+        self.to_q = Linear(dim, dim)
+        self.to_k = Linear(dim, dim)
+        self.to_v = Linear(dim, dim)
         self.register_buffer("projection", gaussian_orthogonal_random_matrix(self.num_features, self.head_dim))
 
     @torch.no_grad()

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from perspective_unet.models.attention import EfficientNonLocalAttention
-from perspective_unet.models.layers import Dropout, DropPath, fold_batchnorm, to_feature_map, to_tokens
+from perspective_unet.models.layers import Dropout, DropPath, Linear, fold_batchnorm, to_feature_map, to_tokens
 
 __all__ = ["BiPathResidualBlock", "EfficientNonLocalTransformerBlock", "FeedForward", "ResidualPath"]
 
@@ -83,10 +83,10 @@ class FeedForward(nn.Sequential):
 
     def __init__(self, dim: int, hidden_dim: int, dropout: float = 0.0, fast_dropout: bool = True) -> None:
         super().__init__()
-        self.fc1 = nn.Linear(dim, hidden_dim)
+        self.fc1 = Linear(dim, hidden_dim)
         self.act = nn.GELU()
         self.drop1 = Dropout(dropout, fast_dropout)
-        self.fc2 = nn.Linear(hidden_dim, dim)
+        self.fc2 = Linear(hidden_dim, dim)
         self.drop2 = Dropout(dropout, fast_dropout)
 
 

@@ -7,7 +7,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from perspective_unet.models.chunked_attention import attention_with_dropout
-from perspective_unet.models.layers import Dropout, maybe_checkpoint, relu_dropout, to_feature_map, to_tokens
+from perspective_unet.models.layers import (
+    Dropout,
+    Linear,
+    linear,
+    maybe_checkpoint,
+    relu_dropout,
+    to_feature_map,
+    to_tokens,
+)
 
 __all__ = ["CrossScaleAttention", "IntegratorLayer", "SpatialCrossScaleIntegrator"]
 
@@ -45,15 +53,15 @@ class CrossScaleAttention(nn.Module):
         self.dropout = dropout
         self.mode = mode
         self.fast_dropout = fast_dropout
-        self.qkv = nn.Linear(dim, 3 * dim)
-        self.out = nn.Linear(dim, dim)
+        self.qkv = Linear(dim, 3 * dim)
+        self.out = Linear(dim, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend over tokens ``x`` of shape (B, N, dim); returns (B, N, dim)."""
         batch, tokens, _ = x.shape
         dropout = self.dropout if self.training else 0.0
         if self.mode == "official":
-            v = F.linear(x, self.qkv.weight[2 * self.dim :], self.qkv.bias[2 * self.dim :])
+            v = linear(x, self.qkv.weight[2 * self.dim :], self.qkv.bias[2 * self.dim :])
             if dropout > 0.0:
                 keep = F.dropout(x.new_ones(batch, tokens, self.heads, 1), dropout, training=True)
                 v = (v.unflatten(-1, (self.heads, -1)) * keep).flatten(2)
@@ -85,8 +93,8 @@ class IntegratorLayer(nn.Module):
         super().__init__()
         self.attn = CrossScaleAttention(dim, heads, dropout, mode, fast_dropout)
         self.norm1 = nn.LayerNorm(dim)
-        self.fc1 = nn.Linear(dim, ffn_dim)
-        self.fc2 = nn.Linear(ffn_dim, dim)
+        self.fc1 = Linear(dim, ffn_dim)
+        self.fc2 = Linear(ffn_dim, dim)
         self.norm2 = nn.LayerNorm(dim)
         self.drop_attn = Dropout(dropout, fast_dropout)
         self.drop_hidden = Dropout(dropout, fast_dropout)

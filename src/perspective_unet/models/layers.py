@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -17,6 +18,10 @@ __all__ = [
     "ConvNormAct",
     "DropPath",
     "Dropout",
+    "Linear",
+    "linear",
+    "onednn_linear",
+    "set_onednn_linear",
     "dropout",
     "fold_batchnorm",
     "frozen_batchnorm_statistics",
@@ -29,6 +34,78 @@ __all__ = [
 
 # Fast dropout compares uniform 16-bit integers with a threshold, so its rate is rounded to a multiple of 2^-16.
 _MASK_LEVELS = 1 << 16
+
+# Below this many rows a linear layer stays with F.linear: the convolution's set-up cost is not worth it.
+_ONEDNN_MIN_ROWS = 256
+_onednn_linear_enabled = os.environ.get("PERSPECTIVE_UNET_ONEDNN_LINEAR", "1") != "0"
+
+
+def set_onednn_linear(enabled: bool) -> bool:
+    """Turn the oneDNN route of :func:`linear` on or off for this process; returns the previous setting."""
+    global _onednn_linear_enabled
+    previous = _onednn_linear_enabled
+    _onednn_linear_enabled = bool(enabled)
+    return previous
+
+
+@contextlib.contextmanager
+def onednn_linear(enabled: bool) -> Iterator[None]:
+    """Within the block, :func:`linear` routes large CPU float32 products through oneDNN (``True``) or not.
+
+    On by default; the environment variable ``PERSPECTIVE_UNET_ONEDNN_LINEAR=0`` turns it off for a process.
+
+    Example:
+        >>> with onednn_linear(False):
+        ...     y = linear(torch.randn(300, 8), torch.randn(4, 8))
+    """
+    previous = set_onednn_linear(enabled)
+    try:
+        yield
+    finally:
+        set_onednn_linear(previous)
+
+
+def _cpu_autocast() -> bool:
+    try:
+        return torch.is_autocast_enabled("cpu")
+    except TypeError:  # torch < 2.4 spelling
+        return torch.is_autocast_cpu_enabled()
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
+    """``F.linear(x, weight, bias)``; on a CPU in float32, large inputs run as a 1x1 convolution through oneDNN.
+
+    PyTorch's CPU matrix products call MKL, which takes its AVX2 kernels on AMD processors; its CPU convolutions
+    call oneDNN, which uses AVX-512 wherever the processor has it. A token-wise linear layer is a 1x1 convolution
+    over a channels-last view of the tokens (no copy), and on an AMD EPYC (Zen 5) that runs 1.6-2.2x faster forward
+    and 1.8-2x forward+backward than ``F.linear``. The result equals ``F.linear``'s up to float rounding (a different
+    summation order). Elsewhere (other devices and dtypes, autocast, small inputs, :func:`onednn_linear` off) this
+    is ``F.linear``.
+    """
+    rows = x.numel() // max(x.shape[-1], 1)
+    if not (
+        _onednn_linear_enabled
+        and rows >= _ONEDNN_MIN_ROWS
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+        and not _cpu_autocast()
+    ):
+        return F.linear(x, weight, bias)
+    features = x.shape[-1]
+    # (rows, features) seen as one NHWC image of rows x 1 pixels: a channels-last (1, features, rows, 1) tensor.
+    image = x.reshape(1, rows, 1, features).permute(0, 3, 1, 2)
+    out = F.conv2d(image, weight[:, :, None, None], bias)
+    return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
+
+
+class Linear(nn.Linear):
+    """``nn.Linear`` (same parameters and state-dict keys) computed by :func:`linear`."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
 
 
 class ConvNormAct(nn.Sequential):
