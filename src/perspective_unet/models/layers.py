@@ -38,6 +38,7 @@ _MASK_LEVELS = 1 << 16
 # Below this many rows a linear layer stays with F.linear: the convolution's set-up cost is not worth it.
 _ONEDNN_MIN_ROWS = 256
 _onednn_linear_enabled = os.environ.get("PERSPECTIVE_UNET_ONEDNN_LINEAR", "1") != "0"
+_ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
 
 
 def set_onednn_linear(enabled: bool) -> bool:
@@ -72,6 +73,20 @@ def _cpu_autocast() -> bool:
         return torch.is_autocast_cpu_enabled()
 
 
+def _onednn_route(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    suitable = (
+        _onednn_linear_enabled
+        and x.numel() >= _ONEDNN_MIN_ROWS * x.shape[-1]
+        and x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+    )
+    if torch.compiler.is_compiling():
+        # Decided at trace time from what the compiler can see, without calls that would break the graph.
+        return suitable and _ONEDNN_AVAILABLE and not torch.is_grad_enabled()
+    return suitable and _ONEDNN_AVAILABLE and torch.backends.mkldnn.enabled and not _cpu_autocast()
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; on a CPU in float32, large inputs run as a 1x1 convolution through oneDNN.
 
@@ -80,21 +95,13 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     over a channels-last view of the tokens (no copy), and on an AMD EPYC (Zen 5) that runs 1.6-2.2x faster forward
     and 1.8-2x forward+backward than ``F.linear``. The result equals ``F.linear``'s up to float rounding (a different
     summation order). Elsewhere (other devices and dtypes, autocast, small inputs, :func:`onednn_linear` off) this
-    is ``F.linear``.
+    is ``F.linear``, and so it is while ``torch.compile`` traces a training graph: there the convolution route gave
+    the same step time (5.6 s, paper model, batch 2) and kept 0.56 GB more for backward (docs/performance.md).
     """
-    rows = x.numel() // max(x.shape[-1], 1)
-    if not (
-        _onednn_linear_enabled
-        and rows >= _ONEDNN_MIN_ROWS
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
-        and torch.backends.mkldnn.is_available()
-        and torch.backends.mkldnn.enabled
-        and not _cpu_autocast()
-    ):
+    if not _onednn_route(x, weight):
         return F.linear(x, weight, bias)
     features = x.shape[-1]
+    rows = x.numel() // features
     # (rows, features) seen as one NHWC image of rows x 1 pixels: a channels-last (1, features, rows, 1) tensor.
     image = x.reshape(1, rows, 1, features).permute(0, 3, 1, 2)
     out = F.conv2d(image, weight[:, :, None, None], bias)
