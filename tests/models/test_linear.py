@@ -52,6 +52,7 @@ def test_model_compiles_to_one_graph_in_training_and_inference():
         with torch.set_grad_enabled(training):
             compiled(x)
         assert len(graphs) == 1, "a graph break splits the compiled model"
+        torch._dynamo.reset()
         targets = [str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"]
         linear_calls[training] = sum("linear" in t for t in targets)
     # Training graphs keep F.linear (less to save for backward); inference graphs send the large layers to oneDNN.

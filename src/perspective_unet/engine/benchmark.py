@@ -380,7 +380,7 @@ def _build_model(
     model_name: str, settings: PathSettings, *, train: bool, device: torch.device, overrides: dict[str, Any]
 ) -> nn.Module:
     # Process-wide: the path being built decides (each measurement builds its model before it runs anything).
-    set_onednn_linear(settings.onednn_linear)
+    set_onednn_linear("always" if settings.onednn_linear else "off")
     torch.manual_seed(0)
     model = create_model(
         model_name,

@@ -37,23 +37,37 @@ _MASK_LEVELS = 1 << 16
 
 # Below this many rows a linear layer stays with F.linear: the convolution's set-up cost is not worth it.
 _ONEDNN_MIN_ROWS = 256
-_onednn_linear_enabled = os.environ.get("PERSPECTIVE_UNET_ONEDNN_LINEAR", "1") != "0"
+_ONEDNN_MODES = {"0": "off", "off": "off", "1": "inference", "inference": "inference", "always": "always"}
+_onednn_linear_mode = _ONEDNN_MODES.get(os.environ.get("PERSPECTIVE_UNET_ONEDNN_LINEAR", "inference"), "inference")
 _ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
 
 
-def set_onednn_linear(enabled: bool) -> bool:
-    """Turn the oneDNN route of :func:`linear` on or off for this process; returns the previous setting."""
-    global _onednn_linear_enabled
-    previous = _onednn_linear_enabled
-    _onednn_linear_enabled = bool(enabled)
+def set_onednn_linear(mode: bool | str) -> str:
+    """Set where :func:`linear` takes the oneDNN route for this process; returns the previous mode.
+
+    Args:
+        mode: ``"inference"`` (the default: only without autograd, so training keeps ``F.linear``'s rounding and
+            a training run gives the same weights as before this route existed), ``"always"`` (training too: an
+            eager training step of the paper model 1.3x faster, docs/performance.md), ``"off"``; ``True`` means
+            ``"always"`` and ``False`` ``"off"``.
+    """
+    global _onednn_linear_mode
+    if isinstance(mode, bool):
+        mode = "always" if mode else "off"
+    if mode not in ("inference", "always", "off"):
+        raise ValueError(f"mode must be 'inference', 'always' or 'off', got {mode!r}.")
+    previous = _onednn_linear_mode
+    _onednn_linear_mode = mode
     return previous
 
 
 @contextlib.contextmanager
-def onednn_linear(enabled: bool) -> Iterator[None]:
-    """Within the block, :func:`linear` routes large CPU float32 products through oneDNN (``True``) or not.
+def onednn_linear(enabled: bool | str) -> Iterator[None]:
+    """Within the block, :func:`linear` routes large CPU float32 products through oneDNN as ``enabled`` says
+    (see :func:`set_onednn_linear`).
 
-    On by default; the environment variable ``PERSPECTIVE_UNET_ONEDNN_LINEAR=0`` turns it off for a process.
+    The default is ``"inference"``; the environment variable ``PERSPECTIVE_UNET_ONEDNN_LINEAR`` (``0``/``off``,
+    ``inference``, ``always``) sets it for a process.
 
     Example:
         >>> with onednn_linear(False):
@@ -75,7 +89,8 @@ def _cpu_autocast() -> bool:
 
 def _onednn_route(x: torch.Tensor, weight: torch.Tensor) -> bool:
     suitable = (
-        _onednn_linear_enabled
+        _onednn_linear_mode != "off"
+        and (_onednn_linear_mode == "always" or not torch.is_grad_enabled())
         and x.numel() >= _ONEDNN_MIN_ROWS * x.shape[-1]
         and x.device.type == "cpu"
         and x.dtype == torch.float32
@@ -94,9 +109,11 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     call oneDNN, which uses AVX-512 wherever the processor has it. A token-wise linear layer is a 1x1 convolution
     over a channels-last view of the tokens (no copy), and on an AMD EPYC (Zen 5) that runs 1.6-2.2x faster forward
     and 1.8-2x forward+backward than ``F.linear``. The result equals ``F.linear``'s up to float rounding (a different
-    summation order). Elsewhere (other devices and dtypes, autocast, small inputs, :func:`onednn_linear` off) this
-    is ``F.linear``, and so it is while ``torch.compile`` traces a training graph: there the convolution route gave
-    the same step time (5.6 s, paper model, batch 2) and kept 0.56 GB more for backward (docs/performance.md).
+    summation order). By default the route is taken without autograd only (see :func:`set_onednn_linear`: the
+    different rounding changes a training run's trajectory). Elsewhere (other devices and dtypes, autocast, small
+    inputs, the route off) this is ``F.linear``, and so it is while ``torch.compile`` traces a training graph even
+    under ``"always"``: there the convolution route gave the same step time (5.6 s, paper model, batch 2) and kept
+    0.56 GB more for backward (docs/performance.md).
     """
     if not _onednn_route(x, weight):
         return F.linear(x, weight, bias)
