@@ -222,8 +222,8 @@ class TrainConfig:
         grad_accum_steps: Batches whose gradients add up before each optimiser step.
         compile: Wrap the model in ``torch.compile``.
         activation_memory_budget: With ``compile``, the share (0, 1] of the activations kept for backward; the
-            compiler recomputes the cheapest rest. 0.4 with the paper model at batch 2 on a CPU: 0.59x the plain
-            path's peak memory at 1.47x its speed (docs/performance.md). None: torch's default (keep what is cheapest
+            compiler recomputes the cheapest rest. 0.4 with the paper model at batch 2 on a CPU: 0.55x the plain
+            path's peak memory at 1.48x its speed (docs/performance.md). None: torch's default (keep what is cheapest
             to keep).
         val_every: Validate every this many epochs on the validation volumes (0: never).
         val_split: Split of the prepared data used for validation.

@@ -10,8 +10,9 @@ Every measurement compares two *paths* of the same network with the same weights
   dropout, optional activation checkpointing, an allocator profile (:data:`ALLOCATOR_PROFILES`); optionally
   ``torch.compile`` (with an activation memory budget for training) and autocast.
 
-On the CPU each measurement runs in a fresh Python process, so that its peak resident memory (``ru_maxrss``) is its
-own and its allocator settings cannot leak into the other path. On CUDA the peak is ``max_memory_allocated``.
+On the CPU each measurement runs in a fresh Python process, so that its peak resident memory (Linux ``VmHWM``, reset
+when a measurement starts; ``ru_maxrss`` elsewhere) is its own and its allocator settings cannot leak into the other
+path. On CUDA the peak is ``max_memory_allocated``.
 Latency is the median of ``runs`` timed calls after ``warmup`` untimed ones (min and max are kept too).
 
 Achieved FLOP rates count what one call executes (``torch.utils.flop_counter``, a multiply-add = 2 FLOPs, the CPU

@@ -146,7 +146,8 @@ def predict_volume(
     device = torch.device(device) if device is not None else next(model.parameters()).device
     depth, _, height, width = array.shape
     target_h, target_w = int(img_size[0]), int(img_size[1])
-    labels = np.empty((depth, height, width), dtype=np.uint8)
+    # The scipy loop fills labels on the CPU; the torch path keeps them on the device until the end.
+    labels = np.empty((depth, height, width), dtype=np.uint8) if resampler == "scipy" else None
     probabilities = None
     rows = corner_aligned_indices(target_h, height, device)
     cols = corner_aligned_indices(target_w, width, device)
@@ -179,7 +180,7 @@ def predict_volume(
             full = F.interpolate(probs, size=(height, width), mode="bilinear", align_corners=True)
             probabilities[:, start : start + len(chunk)] = full.transpose(0, 1).to(torch.float16).cpu().numpy()
     if resampler == "torch":
-        labels[:] = device_labels.cpu().numpy()
+        labels = device_labels.cpu().numpy()
     if return_probabilities:
         return labels, probabilities
     return labels

@@ -19,15 +19,15 @@ __all__ = [
     "DropPath",
     "Dropout",
     "Linear",
-    "linear",
-    "onednn_linear",
-    "set_onednn_linear",
     "dropout",
     "fold_batchnorm",
     "frozen_batchnorm_statistics",
     "keep_mask",
+    "linear",
     "maybe_checkpoint",
+    "onednn_linear",
     "relu_dropout",
+    "set_onednn_linear",
     "to_feature_map",
     "to_tokens",
 ]
@@ -80,16 +80,10 @@ def onednn_linear(enabled: bool | str) -> Iterator[None]:
         set_onednn_linear(previous)
 
 
-def _cpu_autocast() -> bool:
-    try:
-        return torch.is_autocast_enabled("cpu")
-    except TypeError:  # torch < 2.4 spelling
-        return torch.is_autocast_cpu_enabled()
-
-
 def _onednn_route(x: torch.Tensor, weight: torch.Tensor) -> bool:
     suitable = (
-        _onednn_linear_mode != "off"
+        _ONEDNN_AVAILABLE
+        and _onednn_linear_mode != "off"
         and (_onednn_linear_mode == "always" or not torch.is_grad_enabled())
         and x.numel() >= _ONEDNN_MIN_ROWS * x.shape[-1]
         and x.device.type == "cpu"
@@ -98,8 +92,8 @@ def _onednn_route(x: torch.Tensor, weight: torch.Tensor) -> bool:
     )
     if torch.compiler.is_compiling():
         # Decided at trace time from what the compiler can see, without calls that would break the graph.
-        return suitable and _ONEDNN_AVAILABLE and not torch.is_grad_enabled()
-    return suitable and _ONEDNN_AVAILABLE and torch.backends.mkldnn.enabled and not _cpu_autocast()
+        return suitable and not torch.is_grad_enabled()
+    return suitable and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
@@ -208,12 +202,18 @@ def keep_mask(
     device = torch.device(device) if device is not None else torch.device("cpu")
     if device.type != "cpu":
         return torch.rand(shape, device=device, generator=generator) >= p, 1.0 / (1.0 - p)
-    threshold = min(round(p * _MASK_LEVELS), _MASK_LEVELS - 1)
+    threshold, scale = _mask_threshold(p)
     numel = math.prod(shape)
     words = torch.empty((numel + 3) // 4, dtype=torch.int64, device=device)
     words.random_(-(2**63), None, generator=generator)
     bits = words.view(torch.int16)[:numel].view(shape)
-    return bits >= threshold - _MASK_LEVELS // 2, _MASK_LEVELS / (_MASK_LEVELS - threshold)
+    return bits >= threshold - _MASK_LEVELS // 2, scale
+
+
+def _mask_threshold(p: float) -> tuple[int, float]:
+    """The 16-bit threshold of the fast CPU mask for drop rate ``p``, and the scale of the kept values."""
+    threshold = min(round(p * _MASK_LEVELS), _MASK_LEVELS - 1)
+    return threshold, _MASK_LEVELS / (_MASK_LEVELS - threshold)
 
 
 @torch.library.custom_op(
@@ -232,8 +232,7 @@ def _compiled_keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]
     # Under torch.compile the mask comes from an opaque operator, so the compiler neither traces the generator nor
     # regenerates masks with its own (per-element Philox, about 4x slower on a CPU); the rest of the dropout is plain
     # element-wise arithmetic that it fuses and, when it saves memory, recomputes in backward from the 1-byte mask.
-    threshold = min(round(p * _MASK_LEVELS), _MASK_LEVELS - 1)
-    return _keep_mask_op(list(x.shape), p, x.device), _MASK_LEVELS / (_MASK_LEVELS - threshold)
+    return _keep_mask_op(list(x.shape), p, x.device), _mask_threshold(p)[1]
 
 
 class _MaskedDropout(torch.autograd.Function):
