@@ -57,3 +57,15 @@ def test_model_compiles_to_one_graph_in_training_and_inference():
         linear_calls[training] = sum("linear" in t for t in targets)
     # Training graphs keep F.linear (less to save for backward); inference graphs send the large layers to oneDNN.
     assert linear_calls[False] < linear_calls[True]
+
+
+def test_unknown_environment_value_warns_and_keeps_the_default(monkeypatch):
+    from perspective_unet.models import layers
+
+    monkeypatch.setenv("PERSPECTIVE_UNET_ONEDNN_LINEAR", "fast")
+    with pytest.warns(UserWarning, match="PERSPECTIVE_UNET_ONEDNN_LINEAR='fast'"):
+        assert layers._onednn_mode_from_environment() == "inference"
+    monkeypatch.setenv("PERSPECTIVE_UNET_ONEDNN_LINEAR", "0")
+    assert layers._onednn_mode_from_environment() == "off"
+    with pytest.raises(ValueError, match="inference"):
+        layers.set_onednn_linear("sometimes")

@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -38,7 +39,19 @@ _MASK_LEVELS = 1 << 16
 # Below this many rows a linear layer stays with F.linear: the convolution's set-up cost is not worth it.
 _ONEDNN_MIN_ROWS = 256
 _ONEDNN_MODES = {"0": "off", "off": "off", "1": "inference", "inference": "inference", "always": "always"}
-_onednn_linear_mode = _ONEDNN_MODES.get(os.environ.get("PERSPECTIVE_UNET_ONEDNN_LINEAR", "inference"), "inference")
+
+
+def _onednn_mode_from_environment() -> str:
+    value = os.environ.get("PERSPECTIVE_UNET_ONEDNN_LINEAR", "inference")
+    if value not in _ONEDNN_MODES:
+        warnings.warn(
+            f"PERSPECTIVE_UNET_ONEDNN_LINEAR={value!r} is not one of {sorted(_ONEDNN_MODES)}; using 'inference'.",
+            stacklevel=2,
+        )
+    return _ONEDNN_MODES.get(value, "inference")
+
+
+_onednn_linear_mode = _onednn_mode_from_environment()
 _ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
 
 
