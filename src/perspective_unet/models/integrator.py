@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perspective_unet.models.chunked_attention import attention_with_dropout
+from perspective_unet.models.chunked_attention import attention_with_dropout, onednn_attention, onednn_attention_route
 from perspective_unet.models.layers import (
     Dropout,
     Linear,
@@ -30,7 +30,9 @@ class CrossScaleAttention(nn.Module):
 
     In training with dropout on the CPU, SDPA has no fused kernel and would build (B, heads, N, N) matrices; with
     ``fast_dropout`` the attention then runs block by block with recomputation
-    (:func:`~perspective_unet.models.chunked_attention.attention_with_dropout`), in memory linear in N.
+    (:func:`~perspective_unet.models.chunked_attention.attention_with_dropout`), in memory linear in N. Without
+    autograd on the CPU, long sequences take the oneDNN route
+    (:func:`~perspective_unet.models.chunked_attention.onednn_attention`), unless it is set ``"off"``.
 
     Args:
         dim: Token width.
@@ -67,7 +69,9 @@ class CrossScaleAttention(nn.Module):
                 v = (v.unflatten(-1, (self.heads, -1)) * keep).flatten(2)
             return self.out(v)
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        if self.fast_dropout:
+        if dropout == 0.0 and onednn_attention_route(q, k, v):
+            attended = onednn_attention(q, k, v)
+        elif self.fast_dropout:
             attended = attention_with_dropout(q, k, v, dropout)
         else:
             attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)

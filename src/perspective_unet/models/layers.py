@@ -27,6 +27,7 @@ __all__ = [
     "linear",
     "maybe_checkpoint",
     "onednn_linear",
+    "onednn_route",
     "relu_dropout",
     "set_onednn_linear",
     "to_feature_map",
@@ -57,6 +58,10 @@ _ONEDNN_AVAILABLE = torch.backends.mkldnn.is_available()
 
 def set_onednn_linear(mode: bool | str) -> str:
     """Set where :func:`linear` takes the oneDNN route for this process; returns the previous mode.
+
+    The same setting governs the oneDNN route of the token attention
+    (:func:`~perspective_unet.models.chunked_attention.onednn_attention`), which has no backward and so is only taken
+    without autograd, under any mode but ``"off"``.
 
     Args:
         mode: ``"inference"`` (the default: only without autograd, so training keeps ``F.linear``'s rounding and
@@ -93,19 +98,25 @@ def onednn_linear(enabled: bool | str) -> Iterator[None]:
         set_onednn_linear(previous)
 
 
-def _onednn_route(x: torch.Tensor, weight: torch.Tensor) -> bool:
+def onednn_route(x: torch.Tensor, *others: torch.Tensor, inference_only: bool = False) -> bool:
+    """Whether a matrix product of ``x`` (and ``others``) may take the oneDNN route now (see :func:`set_onednn_linear`).
+
+    True for float32 CPU tensors with the route on for the current autograd state, oneDNN present and enabled, and no
+    CPU autocast. ``inference_only`` is for routes without a backward (the token attention's): they need the autograd
+    state off even under ``"always"``. Under ``torch.compile`` the decision uses only what the tracer can see, so it
+    never breaks the graph.
+    """
+    grad = torch.is_grad_enabled()
     suitable = (
         _ONEDNN_AVAILABLE
         and _onednn_linear_mode != "off"
-        and (_onednn_linear_mode == "always" or not torch.is_grad_enabled())
-        and x.numel() >= _ONEDNN_MIN_ROWS * x.shape[-1]
-        and x.device.type == "cpu"
-        and x.dtype == torch.float32
-        and weight.dtype == torch.float32
+        and (_onednn_linear_mode == "always" or not grad)
+        and not (inference_only and grad)
+        and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in (x, *others))
     )
     if torch.compiler.is_compiling():
         # Decided at trace time from what the compiler can see, without calls that would break the graph.
-        return suitable and not torch.is_grad_enabled()
+        return suitable and not grad
     return suitable and torch.backends.mkldnn.enabled and not torch.is_autocast_enabled("cpu")
 
 
@@ -122,7 +133,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     under ``"always"``: there the convolution route gave the same step time (5.6 s, paper model, batch 2) and kept
     0.56 GB more for backward (docs/performance.md).
     """
-    if not _onednn_route(x, weight):
+    if x.numel() < _ONEDNN_MIN_ROWS * x.shape[-1] or not onednn_route(x, weight):
         return F.linear(x, weight, bias)
     features = x.shape[-1]
     rows = x.numel() // features
