@@ -142,3 +142,23 @@ def test_converted_checkpoint_rebuilds_from_the_file_alone(released_state, relea
     with torch.no_grad():
         assert torch.equal(model(x), released_model(x))
     assert isinstance(model, perspective_unet.PerspectiveUNet)
+
+
+def test_released_weights_with_token_attention_take_the_onednn_route_at_the_same_logits(released_state):
+    """The released weights give logits of order one, so this checks the inference route of the paper's token
+    attention (``models.chunked_attention.onednn_attention``) where a random-initialised model's tiny logits could
+    hide a difference."""
+    from perspective_unet.models.integrator import CrossScaleAttention
+    from perspective_unet.models.layers import onednn_linear
+
+    model = load_official_checkpoint(released_state)
+    for module in model.modules():
+        if isinstance(module, CrossScaleAttention):
+            module.mode = "tokens"
+    x = _inputs((1, 1, 224, 224), 1234)
+    with torch.no_grad():
+        routed = model(x)
+        with onednn_linear("off"):
+            plain = model(x)
+    assert plain.abs().max() > 1.0
+    assert (routed - plain).abs().max() <= 1e-4 * plain.abs().max()
