@@ -3,12 +3,14 @@
 Every measurement compares two *paths* of the same network with the same weights:
 
 - ``baseline``: the straightforward float32 path: eager mode, default layout, BatchNorm as separate layers,
-  ``torch.nn.functional.linear`` (MKL on a CPU), ``torch.nn.functional.dropout`` (and SDPA's own dropout), no
+  ``torch.nn.functional.linear`` (MKL on a CPU), SDPA for attention, ``torch.nn.functional.dropout`` (and SDPA's
+  own dropout), no
   activation checkpointing, default allocator settings.
 - ``optimized``: what this package offers that changes no eval-mode output beyond float rounding: BatchNorm folded
-  into the convolutions (``fuse_for_inference``), channels-last layout, linear layers through oneDNN on a CPU, fast
-  dropout, optional activation checkpointing, an allocator profile (:data:`ALLOCATOR_PROFILES`); optionally
-  ``torch.compile`` (with an activation memory budget for training) and autocast.
+  into the convolutions (``fuse_for_inference``), channels-last layout, linear layers (and, without autograd, the
+  token attention) through oneDNN on a CPU, fast dropout, optional activation checkpointing, an allocator profile
+  (:data:`ALLOCATOR_PROFILES`); optionally ``torch.compile`` (with an activation memory budget for training) and
+  autocast.
 
 On the CPU each measurement runs in a fresh Python process, so that its peak resident memory (Linux ``VmHWM``, reset
 when a measurement starts; ``ru_maxrss`` elsewhere) is its own and its allocator settings cannot leak into the other
@@ -294,8 +296,10 @@ class PathSettings:
         channels_last: Channels-last layout for weights and feature maps.
         fuse_batchnorm: Fold BatchNorm into convolutions (inference only).
         fast_dropout: ``ModelConfig.fast_dropout`` (training only).
-        onednn_linear: Linear layers through oneDNN on the CPU (:func:`~perspective_unet.models.layers.linear`);
-            ``False`` is ``F.linear`` (MKL).
+        onednn_linear: Linear layers through oneDNN on the CPU (:func:`~perspective_unet.models.layers.linear`),
+            and without autograd the token attention
+            (:func:`~perspective_unet.models.chunked_attention.onednn_attention`); ``False`` is ``F.linear`` (MKL)
+            and SDPA.
         gradient_checkpointing: Parts recomputed in backward (training only).
         allocator: A key of :data:`ALLOCATOR_PROFILES` (CPU), or ``None`` for the defaults. Applied to isolated
             measurements only, through the environment of their process.
@@ -343,7 +347,7 @@ def optimized_settings(
     amp: str | None = None,
     channels_last: bool = True,
 ) -> PathSettings:
-    """Every same-output change: folded BatchNorm, channels-last, fast dropout, linear layers through oneDNN, and
+    """Every same-output change: folded BatchNorm, channels-last, fast dropout, the oneDNN route, and
     as asked checkpointing and an allocator profile (CPU only).
 
     The defaults favour speed in eager mode. For a training step both faster and leaner on a CPU, compile with an
