@@ -4,8 +4,7 @@ Every measurement compares two *paths* of the same network with the same weights
 
 - ``baseline``: the straightforward float32 path: eager mode, default layout, BatchNorm as separate layers,
   ``torch.nn.functional.linear`` (MKL on a CPU), SDPA for attention, ``torch.nn.functional.dropout`` (and SDPA's
-  own dropout), no
-  activation checkpointing, default allocator settings.
+  own dropout), no activation checkpointing, default allocator settings.
 - ``optimized``: what this package offers that changes no eval-mode output beyond float rounding: BatchNorm folded
   into the convolutions (``fuse_for_inference``), channels-last layout, linear layers (and, without autograd, the
   token attention) through oneDNN on a CPU, fast dropout, optional activation checkpointing, an allocator profile
