@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from perspective_unet.data.io import preserved_locale
+from perspective_unet.models.layers import onednn_linear
 
 # Under pytest-xdist every worker is a process of its own: one thread each keeps the cores from being oversubscribed,
 # which makes OpenMP's spinning threads orders of magnitude slower. A single process uses up to two.
@@ -19,4 +20,12 @@ def _keep_the_locale():
     # Tests that write DICOM through SimpleITK (GDCM) would leave the process in the "C" locale, where Python opens
     # text files as ASCII; later tests (torch.compile reads UTF-8 templates) must not depend on the order.
     with preserved_locale():
+        yield
+
+
+@pytest.fixture(autouse=True)
+def _onednn_routes_as_on_x86():
+    # The oneDNN routes default to "inference" on x86-64 and "off" elsewhere; tests check the routes on every
+    # platform, and no test leaks a mode into the next.
+    with onednn_linear("inference"):
         yield

@@ -64,7 +64,13 @@ def test_unknown_environment_value_warns_and_keeps_the_default(monkeypatch):
 
     monkeypatch.setenv("PERSPECTIVE_UNET_ONEDNN_LINEAR", "fast")
     with pytest.warns(UserWarning, match="PERSPECTIVE_UNET_ONEDNN_LINEAR='fast'"):
-        assert layers._onednn_mode_from_environment() == "inference"
+        assert layers._onednn_mode_from_environment() == layers._DEFAULT_ONEDNN_MODE
+    monkeypatch.delenv("PERSPECTIVE_UNET_ONEDNN_LINEAR")
+    assert layers._onednn_mode_from_environment() == layers._DEFAULT_ONEDNN_MODE
+    monkeypatch.setattr(layers.platform, "machine", lambda: "arm64")
+    assert layers._default_onednn_mode() == "off", "measured on x86-64 only: off elsewhere unless asked for"
+    monkeypatch.setattr(layers.platform, "machine", lambda: "AMD64")
+    assert layers._default_onednn_mode() == "inference"
     monkeypatch.setenv("PERSPECTIVE_UNET_ONEDNN_LINEAR", "0")
     assert layers._onednn_mode_from_environment() == "off"
     with pytest.raises(ValueError, match="inference"):

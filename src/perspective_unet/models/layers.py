@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import math
 import os
+import platform
 import warnings
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -42,14 +43,24 @@ _ONEDNN_MIN_ROWS = 256
 _ONEDNN_MODES = {"0": "off", "off": "off", "1": "inference", "inference": "inference", "always": "always"}
 
 
+# The routes were measured on x86-64 (where oneDNN has AVX-512 kernels and MKL may not use them); elsewhere (ARM,
+# where oneDNN runs through other kernels) they stay off unless asked for.
+def _default_onednn_mode() -> str:
+    return "inference" if platform.machine().lower() in ("x86_64", "amd64") else "off"
+
+
+_DEFAULT_ONEDNN_MODE = _default_onednn_mode()
+
+
 def _onednn_mode_from_environment() -> str:
-    value = os.environ.get("PERSPECTIVE_UNET_ONEDNN_LINEAR", "inference")
+    value = os.environ.get("PERSPECTIVE_UNET_ONEDNN_LINEAR", _DEFAULT_ONEDNN_MODE)
     if value not in _ONEDNN_MODES:
         warnings.warn(
-            f"PERSPECTIVE_UNET_ONEDNN_LINEAR={value!r} is not one of {sorted(_ONEDNN_MODES)}; using 'inference'.",
+            f"PERSPECTIVE_UNET_ONEDNN_LINEAR={value!r} is not one of {sorted(_ONEDNN_MODES)}; "
+            f"using {_DEFAULT_ONEDNN_MODE!r}.",
             stacklevel=2,
         )
-    return _ONEDNN_MODES.get(value, "inference")
+    return _ONEDNN_MODES.get(value, _DEFAULT_ONEDNN_MODE)
 
 
 _onednn_linear_mode = _onednn_mode_from_environment()
@@ -64,10 +75,10 @@ def set_onednn_linear(mode: bool | str) -> str:
     without autograd, under any mode but ``"off"``.
 
     Args:
-        mode: ``"inference"`` (the default: only without autograd, so training keeps ``F.linear``'s rounding and
-            a training run gives the same weights as before this route existed), ``"always"`` (training too: an
-            eager training step of the paper model 1.3x faster, docs/performance.md), ``"off"``; ``True`` means
-            ``"always"`` and ``False`` ``"off"``.
+        mode: ``"inference"`` (the default on x86-64: only without autograd, so training keeps ``F.linear``'s
+            rounding and a training run gives the same weights as before this route existed), ``"always"``
+            (training too: an eager training step of the paper model 1.3x faster, docs/performance.md), ``"off"``
+            (the default elsewhere); ``True`` means ``"always"`` and ``False`` ``"off"``.
     """
     global _onednn_linear_mode
     if isinstance(mode, bool):
@@ -84,8 +95,8 @@ def onednn_linear(enabled: bool | str) -> Iterator[None]:
     """Within the block, :func:`linear` routes large CPU float32 products through oneDNN as ``enabled`` says
     (see :func:`set_onednn_linear`).
 
-    The default is ``"inference"``; the environment variable ``PERSPECTIVE_UNET_ONEDNN_LINEAR`` (``0``/``off``,
-    ``inference``, ``always``) sets it for a process.
+    The default is ``"inference"`` on x86-64 and ``"off"`` elsewhere (measured on x86-64 only); the environment
+    variable ``PERSPECTIVE_UNET_ONEDNN_LINEAR`` (``0``/``off``, ``inference``, ``always``) sets it for a process.
 
     Example:
         >>> with onednn_linear(False):
