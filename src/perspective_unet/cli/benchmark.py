@@ -22,7 +22,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="measure latency, throughput, FLOP rate and peak memory",
         description="`benchmark` (or `benchmark model`) measures the network on two paths with the same weights: "
         "the straightforward float32 path (baseline) and the optimized one (folded BatchNorm, channels-last, fast "
-        "dropout, activation checkpointing, huge-page allocator settings; optionally compile and autocast), for "
+        "dropout, linear layers and, at inference, the token attention through oneDNN on a CPU, optional "
+        "activation checkpointing, an allocator profile; optionally compile and autocast), for "
         "inference, a training step and whole-volume evaluation. On the CPU each measurement runs in its own "
         "process so its peak resident memory is its own. `benchmark attention` times ENLSA against exact "
         "attention (SDPA) from 1k to 64k tokens and measures SCSI memory at 224 and 448.",
