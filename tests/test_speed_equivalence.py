@@ -289,6 +289,8 @@ def test_benchmark_functions_return_sane_results():
     assert "inference" in table and "volume" in table
     fidelity = bench.output_fidelity(TINY, img_size=(32, 32))
     assert fidelity["relative"] < 1e-4 and fidelity["label_agreement"] > 0.99
+    assert {"bi-path CNN encoder", "SCSI integrator", "decoder", "head"} <= set(fidelity["parts"])
+    assert all(0 <= value < 1e-4 for value in fidelity["parts"].values())
     point = bench.measure_attention_point("enlsa", 256, dim=16, runs=1, warmup=0)
     assert point.tokens == 256 and point.timing.median_s > 0
     profile = bench.profile_path(TINY, img_size=(32, 32))
