@@ -66,9 +66,17 @@ def zoom_slices(slices: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     target_h, target_w = int(size[0]), int(size[1])
     if (height, width) == (target_h, target_w):
         return slices
-    rows = spline_zoom_matrix(height, target_h).to(slices.device, slices.dtype)
-    cols = spline_zoom_matrix(width, target_w).to(slices.device, slices.dtype)
+    rows = _spline_zoom_matrix_on(height, target_h, slices.device, slices.dtype)
+    cols = _spline_zoom_matrix_on(width, target_w, slices.device, slices.dtype)
     return rows @ slices @ cols.T
+
+
+@functools.lru_cache(maxsize=32)
+def _spline_zoom_matrix_on(source: int, target: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    # Kept on the device: a volume's batches reuse the matrices instead of copying them there for every batch. Made
+    # outside inference mode, so a cached matrix is a normal tensor wherever it is used later.
+    with torch.inference_mode(False):
+        return spline_zoom_matrix(source, target).to(device, dtype)
 
 
 def _flip_variants(tta: bool) -> list[tuple[int, ...]]:
