@@ -141,7 +141,7 @@ def _read_sitk(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 @contextlib.contextmanager
 def preserved_locale() -> Iterator[None]:
-    """Restore the process's C locale on exit.
+    """Restore the process's locale (``LC_ALL``) as it was on entry.
 
     SimpleITK's DICOM (GDCM) code switches the whole process to the "C" locale, after which Python opens text files
     as ASCII: any later read of a UTF-8 file without an explicit encoding fails (torch.compile's own templates

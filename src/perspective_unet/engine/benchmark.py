@@ -631,6 +631,7 @@ def measure_train_step(
     result.extra["losses"] = losses
     return result
 
+
 def synthetic_ct_volume(depth: int = 100, height: int = 512, width: int = 512, seed: int = 0) -> np.ndarray:
     """A (depth, height, width) float32 volume in [0, 1] with smooth blobs, a stand-in for a windowed CT."""
     generator = torch.Generator().manual_seed(seed)
@@ -696,6 +697,7 @@ def measure_volume(
         "label_counts": np.bincount(labels[0].ravel(), minlength=9).tolist(),
     }
     return result
+
 
 @torch.no_grad()
 def output_fidelity(
@@ -763,7 +765,7 @@ def _outputs_by_part(
     parts = model_parts(model) if isinstance(model, PerspectiveUNet) else {}
     handles = [module.register_forward_hook(keep(name)) for name, module in parts.items()]
     try:
-        with torch.inference_mode(), context:
+        with context:
             logits = model(x).float()
     finally:
         for handle in handles:
