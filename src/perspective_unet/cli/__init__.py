@@ -17,6 +17,7 @@ __all__ = ["main", "build_parser"]
 _COMMAND_MODULES = (
     "info",
     "prepare",
+    "plan",
     "convert",
     "train",
     "evaluate",

@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from perspective_unet.data.io import CANONICAL_ORIENTATION
+from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 
 __all__ = ["register"]
 
@@ -50,6 +51,9 @@ def register(subparsers: Any) -> None:
                         help="axis codes of the (Z, H, W) slices, 'SPL' axial (default) or 'stored' to keep the "
                         "acquisition's slice axis")
     nnunet.add_argument("--channel", type=int, default=0, help="input channel to use (0)")
+    nnunet.add_argument("--protocol", choices=("spacing", "paper"), default="spacing",
+                        help="protocol of the plan written beside the data (default: spacing; see `perspective-unet "
+                        "plan`)")
     nnunet.set_defaults(func=_run_nnunet)
 
     demo = kinds.add_parser("demo", help="a real abdominal CT from the totalsegmentator 2.18.0 sdist on PyPI",
@@ -61,6 +65,10 @@ def register(subparsers: Any) -> None:
                       help="download cache (default: $PERSPECTIVE_UNET_CACHE or ~/.cache/perspective-unet)")
     demo.add_argument("--sdist", type=Path, help="use this local totalsegmentator-2.18.0.tar.gz instead of PyPI")
     demo.add_argument("--gap", type=int, default=2, help="slices dropped on each side of the test block (2)")
+    demo.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
+                      help="HU window (default: the Synapse window -125 275)")
+    demo.add_argument("--protocol", choices=("spacing", "paper"), default="spacing",
+                      help="protocol of the plan written beside the data (default: spacing)")
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     demo.set_defaults(func=_run_demo)
 
@@ -95,11 +103,13 @@ def _run_nnunet(args: argparse.Namespace) -> int:
         args.input, args.output, ct_window_hu=tuple(args.ct_window) if args.ct_window else None,
         percentiles=tuple(args.percentiles), val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, orientation=args.orientation, channel=args.channel, overwrite=args.overwrite,
+        protocol=args.protocol,
     ))
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from perspective_unet.data import prepare_demo
 
+    window = tuple(args.window) if args.window else SYNAPSE_HU_WINDOW
     return _report(prepare_demo(args.output, cache_dir=args.cache_dir, sdist=args.sdist, gap=args.gap,
-                                overwrite=args.overwrite))
+                                overwrite=args.overwrite, window=window, protocol=args.protocol))

@@ -118,10 +118,10 @@ def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overw
                 case = f"case_{patient:03d}_{phase}"
                 if used[patient] == "train":
                     writer.add_train_volume(case, image, pair.label, spacing=pair.spacing,
-                                            attrs=volume_attrs(pair, image_path.name))
+                                            attrs=volume_attrs(pair, image_path.name), raw=pair.image)
                 else:
                     writer.add_volume(used[patient], case, image, pair.label, pair.spacing,
-                                      volume_attrs(pair, image_path.name))
+                                      volume_attrs(pair, image_path.name), raw=pair.image)
         return writer.finish({
             "name": "ACDC",
             "class_names": list(ACDC_CLASS_NAMES),
@@ -132,4 +132,4 @@ def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overw
             "source": "Automated Cardiac Diagnosis Challenge (ACDC), MICCAI 2017, cine MRI, ED and ES frames",
             "licence": "ACDC data terms (registration at the challenge site); not redistributable with this package",
             "notes": "70 / 10 / 20 patient split of the MT-UNet lineage; cases are case_XXX_ED and case_XXX_ES.",
-        })
+        }, protocol="paper")

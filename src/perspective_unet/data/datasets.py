@@ -17,11 +17,9 @@ import logging
 import os
 import random
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import h5py
 import numpy as np
 import torch
 from monai.utils import convert_to_tensor
@@ -30,17 +28,30 @@ from torch.utils.data import Dataset
 
 from perspective_unet.data.acdc import ACDC_CLASS_NAMES
 from perspective_unet.data.augmentation import AugmentationConfig, build_augmentation
-from perspective_unet.data.layout import IMG_FORMAT_VERSION, TEST_DIR, TRAIN_DIR, VOLUME_SUFFIX, volume_dir
+from perspective_unet.data.layout import IMG_FORMAT_VERSION, TEST_DIR, TRAIN_DIR, VOLUME_SUFFIX
 from perspective_unet.data.normalise import SYNAPSE_HU_WINDOW, ct_intensity, describe_ct_window
+from perspective_unet.data.planning import case_statistics
+from perspective_unet.data.slices import (
+    ACDC_FOLDERS,
+    acdc_case,
+    case_of_slice,
+    context_indices,
+    list_slices,
+    load_h5,
+    load_npz,
+    load_slice,
+    synapse_list,
+    volume_files,
+)
 from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import ImageStats, IntensitySpec
 
 __all__ = ["SPLITS", "SliceDataset", "VolumeDataset", "read_dataset_info", "seed_worker"]
 
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
-_ACDC_FOLDERS = {"train": "train", "val": "valid", "test": "test"}
 _REQUIRED_KEYS = ("name", "num_classes", "class_names", "splits")
 
 
@@ -78,7 +89,7 @@ def read_dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:
         return {**info, "layout": "prepared", "root": str(root)}
     if (root / TRAIN_DIR).is_dir() or (root / TEST_DIR).is_dir():
         return _synapse_lineage_info(root)
-    if any((root / folder).is_dir() for folder in _ACDC_FOLDERS.values()) and _has_acdc_files(root):
+    if any((root / folder).is_dir() for folder in ACDC_FOLDERS.values()) and _has_acdc_files(root):
         return _acdc_lineage_info(root)
     raise InputError(
         f"{root} is in no known layout: expected dataset.json (from `perspective-unet prepare`), the Synapse "
@@ -88,24 +99,12 @@ def read_dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 def _has_acdc_files(root: Path) -> bool:
     return any(next((root / folder).glob("case_*.npz"), None) is not None
-               for folder in _ACDC_FOLDERS.values() if (root / folder).is_dir())
-
-
-def _synapse_list(root: Path, name: str) -> list[str] | None:
-    for folder in (root / "lists", root / "lists" / "lists_Synapse", root / "lists_Synapse"):
-        path = folder / name
-        if path.is_file():
-            return [line.strip() for line in path.read_text().splitlines() if line.strip()]
-    return None
-
-
-def _case_of_slice(name: str) -> str:
-    return name.rsplit("_slice", 1)[0]
+               for folder in ACDC_FOLDERS.values() if (root / folder).is_dir())
 
 
 def _synapse_lineage_info(root: Path) -> dict[str, Any]:
-    train_names = _synapse_list(root, "train.txt") or sorted(p.stem for p in (root / TRAIN_DIR).glob("*.npz"))
-    test_names = _synapse_list(root, "test_vol.txt") or sorted(
+    train_names = synapse_list(root, "train.txt") or sorted(p.stem for p in (root / TRAIN_DIR).glob("*.npz"))
+    test_names = synapse_list(root, "test_vol.txt") or sorted(
         p.name[: -len(VOLUME_SUFFIX)] for p in (root / TEST_DIR).glob(f"*{VOLUME_SUFFIX}")
     )
     return {
@@ -117,7 +116,7 @@ def _synapse_lineage_info(root: Path) -> dict[str, Any]:
         "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
         "source": "Synapse (BTCV) files of the TransUNet lineage, read as they are",
         "licence": "BTCV challenge data terms",
-        "splits": {"train": sorted({_case_of_slice(n) for n in train_names}), "val": [], "test": list(test_names)},
+        "splits": {"train": sorted({case_of_slice(n) for n in train_names}), "val": [], "test": list(test_names)},
         "layout": "synapse_lineage",
         "root": str(root),
     }
@@ -125,11 +124,11 @@ def _synapse_lineage_info(root: Path) -> dict[str, Any]:
 
 def _acdc_lineage_info(root: Path) -> dict[str, Any]:
     splits: dict[str, list[str]] = {}
-    for split, folder in _ACDC_FOLDERS.items():
+    for split, folder in ACDC_FOLDERS.items():
         directory = root / folder
         names = sorted(p.stem for p in directory.glob("case_*.npz")) if directory.is_dir() else []
         # Slice files are case_XXX_slice{ED,ES}_N, volumes case_XXX_volume_{ED,ES}: both name the case the same way.
-        splits[split] = sorted({_acdc_case(n) for n in names})
+        splits[split] = sorted({acdc_case(n) for n in names})
     return {
         "name": "ACDC",
         "num_classes": len(ACDC_CLASS_NAMES),
@@ -142,85 +141,6 @@ def _acdc_lineage_info(root: Path) -> dict[str, Any]:
         "layout": "acdc_lineage",
         "root": str(root),
     }
-
-
-def _acdc_case(stem: str) -> str:
-    # case_001_sliceED_3 -> case_001_ED; case_001_volume_ES -> case_001_ES
-    parts = stem.split("_")
-    if len(parts) >= 4 and parts[2].startswith("slice"):
-        return f"{parts[0]}_{parts[1]}_{parts[2][len('slice'):]}"
-    if len(parts) >= 4 and parts[2] == "volume":
-        return f"{parts[0]}_{parts[1]}_{parts[3]}"
-    return stem
-
-
-@dataclass(frozen=True)
-class _SliceRef:
-    """Where one slice lives: a 2D npz file (z is None) or slice z of a volume file."""
-
-    name: str
-    path: Path
-    z: int | None = None
-
-
-def _load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
-    try:
-        with np.load(path) as data:
-            key = "image" if "image" in data.files else "img" if "img" in data.files else None
-            if key is None:
-                raise InputError(f"{path} has no 'image' (or 'img') array; keys are {data.files}.")
-            label = np.asarray(data["label"]) if "label" in data.files else None
-            return np.asarray(data[key]), label
-    except InputError:
-        raise
-    except Exception as exc:
-        raise InputError(f"Cannot read {path}: {type(exc).__name__}: {exc}; prepare or copy the file again.") from exc
-
-
-def _load_h5(path: Path, z: int | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    try:
-        with h5py.File(path, "r") as f:
-            index = slice(None) if z is None else z
-            image = np.asarray(f["image"][index])
-            label = np.asarray(f["label"][index]) if "label" in f else None
-            attrs = {key: _plain(value) for key, value in f.attrs.items()} if z is None else {}
-        return image, label, attrs
-    except Exception as exc:
-        raise InputError(f"Cannot read {path}: {type(exc).__name__}: {exc}; prepare or copy the file again.") from exc
-
-
-def _plain(value: Any) -> Any:
-    if isinstance(value, bytes):
-        return value.decode()
-    if isinstance(value, np.ndarray) and value.dtype.kind in "SO":
-        return value.astype(str)
-    if isinstance(value, np.generic):
-        return value.item()
-    return value
-
-
-def _volume_depth(path: Path) -> int:
-    if path.name.endswith(VOLUME_SUFFIX):
-        try:
-            with h5py.File(path, "r") as f:
-                return int(f["image"].shape[0])
-        except Exception as exc:
-            raise InputError(f"Cannot read {path}: {type(exc).__name__}: {exc}.") from exc
-    image, _ = _load_npz(path)
-    return int(image.shape[0])
-
-
-def _volume_files(info: dict[str, Any], split: str) -> list[tuple[str, Path]]:
-    """(case, file) of a split's volumes in any layout."""
-    root = Path(info["root"])
-    layout = info["layout"]
-    if layout == "acdc_lineage":
-        folder = root / _ACDC_FOLDERS[split]
-        return [(_acdc_case(p.stem), p) for p in sorted(folder.glob("case_*_volume_*.npz"))] if folder.is_dir() else []
-    if split == "train" or (layout == "synapse_lineage" and split == "val"):
-        return []
-    folder = root / (volume_dir(split) if layout == "prepared" else TEST_DIR)
-    return [(case, folder / f"{case}{VOLUME_SUFFIX}") for case in info["splits"].get(split, [])]
 
 
 def _require_split(split: str) -> None:
@@ -236,11 +156,13 @@ def _as_pair(size: int | Sequence[int]) -> tuple[int, int]:
 
 
 class SliceDataset(Dataset):
-    """2D slices for training: zoomed to ``img_size``, optionally augmented, normalised as the paper does.
+    """2D slices for the paper's protocol: zoomed to ``img_size``, optionally augmented, then scaled for the network.
 
-    Each item is ``{"image": float32 (1, H, W), "label": int64 (H, W), "case": str}``: the image is zoomed with cubic
+    Each item is ``{"image": float32 (C, H, W), "label": int64 (H, W), "case": str}``: the image is zoomed with cubic
     interpolation and the label with nearest neighbour (as the lineage does, with ``scipy.ndimage.zoom``), then
-    augmented, then normalised to (x - 0.5) / 0.5. ``case`` is the slice's name, ``<case>_slice<NNN>``.
+    augmented, then scaled by ``intensity`` (by default (x - 0.5) / 0.5, the paper's). ``C`` is
+    ``2 * context_slices + 1``: the slice between the ``context_slices`` slices below and above it (ends repeated).
+    ``case`` is the slice's name, ``<case>_slice<NNN>``.
 
     The training split reads ``train_npz`` (or the ACDC ``train/`` folder); the val and test splits give the slices
     of the volumes (or the ACDC ``valid/`` slice files).
@@ -252,10 +174,14 @@ class SliceDataset(Dataset):
         augmentation: Augmentation settings; None for none (validation, testing).
         seed: Seed of the augmentation's draws. In DataLoader workers ``seed_worker`` combines it with the worker's
             seed, so workers draw differently and the same seeds give the same samples.
+        context_slices: Neighbouring slices on each side taken as extra channels.
+        intensity: The plan's intensity normalization (its ``scaling`` is applied to the stored values); None for the
+            paper's (x - 0.5) / 0.5.
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", img_size: int | Sequence[int] = (224, 224),
-                 augmentation: AugmentationConfig | None = None, seed: int = 1234) -> None:
+                 augmentation: AugmentationConfig | None = None, seed: int = 1234, *, context_slices: int = 0,
+                 intensity: IntensitySpec | None = None) -> None:
         _require_split(split)
         self.root = Path(root)
         self.split = split
@@ -264,41 +190,13 @@ class SliceDataset(Dataset):
         self.seed = int(seed)
         self.augmentation_config = augmentation
         self._augment = build_augmentation(augmentation) if augmentation is not None else None
-        self.samples = self._list_samples()
+        self.intensity = intensity or IntensitySpec("unit")
+        self.samples = list_slices(self.root, self.info, split)
         if not self.samples:
             raise InputError(f"{self.root} has no {split} slices; check the folder or choose another split.")
+        self.context = context_indices(self.samples, context_slices)
+        self.case_stats = case_statistics(self.root) if self.intensity.per_image else {}
         self.reseed(None)
-
-    def _list_samples(self) -> list[_SliceRef]:
-        info, split = self.info, self.split
-        layout = info["layout"]
-        if layout == "acdc_lineage" and split in ("train", "val"):
-            folder = self.root / _ACDC_FOLDERS[split]
-            return [_SliceRef(p.stem, p) for p in sorted(folder.glob("case_*_slice*.npz"))] if folder.is_dir() else []
-        if split == "train":
-            names = self._train_names()
-            return [_SliceRef(name, self.root / TRAIN_DIR / f"{name}.npz") for name in names]
-        samples = []
-        for case, path in _volume_files(info, split):
-            if not path.exists():
-                raise InputError(f"{path} is missing; the dataset lists case {case!r} in its {split} split.")
-            samples += [_SliceRef(f"{case}_slice{z:03d}", path, z) for z in range(_volume_depth(path))]
-        return samples
-
-    def _train_names(self) -> list[str]:
-        if self.info["layout"] == "synapse_lineage":
-            names = _synapse_list(self.root, "train.txt")
-        else:
-            list_path = self.root / "lists" / "train.txt"
-            names = None
-            if list_path.is_file():
-                names = [n.strip() for n in list_path.read_text().splitlines() if n.strip()]
-        if names is None:
-            names = sorted(p.stem for p in (self.root / TRAIN_DIR).glob("*.npz"))
-        if self.info["layout"] == "prepared":
-            cases = set(self.info["splits"]["train"])
-            names = [n for n in names if _case_of_slice(n) in cases]
-        return names
 
     def reseed(self, worker_seed: int | None) -> None:
         """Reset the augmentation's random state from the dataset seed and, in a worker, the worker's seed."""
@@ -314,34 +212,47 @@ class SliceDataset(Dataset):
     def load_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The stored slice, before zoom, augmentation and normalisation: image float32 (H, W), label int64 (H, W)."""
         ref = self.samples[index]
-        if ref.z is None:
-            image, label = _load_npz(ref.path)
-        elif ref.path.name.endswith(VOLUME_SUFFIX):
-            image, label, _ = _load_h5(ref.path, ref.z)
-        else:
-            volume, labels = _load_npz(ref.path)
-            image, label = volume[ref.z], None if labels is None else labels[ref.z]
+        image, label = load_slice(ref)
         if label is None:
             raise InputError(f"{ref.path} has no label; slices for training and validation need one.")
-        if image.ndim != 2 or image.shape != label.shape:
-            raise InputError(f"{ref.path}: slice image {image.shape} and label {label.shape} must be equal 2D shapes.")
-        return image.astype(np.float32), np.rint(label).astype(np.int64)
+        return image, label
+
+    def load_stack(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored slice with its context slices: image float32 (C, H, W), label int64 (H, W)."""
+        image, label = self.load_slice(index)
+        if len(self.context[index]) == 1:
+            return image[None], label
+        channels = [image if i == index else load_slice(self.samples[i])[0] for i in self.context[index]]
+        if any(c.shape != image.shape for c in channels):
+            raise InputError(f"{self.samples[index].path}: the slices of case {self.samples[index].case!r} differ in "
+                             "shape; context slices need one in-plane grid per case.")
+        return np.stack(channels), label
+
+    def stats_of(self, index: int) -> ImageStats | None:
+        """The whole case's statistics for per-image z-scoring (None when the scaling does not need them)."""
+        if not self.intensity.per_image:
+            return None
+        case = self.samples[index].case
+        if case not in self.case_stats:
+            raise InputError(f"{self.root} has no fingerprint statistics for case {case!r}; prepare it again.")
+        return self.case_stats[case]
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        image, label = self.load_slice(index)
-        height, width = image.shape
+        image, label = self.load_stack(index)
+        height, width = image.shape[-2:]
         if (height, width) != self.img_size:
             factors = (self.img_size[0] / height, self.img_size[1] / width)
-            image = ndimage.zoom(image, factors, order=3)
+            image = ndimage.zoom(image, (1.0, *factors), order=3)
             label = ndimage.zoom(label, factors, order=0)
-        image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None]
+        image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
         label_t = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None]
         if self._augment is not None:
             out = self._augment({"image": image_t, "label": label_t})
             image_t = convert_to_tensor(out["image"], track_meta=False, dtype=torch.float32)
             label_t = convert_to_tensor(out["label"], track_meta=False, dtype=torch.float32)
+        scaled = self.intensity.apply_stored(image_t.numpy(), self.stats_of(index))
         return {
-            "image": ((image_t - 0.5) / 0.5).contiguous(),
+            "image": torch.from_numpy(scaled).contiguous(),
             "label": torch.round(label_t[0]).to(torch.int64),
             "case": self.samples[index].name,
         }
@@ -366,7 +277,7 @@ class VolumeDataset(Dataset):
         self.root = Path(root)
         self.split = split
         self.info = read_dataset_info(self.root)
-        self.volumes = _volume_files(self.info, split)
+        self.volumes = volume_files(self.info, split)
         for case, path in self.volumes:
             if not path.exists():
                 raise InputError(f"{path} is missing; the dataset lists case {case!r} in its {split} split.")
@@ -377,9 +288,9 @@ class VolumeDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         case, path = self.volumes[index]
         if path.name.endswith(VOLUME_SUFFIX):
-            image, label, attrs = _load_h5(path)
+            image, label, attrs = load_h5(path)
         else:
-            image, label = _load_npz(path)
+            image, label = load_npz(path)
             attrs = {}
         if image.ndim != 3 or (label is not None and label.shape != image.shape):
             shape = None if label is None else label.shape

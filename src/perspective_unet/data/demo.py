@@ -9,9 +9,10 @@ annotation: good enough to exercise the pipeline end to end, not to measure segm
 Synapse protocol to the Synapse class ids, and writes
 
 - ``OUT/nnunet_raw/Dataset901_TotalSegDemoCT/``: the case in the nnU-Net raw layout (CT as shipped, mapped labels);
-- ``OUT/`` itself: the prepared layout, HU clipped to [-125, 275], axial slices, split by contiguous blocks of
-  slices: a test block chosen so that every organ appears on both sides, the training slices below and above it,
-  and ``gap`` slices dropped on each side of the test block so no test slice has a training neighbour.
+- ``OUT/`` itself: the prepared layout, HU clipped to a window (by default the Synapse window [-125, 275]) and
+  scaled to [0, 1], axial slices, split by contiguous blocks of slices: a test block chosen so that every organ
+  appears on both sides, the training slices below and above it, and ``gap`` slices dropped on each side of the
+  test block so no test slice has a training neighbour; and a plan of the ``spacing`` protocol.
 """
 
 from __future__ import annotations
@@ -33,7 +34,13 @@ import numpy as np
 from perspective_unet.data.common import read_pair, remap_labels, volume_attrs
 from perspective_unet.data.io import CANONICAL_ORIENTATION, read_image, write_label_map
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalise import SYNAPSE_HU_WINDOW, ct_intensity, ct_window, describe_ct_window
+from perspective_unet.data.normalise import (
+    SYNAPSE_HU_WINDOW,
+    ct_intensity,
+    ct_window,
+    describe_ct_window,
+    percentile_window,
+)
 from perspective_unet.data.splits import SliceBlockSplit, choose_test_block
 from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
@@ -176,6 +183,8 @@ def prepare_demo(
     sdist: str | os.PathLike[str] | None = None,
     gap: int = 2,
     overwrite: bool = False,
+    window: tuple[float, float] | str = SYNAPSE_HU_WINDOW,
+    protocol: str = "spacing",
 ) -> Path:
     """Fetch the TotalSegmentator example CT and write the demo dataset (nnU-Net raw copy and prepared layout).
 
@@ -185,6 +194,10 @@ def prepare_demo(
         sdist: Use this local copy of the sdist instead of the cache or a download.
         gap: Slices dropped between the training slices and the test block, on each side.
         overwrite: Replace an existing ``out``.
+        window: HU window (low, high), or ``"foreground"`` for the 0.5 / 99.5 percentiles of the training slices'
+            labelled voxels (nnU-Net's rule; on this non-contrast CT [-159, 79] HU, which saturates the organs of
+            contrast-enhanced scans).
+        protocol: Protocol of the plan written beside the data.
 
     Returns:
         The output folder.
@@ -197,7 +210,8 @@ def prepare_demo(
         files = _extract_members(archive, Path(tmp))
         label, label_meta = read_image(files["label"], as_label=True)
         mapped = remap_labels(label.astype(np.int64), TOTALSEGMENTATOR_TO_SYNAPSE).astype(np.uint8)
-        return prepare_demo_from_arrays(files["image"], mapped, label_meta, files["licence"], out, gap, overwrite)
+        return prepare_demo_from_arrays(files["image"], mapped, label_meta, files["licence"], out, gap, overwrite,
+                                        window=window, protocol=protocol)
 
 
 def prepare_demo_from_arrays(
@@ -208,6 +222,8 @@ def prepare_demo_from_arrays(
     out: str | os.PathLike[str],
     gap: int = 2,
     overwrite: bool = False,
+    window: tuple[float, float] | str = SYNAPSE_HU_WINDOW,
+    protocol: str = "spacing",
 ) -> Path:
     """Write the demo dataset from a CT file and its label map already in Synapse class ids.
 
@@ -222,6 +238,8 @@ def prepare_demo_from_arrays(
         out: Output folder.
         gap: Slices dropped on each side of the test block.
         overwrite: Replace an existing ``out``.
+        window: HU window, or ``"foreground"`` (see :func:`prepare_demo`).
+        protocol: Protocol of the plan written beside the data.
     """
     with PreparedWriter(out, overwrite=overwrite) as writer:
         raw_dir = writer.root / "nnunet_raw" / DEMO_RAW_NAME
@@ -234,19 +252,28 @@ def prepare_demo_from_arrays(
 
         pair = read_pair(raw_image, raw_label, range(len(SYNAPSE_CLASS_NAMES)), CANONICAL_ORIENTATION)
         assert pair.label is not None
-        image = ct_window(pair.image, SYNAPSE_HU_WINDOW)
         classes = list(range(1, len(SYNAPSE_CLASS_NAMES)))
         split = choose_test_block(pair.label, classes, gap=gap)
+        if isinstance(window, str):
+            if window != "foreground":
+                raise ValueError(f"window must be (low, high) or 'foreground', got {window!r}.")
+            blocks = [(pair.image[a:b], pair.label[a:b]) for a, b in split.train_blocks]
+            window, how = percentile_window(blocks), "0.5th/99.5th percentiles of the training slices' foreground"
+        else:
+            window = (float(window[0]), float(window[1]))
+            how = "the Synapse window" if window == SYNAPSE_HU_WINDOW else "given"
+        image = ct_window(pair.image, window)
         for start, stop in split.train_blocks:
             block_attrs = volume_attrs(pair, raw_image.name, crop_z=np.asarray([start, stop], dtype=np.int64))
             writer.add_train_volume(_block_name(start, stop), image[start:stop], pair.label[start:stop],
-                                    first_index=start, spacing=pair.spacing, attrs=block_attrs)
+                                    first_index=start, spacing=pair.spacing, attrs=block_attrs,
+                                    raw=pair.image[start:stop])
         start, stop = split.test_start, split.test_stop
         attrs = volume_attrs(pair, raw_image.name, crop_z=np.asarray([start, stop], dtype=np.int64))
         writer.add_volume("test", _block_name(start, stop), image[start:stop], pair.label[start:stop], pair.spacing,
-                          attrs)
+                          attrs, raw=pair.image[start:stop])
         voxels = _class_voxels(pair.label, split)
-        for name, lines in (("README.md", _readme(split, voxels)),):
+        for name, lines in (("README.md", _readme(split, voxels, window)),):
             text = "\n".join(lines) + "\n"
             (writer.root / name).write_text(text)
             (raw_dir / name).write_text(text)
@@ -261,8 +288,8 @@ def prepare_demo_from_arrays(
             "name": "TotalSegDemoCT",
             "class_names": list(SYNAPSE_CLASS_NAMES),
             "modality": "CT",
-            "normalisation": describe_ct_window(SYNAPSE_HU_WINDOW, "the Synapse window"),
-            "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
+            "normalisation": describe_ct_window(window, how),
+            "intensity": ct_intensity(window),
             "orientation": CANONICAL_ORIENTATION,
             "source": DEMO_SOURCE,
             "licence": DEMO_LICENCE,
@@ -271,7 +298,7 @@ def prepare_demo_from_arrays(
             "slice_split": {"test_block": [start, stop], "train_blocks": [list(b) for b in split.train_blocks],
                             "gap": split.gap, "num_slices": split.num_slices},
             "class_voxels": voxels,
-        })
+        }, protocol=protocol)
 
 
 def _block_name(start: int, stop: int) -> str:
@@ -302,7 +329,7 @@ def _raw_dataset_json() -> dict[str, Any]:
     }
 
 
-def _readme(split: SliceBlockSplit, voxels: dict[str, dict[str, int]]) -> list[str]:
+def _readme(split: SliceBlockSplit, voxels: dict[str, dict[str, int]], window: tuple[float, float]) -> list[str]:
     names = SYNAPSE_CLASS_NAMES[1:]
     lines = [
         "# Demo dataset: one abdominal CT from the TotalSegmentator source distribution",
@@ -315,7 +342,8 @@ def _readme(split: SliceBlockSplit, voxels: dict[str, dict[str, int]]) -> list[s
         "TotalSegmentator ids mapped to Synapse class ids (everything else is background): "
         + ", ".join(f"{k} -> {v} ({SYNAPSE_CLASS_NAMES[v]})" for k, v in TOTALSEGMENTATOR_TO_SYNAPSE.items()) + ".",
         "",
-        "Intensities: HU clipped to [-125, 275] and scaled to [0, 1]. Slices are axial (canonical orientation SPL).",
+        f"Intensities: HU clipped to [{window[0]:g}, {window[1]:g}] and scaled to [0, 1]. Slices are axial (canonical "
+        "orientation SPL).",
         "",
         f"Split by contiguous blocks of the {split.num_slices} axial slices: test slices "
         f"{split.test_start}..{split.test_stop - 1}; training slices "

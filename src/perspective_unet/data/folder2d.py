@@ -14,13 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from perspective_unet.data.checks import check_finite, check_same_geometry, require_files
+from perspective_unet.data.checks import check_same_geometry, require_files
 from perspective_unet.data.common import progress
 from perspective_unet.data.io import PICTURE_SUFFIXES, full_suffix, read_image
 from perspective_unet.data.layout import PreparedWriter
 from perspective_unet.data.normalise import picture_intensity
 from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import picture_to_unit
 
 __all__ = ["picture_to_unit", "prepare_folder_2d", "prepare_pictures"]
 
@@ -29,20 +30,6 @@ logger = logging.getLogger(__name__)
 _PICTURE_NORMALISATION = (
     "2D pictures: converted to grey (luminance); 8-bit / 255, 16-bit / 65535, other types min-max per image -> [0, 1]"
 )
-
-
-def picture_to_unit(picture: np.ndarray, path: str | Path) -> np.ndarray:
-    """Scale a grey picture to [0, 1] float32 by its data type's range (min-max for float or 32-bit pictures)."""
-    check_finite(picture, path)
-    if picture.dtype == np.uint8:
-        return (picture / 255.0).astype(np.float32)
-    if picture.dtype == np.uint16:
-        return (picture / 65535.0).astype(np.float32)
-    values = picture.astype(np.float64)
-    low, high = values.min(), values.max()
-    if high <= low:
-        return np.zeros(picture.shape, dtype=np.float32)
-    return ((values - low) / (high - low)).astype(np.float32)
 
 
 def _find_mask(masks: Path, stem: str, mask_suffix: str) -> Path | None:
@@ -64,6 +51,7 @@ def prepare_folder_2d(
     mask_suffix: str = "",
     name: str | None = None,
     overwrite: bool = False,
+    protocol: str = "spacing",
 ) -> Path:
     """Prepare a folder of 2D images and masks, with a seeded split of whole images.
 
@@ -78,6 +66,7 @@ def prepare_folder_2d(
         mask_suffix: Text between the image stem and the mask's suffix, such as ``"_mask"``.
         name: Dataset name; the images folder's parent name by default.
         overwrite: Replace an existing ``out``.
+        protocol: Protocol of the plan written beside the data (``spacing``: pictures at their own pixel size).
 
     Returns:
         The output folder.
@@ -105,7 +94,7 @@ def prepare_folder_2d(
     return prepare_pictures(
         pairs, out, splits, class_names, name=name or images.parent.name or "folder2d",
         source=f"2D images from {images} with masks from {masks}", licence="as the source images'",
-        overwrite=overwrite,
+        overwrite=overwrite, protocol=protocol,
     )
 
 
@@ -118,6 +107,7 @@ def prepare_pictures(
     source: str,
     licence: str,
     overwrite: bool = False,
+    protocol: str = "spacing",
 ) -> Path:
     """Write 2D picture pairs (case, image, mask) into the prepared layout with the given case split."""
     case_split = {case: split for split, cases in splits.items() for case in cases}
@@ -159,11 +149,12 @@ def prepare_pictures(
             if split == "train":
                 if label is None:
                     raise InputError(f"{image_path} has no mask; training images need one.")
-                writer.add_train_slice(case, 0, image, label)
+                # A picture's pixel counts as 1 "mm": the spacing protocol then works at the pictures' own scale.
+                writer.add_train_slice(case, 0, image, label, spacing=(1.0, 1.0, 1.0), raw=picture)
                 writer.record_geometry(case, (1.0, 1.0, 1.0), attrs)
             else:
                 writer.add_volume(split, case, image[None], None if label is None else label[None], (1.0, 1.0, 1.0),
-                                  attrs)
+                                  attrs, raw=picture[None])
         return writer.finish({
             "name": name,
             "class_names": names,
@@ -173,4 +164,4 @@ def prepare_pictures(
             "orientation": "2d",
             "source": source,
             "licence": licence,
-        })
+        }, protocol=protocol)

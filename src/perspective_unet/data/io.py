@@ -103,20 +103,39 @@ def read_image(path: str | os.PathLike[str], as_label: bool = False) -> tuple[np
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3):
-        raise InputError(f"{path} has {array.ndim} dimensions (shape {array.shape}); expected a 2D or 3D image.")
+        raise InputError(f"{path} has {array.ndim} dimensions (shape {array.shape}); expected a 2D or 3D image "
+                         "(split a time series or a multi-channel image into 3D volumes first).")
     meta["path"] = str(path)
     meta["shape"] = tuple(int(s) for s in array.shape)
     if array.ndim == 3:
+        spacing = tuple(float(z) for z in np.sqrt((meta["affine"][:3, :3] ** 2).sum(axis=0)))
+        _check_spacing(meta.pop("header_spacing", spacing), path)
+        _check_spacing(spacing, path)
         meta["axcodes"] = "".join(nib.aff2axcodes(meta["affine"]))
-        meta["spacing"] = tuple(float(z) for z in np.sqrt((meta["affine"][:3, :3] ** 2).sum(axis=0)))
+        meta["spacing"] = spacing
     return array, meta
+
+
+def _check_spacing(spacing: tuple[float, ...], path: Path) -> None:
+    if not all(np.isfinite(s) and s > 0 for s in spacing):
+        raise InputError(
+            f"{path}: the header gives the voxel spacing {tuple(round(float(s), 4) for s in spacing)} mm; every "
+            "spacing must be a positive number. Fix the header (pixdim, qform/sform) with the scan's true voxel size."
+        )
 
 
 def _read_nifti(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
     image = nib.load(str(path))
     # Reading every voxel here (not lazily later) is what detects a truncated file while we can still name it.
     array = np.asarray(image.dataobj)
-    return array, {"affine": np.asarray(image.affine, dtype=np.float64), "format": "nifti", "header": image.header}
+    meta = {"affine": np.asarray(image.affine, dtype=np.float64), "format": "nifti", "header": image.header}
+    if int(image.header["sform_code"]) == 0:
+        # nibabel quietly replaces zero pixdims by 1 and negative ones by their absolute value; the file's own values
+        # decide whether the spacing is known.
+        with nib.openers.ImageOpener(str(path)) as handle:
+            stored = type(image.header).from_fileobj(handle, check=False)
+        meta["header_spacing"] = tuple(float(v) for v in stored["pixdim"][1:4])
+    return array, meta
 
 
 def _sitk_to_array(image: Any) -> tuple[np.ndarray, np.ndarray]:

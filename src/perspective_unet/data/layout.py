@@ -11,6 +11,10 @@ OUT/
   lists/val.txt, lists/test_vol.txt  one case name per line
   geometry.json                      per case (training cases too): spacing (z, y, x) mm, affine, original shape,
                                      orientation: what spacing-aware metrics and writing back in place need
+  fingerprint.json                   per case: shape, spacing, intensity statistics; the training foreground's
+                                     intensities (stored and raw units): what a plan is derived from
+  plan.json                          the plan (protocol, spacing, patch size, intensity, batch size, context
+                                     slices), see ``perspective_unet.plan``; editable, `perspective-unet plan`
 ```
 
 ``PreparedWriter`` writes into a hidden temporary folder beside OUT and renames it to OUT only when everything
@@ -30,6 +34,10 @@ from typing import Any
 
 import h5py
 import numpy as np
+
+from perspective_unet.data.fingerprint import FingerprintBuilder
+from perspective_unet.intensity import IntensitySpec
+from perspective_unet.plan import FINGERPRINT_FILE, PLAN_FILE, PROTOCOLS, derive_plan, write_json_atomic
 
 __all__ = [
     "IMG_FORMAT_VERSION",
@@ -86,6 +94,7 @@ class PreparedWriter:
         self.train_slices: list[str] = []
         self.splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.geometry: dict[str, dict[str, Any]] = {}
+        self.fingerprint = FingerprintBuilder()
         self.finished = False
 
     def __enter__(self) -> PreparedWriter:
@@ -112,8 +121,7 @@ class PreparedWriter:
         if case not in self.splits[split]:
             self.splits[split].append(case)
 
-    def add_train_slice(self, case: str, index: int, image: np.ndarray, label: np.ndarray) -> str:
-        """Write ``train_npz/<case>_slice<index>.npz``; returns the slice name."""
+    def _write_train_slice(self, case: str, index: int, image: np.ndarray, label: np.ndarray) -> str:
         self._add_case("train", case)
         name = slice_name(case, index)
         np.savez_compressed(
@@ -124,6 +132,23 @@ class PreparedWriter:
         self.train_slices.append(name)
         return name
 
+    def add_train_slice(
+        self,
+        case: str,
+        index: int,
+        image: np.ndarray,
+        label: np.ndarray,
+        spacing: tuple[float, float, float] | None = None,
+        raw: np.ndarray | None = None,
+    ) -> str:
+        """Write ``train_npz/<case>_slice<index>.npz`` and record it in the fingerprint; returns the slice name.
+
+        ``spacing`` (z, y, x) mm and ``raw`` (the slice before normalization) feed the fingerprint when known.
+        """
+        name = self._write_train_slice(case, index, image, label)
+        self.fingerprint.add(case, "train", image, label, spacing, raw)
+        return name
+
     def add_train_volume(
         self,
         case: str,
@@ -132,13 +157,16 @@ class PreparedWriter:
         first_index: int = 0,
         spacing: tuple[float, float, float] | None = None,
         attrs: dict[str, Any] | None = None,
+        raw: np.ndarray | None = None,
     ) -> None:
         """Write every slice of a ``(Z, H, W)`` volume; slice numbers start at ``first_index``.
 
-        ``spacing`` and ``attrs`` (as for ``add_volume``), when given, are recorded in ``geometry.json``.
+        ``spacing`` and ``attrs`` (as for ``add_volume``), when given, are recorded in ``geometry.json``; ``raw``
+        (the volume before normalization, e.g. in HU) feeds the fingerprint's raw foreground statistics.
         """
         for z in range(image.shape[0]):
-            self.add_train_slice(case, first_index + z, image[z], label[z])
+            self._write_train_slice(case, first_index + z, image[z], label[z])
+        self.fingerprint.add(case, "train", image, label, spacing, raw)
         if spacing is not None:
             self.record_geometry(case, spacing, attrs)
 
@@ -157,8 +185,9 @@ class PreparedWriter:
         label: np.ndarray | None,
         spacing: tuple[float, float, float],
         attrs: dict[str, Any] | None = None,
+        raw: np.ndarray | None = None,
     ) -> None:
-        """Write ``<split>_vol_h5/<case>.npy.h5``.
+        """Write ``<split>_vol_h5/<case>.npy.h5`` and record it in the fingerprint.
 
         Args:
             split: ``"val"`` or ``"test"``.
@@ -168,6 +197,7 @@ class PreparedWriter:
             spacing: Voxel size (z, y, x) in mm along the stored axes.
             attrs: Geometry needed to put a prediction back on the original grid (``affine``, ``original_shape``,
                 ``orientation``, ...); values must be numbers, strings or arrays of them.
+            raw: The volume before normalization, for the fingerprint.
         """
         self._add_case(split, case)
         image = np.asarray(image, dtype=np.float32)
@@ -184,13 +214,17 @@ class PreparedWriter:
             for key, value in (attrs or {}).items():
                 f.attrs[key] = value
         self.record_geometry(case, spacing, attrs)
+        self.fingerprint.add(case, split, image, label, spacing, raw)
 
-    def finish(self, info: dict[str, Any]) -> Path:
-        """Write the lists and ``dataset.json``, then move the dataset to its final folder.
+    def finish(self, info: dict[str, Any], protocol: str = "paper") -> Path:
+        """Write the lists, ``dataset.json``, ``fingerprint.json`` and ``plan.json``, then move the dataset to its
+        final folder.
 
         Args:
-            info: ``name``, ``class_names`` (index = class id), ``modality``, ``normalisation``, ``source``,
-                ``licence`` and any extra keys; ``num_classes``, ``splits`` and ``img_format_version`` are filled in.
+            info: ``name``, ``class_names`` (index = class id), ``modality``, ``normalisation``, ``intensity`` (the
+                stored range, see :class:`~perspective_unet.intensity.IntensitySpec`), ``source``, ``licence`` and
+                any extra keys; ``num_classes``, ``splits`` and ``img_format_version`` are filled in.
+            protocol: The protocol of the plan written beside the data (``paper`` or ``spacing``).
 
         Returns:
             The final folder.
@@ -200,6 +234,13 @@ class PreparedWriter:
             raise ValueError(f"dataset info lacks {missing}.")
         if not self.splits["train"] and not self.splits["test"]:
             raise ValueError("Nothing was written: the dataset has neither training slices nor test volumes.")
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
+        intensity = IntensitySpec.from_dict(info.get("intensity") or {"kind": "unit"})
+        fingerprint = self.fingerprint.build(str(info["modality"]), intensity)
+        write_json_atomic(fingerprint.to_dict(), self.tmp / FINGERPRINT_FILE)
+        if self.splits["train"]:
+            write_json_atomic(derive_plan(fingerprint, protocol).to_dict(), self.tmp / PLAN_FILE)
         dataset = {
             "name": info["name"],
             "num_classes": len(info["class_names"]),

@@ -181,6 +181,7 @@ def prepare_nnunet(
     orientation: str = CANONICAL_ORIENTATION,
     channel: int = 0,
     overwrite: bool = False,
+    protocol: str = "spacing",
 ) -> Path:
     """Prepare an nnU-Net raw dataset (or a plain folder of 2D images and masks).
 
@@ -196,6 +197,7 @@ def prepare_nnunet(
         orientation: Canonical orientation code, ``"SPL"`` (axial) by default, or ``"stored"``.
         channel: Which input channel to use (the layout holds one channel).
         overwrite: Replace an existing ``out``.
+        protocol: Protocol of the plan written beside the data (``spacing`` by default, see ``perspective_unet.plan``).
 
     Returns:
         The output folder.
@@ -207,7 +209,8 @@ def prepare_nnunet(
         masks = next((root / n for n in ("masks", "labels") if (root / n).is_dir()), None)
         if (root / "images").is_dir() and masks is not None:
             return prepare_folder_2d(root / "images", masks, out, val_fraction=val_fraction,
-                                     test_fraction=test_fraction, seed=seed, name=root.name, overwrite=overwrite)
+                                     test_fraction=test_fraction, seed=seed, name=root.name, overwrite=overwrite,
+                                     protocol=protocol)
     dataset = read_nnunet_dataset(root, channel)
     num_channels = len(dataset.info["channel_names"])
     if num_channels > 1:
@@ -226,7 +229,8 @@ def prepare_nnunet(
     source = f"nnU-Net raw dataset {dataset.name} ({root})"
     licence = str(dataset.info.get("licence") or dataset.info.get("license") or "as stated by the dataset's owners")
     if dataset.is_2d:
-        return prepare_pictures(all_cases, out, splits, dataset.class_names, dataset.name, source, licence, overwrite)
+        return prepare_pictures(all_cases, out, splits, dataset.class_names, dataset.name, source, licence, overwrite,
+                                protocol)
 
     allowed = range(len(dataset.class_names))
     by_case = {case: (image, label) for case, image, label in all_cases}
@@ -256,10 +260,10 @@ def prepare_nnunet(
                 if split == "train":
                     assert pair.label is not None
                     writer.add_train_volume(case, image, pair.label, spacing=pair.spacing,
-                                            attrs=volume_attrs(pair, by_case[case][0].name))
+                                            attrs=volume_attrs(pair, by_case[case][0].name), raw=pair.image)
                 else:
                     writer.add_volume(split, case, image, pair.label, pair.spacing,
-                                      volume_attrs(pair, by_case[case][0].name))
+                                      volume_attrs(pair, by_case[case][0].name), raw=pair.image)
         return writer.finish({
             "name": dataset.name,
             "class_names": dataset.class_names,
@@ -270,7 +274,7 @@ def prepare_nnunet(
             "source": source,
             "licence": licence,
             "split_seed": seed,
-        })
+        }, protocol=protocol)
 
 
 def _images_and_labels(read: Any, cases: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:

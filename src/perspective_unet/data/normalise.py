@@ -1,4 +1,8 @@
-"""Intensity normalisations that map a volume to [0, 1] float32, and their one-line descriptions for dataset.json."""
+"""Intensity normalisations that map a volume to [0, 1] float32 (the stored range of prepared data), the rule that
+chooses a CT window from the training foreground, and one-line descriptions for dataset.json.
+
+The normalizations themselves live in :mod:`perspective_unet.intensity`; the names here stay for compatibility.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,8 @@ from collections.abc import Iterable
 from typing import Any
 
 import numpy as np
+
+from perspective_unet.intensity import MR_PERCENTILES, SYNAPSE_HU_WINDOW, IntensitySpec, ct_window, percentile_minmax
 
 __all__ = [
     "MR_PERCENTILES",
@@ -21,19 +27,9 @@ __all__ = [
     "picture_intensity",
 ]
 
-SYNAPSE_HU_WINDOW = (-125.0, 275.0)
-MR_PERCENTILES = (0.5, 99.5)
 # Enough voxels for stable 0.5/99.5 percentiles without holding every foreground voxel of a dataset in memory.
 _SAMPLES_PER_VOLUME = 200_000
-
-
-def ct_window(volume: np.ndarray, window: tuple[float, float] = SYNAPSE_HU_WINDOW) -> np.ndarray:
-    """Clip Hounsfield units to ``window`` and scale linearly to [0, 1]: (clip(x, lo, hi) - lo) / (hi - lo)."""
-    low, high = float(window[0]), float(window[1])
-    if not high > low:
-        raise ValueError(f"A CT window needs low < high, got {window}.")
-    clipped = np.clip(np.asarray(volume, dtype=np.float64), low, high)
-    return ((clipped - low) / (high - low)).astype(np.float32)
+mr_normalise = percentile_minmax
 
 
 def describe_ct_window(window: tuple[float, float], how: str = "") -> str:
@@ -42,19 +38,6 @@ def describe_ct_window(window: tuple[float, float], how: str = "") -> str:
     origin = f" ({how})" if how else ""
     shift = f"x + {-low:g}" if low < 0 else f"x - {low:g}"
     return f"CT: HU clipped to [{low:g}, {high:g}]{origin}, then ({shift}) / {high - low:g} -> [0, 1]"
-
-
-def mr_normalise(volume: np.ndarray, percentiles: tuple[float, float] = MR_PERCENTILES) -> np.ndarray:
-    """Per-volume MR normalisation: clip to the volume's own percentiles, then min-max scale to [0, 1].
-
-    The clip removes the few very bright voxels (flow artefacts, fat) that would otherwise squeeze the tissue
-    contrast into a small part of [0, 1]. A constant volume maps to zeros.
-    """
-    volume = np.asarray(volume, dtype=np.float64)
-    low, high = np.percentile(volume, percentiles)
-    if not high > low:
-        return np.zeros(volume.shape, dtype=np.float32)
-    return ((np.clip(volume, low, high) - low) / (high - low)).astype(np.float32)
 
 
 def describe_mr(percentiles: tuple[float, float] = MR_PERCENTILES) -> str:
@@ -113,23 +96,10 @@ def picture_intensity() -> dict[str, Any]:
 
 
 def normalise_intensity(volume: np.ndarray, intensity: dict[str, Any]) -> np.ndarray:
-    """Apply a dataset's recorded ``intensity`` to raw voxels, giving float32 in [0, 1].
+    """Apply a dataset's recorded ``intensity`` (its stored range) to raw voxels, giving float32 in [0, 1].
 
     Args:
         volume: Raw intensities (HU for CT, scanner units for MR, pixel values for pictures).
-        intensity: dataset.json's ``intensity`` entry.
+        intensity: dataset.json's ``intensity`` entry (see :class:`~perspective_unet.intensity.IntensitySpec`).
     """
-    kind = intensity.get("kind")
-    if kind == "ct_window":
-        low, high = intensity["window"]
-        return ct_window(volume, (float(low), float(high)))
-    if kind == "percentile_minmax":
-        low, high = intensity.get("percentiles", MR_PERCENTILES)
-        return mr_normalise(volume, (float(low), float(high)))
-    if kind == "picture":
-        from perspective_unet.data.folder2d import picture_to_unit
-
-        return picture_to_unit(np.asarray(volume), "the input picture")
-    if kind == "unit":
-        return np.clip(np.asarray(volume, dtype=np.float32), 0.0, 1.0)
-    raise ValueError(f"Unknown intensity kind {kind!r}; expected ct_window, percentile_minmax, picture or unit.")
+    return IntensitySpec.from_dict(intensity).to_unit(volume)

@@ -135,10 +135,10 @@ def prepare_synapse(
             assert pair.label is not None
             if present[number] == "train":
                 writer.add_train_volume(case_name(number), image, pair.label, spacing=pair.spacing,
-                                        attrs=volume_attrs(pair, image_path.name))
+                                        attrs=volume_attrs(pair, image_path.name), raw=pair.image)
             else:
                 writer.add_volume("test", case_name(number), image, pair.label, pair.spacing,
-                                  volume_attrs(pair, image_path.name))
+                                  volume_attrs(pair, image_path.name), raw=pair.image)
         return writer.finish({
             "name": "Synapse",
             "class_names": list(SYNAPSE_CLASS_NAMES),
@@ -150,7 +150,7 @@ def prepare_synapse(
             "licence": "BTCV challenge data terms (Synapse registration); not redistributable with this package",
             "label_map": {str(k): v for k, v in SYNAPSE_LABEL_MAP.items()},
             "notes": "Split and class mapping of TransUNet / Swin-Unet / MISSFormer / Perspective+ Unet.",
-        })
+        }, protocol="paper")
 
 
 def read_image_header_affine(path: Path) -> np.ndarray:

@@ -1,0 +1,102 @@
+"""``perspective-unet plan -d PREPARED``: print a dataset's fingerprint and plan, and rewrite the plan."""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+
+from perspective_unet.plan import MAX_PATCH_PIXELS, PROTOCOLS, Fingerprint
+
+__all__ = ["register"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "plan",
+        help="show or change how models see a prepared dataset (protocol, spacing, patch size, ...)",
+        description="Print the dataset's fingerprint (cases, spacings, shapes, foreground intensities) and its plan "
+        "(plan.json beside the data): the protocol ('paper': every slice zoomed to one size; 'spacing': slices "
+        "resampled to a fixed pixel spacing, random patches in training, a sliding window in inference), the "
+        "in-plane spacing, the patch size, the intensity normalization, the batch size and the context slices (2.5D). "
+        "With options, the plan is changed and written again: a new protocol, spacing or pixel budget derives the "
+        "patch and batch sizes anew unless they are given too; --reset derives the whole plan from the fingerprint. "
+        "plan.json may also be edited by hand; training checks it.",
+    )
+    parser.add_argument("-d", "--data", required=True, help="prepared dataset folder")
+    parser.add_argument("--protocol", choices=PROTOCOLS, help="paper or spacing")
+    parser.add_argument("--patch-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="training patch / inference window (spacing) or slice size (paper), multiples of 16")
+    parser.add_argument("--spacing", type=float, nargs=2, metavar=("ROW", "COLUMN"),
+                        help="in-plane pixel spacing in mm (spacing protocol; default: the training cases' median)")
+    parser.add_argument("--batch-size", type=int, help="patches or slices per optimizer step")
+    parser.add_argument("--context-slices", type=int, help="slices above and below fed as extra channels (2.5D)")
+    parser.add_argument("--max-patch-pixels", type=int, default=None,
+                        help=f"largest patch a derived plan proposes, in pixels (default {MAX_PATCH_PIXELS})")
+    parser.add_argument("--reset", action="store_true", help="derive the plan anew from the fingerprint")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from perspective_unet.data import read_dataset_info
+    from perspective_unet.data.planning import dataset_fingerprint, dataset_plan
+    from perspective_unet.errors import InputError
+    from perspective_unet.plan import PLAN_FILE, check_patch_size, derive_plan, write_json_atomic
+
+    info = read_dataset_info(args.data)
+    fingerprint = dataset_fingerprint(args.data)
+    if fingerprint is None:
+        raise InputError(f"{args.data} has no fingerprint.json (files of the TransUNet lineage, or prepared by an "
+                         "older version): prepare the raw data with `perspective-unet prepare` to plan it.")
+    current = None if args.reset else dataset_plan(args.data, info)
+    changes = {name: getattr(args, name) for name in ("protocol", "patch_size", "spacing", "batch_size",
+                                                       "context_slices", "max_patch_pixels")}
+    if current is not None and all(value is None for value in changes.values()):
+        print(_describe_fingerprint(fingerprint))
+        print(f"\nplan ({args.data}/{PLAN_FILE}):\n{current.describe()}")
+        return 0
+    try:
+        protocol = args.protocol or (current.protocol if current else "spacing")
+        context = args.context_slices if args.context_slices is not None else (current.context_slices if current else 0)
+        rederive = current is None or protocol != current.protocol or args.spacing is not None or (
+            args.max_patch_pixels is not None)
+        if rederive:
+            plan = derive_plan(fingerprint, protocol, patch_size=args.patch_size, spacing=args.spacing,
+                               batch_size=args.batch_size, context_slices=context,
+                               max_patch_pixels=args.max_patch_pixels or MAX_PATCH_PIXELS)
+        else:
+            assert current is not None
+            plan = current.replace(context_slices=context)
+            if args.patch_size is not None:
+                check_patch_size(fingerprint, plan.spacing if plan.protocol == "spacing" else None, args.patch_size)
+                plan = plan.replace(patch_size=tuple(args.patch_size))
+            if args.batch_size is not None:
+                plan = plan.replace(batch_size=args.batch_size)
+    except ValueError as exc:
+        raise InputError(f"{args.data}: {exc}") from None
+    path = write_json_atomic(plan.to_dict(), f"{args.data}/{PLAN_FILE}")
+    print(_describe_fingerprint(fingerprint))
+    print(f"\nplan written to {path}:\n{plan.describe()}")
+    return 0
+
+
+def _describe_fingerprint(fingerprint: Fingerprint) -> str:
+    cases = fingerprint.cases
+    training = fingerprint.training_cases
+    counts = {split: sum(c.split == split for c in cases) for split in ("train", "val", "test")}
+    lines = [f"fingerprint: {fingerprint.modality}, {counts['train']} training / {counts['val']} validation / "
+             f"{counts['test']} test cases"]
+    spaced = [c for c in training if c.spacing is not None]
+    if spaced:
+        for axis, name in ((1, "row"), (2, "column"), (0, "slice")):
+            values = [c.spacing[axis] for c in spaced]
+            lines.append(f"  {name + ' spacing':15} median {statistics.median(values):.4g} mm "
+                         f"(range {min(values):.4g} - {max(values):.4g})")
+    heights, widths = [c.shape[1] for c in training], [c.shape[2] for c in training]
+    if training:
+        lines.append(f"  slice shape     median {statistics.median(heights):g} x {statistics.median(widths):g} pixels, "
+                     f"{sum(c.shape[0] for c in training)} training slices")
+    raw = fingerprint.foreground_raw
+    if raw is not None:
+        lines.append(f"  foreground      raw intensities mean {raw.mean:.4g}, std {raw.std:.4g}, 0.5 / 99.5 "
+                     f"percentiles {raw.low:.4g} / {raw.high:.4g}")
+    return "\n".join(lines)

@@ -1,0 +1,288 @@
+"""How raw intensities become network input: one typed specification, applied the same way in training and inference.
+
+Normalization runs in two stages:
+
+1. **Stored range** (``kind``), fixed when a dataset is prepared: the prepared images hold its output, in [0, 1].
+
+   - ``ct_window``: Hounsfield units clipped to ``window`` = (low, high) and scaled to [0, 1];
+   - ``percentile_minmax``: per image, clipped to the image's own ``percentiles`` and min-max scaled to [0, 1];
+   - ``picture``: grey pictures scaled by their data type's range (8-bit / 255, 16-bit / 65535, others min-max);
+   - ``unit``: values already in [0, 1] (clipped).
+
+2. **Network scaling** (``scaling``), part of the plan and editable:
+
+   - ``symmetric``: (u - 0.5) / 0.5, the [-1, 1] input of the paper's protocol;
+   - ``zscore``: (u - mean) / std with the dataset's foreground ``mean`` and ``std`` in stored units (for a CT window
+     this is clip-then-z-score in Hounsfield units, nnU-Net's CT rule);
+   - ``zscore_per_image``: (u - mean) / std with the mean and std of each whole image (nnU-Net's rule for MR).
+
+The float value 0 of the stored range is the darkest a scan can be after stage 1 (air below a CT window, the clipped
+floor of an MR image), so :meth:`IntensitySpec.floor` is the value used to pad outside an image.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from perspective_unet.errors import InputError
+
+__all__ = [
+    "KINDS",
+    "MR_PERCENTILES",
+    "SCALINGS",
+    "SYNAPSE_HU_WINDOW",
+    "ImageStats",
+    "IntensitySpec",
+    "ct_window",
+    "percentile_minmax",
+    "picture_to_unit",
+]
+
+KINDS = ("ct_window", "percentile_minmax", "picture", "unit")
+SCALINGS = ("symmetric", "zscore", "zscore_per_image")
+SYNAPSE_HU_WINDOW = (-125.0, 275.0)
+MR_PERCENTILES = (0.5, 99.5)
+_MIN_STD = 1e-6
+
+
+def ct_window(volume: np.ndarray, window: tuple[float, float] = SYNAPSE_HU_WINDOW) -> np.ndarray:
+    """Clip Hounsfield units to ``window`` and scale linearly to [0, 1]: (clip(x, lo, hi) - lo) / (hi - lo)."""
+    low, high = float(window[0]), float(window[1])
+    if not high > low:
+        raise ValueError(f"A CT window needs low < high, got {window}.")
+    clipped = np.clip(np.asarray(volume, dtype=np.float64), low, high)
+    return ((clipped - low) / (high - low)).astype(np.float32)
+
+
+def percentile_minmax(volume: np.ndarray, percentiles: tuple[float, float] = MR_PERCENTILES) -> np.ndarray:
+    """Per-image normalization: clip to the image's own percentiles, then min-max scale to [0, 1].
+
+    The clip removes the few very bright voxels (flow artefacts, fat) that would otherwise squeeze the tissue
+    contrast into a small part of [0, 1]. A constant image maps to zeros.
+    """
+    volume = np.asarray(volume, dtype=np.float64)
+    low, high = np.percentile(volume, percentiles)
+    if not high > low:
+        return np.zeros(volume.shape, dtype=np.float32)
+    return ((np.clip(volume, low, high) - low) / (high - low)).astype(np.float32)
+
+
+def picture_to_unit(picture: np.ndarray, source: object = "the picture") -> np.ndarray:
+    """Scale a grey picture to [0, 1] float32 by its data type's range (min-max for float or 32-bit pictures)."""
+    picture = np.asarray(picture)
+    if picture.dtype.kind == "f" and not np.isfinite(picture).all():
+        raise InputError(f"{source} contains NaN or infinite values; clean or mask them first.")
+    if picture.dtype == np.uint8:
+        return (picture / 255.0).astype(np.float32)
+    if picture.dtype == np.uint16:
+        return (picture / 65535.0).astype(np.float32)
+    values = picture.astype(np.float64)
+    low, high = (values.min(), values.max()) if values.size else (0.0, 0.0)
+    if high <= low:
+        return np.zeros(picture.shape, dtype=np.float32)
+    return ((values - low) / (high - low)).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class ImageStats:
+    """Mean and standard deviation of one whole image in stored units, for ``zscore_per_image``."""
+
+    mean: float
+    std: float
+
+    @classmethod
+    def of(cls, image: np.ndarray) -> ImageStats:
+        """The statistics of an image (any shape)."""
+        values = np.asarray(image, dtype=np.float64)
+        return cls(float(values.mean()) if values.size else 0.0, float(values.std()) if values.size else 1.0)
+
+
+def _pair(value: Any, name: str) -> tuple[float, float] | None:
+    if value is None:
+        return None
+    try:
+        low, high = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f"intensity {name} must be a pair [low, high], got {value!r}.") from None
+    return (low, high)
+
+
+@dataclass(frozen=True)
+class IntensitySpec:
+    """The two-stage intensity normalization of a dataset and its plan (see the module docstring).
+
+    Attributes:
+        kind: Stage 1, how raw values become the stored [0, 1] range: ``ct_window``, ``percentile_minmax``,
+            ``picture`` or ``unit``.
+        window: (low, high) Hounsfield units of ``ct_window``.
+        percentiles: (low, high) percentiles of ``percentile_minmax``.
+        scaling: Stage 2, how stored values become network input: ``symmetric``, ``zscore`` or ``zscore_per_image``.
+        mean: Foreground mean in stored units, for ``zscore``.
+        std: Foreground standard deviation in stored units, for ``zscore``.
+
+    Example:
+        >>> spec = IntensitySpec("ct_window", window=(-100.0, 300.0), scaling="zscore", mean=0.5, std=0.25)
+        >>> spec.apply_raw(np.array([-1000.0, 100.0, 500.0])).round(3).tolist()
+        [-2.0, 0.0, 2.0]
+        >>> IntensitySpec.from_dict({"kind": "ct_window", "window": [-125, 275]}).apply_raw(np.array([75.0])).tolist()
+        [0.0]
+    """
+
+    kind: str
+    window: tuple[float, float] | None = None
+    percentiles: tuple[float, float] | None = None
+    scaling: str = "symmetric"
+    mean: float | None = None
+    std: float | None = None
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "window", _pair(self.window, "window"))
+        object.__setattr__(self, "percentiles", _pair(self.percentiles, "percentiles"))
+        if self.kind == "percentile_minmax" and self.percentiles is None:
+            object.__setattr__(self, "percentiles", MR_PERCENTILES)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        if self.kind not in KINDS:
+            raise ValueError(f"intensity kind must be one of {KINDS}, got {self.kind!r}.")
+        if self.scaling not in SCALINGS:
+            raise ValueError(f"intensity scaling must be one of {SCALINGS}, got {self.scaling!r}.")
+        if self.kind == "ct_window":
+            if self.window is None:
+                raise ValueError("intensity kind 'ct_window' needs window: [low, high] in HU.")
+            if not (np.isfinite(self.window).all() and self.window[1] > self.window[0]):
+                raise ValueError(f"intensity window must be finite with low < high, got {list(self.window)}.")
+        if self.kind == "percentile_minmax":
+            low, high = self.percentiles  # type: ignore[misc]
+            if not 0.0 <= low < high <= 100.0:
+                raise ValueError(f"intensity percentiles must satisfy 0 <= low < high <= 100, got [{low}, {high}].")
+        if self.scaling == "zscore":
+            if self.mean is None or self.std is None:
+                raise ValueError("intensity scaling 'zscore' needs the foreground mean and std (in stored units).")
+            if not (np.isfinite(self.mean) and np.isfinite(self.std) and self.std > 0):
+                raise ValueError(f"intensity mean must be finite and std positive, got {self.mean}, {self.std}.")
+
+    @property
+    def per_image(self) -> bool:
+        """Whether stage 2 needs each image's own statistics."""
+        return self.scaling == "zscore_per_image"
+
+    def to_unit(self, volume: np.ndarray, source: object = "the image") -> np.ndarray:
+        """Stage 1: raw values to the stored [0, 1] range, float32."""
+        volume = np.asarray(volume)
+        if volume.dtype.kind == "f" and not np.isfinite(volume).all():
+            raise InputError(f"{source} contains NaN or infinite voxels; clean or mask them first.")
+        if self.kind == "ct_window":
+            return ct_window(volume, self.window)  # type: ignore[arg-type]
+        if self.kind == "percentile_minmax":
+            return percentile_minmax(volume, self.percentiles)  # type: ignore[arg-type]
+        if self.kind == "picture":
+            return picture_to_unit(volume, source)
+        return np.clip(volume.astype(np.float32), 0.0, 1.0)
+
+    def apply_stored(self, unit: np.ndarray, stats: ImageStats | None = None) -> np.ndarray:
+        """Stage 2: stored [0, 1] values to network input, float32.
+
+        Args:
+            unit: Stored values (any shape).
+            stats: The whole image's statistics for ``zscore_per_image``; computed from ``unit`` when None, which is
+                right only when ``unit`` is the whole image.
+        """
+        unit = np.asarray(unit, dtype=np.float32)
+        mean, std = self._moments(unit, stats)
+        return ((unit - mean) / std).astype(np.float32)
+
+    def apply_raw(self, volume: np.ndarray, source: object = "the image") -> np.ndarray:
+        """Both stages on a whole raw image, as prediction does."""
+        return self.apply_stored(self.to_unit(volume, source))
+
+    def floor(self, stats: ImageStats | None = None) -> float:
+        """Network-input value of the darkest stored value (0): what padding outside an image should hold."""
+        mean, std = self._moments(np.zeros(1, dtype=np.float32), stats or ImageStats(0.0, 1.0))
+        return float((0.0 - mean) / std)
+
+    def _moments(self, unit: np.ndarray, stats: ImageStats | None) -> tuple[float, float]:
+        if self.scaling == "symmetric":
+            return 0.5, 0.5
+        if self.scaling == "zscore":
+            return float(self.mean), float(self.std)  # type: ignore[arg-type]
+        stats = stats or ImageStats.of(unit)
+        return stats.mean, max(stats.std, _MIN_STD)
+
+    def with_stored_range(self, other: IntensitySpec) -> IntensitySpec:
+        """This spec with ``other``'s stage 1 (a user's ``--window``), the z-score kept in Hounsfield units.
+
+        A dataset-wide z-score is defined in the stored units of the old window; with another window the same mean and
+        std in HU are expressed in the new window's units. Between kinds without a common unit the z-score becomes
+        per image.
+        """
+        changes: dict[str, Any] = {"kind": other.kind, "window": other.window, "percentiles": other.percentiles}
+        if self.scaling == "zscore":
+            if self.kind == other.kind == "ct_window":
+                (low, high), (new_low, new_high) = self.window, other.window  # type: ignore[misc]
+                mean_hu, std_hu = low + self.mean * (high - low), self.std * (high - low)  # type: ignore[operator]
+                changes.update(mean=(mean_hu - new_low) / (new_high - new_low), std=std_hu / (new_high - new_low))
+            elif self.kind != other.kind:
+                changes.update(scaling="zscore_per_image", mean=None, std=None)
+        return dataclasses.replace(self, **changes)
+
+    def replace(self, **changes: Any) -> IntensitySpec:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON- and checkpoint-safe dict; fields that do not apply are left out."""
+        out: dict[str, Any] = {"kind": self.kind}
+        if self.window is not None:
+            out["window"] = list(self.window)
+        if self.kind == "percentile_minmax":
+            out["percentiles"] = list(self.percentiles)  # type: ignore[arg-type]
+        out["scaling"] = self.scaling
+        if self.scaling == "zscore":
+            out["mean"], out["std"] = self.mean, self.std
+        return out
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IntensitySpec:
+        """Build from ``to_dict`` output, or from a dataset.json ``intensity`` entry (stage 1 only: ``symmetric``).
+
+        Raises:
+            ValueError: Unknown keys or an inconsistent specification, named.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(f"an intensity specification must be a mapping, got {data!r}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown intensity keys {unknown}; known keys are {sorted(known)}.")
+        if "kind" not in data:
+            raise ValueError("an intensity specification needs 'kind'.")
+        return cls(**dict(data))
+
+    def describe(self) -> str:
+        """One line for people, e.g. for ``perspective-unet plan``."""
+        stage1 = {
+            "ct_window": lambda: f"HU clipped to [{self.window[0]:g}, {self.window[1]:g}] -> [0, 1]",  # type: ignore[index]
+            "percentile_minmax": lambda: "per image, clipped to its {:g}th/{:g}th percentiles -> [0, 1]".format(
+                *self.percentiles  # type: ignore[misc]
+            ),
+            "picture": lambda: "picture values / type range -> [0, 1]",
+            "unit": lambda: "values already in [0, 1]",
+        }[self.kind]()
+        if self.scaling == "symmetric":
+            stage2 = "(u - 0.5) / 0.5"
+        elif self.scaling == "zscore":
+            stage2 = f"(u - {self.mean:.4g}) / {self.std:.4g}"
+            if self.kind == "ct_window":
+                low, high = self.window  # type: ignore[misc]
+                mean_hu, std_hu = low + self.mean * (high - low), self.std * (high - low)  # type: ignore[operator]
+                stage2 += f" (foreground mean {mean_hu:.1f} HU, std {std_hu:.1f} HU)"
+        else:
+            stage2 = "z-score with each image's own mean and std"
+        return f"{stage1}; then {stage2}"

@@ -1,0 +1,436 @@
+"""A dataset's fingerprint and the plan derived from it: how a model sees its data, in training and inference.
+
+``perspective-unet prepare`` records a :class:`Fingerprint` (every case's spacing, shape and intensity statistics)
+as ``fingerprint.json`` and derives a :class:`Plan`, written as ``plan.json`` beside the prepared data. Training reads
+the plan, stores it in every checkpoint, and prediction applies it to new scans. Two protocols share one pipeline:
+
+- ``paper``: every slice is zoomed to ``patch_size`` whatever its pixel spacing, as the papers of this line of work do
+  (use it to compare with published tables);
+- ``spacing``: every slice is resampled to the plan's in-plane ``spacing`` (the dataset's median, as nnU-Net does),
+  training takes random ``patch_size`` patches (a share of them centred on foreground) and inference slides a window
+  of that size over the resampled slice, so an organ has the same size in pixels whatever scanner made the image.
+
+The plan is plain JSON, editable by hand; :func:`read_plan` validates it and names the file and field at fault.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import re
+import statistics
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from perspective_unet.errors import InputError
+from perspective_unet.intensity import IntensitySpec
+
+__all__ = [
+    "PATCH_DIVISOR",
+    "PLAN_FILE",
+    "FINGERPRINT_FILE",
+    "PROTOCOLS",
+    "CaseFingerprint",
+    "Fingerprint",
+    "IntensityStats",
+    "Plan",
+    "check_patch_size",
+    "derive_plan",
+    "read_fingerprint",
+    "read_plan",
+    "write_json_atomic",
+]
+
+PROTOCOLS = ("paper", "spacing")
+PLAN_FILE = "plan.json"
+FINGERPRINT_FILE = "fingerprint.json"
+PATCH_DIVISOR = 16
+# The paper's batch, 12 slices of 224 x 224, is the default budget of pixels per optimizer step.
+BATCH_PIXELS = 12 * 224 * 224
+# Largest patch a plan proposes by itself (the papers' 512 x 512 slices); --max-patch-pixels changes it.
+MAX_PATCH_PIXELS = 512 * 512
+# nnU-Net's cap: one batch should not cover more than this share of all training pixels (small datasets).
+MAX_BATCH_SHARE = 0.05
+FOREGROUND_FRACTION = 1.0 / 3.0
+
+
+@dataclass(frozen=True)
+class IntensityStats:
+    """Summary of a set of intensities.
+
+    Attributes:
+        count: Number of values summarised.
+        mean: Mean.
+        std: Standard deviation.
+        low: 0.5th percentile.
+        high: 99.5th percentile.
+    """
+
+    count: int
+    mean: float
+    std: float
+    low: float
+    high: float
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> IntensityStats:
+        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
+
+
+@dataclass(frozen=True)
+class CaseFingerprint:
+    """One case of a prepared dataset.
+
+    Attributes:
+        case: Case name.
+        split: ``train``, ``val`` or ``test``.
+        shape: Canonical (Z, H, W) shape.
+        spacing: Voxel size (z, y, x) in mm, or None when the files carry none (2D pictures count 1 per pixel).
+        stored: Statistics of the whole stored image in [0, 1] units (``zscore_per_image`` uses its mean and std).
+        foreground_raw: Statistics of the labelled (foreground) voxels in raw units (HU for CT), when known.
+    """
+
+    case: str
+    split: str
+    shape: tuple[int, int, int]
+    spacing: tuple[float, float, float] | None
+    stored: IntensityStats
+    foreground_raw: IntensityStats | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "case": self.case,
+            "split": self.split,
+            "shape": list(self.shape),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "stored": self.stored.to_dict(),
+            "foreground_raw": None if self.foreground_raw is None else self.foreground_raw.to_dict(),
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> CaseFingerprint:
+        spacing = data.get("spacing")
+        raw = data.get("foreground_raw")
+        return cls(
+            case=str(data["case"]),
+            split=str(data["split"]),
+            shape=tuple(int(s) for s in data["shape"]),  # type: ignore[arg-type]
+            spacing=None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
+            stored=IntensityStats.from_dict(data["stored"]),
+            foreground_raw=None if raw is None else IntensityStats.from_dict(raw),
+        )
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """What a plan is derived from: the cases and the intensities of the training foreground.
+
+    Attributes:
+        modality: ``CT``, ``MR``, ``2D`` or the dataset's channel name.
+        intensity: The dataset's stored range (stage 1 of :class:`~perspective_unet.intensity.IntensitySpec`).
+        cases: Every case, all splits.
+        foreground_stored: Training foreground in stored units (the ``zscore`` mean and std come from it).
+        foreground_raw: Training foreground in raw units (HU for CT), when the converter knew them.
+    """
+
+    modality: str
+    intensity: IntensitySpec
+    cases: tuple[CaseFingerprint, ...]
+    foreground_stored: IntensityStats | None
+    foreground_raw: IntensityStats | None = None
+
+    @property
+    def training_cases(self) -> list[CaseFingerprint]:
+        return [c for c in self.cases if c.split == "train"]
+
+    def case(self, name: str) -> CaseFingerprint | None:
+        """The fingerprint of one case, or None."""
+        return next((c for c in self.cases if c.case == name), None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "modality": self.modality,
+            "intensity": self.intensity.to_dict(),
+            "foreground_stored": None if self.foreground_stored is None else self.foreground_stored.to_dict(),
+            "foreground_raw": None if self.foreground_raw is None else self.foreground_raw.to_dict(),
+            "cases": [c.to_dict() for c in self.cases],
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Fingerprint:
+        stored, raw = data.get("foreground_stored"), data.get("foreground_raw")
+        return cls(
+            modality=str(data["modality"]),
+            intensity=IntensitySpec.from_dict(data["intensity"]),
+            cases=tuple(CaseFingerprint.from_dict(c) for c in data["cases"]),
+            foreground_stored=None if stored is None else IntensityStats.from_dict(stored),
+            foreground_raw=None if raw is None else IntensityStats.from_dict(raw),
+        )
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return value
+
+
+@dataclass(frozen=True)
+class Plan:
+    """How a model sees its data; stored as ``plan.json`` and inside every checkpoint.
+
+    Attributes:
+        protocol: ``paper`` (each slice zoomed to ``patch_size``) or ``spacing`` (slices resampled to ``spacing``,
+            random patches in training, a sliding window in inference).
+        patch_size: (height, width) of the network input: the size every slice is zoomed to (``paper``) or the
+            training patch and inference window (``spacing``); derived plans take multiples of 16 and the network
+            needs multiples of its size divisor (16 for the registered variants).
+        spacing: (row, column) in-plane pixel size in mm the slices are resampled to (``spacing`` protocol only).
+        intensity: Intensity normalization; its stored range (``kind``, ``window``, ``percentiles``) is fixed when
+            the data are prepared, its ``scaling`` may be edited.
+        batch_size: Patches (or slices) per optimizer step.
+        context_slices: Slices taken above and below each slice as extra input channels (2.5D input; the network
+            reads ``2 * context_slices + 1`` channels; volume edges are padded by repeating the end slice).
+        foreground_fraction: Share of training patches centred on a foreground pixel (``spacing`` protocol).
+        overlap: Overlap of neighbouring sliding windows in inference, as a share of the window (``spacing``).
+    """
+
+    protocol: str
+    patch_size: tuple[int, int]
+    intensity: IntensitySpec
+    spacing: tuple[float, float] | None = None
+    batch_size: int = 12
+    context_slices: int = 0
+    foreground_fraction: float = FOREGROUND_FRACTION
+    overlap: float = 0.5
+
+    def __post_init__(self) -> None:
+        if isinstance(self.intensity, Mapping):
+            object.__setattr__(self, "intensity", IntensitySpec.from_dict(self.intensity))
+        object.__setattr__(self, "patch_size", tuple(self.patch_size))
+        if self.spacing is not None:
+            object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
+        self.validate()
+
+    @property
+    def in_channels(self) -> int:
+        """Input channels of the network: the slice and its context slices."""
+        return 2 * self.context_slices + 1
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first inconsistent field."""
+        if self.protocol not in PROTOCOLS:
+            raise ValueError(f"protocol must be one of {PROTOCOLS}, got {self.protocol!r}.")
+        if len(self.patch_size) != 2:
+            raise ValueError(f"patch_size needs (height, width), got {list(self.patch_size)}.")
+        for side in self.patch_size:
+            # Multiples of the network's size divisor (16 for five stages) are checked against the model in training.
+            if isinstance(side, bool) or not isinstance(side, int) or side < 1:
+                raise ValueError(f"patch_size sides must be positive integers, got {list(self.patch_size)}.")
+        if self.protocol == "spacing":
+            if self.spacing is None or len(self.spacing) != 2:
+                raise ValueError("the spacing protocol needs spacing: [row, column] in mm.")
+            if not all(math.isfinite(s) and s > 0 for s in self.spacing):
+                raise ValueError(f"spacing must be finite and positive, got {list(self.spacing)}.")
+        _positive_int("batch_size", self.batch_size)
+        if isinstance(self.context_slices, bool) or not isinstance(self.context_slices, int) or self.context_slices < 0:
+            raise ValueError(f"context_slices must be an integer >= 0, got {self.context_slices!r}.")
+        if not (isinstance(self.foreground_fraction, (int, float)) and 0.0 <= self.foreground_fraction <= 1.0):
+            raise ValueError(f"foreground_fraction must lie in [0, 1], got {self.foreground_fraction!r}.")
+        if not (isinstance(self.overlap, (int, float)) and 0.0 <= self.overlap < 1.0):
+            raise ValueError(f"overlap must lie in [0, 1), got {self.overlap!r}.")
+
+    def replace(self, **changes: Any) -> Plan:
+        """A copy with some fields changed (validated)."""
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON- and checkpoint-safe dict."""
+        return {
+            "protocol": self.protocol,
+            "patch_size": list(self.patch_size),
+            "spacing": None if self.spacing is None else list(self.spacing),
+            "intensity": self.intensity.to_dict(),
+            "batch_size": self.batch_size,
+            "context_slices": self.context_slices,
+            "foreground_fraction": self.foreground_fraction,
+            "overlap": self.overlap,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> Plan:
+        """Build from ``to_dict`` output; unknown or missing keys raise ``ValueError`` naming them."""
+        if not isinstance(data, Mapping):
+            raise ValueError(f"a plan must be a JSON object, got {type(data).__name__}.")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown plan keys {unknown}; known keys are {sorted(known)}.")
+        missing = [name for name in ("protocol", "patch_size", "intensity") if name not in data]
+        if missing:
+            raise ValueError(f"the plan lacks {missing}.")
+        values = dict(data)
+        if not isinstance(values["patch_size"], (list, tuple)):
+            raise ValueError(f"patch_size needs [height, width], got {values['patch_size']!r}.")
+        return cls(**values)
+
+    def describe(self) -> str:
+        """Several lines for people (``perspective-unet plan``)."""
+        lines = [f"protocol        {self.protocol}"]
+        if self.protocol == "spacing":
+            lines.append(f"spacing         {self.spacing[0]:.4g} x {self.spacing[1]:.4g} mm (row x column)")  # type: ignore[index]
+            lines.append(f"patch size      {self.patch_size[0]} x {self.patch_size[1]} (training patch, inference "
+                         f"window, overlap {self.overlap:g})")
+            lines.append(f"foreground      {self.foreground_fraction:.3g} of the patches centred on a labelled pixel")
+        else:
+            lines.append(f"slice size      {self.patch_size[0]} x {self.patch_size[1]} (every slice zoomed to it)")
+        lines.append(f"batch size      {self.batch_size}")
+        lines.append(f"context slices  {self.context_slices} above and below ({self.in_channels} input channels)")
+        lines.append(f"intensity       {self.intensity.describe()}")
+        return "\n".join(lines)
+
+
+def _round_up(value: float, multiple: int = PATCH_DIVISOR) -> int:
+    return max(multiple, int(math.ceil(value / multiple - 1e-9)) * multiple)
+
+
+def _shape_at(case: CaseFingerprint, spacing: tuple[float, float]) -> tuple[float, float]:
+    if case.spacing is None:
+        return (float(case.shape[1]), float(case.shape[2]))
+    return (case.shape[1] * case.spacing[1] / spacing[0], case.shape[2] * case.spacing[2] / spacing[1])
+
+
+def check_patch_size(fingerprint: Fingerprint, spacing: tuple[float, float] | None, patch: Sequence[int]) -> None:
+    """Raise ``ValueError`` when ``patch`` is larger than every training slice at ``spacing`` (native pixels if None),
+    the slices' largest sides rounded up to multiples of 16 (a patch a little larger than a slice is padded)."""
+    shapes = [_shape_at(c, spacing) if spacing else (c.shape[1], c.shape[2]) for c in fingerprint.training_cases]
+    extent = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+    limit = (_round_up(extent[0]), _round_up(extent[1]))
+    if patch[0] > limit[0] or patch[1] > limit[1]:
+        where = f"{spacing[0]:.3g} x {spacing[1]:.3g} mm" if spacing else "their own pixel size"
+        raise ValueError(f"patch size {patch[0]}x{patch[1]} is larger than every training slice at {where} (largest "
+                         f"{extent[0]:.0f}x{extent[1]:.0f} pixels); choose at most {limit[0]}x{limit[1]}.")
+
+
+def derive_plan(
+    fingerprint: Fingerprint,
+    protocol: str,
+    *,
+    patch_size: Sequence[int] | None = None,
+    spacing: Sequence[float] | None = None,
+    batch_size: int | None = None,
+    context_slices: int = 0,
+    max_patch_pixels: int = MAX_PATCH_PIXELS,
+) -> Plan:
+    """The plan for a fingerprint, nnU-Net's way; every argument given wins over the derived value.
+
+    - ``spacing``: the median in-plane spacing of the training cases.
+    - ``patch_size``: the median training slice shape at that spacing, rounded up to multiples of 16 and shrunk (the
+      larger side first) until it holds at most ``max_patch_pixels`` pixels. The paper protocol takes 224 x 224.
+    - ``batch_size``: the paper's 12 x 224 x 224 pixels per step divided by the patch's pixels, at least 2 and at most
+      what keeps one batch under 5% of all training pixels (a small dataset should not be seen whole in one step).
+      The paper protocol takes 12.
+    - ``intensity``: the stored range of the fingerprint; ``symmetric`` scaling for the paper protocol, for the
+      spacing protocol ``zscore`` with the training foreground's mean and std (CT) or ``zscore_per_image``.
+
+    Raises:
+        ValueError: An unknown protocol, a spacing protocol without spacings, no training cases, or a patch size
+            larger than every training slice.
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
+    training = fingerprint.training_cases
+    if not training:
+        raise ValueError("the fingerprint has no training cases; nothing to plan from.")
+    if protocol == "paper":
+        size = tuple(int(s) for s in patch_size) if patch_size is not None else (224, 224)
+        return Plan("paper", size, fingerprint.intensity.replace(scaling="symmetric", mean=None, std=None),  # type: ignore[arg-type]
+                    batch_size=batch_size or 12, context_slices=context_slices)
+
+    if spacing is None:
+        if any(c.spacing is None for c in training):
+            raise ValueError("the spacing protocol needs every training case's voxel spacing; these files carry none "
+                             "(use protocol 'paper', or prepare the dataset from files with spacing).")
+        spacing = (statistics.median(c.spacing[1] for c in training),  # type: ignore[index]
+                   statistics.median(c.spacing[2] for c in training))  # type: ignore[index]
+    target = (float(spacing[0]), float(spacing[1]))
+    if patch_size is None:
+        shapes = [_shape_at(c, target) for c in training]
+        size = [_round_up(statistics.median(s[0] for s in shapes)), _round_up(statistics.median(s[1] for s in shapes))]
+        while size[0] * size[1] > max_patch_pixels and max(size) > PATCH_DIVISOR:
+            larger = 0 if size[0] >= size[1] else 1
+            size[larger] -= PATCH_DIVISOR
+        patch = (size[0], size[1])
+    else:
+        patch = (int(patch_size[0]), int(patch_size[1]))
+        check_patch_size(fingerprint, target, patch)
+    if batch_size is None:
+        total = sum(s[0] * s[1] * c.shape[0] for c, s in ((c, _shape_at(c, target)) for c in training))
+        cap = max(2, round(MAX_BATCH_SHARE * total / (patch[0] * patch[1])))
+        batch_size = max(2, min(BATCH_PIXELS // (patch[0] * patch[1]), cap))
+    base = fingerprint.intensity
+    if base.kind in ("ct_window",) and fingerprint.foreground_stored is not None:
+        stats = fingerprint.foreground_stored
+        intensity = base.replace(scaling="zscore", mean=stats.mean, std=max(stats.std, 1e-6))
+    else:
+        intensity = base.replace(scaling="zscore_per_image", mean=None, std=None)
+    return Plan("spacing", patch, intensity, spacing=target, batch_size=batch_size, context_slices=context_slices)
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> Path:
+    """Write JSON to a temporary file beside ``path`` and rename it, so a reader never sees half a file."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    # Lists of numbers on one line: [224, 224] reads and edits better than one number per line.
+    text = re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + ", ".join(map(str.strip, m.group(1).split(","))) + "]",
+                  json.dumps(data, indent=2))
+    try:
+        tmp.write_text(text + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
+
+
+def _read_json(path: Path, what: str) -> Any:
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; {what}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); fix it or write it again with `perspective-unet plan`.") \
+            from None
+
+
+def read_plan(path: str | os.PathLike[str]) -> Plan:
+    """Read and validate ``plan.json``.
+
+    Raises:
+        InputError: The file is missing, not JSON, or describes an invalid plan (the message names the file and
+            the field).
+    """
+    path = Path(path)
+    data = _read_json(path, "prepare the dataset again or write a plan with `perspective-unet plan`.")
+    try:
+        return Plan.from_dict(data)
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: {exc} Fix the file or rewrite it with `perspective-unet plan -d "
+                         f"{path.parent} --reset`.") from None
+
+
+def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
+    """Read ``fingerprint.json``; a damaged file raises ``InputError`` naming it."""
+    path = Path(path)
+    data = _read_json(path, "prepare the dataset again to record its fingerprint.")
+    try:
+        return Fingerprint.from_dict(data)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise InputError(f"{path} is damaged ({type(exc).__name__}: {exc}); prepare the dataset again.") from None
+
