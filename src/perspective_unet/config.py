@@ -193,17 +193,23 @@ class TrainConfig:
     """A training run: data, model, the paper's optimisation recipe and the run's mechanics.
 
     The defaults are the paper's recipe for Synapse (SGD 0.05 / momentum 0.9 / weight decay 1e-4, poly 0.9 per
-    iteration, batch 12, 600 epochs, 0.4 CE + 0.6 Dice, 224x224, seed 1234). ``configs/*.yaml`` hold the recipe
-    per dataset; the command line overrides single fields.
+    iteration, 600 epochs, 0.4 CE + 0.6 Dice, seed 1234); protocol, slice or patch size, batch size and context
+    slices come from the dataset's plan (``plan.json``: for Synapse and ACDC the paper's 224x224 and batch 12)
+    unless set here. ``configs/*.yaml`` hold the recipe per dataset; the command line overrides single fields.
 
     Attributes:
         data: Prepared dataset folder (``perspective-unet prepare``), or a folder in the lineage's Synapse/ACDC format.
         output: Run folder for checkpoints, logs and TensorBoard events.
         model: Registered model variant.
         model_options: ``ModelConfig`` overrides (e.g. ``{"use_scsi": False}``).
-        img_size: (height, width) slices are zoomed to.
-        epochs: Passes over the training slices.
-        batch_size: Slices per optimiser step (per process under DDP), before gradient accumulation.
+        protocol: ``paper`` (each slice zoomed to ``img_size``) or ``spacing`` (slices resampled to the plan's pixel
+            spacing, random patches of ``img_size``); None takes the dataset plan's (``plan.json``).
+        img_size: (height, width) slices are zoomed to (paper protocol) or of the training patches and inference
+            window (spacing protocol); None takes the plan's.
+        context_slices: Neighbouring slices on each side fed as extra input channels (2.5D); None takes the plan's.
+        epochs: Passes over the training slices (one patch per slice and pass in the spacing protocol).
+        batch_size: Slices or patches per optimiser step (per process under DDP), before gradient accumulation;
+            None takes the plan's.
         base_lr: Initial learning rate; decays as base_lr * (1 - iter / max_iter) ** lr_power every iteration.
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
@@ -228,8 +234,10 @@ class TrainConfig:
         val_every: Validate every this many epochs on the validation volumes (0: never).
         val_split: Split of the prepared data used for validation.
         val_batch_size: Slices per forward pass during validation.
-        augment: Use the paper's augmentation.
-        augmentation: ``AugmentationConfig`` overrides (probabilities and ranges).
+        augment: Augment the training data: the paper's augmentation (paper protocol) or nnU-Net's (spacing
+            protocol).
+        augmentation: Overrides of the protocol's augmentation settings (``AugmentationConfig`` for the paper
+            protocol, ``SpacingAugmentationConfig`` for the spacing protocol): probabilities and ranges.
         max_iterations: Stop after this many optimiser steps (the schedule still spans all epochs); None: no cap.
         time_limit_minutes: Stop at the end of the epoch that passes this wall-clock budget; None: no limit.
         log_every: Iterations between TensorBoard scalar writes.
@@ -239,9 +247,11 @@ class TrainConfig:
     output: str = "runs/perspective_unet"
     model: str = "perspective_unet"
     model_options: dict[str, Any] = field(default_factory=dict)
-    img_size: tuple[int, int] = (224, 224)
+    protocol: str | None = None
+    img_size: tuple[int, int] | None = None
+    context_slices: int | None = None
     epochs: int = 600
-    batch_size: int = 12
+    batch_size: int | None = None
     base_lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 1e-4
@@ -267,15 +277,23 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        self.img_size = tuple(int(s) for s in self.img_size)  # type: ignore[assignment]
+        if self.img_size is not None:
+            self.img_size = tuple(int(s) for s in self.img_size)  # type: ignore[assignment]
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        if len(self.img_size) != 2:
+        if self.img_size is not None and len(self.img_size) != 2:
             raise ValueError(f"img_size needs (height, width), got {self.img_size}.")
-        for name in ("epochs", "batch_size", "grad_accum_steps", "val_batch_size", "log_every"):
+        if self.protocol is not None and self.protocol not in ("paper", "spacing"):
+            raise ValueError(f"protocol must be 'paper' or 'spacing', got {self.protocol!r}.")
+        if self.context_slices is not None and (int(self.context_slices) != self.context_slices
+                                                or self.context_slices < 0):
+            raise ValueError(f"context_slices must be an integer >= 0, got {self.context_slices!r}.")
+        for name in ("epochs", "grad_accum_steps", "val_batch_size", "log_every"):
             _positive(name, getattr(self, name))
+        if self.batch_size is not None:
+            _positive("batch_size", self.batch_size)
         for name in ("num_workers", "val_every"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}.")
@@ -298,7 +316,7 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (safe for YAML, JSON and ``torch.load(weights_only=True)``)."""
         out = dataclasses.asdict(self)
-        out["img_size"] = list(self.img_size)
+        out["img_size"] = None if self.img_size is None else list(self.img_size)
         return out
 
     @classmethod

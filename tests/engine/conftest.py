@@ -29,7 +29,7 @@ def synthetic_volume(seed: int, depth: int = 6, size: int = 32) -> tuple[np.ndar
 def write_tiny_dataset(root: Path) -> Path:
     with PreparedWriter(root) as writer:
         for seed, case in enumerate(("case0001", "case0002")):
-            writer.add_train_volume(case, *synthetic_volume(seed))
+            writer.add_train_volume(case, *synthetic_volume(seed), spacing=(3.0, 1.0, 1.0))
         writer.add_volume("val", "case0003", *synthetic_volume(3), spacing=(3.0, 1.0, 1.0))
         writer.add_volume("test", "case0004", *synthetic_volume(4), spacing=(3.0, 0.8, 0.8))
         writer.add_volume("test", "case0005", *synthetic_volume(5), spacing=(3.0, 0.8, 0.8))

@@ -46,7 +46,7 @@ def test_perfect_prediction_scores_one(tiny_dataset, tmp_path, monkeypatch):
     dataset = VolumeDataset(tiny_dataset, split="test")
     labels = {i: dataset[i]["label"] for i in range(len(dataset))}
     calls = iter(range(len(dataset)))
-    monkeypatch.setattr(evaluate_module, "predict_volume", lambda *a, **k: labels[next(calls)])
+    monkeypatch.setattr(evaluate_module, "predict_with_plan", lambda *a, **k: labels[next(calls)])
     result = evaluate_model(create_model("perspective_unet_tiny", num_classes=3), dataset, num_classes=3,
                             img_size=(32, 32), progress=False)
     for protocol in ("legacy", "corrected"):

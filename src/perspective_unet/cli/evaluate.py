@@ -12,9 +12,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "evaluate",
         help="score a checkpoint on prepared test volumes (legacy and corrected protocols)",
-        description="Predict every volume of a split slice by slice in batches, bring the labels back to the "
-        "volume's grid and score each foreground class: 'legacy' (the papers' rules, HD95 in voxels) and "
-        "'corrected' (HD95 in mm from the voxel spacing, undefined cases kept apart). Writes per_case.csv, "
+        description="Predict every volume of a split slice by slice as the checkpoint's plan says (paper or "
+        "spacing protocol), bring the labels back to the volume's grid and score each foreground class: 'legacy' "
+        "(the papers' rules, HD95 in voxels) and 'corrected' (HD95 in mm from the voxel spacing, undefined cases "
+        "kept apart). Writes per_case.csv, "
         "summary.json and summary.md.",
     )
     parser.add_argument("--checkpoint", required=True, help="a .pt written by train or convert-official")
@@ -26,7 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--tta", action="store_true", help="average over flips")
     parser.add_argument("--resampler", choices=("torch", "scipy"), default="torch",
                         help="torch: batched on the device; scipy: the lineage's exact slice loop")
-    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="default: the training size")
+    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's")
     parser.add_argument("--protocol", choices=PROTOCOLS, action="append", help="default: both")
     parser.set_defaults(func=run)
 

@@ -10,7 +10,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="segment NIfTI files, DICOM series or PNG/JPG pictures with a checkpoint",
         description="Segment each input with a checkpoint: the volume is reoriented to the training orientation, "
-        "normalised as the training data were, predicted slice by slice and written back as a uint8 label map with "
+        "normalised as the training data were, predicted slice by slice as the checkpoint's plan says (paper "
+        "protocol: each slice zoomed to the training size; spacing protocol: resampled to the plan's pixel spacing, "
+        "a Gaussian-weighted sliding window, probabilities resampled back) and written back as a uint8 label map with "
         "the input's shape, affine and header. Output names keep the input's name without nnU-Net's '_0000' "
         "channel suffix (case_0000.nii.gz -> case.nii.gz); a DICOM folder ct/ gives ct.nii.gz; pictures give a PNG "
         "of class ids. Existing outputs are never replaced without --overwrite.",
@@ -33,9 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                            help="per-volume 0.5/99.5 percentile normalisation (MR), overriding the checkpoint's")
     parser.add_argument("--orientation", help="canonical orientation code (e.g. SPL, or 'stored'); default: the "
                         "training data's")
-    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), help="default: the training size")
+    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's")
     parser.add_argument("--resampler", choices=("torch", "scipy"), default="torch",
-                        help="torch: batched on the device; scipy: the lineage's exact slice loop")
+                        help="paper protocol: torch (batched on the device) or scipy (the lineage's exact slice loop)")
     parser.set_defaults(func=run)
 
 

@@ -29,9 +29,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="prepared dataset folder (perspective-unet prepare ...)")
     parser.add_argument("-o", "--output", help="run folder")
     parser.add_argument("--model", choices=list_models(), help="model variant")
+    parser.add_argument("--protocol", choices=("paper", "spacing"),
+                        help="paper: every slice zoomed to --img-size; spacing: slices resampled to the plan's pixel "
+                        "spacing, random patches of --img-size (default: the dataset plan's, see `perspective-unet "
+                        "plan`)")
     parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int)
-    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"))
+    parser.add_argument("--batch-size", type=int, help="default: the plan's")
+    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
+                        help="slice size (paper) or patch size (spacing); default: the plan's")
+    parser.add_argument("--context-slices", type=int,
+                        help="slices above and below fed as extra input channels (2.5D); default: the plan's")
     parser.add_argument("--lr", dest="base_lr", type=float, help="initial learning rate")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
@@ -47,7 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="with --compile: share (0, 1] of the activations kept for backward; the compiler recomputes the rest "
         "(0.4: about 0.6x the memory of the plain path, and faster)",
     )
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None, help="paper augmentation")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="augmentation of the protocol (the paper's, or nnU-Net's for the spacing protocol)")
     parser.add_argument(
         "--model-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
         help="model config override, e.g. use_scsi=false or widths=[16,32,64,128,256] (repeatable)",
@@ -59,9 +67,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.train import train
 
-    names = ("data", "output", "model", "epochs", "batch_size", "img_size", "base_lr", "seed", "device",
-             "num_workers", "grad_accum_steps", "val_every", "max_iterations", "time_limit_minutes", "amp",
-             "compile", "activation_memory_budget", "augment")
+    names = ("data", "output", "model", "protocol", "epochs", "batch_size", "img_size", "context_slices", "base_lr",
+             "seed", "device", "num_workers", "grad_accum_steps", "val_every", "max_iterations", "time_limit_minutes",
+             "amp", "compile", "activation_memory_budget", "augment")
     overrides = {name: getattr(args, name) for name in names}
     if args.model_option:
         overrides["model_options"] = dict(args.model_option)

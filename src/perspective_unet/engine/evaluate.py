@@ -23,11 +23,13 @@ import torch
 from tqdm.auto import tqdm
 
 from perspective_unet.data import VolumeDataset, read_dataset_info
-from perspective_unet.engine.inference import predict_volume
 from perspective_unet.engine.runtime import DistributedContext, resolve_device
+from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import IntensitySpec
 from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
-from perspective_unet.models.checkpoint import load_checkpoint_file, load_model
+from perspective_unet.models.checkpoint import load_checkpoint_file, model_from_checkpoint
+from perspective_unet.plan import Plan
 from perspective_unet.table import format_table
 
 __all__ = ["evaluate", "evaluate_model", "load_for_inference", "write_reports"]
@@ -39,15 +41,32 @@ def load_for_inference(
     """The model of a checkpoint in eval mode, and what inference needs to know about its training.
 
     Returns:
-        ``(model, info)`` where ``info`` holds ``img_size`` (the training size, 224x224 when the checkpoint does
-        not say) and ``dataset`` (class names, modality and intensity normalisation of the training data, when
-        the checkpoint was written by ``train``).
+        ``(model, info)`` where ``info`` holds ``plan`` (the :class:`~perspective_unet.plan.Plan` the model was
+        trained with, or None for checkpoints written before plans existed and converted released checkpoints),
+        ``img_size`` (the training size, 224x224 when the checkpoint does not say), ``dataset`` (class names,
+        modality and intensity normalisation of the training data, when written by ``train``) and ``epoch``.
+
+    Raises:
+        InputError: The checkpoint's plan is invalid, or asks for another number of input channels than the model has.
     """
-    model = load_model(checkpoint, map_location=device)
     raw = load_checkpoint_file(checkpoint, map_location="cpu")
+    model = model_from_checkpoint(raw, checkpoint, map_location=device)
     train_config = raw.get("train_config") or {}
+    plan = None
+    if raw.get("plan") is not None:
+        try:
+            plan = Plan.from_dict(raw["plan"])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"checkpoint {checkpoint} holds an invalid plan ({exc}); it was not written by this "
+                             "version of perspective-unet, or it was edited.") from None
+        channels = model.config.in_channels
+        if channels != plan.in_channels and not model.config.repeat_gray_to_rgb:
+            raise InputError(f"checkpoint {checkpoint}: its plan gives {plan.in_channels} input channel(s) (the slice "
+                             f"and {plan.context_slices} context slices on each side) but its model takes {channels}; "
+                             "the file is inconsistent.")
     info = {
-        "img_size": tuple(train_config.get("img_size", (224, 224))),
+        "plan": plan,
+        "img_size": tuple(plan.patch_size if plan else train_config.get("img_size", (224, 224))),
         "dataset": dict(raw.get("dataset") or {}),
         "epoch": raw.get("epoch"),
     }
@@ -59,7 +78,8 @@ def evaluate_model(
     dataset: VolumeDataset,
     *,
     num_classes: int,
-    img_size: Sequence[int],
+    img_size: Sequence[int] = (224, 224),
+    plan: Plan | None = None,
     batch_size: int = 16,
     protocols: Sequence[str] = PROTOCOLS,
     class_names: Sequence[str] | None = None,
@@ -75,8 +95,10 @@ def evaluate_model(
         model: The segmentation model (put in eval mode here; its training mode is restored at the end).
         dataset: Volumes with labels.
         num_classes: Classes, background included.
-        img_size: The size the model was trained at.
-        batch_size: Slices per forward pass.
+        img_size: The size the model was trained at (paper protocol, when no ``plan`` is given).
+        plan: The model's plan (protocol, spacing, window, intensity scaling, context slices); default the paper
+            protocol at ``img_size``.
+        batch_size: Slices (or sliding windows) per forward pass.
         protocols: ``legacy`` and/or ``corrected``.
         class_names: Names indexed by class id (background first).
         tta: Flip test-time augmentation.
@@ -92,6 +114,7 @@ def evaluate_model(
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}.")
     ctx = ctx or DistributedContext()
+    plan = plan or Plan("paper", tuple(int(s) for s in img_size), IntensitySpec("unit"))
     was_training = model.training
     model.eval()
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
@@ -104,10 +127,14 @@ def evaluate_model(
                 raise InputError(
                     f"case {item['case']} of {dataset.root} has no label; evaluation needs labelled volumes."
                 )
-            prediction = predict_volume(
-                model, item["image"], img_size=img_size, batch_size=batch_size, tta=tta, resampler=resampler,
-                amp_dtype=amp_dtype,
-            )
+            spacing = item.get("spacing")
+            try:
+                prediction = predict_with_plan(
+                    model, item["image"], plan, spacing=None if spacing is None else spacing[1:],
+                    batch_size=batch_size, tta=tta, resampler=resampler, amp_dtype=amp_dtype,
+                )
+            except InputError as exc:
+                raise InputError(f"case {item['case']} of {dataset.root}: {exc}") from None
             scored.append(workers.submit(_score_row, item, prediction, num_classes, protocols))
         rows = [future.result() for future in scored]
     model.train(was_training)
@@ -257,11 +284,13 @@ def evaluate(
     dataset = VolumeDataset(data, split=split)
     if len(dataset) == 0:
         raise InputError(f"{data} has no {split!r} volumes to evaluate; choose another --split.")
-    size = tuple(img_size) if img_size is not None else info["img_size"]
+    plan = info["plan"] or Plan("paper", tuple(info["img_size"]), IntensitySpec("unit"))
+    if img_size is not None:
+        plan = plan.replace(patch_size=tuple(int(s) for s in img_size))
     result = evaluate_model(
-        model, dataset, num_classes=num_classes, img_size=size, batch_size=batch_size, protocols=protocols,
+        model, dataset, num_classes=num_classes, plan=plan, batch_size=batch_size, protocols=protocols,
         class_names=dataset_info.get("class_names"), tta=tta, resampler=resampler, progress=progress,
     )
-    extra = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "img_size": list(size), "tta": tta,
-             "resampler": resampler}
+    extra = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "plan": plan.to_dict(),
+             "img_size": list(plan.patch_size), "tta": tta, "resampler": resampler}
     return write_reports(result, output, extra=extra)

@@ -1,9 +1,11 @@
 """Prediction of image files: NIfTI, DICOM series, other SimpleITK formats and PNG/JPG pictures to label maps.
 
 Each input is read with its geometry, reoriented to the orientation the model was trained in (``to_canonical``; only
-flips and axis permutations, never resampling), normalised as the training data were, segmented slice by slice with
-:func:`~perspective_unet.engine.inference.predict_volume`, and its labels are put back on the input's own voxel grid
-(``from_canonical``) and written as uint8 with the input's affine and header.
+flips and axis permutations), normalised as the training data were, segmented slice by slice as the checkpoint's plan
+says (:func:`~perspective_unet.engine.sliding_window.predict_with_plan`: the paper protocol zooms each slice to the
+training size; the spacing protocol resamples it to the plan's pixel spacing, slides a window over it and resamples
+the probabilities back), and its labels are put back on the input's own voxel grid (``from_canonical``) and written
+as uint8 with the input's affine and header.
 
 Output names: a label map keeps its input's name, with nnU-Net's channel suffix ``_0000`` dropped
 (``case_0000.nii.gz`` -> ``case.nii.gz``). NIfTI, ``.mha`` and ``.nrrd`` inputs keep their format; a DICOM series
@@ -12,7 +14,8 @@ are class ids. Probability maps go beside the label map as ``<name>_probabilitie
 class along the fourth axis, same affine) for 3D NIfTI outputs and as ``<name>_probabilities.npz`` (key
 ``probabilities``, float16 (classes, *image shape), and ``class_names``) otherwise.
 
-Intensities: the checkpoint's ``dataset["intensity"]`` says how the training data were normalised:
+Intensities: the checkpoint's plan (or, for checkpoints without one, ``dataset["intensity"]``) says how the training
+data were normalised, first to their stored [0, 1] range:
 ``{"kind": "ct_window", "window": [low, high]}`` (clip HU, scale to [0, 1]), ``{"kind": "percentile_minmax",
 "percentiles": [0.5, 99.5]}`` (per volume), ``{"kind": "picture"}`` (8-bit / 255, 16-bit / 65535) or
 ``{"kind": "unit"}`` (already in [0, 1]). Checkpoints without it (older ones, converted released checkpoints) fall back
@@ -35,13 +38,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from perspective_unet.data.folder2d import picture_to_unit
 from perspective_unet.data.io import (
     CANONICAL_ORIENTATION,
     NIFTI_SUFFIXES,
     PICTURE_SUFFIXES,
     SITK_SUFFIXES,
     atomic_write_path,
+    canonical_spacing,
     from_canonical,
     full_suffix,
     read_image,
@@ -50,9 +53,11 @@ from perspective_unet.data.io import (
 )
 from perspective_unet.data.normalise import MR_PERCENTILES, SYNAPSE_HU_WINDOW, ct_window
 from perspective_unet.data.normalise import normalise_intensity as apply_intensity
-from perspective_unet.engine.inference import predict_volume
 from perspective_unet.engine.runtime import resolve_device
+from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import IntensitySpec, picture_to_unit
+from perspective_unet.plan import Plan
 
 __all__ = [
     "INTENSITY_KINDS",
@@ -366,16 +371,20 @@ class Predictor:
 
     Args:
         model: The segmentation model (put in eval mode).
-        img_size: The (height, width) the model was trained at.
-        intensity: Intensity spec (see :func:`resolve_intensity`), or None for the CT fallback.
+        img_size: The (height, width) the model was trained at (paper protocol, when no ``plan`` is given).
+        intensity: Intensity spec of the training data's stored range (see :func:`resolve_intensity`), or None for
+            the CT fallback (when no ``plan`` is given).
         intensity_from_user: Whether the spec was chosen by the user; if not, pictures (which hold no Hounsfield
             units) are scaled by their type's range when the checkpoint names a CT window.
         orientation: Canonical orientation code the training volumes were cut in (``"SPL"``, ``"stored"``, ...).
         class_names: Names by class id, stored with probability maps.
         tta: Flip test-time augmentation.
-        batch_size: Slices per forward pass.
-        resampler: ``"torch"`` or ``"scipy"`` (see :func:`~perspective_unet.engine.inference.predict_volume`).
+        batch_size: Slices (paper protocol) or windows (spacing protocol) per forward pass.
+        resampler: ``"torch"`` or ``"scipy"`` (paper protocol, see
+            :func:`~perspective_unet.engine.inference.predict_volume`).
         device: Where to run; default the model's device.
+        plan: The model's plan (protocol, spacing, patch size, intensity, context slices); it supersedes
+            ``img_size`` and ``intensity``.
 
     Example:
         >>> import perspective_unet
@@ -395,15 +404,22 @@ class Predictor:
     batch_size: int = 16
     resampler: str = "torch"
     device: torch.device | None = None
+    plan: Plan | None = None
     _warned: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.model.eval()
-        self.img_size = (int(self.img_size[0]), int(self.img_size[1]))
         if self.device is None:
             self.device = next(self.model.parameters()).device
-        if self.intensity is not None:
-            _check_spec(self.intensity)
+        if self.plan is None:
+            if self.intensity is not None:
+                _check_spec(self.intensity)
+            # Without a plan: the paper protocol at img_size; an unknown intensity keeps the CT fallback of prepare().
+            spec = IntensitySpec.from_dict(self.intensity) if self.intensity else IntensitySpec("unit")
+            self.plan = Plan("paper", tuple(int(s) for s in self.img_size), spec)
+        else:
+            self.intensity = self.plan.intensity.to_dict()
+        self.img_size = (int(self.plan.patch_size[0]), int(self.plan.patch_size[1]))
 
     @classmethod
     def from_checkpoint(
@@ -417,15 +433,15 @@ class Predictor:
         img_size: Sequence[int] | None = None,
         **options: Any,
     ) -> Predictor:
-        """Load a checkpoint and read its training size, classes, orientation and intensity normalisation.
+        """Load a checkpoint and read its plan (or training size), classes, orientation and intensity normalisation.
 
         Args:
             checkpoint: A ``.pt`` written by ``train`` or ``convert-official``.
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-            window: CT window (low, high) overriding the checkpoint's normalisation.
+            window: CT window overriding the checkpoint's normalisation.
             mr_normalise: Per-volume MR normalisation overriding the checkpoint's.
             orientation: Canonical orientation overriding the checkpoint's (default ``"SPL"`` when not recorded).
-            img_size: Model input size overriding the training size.
+            img_size: Model input size (paper protocol) or sliding window (spacing protocol) overriding the plan's.
             **options: ``tta``, ``batch_size``, ``resampler``.
         """
         from perspective_unet.engine.evaluate import load_for_inference
@@ -450,45 +466,60 @@ class Predictor:
         img_size: Sequence[int] | None = None,
         **options: Any,
     ) -> Predictor:
-        """Wrap a model; ``info`` is ``load_for_inference``'s (``img_size`` and ``dataset``)."""
+        """Wrap a model; ``info`` is ``load_for_inference``'s (``plan`` or ``img_size``, and ``dataset``)."""
         info = info or {}
         dataset = dict(info.get("dataset") or {})
         recorded = dataset.get("orientation")
-        size = img_size or info.get("img_size") or (224, 224)
         if device is not None:
             model = model.to(device)
+        plan = info.get("plan")
+        plan = Plan.from_dict(plan) if isinstance(plan, dict) else plan
+        intensity = resolve_intensity(dataset, window=window, mr_normalise=mr_normalise)
+        if plan is not None:
+            if window is not None or mr_normalise:
+                plan = plan.replace(intensity=plan.intensity.with_stored_range(IntensitySpec.from_dict(intensity)))
+            if img_size is not None:
+                plan = plan.replace(patch_size=tuple(int(s) for s in img_size))
+        size = img_size or info.get("img_size") or (224, 224)
         return cls(
             model,
             img_size=(int(size[0]), int(size[1])),
-            intensity=resolve_intensity(dataset, window=window, mr_normalise=mr_normalise),
+            intensity=intensity,
             intensity_from_user=window is not None or mr_normalise,
             orientation=orientation or (recorded if recorded and recorded != "2d" else CANONICAL_ORIENTATION),
             class_names=list(dataset.get("class_names") or []),
             device=device,
+            plan=plan,
             **options,
         )
 
     def spec_for(self, meta: dict[str, Any]) -> dict[str, Any] | None:
-        """The intensity spec for one image: pictures get their type's range unless the user chose otherwise."""
+        """The stored-range spec for one image: pictures get their type's range unless the user chose otherwise."""
         is_picture = meta.get("format") == "picture"
         if is_picture and not self.intensity_from_user and (self.intensity or {}).get("kind") in (None, "ct_window"):
             return {"kind": "picture"}
         return self.intensity
 
     def prepare(self, array: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-        """Raw voxels of ``read_image`` to the canonical (Z, H, W) volume in [0, 1] the model takes."""
+        """Raw voxels of ``read_image`` to the canonical (Z, H, W) volume of stored values in [0, 1]."""
         spec = self.spec_for(meta)
         unit = normalise_intensity(array, spec, source=meta.get("path"), warn=not self._warned)
         self._warned = self._warned or spec is None  # the CT fallback's warning is given once per predictor
         return to_canonical(unit, meta, self.orientation)
 
     def predict_canonical(
-        self, volume: np.ndarray, return_probabilities: bool = False
+        self, volume: np.ndarray, return_probabilities: bool = False, spacing: Sequence[float] | None = None
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Labels (Z, H, W) uint8 [and probabilities (C, Z, H, W) float16] of a canonical volume in [0, 1]."""
-        return predict_volume(
-            self.model, volume, img_size=self.img_size, batch_size=self.batch_size, device=self.device, tta=self.tta,
-            resampler=self.resampler, return_probabilities=return_probabilities,
+        """Labels (Z, H, W) uint8 [and probabilities (C, Z, H, W) float16] of a canonical volume in [0, 1].
+
+        Args:
+            volume: Canonical stored values.
+            return_probabilities: Also return the class probabilities.
+            spacing: In-plane pixel size (row, column) in mm; the spacing protocol needs it.
+        """
+        return predict_with_plan(
+            self.model, volume, self.plan, spacing=spacing, batch_size=self.batch_size, device=self.device,
+            tta=self.tta, resampler=self.resampler, return_probabilities=return_probabilities,
         )
 
     def predict_image(
@@ -499,7 +530,11 @@ class Predictor:
         Returns:
             uint8 labels of ``array``'s shape, and with ``return_probabilities`` also float16 (C, *array.shape).
         """
-        result = self.predict_canonical(self.prepare(array, meta), return_probabilities)
+        spacing = canonical_spacing(meta, self.orientation)[1:]
+        try:
+            result = self.predict_canonical(self.prepare(array, meta), return_probabilities, spacing)
+        except InputError as exc:
+            raise InputError(f"{meta.get('path', 'the image')}: {exc}") from None
         labels, probabilities = result if return_probabilities else (result, None)
         labels = from_canonical(labels, meta, self.orientation)
         if probabilities is None:
@@ -582,21 +617,22 @@ def predict_path(
     the inputs before a failing one stay (they are complete).
 
     Args:
-        checkpoint: A checkpoint path, or a model (then ``info`` supplies ``img_size`` and ``dataset`` as
-            ``load_for_inference`` returns them; without it 224x224 and the CT fallback are assumed).
+        checkpoint: A checkpoint path, or a model (then ``info`` supplies ``plan`` or ``img_size``, and ``dataset``
+            as ``load_for_inference`` returns them; without it the paper protocol at 224x224 and the CT fallback are
+            assumed).
         inputs: One path (file, DICOM folder, or folder of inputs) or several.
         output: A folder (created if needed), or a file name when there is a single input file.
         tta: Average over flips.
         save_probabilities: Also write class probabilities beside each label map.
         overwrite: Replace existing outputs.
-        batch_size: Slices per forward pass.
+        batch_size: Slices (paper protocol) or sliding windows (spacing protocol) per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         window: CT window (low, high) in HU overriding the checkpoint's normalisation.
         mr_normalise: Per-volume MR normalisation overriding the checkpoint's.
         orientation: Canonical orientation overriding the checkpoint's.
-        img_size: Model input size overriding the training size.
-        resampler: ``torch`` or ``scipy``.
-        info: With a model instead of a checkpoint: ``img_size`` and ``dataset`` of its training.
+        img_size: Model input size (paper protocol) or window size (spacing protocol) overriding the plan's.
+        resampler: ``torch`` or ``scipy`` (paper protocol).
+        info: With a model instead of a checkpoint: ``plan`` (or ``img_size``) and ``dataset`` of its training.
         progress: Show a progress bar over the inputs.
 
     Returns:
@@ -632,8 +668,12 @@ def predict_path(
         predictor = Predictor.from_model(checkpoint, info, device=torch_device, **choices, **options)
     else:
         predictor = Predictor.from_checkpoint(checkpoint, device=device, **choices, **options)
-    logger.info("predicting %d input(s) at %dx%d, orientation %s, intensity %s", len(jobs), *predictor.img_size,
-                predictor.orientation, predictor.intensity or "fallback (CT window)")
+    plan = predictor.plan
+    where = (f"at {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm in {plan.patch_size[0]}x{plan.patch_size[1]} "
+             "windows" if plan.protocol == "spacing" else f"zoomed to {plan.patch_size[0]}x{plan.patch_size[1]}")
+    logger.info("predicting %d input(s), %s protocol %s, orientation %s, intensity %s", len(jobs), plan.protocol,
+                where, predictor.orientation, plan.intensity.describe() if predictor.intensity else
+                "fallback (CT window)")
 
     written: list[Path] = []
     for job in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) == 1, dynamic_ncols=True):

@@ -7,6 +7,7 @@ The loop reads top to bottom: config -> data -> model -> optimiser -> (resume) -
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import logging
 import math
@@ -22,6 +23,9 @@ from tqdm.auto import tqdm
 
 from perspective_unet.config import TrainConfig
 from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDataset, read_dataset_info, seed_worker
+from perspective_unet.data.patches import PatchDataset
+from perspective_unet.data.planning import plan_for_training
+from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
 from perspective_unet.engine.evaluate import evaluate_model
 from perspective_unet.engine.runtime import (
     DistributedContext,
@@ -37,6 +41,7 @@ from perspective_unet.losses import SegmentationLoss
 from perspective_unet.models.checkpoint import CHECKPOINT_FORMAT, atomic_torch_save, load_checkpoint_file
 from perspective_unet.models.perspective_unet import check_input_size
 from perspective_unet.models.registry import create_model
+from perspective_unet.plan import Plan
 from perspective_unet.schedule import poly_lr
 
 __all__ = ["TrainResult", "train"]
@@ -84,8 +89,10 @@ def _checkpoint_payload(
     iteration: int,
     best_val_dice: float | None,
     dataset_info: dict[str, Any],
+    plan: Plan,
 ) -> dict[str, Any]:
     return {
+        "plan": plan.to_dict(),
         "format": CHECKPOINT_FORMAT,
         "format_version": 1,
         "model_config": model.config.to_dict(),
@@ -107,7 +114,20 @@ def _dataset_summary(info: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: info[k] for k in keep if k in info}))
 
 
-def _foreground_weights(dataset: SliceDataset, weight: float) -> torch.Tensor | None:
+def _training_set(config: TrainConfig, plan: Plan) -> SliceDataset | PatchDataset:
+    """The training slices (paper protocol) or patches (spacing protocol), augmented as the config says."""
+    try:
+        if plan.protocol == "paper":
+            paper = AugmentationConfig.from_dict(config.augmentation) if config.augment else None
+            return SliceDataset(config.data, split="train", img_size=plan.patch_size, augmentation=paper,
+                                seed=config.seed, context_slices=plan.context_slices, intensity=plan.intensity)
+        spacing = SpacingAugmentationConfig.from_dict(config.augmentation) if config.augment else None
+    except ValueError as exc:
+        raise InputError(f"training config, augmentation: {exc}") from None
+    return PatchDataset(config.data, plan, spacing, seed=config.seed)
+
+
+def _foreground_weights(dataset: SliceDataset | PatchDataset, weight: float) -> torch.Tensor | None:
     """Sampling weight per slice: ``weight`` for slices holding any foreground, 1 otherwise (None when uniform)."""
     if weight == 1.0:
         return None
@@ -116,7 +136,7 @@ def _foreground_weights(dataset: SliceDataset, weight: float) -> torch.Tensor | 
 
 
 def _make_loader(
-    dataset: SliceDataset,
+    dataset: SliceDataset | PatchDataset,
     config: TrainConfig,
     ctx: DistributedContext,
     epoch: int,
@@ -180,18 +200,16 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
     ctx = DistributedContext.from_environment(config.device)
     device = resolve_device(config.device, ctx.local_rank)
     output = Path(config.output)
-    check_input_size(*config.img_size, divisor=2 ** (len(create_model(config.model).config.widths) - 1))
     seed_everything(config.seed + ctx.rank)
 
-    # Data
+    # Data, as the dataset's plan (with this run's overrides) says; the config keeps the resolved values.
     info = read_dataset_info(config.data)
     num_classes = int(info["num_classes"])
-    augmentation = AugmentationConfig(**config.augmentation) if config.augment else None
-    train_set = SliceDataset(
-        config.data, split="train", img_size=config.img_size, augmentation=augmentation, seed=config.seed
-    )
-    if len(train_set) == 0:
-        raise InputError(f"{config.data} has no training slices; run `perspective-unet prepare` first.")
+    plan = plan_for_training(config.data, info, protocol=config.protocol, patch_size=config.img_size,
+                             batch_size=config.batch_size, context_slices=config.context_slices)
+    config = dataclasses.replace(config, protocol=plan.protocol, img_size=plan.patch_size,
+                                 batch_size=plan.batch_size, context_slices=plan.context_slices)
+    train_set = _training_set(config, plan)
     val_set = None
     if config.val_every > 0:
         try:
@@ -208,7 +226,13 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
             )
 
     # Model, loss, optimiser
-    model = create_model(config.model, in_channels=1, num_classes=num_classes, **config.model_options).to(device)
+    options = dict(config.model_options)
+    in_channels = options.pop("in_channels", plan.in_channels)
+    if in_channels != plan.in_channels and not options.get("repeat_gray_to_rgb"):
+        raise InputError(f"model option in_channels={in_channels} differs from the plan's {plan.in_channels} input "
+                         f"channel(s) (the slice and {plan.context_slices} context slices on each side).")
+    model = create_model(config.model, in_channels=in_channels, num_classes=num_classes, **options).to(device)
+    check_input_size(*plan.patch_size, divisor=model.config.size_divisor)
     loss_fn = SegmentationLoss(num_classes, ce_weight=config.ce_weight, dice_weight=config.dice_weight)
     optimizer = _make_optimizer(model, config)
     amp_dtype = _autocast_dtype(device, config.amp)
@@ -300,7 +324,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
                 core_model,
                 val_set,
                 num_classes=num_classes,
-                img_size=config.img_size,
+                plan=plan,
                 batch_size=config.val_batch_size,
                 protocols=("legacy",),
                 ctx=ctx,
@@ -325,6 +349,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None) -> TrainResu
                 iteration=iteration,
                 best_val_dice=best_val_dice,
                 dataset_info=dataset_info,
+                plan=plan,
             )
             if validate and (best_val_dice is None or row["val_mean_dice"] > best_val_dice):
                 best_val_dice = row["val_mean_dice"]

@@ -110,7 +110,7 @@ def overlay(
 def overlay_panel(image: torch.Tensor, label: torch.Tensor, prediction: torch.Tensor) -> np.ndarray:
     """Image, label overlay and prediction overlay side by side, (H, 3W, 3) uint8, for TensorBoard."""
     img = image.detach().float().cpu().numpy()
-    img = img[0] if img.ndim == 3 else img
+    img = img[img.shape[0] // 2] if img.ndim == 3 else img  # the middle channel is the slice itself (2.5D input)
     lab = label.detach().cpu().numpy()
     pred = prediction.detach().cpu().numpy()
     return np.concatenate([overlay(img, None), overlay(img, lab), overlay(img, pred)], axis=1)

@@ -14,7 +14,14 @@ from perspective_unet.config import ModelConfig
 from perspective_unet.errors import InputError
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 
-__all__ = ["CHECKPOINT_FORMAT", "atomic_torch_save", "load_checkpoint_file", "load_model", "save_model"]
+__all__ = [
+    "CHECKPOINT_FORMAT",
+    "atomic_torch_save",
+    "load_checkpoint_file",
+    "load_model",
+    "model_from_checkpoint",
+    "save_model",
+]
 
 CHECKPOINT_FORMAT = "perspective-unet"
 
@@ -80,7 +87,14 @@ def load_model(
         InputError: when the file is not a checkpoint of this project (for a released checkpoint use
             :func:`~perspective_unet.load_official_checkpoint`).
     """
-    data = load_checkpoint_file(path, map_location)
+    return model_from_checkpoint(load_checkpoint_file(path, map_location), path, map_location, strict=strict)
+
+
+def model_from_checkpoint(
+    data: Mapping[str, Any], path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
+    strict: bool = True
+) -> PerspectiveUNet:
+    """The model of a checkpoint already read with :func:`load_checkpoint_file` (``path`` names it in errors)."""
     if data.get("format") != CHECKPOINT_FORMAT or "model_config" not in data or "model" not in data:
         raise InputError(
             f"{path} is not a perspective-unet checkpoint (no model config inside). For a checkpoint saved by the "

@@ -1,0 +1,211 @@
+"""Training patches of the spacing protocol: slices at the plan's pixel spacing, patches centred on foreground.
+
+Each item is one patch of the plan's size, cut out of a training slice that has been resampled to the plan's
+in-plane spacing. A share ``foreground_fraction`` of the patches (a third, as nnU-Net) is centred on a labelled
+pixel: a class is drawn uniformly among those present in the dataset, then a slice that holds it and one of its
+pixels. The other patches come from the slice the sampler asked for, at a random position. Rotation and scaling are
+applied while the patch is cut (one interpolation), the other operations of the augmentation afterwards.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Hashable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from monai.transforms import Affine, MapTransform, RandomizableTransform
+from monai.utils import convert_to_tensor
+from torch.utils.data import Dataset
+
+from perspective_unet.data.datasets import SliceDataset
+from perspective_unet.data.planning import dataset_fingerprint
+from perspective_unet.data.resample import resample_image, resample_labels, resampled_shape
+from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig, build_spacing_augmentation
+from perspective_unet.errors import InputError
+from perspective_unet.plan import Plan
+
+__all__ = ["PatchDataset", "RandPatchAffined"]
+
+# Resampled slices are kept in memory up to this many bytes per process; beyond it they are resampled at every use.
+CACHE_BYTES = 2 * 1024**3
+
+
+class RandPatchAffined(RandomizableTransform, MapTransform):
+    """Cut a patch around ``data["center"]`` with a random rotation and scaling, in one resampling (MONAI ``Affine``).
+
+    The image is interpolated bilinearly and padded outside the slice with ``data["pad"]``; the label by nearest
+    neighbour, padded with background.
+
+    Args:
+        patch_size: (height, width) of the patch.
+        rotate_prob: Probability of a rotation.
+        rotate_degrees: Rotation drawn from [-rotate_degrees, rotate_degrees].
+        scale_prob: Probability of a scaling.
+        scale_range: Range of the zoom factor (> 1 enlarges the anatomy).
+        image_key: Key of the (C, H, W) image.
+        label_key: Key of the (1, H, W) label.
+    """
+
+    def __init__(self, patch_size: tuple[int, int], rotate_prob: float = 0.0, rotate_degrees: float = 0.0,
+                 scale_prob: float = 0.0, scale_range: tuple[float, float] = (1.0, 1.0), image_key: str = "image",
+                 label_key: str = "label") -> None:
+        RandomizableTransform.__init__(self, 1.0)
+        MapTransform.__init__(self, [image_key, label_key])
+        self.patch_size = (int(patch_size[0]), int(patch_size[1]))
+        self.rotate_prob, self.rotate_degrees = rotate_prob, rotate_degrees
+        self.scale_prob, self.scale_range = scale_prob, scale_range
+        self.image_key, self.label_key = image_key, label_key
+        self.angle, self.scale = 0.0, 1.0
+
+    def randomize(self, data: Any = None) -> None:
+        rotate = self.R.uniform() < self.rotate_prob
+        self.angle = math.radians(self.R.uniform(-self.rotate_degrees, self.rotate_degrees)) if rotate else 0.0
+        scale = self.R.uniform() < self.scale_prob
+        self.scale = float(self.R.uniform(*self.scale_range)) if scale else 1.0
+
+    def matrix(self, center: tuple[float, float], shape: tuple[int, int]) -> torch.Tensor:
+        """Patch pixel (centred) -> slice pixel (centred) as a 3 x 3 matrix, for the current draw."""
+        cos, sin = math.cos(self.angle) / self.scale, math.sin(self.angle) / self.scale
+        return torch.tensor([
+            [cos, -sin, center[0] - (shape[0] - 1) / 2],
+            [sin, cos, center[1] - (shape[1] - 1) / 2],
+            [0.0, 0.0, 1.0],
+        ], dtype=torch.float64)
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        out = dict(data)
+        self.randomize()
+        image, label = out[self.image_key], out[self.label_key]
+        matrix = self.matrix(out["center"], tuple(image.shape[-2:]))
+        pad = float(out["pad"])
+        # MONAI pads with zeros: shift the image so that zero is the padding value, then shift back.
+        warp = Affine(affine=matrix, spatial_size=self.patch_size, padding_mode="zeros", image_only=True)
+        out[self.image_key] = convert_to_tensor(warp(image - pad, mode="bilinear"), track_meta=False) + pad
+        out[self.label_key] = convert_to_tensor(warp(label, mode="nearest"), track_meta=False)
+        return out
+
+
+class PatchDataset(Dataset):
+    """Training patches of the spacing protocol (see the module docstring).
+
+    Each item is ``{"image": float32 (C, h, w), "label": int64 (h, w), "case": str}`` with (h, w) the plan's patch
+    size, the image in network-input units (the plan's intensity scaling applied) and ``C = 2 * context_slices + 1``.
+
+    Args:
+        root: A prepared dataset with a fingerprint (the cases' spacings).
+        plan: A plan of the ``spacing`` protocol.
+        augmentation: Augmentation settings; None for plain patches.
+        seed: Seed of the patch positions and the augmentation. ``reseed`` (called per epoch and in each DataLoader
+            worker by ``seed_worker``) restarts the draws, so a resumed run draws as an uninterrupted one.
+    """
+
+    def __init__(self, root: str | os.PathLike[str], plan: Plan, augmentation: SpacingAugmentationConfig | None = None,
+                 seed: int = 1234) -> None:
+        if plan.protocol != "spacing":
+            raise ValueError(f"PatchDataset needs a plan of the spacing protocol, got {plan.protocol!r}.")
+        self.root = Path(root)
+        self.plan = plan
+        self.seed = int(seed)
+        self.slices = SliceDataset(root, "train", context_slices=plan.context_slices, intensity=plan.intensity)
+        fingerprint = dataset_fingerprint(root)
+        if fingerprint is None:
+            raise InputError(f"{root} has no fingerprint.json: the spacing protocol needs each case's spacing; "
+                             "prepare the dataset again with `perspective-unet prepare`.")
+        self.spacing: dict[str, tuple[float, float]] = {}
+        for ref in self.slices.samples:
+            case = fingerprint.case(ref.case)
+            if case is None or case.spacing is None:
+                raise InputError(f"{root}/fingerprint.json has no spacing for case {ref.case!r}; prepare it again.")
+            self.spacing[ref.case] = (case.spacing[1], case.spacing[2])
+        self.augmentation_config = augmentation
+        if augmentation is None:
+            self._patch = RandPatchAffined(plan.patch_size)
+            self._augment = None
+        else:
+            self._patch = RandPatchAffined(plan.patch_size, augmentation.rotate_prob, augmentation.rotate_degrees,
+                                           augmentation.scale_prob, augmentation.scale_range)
+            self._augment = build_spacing_augmentation(augmentation)
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self._cached_bytes = 0
+        self._classes = self._slices_by_class() if plan.foreground_fraction > 0 else {}
+        self.reseed(None)
+
+    def __len__(self) -> int:
+        return len(self.slices)
+
+    def _slices_by_class(self) -> dict[int, np.ndarray]:
+        found: dict[int, list[int]] = {}
+        for index in range(len(self.slices)):
+            for value in np.unique(self.slices.load_slice(index)[1]):
+                if value > 0:
+                    found.setdefault(int(value), []).append(index)
+        return {c: np.asarray(indices) for c, indices in sorted(found.items())}
+
+    def reseed(self, worker_seed: int | None) -> None:
+        """Restart the random draws from the dataset seed and, in a worker, the worker's seed."""
+        entropy = [self.seed] if worker_seed is None else [self.seed, int(worker_seed)]
+        state = np.random.SeedSequence(entropy).generate_state(2)
+        self._rng = np.random.RandomState(int(state[0]))
+        self._patch.set_random_state(seed=int(state[1]))
+        if self._augment is not None:
+            self._augment.set_random_state(seed=int(state[1]) ^ 0x5EED)
+
+    def resampled(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float]:
+        """Slice ``index`` at the plan's spacing: image (C, h, w) in network units, label (h, w), padding value."""
+        if index in self._cache:
+            return self._cache[index]
+        stack, label = self.slices.load_stack(index)
+        stats = self.slices.stats_of(index)
+        image = torch.from_numpy(self.plan.intensity.apply_stored(stack, stats))
+        size = resampled_shape(label.shape, self.spacing[self.slices.samples[index].case], self.plan.spacing)
+        image = resample_image(image[None], size)[0]
+        labels = resample_labels(torch.from_numpy(label.astype(np.uint8))[None], size)[0]
+        entry = (image, labels, self.plan.intensity.floor(stats))
+        size_bytes = image.numel() * 4 + labels.numel()
+        if self._cached_bytes + size_bytes <= CACHE_BYTES:
+            self._cache[index] = entry
+            self._cached_bytes += size_bytes
+        return entry
+
+    def _choose(self, index: int) -> tuple[int, tuple[float, float]]:
+        """The slice and the patch centre (row, column) of one draw."""
+        rng = self._rng
+        forced = bool(self._classes) and rng.uniform() < self.plan.foreground_fraction
+        if forced:
+            cls = list(self._classes)[rng.randint(len(self._classes))]
+            index = int(self._classes[cls][rng.randint(len(self._classes[cls]))])
+        _, labels, _ = self.resampled(index)
+        height, width = labels.shape
+        if forced:
+            pixels = torch.nonzero(labels == cls) if bool((labels == cls).any()) else torch.nonzero(labels > 0)
+            if len(pixels):
+                row, column = pixels[rng.randint(len(pixels))].tolist()
+                return index, (float(row), float(column))
+        centre = []
+        for side, patch in ((height, self.plan.patch_size[0]), (width, self.plan.patch_size[1])):
+            low, high = patch / 2 - 0.5, side - patch / 2 - 0.5
+            centre.append(rng.uniform(low, high) if high > low else (side - 1) / 2)
+        return index, (centre[0], centre[1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        index, centre = self._choose(index)
+        image, labels, pad = self.resampled(index)
+        data = {"image": image, "label": labels[None].float(), "center": centre, "pad": pad}
+        data = self._patch(data)
+        if self._augment is not None:
+            data = self._augment({"image": data["image"], "label": data["label"]})
+        image_t = convert_to_tensor(data["image"], track_meta=False, dtype=torch.float32)
+        label_t = convert_to_tensor(data["label"], track_meta=False, dtype=torch.float32)
+        return {
+            "image": image_t.contiguous(),
+            "label": torch.round(label_t[0]).to(torch.int64),
+            "case": self.slices.samples[index].name,
+        }
+
+    def load_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
+        """The stored slice (as :meth:`SliceDataset.load_slice`), for sampling weights."""
+        return self.slices.load_slice(index)
