@@ -18,8 +18,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from perspective_unet.data.resample import resampled_shape
 from perspective_unet.engine.inference import zoom_slices
+from perspective_unet.engine.sliding_window import stack_context
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import ImageStats
 
 __all__ = [
     "CLASS_COLOURS",
@@ -488,7 +491,7 @@ def overlay_figure_from_files(
         )
     orient = predictor.orientation if predictor is not None else (orientation or CANONICAL_ORIENTATION)
     image_path = Path(image)
-    volume, has_label = _image_for_figure(image_path, predictor, orient, window, mr_normalise)
+    volume, has_label, spacing = _image_for_figure(image_path, predictor, orient, window, mr_normalise)
     label_volume = None
     if label is not None:
         label_volume, _ = read_canonical(label, as_label=True, orientation=orient)
@@ -503,14 +506,17 @@ def overlay_figure_from_files(
                              "give files on the same voxel grid.")
     if predictor is not None:
         if slices is None and label_volume is None:
-            prediction_volume = predictor.predict_canonical(volume)
+            prediction_volume = predictor.predict_canonical(volume, spacing=spacing)
         else:
             chosen = [int(z) for z in slices] if slices is not None else choose_slices(label_volume, num_slices)
             bad = [z for z in chosen if not 0 <= z < volume.shape[0]]
             if bad:
                 raise InputError(f"slice(s) {bad} outside 0..{volume.shape[0] - 1} of {image}; choose others.")
-            prediction_volume = np.zeros(volume.shape, dtype=np.uint8)
-            prediction_volume[chosen] = predictor.predict_canonical(volume[chosen])
+            if predictor.plan.context_slices:  # a 2.5D model needs each chosen slice's neighbours
+                prediction_volume = predictor.predict_canonical(volume, spacing=spacing)
+            else:
+                prediction_volume = np.zeros(volume.shape, dtype=np.uint8)
+                prediction_volume[chosen] = predictor.predict_canonical(volume[chosen], spacing=spacing)
             slices = chosen
     names = class_names or (predictor.class_names if predictor is not None else None) or _class_names_near(image_path)
     return save_overlay_grid(
@@ -521,25 +527,28 @@ def overlay_figure_from_files(
 
 def _image_for_figure(
     path: Path, predictor: Any, orientation: str, window: Sequence[float] | None, mr_normalise: bool
-) -> tuple[np.ndarray, bool]:
-    """The canonical image in [0, 1], normalised as the model's training data (or for display), and whether the
-    file also holds a label (prepared volumes)."""
-    from perspective_unet.data.io import read_image, to_canonical
+) -> tuple[np.ndarray, bool, tuple[float, float] | None]:
+    """The canonical image in [0, 1], normalised as the model's training data (or for display), whether the file
+    also holds a label (prepared volumes), and its in-plane pixel spacing (row, column) in mm when known."""
+    from perspective_unet.data.io import canonical_spacing, read_image, to_canonical
     from perspective_unet.data.normalise import mr_normalise as percentile_scale
     from perspective_unet.engine.predict import normalise_intensity, resolve_intensity
 
     if path.name.lower().endswith(".h5"):
-        volume, _ = read_canonical(path)
-        return volume.astype(np.float32), _h5_has_label(path)
+        volume, meta = read_canonical(path)
+        spacing = meta.get("spacing")
+        in_plane = None if spacing is None else tuple(float(s) for s in np.ravel(spacing)[1:3])
+        return volume.astype(np.float32), _h5_has_label(path), in_plane  # type: ignore[return-value]
     array, meta = read_image(path)
+    in_plane = canonical_spacing(meta, orientation)[1:]
     if predictor is not None:
-        return predictor.prepare(array, meta), False
+        return predictor.prepare(array, meta), False, in_plane
     spec = resolve_intensity({}, window=window, mr_normalise=mr_normalise)
     if spec is None and meta.get("format") == "picture":
         spec = {"kind": "picture"}
     # Without a checkpoint or a window the figure only needs a readable contrast: a robust percentile range.
     unit = normalise_intensity(array, spec, source=path) if spec else percentile_scale(array)
-    return to_canonical(unit, meta, orientation), False
+    return to_canonical(unit, meta, orientation), False, in_plane
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -609,7 +618,8 @@ def feature_maps(
 
     Args:
         model: A Perspective+ Unet.
-        image: One (H, W) slice with intensities in [0, 1] (the prepared-data convention).
+        image: One (H, W) slice with intensities in [0, 1] (the prepared-data convention), or a (C, H, W) network
+            input (with ``normalize=False``).
         layer: ``bprb`` (the bi-path CNN stages, ``model.encoder.cnn.stages``), ``enltb``
             (``model.encoder.transformer.stages``) or ``scsi`` (the outputs of ``model.encoder.integrator``).
         img_size: The model's input size (the training size); default the image's size rounded up to a valid one.
@@ -632,13 +642,15 @@ def feature_maps(
         raise ValueError(f"reduction must be one of {REDUCTIONS}, got {reduction!r}.")
     modules = _feature_modules(model, layer)
     picture = torch.as_tensor(np.asarray(image, dtype=np.float32)) if not torch.is_tensor(image) else image.float()
-    if picture.ndim != 2:
-        raise ValueError(f"feature_maps takes one (H, W) slice, got shape {tuple(picture.shape)}.")
-    height, width = picture.shape
+    if picture.ndim == 2:
+        picture = picture[None]
+    if picture.ndim != 3:
+        raise ValueError(f"feature_maps takes one (H, W) slice or (C, H, W) input, got shape {tuple(picture.shape)}.")
+    height, width = picture.shape[-2:]
     divisor = int(getattr(model, "size_divisor", 16))
     size = tuple(int(s) for s in img_size) if img_size is not None else _model_size(height, width, divisor)
     device = next(model.parameters()).device
-    x = zoom_slices(picture[None, None].to(device), size)
+    x = zoom_slices(picture[None].to(device), size)
     if normalize:
         x = (x - 0.5) / 0.5
     captured: list[torch.Tensor] = []
@@ -764,11 +776,20 @@ def feature_figure_from_files(
         checkpoint, device=device, window=window, mr_normalise=mr_normalise, orientation=orientation
     )
     _feature_modules(predictor.model, layer)  # fail on ablated parts before reading the image
-    volume, _ = _image_for_figure(Path(image), predictor, predictor.orientation, window, mr_normalise)
+    volume, _, spacing = _image_for_figure(Path(image), predictor, predictor.orientation, window, mr_normalise)
     index = volume.shape[0] // 2 if slice_index is None else int(slice_index)
     if not 0 <= index < volume.shape[0]:
         raise InputError(f"slice {index} is outside 0..{volume.shape[0] - 1} of {image}; choose another --slice.")
-    maps = feature_maps(predictor.model, volume[index], layer, img_size=predictor.img_size, reduction=reduction)
+    plan = predictor.plan
+    stats = ImageStats.of(volume) if plan.intensity.per_image else None
+    network_input = stack_context(torch.from_numpy(plan.intensity.apply_stored(volume, stats)), plan.context_slices)
+    size = plan.patch_size
+    if plan.protocol == "spacing" and spacing is not None:
+        # The slice at the plan's pixel size, rounded up to sides the network takes.
+        divisor = int(getattr(predictor.model, "size_divisor", 16))
+        size = tuple(-(-s // divisor) * divisor for s in resampled_shape(volume.shape[1:], spacing, plan.spacing))
+    maps = feature_maps(predictor.model, network_input[index], layer, img_size=size, reduction=reduction,
+                        normalize=False)
     return save_feature_figure(
         volume[index], maps, output, titles=feature_titles(predictor.model, layer), cmap=cmap, panel_size=panel_size,
         value_range=(0.0, 1.0),
