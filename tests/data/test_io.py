@@ -211,3 +211,34 @@ def test_all_48_orientations_round_trip() -> None:
                 affine[world, axis] = flip
             meta = {"affine": affine, "shape": shape}
             assert np.array_equal(from_canonical(to_canonical(volume, meta), meta), volume)
+
+
+def _nifti_with_pixdim(path: Path, pixdim: tuple[float, float, float]) -> Path:
+    """A NIfTI file without qform/sform whose header stores ``pixdim`` as given (nibabel would 'fix' it on save)."""
+    import struct
+
+    header = nib.Nifti1Header()
+    header.set_data_shape((4, 5, 3))
+    header.set_data_dtype(np.int16)
+    header["pixdim"][1:4] = (1.0, 1.0, 1.0)
+    nib.save(nib.Nifti1Image(np.zeros((4, 5, 3), np.int16), None, header), str(path))
+    raw = bytearray(path.read_bytes())
+    raw[80:92] = struct.pack("<3f", *pixdim)  # pixdim[1..3] of the 348-byte header
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("pixdim", [(0.0, 0.8, 2.0), (-0.8, 0.8, 2.0), (float("nan"), 0.8, 2.0)])
+def test_zero_negative_or_nan_spacing_is_refused_naming_the_file(tmp_path: Path, pixdim) -> None:
+    path = _nifti_with_pixdim(tmp_path / "scan.nii", pixdim)
+    with pytest.raises(InputError, match=r"scan\.nii: the header gives the voxel spacing .*positive number"):
+        read_image(path)
+    assert read_image(_nifti_with_pixdim(tmp_path / "good.nii", (0.8, 0.8, 2.0)))[1]["spacing"] == pytest.approx(
+        (0.8, 0.8, 2.0))
+
+
+def test_a_4d_image_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    path = tmp_path / "series.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((4, 4, 3, 2), np.int16), np.eye(4)), str(path))
+    with pytest.raises(InputError, match=r"series\.nii\.gz has 4 dimensions.*split"):
+        read_image(path)

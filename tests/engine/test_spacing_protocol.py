@@ -211,3 +211,30 @@ def test_training_refuses_a_patch_larger_than_every_slice(tiny_dataset, tmp_path
     err = capsys.readouterr().err
     assert "larger than every training slice" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()
+
+
+def test_training_on_a_plan_edited_into_an_invalid_state_names_the_file(tiny_dataset, tmp_path, capsys):
+    import shutil
+
+    data = tmp_path / "data"
+    shutil.copytree(tiny_dataset, data)
+    plan = json.loads((data / "plan.json").read_text())
+    plan["context_slices"] = -2
+    (data / "plan.json").write_text(json.dumps(plan))
+    assert main(train_args(data, tmp_path / "run", "paper")) == 2
+    err = capsys.readouterr().err
+    assert "plan.json" in err and "context_slices" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_checkpoint_whose_plan_and_model_disagree_on_channels_is_refused(tmp_path, capsys):
+    from perspective_unet import save_model
+
+    model = create_model("perspective_unet_tiny", num_classes=2, in_channels=1)
+    plan = Plan("spacing", (32, 32), WINDOW, spacing=(1.0, 1.0), context_slices=1)
+    checkpoint = save_model(model, tmp_path / "odd.pt", plan=plan.to_dict())
+    scan = disc_scan(tmp_path / "scan.nii.gz", 1.0, 32)
+    assert main(["predict", "--checkpoint", str(checkpoint), "-i", str(scan), "-o", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "odd.pt" in err and "3 input channel(s)" in err and "takes 1" in err
+    assert not (tmp_path / "out").exists()
