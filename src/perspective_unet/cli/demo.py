@@ -21,7 +21,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--protocol", choices=("spacing", "paper"), default=None,
                         help="spacing (default: slices at the CT's 3 mm pixels, patches, sliding-window inference) or "
                         "paper (every slice zoomed to one size)")
-    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 80)")
+    parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default: 1234)")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="patch (spacing) or slice (paper) size; default: the plan's")
