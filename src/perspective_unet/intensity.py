@@ -29,6 +29,7 @@ from typing import Any
 
 import numpy as np
 
+from perspective_unet.config import dataclass_from_dict
 from perspective_unet.errors import InputError
 
 __all__ = [
@@ -257,13 +258,9 @@ class IntensitySpec:
         """
         if not isinstance(data, Mapping):
             raise ValueError(f"an intensity specification must be a mapping, got {data!r}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown intensity keys {unknown}; known keys are {sorted(known)}.")
         if "kind" not in data:
             raise ValueError("an intensity specification needs 'kind'.")
-        return cls(**dict(data))
+        return dataclass_from_dict(cls, data, "intensity keys")
 
     def describe(self) -> str:
         """One line for people, e.g. for ``perspective-unet plan``."""

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perspective_unet.config import dataclass_from_dict
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
 
@@ -268,17 +269,12 @@ class Plan:
         """Build from ``to_dict`` output; unknown or missing keys raise ``ValueError`` naming them."""
         if not isinstance(data, Mapping):
             raise ValueError(f"a plan must be a JSON object, got {type(data).__name__}.")
-        known = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ValueError(f"unknown plan keys {unknown}; known keys are {sorted(known)}.")
         missing = [name for name in ("protocol", "patch_size", "intensity") if name not in data]
         if missing:
             raise ValueError(f"the plan lacks {missing}.")
-        values = dict(data)
-        if not isinstance(values["patch_size"], (list, tuple)):
-            raise ValueError(f"patch_size needs [height, width], got {values['patch_size']!r}.")
-        return cls(**values)
+        if not isinstance(data["patch_size"], (list, tuple)):
+            raise ValueError(f"patch_size needs [height, width], got {data['patch_size']!r}.")
+        return dataclass_from_dict(cls, data, "plan keys")
 
     def describe(self) -> str:
         """Several lines for people (``perspective-unet plan``)."""

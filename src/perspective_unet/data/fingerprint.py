@@ -7,10 +7,16 @@ import numpy as np
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.plan import CaseFingerprint, Fingerprint, IntensityStats
 
-__all__ = ["FingerprintBuilder", "intensity_stats"]
+__all__ = ["SAMPLES_PER_CASE", "FingerprintBuilder", "intensity_stats", "subsample"]
 
 # Enough voxels per case for stable 0.5 / 99.5 percentiles without holding a dataset's foreground in memory.
 SAMPLES_PER_CASE = 200_000
+
+
+def subsample(values: np.ndarray, rng: np.random.Generator, limit: int = SAMPLES_PER_CASE) -> np.ndarray:
+    """At most ``limit`` of ``values`` (flattened), drawn without replacement."""
+    values = np.ravel(values)
+    return rng.choice(values, limit, replace=False) if values.size > limit else values
 
 
 def intensity_stats(values: np.ndarray, rng: np.random.Generator | None = None) -> IntensityStats | None:
@@ -22,9 +28,7 @@ def intensity_stats(values: np.ndarray, rng: np.random.Generator | None = None) 
     values = np.asarray(values).ravel()
     if values.size == 0:
         return None
-    sample = values
-    if rng is not None and values.size > SAMPLES_PER_CASE:
-        sample = rng.choice(values, SAMPLES_PER_CASE, replace=False)
+    sample = values if rng is None else subsample(values, rng)
     low, high = np.percentile(np.asarray(sample, dtype=np.float64), (0.5, 99.5))
     mean = float(values.mean(dtype=np.float64))
     std = float(np.sqrt(max(float(np.mean(np.square(values, dtype=np.float64))) - mean * mean, 0.0)))
@@ -45,10 +49,7 @@ class FingerprintBuilder:
         self._raw_samples: list[np.ndarray] = []
 
     def _sample(self, values: np.ndarray) -> np.ndarray:
-        values = np.asarray(values, dtype=np.float32).ravel()
-        if values.size > SAMPLES_PER_CASE:
-            values = self._rng.choice(values, SAMPLES_PER_CASE, replace=False)
-        return values
+        return subsample(np.asarray(values, dtype=np.float32), self._rng)
 
     def add(
         self,

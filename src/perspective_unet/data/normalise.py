@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 
+from perspective_unet.data.fingerprint import subsample
 from perspective_unet.intensity import MR_PERCENTILES, SYNAPSE_HU_WINDOW, IntensitySpec, ct_window, percentile_minmax
 
 __all__ = [
@@ -27,8 +28,6 @@ __all__ = [
     "picture_intensity",
 ]
 
-# Enough voxels for stable 0.5/99.5 percentiles without holding every foreground voxel of a dataset in memory.
-_SAMPLES_PER_VOLUME = 200_000
 mr_normalise = percentile_minmax
 
 
@@ -65,9 +64,7 @@ def percentile_window(
     samples = []
     for image, label in volumes:
         values = image[label > 0] if label is not None and (label > 0).any() else np.ravel(image)
-        if values.size > _SAMPLES_PER_VOLUME:
-            values = rng.choice(values, _SAMPLES_PER_VOLUME, replace=False)
-        samples.append(np.asarray(values, dtype=np.float64))
+        samples.append(np.asarray(subsample(values, rng), dtype=np.float64))
     if not samples:
         raise ValueError("percentile_window needs at least one volume.")
     low, high = np.percentile(np.concatenate(samples), percentiles)
