@@ -237,14 +237,23 @@ class IntensitySpec:
         """A copy with some fields changed (validated)."""
         return dataclasses.replace(self, **changes)
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON- and checkpoint-safe dict; fields that do not apply are left out."""
+    def stored_range(self) -> dict[str, Any]:
+        """Stage 1 alone, as dataset.json's ``intensity`` entry holds it.
+
+        Example:
+            >>> IntensitySpec("percentile_minmax", scaling="zscore_per_image").stored_range()
+            {'kind': 'percentile_minmax', 'percentiles': [0.5, 99.5]}
+        """
         out: dict[str, Any] = {"kind": self.kind}
         if self.window is not None:
             out["window"] = list(self.window)
         if self.kind == "percentile_minmax":
             out["percentiles"] = list(self.percentiles)  # type: ignore[arg-type]
-        out["scaling"] = self.scaling
+        return out
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON- and checkpoint-safe dict; fields that do not apply are left out."""
+        out = {**self.stored_range(), "scaling": self.scaling}
         if self.scaling == "zscore":
             out["mean"], out["std"] = self.mean, self.std
         return out

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +52,7 @@ from perspective_unet.data.io import (
 )
 from perspective_unet.data.normalise import MR_PERCENTILES, SYNAPSE_HU_WINDOW, ct_window
 from perspective_unet.data.normalise import normalise_intensity as apply_intensity
+from perspective_unet.data.planning import dataset_intensity
 from perspective_unet.engine.runtime import resolve_device
 from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
@@ -80,7 +80,6 @@ LABEL_SUFFIXES = (*NIFTI_SUFFIXES, ".png", ".bmp", ".tif", ".tiff", ".mha", ".nr
 _KEEP_SUFFIXES = (*NIFTI_SUFFIXES, ".mha", ".nrrd")
 # Files of an input folder: every readable image format but the parts of multi-file formats.
 _INPUT_SUFFIXES = tuple(s for s in (*NIFTI_SUFFIXES, *PICTURE_SUFFIXES, *SITK_SUFFIXES) if s != ".img")
-_CT_TEXT = re.compile(r"HU clipped to \[\s*(-?[\d.]+(?:e[-+]?\d+)?)\s*,\s*(-?[\d.]+(?:e[-+]?\d+)?)\s*\]")
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -127,16 +126,8 @@ def resolve_intensity(
     if spec:
         _check_spec(spec)
         return dict(spec)
-    modality = str(info.get("modality", "")).upper()
-    text = str(info.get("normalisation", ""))
-    match = _CT_TEXT.search(text)
-    if match:
-        return {"kind": "ct_window", "window": [float(match.group(1)), float(match.group(2))]}
-    if modality.startswith("MR") or text.startswith("MR"):
-        return {"kind": "percentile_minmax", "percentiles": list(MR_PERCENTILES)}
-    if modality == "2D":
-        return {"kind": "picture"}
-    return None
+    recorded = dataset_intensity(info)  # the window in the normalisation text, MR percentiles, pictures
+    return None if recorded is None else recorded.stored_range()
 
 
 def _check_spec(spec: Any) -> None:
