@@ -276,21 +276,6 @@ class Plan:
             raise ValueError(f"patch_size needs [height, width], got {data['patch_size']!r}.")
         return dataclass_from_dict(cls, data, "plan keys")
 
-    def describe(self) -> str:
-        """Several lines for people (``perspective-unet plan``)."""
-        lines = [f"protocol        {self.protocol}"]
-        if self.protocol == "spacing":
-            lines.append(f"spacing         {self.spacing[0]:.4g} x {self.spacing[1]:.4g} mm (row x column)")  # type: ignore[index]
-            lines.append(f"patch size      {self.patch_size[0]} x {self.patch_size[1]} (training patch, inference "
-                         f"window, overlap {self.overlap:g})")
-            lines.append(f"foreground      {self.foreground_fraction:.3g} of the patches centred on a labelled pixel")
-        else:
-            lines.append(f"slice size      {self.patch_size[0]} x {self.patch_size[1]} (every slice zoomed to it)")
-        lines.append(f"batch size      {self.batch_size}")
-        lines.append(f"context slices  {self.context_slices} above and below ({self.in_channels} input channels)")
-        lines.append(f"intensity       {self.intensity.describe()}")
-        return "\n".join(lines)
-
 
 def _round_up(value: float, multiple: int = PATCH_DIVISOR) -> int:
     return max(multiple, int(math.ceil(value / multiple - 1e-9)) * multiple)

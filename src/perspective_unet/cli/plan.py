@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from perspective_unet.plan import MAX_PATCH_PIXELS, PROTOCOLS, Fingerprint
+from perspective_unet.plan import MAX_PATCH_PIXELS, PROTOCOLS, Fingerprint, Plan
 
 __all__ = ["register"]
 
@@ -52,7 +52,7 @@ def run(args: argparse.Namespace) -> int:
                                                        "context_slices", "max_patch_pixels")}
     if current is not None and all(value is None for value in changes.values()):
         print(_describe_fingerprint(fingerprint))
-        print(f"\nplan ({args.data}/{PLAN_FILE}):\n{current.describe()}")
+        print(f"\nplan ({args.data}/{PLAN_FILE}):\n{_describe_plan(current)}")
         return 0
     try:
         protocol = args.protocol or (current.protocol if current else "spacing")
@@ -75,7 +75,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"{args.data}: {exc}") from None
     path = write_json_atomic(plan.to_dict(), f"{args.data}/{PLAN_FILE}")
     print(_describe_fingerprint(fingerprint))
-    print(f"\nplan written to {path}:\n{plan.describe()}")
+    print(f"\nplan written to {path}:\n{_describe_plan(plan)}")
     return 0
 
 
@@ -99,4 +99,20 @@ def _describe_fingerprint(fingerprint: Fingerprint) -> str:
     if raw is not None:
         lines.append(f"  foreground      raw intensities mean {raw.mean:.4g}, std {raw.std:.4g}, 0.5 / 99.5 "
                      f"percentiles {raw.low:.4g} / {raw.high:.4g}")
+    return "\n".join(lines)
+
+
+def _describe_plan(plan: Plan) -> str:
+    lines = [f"protocol        {plan.protocol}"]
+    if plan.protocol == "spacing":
+        row, column = plan.spacing  # type: ignore[misc]
+        lines.append(f"spacing         {row:.4g} x {column:.4g} mm (row x column)")
+        lines.append(f"patch size      {plan.patch_size[0]} x {plan.patch_size[1]} (training patch, inference "
+                     f"window, overlap {plan.overlap:g})")
+        lines.append(f"foreground      {plan.foreground_fraction:.3g} of the patches centred on a labelled pixel")
+    else:
+        lines.append(f"slice size      {plan.patch_size[0]} x {plan.patch_size[1]} (every slice zoomed to it)")
+    lines.append(f"batch size      {plan.batch_size}")
+    lines.append(f"context slices  {plan.context_slices} above and below ({plan.in_channels} input channels)")
+    lines.append(f"intensity       {plan.intensity.describe()}")
     return "\n".join(lines)
