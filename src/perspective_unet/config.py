@@ -13,7 +13,7 @@ __all__ = ["ModelConfig", "TrainConfig", "dataclass_from_dict"]
 T = TypeVar("T")
 
 _ENLSA_KERNELS = ("softmax", "relu")
-_SCSI_ATTENTION = ("tokens", "official")
+_SCSI_ATTENTION = ("tokens", "released", "official")
 CHECKPOINTABLE_PARTS = ("cnn", "enltb", "scsi")
 
 
@@ -39,8 +39,11 @@ class ModelConfig:
         scsi_heads: Attention heads of the integrator; must divide ``scsi_dim``.
         scsi_depth: Transformer layers of the integrator.
         scsi_ffn_dim: Hidden width of the integrator's feed-forward layers.
-        scsi_attention: ``"tokens"`` attends across the token sequence as the paper describes; ``"official"``
-            reproduces the released code at batch size 1 (attention = out_proj(v_proj(s))), per sample.
+        scsi_attention: ``"tokens"`` attends across the token sequence as the paper describes; ``"released"`` is
+            the released code's function (attention across the samples of a batch at each token position, so a
+            sample's output depends on its batch; evaluation and prediction run such a model one slice at a time, as
+            the released test does); ``"official"`` is the released code at batch size 1 (attention =
+            out_proj(v_proj(s))), applied to every sample on its own.
         dilation: Dilation of the wide path of every bi-path block.
         enltb_dropout: Dropout after ENLSA and inside the ENLTB feed-forward layer.
         scsi_dropout: Dropout of the integrator's attention and feed-forward layers.

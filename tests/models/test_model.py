@@ -133,7 +133,8 @@ def test_ablations_leave_out_the_modules_they_switch_off():
     model = create_model(TINY, use_bipath=False, use_enltb=False, use_scsi=False)
     names = [n for n, _ in model.named_modules()]
     assert not any("dilated_path" in n for n in names)
-    assert model.encoder.transformer is None and model.encoder.integrator is None and model.encoder.fusers is None
+    assert model.encoder.transformer is None and model.encoder.integrator is None
+    assert len(model.encoder.fusers) == 3  # as released: the 1x1 fusion runs in every setting
     full = create_model(TINY)
     assert sum(p.numel() for p in model.parameters()) < sum(p.numel() for p in full.parameters())
 
@@ -176,3 +177,60 @@ def test_model_built_from_config_object_equals_registry_config():
     config = perspective_unet.models.get_model_config(TINY, num_classes=5)
     assert PerspectiveUNet(config).config == create_model(TINY, num_classes=5).config
     assert ModelConfig.from_dict(config.to_dict()) == config
+
+
+def test_released_attention_mixes_the_batch_in_training_and_evaluation():
+    from perspective_unet.models.integrator import SpatialCrossScaleIntegrator
+
+    torch.manual_seed(0)
+    scsi = {mode: SpatialCrossScaleIntegrator((8, 16), dim=16, heads=2, depth=2, ffn_dim=32, dropout=0.0,
+                                              attention=mode) for mode in ("released", "official")}
+    scsi["official"].load_state_dict(scsi["released"].state_dict())
+    first = [torch.randn(1, 8, 6, 4), torch.randn(1, 16, 3, 2)]
+    others = [[torch.randn(2, 8, 6, 4), torch.randn(2, 16, 3, 2)] for _ in range(2)]
+    for training in (True, False):  # the integrator has no BatchNorm: only attention can mix samples
+        outputs = {}
+        for mode, module in scsi.items():
+            module.train(training)
+            with torch.no_grad():
+                outputs[mode] = [module([torch.cat([f, o]) for f, o in zip(first, other)])[0][:1] for other in others]
+        assert not torch.allclose(*outputs["released"], atol=1e-4), training  # sample 0 depends on its companions
+        torch.testing.assert_close(*outputs["official"])
+    assert create_model(TINY, scsi_attention="released").batch_dependent
+
+
+def test_released_attention_equals_the_official_mode_at_batch_size_one():
+    torch.manual_seed(0)
+    released = create_model(TINY, scsi_attention="released").eval()
+    official = create_model(TINY, scsi_attention="official").eval()
+    official.load_state_dict(released.state_dict())
+    x = torch.randn(1, 1, 32, 48)
+    with torch.no_grad():
+        torch.testing.assert_close(released(x), official(x), atol=1e-5, rtol=1e-5)
+    assert not official.batch_dependent
+
+
+def test_released_attention_is_multihead_attention_across_the_batch():
+    from perspective_unet.models.integrator import CrossScaleAttention
+
+    torch.manual_seed(0)
+    attention = CrossScaleAttention(16, 4, mode="released").eval()
+    reference = torch.nn.MultiheadAttention(16, 4)  # sequence-first, fed (B, N, dim) as the release feeds it
+    with torch.no_grad():
+        reference.in_proj_weight.copy_(attention.qkv.weight)
+        reference.in_proj_bias.copy_(attention.qkv.bias)
+        reference.out_proj.weight.copy_(attention.out.weight)
+        reference.out_proj.bias.copy_(attention.out.bias)
+        x = torch.randn(5, 7, 16)
+        torch.testing.assert_close(attention(x), reference(x, x, x, need_weights=False)[0], atol=1e-5, rtol=1e-5)
+
+
+def test_inference_runs_a_batch_dependent_model_one_slice_at_a_time():
+    from perspective_unet.engine.inference import predict_slices
+
+    torch.manual_seed(0)
+    model = create_model(TINY, num_classes=3, scsi_attention="released").eval()
+    x = torch.randn(3, 1, 32, 32)
+    with torch.no_grad():
+        alone = torch.cat([torch.softmax(model(x[i : i + 1]), 1) for i in range(3)])
+    torch.testing.assert_close(predict_slices(model, x), alone, atol=1e-6, rtol=1e-5)

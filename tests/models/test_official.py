@@ -162,3 +162,61 @@ def test_released_weights_with_token_attention_take_the_onednn_route_at_the_same
             plain = model(x)
     assert plain.abs().max() > 1.0
     assert (routed - plain).abs().max() <= 1e-4 * plain.abs().max()
+
+
+ABLATIONS = FIXTURE / "ablations"
+SETTINGS = [(b, e, s) for b in (1, 0) for e in (1, 0) for s in (1, 0)]
+
+
+def _ablation_state_dict(bipath: int, enltb: int, scsi: int) -> dict[str, torch.Tensor]:
+    """The ablation fixture's weights: the parent recipe, BatchNorm statistics from its file where the key and shape
+    exist there, else the recipe's own (``1 + 0.5 * rand`` / ``0.1 * randn`` from the key's generator)."""
+    shapes = json.loads((ABLATIONS / f"bipath{bipath}_enltb{enltb}_scsi{scsi}_state_dict.json").read_text())
+    bn_stats = np.load(FIXTURE / "official_bn_stats.npz")
+    state = {}
+    for key, shape in shapes.items():
+        g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
+        leaf = key.rsplit(".", 1)[-1]
+        if leaf in ("running_mean", "running_var") and not (key in bn_stats and list(bn_stats[key].shape) == shape):
+            state[key] = 1 + 0.5 * torch.rand(shape, generator=g) if leaf == "running_var" else (
+                0.1 * torch.randn(shape, generator=g))
+        elif leaf in ("running_mean", "running_var"):
+            state[key] = torch.from_numpy(bn_stats[key])
+        elif leaf == "num_batches_tracked":
+            state[key] = torch.tensor(0)
+        elif leaf == "projection_matrix":
+            state[key] = torch.randn(shape, generator=g)
+        elif len(shape) == 1:
+            noise = torch.randn(shape, generator=g)
+            state[key] = 1 + 0.1 * noise if leaf.endswith("weight") else 0.05 * noise
+        else:
+            gain = 2.0 if len(shape) == 4 else 1.0
+            state[key] = torch.randn(shape, generator=g) * math.sqrt(gain / math.prod(shape[1:]))
+    return state
+
+
+@pytest.mark.parametrize("bipath, enltb, scsi", SETTINGS)
+def test_every_released_ablation_setting_loads_and_matches(bipath, enltb, scsi):
+    name = f"bipath{bipath}_enltb{enltb}_scsi{scsi}"
+    model = load_official_checkpoint(_ablation_state_dict(bipath, enltb, scsi), use_bipath=bool(bipath),
+                                     use_enltb=bool(enltb), use_scsi=bool(scsi))
+    with np.load(ABLATIONS / "ablation_logits_every7.npz") as data:
+        reference, largest = torch.from_numpy(data[name]), float(data[f"{name}_max_abs"])
+    with torch.no_grad():
+        logits = model(_inputs((1, 1, 224, 224), 1234))[..., ::7, ::7]
+    assert (logits - reference).abs().max() <= 1e-4 * largest
+
+
+def test_an_ablation_loaded_with_the_wrong_switches_names_the_switch():
+    with pytest.raises(InputError, match="pass use_scsi=False"):
+        load_official_checkpoint(_ablation_state_dict(1, 1, 0))
+    with pytest.raises(InputError, match="pass use_enltb=True"):
+        load_official_checkpoint(_ablation_state_dict(1, 1, 1), use_enltb=False)
+
+
+def test_config_overrides_reach_the_loaded_model(released_state):
+    model = load_official_checkpoint(released_state, scsi_attention="released", scsi_dropout=0.0, drop_path_rate=0.0)
+    assert (model.config.scsi_attention, model.config.scsi_dropout, model.config.drop_path_rate) == ("released", 0, 0)
+    assert not model.training
+    with pytest.raises(ValueError, match="widths"):
+        load_official_checkpoint(released_state, widths=(8, 16))

@@ -88,14 +88,16 @@ def predict_slices(
 ) -> torch.Tensor:
     """Softmax probabilities of a batch of model-sized, normalised slices (B, C_in, H, W) -> (B, classes, H, W).
 
-    With ``tta`` the probabilities are averaged over the four horizontal/vertical flips.
+    With ``tta`` the probabilities are averaged over the four horizontal/vertical flips. A model whose outputs depend
+    on its batch (``batch_dependent``, SCSI attention as released) sees one slice at a time.
     """
     total = None
     variants = _flip_variants(tta)
+    one_at_a_time = bool(getattr(model, "batch_dependent", False))
     for dims in variants:
         x = images.flip(dims) if dims else images
         with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-            logits = model(x)
+            logits = torch.cat([model(s) for s in x.split(1)]) if one_at_a_time else model(x)
         probs = torch.softmax(logits.float(), dim=1)
         probs = probs.flip(dims) if dims else probs
         total = probs if total is None else total + probs

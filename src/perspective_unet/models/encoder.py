@@ -116,8 +116,9 @@ class PerspectiveEncoder(nn.Module):
     """The whole encoder of Perspective+ Unet; returns one skip feature per CNN stage, finest first.
 
     The three coarsest skips are ``fuse(concat(context, cnn_feature))``, where the context is the SCSI output of
-    the ENLTB features (or of whichever of the two branches the ablation switches keep). With both switches off the
-    skips are the CNN features themselves.
+    the ENLTB features; as the released code wires its ablations, without ENLTB the three coarsest CNN features take
+    the place of the ENLTB features (in SCSI when it is on, in the fusion otherwise), and the fusion is applied in
+    every setting (with both switches off it fuses each CNN feature with itself).
 
     Attributes:
         out_channels: Channels of each returned skip, finest first (the decoder is built from it).
@@ -146,13 +147,10 @@ class PerspectiveEncoder(nn.Module):
             if config.use_scsi
             else None
         )
-        has_context = config.use_enltb or config.use_scsi
-        self.fusers = nn.ModuleList(nn.Conv2d(2 * w, w, 1) for w in deep) if has_context else None
+        self.fusers = nn.ModuleList(nn.Conv2d(2 * w, w, 1) for w in deep)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         features = self.cnn(x)
-        if self.fusers is None:
-            return features
         shallow, deep = features[:-3], features[-3:]
         context = self.transformer(deep) if self.transformer is not None else deep
         if self.integrator is not None:

@@ -17,16 +17,21 @@ from perspective_unet.models.layers import (
     to_tokens,
 )
 
-__all__ = ["CrossScaleAttention", "IntegratorLayer", "SpatialCrossScaleIntegrator"]
+__all__ = ["ATTENTION_MODES", "CrossScaleAttention", "IntegratorLayer", "SpatialCrossScaleIntegrator"]
+
+ATTENTION_MODES = ("tokens", "released", "official")
 
 
 class CrossScaleAttention(nn.Module):
     """Multi-head self-attention over a token sequence, through ``scaled_dot_product_attention``.
 
     ``mode="tokens"`` attends across the token sequence of each sample, as the paper describes; memory stays
-    linear in the tokens wherever SDPA has a memory-efficient kernel. ``mode="official"`` reproduces the released
-    code at batch size 1, whose attention runs over a sequence of length one: the output is out(v(s)) for every
-    token, with the attention dropout falling on that single weight per token and head.
+    linear in the tokens wherever SDPA has a memory-efficient kernel. ``mode="released"`` is the released code's
+    function for any batch: its ``nn.MultiheadAttention`` is built sequence-first but fed (B, N, dim), so at every
+    token position it attends across the samples of the batch (attention dropout included); a sample's output then
+    depends on the other samples of its batch, and at batch size 1 it is out(v(s)). ``mode="official"`` is that
+    batch-size-1 function applied to every sample on its own: out(v(s)) for every token, with the attention dropout
+    falling on the single weight per token and head.
 
     In training with dropout on the CPU, SDPA has no fused kernel and would build (B, heads, N, N) matrices; with
     ``fast_dropout`` the attention then runs block by block with recomputation
@@ -38,7 +43,7 @@ class CrossScaleAttention(nn.Module):
         dim: Token width.
         heads: Attention heads; must divide ``dim``.
         dropout: Dropout on the attention weights (training only).
-        mode: ``"tokens"`` or ``"official"``.
+        mode: ``"tokens"``, ``"released"`` or ``"official"``.
         fast_dropout: Fast dropout masks and the memory-lean attention-dropout path on the CPU.
     """
 
@@ -48,8 +53,8 @@ class CrossScaleAttention(nn.Module):
         super().__init__()
         if dim % heads:
             raise ValueError(f"heads ({heads}) must divide dim ({dim}).")
-        if mode not in ("tokens", "official"):
-            raise ValueError(f"mode must be 'tokens' or 'official', got {mode!r}.")
+        if mode not in ATTENTION_MODES:
+            raise ValueError(f"mode must be one of {ATTENTION_MODES}, got {mode!r}.")
         self.dim = dim
         self.heads = heads
         self.dropout = dropout
@@ -68,6 +73,11 @@ class CrossScaleAttention(nn.Module):
                 keep = F.dropout(x.new_ones(batch, tokens, self.heads, 1), dropout, training=True)
                 v = (v.unflatten(-1, (self.heads, -1)) * keep).flatten(2)
             return self.out(v)
+        if self.mode == "released":
+            # (B, N, 3, heads, d) -> (N, heads, B, d): each token position is a sequence of the batch's samples.
+            q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 1, 3, 0, 4).unbind(0)
+            attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+            return self.out(attended.permute(2, 0, 1, 3).flatten(2))
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
         if dropout == 0.0 and onednn_attention_route(q, k, v):
             attended = onednn_attention(q, k, v)
@@ -120,7 +130,8 @@ class SpatialCrossScaleIntegrator(nn.Module):
         depth: Transformer layers.
         ffn_dim: Feed-forward hidden width.
         dropout: Dropout of attention and feed-forward layers.
-        attention: ``"tokens"`` (paper) or ``"official"`` (the released code at batch size 1).
+        attention: ``"tokens"`` (paper), ``"released"`` (the released code, across the batch) or ``"official"``
+            (the released code at batch size 1, per sample).
         fast_dropout: Fast CPU dropout (see :class:`IntegratorLayer` and :class:`CrossScaleAttention`).
 
     Attributes:

@@ -2,8 +2,9 @@
 
 The released state dicts use other module names; :func:`convert_official_state_dict` renames every key to this
 project's names (and reshapes 1x1-convolution q/k/v weights to linear weights). The loaded model takes three
-channels, repeats a one-channel input as the release does, and runs SCSI in ``official`` mode, so its logits equal
-the release's at batch size 1 for every sample of any batch.
+channels, repeats a one-channel input as the release does, is wired as the release wires its eight ablation settings,
+and runs SCSI in ``official`` mode by default, so its logits equal the release's at batch size 1 for every sample of
+any batch (``scsi_attention="released"`` gives the release's own batch-mixing function).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -96,42 +98,64 @@ def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, 
     return converted
 
 
-def official_model_config(num_classes: int, use_bipath: bool = True) -> ModelConfig:
-    """The configuration of the released network: 3 input channels, gray repeated, SCSI attention as released."""
-    return ModelConfig(
-        in_channels=3,
-        num_classes=num_classes,
-        repeat_gray_to_rgb=True,
-        scsi_attention="official",
-        use_bipath=use_bipath,
-    )
+def official_model_config(
+    num_classes: int,
+    use_bipath: bool = True,
+    use_enltb: bool = True,
+    use_scsi: bool = True,
+    scsi_attention: str = "official",
+    **overrides: Any,
+) -> ModelConfig:
+    """The configuration of the released network: 3 input channels with a gray input repeated, the ablation switches
+    of ``PUnet(num_classes, use_enltb, use_scale_integrator, use_dilate_conv)``, and SCSI attention ``official``
+    (the release at batch size 1, per sample) or ``released`` (across the batch, as the release trains)."""
+    fields = {"in_channels": 3, "num_classes": num_classes, "repeat_gray_to_rgb": True,
+              "scsi_attention": scsi_attention, "use_bipath": use_bipath, "use_enltb": use_enltb, "use_scsi": use_scsi}
+    return ModelConfig(**{**fields, **overrides})
+
+
+# Released key prefixes of the parts an ablation switch removes, and the argument that says it is off.
+_PART_PREFIXES = {"use_enltb": "encoder.transformer.", "use_scsi": "encoder.integrator."}
 
 
 def load_official_checkpoint(
     source: str | os.PathLike[str] | Mapping[str, torch.Tensor],
     *,
-    num_classes: int | None = None,
+    scsi_attention: str = "official",
     use_bipath: bool = True,
+    use_enltb: bool = True,
+    use_scsi: bool = True,
+    num_classes: int | None = None,
     map_location: str | torch.device = "cpu",
+    **config_overrides: Any,
 ) -> PerspectiveUNet:
     """Load a checkpoint saved by the authors' released implementation into an eval-mode model.
 
+    All eight ablation settings of the release load: pass the switches it was trained with (``use_dilate_conv``,
+    ``use_enltb`` and ``use_scale_integrator`` of its ``PUnet``). The release builds the dilated path even when it is
+    off; those weights are then unused and dropped.
+
     Args:
         source: Path of the released ``.pth`` (read with ``weights_only=True``) or its state dict.
+        scsi_attention: ``"official"`` (the release at batch size 1, every sample on its own: the logits of its test)
+            or ``"released"`` (attention across the batch, as the release trains; see ``ModelConfig``).
+        use_bipath: ``False`` for a checkpoint trained without the dilated path.
+        use_enltb: ``False`` for a checkpoint trained without the ENLTB branch.
+        use_scsi: ``False`` for a checkpoint trained without the cross-scale integrator.
         num_classes: Output classes; by default read from the head's weight.
-        use_bipath: ``False`` for a checkpoint trained with the "no bi-path" ablation; its unused dilated-path
-            weights are then dropped.
         map_location: Device for the weights.
+        **config_overrides: Any other ``ModelConfig`` field (dropout rates, ``fast_dropout``, ...).
 
     Returns:
         A :class:`PerspectiveUNet` with ``in_channels=3`` (a 1-channel input is repeated), in eval mode.
 
     Raises:
-        InputError: listing every missing, unexpected or mis-shaped key at once.
+        InputError: listing every missing, unexpected or mis-shaped key at once (and the switch that would explain
+            missing or unexpected parts).
 
     Example:
         >>> model = load_official_checkpoint("epoch_599.pth")  # doctest: +SKIP
-        >>> logits = model(torch.rand(4, 1, 224, 224))  # doctest: +SKIP
+        >>> no_scsi = load_official_checkpoint("ablation.pth", use_scsi=False)  # doctest: +SKIP
     """
     origin = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
     raw = load_checkpoint_file(source, map_location) if isinstance(source, (str, os.PathLike)) else source
@@ -143,7 +167,12 @@ def load_official_checkpoint(
         if head is None:
             raise InputError(f"{origin} has no 'segmentation_head.0.weight'; is it a Perspective+ Unet checkpoint?")
         num_classes = int(head.shape[0])
-    model = PerspectiveUNet(official_model_config(num_classes, use_bipath))
+    try:
+        config = official_model_config(num_classes, use_bipath, use_enltb, use_scsi, scsi_attention,
+                                       **config_overrides)
+    except TypeError as exc:
+        raise InputError(f"load_official_checkpoint: {exc}; any ModelConfig field may be overridden.") from None
+    model = PerspectiveUNet(config)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -157,9 +186,12 @@ def load_official_checkpoint(
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if keys:
                 parts.append(f"{len(keys)} {title}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
+        hints = [f"{name}={not on}" for name, on in (("use_enltb", use_enltb), ("use_scsi", use_scsi))
+                 if any(k.startswith(_PART_PREFIXES[name]) for k in (missing if on else unexpected))]
+        hint = f" The file looks like an ablation: pass {', '.join(hints)}." if hints else ""
         raise InputError(
             f"{origin} does not match the released Perspective+ Unet for {num_classes} classes "
-            f"(keys named after conversion to this project's names): " + "; ".join(parts)
+            f"(keys named after conversion to this project's names): " + "; ".join(parts) + "." + hint
         )
     model.load_state_dict(state, strict=True)
     return model.to(map_location).eval()
@@ -171,7 +203,11 @@ def convert_official_checkpoint(
     *,
     num_classes: int | None = None,
     use_bipath: bool = True,
+    use_enltb: bool = True,
+    use_scsi: bool = True,
+    scsi_attention: str = "official",
 ) -> Path:
     """Convert a released checkpoint to this project's format (weights plus config); returns the written path."""
-    model = load_official_checkpoint(source, num_classes=num_classes, use_bipath=use_bipath)
+    model = load_official_checkpoint(source, num_classes=num_classes, use_bipath=use_bipath, use_enltb=use_enltb,
+                                     use_scsi=use_scsi, scsi_attention=scsi_attention)
     return save_model(model, destination, converted_from="official")

@@ -72,6 +72,14 @@ class PerspectiveUNet(nn.Module):
         """Input sides must be multiples of this number."""
         return self.config.size_divisor
 
+    @property
+    def batch_dependent(self) -> bool:
+        """Whether a sample's output depends on the other samples of its batch (``scsi_attention="released"``).
+
+        Inference runs such a model one slice at a time, as the released test does.
+        """
+        return self.config.use_scsi and self.config.scsi_attention == "released"
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Segment a batch.
 
