@@ -241,6 +241,8 @@ class TrainConfig:
             protocol).
         augmentation: Overrides of the protocol's augmentation settings (``AugmentationConfig`` for the paper
             protocol, ``SpacingAugmentationConfig`` for the spacing protocol): probabilities and ranges.
+        drop_last_batch: Skip the last, incomplete batch of each epoch; the released code keeps it (185 iterations
+            per epoch on Synapse at batch 12 instead of 184).
         max_iterations: Stop after this many optimiser steps (the schedule still spans all epochs); None: no cap.
         time_limit_minutes: Stop at the end of the epoch that passes this wall-clock budget; None: no limit.
         log_every: Iterations between TensorBoard scalar writes.
@@ -275,6 +277,7 @@ class TrainConfig:
     val_batch_size: int = 16
     augment: bool = True
     augmentation: dict[str, Any] = field(default_factory=dict)
+    drop_last_batch: bool = True
     max_iterations: int | None = None
     time_limit_minutes: float | None = None
     log_every: int = 10

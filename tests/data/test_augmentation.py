@@ -116,3 +116,41 @@ def test_config_validation_and_round_trip() -> None:
         AugmentationConfig(min_ops=3, max_ops=2)
     with pytest.raises(ValueError, match="Unknown augmentation options"):
         AugmentationConfig.from_dict({"rotation": 3})
+
+
+# The released recipe's options -----------------------------------------------------------------------------------
+
+
+def test_contrast_pivot_zero_is_a_pure_gain_and_the_default_pivots_on_mid_grey() -> None:
+    sample = _blocks(seed=7)
+    original = _plain(sample["image"])
+    for pivot in (0.0, 0.5):
+        out = _plain(build_augmentation(_only("contrast", contrast_pivot=pivot)).set_random_state(8)(dict(sample))
+                     ["image"])
+        factor = (out - pivot) / (original - pivot)
+        assert np.allclose(factor, factor.flat[0], atol=1e-5) and not np.isclose(factor.flat[0], 1.0), pivot
+
+
+def test_noise_std_is_the_standard_deviation_in_units_of_the_unit_range() -> None:
+    sample = {"image": torch.full((1, 128, 128), 0.5), "label": torch.zeros(1, 128, 128)}
+    out = build_augmentation(_only("noise", noise_std=1.275)).set_random_state(9)(dict(sample))
+    assert float((out["image"] - 0.5).std()) == pytest.approx(1.275, rel=0.02)
+
+
+@pytest.mark.parametrize("before_resize", [False, True])
+def test_before_resize_augments_the_stored_slice_then_zooms(prepared_synapse, before_resize) -> None:
+    from perspective_unet.data import SliceDataset
+
+    root, _ = prepared_synapse
+    config = _only("hflip", before_resize=before_resize)
+    dataset = SliceDataset(root, "train", img_size=(32, 32), augmentation=config)
+    seen = []
+    augment = dataset._augment
+    dataset._augment = lambda data: seen.append(tuple(data["image"].shape)) or augment(data)
+    item = dataset[0]
+    stored = dataset.load_slice(0)[0].shape
+    assert seen == [(1, *stored)] if before_resize else seen == [(1, 32, 32)]
+    assert tuple(item["image"].shape) == (1, 32, 32)
+    # A horizontal flip commutes with the zoom: both orders give the same flipped slice.
+    plain = SliceDataset(root, "train", img_size=(32, 32))[0]["image"]
+    torch.testing.assert_close(item["image"], plain.flip(-1), atol=1e-5, rtol=1e-5)

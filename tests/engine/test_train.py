@@ -151,3 +151,30 @@ def test_memory_budget_needs_compile_and_reaches_the_compiler(tiny_dataset, tmp_
             "--max-iterations", "1", "--compile", "--activation-memory-budget", "0.4"]
     assert main(args) == 0
     assert seen == {"budget": 0.4}
+
+
+def test_keeping_the_last_incomplete_batch_adds_its_iteration(tiny_dataset, tmp_path):
+    # 12 training slices at batch 5: 2 full batches, and a third of 2 slices when it is kept (as released).
+    dropped = train(_config(tiny_dataset, tmp_path / "dropped", epochs=1, batch_size=5, val_every=0))
+    kept = train(_config(tiny_dataset, tmp_path / "kept", epochs=1, batch_size=5, val_every=0, drop_last_batch=False))
+    assert (dropped.iterations, kept.iterations) == (2, 3)
+
+
+@pytest.mark.parametrize("name", ["synapse_released", "acdc_released"])
+def test_released_configs_train_the_released_network(tiny_dataset, tmp_path, name):
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
+    config = TrainConfig.from_yaml(path, data=str(tiny_dataset), output=str(tmp_path / "run"),
+                                   model="perspective_unet_tiny", img_size=(32, 32), epochs=1, batch_size=4,
+                                   num_workers=0)
+    assert (config.amp, config.drop_last_batch, config.val_every) == (False, False, 0)
+    assert config.augmentation == {"noise_std": 1.275, "contrast_pivot": 0.0, "before_resize": True}
+    result = train(config)
+    assert result.best_checkpoint is None  # no validation-based selection: the last epoch is tested
+    model = load_model(result.last_checkpoint)
+    assert (model.config.scsi_attention, model.config.in_channels, model.config.repeat_gray_to_rgb) == (
+        "released", 3, True)
+    assert model.batch_dependent and not model.config.fast_dropout
+    assert main(["evaluate", "--checkpoint", str(result.last_checkpoint), "--data", str(tiny_dataset), "-o",
+                 str(tmp_path / "eval")]) == 0

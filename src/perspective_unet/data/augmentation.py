@@ -68,7 +68,9 @@ class AugmentationConfig:
         blur_prob: Probability that a drawn blur fires.
         blur_sigma: Standard deviation of the Gaussian blur, in pixels.
         contrast_prob: Probability that a drawn contrast change fires.
-        contrast_range: Range of the factor a in 0.5 + a * (x - 0.5).
+        contrast_range: Range of the factor a in pivot + a * (x - pivot).
+        contrast_pivot: The value the contrast change keeps fixed: 0.5 (mid-grey, this project's reading of the
+            paper) or 0 (the released code: its linear contrast on float images is a pure gain x -> a * x).
         scale_prob: Probability that a drawn scaling fires.
         scale_range: Range of the zoom factor, drawn for each axis (2 = twice as large).
         rotate_prob: Probability that a drawn rotation fires.
@@ -81,6 +83,8 @@ class AugmentationConfig:
         translate_prob: Probability that a drawn translation fires.
         translate_fraction: Shift drawn per axis from [-f, f] times the image side.
         image_mode: Interpolation of the image in geometric operations (the label is always nearest).
+        before_resize: Augment each slice at its stored size and zoom the result to the model's size (the released
+            code's order) instead of zooming first; blur, noise and warps then act on the native grid.
     """
 
     min_ops: int = 0
@@ -94,6 +98,7 @@ class AugmentationConfig:
     blur_sigma: float = 1.0
     contrast_prob: float = 1.0
     contrast_range: tuple[float, float] = (0.5, 1.5)
+    contrast_pivot: float = 0.5
     scale_prob: float = 1.0
     scale_range: tuple[float, float] = (0.5, 2.0)
     rotate_prob: float = 1.0
@@ -106,6 +111,7 @@ class AugmentationConfig:
     translate_prob: float = 1.0
     translate_fraction: float = 0.2
     image_mode: str = "bilinear"
+    before_resize: bool = False
 
     def __post_init__(self) -> None:
         self.operations = tuple(self.operations)
@@ -135,6 +141,10 @@ class AugmentationConfig:
             raise ValueError("noise_std must be >= 0, blur_sigma > 0 and piecewise_grid >= 2.")
         if self.image_mode not in _IMAGE_MODES:
             raise ValueError(f"image_mode must be one of {_IMAGE_MODES}, got {self.image_mode!r}.")
+        if not isinstance(self.before_resize, bool):
+            raise ValueError(f"before_resize must be true or false, got {self.before_resize!r}.")
+        if isinstance(self.contrast_pivot, bool) or not isinstance(self.contrast_pivot, (int, float)):
+            raise ValueError(f"contrast_pivot must be a number, got {self.contrast_pivot!r}.")
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-typed fields (lists for tuples), for YAML and checkpoints."""
@@ -321,7 +331,7 @@ def build_augmentation(cfg: AugmentationConfig | None = None, image_key: str = "
                                             sample_std=False),
         "blur": lambda: RandGaussianSmoothd(image_key, sigma_x=(cfg.blur_sigma,) * 2, sigma_y=(cfg.blur_sigma,) * 2,
                                             prob=cfg.blur_prob),
-        "contrast": lambda: RandLinearContrastd(image_key, cfg.contrast_prob, cfg.contrast_range),
+        "contrast": lambda: RandLinearContrastd(image_key, cfg.contrast_prob, cfg.contrast_range, cfg.contrast_pivot),
         "scale": lambda: RandAffineOpd(both, "scale", cfg.scale_prob, cfg.scale_range, mode, [label_key]),
         "rotate": lambda: RandAffineOpd(both, "rotate", cfg.rotate_prob, (-rotate, rotate), mode, [label_key]),
         "shear": lambda: RandAffineOpd(both, "shear", cfg.shear_prob, (-shear, shear), mode, [label_key]),

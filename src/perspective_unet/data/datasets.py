@@ -237,23 +237,32 @@ class SliceDataset(Dataset):
             raise InputError(f"{self.root} has no fingerprint statistics for case {case!r}; prepare it again.")
         return self.case_stats[case]
 
+    def _zoom(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        height, width = image.shape[-2:]
+        if (height, width) == self.img_size:
+            return image, label
+        factors = (self.img_size[0] / height, self.img_size[1] / width)
+        return ndimage.zoom(image, (1.0, *factors), order=3), ndimage.zoom(label, factors, order=0)
+
+    def _augmented(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        out = self._augment({"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                             "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None]})
+        image_t = convert_to_tensor(out["image"], track_meta=False, dtype=torch.float32)
+        label_t = convert_to_tensor(out["label"], track_meta=False, dtype=torch.float32)
+        return image_t.numpy(), torch.round(label_t[0]).numpy()
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         image, label = self.load_stack(index)
-        height, width = image.shape[-2:]
-        if (height, width) != self.img_size:
-            factors = (self.img_size[0] / height, self.img_size[1] / width)
-            image = ndimage.zoom(image, (1.0, *factors), order=3)
-            label = ndimage.zoom(label, factors, order=0)
-        image_t = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-        label_t = torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None]
-        if self._augment is not None:
-            out = self._augment({"image": image_t, "label": label_t})
-            image_t = convert_to_tensor(out["image"], track_meta=False, dtype=torch.float32)
-            label_t = convert_to_tensor(out["label"], track_meta=False, dtype=torch.float32)
-        scaled = self.intensity.apply_stored(image_t.numpy(), self.stats_of(index))
+        first = self._augment is not None and self.augmentation_config.before_resize
+        if first:  # the released order: augment the stored slice, then zoom
+            image, label = self._augmented(image, label)
+        image, label = self._zoom(image, label)
+        if self._augment is not None and not first:
+            image, label = self._augmented(image, label)
+        scaled = self.intensity.apply_stored(image, self.stats_of(index))
         return {
             "image": torch.from_numpy(scaled).contiguous(),
-            "label": torch.round(label_t[0]).to(torch.int64),
+            "label": torch.from_numpy(np.rint(label).astype(np.int64)),
             "case": self.samples[index].name,
         }
 

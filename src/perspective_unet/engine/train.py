@@ -160,7 +160,7 @@ def _make_loader(
         worker_init_fn=seed_worker,
         generator=generator,
         pin_memory=torch.cuda.is_available(),
-        drop_last=len(dataset) >= config.batch_size * ctx.world_size,
+        drop_last=config.drop_last_batch and len(dataset) >= config.batch_size * ctx.world_size,
         persistent_workers=False,
     )
 

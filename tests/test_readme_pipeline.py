@@ -1,0 +1,92 @@
+"""Every shell command of the README's pipeline section runs as written, on small generated data.
+
+Only what a CPU test cannot afford is changed: the model, the epochs and the sizes of ``train`` (and a CUDA device
+becomes the CPU); paths, options and config files are the README's own. So the README cannot drift from the CLI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+import perspective_unet.data.demo as demo_module
+from perspective_unet.cli import main
+from tests.data.conftest import write_acdc_raw, write_nnunet_raw, write_pictures, write_synapse_raw
+from tests.data.test_splits_demo import _make_fake_sdist
+
+ROOT = Path(__file__).resolve().parents[1]
+TRAIN_OVERRIDES = ["--model", "perspective_unet_tiny", "--epochs", "1", "--img-size", "32", "32", "--batch-size",
+                   "2", "--num-workers", "0"]
+
+
+def pipeline_commands() -> list[str]:
+    """The command lines of the ``bash`` blocks between "## The pipeline" and "### Python API", comments removed."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## The pipeline") : text.index("### Python API")]
+    lines = []
+    for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
+        lines += [line.split(" # ")[0].strip() for line in block.splitlines() if line.strip()]
+    return lines
+
+
+def write_inputs(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The raw datasets, scans and config files the README's commands name, relative to ``cwd``."""
+    write_synapse_raw(cwd / "RawData" / "Training")
+    write_acdc_raw(cwd / "ACDC" / "database")
+    write_nnunet_raw(cwd / "Dataset042_Liver")
+    write_pictures(cwd / "my_pngs" / "images", cwd / "my_pngs" / "masks", count=6)
+    shutil.copytree(ROOT / "configs", cwd / "configs")
+    sdist = _make_fake_sdist(cwd / "fake" / demo_module.DEMO_SDIST_NAME)
+    monkeypatch.setattr(demo_module, "DEMO_SDIST_SHA256", hashlib.sha256(sdist.read_bytes()).hexdigest())
+
+    def download(dest: Path) -> Path:
+        return Path(shutil.copyfile(sdist, dest / demo_module.DEMO_SDIST_NAME))
+
+    monkeypatch.setattr(demo_module, "_download_sdist", download)
+    monkeypatch.setenv("PERSPECTIVE_UNET_CACHE", str(cwd / "cache"))
+    scan = np.random.default_rng(0).uniform(-300, 300, (24, 20, 5)).astype(np.float32)
+    (cwd / "scans").mkdir()
+    for path in (cwd / "scans" / "case_0000.nii.gz", cwd / "scan.nii.gz"):
+        nib.save(nib.Nifti1Image(scan, np.diag([0.8, 0.8, 2.5, 1.0])), str(path))
+
+
+def as_test_run(argv: list[str]) -> list[str]:
+    """A ``train`` command with CPU-sized overrides; every other command unchanged."""
+    if "train" not in argv:
+        return argv
+    argv = ["cpu" if arg.startswith("cuda") else arg for arg in argv]
+    return argv + TRAIN_OVERRIDES
+
+
+@pytest.mark.slow
+def test_every_pipeline_command_of_the_readme_runs(tmp_path, monkeypatch):
+    commands = pipeline_commands()
+    programs = [shlex.split(c)[0] for c in commands]
+    assert programs.count("perspective-unet") >= 15 and "torchrun" in programs, commands
+    monkeypatch.chdir(tmp_path)
+    write_inputs(tmp_path, monkeypatch)
+    for command in commands:
+        argv = as_test_run(shlex.split(command))
+        if argv[0] == "perspective-unet":
+            assert main(argv[1:]) == 0, command
+        else:
+            assert argv[:3] == ["torchrun", "--nproc_per_node", "4"], command
+            launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *argv[3:]]
+            env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
+            result = subprocess.run(launcher, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8",
+                                    errors="replace", timeout=600)
+            assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
+    for made in ("runs/synapse/last.pt", "runs/acdc/last.pt", "runs/synapse_released/last.pt", "runs/ddp/last.pt",
+                 "runs/synapse/eval/summary.json", "predictions/case.nii.gz", "case0001.png", "features.png",
+                 "prepared/Demo/plan.json", "prepared/MyPngs/plan.json"):
+        assert (tmp_path / made).is_file(), made
