@@ -6,6 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from perspective_unet.data.checks import check_ct_window, check_percentiles
 from perspective_unet.data.io import CANONICAL_ORIENTATION
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 
@@ -84,24 +85,42 @@ def _report(path: Path) -> int:
     return 0
 
 
+def _warn_without_foreground(out: Path, raw: Path) -> None:
+    # Synapse and ACDC have fixed label files, so the converters do not track foreground themselves; the fingerprint
+    # they wrote has no training foreground exactly when every training label is empty.
+    from perspective_unet.data.common import warn_if_all_background
+    from perspective_unet.plan import FINGERPRINT_FILE, read_fingerprint
+
+    path = out / FINGERPRINT_FILE
+    if path.is_file():
+        warn_if_all_background(read_fingerprint(path).foreground_stored is not None, raw)
+
+
 def _run_synapse(args: argparse.Namespace) -> int:
     from perspective_unet.data import prepare_synapse
 
-    return _report(prepare_synapse(args.input, args.output, overwrite=args.overwrite))
+    out = prepare_synapse(args.input, args.output, overwrite=args.overwrite)
+    _warn_without_foreground(out, args.input)
+    return _report(out)
 
 
 def _run_acdc(args: argparse.Namespace) -> int:
     from perspective_unet.data import prepare_acdc
 
-    return _report(prepare_acdc(args.input, args.output, overwrite=args.overwrite))
+    out = prepare_acdc(args.input, args.output, overwrite=args.overwrite)
+    _warn_without_foreground(out, args.input)
+    return _report(out)
 
 
 def _run_nnunet(args: argparse.Namespace) -> int:
     from perspective_unet.data import prepare_nnunet
 
+    # Checked here too so that the message names the option the user typed.
+    percentiles = check_percentiles(args.percentiles, "--percentiles")
+    ct_window = check_ct_window(args.ct_window, "--ct-window") if args.ct_window else None
     return _report(prepare_nnunet(
-        args.input, args.output, ct_window_hu=tuple(args.ct_window) if args.ct_window else None,
-        percentiles=tuple(args.percentiles), val_fraction=args.val_fraction, test_fraction=args.test_fraction,
+        args.input, args.output, ct_window_hu=ct_window,
+        percentiles=percentiles, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
         seed=args.seed, orientation=args.orientation, channel=args.channel, overwrite=args.overwrite,
         protocol=args.protocol,
     ))
@@ -110,6 +129,6 @@ def _run_nnunet(args: argparse.Namespace) -> int:
 def _run_demo(args: argparse.Namespace) -> int:
     from perspective_unet.data import prepare_demo
 
-    window = tuple(args.window) if args.window else SYNAPSE_HU_WINDOW
+    window = check_ct_window(args.window, "--window") if args.window else SYNAPSE_HU_WINDOW
     return _report(prepare_demo(args.output, cache_dir=args.cache_dir, sdist=args.sdist, gap=args.gap,
                                 overwrite=args.overwrite, window=window, protocol=args.protocol))

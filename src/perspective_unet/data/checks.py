@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import math
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -10,7 +11,19 @@ import numpy as np
 
 from perspective_unet.errors import InputError
 
-__all__ = ["check_finite", "check_label_values", "check_same_geometry", "require_files"]
+__all__ = [
+    "MIN_SLICE_SIDE",
+    "check_ct_window",
+    "check_finite",
+    "check_label_values",
+    "check_percentiles",
+    "check_same_geometry",
+    "check_slice_size",
+    "require_files",
+]
+
+# Slices thinner than this cannot be resampled, cropped into patches or batch-normalised in training.
+MIN_SLICE_SIDE = 2
 
 
 def check_finite(array: np.ndarray, path: str | Path) -> None:
@@ -62,3 +75,61 @@ def require_files(files: list[Path], folder: Path, what: str) -> list[Path]:
     if not files:
         raise InputError(f"{folder} holds no {what}; check the path and the folder layout (see docs/data.md).")
     return files
+
+
+def check_slice_size(shape: Sequence[int], path: str | Path) -> None:
+    """Raise if the slices of an image are smaller than 2 x 2 pixels.
+
+    Args:
+        shape: A canonical ``(Z, H, W)`` volume's shape or a picture's ``(H, W)``; the last two sides are checked.
+        path: The image file, named in the message.
+    """
+    height, width = (int(s) for s in tuple(shape)[-2:])
+    if min(height, width) < MIN_SLICE_SIDE:
+        raise InputError(
+            f"{path}: its slices are {height} x {width} pixels (image shape {tuple(int(s) for s in shape)}); "
+            f"slices must be at least {MIN_SLICE_SIDE} x {MIN_SLICE_SIDE} pixels. Remove this case or give the "
+            "whole image."
+        )
+
+
+def check_percentiles(percentiles: Sequence[float], option: str) -> tuple[float, float]:
+    """Return ``(low, high)`` if ``0 <= low < high <= 100``; else raise naming ``option``.
+
+    Args:
+        percentiles: The pair given by the user.
+        option: The command-line option or argument that gave it, such as ``"--percentiles"``.
+    """
+    low, high = _finite_pair(percentiles, option)
+    if not 0.0 <= low < high <= 100.0:
+        raise InputError(
+            f"{option} {low:g} {high:g}: the percentiles must satisfy 0 <= LOW < HIGH <= 100 "
+            "(such as 0.5 99.5); give the lower one first."
+        )
+    return low, high
+
+
+def check_ct_window(window: Sequence[float], option: str) -> tuple[float, float]:
+    """Return ``(low, high)`` if both are finite and ``low < high``; else raise naming ``option``.
+
+    Args:
+        window: The HU window given by the user.
+        option: The command-line option or argument that gave it, such as ``"--ct-window"``.
+    """
+    low, high = _finite_pair(window, option)
+    if not low < high:
+        raise InputError(
+            f"{option} {low:g} {high:g}: a CT window needs LOW < HIGH in HU (such as -125 275); give the lower "
+            "bound first."
+        )
+    return low, high
+
+
+def _finite_pair(values: Sequence[float], option: str) -> tuple[float, float]:
+    try:
+        low, high = (float(v) for v in values)
+    except (TypeError, ValueError):
+        raise InputError(f"{option} must be two numbers LOW HIGH, got {values!r}.") from None
+    if not (math.isfinite(low) and math.isfinite(high)):
+        raise InputError(f"{option} {low:g} {high:g}: both values must be finite numbers.")
+    return low, high

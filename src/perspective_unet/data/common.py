@@ -10,10 +10,10 @@ from typing import Any, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from perspective_unet.data.checks import check_finite, check_label_values, check_same_geometry
+from perspective_unet.data.checks import check_finite, check_label_values, check_same_geometry, check_slice_size
 from perspective_unet.data.io import CANONICAL_ORIENTATION, canonical_spacing, read_image, to_canonical
 
-__all__ = ["CanonicalPair", "progress", "read_pair", "volume_attrs"]
+__all__ = ["CanonicalPair", "progress", "read_pair", "volume_attrs", "warn_if_all_background"]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -63,10 +63,13 @@ def read_pair(
         label_map: Source value -> class id; values not in it become 0 (background).
 
     Raises:
-        InputError: Unreadable files, NaN/Inf voxels, shape or geometry mismatch, undeclared label values.
+        InputError: Unreadable files, NaN/Inf voxels, slices smaller than 2 x 2 pixels, shape or geometry mismatch,
+            undeclared label values.
     """
     image, meta = read_image(image_path)
     check_finite(image, image_path)
+    canonical = to_canonical(image.astype(np.float32), meta, orientation)
+    check_slice_size(canonical.shape, image_path)
     label = None
     if label_path is not None:
         label, label_meta = read_image(label_path, as_label=True)
@@ -76,7 +79,7 @@ def read_pair(
         if label_map is not None:
             label = remap_labels(label, label_map)
         label = to_canonical(label, meta, orientation)
-    return CanonicalPair(to_canonical(image.astype(np.float32), meta, orientation), label, meta, orientation)
+    return CanonicalPair(canonical, label, meta, orientation)
 
 
 def remap_labels(label: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
@@ -101,3 +104,22 @@ def volume_attrs(pair: CanonicalPair, source: str, **extra: Any) -> dict[str, An
     }
     attrs.update(extra)
     return attrs
+
+
+def warn_if_all_background(any_foreground: bool, folder: str | Path, what: str = "training label") -> bool:
+    """Log a warning naming ``folder`` when no training label holds a foreground voxel; returns whether it warned.
+
+    Such a dataset prepares without error, but a model trained on it only ever learns background: most often the
+    label files are the wrong ones (empty exports, masks saved before drawing), which is worth saying before hours
+    of training.
+
+    Args:
+        any_foreground: Whether any training label holds a class id above 0.
+        folder: The raw dataset folder, named in the warning.
+        what: What the labels are called in the message ("training label", "training mask").
+    """
+    if any_foreground:
+        return False
+    logger.warning("%s: every %s is empty (background only); the dataset is prepared, but a model trained on it "
+                   "learns only background. Check that the %ss are the right files.", folder, what, what)
+    return True

@@ -1,8 +1,10 @@
 """Plain 2D datasets: a folder of PNG/JPG/BMP/TIFF images and a folder of masks with the same file stems.
 
 Each picture is one case (a one-slice volume). Images are converted to grey (luminance) and scaled to [0, 1]:
-8-bit by /255, 16-bit by /65535, any other type by its own min and max. Masks hold class ids; masks that only hold
-0 and 255 are read as binary (255 -> class 1), the common way of saving a binary mask.
+8-bit by /255, 16-bit by /65535, any other type by its own min and max. Masks hold class ids; when every mask of the
+dataset holds only 0 and 255 they are read as binary (255 -> class 1), the common way of saving a binary mask. A
+dataset mixing such masks with masks of class ids (0, 1, 2, ...) is refused rather than guessed, and so are JPEG
+masks, whose lossy compression alters class ids at object borders.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from pathlib import Path
 
 import numpy as np
 
-from perspective_unet.data.checks import check_same_geometry, require_files
-from perspective_unet.data.common import progress
+from perspective_unet.data.checks import check_same_geometry, check_slice_size, require_files
+from perspective_unet.data.common import progress, warn_if_all_background
 from perspective_unet.data.io import PICTURE_SUFFIXES, full_suffix, read_image
 from perspective_unet.data.layout import PreparedWriter
 from perspective_unet.data.normalise import picture_intensity
@@ -26,6 +28,10 @@ from perspective_unet.intensity import picture_to_unit
 __all__ = ["picture_to_unit", "prepare_folder_2d", "prepare_pictures"]
 
 logger = logging.getLogger(__name__)
+
+# Lossy formats: compression blurs the borders between classes into values that are no class id.
+LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg")
+_BINARY_255 = frozenset({0, 255})
 
 _PICTURE_NORMALISATION = (
     "2D pictures: converted to grey (luminance); 8-bit / 255, 16-bit / 65535, other types min-max per image -> [0, 1]"
@@ -94,7 +100,7 @@ def prepare_folder_2d(
     return prepare_pictures(
         pairs, out, splits, class_names, name=name or images.parent.name or "folder2d",
         source=f"2D images from {images} with masks from {masks}", licence="as the source images'",
-        overwrite=overwrite, protocol=protocol,
+        overwrite=overwrite, protocol=protocol, folder=masks,
     )
 
 
@@ -108,25 +114,71 @@ def prepare_pictures(
     licence: str,
     overwrite: bool = False,
     protocol: str = "spacing",
+    folder: str | os.PathLike[str] | None = None,
 ) -> Path:
-    """Write 2D picture pairs (case, image, mask) into the prepared layout with the given case split."""
+    """Write 2D picture pairs (case, image, mask) into the prepared layout with the given case split.
+
+    Args:
+        pairs: (case, image, mask or None) of every picture.
+        out: Output folder (written atomically).
+        splits: Cases by split (``train``, ``val``, ``test``); cases in no split are checked but not written.
+        class_names: Names of the classes, background first; None derives them from the largest mask value.
+        name: Dataset name.
+        source: Where the data came from, for dataset.json.
+        licence: The data's licence, for dataset.json.
+        overwrite: Replace an existing ``out``.
+        protocol: Protocol of the plan written beside the data.
+        folder: The dataset's folder, named in warnings about the whole dataset (the first mask's folder if None).
+
+    Raises:
+        InputError: JPEG masks, masks mixing the 0/255 and the class-id encodings, pictures smaller than 2 x 2
+            pixels, mask values beyond the classes, unreadable files.
+    """
     case_split = {case: split for split, cases in splits.items() for case in cases}
-    # First pass over the masks only: the classes present decide the binary 0/255 rule and the class count.
+    masks = [(case, mask_path) for case, _, mask_path in pairs if mask_path is not None]
+    for _, mask_path in masks:
+        if full_suffix(mask_path) in LOSSY_MASK_SUFFIXES:
+            raise InputError(f"{mask_path} is a JPEG mask; JPEG compression alters class ids at object borders. "
+                             "Save the masks as PNG.")
+    # First pass over the masks only: the encoding (0/255 or class ids) must be one for the whole dataset, and the
+    # classes present decide the class count.
     values: set[int] = set()
-    for _, _, mask_path in pairs:
-        if mask_path is not None:
-            mask, _ = read_image(mask_path, as_label=True)
-            values.update(int(v) for v in np.unique(mask))
-    binary_255 = bool(values) and values <= {0, 255} and 255 in values
+    binary_example: Path | None = None
+    ids_example: tuple[Path, list[int]] | None = None
+    train_foreground = False
+    for case, mask_path in masks:
+        mask, _ = read_image(mask_path, as_label=True)
+        present = {int(v) for v in np.unique(mask)}
+        values |= present
+        if present <= _BINARY_255:
+            if 255 in present and binary_example is None:
+                binary_example = mask_path
+        elif ids_example is None:
+            ids_example = (mask_path, sorted(present))
+        if case_split.get(case) == "train":
+            train_foreground = train_foreground or bool(present - {0})
+    if binary_example is not None and ids_example is not None:
+        ids_path, ids_values = ids_example
+        shown = ", ".join(str(v) for v in ids_values[:8]) + (", ..." if len(ids_values) > 8 else "")
+        raise InputError(
+            f"{binary_example} holds only 0 and 255 (a binary mask saved as 0/255) but {ids_path} holds class ids "
+            f"[{shown}]; save every mask of the dataset in one encoding: class ids 0, 1, 2, ... (or 0/255 in every "
+            "mask of a binary dataset)."
+        )
+    binary_255 = binary_example is not None
     if binary_255:
         logger.info("Masks hold only 0 and 255: read as binary masks (255 -> class 1).")
-    largest = 1 if binary_255 else max(values, default=1)
+    # Empty masks alone still give one foreground class, so that an all-background dataset prepares (with a warning).
+    largest = 1 if binary_255 else max(values | {1})
     names = list(class_names) if class_names else ["background", *[f"class_{i}" for i in range(1, largest + 1)]]
     if len(names) < 2:
         raise InputError("A segmentation dataset needs at least two classes (background and one more).")
+    if masks and "train" in case_split.values():
+        warn_if_all_background(train_foreground, folder if folder is not None else masks[0][1].parent, "training mask")
     with PreparedWriter(out, overwrite=overwrite) as writer:
         for case, image_path, mask_path in progress(pairs, "2D images"):
             picture, meta = read_image(image_path)
+            check_slice_size(picture.shape, image_path)
             image = picture_to_unit(picture, image_path)
             label = None
             if mask_path is not None:

@@ -61,30 +61,40 @@ def full_suffix(path: str | os.PathLike[str]) -> str:
     return Path(name).suffix
 
 
-def read_image(path: str | os.PathLike[str], as_label: bool = False) -> tuple[np.ndarray, dict[str, Any]]:
+def read_image(
+    path: str | os.PathLike[str], as_label: bool = False, series: str | None = None
+) -> tuple[np.ndarray, dict[str, Any]]:
     """Read a NIfTI file, a DICOM series folder, any SimpleITK format or a PNG/JPG picture.
 
     Args:
-        path: The file, or a folder holding one DICOM series.
+        path: The file, or a folder of DICOM files.
         as_label: Read a picture as class ids: palette indices are kept and colour pictures whose three channels
             agree are reduced to one channel. Without it colour pictures are converted to grey (luminance).
+        series: For a DICOM folder, the SeriesInstanceUID of the series to read; needed when the folder holds
+            several series. Only a folder takes it.
 
     Returns:
         The voxel array in the file's stored data type (NIfTI scaling applied) and its meta: ``affine`` (4x4 RAS+
         mm, identity for pictures), ``spacing`` (per array axis, mm), ``shape``, ``axcodes`` (nibabel's codes of
-        the array axes), ``format`` ("nifti", "sitk", "dicom", "picture"), ``path``, and for NIfTI ``header``
-        (the nibabel header, for writing a label map with the same header).
+        the array axes), ``format`` ("nifti", "sitk", "dicom", "picture"), ``path``, for NIfTI ``header``
+        (the nibabel header, for writing a label map with the same header) and for DICOM ``series`` (the
+        SeriesInstanceUID read).
 
     Raises:
-        InputError: The file does not exist, cannot be read completely (unreadable or truncated), or is not 2D/3D.
+        InputError: The file does not exist, cannot be read completely (unreadable or truncated), or is not 2D/3D;
+            a DICOM folder holds several series and ``series`` is None, holds no series ``series``, or the chosen
+            series has two slices at one position or a missing slice; ``series`` is given for a file.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path} does not exist; check the path.")
+    if series is not None and not path.is_dir():
+        raise InputError(f"{path} is not a folder; a DICOM series (--series {series}) can only be chosen in a folder "
+                         "of DICOM files.")
     suffix = full_suffix(path)
     try:
         if path.is_dir():
-            array, meta = _read_dicom_series(path)
+            array, meta = _read_dicom_series(path, series)
         elif suffix in NIFTI_SUFFIXES:
             array, meta = _read_nifti(path)
         elif suffix in PICTURE_SUFFIXES:
@@ -174,20 +184,109 @@ def preserved_locale() -> Iterator[None]:
             locale.setlocale(locale.LC_ALL, saved)
 
 
-def _read_dicom_series(folder: Path) -> tuple[np.ndarray, dict[str, Any]]:
+# DICOM tags, as SimpleITK names them.
+_TAG_SERIES_DESCRIPTION = "0008|103e"
+_TAG_POSITION = "0020|0032"
+_TAG_ORIENTATION = "0020|0037"
+# Slice steps shorter than this (mm) are two slices at one position.
+_DUPLICATE_STEP_MM = 1e-3
+# A step this many times the median step is a missing slice: the series reader would silently spread the slices
+# around it over an average spacing and misplace everything beyond it.
+_GAP_FACTOR = 1.5
+
+
+def _read_dicom_series(folder: Path, series: str | None) -> tuple[np.ndarray, dict[str, Any]]:
     with preserved_locale():
-        series_ids = SimpleITK.ImageSeriesReader.GetGDCMSeriesIDs(str(folder))
+        series_ids = list(SimpleITK.ImageSeriesReader.GetGDCMSeriesIDs(str(folder)))
         if not series_ids:
             raise InputError(f"{folder} is a folder without a DICOM series; give a DICOM folder or an image file.")
-        # A folder with several series: take the one with the most slices, what a user means almost always.
-        files = max(
-            (SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid) for sid in series_ids), key=len
-        )
+        files = {sid: list(SimpleITK.ImageSeriesReader.GetGDCMSeriesFileNames(str(folder), sid)) for sid in series_ids}
+        if series is None and len(series_ids) > 1:
+            # Taking the largest (or any) series would be a guess; which scan to segment is the user's choice.
+            raise InputError(
+                f"{folder} holds {len(series_ids)} DICOM series: {_describe_series(files)}; choose one with "
+                "--series UID."
+            )
+        chosen = series_ids[0] if series is None else series
+        if chosen not in files:
+            raise InputError(
+                f"{folder} has no DICOM series {chosen!r}; its series are: {_describe_series(files)}; choose one of "
+                "them with --series UID."
+            )
+        _check_slice_positions(files[chosen], folder, chosen)
         reader = SimpleITK.ImageSeriesReader()
-        reader.SetFileNames(files)
+        reader.SetFileNames(files[chosen])
         image = reader.Execute()
     array, affine = _sitk_to_array(image)
-    return array, {"affine": affine, "format": "dicom"}
+    return array, {"affine": affine, "format": "dicom", "series": chosen}
+
+
+def _dicom_header(path: str) -> Any:
+    reader = SimpleITK.ImageFileReader()
+    reader.SetFileName(path)
+    reader.ReadImageInformation()  # the header only, not the pixels
+    return reader
+
+
+def _header_value(header: Any, tag: str) -> str | None:
+    return header.GetMetaData(tag).strip() if header.HasMetaDataKey(tag) else None
+
+
+def _describe_series(files: dict[str, list[str]]) -> str:
+    """``UID ("description", N slices)`` for every series, separated by semicolons."""
+    parts = []
+    for uid, names in files.items():
+        description = _header_value(_dicom_header(names[0]), _TAG_SERIES_DESCRIPTION) if names else None
+        label = f'"{description}", ' if description else ""
+        parts.append(f"{uid} ({label}{len(names)} slice{'s' if len(names) != 1 else ''})")
+    return "; ".join(parts)
+
+
+def _numbers(text: str | None, count: int) -> np.ndarray | None:
+    if text is None:
+        return None
+    try:
+        values = np.array([float(v) for v in text.split("\\")], dtype=np.float64)
+    except ValueError:
+        return None
+    return values if values.shape == (count,) and np.isfinite(values).all() else None
+
+
+def _check_slice_positions(files: list[str], folder: Path, series: str) -> None:
+    """Raise if two slices of a series share a position or a slice is missing between two others.
+
+    Positions are ImagePositionPatient projected on the slice normal (the cross product of ImageOrientationPatient's
+    row and column directions). Series without these tags are not checked, nor gaps in series of two slices.
+    """
+    if len(files) < 2:
+        return
+    headers = [_dicom_header(name) for name in files]
+    orientation = _numbers(_header_value(headers[0], _TAG_ORIENTATION), 6)
+    positions = [_numbers(_header_value(header, _TAG_POSITION), 3) for header in headers]
+    if orientation is None or any(p is None for p in positions):
+        return
+    normal = np.cross(orientation[:3], orientation[3:])
+    along = np.array([float(np.dot(p, normal)) for p in positions])  # type: ignore[arg-type]
+    order = np.argsort(along, kind="stable")
+    steps = np.diff(along[order])
+    names = [Path(files[i]).name for i in order]
+    duplicates = np.flatnonzero(steps < _DUPLICATE_STEP_MM)
+    if duplicates.size:
+        k = int(duplicates[0])
+        raise InputError(
+            f"{folder}: DICOM files {names[k]} and {names[k + 1]} of series {series} lie at the same slice position "
+            f"({along[order][k]:g} mm along the slice normal); remove the duplicate file."
+        )
+    if len(steps) < 2:
+        return
+    median = float(np.median(steps))
+    gaps = np.flatnonzero(steps > _GAP_FACTOR * median)
+    if gaps.size:
+        k = int(gaps[0])
+        raise InputError(
+            f"{folder}: series {series} has a gap of {steps[k]:g} mm between {names[k]} and {names[k + 1]} where its "
+            f"slices are {median:g} mm apart; a slice is missing. Add it, or use a complete series."
+        )
 
 
 def _read_picture(path: Path, as_label: bool) -> tuple[np.ndarray, dict[str, Any]]:

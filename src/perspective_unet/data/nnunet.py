@@ -29,8 +29,8 @@ from typing import Any
 
 import numpy as np
 
-from perspective_unet.data.checks import require_files
-from perspective_unet.data.common import CanonicalPair, progress, read_pair, volume_attrs
+from perspective_unet.data.checks import check_ct_window, check_percentiles, require_files
+from perspective_unet.data.common import CanonicalPair, progress, read_pair, volume_attrs, warn_if_all_background
 from perspective_unet.data.folder2d import prepare_folder_2d, prepare_pictures
 from perspective_unet.data.io import CANONICAL_ORIENTATION, PICTURE_SUFFIXES
 from perspective_unet.data.layout import PreparedWriter
@@ -201,8 +201,15 @@ def prepare_nnunet(
 
     Returns:
         The output folder.
+
+    Raises:
+        InputError: Bad input files, or ``percentiles`` / ``ct_window_hu`` out of order or out of range.
     """
     root = Path(raw)
+    # Checked before any file is read: a reversed pair would otherwise give a silently empty normalisation.
+    percentiles = check_percentiles(percentiles, "percentiles")
+    if ct_window_hu is not None:
+        ct_window_hu = check_ct_window(ct_window_hu, "ct_window_hu")
     if not root.is_dir():
         raise InputError(f"{root} is not a folder; give the nnU-Net raw dataset folder.")
     if not (root / "dataset.json").exists():
@@ -230,7 +237,7 @@ def prepare_nnunet(
     licence = str(dataset.info.get("licence") or dataset.info.get("license") or "as stated by the dataset's owners")
     if dataset.is_2d:
         return prepare_pictures(all_cases, out, splits, dataset.class_names, dataset.name, source, licence, overwrite,
-                                protocol)
+                                protocol, folder=root)
 
     allowed = range(len(dataset.class_names))
     by_case = {case: (image, label) for case, image, label in all_cases}
@@ -252,6 +259,7 @@ def prepare_nnunet(
     else:
         normalisation = describe_mr(percentiles)
 
+    any_foreground = False
     with PreparedWriter(out, overwrite=overwrite) as writer:
         for split in ("train", "val", "test"):
             for case in progress(splits[split], f"{split} cases"):
@@ -259,11 +267,14 @@ def prepare_nnunet(
                 image = ct_window(pair.image, window) if dataset.is_ct else mr_normalise(pair.image, percentiles)
                 if split == "train":
                     assert pair.label is not None
+                    any_foreground = any_foreground or bool(pair.label.any())
                     writer.add_train_volume(case, image, pair.label, spacing=pair.spacing,
                                             attrs=volume_attrs(pair, by_case[case][0].name), raw=pair.image)
                 else:
                     writer.add_volume(split, case, image, pair.label, pair.spacing,
                                       volume_attrs(pair, by_case[case][0].name), raw=pair.image)
+        if splits["train"]:
+            warn_if_all_background(any_foreground, root)
         return writer.finish({
             "name": dataset.name,
             "class_names": dataset.class_names,
