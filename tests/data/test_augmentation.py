@@ -154,3 +154,17 @@ def test_before_resize_augments_the_stored_slice_then_zooms(prepared_synapse, be
     # A horizontal flip commutes with the zoom: both orders give the same flipped slice.
     plain = SliceDataset(root, "train", img_size=(32, 32))[0]["image"]
     torch.testing.assert_close(item["image"], plain.flip(-1), atol=1e-5, rtol=1e-5)
+
+
+def test_settings_are_the_config_modules_and_checked_by_type() -> None:
+    from perspective_unet import config
+    from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
+
+    assert AugmentationConfig is config.AugmentationConfig and OPERATIONS is config.OPERATIONS
+    assert SpacingAugmentationConfig is config.SpacingAugmentationConfig
+    with pytest.raises(ValueError, match="^before_resize must be true or false"):
+        AugmentationConfig(before_resize="false")
+    with pytest.raises(ValueError, match="^rotate_prob must be a number"):
+        AugmentationConfig.from_dict({"rotate_prob": "0.5"})
+    with pytest.raises(ValueError, match="^blur_sigma must be a list"):
+        SpacingAugmentationConfig.from_dict({"blur_sigma": 1.0})

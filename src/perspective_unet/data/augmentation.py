@@ -17,10 +17,8 @@ applied to images in [0, 1], a standard deviation of 1.275 that drowns the image
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Hashable, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -38,7 +36,8 @@ from monai.transforms import (
 )
 from monai.transforms.utils import create_grid
 
-from perspective_unet.config import dataclass_from_dict
+# The settings live in the standard-library config module, so that TrainConfig can check them.
+from perspective_unet.config import OPERATIONS, AugmentationConfig
 
 __all__ = [
     "OPERATIONS",
@@ -48,112 +47,6 @@ __all__ = [
     "RandPiecewiseAffined",
     "build_augmentation",
 ]
-
-OPERATIONS = ("vflip", "hflip", "noise", "blur", "contrast", "scale", "rotate", "shear", "piecewise", "translate")
-_IMAGE_MODES = ("nearest", "bilinear", "bicubic")
-
-
-@dataclass
-class AugmentationConfig:
-    """Probabilities and ranges of the paper's augmentation; the defaults are the paper's.
-
-    Attributes:
-        min_ops: Fewest operations drawn per sample.
-        max_ops: Most operations drawn per sample.
-        operations: The pool to draw from (names of ``OPERATIONS``); leaving one out removes it.
-        vflip_prob: Probability that a drawn vertical flip fires.
-        hflip_prob: Probability that a drawn horizontal flip fires.
-        noise_prob: Probability that drawn Gaussian noise fires.
-        noise_std: Standard deviation of the noise, in units of the [0, 1] image range.
-        blur_prob: Probability that a drawn blur fires.
-        blur_sigma: Standard deviation of the Gaussian blur, in pixels.
-        contrast_prob: Probability that a drawn contrast change fires.
-        contrast_range: Range of the factor a in pivot + a * (x - pivot).
-        contrast_pivot: The value the contrast change keeps fixed: 0.5 (mid-grey, this project's reading of the
-            paper) or 0 (the released code: its linear contrast on float images is a pure gain x -> a * x).
-        scale_prob: Probability that a drawn scaling fires.
-        scale_range: Range of the zoom factor, drawn for each axis (2 = twice as large).
-        rotate_prob: Probability that a drawn rotation fires.
-        rotate_degrees: Rotation drawn from [-rotate_degrees, rotate_degrees].
-        shear_prob: Probability that a drawn shear fires.
-        shear_degrees: Horizontal shear angle drawn from [-shear_degrees, shear_degrees].
-        piecewise_prob: Probability that a drawn piecewise affine warp fires.
-        piecewise_scale: Range of the standard deviation of the control-point shifts, as a fraction of the size.
-        piecewise_grid: Control points per side of the regular grid.
-        translate_prob: Probability that a drawn translation fires.
-        translate_fraction: Shift drawn per axis from [-f, f] times the image side.
-        image_mode: Interpolation of the image in geometric operations (the label is always nearest).
-        before_resize: Augment each slice at its stored size and zoom the result to the model's size (the released
-            code's order) instead of zooming first; blur, noise and warps then act on the native grid.
-    """
-
-    min_ops: int = 0
-    max_ops: int = 4
-    operations: tuple[str, ...] = OPERATIONS
-    vflip_prob: float = 0.5
-    hflip_prob: float = 0.5
-    noise_prob: float = 1.0
-    noise_std: float = 0.005
-    blur_prob: float = 1.0
-    blur_sigma: float = 1.0
-    contrast_prob: float = 1.0
-    contrast_range: tuple[float, float] = (0.5, 1.5)
-    contrast_pivot: float = 0.5
-    scale_prob: float = 1.0
-    scale_range: tuple[float, float] = (0.5, 2.0)
-    rotate_prob: float = 1.0
-    rotate_degrees: float = 40.0
-    shear_prob: float = 1.0
-    shear_degrees: float = 16.0
-    piecewise_prob: float = 1.0
-    piecewise_scale: tuple[float, float] = (0.008, 0.03)
-    piecewise_grid: int = 4
-    translate_prob: float = 1.0
-    translate_fraction: float = 0.2
-    image_mode: str = "bilinear"
-    before_resize: bool = False
-
-    def __post_init__(self) -> None:
-        self.operations = tuple(self.operations)
-        for name in ("contrast_range", "scale_range", "piecewise_scale"):
-            setattr(self, name, tuple(float(v) for v in getattr(self, name)))
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise ``ValueError`` naming the first inconsistent field."""
-        unknown = sorted(set(self.operations) - set(OPERATIONS))
-        if unknown:
-            raise ValueError(f"Unknown augmentation operations {unknown}; known: {list(OPERATIONS)}.")
-        if len(set(self.operations)) != len(self.operations):
-            raise ValueError(f"operations lists an operation twice: {list(self.operations)}.")
-        if not 0 <= self.min_ops <= self.max_ops:
-            raise ValueError(f"Need 0 <= min_ops <= max_ops, got {self.min_ops}, {self.max_ops}.")
-        for field in dataclasses.fields(self):
-            if field.name.endswith("_prob") and not 0.0 <= getattr(self, field.name) <= 1.0:
-                raise ValueError(f"{field.name} must lie in [0, 1], got {getattr(self, field.name)}.")
-        for name in ("contrast_range", "scale_range", "piecewise_scale"):
-            low, high = getattr(self, name)
-            if not 0 <= low <= high:
-                raise ValueError(f"{name} must be (low, high) with 0 <= low <= high, got {(low, high)}.")
-        if self.scale_range[0] <= 0:
-            raise ValueError(f"scale_range must be positive, got {self.scale_range}.")
-        if self.noise_std < 0 or self.blur_sigma <= 0 or self.piecewise_grid < 2:
-            raise ValueError("noise_std must be >= 0, blur_sigma > 0 and piecewise_grid >= 2.")
-        if self.image_mode not in _IMAGE_MODES:
-            raise ValueError(f"image_mode must be one of {_IMAGE_MODES}, got {self.image_mode!r}.")
-        if not isinstance(self.before_resize, bool):
-            raise ValueError(f"before_resize must be true or false, got {self.before_resize!r}.")
-        if isinstance(self.contrast_pivot, bool) or not isinstance(self.contrast_pivot, (int, float)):
-            raise ValueError(f"contrast_pivot must be a number, got {self.contrast_pivot!r}.")
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain-typed fields (lists for tuples), for YAML and checkpoints."""
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in dataclasses.asdict(self).items()}
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> AugmentationConfig:
-        """Build from ``to_dict`` output; unknown keys raise ``ValueError``."""
-        return dataclass_from_dict(cls, data, "augmentation options")
 
 
 class RandLinearContrastd(RandomizableTransform, MapTransform):

@@ -164,7 +164,8 @@ def run_demo(
         foreground_sampling_weight=settings.foreground_sampling_weight,
         model_options=dict(settings.model_options),
         augment=settings.augment,
-        augmentation=dict(settings.augmentation),
+        # The demo's augmentation settings are the spacing protocol's; the paper protocol keeps the paper's own.
+        augmentation=dict(settings.augmentation) if settings.protocol == "spacing" else {},
         device=settings.device,
         seed=settings.seed,
         num_workers=0,

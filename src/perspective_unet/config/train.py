@@ -1,0 +1,268 @@
+"""TrainConfig: a training run, its recipe and its mechanics."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perspective_unet.config.augmentation import _AUGMENTATION_CHECKS, PROTOCOL_AUGMENTATION
+from perspective_unet.config.checks import (
+    OPTIMIZERS,
+    PROTOCOLS,
+    Check,
+    _check_fields,
+    _choice,
+    _int,
+    _number,
+    check_bool,
+    check_int_list,
+    check_mapping,
+    check_path,
+    check_str,
+    dataclass_from_dict,
+)
+from perspective_unet.config.model import _MODEL_CHECKS, ModelConfig
+
+# Training ------------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainConfig:
+    """A training run: data, model, the paper's optimisation recipe and the run's mechanics.
+
+    The defaults are the paper's recipe for Synapse (SGD 0.05 / momentum 0.9 / weight decay 1e-4, poly 0.9 per
+    iteration, 600 epochs, 0.4 CE + 0.6 Dice, seed 1234); protocol, slice or patch size, batch size and context
+    slices come from the dataset's plan (``plan.json``: for Synapse and ACDC the paper's 224x224 and batch 12)
+    unless set here. ``configs/*.yaml`` hold the recipe per dataset; the command line overrides single fields.
+
+    Attributes:
+        data: Prepared dataset folder (``perspective-unet prepare``), or a folder in the lineage's Synapse/ACDC format.
+        output: Run folder for checkpoints, logs and TensorBoard events.
+        model: Registered model variant.
+        model_options: ``ModelConfig`` overrides (e.g. ``{"use_scsi": False}``).
+        protocol: ``paper`` (each slice zoomed to ``img_size``) or ``spacing`` (slices resampled to the plan's pixel
+            spacing, random patches of ``img_size``); None takes the dataset plan's (``plan.json``).
+        img_size: (height, width) slices are zoomed to (paper protocol) or of the training patches and inference
+            window (spacing protocol); None takes the plan's.
+        context_slices: Neighbouring slices on each side fed as extra input channels (2.5D); None takes the plan's.
+        epochs: Passes over the training slices (one patch per slice and pass in the spacing protocol).
+        batch_size: Slices or patches per optimiser step (per process under DDP), before gradient accumulation;
+            None takes the plan's.
+        base_lr: Initial learning rate; decays as base_lr * (1 - iter / max_iter) ** lr_power every iteration.
+        momentum: SGD momentum.
+        weight_decay: SGD weight decay.
+        lr_power: Exponent of the poly schedule.
+        optimizer: ``sgd`` (the paper's, with ``momentum``) or ``adamw`` (``weight_decay`` decoupled; converges in
+            fewer steps, which suits short CPU runs such as the demo).
+        foreground_sampling_weight: How much more often a training slice that holds any foreground is drawn than
+            an empty one (1: uniform, as the paper). Abdominal volumes are mostly organ-free slices; a weight > 1
+            spends the steps of short runs where the organs are.
+        ce_weight: Weight of cross-entropy in the loss.
+        dice_weight: Weight of the Dice loss.
+        seed: Seed of every random number generator.
+        num_workers: DataLoader worker processes.
+        device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
+        amp: Mixed precision (bfloat16 where supported, else float16 with loss scaling) on CUDA; ignored on CPU.
+        grad_accum_steps: Batches whose gradients add up before each optimiser step.
+        compile: Wrap the model in ``torch.compile``.
+        activation_memory_budget: With ``compile``, the share (0, 1] of the activations kept for backward; the
+            compiler recomputes the cheapest rest. 0.4 with the paper model at batch 2 on a CPU: 0.55x the plain
+            path's peak memory at 1.48x its speed (docs/performance.md). None: torch's default (keep what is cheapest
+            to keep).
+        val_every: Validate every this many epochs on the validation volumes (0: never).
+        val_split: Split of the prepared data used for validation.
+        val_batch_size: Slices per forward pass during validation.
+        augment: Augment the training data: the paper's augmentation (paper protocol) or nnU-Net's (spacing
+            protocol).
+        augmentation: Overrides of the protocol's augmentation settings (``AugmentationConfig`` for the paper
+            protocol, ``SpacingAugmentationConfig`` for the spacing protocol): probabilities and ranges.
+        drop_last_batch: Skip the last, incomplete batch of each epoch; the released code keeps it (185 iterations
+            per epoch on Synapse at batch 12 instead of 184).
+        max_iterations: Stop after this many optimiser steps (the schedule still spans all epochs); None: no cap.
+        time_limit_minutes: Stop at the end of the epoch that passes this wall-clock budget; None: no limit.
+        log_every: Iterations between TensorBoard scalar writes.
+    """
+
+    data: str = ""
+    output: str = "runs/perspective_unet"
+    model: str = "perspective_unet"
+    model_options: dict[str, Any] = field(default_factory=dict)
+    protocol: str | None = None
+    img_size: tuple[int, int] | None = None
+    context_slices: int | None = None
+    epochs: int = 600
+    batch_size: int | None = None
+    base_lr: float = 0.05
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    lr_power: float = 0.9
+    optimizer: str = "sgd"
+    foreground_sampling_weight: float = 1.0
+    ce_weight: float = 0.4
+    dice_weight: float = 0.6
+    seed: int = 1234
+    num_workers: int = 2
+    device: str = "auto"
+    amp: bool = True
+    grad_accum_steps: int = 1
+    compile: bool = False
+    activation_memory_budget: float | None = None
+    val_every: int = 10
+    val_split: str = "val"
+    val_batch_size: int = 16
+    augment: bool = True
+    augmentation: dict[str, Any] = field(default_factory=dict)
+    drop_last_batch: bool = True
+    max_iterations: int | None = None
+    time_limit_minutes: float | None = None
+    log_every: int = 10
+
+    def __post_init__(self) -> None:
+        _check_fields(self, _TRAIN_CHECKS, normalise=True)
+        self.validate()
+
+    def validate(self) -> None:
+        """Raise ``ValueError`` naming the first bad field, ``model_options`` and ``augmentation`` entries included.
+
+        ``model_options`` keys must be ``ModelConfig`` fields (``in_channels`` too: training checks it against the
+        plan; not ``num_classes``, which comes from the dataset) with values of the field's type and range; whether
+        they agree with each other and with the variant's other fields is checked when the model is built.
+        ``augmentation`` keys must belong to the protocol's settings (``AugmentationConfig`` for ``paper``,
+        ``SpacingAugmentationConfig`` for ``spacing``; either, but one of them, while ``protocol`` is None and the
+        plan decides), with values of the field's type and range; with ``augment`` off they are unused, so keys of
+        either protocol pass (still type-checked).
+        """
+        _check_fields(self, _TRAIN_CHECKS, normalise=False)
+        if self.ce_weight + self.dice_weight == 0:
+            raise ValueError("ce_weight and dice_weight must not both be 0.")
+        if self.activation_memory_budget is not None and not self.compile:
+            raise ValueError("activation_memory_budget acts on the compiled model only; set compile too.")
+        self._validate_model_options()
+        self._validate_augmentation()
+
+    def _validate_model_options(self) -> None:
+        known = {item.name for item in dataclasses.fields(ModelConfig)} - {"num_classes"}
+        unknown = sorted(set(self.model_options) - known)
+        if "num_classes" in self.model_options:
+            raise ValueError("model_options.num_classes cannot be set: the number of classes comes from the dataset "
+                             "(dataset.json).")
+        if unknown:
+            raise ValueError(f"model_options has unknown keys {unknown}; valid keys are {sorted(known)}.")
+        for key, value in self.model_options.items():
+            _MODEL_CHECKS[key](f"model_options.{key}", value)
+
+    def _validate_augmentation(self) -> None:
+        overrides = self.augmentation
+        if not overrides:
+            return
+        protocols = [self.protocol] if self.protocol is not None and self.augment else list(PROTOCOL_AUGMENTATION)
+        keys = {p: {item.name for item in dataclasses.fields(PROTOCOL_AUGMENTATION[p])} for p in protocols}
+        unknown = sorted(set(overrides) - set().union(*keys.values()))
+        if unknown:
+            if len(protocols) == 1:
+                raise ValueError(f"augmentation has unknown keys {unknown} for the {protocols[0]} protocol; valid "
+                                 f"keys are {sorted(keys[protocols[0]])}.")
+            raise ValueError(f"augmentation has unknown keys {unknown}; valid keys are "
+                             + " and ".join(f"{sorted(keys[p])} ({p} protocol)" for p in protocols) + ".")
+        for key, value in overrides.items():
+            errors = []
+            for protocol in (p for p in protocols if key in keys[p]):
+                try:
+                    _AUGMENTATION_CHECKS[protocol][key](f"augmentation.{key}", value)
+                    break
+                except ValueError as exc:
+                    errors.append((protocol, str(exc)))
+            else:
+                if len({m for _, m in errors}) == 1:
+                    raise ValueError(errors[0][1])
+                raise ValueError("; ".join(f"{m.rstrip('.')} (for the {p} protocol)" for p, m in errors) + ".")
+        if not self.augment:
+            return
+        # The settings are used: they must make one protocol's augmentation (this checks how fields agree).
+        usable = [p for p in protocols if set(overrides) <= keys[p]]
+        if not usable:
+            only = {p: sorted(set(overrides) & (keys[p] - keys[q]))
+                    for p, q in (("paper", "spacing"), ("spacing", "paper"))}
+            raise ValueError(f"augmentation mixes settings of the paper protocol only {only['paper']} with settings of "
+                             f"the spacing protocol only {only['spacing']}; one protocol's augmentation applies: set "
+                             "protocol, or keep the settings of one.")
+        errors = []
+        for protocol in usable:
+            try:
+                dataclass_from_dict(PROTOCOL_AUGMENTATION[protocol], overrides, "augmentation options")
+                return
+            except ValueError as exc:
+                errors.append(f"augmentation.{exc}")
+        raise ValueError(errors[0])
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain types only (safe for YAML, JSON and ``torch.load(weights_only=True)``)."""
+        out = dataclasses.asdict(self)
+        out["img_size"] = None if self.img_size is None else list(self.img_size)
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        return dataclass_from_dict(cls, data, "training config keys")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
+        """Read a YAML file of fields; ``overrides`` that are not None win over the file (dicts are merged)."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file {path} does not exist; see the configs/ folder for examples.")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ValueError(f"config file {path} must hold a mapping of fields, not a {type(data).__name__}.")
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            # Dict fields (model_options, augmentation) are merged, so one override keeps the file's other entries.
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        return cls.from_dict(data)
+
+
+_TRAIN_CHECKS: dict[str, Check] = {
+    "data": check_path,
+    "output": check_path,
+    "model": check_str,
+    "model_options": check_mapping,
+    "protocol": _choice(PROTOCOLS, optional=True),
+    "img_size": lambda name, value: None if value is None else check_int_list(
+        name, value, length=2, what="[height, width], two positive integers"
+    ),
+    "context_slices": _int(0, optional=True),
+    "epochs": _int(1),
+    "batch_size": _int(1, optional=True),
+    "base_lr": _number(low=0, low_open=True),
+    "momentum": _number(low=0, high=1, high_open=True),
+    "weight_decay": _number(low=0),
+    "lr_power": _number(low=0, low_open=True),
+    "optimizer": _choice(OPTIMIZERS),
+    "foreground_sampling_weight": _number(low=0, low_open=True),
+    "ce_weight": _number(low=0),
+    "dice_weight": _number(low=0),
+    "seed": _int(),
+    "num_workers": _int(0),
+    "device": check_str,
+    "amp": check_bool,
+    "grad_accum_steps": _int(1),
+    "compile": check_bool,
+    "activation_memory_budget": _number(low=0, high=1, low_open=True, optional=True),
+    "val_every": _int(0, note=" (0: never)"),
+    "val_split": check_str,
+    "val_batch_size": _int(1),
+    "augment": check_bool,
+    "augmentation": check_mapping,
+    "drop_last_batch": check_bool,
+    "max_iterations": _int(1, optional=True),
+    "time_limit_minutes": _number(low=0, optional=True),
+    "log_every": _int(1),
+}
