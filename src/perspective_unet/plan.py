@@ -29,6 +29,7 @@ from typing import Any
 from perspective_unet.config import dataclass_from_dict
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
+from perspective_unet.outputs import atomic_write
 
 __all__ = [
     "PATCH_DIVISOR",
@@ -366,18 +367,10 @@ def derive_plan(
 
 def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> Path:
     """Write JSON to a temporary file beside ``path`` and rename it, so a reader never sees half a file."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     # Lists of numbers on one line: [224, 224] reads and edits better than one number per line.
     text = re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + ", ".join(map(str.strip, m.group(1).split(","))) + "]",
                   json.dumps(data, indent=2))
-    try:
-        tmp.write_text(text + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
 def _read_json(path: Path, what: str) -> Any:

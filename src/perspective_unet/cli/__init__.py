@@ -3,14 +3,21 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
 import importlib
 import logging
+import signal
 import sys
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
 
 from perspective_unet import __version__
 
-__all__ = ["main", "build_parser"]
+__all__ = ["build_parser", "describe_os_error", "main", "sigterm_as_interrupt"]
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
 # parsed namespace and returning an exit status.
@@ -51,16 +58,60 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s"
     )
     try:
-        status = args.func(args)
+        with sigterm_as_interrupt():
+            status = args.func(args)
     # InputError is a ValueError; other ValueErrors come from argument checks (sizes, options) and read the same.
     except (ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"perspective-unet {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+        return _fail(args.command, str(exc))
+    except OSError as exc:
+        return _fail(args.command, describe_os_error(exc))
+    except (MemoryError, torch.OutOfMemoryError):
+        return _fail(args.command, "out of memory; use a smaller --img-size or --batch-size, or a machine with more "
+                                   "memory (nothing was written).")
     except KeyboardInterrupt:
         print(f"perspective-unet {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
 
 
-if __name__ == "__main__":
-    sys.exit(main())
+def _fail(command: str, message: str) -> int:
+    print(f"perspective-unet {command}: error: {' '.join(message.split())}", file=sys.stderr)
+    return 2
+
+
+_OS_ADVICE = {
+    errno.ENOSPC: "the disk is full; free space or write elsewhere",
+    errno.EDQUOT: "the disk quota is exhausted; free space or write elsewhere",
+    errno.EROFS: "the file system is read-only; write the output elsewhere",
+    errno.EACCES: "permission denied; choose a folder you may write to, or fix its permissions",
+    errno.EPERM: "permission denied; choose a folder you may write to, or fix its permissions",
+}
+
+
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failed file operation: the file, what happened and what to do."""
+    where = exc.filename or "a file"
+    advice = _OS_ADVICE.get(exc.errno or 0, exc.strerror or type(exc).__name__)
+    return f"{where}: {advice} (nothing half-written was left behind)."
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt() -> Iterator[None]:
+    """Turn SIGTERM into KeyboardInterrupt while the block runs (main thread only; elsewhere a no-op).
+
+    A terminated command (``kill``, a job scheduler's time limit, ``docker stop``) then unwinds like Ctrl-C: writers
+    delete their temporary files and folders instead of dying with them in place.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def interrupt(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        # None: a handler installed outside Python, which cannot be reinstalled from here; the default is closest.
+        signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)

@@ -30,6 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
                         help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's")
     parser.add_argument("--protocol", choices=PROTOCOLS, action="append", help="default: both")
+    parser.add_argument("--overwrite", action="store_true", help="replace reports the output folder already holds")
     parser.set_defaults(func=run)
 
 
@@ -39,6 +40,7 @@ def run(args: argparse.Namespace) -> int:
     summary = evaluate(
         args.checkpoint, args.data, args.output, split=args.split, batch_size=args.batch_size, device=args.device,
         tta=args.tta, resampler=args.resampler, img_size=args.img_size, protocols=args.protocol or PROTOCOLS,
+        overwrite=args.overwrite,
     )
     with open(f"{args.output}/summary.md") as handle:
         print(handle.read())

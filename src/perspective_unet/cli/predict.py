@@ -37,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "training data's")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
                         help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's")
+    parser.add_argument("--series", metavar="UID",
+                        help="the DICOM series (SeriesInstanceUID) to read from a folder that holds several")
     parser.add_argument("--resampler", choices=("torch", "scipy"), default="torch",
                         help="paper protocol: torch (batched on the device) or scipy (the lineage's exact slice loop)")
     parser.set_defaults(func=run)
@@ -49,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint, args.input, args.output, tta=args.tta, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, batch_size=args.batch_size, device=args.device, window=args.window,
         mr_normalise=args.mr_normalise, orientation=args.orientation, img_size=args.img_size,
-        resampler=args.resampler,
+        resampler=args.resampler, series=args.series,
     )
     target = written[0] if len(written) == 1 else args.output
     print(f"wrote {len(written)} label map(s) to {target}")

@@ -60,12 +60,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--model-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
         help="model config override, e.g. use_scsi=false or widths=[16,32,64,128,256] (repeatable)",
     )
-    parser.add_argument("--resume", help="continue from this last.pt")
+    parser.add_argument("--resume", metavar="LAST_PT",
+                        help="continue the run of this last.pt with its saved settings (a given setting must equal the "
+                        "saved one, except the data and output paths, device, workers, time limit and a higher "
+                        "--epochs, which continues a finished run)")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace the run the output folder holds (its checkpoints, log and events)")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    from perspective_unet.engine.train import train
+    from perspective_unet.engine.train import resume_config, train
 
     names = ("data", "output", "model", "protocol", "epochs", "batch_size", "img_size", "context_slices", "base_lr",
              "seed", "device", "num_workers", "grad_accum_steps", "val_every", "max_iterations", "time_limit_minutes",
@@ -73,13 +78,26 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in names}
     if args.model_option:
         overrides["model_options"] = dict(args.model_option)
-    if args.config:
+    if args.resume:
+        if args.overwrite:
+            raise ValueError("--resume continues a run and --overwrite replaces it; choose one.")
+        given = _read_yaml(args.config) if args.config else {}
+        given.update({k: v for k, v in overrides.items() if v is not None})
+        config = resume_config(args.resume, given)
+    elif args.config:
         config = TrainConfig.from_yaml(args.config, **overrides)
     else:
         config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     if not config.data:
         raise ValueError("no dataset given: pass --data or set `data:` in the --config file.")
-    result = train(config, resume=args.resume)
+    result = train(config, resume=args.resume, overwrite=args.overwrite)
     print(f"finished after {result.epochs_completed} epoch(s), {result.iterations} iterations; last checkpoint "
           f"{result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else ""))
     return 0
+
+
+def _read_yaml(path: str) -> dict:
+    """The fields a YAML config file sets (its mapping), for comparing with a resumed run's saved settings."""
+    TrainConfig.from_yaml(path)  # the file's own checks and messages first
+    with open(path, encoding="utf-8") as handle:
+        return dict(yaml.safe_load(handle) or {})

@@ -23,16 +23,19 @@ import torch
 from tqdm.auto import tqdm
 
 from perspective_unet.data import VolumeDataset, read_dataset_info
-from perspective_unet.engine.runtime import DistributedContext, resolve_device
+from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
 from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
 from perspective_unet.models.checkpoint import load_checkpoint_file, model_from_checkpoint
+from perspective_unet.outputs import output_lock, remove_stale_temporaries, write_all
 from perspective_unet.plan import Plan
 from perspective_unet.table import format_table
 
-__all__ = ["evaluate", "evaluate_model", "load_for_inference", "write_reports"]
+__all__ = ["REPORTS", "evaluate", "evaluate_model", "load_for_inference", "write_reports"]
+
+REPORTS = ("summary.json", "per_case.csv", "summary.md")
 
 
 def load_for_inference(
@@ -181,7 +184,8 @@ def _per_class_by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def write_reports(
     result: dict[str, Any], output: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
 ) -> dict[str, Any]:
-    """Write ``per_case.csv``, ``summary.json`` and ``summary.md`` into ``output``; returns the summary dict.
+    """Write ``per_case.csv``, ``summary.json`` and ``summary.md`` into ``output`` (all three or none); returns the
+    summary dict.
 
     ``summary.json`` holds, at the top level, ``mean_dice`` (in [0, 1]) and ``mean_hd95`` of the legacy protocol and
     ``per_class`` values by class name; the corrected protocol's numbers sit under ``corrected``.
@@ -208,18 +212,24 @@ def write_reports(
         }
     summary["hd95_units"] = "voxels" if legacy else "mm"
     summary.update(extra or {})
-    (output / "summary.json").write_text(json.dumps(summary, indent=2))
 
-    protocols = [p for p in PROTOCOLS if p in result]
-    with (output / "per_case.csv").open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["case", "protocol", "class_id", "class_name", "dice", "hd95"])
-        for row in result["per_case"]:
-            for protocol in protocols:
-                for class_id, scores in row[protocol].items():
-                    name = result[protocol]["per_class"][class_id]["name"]
-                    writer.writerow([row["case"], protocol, class_id, name, scores["dice"], scores["hd95"]])
-    (output / "summary.md").write_text(summary_markdown(result))
+    def write_per_case(path: Path) -> None:
+        protocols = [p for p in PROTOCOLS if p in result]
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["case", "protocol", "class_id", "class_name", "dice", "hd95"])
+            for row in result["per_case"]:
+                for protocol in protocols:
+                    for class_id, scores in row[protocol].items():
+                        name = result[protocol]["per_class"][class_id]["name"]
+                        writer.writerow([row["case"], protocol, class_id, name, scores["dice"], scores["hd95"]])
+
+    # The three reports appear together or not at all (a full disk must not leave a summary without its cases).
+    write_all({
+        output / "per_case.csv": write_per_case,
+        output / "summary.json": lambda path: path.write_text(json.dumps(summary, indent=2)),
+        output / "summary.md": lambda path: path.write_text(summary_markdown(result)),
+    })
     return summary
 
 
@@ -265,32 +275,48 @@ def evaluate(
     img_size: Sequence[int] | None = None,
     protocols: Sequence[str] = PROTOCOLS,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a prepared dataset's volumes and write the reports; returns ``summary.json``'s dict.
+
+    Existing reports in ``output`` are replaced only with ``overwrite``; the folder is locked while the command
+    runs.
+
+    Raises:
+        FileExistsError: ``output`` holds reports and ``overwrite`` is False (checked before any work).
 
     Example:
         >>> summary = evaluate("runs/synapse/best.pt", "prepared/Synapse", "runs/synapse/eval")  # doctest: +SKIP
         >>> summary["mean_dice"], summary["corrected"]["mean_hd95"]  # doctest: +SKIP
     """
-    torch_device = resolve_device(device)
-    model, info = load_for_inference(checkpoint, torch_device)
-    dataset_info = read_dataset_info(data)
-    num_classes = model.config.num_classes
-    if int(dataset_info["num_classes"]) != num_classes:
-        raise InputError(
-            f"the checkpoint {checkpoint} predicts {num_classes} classes but {data} has "
-            f"{dataset_info['num_classes']}; evaluate it on data of the same label set."
+    existing = [name for name in REPORTS if (Path(output) / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{Path(output) / existing[0]} already exists; nothing was written. Pass --overwrite to "
+                              "replace the reports, or choose another output folder.")
+    with output_lock(output, "evaluate"):
+        remove_stale_temporaries(output)
+        torch_device = resolve_device(device)
+        model, info = load_for_inference(checkpoint, torch_device)
+        dataset_info = read_dataset_info(data)
+        num_classes = model.config.num_classes
+        if int(dataset_info["num_classes"]) != num_classes:
+            raise InputError(
+                f"the checkpoint {checkpoint} predicts {num_classes} classes but {data} has "
+                f"{dataset_info['num_classes']}; evaluate it on data of the same label set."
+            )
+        dataset = VolumeDataset(data, split=split)
+        if len(dataset) == 0:
+            raise InputError(f"{data} has no {split!r} volumes to evaluate; choose another --split.")
+        plan = info["plan"] or Plan("paper", tuple(info["img_size"]), IntensitySpec("unit"))
+        if img_size is not None:
+            plan = plan.replace(patch_size=tuple(int(s) for s in img_size))
+        height, width = plan.patch_size
+        check_memory(model, batch_size * height * width, torch_device, training=False,
+                     what=f"evaluate with {batch_size} x {height} x {width} pixels per forward pass")
+        result = evaluate_model(
+            model, dataset, num_classes=num_classes, plan=plan, batch_size=batch_size, protocols=protocols,
+            class_names=dataset_info.get("class_names"), tta=tta, resampler=resampler, progress=progress,
         )
-    dataset = VolumeDataset(data, split=split)
-    if len(dataset) == 0:
-        raise InputError(f"{data} has no {split!r} volumes to evaluate; choose another --split.")
-    plan = info["plan"] or Plan("paper", tuple(info["img_size"]), IntensitySpec("unit"))
-    if img_size is not None:
-        plan = plan.replace(patch_size=tuple(int(s) for s in img_size))
-    result = evaluate_model(
-        model, dataset, num_classes=num_classes, plan=plan, batch_size=batch_size, protocols=protocols,
-        class_names=dataset_info.get("class_names"), tta=tta, resampler=resampler, progress=progress,
-    )
-    extra = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "plan": plan.to_dict(),
-             "img_size": list(plan.patch_size), "tta": tta, "resampler": resampler}
-    return write_reports(result, output, extra=extra)
+        extra = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "plan": plan.to_dict(),
+                 "img_size": list(plan.patch_size), "tta": tta, "resampler": resampler}
+        return write_reports(result, output, extra=extra)

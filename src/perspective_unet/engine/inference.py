@@ -22,6 +22,8 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from perspective_unet.errors import InputError
+
 __all__ = ["corner_aligned_indices", "predict_slices", "predict_volume", "spline_zoom_matrix", "zoom_slices"]
 
 RESAMPLERS = ("torch", "scipy")
@@ -98,6 +100,10 @@ def predict_slices(
         x = images.flip(dims) if dims else images
         with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
             logits = torch.cat([model(s) for s in x.split(1)]) if one_at_a_time else model(x)
+        if not torch.isfinite(logits).all():
+            # An all-background map would otherwise be written as if it were a result.
+            raise InputError("the model produced NaN or infinite outputs; its weights or the input are damaged "
+                             "(nothing more was written).")
         probs = torch.softmax(logits.float(), dim=1)
         probs = probs.flip(dims) if dims else probs
         total = probs if total is None else total + probs

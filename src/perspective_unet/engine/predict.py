@@ -42,7 +42,6 @@ from perspective_unet.data.io import (
     NIFTI_SUFFIXES,
     PICTURE_SUFFIXES,
     SITK_SUFFIXES,
-    atomic_write_path,
     canonical_spacing,
     from_canonical,
     full_suffix,
@@ -53,10 +52,11 @@ from perspective_unet.data.io import (
 from perspective_unet.data.normalise import MR_PERCENTILES, SYNAPSE_HU_WINDOW, ct_window
 from perspective_unet.data.normalise import normalise_intensity as apply_intensity
 from perspective_unet.data.planning import dataset_intensity
-from perspective_unet.engine.runtime import resolve_device
+from perspective_unet.engine.runtime import check_memory, resolve_device
 from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec, picture_to_unit
+from perspective_unet.outputs import output_lock, remove_stale_temporaries, write_all
 from perspective_unet.plan import Plan
 
 __all__ = [
@@ -326,27 +326,19 @@ def _check_overwrite(jobs: Sequence[_Job], overwrite: bool) -> None:
 
 
 def _write_probabilities(probabilities: np.ndarray, meta: dict[str, Any], path: Path, class_names: Any) -> None:
-    """Write (C, *image shape) probabilities atomically: 4D float32 NIfTI (channels last) or float16 npz."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = atomic_write_path(path)
-    try:
-        if path.name.endswith(".npz"):
-            # np.savez appends ".npz" to names without it; the temporary name already ends with it.
-            extra = {"class_names": np.asarray(class_names, dtype=str)} if class_names else {}
-            np.savez_compressed(tmp, probabilities=probabilities.astype(np.float16), **extra)
-        else:
-            data = np.moveaxis(probabilities, 0, -1).astype(np.float32)
-            header = meta.get("header")
-            header = header.copy() if isinstance(header, nib.Nifti1Header) else None
-            image = nib.Nifti1Image(data, np.asarray(meta["affine"], dtype=np.float64), header=header)
-            image.set_data_dtype(np.float32)
-            image.header.set_slope_inter(1.0, 0.0)
-            image.header.set_intent("vector", (), name="class probabilities")
-            nib.save(image, str(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    """Write (C, *image shape) probabilities to ``path``: 4D float32 NIfTI (channels last) or float16 npz."""
+    if path.name.endswith(".npz"):
+        extra = {"class_names": np.asarray(class_names, dtype=str)} if class_names else {}
+        np.savez_compressed(path, probabilities=probabilities.astype(np.float16), **extra)
+        return
+    data = np.moveaxis(probabilities, 0, -1).astype(np.float32)
+    header = meta.get("header")
+    header = header.copy() if isinstance(header, nib.Nifti1Header) else None
+    image = nib.Nifti1Image(data, np.asarray(meta["affine"], dtype=np.float64), header=header)
+    image.set_data_dtype(np.float32)
+    image.header.set_slope_inter(1.0, 0.0)
+    image.header.set_intent("vector", (), name="class probabilities")
+    nib.save(image, str(path))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -537,20 +529,23 @@ class Predictor:
         input_path: str | os.PathLike[str],
         output_path: str | os.PathLike[str],
         probabilities_path: str | os.PathLike[str] | None = None,
+        series: str | None = None,
     ) -> Path:
         """Segment one image file (or DICOM folder) and write its label map (and probabilities) atomically.
 
-        Overwrites without asking; :func:`predict_path` checks for existing outputs first.
+        Overwrites without asking; :func:`predict_path` checks for existing outputs first. ``series`` chooses one
+        DICOM series (SeriesInstanceUID) of a folder that holds several.
         """
-        array, meta = read_image(input_path)
+        array, meta = read_image(input_path, series=series if Path(input_path).is_dir() else None)
         if array.size == 0:
             raise InputError(f"{input_path} holds no voxels (shape {array.shape}).")
         result = self.predict_image(array, meta, return_probabilities=probabilities_path is not None)
         labels, probabilities = result if probabilities_path is not None else (result, None)
-        written = write_label_map(labels, meta, output_path)
+        writers: dict[Path, Any] = {Path(output_path): lambda path: write_label_map(labels, meta, path)}
         if probabilities is not None and probabilities_path is not None:
-            _write_probabilities(probabilities, meta, Path(probabilities_path), self.class_names)
-        return written
+            writers[Path(probabilities_path)] = lambda path: _write_probabilities(probabilities, meta, path,
+                                                                                   self.class_names)
+        return write_all(writers)[0]  # the label map and its probabilities appear together or not at all
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -600,6 +595,7 @@ def predict_path(
     resampler: str = "torch",
     info: dict[str, Any] | None = None,
     progress: bool = True,
+    series: str | None = None,
 ) -> list[Path]:
     """Segment image files, DICOM series or a folder of them, and write one uint8 label map per input.
 
@@ -625,6 +621,8 @@ def predict_path(
         resampler: ``torch`` or ``scipy`` (paper protocol).
         info: With a model instead of a checkpoint: ``plan`` (or ``img_size``) and ``dataset`` of its training.
         progress: Show a progress bar over the inputs.
+        series: The DICOM series (SeriesInstanceUID) to read from DICOM folders that hold several; without it such a
+            folder is refused with the list of its series.
 
     Returns:
         The label maps written, in input order.
@@ -649,30 +647,37 @@ def predict_path(
         found.extend(files)
         collection = collection or many
     jobs = _plan(found, collection, Path(output), save_probabilities)
-    _check_overwrite(jobs, overwrite)
+    folder = jobs[0].labels.parent
+    # One predict command per output folder: a second one would silently replace the first one's outputs.
+    with output_lock(folder, "predict"):
+        remove_stale_temporaries(folder)
+        _check_overwrite(jobs, overwrite)
 
-    options = {"tta": tta, "batch_size": batch_size, "resampler": resampler}
-    choices = {"window": window, "mr_normalise": mr_normalise, "orientation": orientation, "img_size": img_size}
-    if isinstance(checkpoint, torch.nn.Module):
-        torch_device = None if device == "auto" else (device if isinstance(device, torch.device)
-                                                      else resolve_device(device))
-        predictor = Predictor.from_model(checkpoint, info, device=torch_device, **choices, **options)
-    else:
-        predictor = Predictor.from_checkpoint(checkpoint, device=device, **choices, **options)
-    plan = predictor.plan
-    where = (f"at {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm in {plan.patch_size[0]}x{plan.patch_size[1]} "
-             "windows" if plan.protocol == "spacing" else f"zoomed to {plan.patch_size[0]}x{plan.patch_size[1]}")
-    logger.info("predicting %d input(s), %s protocol %s, orientation %s, intensity %s", len(jobs), plan.protocol,
-                where, predictor.orientation, plan.intensity.describe() if predictor.intensity else
-                "fallback (CT window)")
+        options = {"tta": tta, "batch_size": batch_size, "resampler": resampler}
+        choices = {"window": window, "mr_normalise": mr_normalise, "orientation": orientation, "img_size": img_size}
+        if isinstance(checkpoint, torch.nn.Module):
+            torch_device = None if device == "auto" else (device if isinstance(device, torch.device)
+                                                          else resolve_device(device))
+            predictor = Predictor.from_model(checkpoint, info, device=torch_device, **choices, **options)
+        else:
+            predictor = Predictor.from_checkpoint(checkpoint, device=device, **choices, **options)
+        plan = predictor.plan
+        height, width = plan.patch_size
+        check_memory(predictor.model, batch_size * height * width, predictor.device, training=False,
+                     what=f"predict with {batch_size} x {height} x {width} pixels per forward pass")
+        where = (f"at {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm in {plan.patch_size[0]}x{plan.patch_size[1]} "
+                 "windows" if plan.protocol == "spacing" else f"zoomed to {plan.patch_size[0]}x{plan.patch_size[1]}")
+        logger.info("predicting %d input(s), %s protocol %s, orientation %s, intensity %s", len(jobs), plan.protocol,
+                    where, predictor.orientation, plan.intensity.describe() if predictor.intensity else
+                    "fallback (CT window)")
 
-    written: list[Path] = []
-    for job in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) == 1, dynamic_ncols=True):
-        try:
-            written.append(predictor.predict_file(job.source, job.labels, job.probabilities))
-        except InputError as exc:
-            if written:
-                raise InputError(f"{exc} ({len(written)} of {len(jobs)} outputs, for the inputs before it, were "
-                                 "written and are complete.)") from exc
-            raise
-    return written
+        written: list[Path] = []
+        for job in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) == 1, dynamic_ncols=True):
+            try:
+                written.append(predictor.predict_file(job.source, job.labels, job.probabilities, series))
+            except InputError as exc:
+                if written:
+                    raise InputError(f"{exc} ({len(written)} of {len(jobs)} outputs, for the inputs before it, were "
+                                     "written and are complete.)") from exc
+                raise
+        return written

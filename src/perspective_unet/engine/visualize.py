@@ -708,7 +708,6 @@ def save_feature_figure(
         >>> save_feature_figure(slice_in_unit_range, maps, "bprb.png", titles=feature_titles(model, "bprb"))
         ... # doctest: +SKIP
     """
-    import matplotlib
 
     image = np.asarray(image, dtype=np.float32)
     if image.ndim != 2:
@@ -716,7 +715,7 @@ def save_feature_figure(
     for m in maps:
         if np.shape(m) != image.shape:
             raise ValueError(f"every map must have the image's shape {image.shape}, got {np.shape(m)}.")
-    colormap = matplotlib.colormaps[cmap]
+    colormap = _colormap(cmap)
     panel_h, panel_w = _panel_shape(image.shape, panel_size)
     gray = overlay(image, None, value_range=value_range).astype(np.float32)
     panels = [("image", gray.astype(np.uint8))]
@@ -733,6 +732,14 @@ def save_feature_figure(
         figure.text(x + panel_w / 2, HEADER_PX / 2, title, ha="center", va="center", fontsize=11)
         figure.picture(_resize_nearest(rgb, panel_h, panel_w), x, HEADER_PX)
     return figure.save(output)
+
+
+def _colormap(name: str) -> Any:
+    import matplotlib
+
+    if name not in matplotlib.colormaps:
+        raise ValueError(f"--cmap {name!r} is not a matplotlib colormap; choose one such as jet, viridis or magma.")
+    return matplotlib.colormaps[name]
 
 
 def feature_figure_from_files(
@@ -772,6 +779,7 @@ def feature_figure_from_files(
     """
     from perspective_unet.engine.predict import Predictor
 
+    _colormap(cmap)  # a misspelt colormap fails before the model is loaded
     predictor = Predictor.from_checkpoint(
         checkpoint, device=device, window=window, mr_normalise=mr_normalise, orientation=orientation
     )

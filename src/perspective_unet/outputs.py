@@ -1,0 +1,178 @@
+"""Writing results safely: one writer per output folder, files that appear whole or not at all, no leftovers.
+
+- :func:`output_lock` holds a folder for the duration of a command (a lock file with the holder's pid and host). A
+  second command on the same folder stops with one clear message; a lock left by a process that no longer runs (a
+  ``kill -9``) is taken over with a warning.
+- :func:`atomic_write` and :func:`write_all` write to temporary names beside the targets and rename them only when
+  every file of a result is complete: a label map never appears without its probabilities, a ``summary.json``
+  never without its ``per_case.csv``.
+- :func:`remove_stale_temporaries` deletes the temporary files a killed run left behind; commands call it while
+  they hold the folder's lock, so they never touch a running command's files.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import uuid
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
+
+from perspective_unet.errors import InputError
+
+__all__ = [
+    "LOCK_NAME",
+    "atomic_write",
+    "default_file_mode",
+    "output_lock",
+    "remove_stale_temporaries",
+    "temporary_path",
+    "write_all",
+]
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".perspective-unet.lock"
+# Every temporary name this package writes starts with this, so leftovers of killed runs can be recognised.
+TEMPORARY_PREFIX = ".tmp-"
+
+
+def default_file_mode() -> int:
+    """The mode a new file gets under the current umask (0o666 minus the umask), as ``open`` would give it."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
+def temporary_path(path: str | os.PathLike[str]) -> Path:
+    """A hidden temporary name beside ``path`` with the same suffix (``.tmp-<random>-<name>``)."""
+    path = Path(path)
+    return path.with_name(f"{TEMPORARY_PREFIX}{uuid.uuid4().hex[:8]}-{path.name}")
+
+
+def write_all(writers: Mapping[str | os.PathLike[str], Callable[[Path], None]]) -> list[Path]:
+    """Write several files as one result: each writer fills a temporary file, then all are renamed into place.
+
+    If any writer fails (a full disk, an interrupt), every temporary file is removed and no target is touched.
+
+    Args:
+        writers: Target path -> function that writes the file at the path it is given.
+
+    Returns:
+        The targets, in order.
+    """
+    pending: list[tuple[Path, Path]] = []
+    try:
+        for target, write in writers.items():
+            target = Path(target)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            tmp = temporary_path(target)
+            pending.append((tmp, target))
+            write(tmp)
+            with contextlib.suppress(OSError):
+                os.chmod(tmp, default_file_mode())
+        for tmp, target in pending:
+            os.replace(tmp, target)
+    except BaseException:
+        for tmp, _ in pending:
+            tmp.unlink(missing_ok=True)
+        raise
+    return [target for _, target in pending]
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Write one file through a temporary name and a rename, so it appears whole or not at all."""
+    return write_all({path: write})[0]
+
+
+def _holder(lock: Path) -> tuple[int, str] | None:
+    try:
+        pid, host = lock.read_text().split()[:2]
+        return int(pid), host
+    except (OSError, ValueError):
+        return None
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's running process
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def output_lock(folder: str | os.PathLike[str], command: str = "perspective-unet", name: str = LOCK_NAME
+                ) -> Iterator[Path]:
+    """Hold ``folder`` (created if missing) for one command; yields the folder.
+
+    A folder this call created is removed again if it is still empty when the command ends.
+
+    Args:
+        folder: The output folder.
+        command: Recorded in the lock file, for people.
+        name: The lock file's name in ``folder`` (a command writing one entry of a shared parent folder locks only
+            that entry with a name of its own).
+
+    Raises:
+        InputError: Another running command holds the folder.
+    """
+    folder = Path(folder)
+    created = not folder.exists()
+    folder.mkdir(parents=True, exist_ok=True)
+    lock = folder / name
+    me = f"{os.getpid()} {socket.gethostname()} {command}\n"
+    for _ in range(3):
+        try:
+            fd = os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            holder = _holder(lock)
+            if holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0]):
+                logger.warning("%s was locked by process %d, which no longer runs; taking the folder over.",
+                               folder, holder[0])
+                lock.unlink(missing_ok=True)
+                continue
+            who = f"process {holder[0]} on {holder[1]}" if holder else "another command"
+            raise InputError(f"{folder} is in use by {who} (lock file {lock}); wait until it finishes, or choose "
+                             "another output folder. Delete the lock file only if no command uses the folder.") \
+                from None
+        with os.fdopen(fd, "w") as handle:
+            handle.write(me)
+        break
+    else:  # pragma: no cover - three takeovers in a row mean another process races for the same lock
+        raise InputError(f"{folder}: could not take the lock {lock}; another command is starting there.")
+    try:
+        yield folder
+    finally:
+        if _holder(lock) == (os.getpid(), socket.gethostname()):
+            lock.unlink(missing_ok=True)
+        if created:  # a command that failed before writing anything leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                folder.rmdir()
+
+
+def remove_stale_temporaries(folder: str | os.PathLike[str], patterns: tuple[str, ...] = (f"{TEMPORARY_PREFIX}*",)
+                             ) -> list[Path]:
+    """Delete temporary files (and folders) matching ``patterns`` in ``folder``; call it while holding the lock."""
+    folder = Path(folder)
+    removed = []
+    if not folder.is_dir():
+        return removed
+    for pattern in patterns:
+        for path in folder.glob(pattern):
+            try:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+            except OSError:
+                continue
+            removed.append(path)
+    if removed:
+        logger.info("removed %d temporary file(s) a stopped run left in %s", len(removed), folder)
+    return removed
