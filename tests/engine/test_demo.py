@@ -21,3 +21,18 @@ def test_demo_writes_checkpoint_summary_and_figure(tiny_dataset, tmp_path):
     table = format_organ_table(saved)
     assert table.splitlines()[0].split()[:2] == ["organ", "Dice"]
     assert table.splitlines()[-1].startswith("mean")
+
+
+def test_a_second_demo_keeps_the_first_ones_results_unless_told(tiny_dataset, tmp_path):
+    import pytest
+
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_dataset, out / "data")
+    settings = DemoSettings(img_size=(32, 32), epochs=1, batch_size=4, device="cpu")
+    run_demo(out, settings)
+    before = (out / "summary.json").read_text()
+    with pytest.raises(FileExistsError, match="--overwrite"):
+        run_demo(out, settings)
+    assert (out / "summary.json").read_text() == before
+    run_demo(out, settings, overwrite=True)
+    assert (out / "summary.json").is_file()

@@ -31,6 +31,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--time-limit-minutes", type=float, default=None,
                         help="safety stop for training (default: 11); the summary says when it cut a run short")
     parser.add_argument("--cache-dir", default=None, help="where the downloaded sdist is kept")
+    parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in OUTPUT")
     parser.set_defaults(func=run)
 
 
@@ -43,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
                         ("time_limit_minutes", args.time_limit_minutes)):
         if value is not None:
             setattr(settings, name, tuple(value) if name == "img_size" else value)
-    summary = run_demo(args.output, settings, cache_dir=args.cache_dir)
+    summary = run_demo(args.output, settings, cache_dir=args.cache_dir, overwrite=args.overwrite)
     print(format_organ_table(summary))
     ran = f"{summary['demo_epochs']} of {summary['demo_epochs_planned']} epochs"
     if summary["demo_cut_short"]:

@@ -28,7 +28,7 @@ from perspective_unet.engine.visualize import save_overlay_grid
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 from perspective_unet.table import format_table
 
-__all__ = ["DEMO_AUGMENTATION", "DemoSettings", "format_organ_table", "run_demo"]
+__all__ = ["DEMO_AUGMENTATION", "DEMO_RESULTS", "DemoSettings", "format_organ_table", "run_demo"]
 
 log = logging.getLogger(__name__)
 
@@ -123,13 +123,24 @@ def _maybe(value: float | None, scale: float = 1.0) -> str:
     return "n/a" if value is None else f"{value * scale:.2f}" if scale == 1.0 else f"{value * scale:.1f}"
 
 
+DEMO_RESULTS = ("best.pt", "summary.json", "overlay.png", "demo.json", "run", "evaluation")
+
+
 def run_demo(
-    output: str | Path = "demo_out", settings: DemoSettings | None = None, *, cache_dir: str | Path | None = None
+    output: str | Path = "demo_out",
+    settings: DemoSettings | None = None,
+    *,
+    cache_dir: str | Path | None = None,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
     """Prepare the demo CT, train, evaluate on the held-out slices and write ``best.pt``, ``summary.json`` and
     ``overlay.png`` into ``output``; returns the evaluation summary.
 
-    An existing prepared dataset in ``output/data`` is reused; an existing run in ``output/run`` is replaced.
+    An existing prepared dataset in ``output/data`` is reused. The results of an earlier demo in ``output`` are
+    replaced only with ``overwrite``.
+
+    Raises:
+        FileExistsError: ``output`` holds an earlier demo's results and ``overwrite`` is False.
 
     Example:
         >>> summary = run_demo("demo_out")  # doctest: +SKIP
@@ -138,6 +149,10 @@ def run_demo(
     """
     settings = settings or DemoSettings()
     output = Path(output)
+    earlier = [name for name in DEMO_RESULTS if (output / name).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(f"{output} holds an earlier demo's results ({', '.join(earlier)}); pass --overwrite to "
+                              "replace them, or choose another output folder.")
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
@@ -178,7 +193,8 @@ def run_demo(
     # the last epoch's weights; they are written as best.pt.
     shutil.copyfile(result.last_checkpoint, output / "best.pt")
 
-    summary = evaluate(output / "best.pt", data, output / "evaluation", device=settings.device, progress=False)
+    summary = evaluate(output / "best.pt", data, output / "evaluation", device=settings.device, progress=False,
+                       overwrite=True)
     shutil.copyfile(output / "evaluation" / "summary.json", output / "summary.json")
 
     predictor = Predictor.from_checkpoint(output / "best.pt", device=settings.device)
