@@ -130,12 +130,12 @@ def test_evaluate_keeps_earlier_reports_unless_told_and_writes_all_three_or_none
 
 
 def test_a_label_map_never_appears_without_its_probabilities(finished_run, tmp_path, capsys, monkeypatch):
-    import perspective_unet.engine.predict as predict_module
+    import perspective_unet.engine.predictor as predictor_module
 
     def full_disk(probabilities, meta, path, class_names):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))
 
-    monkeypatch.setattr(predict_module, "_write_probabilities", full_disk)
+    monkeypatch.setattr(predictor_module, "write_probabilities", full_disk)
     source = scan(tmp_path / "scan.nii.gz")
     out = tmp_path / "pred"
     assert main(["predict", "--checkpoint", str(finished_run / "last.pt"), "-i", str(source), "-o", str(out),
