@@ -107,7 +107,7 @@ def test_shipped_recipes_hold_the_papers_settings(name):
 def test_foreground_weights_favour_slices_with_labels():
     import numpy as np
 
-    from perspective_unet.engine.train import _foreground_weights
+    from perspective_unet.engine.training import _foreground_weights
 
     class TwoSlices:
         labels = [np.zeros((4, 4)), np.pad(np.ones((1, 1)), 1)]
@@ -133,7 +133,7 @@ def test_adamw_with_foreground_sampling_trains_and_resumes_its_state(tiny_datase
 
 
 def test_memory_budget_needs_compile_and_reaches_the_compiler(tiny_dataset, tmp_path, monkeypatch):
-    import perspective_unet.engine.train as train_module
+    import perspective_unet.engine.training as training_module
 
     with pytest.raises(ValueError, match="compile"):
         TrainConfig(activation_memory_budget=0.4)
@@ -145,7 +145,7 @@ def test_memory_budget_needs_compile_and_reaches_the_compiler(tiny_dataset, tmp_
         seen["budget"] = activation_memory_budget
         return model
 
-    monkeypatch.setattr(train_module, "compile_model", fake_compile)
+    monkeypatch.setattr(training_module, "compile_model", fake_compile)
     args = ["train", "--data", str(tiny_dataset), "-o", str(tmp_path / "run"), "--model", "perspective_unet_tiny",
             "--img-size", "32", "32", "--num-workers", "0", "--epochs", "1", "--batch-size", "2", "--val-every", "0",
             "--max-iterations", "1", "--compile", "--activation-memory-budget", "0.4"]

@@ -1,0 +1,382 @@
+"""The pieces of a training run: what a run folder holds, resuming, the data, model and optimizer of a run, its
+checkpoints and logs. :mod:`perspective_unet.engine.train` puts them together in one loop that reads top to bottom.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+import logging
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+from torch.utils.tensorboard import SummaryWriter
+
+from perspective_unet.config import TrainConfig
+from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDataset, read_dataset_info, seed_worker
+from perspective_unet.data.patches import PatchDataset
+from perspective_unet.data.planning import plan_for_training
+from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
+from perspective_unet.engine.runtime import (
+    DistributedContext,
+    check_memory,
+    compile_model,
+    get_rng_state,
+    resolve_device,
+    seed_everything,
+    set_rng_state,
+)
+from perspective_unet.errors import InputError
+from perspective_unet.losses import SegmentationLoss
+from perspective_unet.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
+from perspective_unet.models.perspective_unet import check_input_size
+from perspective_unet.models.registry import create_model
+from perspective_unet.outputs import atomic_write
+from perspective_unet.plan import Plan
+
+__all__ = [
+    "LOG_FIELDS",
+    "RUN_FILES",
+    "RUN_RECORDS",
+    "STALE_PATTERNS",
+    "TrainingRun",
+    "append_log",
+    "checkpoint_payload",
+    "make_loader",
+    "resume_config",
+    "run_files",
+    "setup_run",
+]
+
+log = logging.getLogger(__name__)
+
+LOG_FIELDS = (
+    "epoch",
+    "iteration",
+    "lr",
+    "train_loss",
+    "train_ce",
+    "train_dice_loss",
+    "val_mean_dice",
+    "val_mean_hd95",
+    "epoch_seconds",
+)
+
+
+
+
+def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def checkpoint_payload(
+    model: torch.nn.Module,
+    config: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    *,
+    epoch: int,
+    iteration: int,
+    best_val_dice: float | None,
+    dataset_info: dict[str, Any],
+    plan: Plan,
+) -> dict[str, Any]:
+    return {
+        "plan": plan.to_dict(),
+        "format": CHECKPOINT_FORMAT,
+        "format_version": 1,
+        "model_config": model.config.to_dict(),
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "iteration": iteration,
+        "best_val_dice": best_val_dice,
+        "train_config": config.to_dict(),
+        "dataset": _dataset_summary(dataset_info),
+        "rng": get_rng_state(),
+    }
+
+
+def _dataset_summary(info: dict[str, Any]) -> dict[str, Any]:
+    """The parts of dataset.json that prediction needs later (classes, modality, intensity normalisation)."""
+    keep = ("name", "num_classes", "class_names", "modality", "normalisation", "intensity", "orientation")
+    return json.loads(json.dumps({k: info[k] for k in keep if k in info}))
+
+
+def _training_set(config: TrainConfig, plan: Plan) -> SliceDataset | PatchDataset:
+    """The training slices (paper protocol) or patches (spacing protocol), augmented as the config says."""
+    try:
+        if plan.protocol == "paper":
+            paper = AugmentationConfig.from_dict(config.augmentation) if config.augment else None
+            return SliceDataset(config.data, split="train", img_size=plan.patch_size, augmentation=paper,
+                                seed=config.seed, context_slices=plan.context_slices, intensity=plan.intensity)
+        spacing = SpacingAugmentationConfig.from_dict(config.augmentation) if config.augment else None
+    except ValueError as exc:
+        raise InputError(f"training config, augmentation: {exc}") from None
+    return PatchDataset(config.data, plan, spacing, seed=config.seed)
+
+
+def _foreground_weights(dataset: SliceDataset | PatchDataset, weight: float) -> torch.Tensor | None:
+    """Sampling weight per slice: ``weight`` for slices holding any foreground, 1 otherwise (None when uniform)."""
+    if weight == 1.0:
+        return None
+    has_foreground = [bool(dataset.load_slice(i)[1].any()) for i in range(len(dataset))]
+    return torch.tensor([weight if f else 1.0 for f in has_foreground], dtype=torch.float64)
+
+
+def make_loader(
+    dataset: SliceDataset | PatchDataset,
+    config: TrainConfig,
+    ctx: DistributedContext,
+    epoch: int,
+    weights: torch.Tensor | None = None,
+) -> DataLoader:
+    # A generator seeded per epoch (and process) fixes both the order and the workers' seeds, so a resumed run sees
+    # the same batches as an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.seed + 7919 * epoch + ctx.rank)
+    if weights is not None:
+        sampler = WeightedRandomSampler(weights, len(dataset) // ctx.world_size, replacement=True, generator=generator)
+    elif ctx.enabled:
+        sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(dataset, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=config.drop_last_batch and len(dataset) >= config.batch_size * ctx.world_size,
+        persistent_workers=False,
+    )
+
+
+def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(model.parameters(), lr=config.base_lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        model.parameters(), lr=config.base_lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def append_log(path: Path, row: dict[str, Any]) -> None:
+    new = not path.exists()
+    with path.open("a", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
+        if new:
+            writer.writeheader()
+        writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
+
+
+# What makes a folder a run (its results), and what --overwrite removes with them.
+RUN_FILES = ("last.pt", "best.pt", "train_log.csv")
+RUN_RECORDS = ("config.json", "tensorboard")
+# Temporary files a killed run leaves: this version's names, and the checkpoint temporaries of earlier versions.
+STALE_PATTERNS = (".tmp-*", ".last.pt.*.tmp", ".best.pt.*.tmp")
+# Settings a resumed run may change: where it runs and how long; everything else must stay what the run was.
+RESUME_MAY_CHANGE = ("data", "output", "device", "num_workers", "val_batch_size", "log_every", "time_limit_minutes",
+                     "max_iterations")
+
+
+def run_files(output: Path) -> list[str]:
+    """The files of a run present in ``output``."""
+    return [name for name in RUN_FILES if (output / name).exists()]
+
+
+def _saved_plan(resume: str | Path | None) -> Plan | None:
+    if resume is None:
+        return None
+    saved = load_checkpoint_file(resume).get("plan")
+    return None if saved is None else Plan.from_dict(saved)
+
+
+def resume_config(checkpoint: str | Path, given: dict[str, Any]) -> TrainConfig:
+    """The training config saved in a run's ``last.pt``, with the settings a resumed run may change.
+
+    Args:
+        checkpoint: The run's ``last.pt``; the run continues in its folder unless ``given`` names another output.
+        given: Settings given for the resumed run (from the command line and a ``--config`` file). A value equal to
+            the saved one is fine; ``data``, ``output``, ``device``, ``num_workers``, ``val_batch_size``,
+            ``log_every``, ``time_limit_minutes`` and ``max_iterations`` may change; ``epochs`` may rise (the poly
+            schedule then runs from the saved iteration to the new total, so the learning rate rises again); any
+            other difference is refused.
+
+    Raises:
+        InputError: The file is not a training checkpoint, or a given setting differs from the saved one.
+    """
+    state = load_checkpoint_file(checkpoint)
+    if "train_config" not in state or "optimizer" not in state:
+        raise InputError(f"{checkpoint} is not a training checkpoint (last.pt) of this project; cannot resume from "
+                         "it.")
+    saved = TrainConfig.from_dict(dict(state["train_config"]))
+    # The run lives where its last.pt is now (a run folder may have been moved or copied since).
+    changes: dict[str, Any] = {"output": str(Path(checkpoint).parent)}
+    for name, value in given.items():
+        if value is None:
+            continue
+        merged = {**getattr(saved, name), **value} if isinstance(value, dict) else value
+        candidate = getattr(TrainConfig.from_dict({**saved.to_dict(), name: merged}), name)
+        current = getattr(saved, name)
+        if candidate == current:
+            continue
+        if name in RESUME_MAY_CHANGE or (name == "epochs" and candidate > current):
+            changes[name] = candidate
+            continue
+        hint = " (epochs may only rise)" if name == "epochs" else ""
+        raise InputError(f"{name.replace('_', '-')} {candidate!r} differs from the run's saved {current!r} "
+                         f"({checkpoint}){hint}; resume without it, or start a new run in another folder.")
+    return dataclasses.replace(saved, **changes)
+
+
+@dataclass
+class TrainingRun:
+    """Everything a training loop works with; the loop changes ``iteration``, ``best_val_dice`` and
+    ``epochs_completed``.
+
+    Attributes:
+        config: The run's config, with the plan's protocol, size, batch size and context slices filled in.
+        plan: The plan the data are seen through.
+        ctx: Distributed context (a single process when not under torchrun).
+        device: Where the model runs.
+        info: The dataset's description.
+        train_set: Training slices (paper protocol) or patches (spacing protocol).
+        val_set: Validation volumes, or None.
+        sampling_weights: Per-slice weights of the sampler, or None for uniform sampling.
+        model: The model as trained (compiled and wrapped for DDP when asked).
+        core_model: The bare model (saved, validated).
+        loss_fn: The loss.
+        optimizer: The optimizer.
+        scaler: The AMP gradient scaler (disabled without float16).
+        amp_dtype: Autocast type, or None.
+        max_iterations: Optimizer steps of the whole schedule.
+        writer: TensorBoard writer (main process only).
+        start_epoch: Epochs already done (resumed runs).
+        iteration: Optimizer steps done.
+        best_val_dice: Best validation mean Dice so far.
+        epochs_completed: Epochs done when the loop stops.
+    """
+
+    config: TrainConfig
+    plan: Plan
+    ctx: DistributedContext
+    device: torch.device
+    info: dict[str, Any]
+    train_set: SliceDataset | PatchDataset
+    val_set: VolumeDataset | None
+    sampling_weights: torch.Tensor | None
+    model: torch.nn.Module
+    core_model: torch.nn.Module
+    loss_fn: SegmentationLoss
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    amp_dtype: torch.dtype | None
+    max_iterations: int
+    writer: SummaryWriter | None = None
+    start_epoch: int = 0
+    iteration: int = 0
+    best_val_dice: float | None = None
+    epochs_completed: int = 0
+
+    @property
+    def output(self) -> Path:
+        return Path(self.config.output)
+
+    @property
+    def num_classes(self) -> int:
+        return int(self.info["num_classes"])
+
+
+def _validation_set(config: TrainConfig, ctx: DistributedContext) -> VolumeDataset | None:
+    if config.val_every == 0:
+        return None
+    try:
+        val_set = VolumeDataset(config.data, split=config.val_split)
+    except (FileNotFoundError, InputError):
+        val_set = None
+    if val_set is not None and len(val_set) == 0:
+        val_set = None
+    if val_set is None and ctx.is_main:
+        log.info("no %r volumes in %s: training without validation (best.pt is not written)", config.val_split,
+                 config.data)
+    return val_set
+
+
+def _build_model(config: TrainConfig, plan: Plan, num_classes: int, device: torch.device) -> torch.nn.Module:
+    options = dict(config.model_options)
+    in_channels = options.pop("in_channels", plan.in_channels)
+    if in_channels != plan.in_channels and not options.get("repeat_gray_to_rgb"):
+        raise InputError(f"model option in_channels={in_channels} differs from the plan's {plan.in_channels} input "
+                         f"channel(s) (the slice and {plan.context_slices} context slices on each side).")
+    model = create_model(config.model, in_channels=in_channels, num_classes=num_classes, **options)
+    check_input_size(*plan.patch_size, divisor=model.config.size_divisor)
+    height, width = plan.patch_size
+    lean = config.compile and config.activation_memory_budget is not None  # keeps a share of the activations
+    check_memory(model, config.batch_size * height * width, device, training=not lean,
+                 what=f"training with batches of {config.batch_size} x {height} x {width}")
+    return model.to(device)
+
+
+def _restore(run: TrainingRun, resume: str | Path) -> None:
+    """Weights, optimizer, scaler, counters and random states of a ``last.pt``, exactly as they were."""
+    state = load_checkpoint_file(resume, map_location=run.device)
+    if "optimizer" not in state or "train_config" not in state:
+        raise InputError(f"{resume} is not a training checkpoint (last.pt) of this project; cannot resume from it.")
+    run.core_model.load_state_dict(state["model"])
+    run.optimizer.load_state_dict(state["optimizer"])
+    run.scaler.load_state_dict(state["scaler"])
+    run.start_epoch, run.iteration, run.best_val_dice = int(state["epoch"]), int(state["iteration"]), \
+        state["best_val_dice"]
+    run.epochs_completed = run.start_epoch
+    set_rng_state(state["rng"])
+    if run.ctx.is_main:
+        log.info("resumed from %s after epoch %d (iteration %d)", resume, run.start_epoch, run.iteration)
+
+
+def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedContext) -> TrainingRun:
+    """Data as the plan says, the model, loss and optimizer, the state of a resumed run, the run folder's records."""
+    device = resolve_device(config.device, ctx.local_rank)
+    seed_everything(config.seed + ctx.rank)
+    info = read_dataset_info(config.data)
+    plan = _saved_plan(resume) or plan_for_training(config.data, info, protocol=config.protocol,
+                                                    patch_size=config.img_size, batch_size=config.batch_size,
+                                                    context_slices=config.context_slices)
+    config = dataclasses.replace(config, protocol=plan.protocol, img_size=plan.patch_size,
+                                 batch_size=plan.batch_size, context_slices=plan.context_slices)
+    train_set = _training_set(config, plan)
+    val_set = _validation_set(config, ctx)
+    model = _build_model(config, plan, int(info["num_classes"]), device)
+    amp_dtype = _autocast_dtype(device, config.amp)
+    run = TrainingRun(
+        config=config, plan=plan, ctx=ctx, device=device, info=info, train_set=train_set, val_set=val_set,
+        sampling_weights=_foreground_weights(train_set, config.foreground_sampling_weight), model=model,
+        core_model=model, loss_fn=SegmentationLoss(int(info["num_classes"]), ce_weight=config.ce_weight,
+                                                   dice_weight=config.dice_weight),
+        optimizer=_make_optimizer(model, config), amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), max_iterations=0,
+    )
+    if resume is not None:
+        _restore(run, resume)
+    if config.compile:
+        run.model = compile_model(run.model, activation_memory_budget=config.activation_memory_budget)
+    if ctx.enabled:
+        run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
+    steps_per_epoch = math.ceil(len(make_loader(train_set, config, ctx, 0, run.sampling_weights))
+                                / config.grad_accum_steps)
+    run.max_iterations = config.epochs * steps_per_epoch
+    if ctx.is_main:
+        run.output.mkdir(parents=True, exist_ok=True)
+        atomic_write(run.output / "config.json", lambda path: path.write_text(json.dumps(config.to_dict(), indent=2)))
+        run.writer = SummaryWriter(str(run.output / "tensorboard"), purge_step=run.iteration if resume else None)
+    return run
