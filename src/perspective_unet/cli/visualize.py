@@ -79,15 +79,15 @@ def _check_output(args: argparse.Namespace) -> None:
 
 
 def run_overlay(args: argparse.Namespace) -> int:
-    from perspective_unet.engine.visualize import overlay_figure_from_files
+    from perspective_unet.viz import overlay_from_files
 
     _check_output(args)
     if args.slices is None and args.num_slices < 1:
         raise ValueError(f"--num-slices must be positive, got {args.num_slices}.")
-    path = overlay_figure_from_files(
+    path = overlay_from_files(
         args.image, args.output, label=args.label, prediction=args.prediction, checkpoint=args.checkpoint,
         slices=args.slices, num_slices=args.num_slices, class_names=args.class_names, window=args.window,
-        mr_normalise=args.mr_normalise, orientation=args.orientation, device=args.device, tta=args.tta,
+        mr_normalize=args.mr_normalise, orientation=args.orientation, device=args.device, tta=args.tta,
         panel_size=args.panel_size,
     )
     print(f"wrote {path}")
@@ -95,12 +95,12 @@ def run_overlay(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from perspective_unet.engine.visualize import feature_figure_from_files
+    from perspective_unet.viz import feature_figure_from_files
 
     _check_output(args)
     path = feature_figure_from_files(
         args.checkpoint, args.image, args.output, layer=args.layer, slice_index=args.slice_index,
-        reduction=args.reduction, window=args.window, mr_normalise=args.mr_normalise, orientation=args.orientation,
+        reduction=args.reduction, window=args.window, mr_normalize=args.mr_normalise, orientation=args.orientation,
         device=args.device, cmap=args.cmap, panel_size=args.panel_size,
     )
     print(f"wrote {path}")

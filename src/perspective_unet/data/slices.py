@@ -12,7 +12,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, overload
 
 import h5py
 import numpy as np
@@ -102,12 +102,30 @@ def load_npz(path: Path) -> tuple[np.ndarray, np.ndarray | None]:
         raise InputError(f"Cannot read {path}: {type(exc).__name__}: {exc}; prepare or copy the file again.") from exc
 
 
-def load_h5(path: Path, z: int | None = None) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
-    """``(image, label or None, attributes)`` of a volume file, or of its slice ``z`` (then without attributes)."""
+@overload
+def load_h5(
+    path: Path, z: int | None = None, *, label_only: Literal[False] = False
+) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]: ...
+
+
+@overload
+def load_h5(
+    path: Path, z: int | None = None, *, label_only: Literal[True]
+) -> tuple[None, np.ndarray | None, dict[str, Any]]: ...
+
+
+def load_h5(
+    path: Path, z: int | None = None, *, label_only: bool = False
+) -> tuple[np.ndarray | None, np.ndarray | None, dict[str, Any]]:
+    """``(image, label or None, attributes)`` of a volume file, or of its slice ``z`` (then without attributes).
+
+    With ``label_only`` the image is neither read nor required (it comes back as None): a figure of a label map need
+    not read the far larger float image.
+    """
     try:
         with h5py.File(path, "r") as f:
             index = slice(None) if z is None else z
-            image = np.asarray(f["image"][index])
+            image = None if label_only else np.asarray(f["image"][index])
             label = np.asarray(f["label"][index]) if "label" in f else None
             attrs = {key: _plain(value) for key, value in f.attrs.items()} if z is None else {}
         return image, label, attrs

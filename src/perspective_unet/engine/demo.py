@@ -24,9 +24,9 @@ from perspective_unet.data import prepare_demo, read_dataset_info
 from perspective_unet.engine.evaluate import evaluate
 from perspective_unet.engine.predict import Predictor
 from perspective_unet.engine.train import train
-from perspective_unet.engine.visualize import save_overlay_grid
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 from perspective_unet.table import format_table
+from perspective_unet.viz import save_overlay_grid
 
 __all__ = ["DEMO_AUGMENTATION", "DEMO_RESULTS", "DemoSettings", "format_organ_table", "run_demo"]
 
