@@ -15,7 +15,7 @@ from pathlib import Path
 
 import torch
 
-from perspective_unet.engine import benchmark as bench
+from perspective_unet import bench
 
 log = logging.getLogger("run_cpu")
 

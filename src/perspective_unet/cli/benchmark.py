@@ -4,13 +4,12 @@ attention kernels."""
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import torch
 
-from perspective_unet.engine import benchmark as bench
+from perspective_unet import bench
 from perspective_unet.models import list_models
 
 log = logging.getLogger("perspective_unet.benchmark")
@@ -45,7 +44,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--mode", nargs="+", default=["all"], choices=(*bench.MODES, "all"), help="inference, train, volume or all"
     )
-    parser.add_argument("--path", default="both", choices=("baseline", "optimized", "both"), help="paths to measure")
+    parser.add_argument("--path", default="both", choices=bench.PATH_CHOICES, help="paths to measure")
     parser.add_argument(
         "--checkpoint",
         nargs="*",
@@ -62,9 +61,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--no-channels-last", action="store_true", help="optimized path keeps the default layout")
     parser.add_argument("--compile", action="store_true", help="torch.compile on the optimized path")
     parser.add_argument(
-        "--activation-memory-budget", type=float, default=None, metavar="FRACTION",
-        help="with --compile: share (0, 1] of the activations a training step keeps for backward (0.4: about 0.6x "
-        "the plain path's memory on a CPU, and faster)",
+        "--activation-memory-budget",
+        type=float,
+        default=None,
+        metavar="FRACTION",
+        help="with --compile: share (0, 1] of the activations a training step keeps for backward; the rest is "
+        "recomputed (less memory, more compute)",
     )
     parser.add_argument("--amp", choices=("bfloat16", "float16"), default=None, help="autocast on the optimized path")
     parser.add_argument(
@@ -92,9 +94,9 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise ValueError(f"--threads must be positive, got {args.threads}.")
         torch.set_num_threads(args.threads)
-    isolate = not args.in_process
     if args.activation_memory_budget is not None and not args.compile:
         raise ValueError("--activation-memory-budget acts on compiled training steps only; add --compile.")
+    isolate = not args.in_process
     if args.target == "attention":
         report = bench.benchmark_attention(
             args.tokens,
@@ -106,35 +108,26 @@ def run(args: argparse.Namespace) -> int:
             isolate=isolate,
             log=log.info,
         )
-        print(bench.attention_table(report["points"]))
-        if report["enlsa_64k_over_16x_4k"] is not None:
-            print(f"ENLSA 64k / (16 x 4k) = {report['enlsa_64k_over_16x_4k']:.2f} (target <= 1.3)")
+        print(bench.attention_summary(report))
         if args.scsi_sizes:
             report["scsi"] = bench.benchmark_scsi_memory(
                 args.scsi_sizes, device=args.device, isolate=isolate, log=log.info
             )
             print(bench.scsi_table(report["scsi"]["points"]))
     else:
-        modes = bench.MODES if "all" in args.mode else tuple(args.mode)
-        paths = []
-        if args.path in ("baseline", "both"):
-            paths.append(bench.baseline_settings())
-        if args.path in ("optimized", "both"):
-            paths.append(
-                bench.optimized_settings(
-                    args.device,
-                    gradient_checkpointing=args.checkpoint,
-                    allocator=None if args.allocator == "default" else args.allocator,
-                    compile=args.compile,
-                    activation_memory_budget=args.activation_memory_budget,
-                    amp=args.amp,
-                    channels_last=not args.no_channels_last,
-                )
-            )
-        overrides = {"scsi_attention": args.scsi_attention} if args.scsi_attention else {}
+        paths = bench.select_paths(
+            args.path,
+            args.device,
+            gradient_checkpointing=args.checkpoint,
+            allocator=None if args.allocator == "default" else args.allocator,
+            compile=args.compile,
+            activation_memory_budget=args.activation_memory_budget,
+            amp=args.amp,
+            channels_last=not args.no_channels_last,
+        )
         report = bench.benchmark_model(
             args.model,
-            modes=modes,
+            modes=bench.MODES if "all" in args.mode else tuple(args.mode),
             paths=paths,
             img_size=args.img_size,
             batch_size=args.batch_size,
@@ -148,22 +141,11 @@ def run(args: argparse.Namespace) -> int:
             isolate=isolate,
             fidelity=not args.no_fidelity,
             profile=args.profile,
-            model_overrides=overrides,
+            model_overrides={"scsi_attention": args.scsi_attention} if args.scsi_attention else {},
             memory_limit_mb=args.memory_limit_mb,
             log=log.info,
         )
-        print(bench.machine_markdown(report["machine"]))
-        print(f"dense matmul rate: {report['matmul_gflops']:.0f} GFLOP/s")
-        print(bench.comparison_table(report))
-        for name, fid in report["fidelity"].items():
-            if "error" not in fid:
-                print(f"{name}: eval logits within {fid['relative']:.1e} of the largest logit of plain float32")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=1))
-        print(f"wrote {args.json}")
-    if args.markdown:
-        args.markdown.parent.mkdir(parents=True, exist_ok=True)
-        args.markdown.write_text(bench.report_markdown(report))
-        print(f"wrote {args.markdown}")
+        print(bench.model_summary(report))
+    for path in bench.write_report(report, json_path=args.json, markdown_path=args.markdown):
+        print(f"wrote {path}")
     return 0
