@@ -125,7 +125,6 @@ MODEL_BAD = [
     ({"dilation": 0}, "dilation"),
     ({"enlsa_kernel": 1}, "enlsa_kernel"),
     ({"gradient_checkpointing": ["cnn", 1]}, "gradient_checkpointing"),
-    ({"extra": []}, "extra"),
 ]
 
 PAPER_AUGMENTATION_BAD = [
@@ -280,7 +279,7 @@ def test_every_field_set_round_trips_through_yaml(tmp_path):
 def test_sub_configs_round_trip(cls):
     changed = {
         ModelConfig: {"widths": (8, 16, 32, 64), "enlsa_features": 8, "gradient_checkpointing": ("cnn", "scsi"),
-                      "scsi_dim": 32, "scsi_heads": 4, "extra": {"note": "x"}},
+                      "scsi_dim": 32, "scsi_heads": 4},
         AugmentationConfig: {"operations": ("rotate", "noise"), "max_ops": 2, "contrast_pivot": 0,
                              "before_resize": True},
         SpacingAugmentationConfig: {"blur_sigma": (0.25, 0.5), "elastic_prob": 0.5, "shift_range": (-1.0, 0.0)},

@@ -39,3 +39,15 @@ def test_truncated_checkpoint_is_a_clear_error(tmp_path):
     path.write_bytes(path.read_bytes()[:1000])
     with pytest.raises(InputError, match="model.pt"):
         load_model(path)
+
+
+def test_a_model_config_of_an_earlier_version_with_an_empty_extra_entry_still_loads():
+    from perspective_unet import ModelConfig
+
+    data = ModelConfig().to_dict()
+    assert "extra" not in data
+    assert ModelConfig.from_dict({**data, "extra": {}}) == ModelConfig()
+    import pytest
+
+    with pytest.raises(ValueError, match="extra"):
+        ModelConfig.from_dict({**data, "extra": {"note": "x"}})

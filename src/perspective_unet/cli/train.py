@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import yaml
 
@@ -72,10 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.train import resume_config, train
 
-    names = ("data", "output", "model", "protocol", "epochs", "batch_size", "img_size", "context_slices", "base_lr",
-             "seed", "device", "num_workers", "grad_accum_steps", "val_every", "max_iterations", "time_limit_minutes",
-             "amp", "compile", "activation_memory_budget", "augment")
-    overrides = {name: getattr(args, name) for name in names}
+    # Every option whose destination is a TrainConfig field overrides that field (None: not given).
+    nested = ("model_options", "augmentation")
+    fields = [item.name for item in dataclasses.fields(TrainConfig) if item.name not in nested]
+    overrides = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     if args.model_option:
         overrides["model_options"] = dict(args.model_option)
     if args.resume:

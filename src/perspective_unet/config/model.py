@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from perspective_unet.config.checks import (
@@ -19,7 +19,6 @@ from perspective_unet.config.checks import (
     _show,
     check_bool,
     check_int_list,
-    check_mapping,
     dataclass_from_dict,
 )
 
@@ -98,7 +97,6 @@ class ModelConfig:
     repeat_gray_to_rgb: bool = False
     fast_dropout: bool = True
     gradient_checkpointing: tuple[str, ...] = ()
-    extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         _check_fields(self, _MODEL_CHECKS, normalise=True)
@@ -133,7 +131,12 @@ class ModelConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
-        """Build a config from ``to_dict()`` output; unknown keys raise ``ValueError``."""
+        """Build a config from ``to_dict()`` output; unknown keys raise ``ValueError``.
+
+        Checkpoints of earlier versions carry an ``extra`` entry that nothing ever read; an empty one is ignored.
+        """
+        if isinstance(data, dict) and "extra" in data and not data["extra"]:
+            data = {k: v for k, v in data.items() if k != "extra"}
         return dataclass_from_dict(cls, data, "model config keys")
 
     def replace(self, **overrides: Any) -> ModelConfig:
@@ -141,7 +144,7 @@ class ModelConfig:
         known = {f.name for f in dataclasses.fields(self)}
         unknown = sorted(set(overrides) - known)
         if unknown:
-            raise ValueError(f"Unknown model options {unknown}; valid options are {sorted(known - {'extra'})}.")
+            raise ValueError(f"Unknown model options {unknown}; valid options are {sorted(known)}.")
         return dataclasses.replace(self, **overrides)
 
 
@@ -182,5 +185,4 @@ _MODEL_CHECKS: dict[str, Check] = {
     "repeat_gray_to_rgb": check_bool,
     "fast_dropout": check_bool,
     "gradient_checkpointing": _check_checkpointing,
-    "extra": check_mapping,
 }

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -135,63 +136,16 @@ def prepare_pictures(
             pixels, mask values beyond the classes, unreadable files.
     """
     case_split = {case: split for split, cases in splits.items() for case in cases}
-    masks = [(case, mask_path) for case, _, mask_path in pairs if mask_path is not None]
-    for _, mask_path in masks:
-        if full_suffix(mask_path) in LOSSY_MASK_SUFFIXES:
-            raise InputError(f"{mask_path} is a JPEG mask; JPEG compression alters class ids at object borders. "
-                             "Save the masks as PNG.")
-    # First pass over the masks only: the encoding (0/255 or class ids) must be one for the whole dataset, and the
-    # classes present decide the class count.
-    values: set[int] = set()
-    binary_example: Path | None = None
-    ids_example: tuple[Path, list[int]] | None = None
-    train_foreground = False
-    for case, mask_path in masks:
-        mask, _ = read_image(mask_path, as_label=True)
-        present = {int(v) for v in np.unique(mask)}
-        values |= present
-        if present <= _BINARY_255:
-            if 255 in present and binary_example is None:
-                binary_example = mask_path
-        elif ids_example is None:
-            ids_example = (mask_path, sorted(present))
-        if case_split.get(case) == "train":
-            train_foreground = train_foreground or bool(present - {0})
-    if binary_example is not None and ids_example is not None:
-        ids_path, ids_values = ids_example
-        shown = ", ".join(str(v) for v in ids_values[:8]) + (", ..." if len(ids_values) > 8 else "")
-        raise InputError(
-            f"{binary_example} holds only 0 and 255 (a binary mask saved as 0/255) but {ids_path} holds class ids "
-            f"[{shown}]; save every mask of the dataset in one encoding: class ids 0, 1, 2, ... (or 0/255 in every "
-            "mask of a binary dataset)."
-        )
-    binary_255 = binary_example is not None
-    if binary_255:
-        logger.info("Masks hold only 0 and 255: read as binary masks (255 -> class 1).")
-    # Empty masks alone still give one foreground class, so that an all-background dataset prepares (with a warning).
-    largest = 1 if binary_255 else max(values | {1})
-    names = list(class_names) if class_names else ["background", *[f"class_{i}" for i in range(1, largest + 1)]]
+    survey = _survey_masks([(case, m) for case, _, m in pairs if m is not None], case_split)
+    names = list(class_names) if class_names else ["background", *[f"class_{i}" for i in range(1, survey.largest + 1)]]
     if len(names) < 2:
         raise InputError("A segmentation dataset needs at least two classes (background and one more).")
-    if masks and "train" in case_split.values():
-        warn_if_all_background(train_foreground, folder if folder is not None else masks[0][1].parent, "training mask")
+    if survey.first_mask is not None and "train" in case_split.values():
+        warn_if_all_background(survey.train_foreground, folder if folder is not None else survey.first_mask.parent,
+                               "training mask")
     with PreparedWriter(out, overwrite=overwrite) as writer:
         for case, image_path, mask_path in progress(pairs, "2D images"):
-            picture, meta = read_image(image_path)
-            check_slice_size(picture.shape, image_path)
-            image = picture_to_unit(picture, image_path)
-            label = None
-            if mask_path is not None:
-                mask, mask_meta = read_image(mask_path, as_label=True)
-                check_same_geometry(meta, mask_meta, image_path, mask_path)
-                if binary_255:
-                    mask = (mask == 255).astype(np.uint8)
-                if int(mask.max(initial=0)) >= len(names) or int(mask.min(initial=0)) < 0:
-                    raise InputError(
-                        f"{mask_path} holds label values {sorted(int(v) for v in np.unique(mask) if v >= len(names))}"
-                        f" beyond the declared classes 0..{len(names) - 1}; fix the mask or declare those classes."
-                    )
-                label = mask.astype(np.uint8)
+            picture, image, label = _read_pair(image_path, mask_path, survey.binary_255, len(names))
             split = case_split.get(case)
             if split is None:
                 continue
@@ -217,3 +171,72 @@ def prepare_pictures(
             "source": source,
             "licence": licence,
         }, protocol=protocol)
+
+
+@dataclass
+class _MaskSurvey:
+    """What the first pass over the masks found."""
+
+    binary_255: bool
+    largest: int
+    train_foreground: bool
+    first_mask: Path | None
+
+
+def _survey_masks(masks: Sequence[tuple[str, Path]], case_split: dict[str, str]) -> _MaskSurvey:
+    """One encoding (0/255 or class ids) for the whole dataset, the largest class id, any training foreground.
+
+    Raises:
+        InputError: JPEG masks, or masks mixing the two encodings.
+    """
+    for _, mask_path in masks:
+        if full_suffix(mask_path) in LOSSY_MASK_SUFFIXES:
+            raise InputError(f"{mask_path} is a JPEG mask; JPEG compression alters class ids at object borders. "
+                             "Save the masks as PNG.")
+    values: set[int] = set()
+    binary_example: Path | None = None
+    ids_example: tuple[Path, list[int]] | None = None
+    train_foreground = False
+    for case, mask_path in masks:
+        mask, _ = read_image(mask_path, as_label=True)
+        present = {int(v) for v in np.unique(mask)}
+        values |= present
+        if present <= _BINARY_255:
+            binary_example = binary_example or (mask_path if 255 in present else None)
+        elif ids_example is None:
+            ids_example = (mask_path, sorted(present))
+        train_foreground = train_foreground or (case_split.get(case) == "train" and bool(present - {0}))
+    if binary_example is not None and ids_example is not None:
+        ids_path, ids_values = ids_example
+        shown = ", ".join(str(v) for v in ids_values[:8]) + (", ..." if len(ids_values) > 8 else "")
+        raise InputError(
+            f"{binary_example} holds only 0 and 255 (a binary mask saved as 0/255) but {ids_path} holds class ids "
+            f"[{shown}]; save every mask of the dataset in one encoding: class ids 0, 1, 2, ... (or 0/255 in every "
+            "mask of a binary dataset)."
+        )
+    binary_255 = binary_example is not None
+    if binary_255:
+        logger.info("Masks hold only 0 and 255: read as binary masks (255 -> class 1).")
+    # Empty masks alone still give one foreground class, so that an all-background dataset prepares (with a warning).
+    largest = 1 if binary_255 else max(values | {1})
+    return _MaskSurvey(binary_255, largest, train_foreground, masks[0][1] if masks else None)
+
+
+def _read_pair(image_path: Path, mask_path: Path | None, binary_255: bool, num_classes: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    """(picture as read, picture in [0, 1], class ids or None) of one image and its mask, checked."""
+    picture, meta = read_image(image_path)
+    check_slice_size(picture.shape, image_path)
+    image = picture_to_unit(picture, image_path)
+    if mask_path is None:
+        return picture, image, None
+    mask, mask_meta = read_image(mask_path, as_label=True)
+    check_same_geometry(meta, mask_meta, image_path, mask_path)
+    if binary_255:
+        mask = (mask == 255).astype(np.uint8)
+    if int(mask.max(initial=0)) >= num_classes or int(mask.min(initial=0)) < 0:
+        raise InputError(
+            f"{mask_path} holds label values {sorted(int(v) for v in np.unique(mask) if v >= num_classes)}"
+            f" beyond the declared classes 0..{num_classes - 1}; fix the mask or declare those classes."
+        )
+    return picture, image, mask.astype(np.uint8)

@@ -223,15 +223,7 @@ def prepare_nnunet(
     if num_channels > 1:
         logger.info("%s has %d channels; only channel %d (%s) is used.", root, num_channels, channel,
                     dataset.modality)
-    cases = [case for case, _, _ in dataset.training]
-    if dataset.testing:
-        splits = split_cases(cases, val_fraction, 0.0, seed)
-        splits["test"] = [case for case, _, _ in dataset.testing]
-        clash = set(splits["test"]) & set(cases)
-        if clash:
-            raise InputError(f"{root}: cases {sorted(clash)} are in both imagesTr and imagesTs; rename them.")
-    else:
-        splits = split_cases(cases, val_fraction, test_fraction, seed)
+    splits = _case_splits(dataset, val_fraction, test_fraction, seed)
     all_cases = dataset.training + dataset.testing
     source = f"nnU-Net raw dataset {dataset.name} ({root})"
     licence = str(dataset.info.get("licence") or dataset.info.get("license") or "as stated by the dataset's owners")
@@ -246,18 +238,7 @@ def prepare_nnunet(
         image_path, label_path = by_case[case]
         return read_pair(image_path, label_path, allowed, orientation)
 
-    window: tuple[float, float] = (0.0, 1.0)  # used only for CT
-    if dataset.is_ct:
-        if ct_window_hu is None:
-            window = percentile_window(_images_and_labels(read, splits["train"]), percentiles, seed)
-            normalisation = describe_ct_window(window, f"{percentiles[0]:g}th/{percentiles[1]:g}th percentiles of "
-                                                       "the training foreground")
-        else:
-            window = (float(ct_window_hu[0]), float(ct_window_hu[1]))
-            normalisation = describe_ct_window(window, "given")
-        logger.info("CT window: [%g, %g] HU", *window)
-    else:
-        normalisation = describe_mr(percentiles)
+    window, normalisation = _normalization(dataset, read, splits["train"], ct_window_hu, percentiles, seed)
 
     any_foreground = False
     with PreparedWriter(out, overwrite=overwrite) as writer:
@@ -292,3 +273,32 @@ def _images_and_labels(read: Any, cases: list[str]) -> Iterator[tuple[np.ndarray
     for case in progress(cases, "CT window statistics"):
         pair = read(case)
         yield pair.image, pair.label
+
+
+def _case_splits(dataset: NnUNetDataset, val_fraction: float, test_fraction: float, seed: int
+                 ) -> dict[str, list[str]]:
+    """A seeded split of imagesTr; labelled imagesTs cases, when there are any, are the test split."""
+    cases = [case for case, _, _ in dataset.training]
+    if not dataset.testing:
+        return split_cases(cases, val_fraction, test_fraction, seed)
+    splits = split_cases(cases, val_fraction, 0.0, seed)
+    splits["test"] = [case for case, _, _ in dataset.testing]
+    clash = set(splits["test"]) & set(cases)
+    if clash:
+        raise InputError(f"{dataset.root}: cases {sorted(clash)} are in both imagesTr and imagesTs; rename them.")
+    return splits
+
+
+def _normalization(dataset: NnUNetDataset, read: Any, training: list[str], ct_window_hu: tuple[float, float] | None,
+                   percentiles: tuple[float, float], seed: int) -> tuple[tuple[float, float], str]:
+    """The CT window (given, or the training foreground's percentiles) and the text describing the normalization;
+    for other modalities (per-image percentiles) the window is unused."""
+    if not dataset.is_ct:
+        return (0.0, 1.0), describe_mr(percentiles)
+    if ct_window_hu is None:
+        window = percentile_window(_images_and_labels(read, training), percentiles, seed)
+        how = f"{percentiles[0]:g}th/{percentiles[1]:g}th percentiles of the training foreground"
+    else:
+        window, how = (float(ct_window_hu[0]), float(ct_window_hu[1])), "given"
+    logger.info("CT window: [%g, %g] HU", *window)
+    return window, describe_ct_window(window, how)
