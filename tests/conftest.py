@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from perspective_unet.data.io import preserved_locale
-from perspective_unet.models.layers import onednn_linear
+from perspective_unet.models.ops import onednn_linear
 
 # Under pytest-xdist every worker is a process of its own: one thread each keeps the cores from being oversubscribed,
 # which makes OpenMP's spinning threads orders of magnitude slower. A single process uses up to two.

@@ -1,6 +1,7 @@
-"""The faster paths compute what the plain float32 path computes: folded BatchNorm, channels-last, fast dropout,
-block-wise attention with dropout, activation checkpointing, batched volume prediction; and the benchmark
-functions return sane results. No timing is asserted here: speed lives in `perspective-unet benchmark`."""
+"""The faster paths compute what the plain float32 path computes: folded BatchNorm, channels-last, fast dropout in
+the model, block-wise ENLSA, activation checkpointing, batched volume prediction; and the benchmark functions return
+sane results. No timing is asserted here: speed lives in `perspective-unet benchmark`. The CPU backends on their own
+(fast dropout, the attention backends, the oneDNN routes) are tested in tests/models/test_ops_*.py."""
 
 from __future__ import annotations
 
@@ -21,9 +22,6 @@ from perspective_unet.models.attention import (
     linear_attention,
     random_feature_map,
 )
-from perspective_unet.models.chunked_attention import attention_with_dropout, chunked_attention
-from perspective_unet.models.integrator import CrossScaleAttention
-from perspective_unet.models.layers import dropout, keep_mask, relu_dropout
 
 TINY = "perspective_unet_tiny"
 
@@ -84,47 +82,6 @@ def test_fast_dropout_is_identity_in_eval_and_keeps_outputs():
         assert torch.equal(fast(x), slow(x))
 
 
-def test_keep_mask_rate_and_scale():
-    torch.manual_seed(0)
-    keep, scale = keep_mask((1000, 1000), 0.1, "cpu")
-    assert keep.dtype == torch.bool
-    rate = keep.float().mean().item()
-    assert abs(rate - 0.9) < 2e-3
-    # The scale uses the rate after rounding to 2^-16, so the expectation is exact.
-    assert scale == pytest.approx(65536 / (65536 - round(0.1 * 65536)))
-    assert abs(scale * (1 - round(0.1 * 65536) / 65536) - 1.0) < 1e-12
-
-
-@pytest.mark.parametrize("p", [0.1, 0.5])
-def test_fast_dropout_forward_and_backward(p):
-    torch.manual_seed(0)
-    x = torch.randn(200, 300, dtype=torch.float64, requires_grad=True)
-    y = dropout(x, p, training=True)
-    kept = y != 0
-    ratio = (y[kept] / x[kept]).detach()
-    assert torch.allclose(ratio, ratio[0].expand_as(ratio))
-    assert abs(kept.double().mean().item() - (1 - p)) < 0.01
-    y.backward(torch.ones_like(y))
-    torch.testing.assert_close(x.grad, kept.double() * ratio[0])
-    assert dropout(x, p, training=False) is x
-
-
-def test_relu_dropout_gradient_matches_autograd_of_the_same_mask():
-    torch.manual_seed(0)
-    x = torch.randn(64, 80, dtype=torch.float64, requires_grad=True)
-    torch.manual_seed(3)
-    y = relu_dropout(x, 0.3, training=True)
-    torch.manual_seed(3)
-    keep, scale = keep_mask(x.shape, 0.3, "cpu")
-    x_ref = x.detach().clone().requires_grad_(True)
-    y_ref = F.relu(x_ref) * keep * scale
-    torch.testing.assert_close(y, y_ref)
-    grad = torch.randn_like(y)
-    y.backward(grad)
-    y_ref.backward(grad)
-    torch.testing.assert_close(x.grad, x_ref.grad)
-
-
 @pytest.mark.parametrize("kernel", ["softmax", "relu"])
 def test_blockwise_enlsa_equals_one_block(kernel):
     torch.manual_seed(0)
@@ -134,61 +91,6 @@ def test_blockwise_enlsa_equals_one_block(kernel):
     whole = linear_attention(random_feature_map(q, w, kernel), random_feature_map(k, w, kernel), v)
     assert torch.equal(kernel_attention(q, k, v, w, kernel, chunk_size=300), whole)
     torch.testing.assert_close(kernel_attention(q, k, v, w, kernel, chunk_size=64), whole, rtol=1e-12, atol=1e-12)
-
-
-def test_chunked_attention_equals_sdpa_without_dropout():
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(2, 3, 70, 8, dtype=torch.float64, requires_grad=True) for _ in range(3))
-    out = chunked_attention(q, k, v, 0.0, chunk=16)
-    ref = F.scaled_dot_product_attention(q, k, v)
-    torch.testing.assert_close(out, ref)
-    grad = torch.randn_like(out)
-    for a, b in zip(torch.autograd.grad(out, (q, k, v), grad), torch.autograd.grad(ref, (q, k, v), grad)):
-        torch.testing.assert_close(a, b)
-
-
-def test_chunked_attention_with_dropout_has_exact_gradients():
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 2, 30, 4, dtype=torch.float64, requires_grad=True) for _ in range(3))
-
-    def fn(q, k, v):
-        torch.manual_seed(7)  # the same masks on every call
-        return chunked_attention(q, k, v, 0.25, chunk=8)
-
-    assert torch.autograd.gradcheck(fn, (q, k, v))
-    assert not torch.equal(fn(q, k, v), chunked_attention(q, k, v, 0.0))
-
-
-def test_chunked_attention_with_dropout_is_unbiased():
-    torch.manual_seed(0)
-    q, k, v = (torch.randn(1, 1, 40, 4, dtype=torch.float64) for _ in range(3))
-    exact = F.scaled_dot_product_attention(q, k, v)
-    mean = sum(chunked_attention(q, k, v, 0.5, chunk=16) for _ in range(400)) / 400
-    assert ((mean - exact).abs().mean() / exact.abs().mean()) < 0.1
-
-
-def _largest_saved(fn) -> int:
-    largest = [0]
-
-    def pack(t: torch.Tensor) -> torch.Tensor:
-        largest[0] = max(largest[0], t.numel())
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        fn()
-    return largest[0]
-
-
-def test_training_attention_with_dropout_keeps_no_n_by_n_tensor():
-    torch.manual_seed(0)
-    tokens = 1100  # above MIN_CHUNKED_SCORES, so the block-wise path runs
-    attn = CrossScaleAttention(16, 2, dropout=0.1).train()
-    x = torch.randn(1, tokens, 16, requires_grad=True)
-    assert _largest_saved(lambda: attn(x)) < tokens * tokens // 10
-    plain = CrossScaleAttention(16, 2, dropout=0.1, fast_dropout=False).train()
-    assert _largest_saved(lambda: plain(x)) >= tokens * tokens  # SDPA's math path: the reason for the fast path
-    q = torch.randn(1, 2, tokens, 8)
-    assert attention_with_dropout(q, q, q, 0.0).shape == q.shape
 
 
 @pytest.mark.parametrize("fast_dropout", [True, False])

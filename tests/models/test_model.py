@@ -26,7 +26,12 @@ def test_output_shape_table(in_channels, num_classes, size):
     assert torch.isfinite(out).all()
 
 
-@pytest.mark.parametrize("name", perspective_unet.list_models())
+# The paper-size model takes seconds per forward pass on two CPU cores.
+VARIANTS = [pytest.param(name, marks=pytest.mark.slow) if name == "perspective_unet" else name
+            for name in perspective_unet.list_models()]
+
+
+@pytest.mark.parametrize("name", VARIANTS)
 @pytest.mark.parametrize("size", [(224, 224), (160, 192)])
 def test_every_variant_builds_and_runs(name, size):
     model = create_model(name).eval()
@@ -163,14 +168,34 @@ def test_outputs_do_not_depend_on_the_rest_of_the_batch(attention):
     torch.testing.assert_close(together, alone, atol=1e-5, rtol=1e-5)
 
 
-def test_token_attention_mixes_tokens_but_official_mode_does_not():
-    torch.manual_seed(0)
-    tokens = create_model(TINY).eval()
-    official = create_model(TINY, scsi_attention="official").eval()
-    official.load_state_dict(tokens.state_dict())
-    x = torch.randn(1, 1, 32, 32)
+def _pixel_changes(module: torch.nn.Module, features: list[torch.Tensor], scale: int, pixel: tuple[int, int]) -> list:
+    """How much each output pixel of every scale moves (largest over channels) when one input pixel, a token, moves."""
+    changed = [f.clone() for f in features]
+    changed[scale][..., pixel[0], pixel[1]] += 1.0
     with torch.no_grad():
-        assert not torch.allclose(tokens(x), official(x), atol=1e-4)
+        return [(a - b).abs().amax(dim=(0, 1)) for a, b in zip(module(changed), module(features))]
+
+
+@pytest.mark.parametrize(("scale", "pixel"), [(0, (2, 1)), (1, (0, 1))])
+def test_token_attention_mixes_tokens_but_official_mode_does_not(scale, pixel):
+    from perspective_unet.models.integrator import SpatialCrossScaleIntegrator
+
+    torch.manual_seed(0)
+    scsi = {mode: SpatialCrossScaleIntegrator((8, 16), dim=16, heads=2, depth=2, ffn_dim=32, dropout=0.0,
+                                              attention=mode).eval() for mode in ("tokens", "official")}
+    scsi["official"].load_state_dict(scsi["tokens"].state_dict())
+    features = [torch.randn(1, 8, 6, 4), torch.randn(1, 16, 3, 2)]
+    for mode, module in scsi.items():
+        changes = _pixel_changes(module, features, scale, pixel)
+        assert changes[scale][pixel] > 1e-3, mode  # the token's own output follows it
+        own = [torch.zeros_like(c, dtype=torch.bool) for c in changes]
+        own[scale][pixel] = True
+        others = torch.cat([c[~o] for c, o in zip(changes, own)])  # every other token of every scale
+        assert others.numel() == 6 * 4 + 3 * 2 - 1
+        if mode == "tokens":
+            assert others.min() > 1e-6, "attention across the tokens: every output depends on every token"
+        else:
+            assert others.max() == 0.0, "official mode: a pixel's output depends on its own token only"
 
 
 def test_model_built_from_config_object_equals_registry_config():

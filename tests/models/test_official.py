@@ -17,6 +17,8 @@ from perspective_unet.models import convert_official_checkpoint
 
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "official_compat"
 
+# Tests marked slow build the paper-size model (112.66 M parameters), most of them to run it at 224 x 224.
+
 
 def _released_state_dict() -> dict[str, torch.Tensor]:
     """The fixture's synthetic weights, regenerated from the recipe in its README."""
@@ -72,6 +74,7 @@ def _assert_matches(logits: torch.Tensor, reference: np.ndarray) -> None:
     assert (logits - reference).abs().max() <= 1e-4 * reference.abs().max()
 
 
+@pytest.mark.slow
 def test_one_channel_input_matches_the_release(released_model, expected):
     x1 = _inputs((1, 1, 224, 224), 1234)
     assert x1.flatten()[:3].tolist() == pytest.approx([0.0290, 0.4019, 0.2598], abs=1e-4)
@@ -79,11 +82,13 @@ def test_one_channel_input_matches_the_release(released_model, expected):
         _assert_matches(released_model(x1), expected["x1_logits"])
 
 
+@pytest.mark.slow
 def test_three_channel_batch_matches_the_release_per_sample(released_model, expected):
     with torch.no_grad():
         _assert_matches(released_model(_inputs((2, 3, 224, 224), 4321)), expected["x3_logits"])
 
 
+@pytest.mark.slow
 def test_loaded_model_is_in_eval_mode_with_the_release_settings(released_model):
     assert not released_model.training
     config = released_model.config
@@ -91,6 +96,7 @@ def test_loaded_model_is_in_eval_mode_with_the_release_settings(released_model):
     assert round(sum(p.numel() for p in released_model.parameters()) / 1e6, 2) == 112.66
 
 
+@pytest.mark.slow
 def test_loads_from_a_pth_file_with_a_data_parallel_prefix(released_state, released_model, tmp_path):
     path = tmp_path / "epoch_599.pth"
     torch.save({f"module.{k}": v for k, v in released_state.items()}, path)
@@ -99,6 +105,7 @@ def test_loads_from_a_pth_file_with_a_data_parallel_prefix(released_state, relea
         assert torch.equal(a, b), name
 
 
+@pytest.mark.slow
 def test_class_count_comes_from_the_head(released_state):
     state = dict(released_state)
     state["segmentation_head.0.weight"] = torch.randn(4, 64, 3, 3)
@@ -108,6 +115,7 @@ def test_class_count_comes_from_the_head(released_state):
         load_official_checkpoint(state, num_classes=9)
 
 
+@pytest.mark.slow
 def test_bad_keys_are_listed_in_one_error(released_state):
     state = dict(released_state)
     del state["decoder.blocks.0.conv1.conv.weight"]
@@ -130,11 +138,13 @@ def test_corrupt_or_missing_file_is_a_clear_error(tmp_path):
         load_official_checkpoint(tmp_path / "missing.pth")
 
 
+@pytest.mark.slow
 def test_no_bipath_checkpoint_drops_the_unused_dilated_path(released_state):
     model = load_official_checkpoint(released_state, use_bipath=False)
     assert not any("dilated_path" in k for k in model.state_dict())
 
 
+@pytest.mark.slow
 def test_converted_checkpoint_rebuilds_from_the_file_alone(released_state, released_model, tmp_path):
     path = convert_official_checkpoint(released_state, tmp_path / "converted.pt")
     model = load_model(path)
@@ -144,13 +154,28 @@ def test_converted_checkpoint_rebuilds_from_the_file_alone(released_state, relea
     assert isinstance(model, perspective_unet.PerspectiveUNet)
 
 
-def test_released_weights_with_token_attention_take_the_onednn_route_at_the_same_logits(released_state):
+@pytest.mark.slow
+def test_released_weights_with_token_attention_take_the_onednn_route_at_the_same_logits(released_state, monkeypatch):
     """The released weights give logits of order one, so this checks the inference route of the paper's token
-    attention (``models.chunked_attention.onednn_attention``) where a random-initialised model's tiny logits could
+    attention (``models.ops.onednn_attention``) where a random-initialised model's tiny logits could
     hide a difference."""
-    from perspective_unet.models.integrator import CrossScaleAttention
-    from perspective_unet.models.layers import onednn_linear
+    import importlib
 
+    from perspective_unet.models.integrator import CrossScaleAttention
+    from perspective_unet.models.ops import onednn_linear
+    from perspective_unet.models.ops._torch_private import HAS_ONEDNN_MATMUL
+
+    if not HAS_ONEDNN_MATMUL:
+        pytest.skip("PyTorch built without oneDNN")
+    kernels = importlib.import_module("perspective_unet.models.ops.attention_kernels")
+    blocks = []
+    original = kernels._onednn_blocks
+
+    def spy(*args):
+        blocks.append(args[-1])
+        return original(*args)
+
+    monkeypatch.setattr(kernels, "_onednn_blocks", spy)
     model = load_official_checkpoint(released_state)
     for module in model.modules():
         if isinstance(module, CrossScaleAttention):
@@ -158,8 +183,10 @@ def test_released_weights_with_token_attention_take_the_onednn_route_at_the_same
     x = _inputs((1, 1, 224, 224), 1234)
     with torch.no_grad():
         routed = model(x)
+        assert len(blocks) == model.config.scsi_depth, "every SCSI layer took the oneDNN route"
         with onednn_linear("off"):
             plain = model(x)
+    assert len(blocks) == model.config.scsi_depth
     assert plain.abs().max() > 1.0
     assert (routed - plain).abs().max() <= 1e-4 * plain.abs().max()
 
@@ -195,6 +222,7 @@ def _ablation_state_dict(bipath: int, enltb: int, scsi: int) -> dict[str, torch.
     return state
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("bipath, enltb, scsi", SETTINGS)
 def test_every_released_ablation_setting_loads_and_matches(bipath, enltb, scsi):
     name = f"bipath{bipath}_enltb{enltb}_scsi{scsi}"
@@ -207,6 +235,7 @@ def test_every_released_ablation_setting_loads_and_matches(bipath, enltb, scsi):
     assert (logits - reference).abs().max() <= 1e-4 * largest
 
 
+@pytest.mark.slow
 def test_an_ablation_loaded_with_the_wrong_switches_names_the_switch():
     with pytest.raises(InputError, match="pass use_scsi=False"):
         load_official_checkpoint(_ablation_state_dict(1, 1, 0))
@@ -214,6 +243,7 @@ def test_an_ablation_loaded_with_the_wrong_switches_names_the_switch():
         load_official_checkpoint(_ablation_state_dict(1, 1, 1), use_enltb=False)
 
 
+@pytest.mark.slow
 def test_config_overrides_reach_the_loaded_model(released_state):
     model = load_official_checkpoint(released_state, scsi_attention="released", scsi_dropout=0.0, drop_path_rate=0.0)
     assert (model.config.scsi_attention, model.config.scsi_dropout, model.config.drop_path_rate) == ("released", 0, 0)

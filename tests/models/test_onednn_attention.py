@@ -1,17 +1,20 @@
 """The token attention's oneDNN route equals SDPA up to float rounding, is taken only where it may be (no autograd,
 float32 CPU, long sequences, the route not off), and keeps a compiled model in one graph."""
 
+import importlib
+
 import pytest
 import torch
 import torch.nn.functional as F
 
 from perspective_unet import create_model
-from perspective_unet.models import chunked_attention
-from perspective_unet.models.chunked_attention import onednn_attention, onednn_attention_route
 from perspective_unet.models.integrator import CrossScaleAttention
-from perspective_unet.models.layers import onednn_linear
+from perspective_unet.models.ops import onednn_attention, onednn_attention_route, onednn_linear
+from perspective_unet.models.ops._torch_private import HAS_ONEDNN_MATMUL
 
-pytestmark = pytest.mark.skipif(chunked_attention._onednn_matmul is None, reason="PyTorch built without oneDNN")
+kernels = importlib.import_module("perspective_unet.models.ops.attention_kernels")
+
+pytestmark = pytest.mark.skipif(not HAS_ONEDNN_MATMUL, reason="PyTorch built without oneDNN")
 
 
 @pytest.mark.parametrize(
@@ -35,9 +38,9 @@ def test_block_boundaries_do_not_matter(monkeypatch):
     g = torch.Generator().manual_seed(1)
     q, k, v = (torch.randn(2, 1100, 16, generator=g) for _ in range(3))
     with torch.no_grad():
-        whole = chunked_attention._onednn_blocks(q, k, v, 1100)
+        whole = kernels._onednn_blocks(q, k, v, 1100)
         for rows in (16, 333, 1099):
-            torch.testing.assert_close(chunked_attention._onednn_blocks(q, k, v, rows), whole, rtol=1e-5, atol=1e-6)
+            torch.testing.assert_close(kernels._onednn_blocks(q, k, v, rows), whole, rtol=1e-5, atol=1e-6)
 
 
 def test_refuses_autograd():
@@ -64,13 +67,13 @@ def test_route_is_taken_only_where_it_may_be():
 
 def _spy_on_blocks(monkeypatch) -> list[int]:
     calls = []
-    original = chunked_attention._onednn_blocks
+    original = kernels._onednn_blocks
 
     def spy(*args):
         calls.append(args[-1])
         return original(*args)
 
-    monkeypatch.setattr(chunked_attention, "_onednn_blocks", spy)
+    monkeypatch.setattr(kernels, "_onednn_blocks", spy)
     return calls
 
 
@@ -112,12 +115,12 @@ def test_compiled_inference_keeps_one_graph_with_the_route():
         return graph_module.forward
 
     model = create_model("perspective_unet_tiny", num_classes=3).eval()
-    torch._dynamo.reset()
+    torch.compiler.reset()
     try:
         with torch.no_grad():
             torch.compile(model, backend=capture)(torch.randn(1, 1, 112, 128))
     finally:
-        torch._dynamo.reset()
+        torch.compiler.reset()
     assert len(graphs) == 1, "a graph break splits the compiled model"
     targets = [str(node.target) for node in graphs[0].graph.nodes if node.op == "call_function"]
     assert any("onednn_attention" in t for t in targets)

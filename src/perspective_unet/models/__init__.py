@@ -1,4 +1,7 @@
-"""Perspective+ Unet and its parts: layers, attention, blocks, encoder, integrator, decoder, the network."""
+"""Perspective+ Unet and its parts: layers, attention, blocks, encoder, integrator, decoder, the network.
+
+The CPU backends these parts run through (oneDNN routes, fast dropout, checkpointing, the attention dispatch) are in
+:mod:`perspective_unet.models.ops`."""
 
 from perspective_unet.models.attention import (
     EfficientNonLocalAttention,

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perspective_unet.models.layers import Linear
+from perspective_unet.models.ops import Linear
 
 __all__ = [
     "EfficientNonLocalAttention",

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from perspective_unet.models.attention import EfficientNonLocalAttention
-from perspective_unet.models.layers import Dropout, DropPath, Linear, fold_batchnorm, to_feature_map, to_tokens
+from perspective_unet.models.layers import DropPath, fold_batchnorm, to_feature_map, to_tokens
+from perspective_unet.models.ops import Dropout, Linear
 
 __all__ = ["BiPathResidualBlock", "EfficientNonLocalTransformerBlock", "FeedForward", "ResidualPath"]
 
@@ -102,7 +103,7 @@ class EfficientNonLocalTransformerBlock(nn.Module):
         mlp_ratio: Feed-forward hidden width relative to ``dim``.
         dropout: Dropout after attention and in the feed-forward layer.
         drop_path: Stochastic-depth rate of both residual branches.
-        fast_dropout: Draw dropout masks the fast way on the CPU (see :class:`~perspective_unet.models.layers.Dropout`).
+        fast_dropout: Draw dropout masks the fast way on the CPU (see :class:`~perspective_unet.models.ops.Dropout`).
 
     Example:
         >>> block = EfficientNonLocalTransformerBlock(32)

@@ -1,227 +1,25 @@
-"""Exact softmax attention with dropout on the attention weights, in memory linear in the tokens.
+"""Exact softmax attention kernels for the CPU: a compatibility module.
 
-PyTorch's CPU kernels for ``scaled_dot_product_attention`` support no dropout: with ``dropout_p > 0`` SDPA falls back
-to its math path, which builds and keeps several ``(B, heads, N, N)`` matrices for backward (4.2 GB for one SCSI layer
-at 4,116 tokens and batch 2, 15-25x slower than the fused kernel). This module computes the same quantity query block
-by query block and recomputes each block in backward (the flash-attention scheme written with PyTorch operations), so
-only ``O(N)`` tensors are kept: q, k, v, the output and one log-sum-exp per query. Dropout masks are regenerated in
-backward from a per-call seed, so forward and backward use the same mask.
-
-CUDA has fused kernels with dropout, so :func:`attention_with_dropout` only takes this path on the CPU.
-
-Without autograd (inference), :func:`onednn_attention` computes exact attention block by block through oneDNN's
-matrix products: on a CPU whose MKL takes AVX2 kernels while oneDNN uses AVX-512 (measured on AMD Zen 5), it is
-1.28x faster than SDPA's CPU flash-attention kernel for the SCSI's 4,116 tokens (docs/performance.md).
+The kernels moved to :mod:`perspective_unet.models.ops.attention_kernels` and the choice among them to
+:func:`perspective_unet.models.ops.attend`; this module keeps the names it had, so existing imports keep working.
 """
 
 from __future__ import annotations
 
-import torch
-import torch.nn.functional as F
+from perspective_unet.models.ops.attention import MIN_CHUNKED_SCORES, attention_with_dropout, onednn_attention_route
+from perspective_unet.models.ops.attention_kernels import (
+    DEFAULT_CHUNK,
+    ONEDNN_BLOCK_SCORES,
+    chunked_attention,
+    onednn_attention,
+)
 
-from perspective_unet.models.layers import keep_mask, onednn_route
-
-__all__ = ["attention_with_dropout", "chunked_attention", "onednn_attention", "onednn_attention_route"]
-
-# Query rows per block; a block's score matrix is (CHUNK, N) for one sample and head, small enough for the cache.
-DEFAULT_CHUNK = 64
-# Below this many scores per sample and head (N * M), SDPA's math path is cheap in memory and faster than blocks.
-# The oneDNN inference route uses the same bound (measured at 4,116 tokens; not tuned for shorter sequences).
-MIN_CHUNKED_SCORES = 1024 * 1024
-# Scores per block of the oneDNN route (6 MB in float32): large enough for oneDNN's efficient shapes, small enough to
-# stay in the cache and below glibc's trim threshold after the first block (larger blocks were returned to the system
-# and page-faulted in again at every block: 2.5x slower).
-ONEDNN_BLOCK_SCORES = 1536 * 1024
-
-try:
-    _onednn_matmul = torch.ops.mkldnn._linear_pointwise
-except (AttributeError, RuntimeError):  # a build without oneDNN
-    _onednn_matmul = None
-
-
-def _block_mask(shape: torch.Size, p: float, seed: int, block: int, device: torch.device) -> tuple[torch.Tensor, float]:
-    generator = torch.Generator(device=device)
-    generator.manual_seed((seed + 7919 * block) % (2**63 - 1))
-    return keep_mask(shape, p, device, generator=generator)
-
-
-class _ChunkedAttention(torch.autograd.Function):
-    # q, k, v arrive as (G, N, d) with G = batch * heads; blocks are (rows, M) per group so they stay in cache.
-
-    @staticmethod
-    def forward(ctx, q, k, v, dropout_p: float, chunk: int, seed: int):  # noqa: ANN001
-        scale = q.shape[-1] ** -0.5
-        groups, n, _ = q.shape
-        out = q.new_empty(groups, n, v.shape[-1])
-        lse = q.new_empty(groups, n, 1)
-        for g in range(groups):
-            k_t = k[g].t()
-            for block, start in enumerate(range(0, n, chunk)):
-                stop = min(start + chunk, n)
-                scores = torch.mm(q[g, start:stop], k_t)
-                if scale != 1.0:
-                    scores.mul_(scale)
-                row_max = scores.amax(dim=-1, keepdim=True)
-                probs = scores.sub_(row_max).exp_()
-                total = probs.sum(dim=-1, keepdim=True)
-                lse[g, start:stop] = row_max + total.log()
-                if dropout_p > 0.0:
-                    keep, keep_scale = _block_mask(probs.shape, dropout_p, seed, g * n + block, probs.device)
-                    probs.masked_fill_(keep.logical_not_(), 0.0)
-                    probs.mul_(total.reciprocal_().mul_(keep_scale))
-                else:
-                    probs.div_(total)
-                out[g, start:stop] = torch.mm(probs, v[g])
-        ctx.save_for_backward(q, k, v, out, lse)
-        ctx.dropout_p, ctx.chunk, ctx.seed = dropout_p, chunk, seed
-        return out
-
-    @staticmethod
-    def backward(ctx, grad_out):  # noqa: ANN001
-        q, k, v, out, lse = ctx.saved_tensors
-        dropout_p, chunk, seed = ctx.dropout_p, ctx.chunk, ctx.seed
-        scale = q.shape[-1] ** -0.5
-        groups, n, _ = q.shape
-        grad_out = grad_out.contiguous()
-        # sum_j P_ij dP_ij = dO_i . O_i, also with dropout on P.
-        delta = (grad_out * out).sum(dim=-1, keepdim=True)
-        grad_q = torch.empty_like(q)
-        grad_k = torch.zeros_like(k)
-        grad_v = torch.zeros_like(v)
-        for g in range(groups):
-            k_t, v_t = k[g].t(), v[g].t()
-            for block, start in enumerate(range(0, n, chunk)):
-                stop = min(start + chunk, n)
-                q_block = q[g, start:stop]
-                d_out = grad_out[g, start:stop]
-                scores = torch.mm(q_block, k_t)
-                if scale != 1.0:
-                    scores.mul_(scale)
-                probs = scores.sub_(lse[g, start:stop]).exp_()
-                d_probs = torch.mm(d_out, v_t)
-                if dropout_p > 0.0:
-                    keep, keep_scale = _block_mask(probs.shape, dropout_p, seed, g * n + block, probs.device)
-                    drop = keep.logical_not_()
-                    dropped = probs.masked_fill(drop, 0.0)
-                    grad_v[g].addmm_(dropped.t(), d_out, alpha=keep_scale)
-                    del dropped
-                    d_probs.masked_fill_(drop, 0.0).mul_(keep_scale)
-                else:
-                    grad_v[g].addmm_(probs.t(), d_out)
-                d_scores = probs.mul_(d_probs.sub_(delta[g, start:stop]))
-                torch.mm(d_scores, k[g], out=grad_q[g, start:stop])
-                grad_k[g].addmm_(d_scores.t(), q_block, alpha=scale)
-        grad_q.mul_(scale)
-        return grad_q, grad_k, grad_v, None, None, None
-
-
-# Runs eagerly under torch.compile: its autograd function regenerates dropout masks from a seed it draws itself.
-@torch.compiler.disable
-def chunked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, chunk: int = DEFAULT_CHUNK
-) -> torch.Tensor:
-    """Softmax attention ``dropout(softmax(q k^T / sqrt(d))) v`` computed block by block, with recomputation.
-
-    Args:
-        q: Queries ``(..., N, d)``.
-        k: Keys ``(..., M, d)``.
-        v: Values ``(..., M, e)``.
-        dropout_p: Dropout probability on the attention weights (rounded to a multiple of 2^-16).
-        chunk: Query rows per block; memory is O(chunk * M) at a time, never O(N * M).
-
-    Returns:
-        ``(..., N, e)``, equal to ``F.scaled_dot_product_attention(q, k, v)`` when ``dropout_p == 0``.
-    """
-    if chunk < 1:
-        raise ValueError(f"chunk must be positive, got {chunk}.")
-    if not 0.0 <= dropout_p < 1.0:
-        raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p}.")
-    # The seed comes from the global generator, so seeding torch (and activation checkpointing, which restores the
-    # generator's state before recomputing) reproduces the masks.
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item()) if dropout_p > 0.0 else 0
-    lead = q.shape[:-2]
-    flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, k, v)]
-    out = _ChunkedAttention.apply(*flat, float(dropout_p), int(chunk), seed)
-    return out.reshape(*lead, *out.shape[-2:])
-
-
-def attention_with_dropout(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> torch.Tensor:
-    """Softmax attention with dropout on the weights that never holds an N x N matrix for backward.
-
-    Uses SDPA wherever it has a fused kernel for the case (no dropout, or a CUDA device) or the sequences are short
-    (fewer than ``MIN_CHUNKED_SCORES`` scores per sample and head), and :func:`chunked_attention` for dropout on
-    the CPU otherwise.
-    """
-    if dropout_p == 0.0 or q.device.type != "cpu" or q.shape[-2] * k.shape[-2] < MIN_CHUNKED_SCORES:
-        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p)
-    return chunked_attention(q, k, v, dropout_p)
-
-
-def _onednn_blocks(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int) -> torch.Tensor:
-    groups, n, _ = q.shape
-    scaled = q * q.shape[-1] ** -0.5
-    out = q.new_empty(groups, n, v.shape[-1])
-    for g in range(groups):
-        keys, values_t = k[g].contiguous(), v[g].t().contiguous()
-        for start in range(0, n, block_rows):
-            scores = _onednn_matmul(scaled[g, start : start + block_rows], keys, None, "none", [], "")
-            # In place: the softmax kernel reads each row's maximum and sum before it writes the row.
-            torch.ops.aten._softmax.out(scores, -1, False, out=scores)
-            out[g, start : start + block_rows] = _onednn_matmul(scores, values_t, None, "none", [], "")
-    return out
-
-
-# An opaque operator, so that a compiled model keeps one graph and calls the blocks as they are.
-@torch.library.custom_op("perspective_unet::onednn_attention", mutates_args=())
-def _onednn_attention_op(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int) -> torch.Tensor:
-    return _onednn_blocks(q, k, v, block_rows)
-
-
-@_onednn_attention_op.register_fake
-def _(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_rows: int) -> torch.Tensor:
-    return q.new_empty(*q.shape[:-1], v.shape[-1])
-
-
-def onednn_attention_route(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> bool:
-    """Whether :func:`onednn_attention` applies now: no autograd, the oneDNN route not ``"off"``
-    (:func:`~perspective_unet.models.layers.set_onednn_linear`), float32 CPU tensors, and at least
-    ``MIN_CHUNKED_SCORES`` scores per sample and head (shorter sequences stay with SDPA)."""
-    return (
-        _onednn_matmul is not None
-        and q.shape[-2] * k.shape[-2] >= MIN_CHUNKED_SCORES
-        and onednn_route(q, k, v, inference_only=True)
-    )
-
-
-def onednn_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Softmax attention ``softmax(q k^T / sqrt(d)) v`` without autograd, block by block through oneDNN.
-
-    Each block of query rows gets its scores from one oneDNN matrix product, an in-place softmax over all keys (so no
-    running rescaling is needed) and a second product with the values; memory is one block of scores at a time.
-    The result equals ``F.scaled_dot_product_attention(q, k, v)`` up to float rounding. Take it where
-    :func:`onednn_attention_route` says so: it has no backward.
-
-    Args:
-        q: Queries ``(..., N, d)``, float32 on the CPU.
-        k: Keys ``(..., M, d)``.
-        v: Values ``(..., M, e)``.
-
-    Returns:
-        ``(..., N, e)``.
-
-    Example:
-        >>> q = torch.randn(1, 2, 1024, 16)
-        >>> with torch.no_grad():
-        ...     out = onednn_attention(q, q, q)
-        >>> torch.allclose(out, torch.nn.functional.scaled_dot_product_attention(q, q, q), atol=1e-5)
-        True
-    """
-    if _onednn_matmul is None:
-        raise RuntimeError("onednn_attention needs a PyTorch build with oneDNN (torch.backends.mkldnn).")
-    if torch.is_grad_enabled() and any(t.requires_grad for t in (q, k, v)):
-        raise RuntimeError("onednn_attention has no backward; call it under torch.no_grad() or inference_mode().")
-    lead = q.shape[:-2]
-    block_rows = max(16, ONEDNN_BLOCK_SCORES // k.shape[-2])
-    flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, k, v)]
-    out = _onednn_attention_op(*flat, block_rows)
-    return out.reshape(*lead, *out.shape[-2:])
+__all__ = [
+    "DEFAULT_CHUNK",
+    "MIN_CHUNKED_SCORES",
+    "ONEDNN_BLOCK_SCORES",
+    "attention_with_dropout",
+    "chunked_attention",
+    "onednn_attention",
+    "onednn_attention_route",
+]

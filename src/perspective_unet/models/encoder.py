@@ -9,7 +9,8 @@ from torch import nn
 from perspective_unet.config import ModelConfig
 from perspective_unet.models.blocks import BiPathResidualBlock, EfficientNonLocalTransformerBlock
 from perspective_unet.models.integrator import SpatialCrossScaleIntegrator
-from perspective_unet.models.layers import ConvNormAct, maybe_checkpoint, to_feature_map, to_tokens
+from perspective_unet.models.layers import ConvNormAct, to_feature_map, to_tokens
+from perspective_unet.models.ops import maybe_checkpoint
 
 __all__ = ["BiPathEncoder", "NonLocalEncoder", "NonLocalStage", "PerspectiveEncoder"]
 

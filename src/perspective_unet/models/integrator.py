@@ -6,16 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from perspective_unet.models.chunked_attention import attention_with_dropout, onednn_attention, onednn_attention_route
-from perspective_unet.models.layers import (
-    Dropout,
-    Linear,
-    linear,
-    maybe_checkpoint,
-    relu_dropout,
-    to_feature_map,
-    to_tokens,
-)
+from perspective_unet.models.layers import to_feature_map, to_tokens
+from perspective_unet.models.ops import Dropout, Linear, attend, linear, maybe_checkpoint, relu_dropout
 
 __all__ = ["ATTENTION_MODES", "CrossScaleAttention", "IntegratorLayer", "SpatialCrossScaleIntegrator"]
 
@@ -33,11 +25,11 @@ class CrossScaleAttention(nn.Module):
     batch-size-1 function applied to every sample on its own: out(v(s)) for every token, with the attention dropout
     falling on the single weight per token and head.
 
-    In training with dropout on the CPU, SDPA has no fused kernel and would build (B, heads, N, N) matrices; with
-    ``fast_dropout`` the attention then runs block by block with recomputation
-    (:func:`~perspective_unet.models.chunked_attention.attention_with_dropout`), in memory linear in N. Without
-    autograd on the CPU, long sequences take the oneDNN route
-    (:func:`~perspective_unet.models.chunked_attention.onednn_attention`), unless it is set ``"off"``.
+    ``mode="tokens"`` computes its attention through :func:`~perspective_unet.models.ops.attend`, which picks the
+    backend: in training with dropout on the CPU, where SDPA has no fused kernel and would build (B, heads, N, N)
+    matrices, ``fast_dropout`` lets it run block by block with recomputation, in memory linear in N; without autograd
+    on the CPU, long sequences take the oneDNN route unless it is set ``"off"``. The other two modes are the released
+    code's maths and keep their own computation.
 
     Args:
         dim: Token width.
@@ -79,12 +71,7 @@ class CrossScaleAttention(nn.Module):
             attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
             return self.out(attended.permute(2, 0, 1, 3).flatten(2))
         q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4).unbind(0)
-        if dropout == 0.0 and onednn_attention_route(q, k, v):
-            attended = onednn_attention(q, k, v)
-        elif self.fast_dropout:
-            attended = attention_with_dropout(q, k, v, dropout)
-        else:
-            attended = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)
+        attended = attend(q, k, v, dropout, fast_dropout=self.fast_dropout)
         return self.out(attended.transpose(1, 2).flatten(2))
 
 
