@@ -12,9 +12,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+import perspective_unet.bench as bench
 from perspective_unet import ModelConfig, create_model
 from perspective_unet.cli import main
-from perspective_unet.engine import benchmark as bench
 from perspective_unet.engine.inference import predict_volume
 from perspective_unet.models.attention import (
     gaussian_orthogonal_random_matrix,

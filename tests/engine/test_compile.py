@@ -6,7 +6,7 @@ import torch.nn.functional as F
 
 from perspective_unet import create_model
 from perspective_unet.engine.runtime import compile_model
-from perspective_unet.models.layers import dropout, relu_dropout
+from perspective_unet.models.ops import dropout, relu_dropout
 
 pytestmark = pytest.mark.slow
 

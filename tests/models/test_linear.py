@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 
 from perspective_unet import create_model
-from perspective_unet.models.layers import Linear, linear, onednn_linear
+from perspective_unet.models.ops import Linear, linear, onednn_linear
 
 # The module, not the function of the same name that perspective_unet.models.ops exports.
 linear_module = importlib.import_module("perspective_unet.models.ops.linear")

@@ -1,12 +1,10 @@
-"""The viz package's place among the layers, and the compatibility module it replaced."""
+"""The viz package's place among the layers."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import perspective_unet
-import perspective_unet.engine.visualize as compat
-import perspective_unet.viz as viz
 
 SRC = Path(perspective_unet.__file__).parent
 
@@ -20,8 +18,3 @@ def test_data_and_models_do_not_import_viz():
 def test_viz_reads_h5_only_through_the_data_layer():
     for path in (SRC / "viz").rglob("*.py"):
         assert "h5py" not in path.read_text(), f"{path} reads h5 files itself"
-
-
-def test_engine_visualize_re_exports_the_viz_names():
-    assert compat.__all__ == viz.__all__
-    assert all(getattr(compat, name) is getattr(viz, name) for name in viz.__all__)

@@ -24,7 +24,7 @@ from torch import nn
 
 from perspective_unet.bench.machine import ALLOCATOR_PROFILES
 from perspective_unet.engine.runtime import compile_model
-from perspective_unet.models.layers import set_onednn_linear
+from perspective_unet.models.ops import set_onednn_linear
 from perspective_unet.models.registry import create_model
 
 __all__ = [
@@ -53,7 +53,7 @@ class PathSettings:
         fast_dropout: ``ModelConfig.fast_dropout`` (training only).
         onednn_linear: Linear layers through oneDNN on the CPU (:func:`~perspective_unet.models.layers.linear`),
             and without autograd the token attention
-            (:func:`~perspective_unet.models.chunked_attention.onednn_attention`); ``False`` is ``F.linear`` (MKL)
+            (:func:`~perspective_unet.models.ops.attend`); ``False`` is ``F.linear`` (MKL)
             and SDPA.
         gradient_checkpointing: Parts recomputed in backward (training only).
         allocator: A key of :data:`~perspective_unet.bench.machine.ALLOCATOR_PROFILES` (CPU), or ``None`` for the

@@ -28,7 +28,7 @@ from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
-from perspective_unet.models.checkpoint import load_checkpoint_file, model_from_checkpoint
+from perspective_unet.models.checkpoint import load_for_inference
 from perspective_unet.outputs import output_lock, remove_stale_temporaries, write_all
 from perspective_unet.plan import Plan
 from perspective_unet.table import format_table
@@ -36,44 +36,6 @@ from perspective_unet.table import format_table
 __all__ = ["REPORTS", "evaluate", "evaluate_model", "load_for_inference", "write_reports"]
 
 REPORTS = ("summary.json", "per_case.csv", "summary.md")
-
-
-def load_for_inference(
-    checkpoint: str | os.PathLike[str], device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model of a checkpoint in eval mode, and what inference needs to know about its training.
-
-    Returns:
-        ``(model, info)`` where ``info`` holds ``plan`` (the :class:`~perspective_unet.plan.Plan` the model was
-        trained with, or None for checkpoints written before plans existed and converted released checkpoints),
-        ``img_size`` (the training size, 224x224 when the checkpoint does not say), ``dataset`` (class names,
-        modality and intensity normalisation of the training data, when written by ``train``) and ``epoch``.
-
-    Raises:
-        InputError: The checkpoint's plan is invalid, or asks for another number of input channels than the model has.
-    """
-    raw = load_checkpoint_file(checkpoint, map_location="cpu")
-    model = model_from_checkpoint(raw, checkpoint, map_location=device)
-    train_config = raw.get("train_config") or {}
-    plan = None
-    if raw.get("plan") is not None:
-        try:
-            plan = Plan.from_dict(raw["plan"])
-        except (TypeError, ValueError) as exc:
-            raise InputError(f"checkpoint {checkpoint} holds an invalid plan ({exc}); it was not written by this "
-                             "version of perspective-unet, or it was edited.") from None
-        channels = model.config.in_channels
-        if channels != plan.in_channels and not model.config.repeat_gray_to_rgb:
-            raise InputError(f"checkpoint {checkpoint}: its plan gives {plan.in_channels} input channel(s) (the slice "
-                             f"and {plan.context_slices} context slices on each side) but its model takes {channels}; "
-                             "the file is inconsistent.")
-    info = {
-        "plan": plan,
-        "img_size": tuple(plan.patch_size if plan else train_config.get("img_size", (224, 224))),
-        "dataset": dict(raw.get("dataset") or {}),
-        "epoch": raw.get("epoch"),
-    }
-    return model, info
 
 
 def evaluate_model(

@@ -238,7 +238,7 @@ class Predictor:
             img_size: Model input size (paper protocol) or sliding window (spacing protocol) overriding the plan's.
             **options: ``tta``, ``batch_size``, ``resampler``.
         """
-        from perspective_unet.engine.evaluate import load_for_inference
+        from perspective_unet.models.checkpoint import load_for_inference
 
         torch_device = device if isinstance(device, torch.device) else resolve_device(device)
         model, info = load_for_inference(checkpoint, torch_device)

@@ -16,12 +16,14 @@ from perspective_unet.config import ModelConfig
 from perspective_unet.errors import InputError
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.outputs import atomic_write
+from perspective_unet.plan import Plan
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "atomic_torch_save",
     "check_state_dict",
     "load_checkpoint_file",
+    "load_for_inference",
     "load_model",
     "model_from_checkpoint",
     "save_model",
@@ -169,3 +171,41 @@ def model_from_checkpoint(
     model = PerspectiveUNet(config)
     model.load_state_dict(state, strict=strict)
     return model.to(map_location).eval()
+
+
+def load_for_inference(
+    checkpoint: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The model of a checkpoint in eval mode, and what inference needs to know about its training.
+
+    Returns:
+        ``(model, info)`` where ``info`` holds ``plan`` (the :class:`~perspective_unet.plan.Plan` the model was
+        trained with, or None for checkpoints written before plans existed and converted released checkpoints),
+        ``img_size`` (the training size, 224x224 when the checkpoint does not say), ``dataset`` (class names,
+        modality and intensity normalisation of the training data, when written by ``train``) and ``epoch``.
+
+    Raises:
+        InputError: The checkpoint's plan is invalid, or asks for another number of input channels than the model has.
+    """
+    raw = load_checkpoint_file(checkpoint, map_location="cpu")
+    model = model_from_checkpoint(raw, checkpoint, map_location=device)
+    train_config = raw.get("train_config") or {}
+    plan = None
+    if raw.get("plan") is not None:
+        try:
+            plan = Plan.from_dict(raw["plan"])
+        except (TypeError, ValueError) as exc:
+            raise InputError(f"checkpoint {checkpoint} holds an invalid plan ({exc}); it was not written by this "
+                             "version of perspective-unet, or it was edited.") from None
+        channels = model.config.in_channels
+        if channels != plan.in_channels and not model.config.repeat_gray_to_rgb:
+            raise InputError(f"checkpoint {checkpoint}: its plan gives {plan.in_channels} input channel(s) (the slice "
+                             f"and {plan.context_slices} context slices on each side) but its model takes {channels}; "
+                             "the file is inconsistent.")
+    info = {
+        "plan": plan,
+        "img_size": tuple(plan.patch_size if plan else train_config.get("img_size", (224, 224))),
+        "dataset": dict(raw.get("dataset") or {}),
+        "epoch": raw.get("epoch"),
+    }
+    return model, info
