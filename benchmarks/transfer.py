@@ -111,10 +111,10 @@ def place_on_grid(
     """Bring a 3D label map (or image) onto a target grid by the two affines.
 
     The reference is first reoriented to the target's axis codes. A pure integer translation (a crop of the same
-    grid) is pasted at its offset; anything else is resampled with nearest neighbours if ``resample``.
+    grid) is pasted at its offset; anything else is resampled with nearest neighbors if ``resample``.
 
     Raises:
-        ValueError: The grids differ by more than a voxel translation and ``resample`` is False, or labelled
+        ValueError: The grids differ by more than a voxel translation and ``resample`` is False, or labeled
             voxels of a translated reference fall outside the target grid.
     """
     array, affine = reorient(reference, reference_affine, nib.aff2axcodes(target_affine))
@@ -140,7 +140,7 @@ def place_on_grid(
     else:
         lost = int(np.count_nonzero(array))
     if lost:
-        raise ValueError(f"{lost} labelled voxels of the reference (offset {offset.tolist()}) fall outside the target.")
+        raise ValueError(f"{lost} labeled voxels of the reference (offset {offset.tolist()}) fall outside the target.")
     return out
 
 

@@ -19,13 +19,13 @@ from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
 
 
 def explicit_surface(mask: np.ndarray) -> np.ndarray:
-    """Voxels of ``mask`` with at least one face neighbour (2 * ndim of them) outside the mask or the array."""
+    """Voxels of ``mask`` with at least one face neighbor (2 * ndim of them) outside the mask or the array."""
     padded = np.pad(mask, 1, constant_values=False)
     interior = np.ones_like(mask, dtype=bool)
     for axis in range(mask.ndim):
         for step in (-1, 1):
-            neighbour = np.roll(padded, step, axis=axis)[tuple(slice(1, -1) for _ in range(mask.ndim))]
-            interior &= neighbour
+            neighbor = np.roll(padded, step, axis=axis)[tuple(slice(1, -1) for _ in range(mask.ndim))]
+            interior &= neighbor
     return mask & ~interior
 
 
@@ -104,7 +104,7 @@ def test_square_shifted_by_two_pixels(protocol):
 @pytest.mark.parametrize(("shift", "dice"), [(1, 0.75), (2, 0.5), (3, 0.25)])
 def test_cube_shifted_by_k_voxels(shift, dice):
     # 4x4x4 cube (56 surface voxels) shifted by k along z. For k = 2 the distances of one surface to the other are
-    # 16 x 2 (first full slice), 12 x 1 (first rim), 24 x 0 and 4 x 1 (centre of the last slice, 1 from the rim),
+    # 16 x 2 (first full slice), 12 x 1 (first rim), 24 x 0 and 4 x 1 (center of the last slice, 1 from the rim),
     # for k = 3: 16 x 3, 12 x 2, 12 x 1, 16 x 0; for k = 1: 20 x 1, 36 x 0. The 95th percentile is k in every case.
     gt = cube_3d(1)
     pred = cube_3d(1 + shift)

@@ -92,7 +92,7 @@ def test_off_grid_reference_raises_or_resamples(transfer):
     target_affine = TARGETS[1]
     labels = np.zeros((8, 8, 8), dtype=np.uint8)
     labels[2:5, 3:6, 2:7] = 2
-    shifted = _translate(target_affine, (0.3, 0.0, -0.2))  # under half a voxel: nearest neighbour keeps the voxels
+    shifted = _translate(target_affine, (0.3, 0.0, -0.2))  # under half a voxel: nearest neighbor keeps the voxels
     with pytest.raises(ValueError, match="differs from the target grid"):
         transfer.place_on_grid(labels, shifted, labels.shape, target_affine, resample=False)
     np.testing.assert_array_equal(transfer.place_on_grid(labels, shifted, labels.shape, target_affine), labels)

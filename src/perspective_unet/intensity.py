@@ -6,7 +6,7 @@ Normalization runs in two stages:
 
    - ``ct_window``: Hounsfield units clipped to ``window`` = (low, high) and scaled to [0, 1];
    - ``percentile_minmax``: per image, clipped to the image's own ``percentiles`` and min-max scaled to [0, 1];
-   - ``picture``: grey pictures scaled by their data type's range (8-bit / 255, 16-bit / 65535, others min-max);
+   - ``picture``: gray pictures scaled by their data type's range (8-bit / 255, 16-bit / 65535, others min-max);
    - ``unit``: values already in [0, 1] (clipped).
 
 2. **Network scaling** (``scaling``), part of the plan and editable:
@@ -63,7 +63,7 @@ def ct_window(volume: np.ndarray, window: tuple[float, float] = SYNAPSE_HU_WINDO
 def percentile_minmax(volume: np.ndarray, percentiles: tuple[float, float] = MR_PERCENTILES) -> np.ndarray:
     """Per-image normalization: clip to the image's own percentiles, then min-max scale to [0, 1].
 
-    The clip removes the few very bright voxels (flow artefacts, fat) that would otherwise squeeze the tissue
+    The clip removes the few very bright voxels (flow artifacts, fat) that would otherwise squeeze the tissue
     contrast into a small part of [0, 1]. A constant image maps to zeros.
     """
     volume = np.asarray(volume, dtype=np.float64)
@@ -74,7 +74,7 @@ def percentile_minmax(volume: np.ndarray, percentiles: tuple[float, float] = MR_
 
 
 def picture_to_unit(picture: np.ndarray, source: object = "the picture") -> np.ndarray:
-    """Scale a grey picture to [0, 1] float32 by its data type's range (min-max for float or 32-bit pictures)."""
+    """Scale a gray picture to [0, 1] float32 by its data type's range (min-max for float or 32-bit pictures)."""
     picture = np.asarray(picture)
     if picture.dtype.kind == "f" and not np.isfinite(picture).all():
         raise InputError(f"{source} contains NaN or infinite values; clean or mask them first.")

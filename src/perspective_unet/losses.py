@@ -1,6 +1,6 @@
 """The training loss of the paper: 0.4 * cross-entropy + 0.6 * soft Dice.
 
-The Dice term is the one of the TransUNet / Swin-Unet / MISSFormer / Perspective+ Unet lineage: for every class c,
+The Dice term is the one of the TransUNet / Swin-Unet / MISSFormer / Perspective+ Unet papers: for every class c,
 background included, over the WHOLE batch and all pixels, on softmax probabilities p and one-hot targets y,
 
     dice_c = (2 * sum(p_c * y_c) + 1e-5) / (sum(p_c ** 2) + sum(y_c ** 2) + 1e-5),    dice_loss = 1 - mean_c dice_c.

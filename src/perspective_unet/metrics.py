@@ -6,7 +6,7 @@ Dice is always a fraction in [0, 1]; reports multiply by 100 themselves.
 
 ``"legacy"`` reproduces ``calculate_metric_percase`` of TransUNet, Swin-Unet, MISSFormer and Perspective+ Unet
 (medpy 0.4 ``dc`` and ``hd95(result, reference, voxelspacing=None, connectivity=1)``), so that numbers can be
-compared with the papers. ``"corrected"`` measures in millimetres and keeps undefined values as NaN instead of
+compared with the papers. ``"corrected"`` measures in millimeters and keeps undefined values as NaN instead of
 inventing them. Per class, with P the predicted mask and G the ground-truth mask:
 
 ===============================  ===================  ===========================  ===================
@@ -21,7 +21,7 @@ P and G empty                    (0, 0)               NaN                       
 Surface distances (both protocols):
 
 - A mask's surface is ``mask XOR binary_erosion(mask)`` with the connectivity-1 structuring element
-  (``generate_binary_structure(ndim, 1)``: 6 neighbours in 3D, 4 in 2D), one iteration, everything outside the
+  (``generate_binary_structure(ndim, 1)``: 6 neighbors in 3D, 4 in 2D), one iteration, everything outside the
   array counted as background. A mask of one voxel, or one voxel thick, is all surface.
 - The distance of a surface voxel of one mask is the Euclidean distance to the nearest surface voxel of the
   other mask (what a distance transform of the other surface's complement gives).
@@ -92,7 +92,7 @@ def score_case(
             integer-valued float arrays are accepted; take the argmax of probabilities first).
         label: Ground-truth labels, same shape and rules as ``prediction``.
         num_classes: Number of classes, background (0) included; classes ``1..num_classes-1`` are scored.
-        protocol: ``"legacy"`` (the papers' medpy rules, voxel units) or ``"corrected"`` (millimetres, NaN for
+        protocol: ``"legacy"`` (the papers' medpy rules, voxel units) or ``"corrected"`` (millimeters, NaN for
             undefined values). See the module docstring for every rule.
         spacing: Voxel size along each array axis, in the arrays' axis order (for a (Z, H, W) volume:
             (z, y, x) in mm). Required by ``"corrected"``; validated but not used by ``"legacy"``.

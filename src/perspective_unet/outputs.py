@@ -36,7 +36,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".perspective-unet.lock"
-# Every temporary name this package writes starts with this, so leftovers of killed runs can be recognised.
+# Every temporary name this package writes starts with this, so leftovers of killed runs can be recognized.
 TEMPORARY_PREFIX = ".tmp-"
 
 

@@ -7,7 +7,7 @@ the plan, stores it in every checkpoint, and prediction applies it to new scans.
 - ``paper``: every slice is zoomed to ``patch_size`` whatever its pixel spacing, as the papers of this line of work do
   (use it to compare with published tables);
 - ``spacing``: every slice is resampled to the plan's in-plane ``spacing`` (the dataset's median, as nnU-Net does),
-  training takes random ``patch_size`` patches (a share of them centred on foreground) and inference slides a window
+  training takes random ``patch_size`` patches (a share of them centered on foreground) and inference slides a window
   of that size over the resampled slice, so an organ has the same size in pixels whatever scanner made the image.
 
 The plan is plain JSON, editable by hand; :func:`read_plan` validates it and names the file and field at fault.
@@ -65,7 +65,7 @@ class IntensityStats:
     """Summary of a set of intensities.
 
     Attributes:
-        count: Number of values summarised.
+        count: Number of values summarized.
         mean: Mean.
         std: Standard deviation.
         low: 0.5th percentile.
@@ -96,7 +96,7 @@ class CaseFingerprint:
         shape: Canonical (Z, H, W) shape.
         spacing: Voxel size (z, y, x) in mm, or None when the files carry none (2D pictures count 1 per pixel).
         stored: Statistics of the whole stored image in [0, 1] units (``zscore_per_image`` uses its mean and std).
-        foreground_raw: Statistics of the labelled (foreground) voxels in raw units (HU for CT), when known.
+        foreground_raw: Statistics of the labeled (foreground) voxels in raw units (HU for CT), when known.
     """
 
     case: str
@@ -199,8 +199,8 @@ class Plan:
         batch_size: Patches (or slices) per optimizer step.
         context_slices: Slices taken above and below each slice as extra input channels (2.5D input; the network
             reads ``2 * context_slices + 1`` channels; volume edges are padded by repeating the end slice).
-        foreground_fraction: Share of training patches centred on a foreground pixel (``spacing`` protocol).
-        overlap: Overlap of neighbouring sliding windows in inference, as a share of the window (``spacing``).
+        foreground_fraction: Share of training patches centered on a foreground pixel (``spacing`` protocol).
+        overlap: Overlap of neighboring sliding windows in inference, as a share of the window (``spacing``).
     """
 
     protocol: str

@@ -86,7 +86,7 @@ def write_nnunet_raw(root: Path, num_cases: int = 6, modality: str = "CT", shape
 
 def write_pictures(images: Path, masks: Path, count: int = 5, size: tuple[int, int] = (18, 22),
                    mask_values: tuple[int, ...] = (0, 1, 2)) -> dict[str, tuple[np.ndarray, np.ndarray]]:
-    """``count`` grey PNG images and masks with the same stems."""
+    """``count`` gray PNG images and masks with the same stems."""
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)
     arrays = {}

@@ -12,7 +12,7 @@ from PIL import Image
 
 from perspective_unet.data import prepare_acdc, prepare_folder_2d, prepare_nnunet
 from perspective_unet.data.io import read_image, to_canonical
-from perspective_unet.data.normalise import ct_window, mr_normalise, normalise_intensity, percentile_window
+from perspective_unet.data.normalize import ct_window, mr_normalize, normalize_intensity, percentile_window
 from perspective_unet.errors import InputError
 from tests.data.conftest import leftovers, save_nifti, write_acdc_raw, write_nnunet_raw, write_pictures
 
@@ -28,7 +28,7 @@ def test_acdc_split_and_slices(tmp_path: Path) -> None:
     assert info["class_names"] == ["background", "RV", "myocardium", "LV"]
     assert info["intensity"]["kind"] == "percentile_minmax"
     image, label = arrays[(1, "ES")]
-    expected = np.transpose(mr_normalise(image), (2, 0, 1))  # stored slice axis first, per-volume percentiles
+    expected = np.transpose(mr_normalize(image), (2, 0, 1))  # stored slice axis first, per-volume percentiles
     with np.load(out / "train_npz" / "case_001_ES_slice002.npz") as data:
         np.testing.assert_allclose(data["image"], expected[2], atol=1e-6)
         assert np.array_equal(data["label"], label[:, :, 2])
@@ -95,10 +95,10 @@ def test_nnunet_percentile_window_from_training_foreground(tmp_path: Path) -> No
     info = json.loads((out / "dataset.json").read_text())
     expected = percentile_window(((arrays[c][0], arrays[c][1]) for c in info["splits"]["train"]), seed=3)
     assert info["intensity"]["window"] == pytest.approx(list(expected))
-    assert "percentiles of the training foreground" in info["normalisation"]
+    assert "percentiles of the training foreground" in info["normalization"]
 
 
-def test_nnunet_mr_uses_per_volume_normalisation_and_imagests_labels(tmp_path: Path) -> None:
+def test_nnunet_mr_uses_per_volume_normalization_and_imagests_labels(tmp_path: Path) -> None:
     raw = tmp_path / "raw"
     arrays = write_nnunet_raw(raw, num_cases=4, modality="T2")
     image = np.random.default_rng(9).gamma(2.0, 50.0, (12, 10, 5)).astype(np.float32)
@@ -113,8 +113,8 @@ def test_nnunet_mr_uses_per_volume_normalisation_and_imagests_labels(tmp_path: P
     assert info["intensity"] == {"kind": "percentile_minmax", "percentiles": [0.5, 99.5]}
     meta = read_image(raw / "imagesTs" / "extra_000_0000.nii.gz")[1]
     with h5py.File(out / "test_vol_h5" / "extra_000.npy.h5", "r") as f:
-        np.testing.assert_allclose(f["image"][:], to_canonical(mr_normalise(image), meta), atol=1e-6)
-        np.testing.assert_allclose(f["image"][:], to_canonical(normalise_intensity(image, info["intensity"]), meta))
+        np.testing.assert_allclose(f["image"][:], to_canonical(mr_normalize(image), meta), atol=1e-6)
+        np.testing.assert_allclose(f["image"][:], to_canonical(normalize_intensity(image, info["intensity"]), meta))
 
 
 @pytest.mark.parametrize(

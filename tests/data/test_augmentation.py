@@ -121,7 +121,7 @@ def test_config_validation_and_round_trip() -> None:
 # The released recipe's options -----------------------------------------------------------------------------------
 
 
-def test_contrast_pivot_zero_is_a_pure_gain_and_the_default_pivots_on_mid_grey() -> None:
+def test_contrast_pivot_zero_is_a_pure_gain_and_the_default_pivots_on_mid_gray() -> None:
     sample = _blocks(seed=7)
     original = _plain(sample["image"])
     for pivot in (0.0, 0.5):

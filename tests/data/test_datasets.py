@@ -1,7 +1,9 @@
-"""SliceDataset / VolumeDataset on the prepared layout and on the lineage's circulating Synapse and ACDC files."""
+"""SliceDataset / VolumeDataset on the prepared layout and on the circulating TransUNet-style Synapse and ACDC files."""
 
 from __future__ import annotations
 
+import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -18,10 +20,11 @@ from perspective_unet.data import (
     read_dataset_info,
     seed_worker,
 )
+from perspective_unet.data.planning import dataset_intensity
 from perspective_unet.errors import InputError
 
 
-def _write_synapse_lineage(root: Path) -> dict[str, np.ndarray]:
+def _write_synapse_files(root: Path) -> dict[str, np.ndarray]:
     """Circulating Synapse files: train_npz/*.npz (image, label), test_vol_h5/*.npy.h5, no dataset.json."""
     rng = np.random.default_rng(0)
     (root / "train_npz").mkdir(parents=True)
@@ -38,7 +41,7 @@ def _write_synapse_lineage(root: Path) -> dict[str, np.ndarray]:
     return arrays
 
 
-def _write_acdc_lineage(root: Path) -> None:
+def _write_acdc_files(root: Path) -> None:
     """Circulating ACDC files: train/ and valid/ slices, test/ volumes, key img."""
     rng = np.random.default_rng(1)
     for folder, names in (("train", ["case_001_sliceED_0", "case_001_sliceED_1"]), ("valid", ["case_019_sliceES_0"])):
@@ -50,7 +53,7 @@ def _write_acdc_lineage(root: Path) -> None:
     np.savez(root / "test" / "case_002_volume_ED.npz", img=volume, label=labels)
 
 
-def test_slice_item_is_zoomed_and_normalised(prepared_synapse) -> None:
+def test_slice_item_is_zoomed_and_normalized(prepared_synapse) -> None:
     root, _ = prepared_synapse
     dataset = SliceDataset(root, "train", img_size=32)
     assert len(dataset) == 12
@@ -88,9 +91,9 @@ def test_volume_dataset_keeps_geometry(prepared_synapse) -> None:
 
 
 def test_circulating_synapse_files_are_read_as_they_are(tmp_path: Path) -> None:
-    arrays = _write_synapse_lineage(tmp_path)
+    arrays = _write_synapse_files(tmp_path)
     info = read_dataset_info(tmp_path)
-    assert info["layout"] == "synapse_lineage" and info["num_classes"] == 9
+    assert info["layout"] == "synapse_files" and info["num_classes"] == 9
     assert info["class_names"][1:] == ["aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas",
                                        "spleen", "stomach"]
     assert info["splits"]["train"] == ["case0005"] and info["splits"]["test"] == ["case0001"]
@@ -107,9 +110,9 @@ def test_circulating_synapse_files_are_read_as_they_are(tmp_path: Path) -> None:
 
 
 def test_circulating_acdc_files_are_read_as_they_are(tmp_path: Path) -> None:
-    _write_acdc_lineage(tmp_path)
+    _write_acdc_files(tmp_path)
     info = read_dataset_info(tmp_path)
-    assert info["layout"] == "acdc_lineage" and info["class_names"] == ["background", "RV", "myocardium", "LV"]
+    assert info["layout"] == "acdc_files" and info["class_names"] == ["background", "RV", "myocardium", "LV"]
     assert info["splits"] == {"train": ["case_001_ED"], "val": ["case_019_ES"], "test": ["case_002_ED"]}
     assert len(SliceDataset(tmp_path, "train", img_size=32)) == 2
     assert len(SliceDataset(tmp_path, "val", img_size=32)) == 1
@@ -156,3 +159,18 @@ def test_dataloader_workers_are_seeded_apart_and_reproducibly(prepared_synapse) 
     assert all(torch.equal(a, b) for a, b in zip(first, second))
     # Batches 0 and 1 come from different workers, each on its first draw.
     assert not torch.equal(first[0], first[1])
+
+
+def test_descriptions_with_the_earlier_british_keys_are_read(prepared_synapse, tmp_path: Path) -> None:
+    """Folders prepared before the American spelling say "normalisation" and "licence"; both are still understood."""
+    root = tmp_path / "old"
+    shutil.copytree(prepared_synapse[0], root)
+    info = json.loads((root / "dataset.json").read_text())
+    info["normalisation"], info["licence"] = info.pop("normalization"), info.pop("license")
+    intensity = info.pop("intensity", None)
+    (root / "dataset.json").write_text(json.dumps(info))
+    read = read_dataset_info(root)
+    assert "normalisation" not in read and "licence" not in read
+    assert read["normalization"] == info["normalisation"] and read["license"] == info["licence"]
+    assert intensity is not None
+    assert dataset_intensity(read).to_dict() == dataset_intensity({**read, "intensity": intensity}).to_dict()

@@ -134,13 +134,13 @@ def write_numbered_slices(root: Path) -> Path:
         volume = np.stack([np.full((16, 16), (50 + z) / 100, np.float32) for z in range(3)])
         writer.add_volume("test", "t", volume, np.zeros((3, 16, 16), np.uint8), (2.0, 1.0, 1.0))
         writer.finish({"name": "numbered", "class_names": ["background", "organ"], "modality": "CT",
-                       "normalisation": "numbered slices", "intensity": {"kind": "unit"}, "source": "tests",
-                       "licence": "CC0"}, protocol="spacing")
+                       "normalization": "numbered slices", "intensity": {"kind": "unit"}, "source": "tests",
+                       "license": "CC0"}, protocol="spacing")
     return root
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
-def test_context_channels_are_the_neighbours_with_the_end_slices_repeated(tmp_path, split):
+def test_context_channels_are_the_neighbors_with_the_end_slices_repeated(tmp_path, split):
     root = write_numbered_slices(tmp_path / "numbered")
     dataset = SliceDataset(root, split, img_size=16, context_slices=2)
     seen = {}
@@ -166,7 +166,7 @@ def test_patches_have_the_plans_size_and_the_foreground_share(tmp_path):
     for index in range(len(dataset)):
         item = dataset[index]
         assert tuple(item["image"].shape) == (1, 16, 16) and tuple(item["label"].shape) == (16, 16)
-        # Every patch is centred on a labelled pixel: an even-sized patch's centre lies between its 4 middle pixels.
+        # Every patch is centered on a labeled pixel: an even-sized patch's center lies between its 4 middle pixels.
         assert item["label"][7:9, 7:9].any()
     plan = plan.replace(foreground_fraction=0.0, context_slices=1)
     augmented = PatchDataset(root, plan, SpacingAugmentationConfig(), seed=0)

@@ -159,13 +159,13 @@ def test_dicom_series_folder(tmp_path: Path) -> None:
     assert meta["axcodes"] == "LPS"
 
 
-def test_pictures_grey_palette_and_colour_masks(tmp_path: Path) -> None:
+def test_pictures_gray_palette_and_color_masks(tmp_path: Path) -> None:
     rgb = np.zeros((4, 5, 3), dtype=np.uint8)
     rgb[..., 0] = 255
     Image.fromarray(rgb).save(tmp_path / "red.png")
-    grey, meta = read_image(tmp_path / "red.png")
-    assert grey.shape == (4, 5) and meta["format"] == "picture"
-    assert int(grey[0, 0]) == 76  # ITU-R 601 luma of pure red
+    gray, meta = read_image(tmp_path / "red.png")
+    assert gray.shape == (4, 5) and meta["format"] == "picture"
+    assert int(gray[0, 0]) == 76  # ITU-R 601 luma of pure red
 
     palette = Image.fromarray(np.array([[0, 1], [2, 1]], dtype=np.uint8), mode="P")
     palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
@@ -173,7 +173,7 @@ def test_pictures_grey_palette_and_colour_masks(tmp_path: Path) -> None:
     mask, _ = read_image(tmp_path / "mask.png", as_label=True)
     assert mask.tolist() == [[0, 1], [2, 1]]
 
-    with pytest.raises(InputError, match="red.png is a colour mask"):
+    with pytest.raises(InputError, match="red.png is a color mask"):
         read_image(tmp_path / "red.png", as_label=True)
 
 

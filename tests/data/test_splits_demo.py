@@ -83,7 +83,7 @@ def _make_fake_sdist(path: Path) -> Path:
             info.size = len(data)
             archive.addfile(info, io.BytesIO(data))
         text = b"Apache License Version 2.0 (test copy)\n"
-        info = tarfile.TarInfo(demo_module.DEMO_MEMBERS["licence"])
+        info = tarfile.TarInfo(demo_module.DEMO_MEMBERS["license"])
         info.size = len(text)
         archive.addfile(info, io.BytesIO(text))
     return path
@@ -113,7 +113,7 @@ def test_prepare_demo_downloads_once_then_uses_the_cache(tmp_path: Path, fake_sd
     assert len(calls) == 1, "the second run uses the cached sdist"
 
     info = json.loads((out / "dataset.json").read_text())
-    assert info["licence"].startswith("Apache-2.0") and "not manual annotation" in info["label_origin"]
+    assert info["license"].startswith("Apache-2.0") and "not manual annotation" in info["label_origin"]
     assert "Apache-2.0" in (out / "README.md").read_text() and (out / "LICENSE-TotalSegmentator.txt").exists()
     # Mapping in the nnU-Net raw copy: TotalSegmentator ids -> Synapse ids, other structures -> background.
     raw = out / "nnunet_raw" / demo_module.DEMO_RAW_NAME

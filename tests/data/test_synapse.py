@@ -1,4 +1,4 @@
-"""Synapse conversion: slices and volumes equal the lineage's transform of the raw files; bad input fails cleanly."""
+"""Synapse conversion: slices and volumes equal the TransUNet-style transform of the raw files; bad input fails."""
 
 from __future__ import annotations
 
@@ -11,12 +11,12 @@ import pytest
 
 from perspective_unet.data import prepare_synapse, read_dataset_info
 from perspective_unet.data.io import from_canonical, read_image
-from perspective_unet.data.synapse import SYNAPSE_LABEL_MAP, lineage_orientation
+from perspective_unet.data.synapse import SYNAPSE_LABEL_MAP, transunet_orientation
 from perspective_unet.errors import InputError
 from tests.data.conftest import LPS_AFFINE, leftovers, save_nifti, write_synapse_raw
 
 
-def lineage_transform(volume: np.ndarray) -> np.ndarray:
+def transunet_transform(volume: np.ndarray) -> np.ndarray:
     """The circulating files' rule: (i, j, k) -> (k, i, j) with the last axis reversed."""
     return np.flip(np.transpose(volume, (2, 0, 1)), 2)
 
@@ -32,11 +32,11 @@ def expected_label(raw: np.ndarray) -> np.ndarray:
     return mapped
 
 
-def test_train_slices_equal_the_lineage_transform(prepared_synapse) -> None:
+def test_train_slices_equal_the_transunet_transform(prepared_synapse) -> None:
     root, arrays = prepared_synapse
     for number in (5, 6):
         image, label = arrays[number]
-        images, labels = lineage_transform(expected_image(image)), lineage_transform(expected_label(label))
+        images, labels = transunet_transform(expected_image(image)), transunet_transform(expected_label(label))
         for z in range(images.shape[0]):
             with np.load(root / "train_npz" / f"case{number:04d}_slice{z:03d}.npz") as data:
                 assert data["image"].dtype == np.float32 and data["label"].dtype == np.uint8
@@ -48,8 +48,8 @@ def test_test_volume_keeps_geometry_and_maps_back(prepared_synapse) -> None:
     root, arrays = prepared_synapse
     image, label = arrays[1]
     with h5py.File(root / "test_vol_h5" / "case0001.npy.h5", "r") as f:
-        np.testing.assert_allclose(f["image"][:], lineage_transform(expected_image(image)), atol=1e-6)
-        assert np.array_equal(f["label"][:], lineage_transform(expected_label(label)))
+        np.testing.assert_allclose(f["image"][:], transunet_transform(expected_image(image)), atol=1e-6)
+        assert np.array_equal(f["label"][:], transunet_transform(expected_label(label)))
         assert tuple(f.attrs["spacing"]) == pytest.approx((2.5, 0.8, 0.8))
         np.testing.assert_allclose(f.attrs["affine"], LPS_AFFINE)
         meta = dict(f.attrs)
@@ -62,7 +62,7 @@ def test_dataset_json_lists_and_split(prepared_synapse) -> None:
     info = json.loads((root / "dataset.json").read_text())
     assert info["num_classes"] == 9 and info["class_names"][3] == "kidney_left"
     assert info["splits"] == {"train": ["case0005", "case0006"], "val": [], "test": ["case0001"]}
-    assert info["orientation"] == lineage_orientation(LPS_AFFINE) == "SLA"
+    assert info["orientation"] == transunet_orientation(LPS_AFFINE) == "SLA"
     assert info["intensity"] == {"kind": "ct_window", "window": [-125.0, 275.0]}
     train_list = (root / "lists" / "train.txt").read_text().split()
     assert len(train_list) == 12 and train_list[0] == "case0005_slice000"
@@ -86,7 +86,7 @@ def test_a_case_stored_in_another_orientation_is_reoriented(tmp_path: Path) -> N
     save_nifti(raw / "label" / "label0007.nii.gz", label[::-1], flipped)
     out = prepare_synapse(raw, tmp_path / "out")
     with np.load(out / "train_npz" / "case0007_slice002.npz") as data:
-        np.testing.assert_allclose(data["image"], lineage_transform(expected_image(image))[2], atol=1e-6)
+        np.testing.assert_allclose(data["image"], transunet_transform(expected_image(image))[2], atol=1e-6)
 
 
 @pytest.mark.parametrize(

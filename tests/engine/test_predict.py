@@ -1,4 +1,4 @@
-"""Prediction of files: geometry kept for any orientation, intensities as in training, safe outputs, CLI behaviour."""
+"""Prediction of files: geometry kept for any orientation, intensities as in training, safe outputs, CLI behavior."""
 
 from __future__ import annotations
 
@@ -16,7 +16,7 @@ from perspective_unet.data.io import read_image, to_canonical
 from perspective_unet.engine.predict import (
     Predictor,
     find_inputs,
-    normalise_intensity,
+    normalize_intensity,
     output_name,
     predict_file,
     predict_path,
@@ -31,24 +31,24 @@ CLASS_HU = np.array([-500, 75, 600], dtype=np.int16)
 
 
 class IntensityOracle(torch.nn.Module):
-    """A 'model' whose class is the nearest of the normalised intensities -1, 0, 1 (so 0, 0.5, 1 before (x-0.5)/0.5).
+    """A 'model' whose class is the nearest of the normalized intensities -1, 0, 1 (so 0, 0.5, 1 before (x-0.5)/0.5).
 
     Its labels are known for every voxel, so a test can check that they land on the right voxels of the input's grid.
     """
 
     def __init__(self) -> None:
         super().__init__()
-        self.centres = torch.nn.Parameter(torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1), requires_grad=False)
+        self.centers = torch.nn.Parameter(torch.tensor([-1.0, 0.0, 1.0]).view(1, 3, 1, 1), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return -50.0 * (x[:, :1] - self.centres) ** 2
+        return -50.0 * (x[:, :1] - self.centers) ** 2
 
 
 def oracle_info(img_size: tuple[int, int], **dataset) -> dict:
     return {"img_size": img_size, "dataset": {"class_names": ["background", "a", "b"], "intensity": CT_SPEC, **dataset}}
 
 
-def labelled_ct(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+def labeled_ct(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random class ids and the int16 CT volume whose voxels the oracle maps back to them."""
     labels = np.random.default_rng(seed).integers(0, 3, shape).astype(np.uint8)
     return CLASS_HU[labels], labels
@@ -94,7 +94,7 @@ def checkpoint(tmp_path_factory):
 )
 def test_labels_are_written_on_the_input_grid_for_any_orientation(tmp_path, affine):
     shape = (5, 24, 20) if affine is PERMUTED_LPS else (20, 24, 5)
-    volume, expected = labelled_ct(shape)
+    volume, expected = labeled_ct(shape)
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, affine)
     out = predict_file(IntensityOracle(), source, tmp_path / "pred", info=oracle_info(canonical_hw(source)))
@@ -109,7 +109,7 @@ def test_labels_are_written_on_the_input_grid_for_any_orientation(tmp_path, affi
 
 
 def test_tiny_checkpoint_keeps_shape_affine_and_class_range(tmp_path, checkpoint):
-    volume, _ = labelled_ct((5, 24, 20))
+    volume, _ = labeled_ct((5, 24, 20))
     source = tmp_path / "case_0000.nii.gz"
     save_nifti(source, volume, PERMUTED_LPS)
     assert main(["predict", "--checkpoint", str(checkpoint), "-i", str(source), "-o", str(tmp_path / "out")]) == 0
@@ -121,7 +121,7 @@ def test_tiny_checkpoint_keeps_shape_affine_and_class_range(tmp_path, checkpoint
 
 
 def test_orientation_recorded_in_the_checkpoint_is_used(tmp_path):
-    volume, expected = labelled_ct((20, 24, 5))
+    volume, expected = labeled_ct((20, 24, 5))
     source = tmp_path / "scan.nii"
     save_nifti(source, volume, PERMUTED_LPS)
     # "stored": slices along the third stored axis, so the model sees (20, 24) slices.
@@ -141,7 +141,7 @@ def test_folder_input_strips_the_channel_suffix_and_keeps_every_case(tmp_path, c
     inputs = tmp_path / "imagesTs"
     inputs.mkdir()
     for i, name in enumerate(("liver_0000.nii.gz", "spleen_0000.nii.gz", "other.nii")):
-        save_nifti(inputs / name, labelled_ct((16, 20, 3 + i), seed=i)[0], np.diag([0.9, 0.9, 2.5, 1.0]))
+        save_nifti(inputs / name, labeled_ct((16, 20, 3 + i), seed=i)[0], np.diag([0.9, 0.9, 2.5, 1.0]))
     (inputs / "notes.txt").write_text("not an image")
     written = predict_path(checkpoint, inputs, tmp_path / "out", progress=False)
     assert [p.name for p in written] == ["liver.nii.gz", "other.nii", "spleen.nii.gz"]
@@ -187,7 +187,7 @@ def _write_dicom_series(folder, volume_zyx: np.ndarray, spacing=(0.8, 0.9, 3.0))
 
 
 def test_dicom_series_folder_gives_one_nifti_on_its_grid(tmp_path):
-    volume_zyx, expected_zyx = labelled_ct((4, 16, 20))
+    volume_zyx, expected_zyx = labeled_ct((4, 16, 20))
     series = tmp_path / "ct_series"
     _write_dicom_series(series, volume_zyx)
     assert find_inputs(series) == ([series], False)
@@ -206,7 +206,7 @@ def test_dicom_series_folder_gives_one_nifti_on_its_grid(tmp_path):
 
 
 def test_probabilities_sum_to_one_and_share_the_geometry(tmp_path, checkpoint):
-    volume, _ = labelled_ct((5, 24, 20))
+    volume, _ = labeled_ct((5, 24, 20))
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, PERMUTED_LPS)
     args = ["predict", "--checkpoint", str(checkpoint), "-i", str(source), "-o", str(tmp_path / "out"),
@@ -223,7 +223,7 @@ def test_probabilities_sum_to_one_and_share_the_geometry(tmp_path, checkpoint):
 
 
 def test_tta_runs_and_keeps_a_flip_equivariant_prediction(tmp_path):
-    volume, expected = labelled_ct((6, 16, 3))
+    volume, expected = labeled_ct((6, 16, 3))
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, np.eye(4))
     out = predict_file(IntensityOracle(), source, tmp_path / "tta.nii.gz", info=oracle_info(canonical_hw(source)),
@@ -240,7 +240,7 @@ def _two_case_folder(tmp_path):
     inputs = tmp_path / "in"
     inputs.mkdir()
     for name in ("a_0000.nii.gz", "b_0000.nii.gz"):
-        save_nifti(inputs / name, labelled_ct((12, 12, 2))[0], np.eye(4))
+        save_nifti(inputs / name, labeled_ct((12, 12, 2))[0], np.eye(4))
     return inputs
 
 
@@ -295,8 +295,8 @@ def test_corrupt_file_in_a_folder_stops_with_its_name_and_no_partial_files(tmp_p
 def test_output_clashes_and_bad_targets_are_refused(tmp_path, checkpoint):
     inputs = tmp_path / "in"
     inputs.mkdir()
-    save_nifti(inputs / "x_0000.nii.gz", labelled_ct((8, 8, 2))[0], np.eye(4))
-    save_nifti(inputs / "x.nii.gz", labelled_ct((8, 8, 2))[0], np.eye(4))
+    save_nifti(inputs / "x_0000.nii.gz", labeled_ct((8, 8, 2))[0], np.eye(4))
+    save_nifti(inputs / "x.nii.gz", labeled_ct((8, 8, 2))[0], np.eye(4))
     with pytest.raises(InputError, match="both be written"):
         predict_path(checkpoint, inputs, tmp_path / "out", progress=False)
     with pytest.raises(InputError, match="give a folder"):
@@ -322,37 +322,37 @@ def test_resolve_intensity_prefers_the_user_then_the_record_then_the_text():
     assert resolve_intensity({"intensity": CT_SPEC}) == CT_SPEC
     assert resolve_intensity({"intensity": CT_SPEC}, window=(-100, 200)) == {"kind": "ct_window",
                                                                             "window": [-100.0, 200.0]}
-    assert resolve_intensity({"intensity": CT_SPEC}, mr_normalise=True)["kind"] == "percentile_minmax"
+    assert resolve_intensity({"intensity": CT_SPEC}, mr_normalize=True)["kind"] == "percentile_minmax"
     text = "CT: HU clipped to [-160, 240] (given), then (x - -160) / 400 -> [0, 1]"
-    assert resolve_intensity({"normalisation": text}) == {"kind": "ct_window", "window": [-160.0, 240.0]}
+    assert resolve_intensity({"normalization": text}) == {"kind": "ct_window", "window": [-160.0, 240.0]}
     assert resolve_intensity({"modality": "MR"})["kind"] == "percentile_minmax"
     assert resolve_intensity({}) is None
     with pytest.raises(ValueError, match="not both"):
-        resolve_intensity({}, window=(0, 1), mr_normalise=True)
+        resolve_intensity({}, window=(0, 1), mr_normalize=True)
     with pytest.raises(ValueError, match="LOW < HIGH"):
         resolve_intensity({}, window=(10, -10))
     with pytest.raises(ValueError, match="--window"):
         resolve_intensity({"intensity": {"kind": "zscore"}})
 
 
-def test_normalise_intensity_kinds_and_the_warned_fallback(caplog):
+def test_normalize_intensity_kinds_and_the_warned_fallback(caplog):
     hu = np.array([-1000.0, -125.0, 75.0, 275.0, 2000.0])
-    np.testing.assert_allclose(normalise_intensity(hu, CT_SPEC), [0, 0, 0.5, 1, 1])
-    mr = normalise_intensity(np.arange(1000.0), {"kind": "percentile_minmax", "percentiles": [0.5, 99.5]})
+    np.testing.assert_allclose(normalize_intensity(hu, CT_SPEC), [0, 0, 0.5, 1, 1])
+    mr = normalize_intensity(np.arange(1000.0), {"kind": "percentile_minmax", "percentiles": [0.5, 99.5]})
     assert mr.min() == 0.0 and mr.max() == 1.0 and mr.dtype == np.float32
-    np.testing.assert_allclose(normalise_intensity(np.array([0, 255], dtype=np.uint8), {"kind": "picture"}), [0, 1])
+    np.testing.assert_allclose(normalize_intensity(np.array([0, 255], dtype=np.uint8), {"kind": "picture"}), [0, 1])
     unit = np.array([0.0, 0.25, 1.0], dtype=np.float32)
-    np.testing.assert_array_equal(normalise_intensity(unit, None), unit)
+    np.testing.assert_array_equal(normalize_intensity(unit, None), unit)
     with caplog.at_level(logging.WARNING):
-        np.testing.assert_allclose(normalise_intensity(hu.astype(np.int16), None, source="x.nii"), [0, 0, 0.5, 1, 1])
+        np.testing.assert_allclose(normalize_intensity(hu.astype(np.int16), None, source="x.nii"), [0, 0, 0.5, 1, 1])
     assert "Synapse window" in caplog.text and "--window" in caplog.text and "x.nii" in caplog.text
     with pytest.raises(InputError, match="NaN"):
-        normalise_intensity(np.array([np.nan, 1.0]), CT_SPEC, source="y.nii")
+        normalize_intensity(np.array([np.nan, 1.0]), CT_SPEC, source="y.nii")
 
 
 def test_checkpoint_without_intensity_record_warns_and_window_option_overrides(tmp_path, caplog):
     model = IntensityOracle()
-    volume, expected = labelled_ct((6, 16, 3))
+    volume, expected = labeled_ct((6, 16, 3))
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, np.eye(4))
     info = {"img_size": canonical_hw(source), "dataset": {}}

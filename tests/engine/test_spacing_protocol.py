@@ -44,9 +44,9 @@ class OpeningModel(torch.nn.Module):
 
 
 def disc_scan(path: Path, spacing: float, size: int, depth: int = 2) -> Path:
-    """A CT-like volume (x, y, z) with one 50 mm disc of 200 HU centred at (56, 56) mm, on air, at ``spacing``."""
-    centres = np.arange(size) * spacing
-    xx, yy = np.meshgrid(centres, centres, indexing="ij")
+    """A CT-like volume (x, y, z) with one 50 mm disc of 200 HU centered at (56, 56) mm, on air, at ``spacing``."""
+    centers = np.arange(size) * spacing
+    xx, yy = np.meshgrid(centers, centers, indexing="ij")
     disc = (xx - 56.0) ** 2 + (yy - 56.0) ** 2 <= 25.0**2
     image = np.where(disc, 200.0, -1000.0).astype(np.float32)[..., None].repeat(depth, axis=2)
     nib.save(nib.Nifti1Image(image, np.diag([spacing, spacing, 3.0, 1.0])), str(path))
@@ -61,7 +61,7 @@ def plan_info(protocol: str, patch: tuple[int, int] = (64, 64)) -> dict:
 
 def foreground_dice(fine: np.ndarray, coarse: np.ndarray, factor: int) -> float:
     """Dice of class 1 between a label map and a coarser one brought onto its grid (same origin, ``factor`` times
-    the pixel size) by nearest neighbour."""
+    the pixel size) by nearest neighbor."""
     index = np.minimum(np.round(np.arange(fine.shape[0]) / factor), coarse.shape[0] - 1).astype(int)
     resampled = coarse[index][:, index]
     a, b = fine[..., 0] == 1, resampled[..., 0] == 1
@@ -155,14 +155,14 @@ def test_context_slices_reach_the_model_in_order():
 
 def test_a_model_reading_more_slices_than_the_input_has_is_refused(tmp_path):
     plan = Plan("spacing", (16, 16), IntensitySpec("unit"), spacing=(1.0, 1.0), context_slices=2)
-    with pytest.raises(InputError, match="reads 5 neighbouring slices.*has 3"):
+    with pytest.raises(InputError, match="reads 5 neighboring slices.*has 3"):
         predict_with_plan(ChannelProbe(), np.zeros((3, 16, 16), np.float32), plan, spacing=(1.0, 1.0))
     picture = tmp_path / "photo.png"
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(picture)
     info = {"plan": plan, "dataset": {"class_names": ["background", "a"]}}
-    with pytest.raises(InputError, match="photo.png.*reads 5 neighbouring slices"):
+    with pytest.raises(InputError, match="photo.png.*reads 5 neighboring slices"):
         predict_path(ChannelProbe(), picture, tmp_path / "out", info=info, progress=False)
     assert not (tmp_path / "out").exists()
 

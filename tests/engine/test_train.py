@@ -104,7 +104,7 @@ def test_shipped_recipes_hold_the_papers_settings(name):
     assert config.epochs == {"synapse": 600, "acdc": 1000}[name]
 
 
-def test_foreground_weights_favour_slices_with_labels():
+def test_foreground_weights_favor_slices_with_labels():
     import numpy as np
 
     from perspective_unet.engine.training import _foreground_weights

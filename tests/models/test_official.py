@@ -157,7 +157,7 @@ def test_converted_checkpoint_rebuilds_from_the_file_alone(released_state, relea
 @pytest.mark.slow
 def test_released_weights_with_token_attention_take_the_onednn_route_at_the_same_logits(released_state, monkeypatch):
     """The released weights give logits of order one, so this checks the inference route of the paper's token
-    attention (``models.ops.onednn_attention``) where a random-initialised model's tiny logits could
+    attention (``models.ops.onednn_attention``) where a random-initialized model's tiny logits could
     hide a difference."""
     import importlib
 

@@ -23,7 +23,7 @@ pytestmark = pytest.mark.skipif(not HAS_ONEDNN_MATMUL, reason="PyTorch built wit
 )
 def test_equals_sdpa_for_odd_shapes(lead, n, m, d, e):
     g = torch.Generator().manual_seed(0)
-    # Scaled inputs give peaked softmax rows, where a wrong maximum or normalisation would show.
+    # Scaled inputs give peaked softmax rows, where a wrong maximum or normalization would show.
     q = 3 * torch.randn(*lead, n, d, generator=g)
     k = 3 * torch.randn(*lead, m, d, generator=g)
     v = torch.randn(*lead, m, e, generator=g)

@@ -27,7 +27,7 @@ LONG, SHORT = 1024, 1000  # 1024 x 1024 scores per sample and head is MIN_CHUNKE
 
 def _qkv(lead: tuple[int, ...], n: int, m: int, d: int = 16, e: int = 16, seed: int = 0, **kwargs) -> list:
     g = torch.Generator().manual_seed(seed)
-    # Scaled q and k give peaked softmax rows, where a wrong maximum or normalisation would show.
+    # Scaled q and k give peaked softmax rows, where a wrong maximum or normalization would show.
     return [
         3 * torch.randn(*lead, n, d, generator=g, **kwargs),
         3 * torch.randn(*lead, m, d, generator=g, **kwargs),

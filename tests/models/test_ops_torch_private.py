@@ -47,7 +47,7 @@ def test_a_changed_signature_names_the_operator_and_the_switch(monkeypatch):
     "module",
     [nn.BatchNorm1d(3), nn.BatchNorm2d(3), nn.BatchNorm3d(3), nn.SyncBatchNorm(3), nn.LazyBatchNorm2d()],
 )
-def test_every_batchnorm_is_recognised(module):
+def test_every_batchnorm_is_recognized(module):
     assert _torch_private.is_batchnorm(module)
 
 

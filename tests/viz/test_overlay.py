@@ -19,7 +19,7 @@ from perspective_unet.viz.figure import GAP_PX, HEADER_PX, LEFT_PX
 from tests.viz.conftest import PANEL, has_exact_color, pixels_of
 
 
-def test_overlay_grid_has_the_documented_size_class_colours_and_legend(tmp_path, tiny_dataset):
+def test_overlay_grid_has_the_documented_size_class_colors_and_legend(tmp_path, tiny_dataset):
     image, label, _ = slices.load_h5(tiny_dataset / "test_vol_h5" / "case0004.npy.h5")
     prediction = np.where(label == 2, 2, 0).astype(np.uint8)
     out = save_overlay_grid(image, tmp_path / "grid.png", label=label, prediction=prediction, slices=[1, 3],

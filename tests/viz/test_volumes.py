@@ -13,7 +13,7 @@ from perspective_unet.viz import choose_slices, read_canonical, volumes
 
 def test_choose_slices_prefers_foreground_and_spreads():
     labels = np.zeros((30, 8, 8), dtype=np.uint8)
-    labels[10:13, :6] = 1  # the largest organ, on three neighbouring slices
+    labels[10:13, :6] = 1  # the largest organ, on three neighboring slices
     labels[25, :2] = 2
     chosen = choose_slices(labels, 2)
     assert len(chosen) == 2 and chosen[0] in (10, 11, 12)

@@ -29,7 +29,7 @@ def output_fidelity(
 ) -> dict[str, Any]:
     """Eval-mode logits of a path against the plain float32 path with the same weights, both without autograd.
 
-    A randomly initialised network's logits can be small (a decoder can shrink the signal), which can hide a
+    A randomly initialized network's logits can be small (a decoder can shrink the signal), which can hide a
     difference inside the encoder, so each part's output is compared too.
 
     Args:

@@ -43,7 +43,7 @@ class BenchmarkResult:
     """One path measured in one mode.
 
     Attributes:
-        mode: ``"inference"``, ``"train"`` (one optimiser step) or ``"volume"`` (whole-volume evaluation).
+        mode: ``"inference"``, ``"train"`` (one optimizer step) or ``"volume"`` (whole-volume evaluation).
         path: The :class:`~.settings.PathSettings` name.
         settings: The path's settings as ``dataclasses.asdict`` gives them.
         items: Slices per timed call (the batch, or the volume's depth).
@@ -247,7 +247,7 @@ def measure_train_step(
     warmup: int = 1,
     model_overrides: dict[str, Any] | None = None,
 ) -> BenchmarkResult:
-    """Latency of one training step: forward, cross-entropy, backward, SGD with momentum (the paper's optimiser).
+    """Latency of one training step: forward, cross-entropy, backward, SGD with momentum (the paper's optimizer).
 
     Peak memory covers the ``warmup`` and timed steps (the first step allocates the momentum buffers); FLOPs are
     counted afterwards on one more step. ``extra["losses"]`` holds every step's loss.
@@ -315,7 +315,7 @@ def measure_volume(
         batch_size: Slices per forward pass.
         settings: The path; ``None`` is the baseline.
         volume_shape: (depth, height, width) of the synthetic volume (:func:`synthetic_ct_volume`).
-        resampler: ``"scipy"`` or ``"torch"``; ``None``: scipy on the baseline path (the lineage's loop, with
+        resampler: ``"scipy"`` or ``"torch"``; ``None``: scipy on the baseline path (TransUNet's loop, with
             ``batch_size=1``), torch on any other.
         model_overrides: ``ModelConfig`` fields to override.
         labels_out: Save the predicted labels here (``.npy``), for comparing paths.

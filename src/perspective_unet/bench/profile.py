@@ -68,7 +68,7 @@ def _profiled_call(model: nn.Module, x: torch.Tensor, train: bool) -> Callable[[
     return step
 
 
-def _summarise(
+def _summarize(
     averages: Sequence[Any], part_names: Sequence[str], *, total_ms: float, train: bool, on_device: bool, top: int
 ) -> dict[str, Any]:
     def inclusive_ms(event: Any) -> float:
@@ -136,7 +136,7 @@ def profile_parts(
             synchronize(device)
             # Before the profiler stops: its teardown is not part of the call.
             total_ms = (time.perf_counter() - start) * 1e3
-    return _summarise(
+    return _summarize(
         prof.key_averages(),
         list(parts),
         total_ms=total_ms,

@@ -111,7 +111,7 @@ def optimized_settings(
     """Every same-output change: folded BatchNorm, channels-last, fast dropout, the oneDNN route, and as asked
     checkpointing and an allocator profile.
 
-    The defaults favour speed in eager mode. For a training step both faster and leaner on a CPU, compile with an
+    The defaults favor speed in eager mode. For a training step both faster and leaner on a CPU, compile with an
     ``activation_memory_budget`` (:func:`train_settings`); without compile, checkpoint ``("cnn", "enltb")`` and use
     the ``"release"`` allocator for memory.
 

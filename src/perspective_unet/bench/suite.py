@@ -54,8 +54,8 @@ class _Runner:
 
 
 def _mode_kwargs(mode: str, settings: PathSettings, config: dict[str, Any]) -> dict[str, Any]:
-    # A training step always warms up once (its first step allocates the optimiser's buffers); a volume is predicted
-    # once, the baseline one slice at a time as the lineage did.
+    # A training step always warms up once (its first step allocates the optimizer's buffers); a volume is predicted
+    # once, the baseline one slice at a time as TransUNet did.
     runs, warmup = config["runs"], config["warmup"]
     if mode == "inference":
         return {"batch_size": config["batch_size"], "runs": runs, "warmup": warmup}

@@ -1,4 +1,4 @@
-"""Timing a call: untimed warm-up calls, then timed ones, summarised as median, min and max."""
+"""Timing a call: untimed warm-up calls, then timed ones, summarized as median, min and max."""
 
 from __future__ import annotations
 
@@ -31,7 +31,7 @@ class Timing:
 
     @classmethod
     def from_runs(cls, runs: Sequence[float]) -> Timing:
-        """Summarise timed runs (seconds each).
+        """Summarize timed runs (seconds each).
 
         Raises:
             ValueError: Without any run.
@@ -53,7 +53,7 @@ def time_function(
 
     Args:
         fn: The call to time; its result is discarded.
-        device: Where ``fn`` queues its work: on CUDA each timed call ends with a synchronisation, so the time
+        device: Where ``fn`` queues its work: on CUDA each timed call ends with a synchronization, so the time
             covers the work, not only its launch.
         clock: Seconds as a float; a monotonic high-resolution clock unless a test substitutes one.
 

@@ -25,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default: 1234)")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="patch (spacing) or slice (paper) size; default: the plan's")
-    parser.add_argument("--context-slices", type=int, default=None, help="2.5D: neighbouring slices on each side")
+    parser.add_argument("--context-slices", type=int, default=None, help="2.5D: neighboring slices on each side")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--time-limit-minutes", type=float, default=None,

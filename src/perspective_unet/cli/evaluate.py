@@ -19,14 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "summary.json and summary.md.",
     )
     parser.add_argument("--checkpoint", required=True, help="a .pt written by train or convert-official")
-    parser.add_argument("--data", required=True, help="prepared dataset folder (or the lineage's Synapse/ACDC files)")
+    parser.add_argument("--data", required=True, help="prepared dataset folder (or TransUNet-style Synapse/ACDC files)")
     parser.add_argument("-o", "--output", required=True, help="folder for the reports")
     parser.add_argument("--split", default="test", help="which volumes (default: test)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tta", action="store_true", help="average over flips")
     parser.add_argument("--resampler", choices=("torch", "scipy"), default="torch",
-                        help="torch: batched on the device; scipy: the lineage's exact slice loop")
+                        help="torch: batched on the device; scipy: TransUNet's exact slice loop")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
                         help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's")
     parser.add_argument("--protocol", choices=PROTOCOLS, action="append", help="default: both")

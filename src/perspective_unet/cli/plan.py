@@ -45,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
     info = read_dataset_info(args.data)
     fingerprint = dataset_fingerprint(args.data)
     if fingerprint is None:
-        raise InputError(f"{args.data} has no fingerprint.json (files of the TransUNet lineage, or prepared by an "
+        raise InputError(f"{args.data} has no fingerprint.json (TransUNet-style files, or prepared by an "
                          "older version): prepare the raw data with `perspective-unet prepare` to plan it.")
     current = None if args.reset else dataset_plan(args.data, info)
     changes = {name: getattr(args, name) for name in ("protocol", "patch_size", "spacing", "batch_size",
@@ -109,7 +109,7 @@ def _describe_plan(plan: Plan) -> str:
         lines.append(f"spacing         {row:.4g} x {column:.4g} mm (row x column)")
         lines.append(f"patch size      {plan.patch_size[0]} x {plan.patch_size[1]} (training patch, inference "
                      f"window, overlap {plan.overlap:g})")
-        lines.append(f"foreground      {plan.foreground_fraction:.3g} of the patches centred on a labelled pixel")
+        lines.append(f"foreground      {plan.foreground_fraction:.3g} of the patches centered on a labeled pixel")
     else:
         lines.append(f"slice size      {plan.patch_size[0]} x {plan.patch_size[1]} (every slice zoomed to it)")
     lines.append(f"batch size      {plan.batch_size}")

@@ -10,7 +10,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "predict",
         help="segment NIfTI files, DICOM series or PNG/JPG pictures with a checkpoint",
         description="Segment each input with a checkpoint: the volume is reoriented to the training orientation, "
-        "normalised as the training data were, predicted slice by slice as the checkpoint's plan says (paper "
+        "normalized as the training data were, predicted slice by slice as the checkpoint's plan says (paper "
         "protocol: each slice zoomed to the training size; spacing protocol: resampled to the plan's pixel spacing, "
         "a Gaussian-weighted sliding window, probabilities resampled back) and written back as a uint8 label map with "
         "the input's shape, affine and header. Output names keep the input's name without nnU-Net's '_0000' "
@@ -30,9 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     intensity = parser.add_mutually_exclusive_group()
     intensity.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                           help="CT window in HU, for checkpoints that do not record their normalisation")
-    intensity.add_argument("--mr-normalise", action="store_true",
-                           help="per-volume 0.5/99.5 percentile normalisation (MR), overriding the checkpoint's")
+                           help="CT window in HU, for checkpoints that do not record their normalization")
+    intensity.add_argument("--mr-normalize", "--mr-normalise", dest="mr_normalize", action="store_true",
+                           help="per-volume 0.5/99.5 percentile normalization (MR), overriding the checkpoint's")
     parser.add_argument("--orientation", help="canonical orientation code (e.g. SPL, or 'stored'); default: the "
                         "training data's")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
@@ -40,7 +40,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--series", metavar="UID",
                         help="the DICOM series (SeriesInstanceUID) to read from a folder that holds several")
     parser.add_argument("--resampler", choices=("torch", "scipy"), default="torch",
-                        help="paper protocol: torch (batched on the device) or scipy (the lineage's exact slice loop)")
+                        help="paper protocol: torch (batched on the device) or scipy (TransUNet's exact slice loop)")
     parser.set_defaults(func=run)
 
 
@@ -50,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
     written = predict_path(
         args.checkpoint, args.input, args.output, tta=args.tta, save_probabilities=args.save_probabilities,
         overwrite=args.overwrite, batch_size=args.batch_size, device=args.device, window=args.window,
-        mr_normalise=args.mr_normalise, orientation=args.orientation, img_size=args.img_size,
+        mr_normalize=args.mr_normalize, orientation=args.orientation, img_size=args.img_size,
         resampler=args.resampler, series=args.series,
     )
     target = written[0] if len(written) == 1 else args.output

@@ -25,14 +25,14 @@ def register(subparsers: Any) -> None:
     kinds.required = True
 
     synapse = kinds.add_parser("synapse", help="BTCV abdomen CT (img/img00XX.nii.gz, label/label00XX.nii.gz)",
-                               description="Synapse with the TransUNet lineage's 18/12 split, 8 organs and the "
+                               description="Synapse with TransUNet's 18/12 split, 8 organs and the "
                                "HU window [-125, 275].")
     _add_io(synapse, "folder holding img/ and label/")
     synapse.set_defaults(func=_run_synapse)
 
     acdc = kinds.add_parser("acdc", help="ACDC cine MRI (patientXXX folders with Info.cfg)",
-                            description="ACDC with the MT-UNet lineage's 70/10/20 patient split; per-volume "
-                            "percentile normalisation.")
+                            description="ACDC with MT-UNet's 70/10/20 patient split; per-volume "
+                            "percentile normalization.")
     _add_io(acdc, "folder holding the patientXXX folders")
     acdc.set_defaults(func=_run_acdc)
 
@@ -43,7 +43,7 @@ def register(subparsers: Any) -> None:
     nnunet.add_argument("--ct-window", nargs=2, type=float, metavar=("LOW", "HIGH"),
                         help="HU window for CT (default: 0.5/99.5 percentiles of the training foreground)")
     nnunet.add_argument("--percentiles", nargs=2, type=float, default=(0.5, 99.5), metavar=("LOW", "HIGH"),
-                        help="percentiles of the CT rule and of per-volume MR normalisation (default: 0.5 99.5)")
+                        help="percentiles of the CT rule and of per-volume MR normalization (default: 0.5 99.5)")
     nnunet.add_argument("--val-fraction", type=float, default=0.1, help="share of cases for validation (0.1)")
     nnunet.add_argument("--test-fraction", type=float, default=0.2,
                         help="share of cases for testing (0.2; ignored when imagesTs has labels)")

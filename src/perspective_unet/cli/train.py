@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train",
         help="train a model on a prepared dataset",
         description="Train Perspective+ Unet with the paper's recipe (configs/*.yaml); any field can be overridden. "
-        "Writes last.pt and best.pt (weights, optimiser, RNG states, config), train_log.csv and TensorBoard events "
+        "Writes last.pt and best.pt (weights, optimizer, RNG states, config), train_log.csv and TensorBoard events "
         "into the output folder. Under torchrun it trains with DistributedDataParallel.",
     )
     parser.add_argument("--config", help="YAML recipe (e.g. configs/synapse.yaml); default: the paper's Synapse recipe")
@@ -46,7 +46,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--grad-accum-steps", type=int)
     parser.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
-    parser.add_argument("--max-iterations", type=int, help="stop after this many optimiser steps")
+    parser.add_argument("--max-iterations", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--time-limit-minutes", type=float, help="stop after the epoch that passes this budget")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")

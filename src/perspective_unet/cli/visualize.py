@@ -11,7 +11,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "visualize",
         help="draw overlay figures of labels/predictions, or heat maps of BPRB/ENLTB/SCSI features",
         description="Draw figures like the paper's: 'overlay' (rows = slices; columns = image, label overlay, "
-        "prediction overlay; fixed organ colours and a legend) and 'features' (heat maps of the bi-path CNN stages, "
+        "prediction overlay; fixed organ colors and a legend) and 'features' (heat maps of the bi-path CNN stages, "
         "the ENLTB stages or the SCSI outputs over a slice).",
     )
     commands = parser.add_subparsers(dest="figure", metavar="FIGURE")
@@ -63,8 +63,9 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace an existing figure")
     intensity = parser.add_mutually_exclusive_group()
     intensity.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                           help="CT window in HU (default: the checkpoint's normalisation)")
-    intensity.add_argument("--mr-normalise", action="store_true", help="per-volume percentile normalisation (MR)")
+                           help="CT window in HU (default: the checkpoint's normalization)")
+    intensity.add_argument("--mr-normalize", "--mr-normalise", dest="mr_normalize", action="store_true",
+                           help="per-volume percentile normalization (MR)")
     parser.add_argument("--orientation", help="canonical orientation code of image files (default: the "
                         "checkpoint's, else SPL)")
     parser.add_argument("--panel-size", type=int, default=256, help="panel height in pixels (default 256)")
@@ -87,7 +88,7 @@ def run_overlay(args: argparse.Namespace) -> int:
     path = overlay_from_files(
         args.image, args.output, label=args.label, prediction=args.prediction, checkpoint=args.checkpoint,
         slices=args.slices, num_slices=args.num_slices, class_names=args.class_names, window=args.window,
-        mr_normalize=args.mr_normalise, orientation=args.orientation, device=args.device, tta=args.tta,
+        mr_normalize=args.mr_normalize, orientation=args.orientation, device=args.device, tta=args.tta,
         panel_size=args.panel_size,
     )
     print(f"wrote {path}")
@@ -100,7 +101,7 @@ def run_features(args: argparse.Namespace) -> int:
     _check_output(args)
     path = feature_figure_from_files(
         args.checkpoint, args.image, args.output, layer=args.layer, slice_index=args.slice_index,
-        reduction=args.reduction, window=args.window, mr_normalize=args.mr_normalise, orientation=args.orientation,
+        reduction=args.reduction, window=args.window, mr_normalize=args.mr_normalize, orientation=args.orientation,
         device=args.device, cmap=args.cmap, panel_size=args.panel_size,
     )
     print(f"wrote {path}")

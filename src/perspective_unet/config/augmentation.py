@@ -42,7 +42,7 @@ class AugmentationConfig:
         blur_sigma: Standard deviation of the Gaussian blur, in pixels.
         contrast_prob: Probability that a drawn contrast change fires.
         contrast_range: Range of the factor a in pivot + a * (x - pivot).
-        contrast_pivot: The value the contrast change keeps fixed: 0.5 (mid-grey, this project's reading of the
+        contrast_pivot: The value the contrast change keeps fixed: 0.5 (mid-gray, this project's reading of the
             paper) or 0 (the released code: its linear contrast on float images is a pure gain x -> a * x).
         scale_prob: Probability that a drawn scaling fires.
         scale_range: Range of the zoom factor, drawn for each axis (2 = twice as large).
@@ -87,12 +87,12 @@ class AugmentationConfig:
     before_resize: bool = False
 
     def __post_init__(self) -> None:
-        _check_fields(self, _PAPER_AUGMENTATION_CHECKS, normalise=True)
+        _check_fields(self, _PAPER_AUGMENTATION_CHECKS, normalize=True)
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        _check_fields(self, _PAPER_AUGMENTATION_CHECKS, normalise=False)
+        _check_fields(self, _PAPER_AUGMENTATION_CHECKS, normalize=False)
         if self.min_ops > self.max_ops:
             raise ValueError(f"min_ops must be <= max_ops, got min_ops {self.min_ops} and max_ops {self.max_ops}.")
 
@@ -197,12 +197,12 @@ class SpacingAugmentationConfig:
 
 
     def __post_init__(self) -> None:
-        _check_fields(self, _SPACING_AUGMENTATION_CHECKS, normalise=True)
+        _check_fields(self, _SPACING_AUGMENTATION_CHECKS, normalize=True)
         self.validate()
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field."""
-        _check_fields(self, _SPACING_AUGMENTATION_CHECKS, normalise=False)
+        _check_fields(self, _SPACING_AUGMENTATION_CHECKS, normalize=False)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain-typed fields (lists for pairs), for YAML and checkpoints."""

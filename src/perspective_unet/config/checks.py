@@ -308,11 +308,11 @@ _PROBABILITY = _number(low=0, high=1)
 _RATE = _number(low=0, high=1, high_open=True)
 
 
-def _check_fields(config: Any, checks: Mapping[str, Check], *, normalise: bool) -> None:
-    """Run every field's check, in field order; ``normalise`` stores what the checks return (tuples for lists)."""
+def _check_fields(config: Any, checks: Mapping[str, Check], *, normalize: bool) -> None:
+    """Run every field's check, in field order; ``normalize`` stores what the checks return (tuples for lists)."""
     for item in dataclasses.fields(config):
         value = checks[item.name](item.name, getattr(config, item.name))
-        if normalise:
+        if normalize:
             setattr(config, item.name, value)
 
 

@@ -99,7 +99,7 @@ class ModelConfig:
     gradient_checkpointing: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _check_fields(self, _MODEL_CHECKS, normalise=True)
+        _check_fields(self, _MODEL_CHECKS, normalize=True)
         self.validate()
 
     @property
@@ -109,7 +109,7 @@ class ModelConfig:
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first bad field: each field's type and range, then their agreement."""
-        _check_fields(self, _MODEL_CHECKS, normalise=False)
+        _check_fields(self, _MODEL_CHECKS, normalize=False)
         for w in self.widths[-3:]:
             if w % self.enlsa_heads:
                 raise ValueError(

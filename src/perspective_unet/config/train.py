@@ -30,7 +30,7 @@ from perspective_unet.config.model import _MODEL_CHECKS, ModelConfig
 
 @dataclass
 class TrainConfig:
-    """A training run: data, model, the paper's optimisation recipe and the run's mechanics.
+    """A training run: data, model, the paper's optimization recipe and the run's mechanics.
 
     The defaults are the paper's recipe for Synapse (SGD 0.05 / momentum 0.9 / weight decay 1e-4, poly 0.9 per
     iteration, 600 epochs, 0.4 CE + 0.6 Dice, seed 1234); protocol, slice or patch size, batch size and context
@@ -38,7 +38,7 @@ class TrainConfig:
     unless set here. ``configs/*.yaml`` hold the recipe per dataset; the command line overrides single fields.
 
     Attributes:
-        data: Prepared dataset folder (``perspective-unet prepare``), or a folder in the lineage's Synapse/ACDC format.
+        data: Prepared dataset folder (``perspective-unet prepare``), or TransUNet-style Synapse/ACDC files.
         output: Run folder for checkpoints, logs and TensorBoard events.
         model: Registered model variant.
         model_options: ``ModelConfig`` overrides (e.g. ``{"use_scsi": False}``).
@@ -46,9 +46,9 @@ class TrainConfig:
             spacing, random patches of ``img_size``); None takes the dataset plan's (``plan.json``).
         img_size: (height, width) slices are zoomed to (paper protocol) or of the training patches and inference
             window (spacing protocol); None takes the plan's.
-        context_slices: Neighbouring slices on each side fed as extra input channels (2.5D); None takes the plan's.
+        context_slices: Neighboring slices on each side fed as extra input channels (2.5D); None takes the plan's.
         epochs: Passes over the training slices (one patch per slice and pass in the spacing protocol).
-        batch_size: Slices or patches per optimiser step (per process under DDP), before gradient accumulation;
+        batch_size: Slices or patches per optimizer step (per process under DDP), before gradient accumulation;
             None takes the plan's.
         base_lr: Initial learning rate; decays as base_lr * (1 - iter / max_iter) ** lr_power every iteration.
         momentum: SGD momentum.
@@ -65,7 +65,7 @@ class TrainConfig:
         num_workers: DataLoader worker processes.
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
         amp: Mixed precision (bfloat16 where supported, else float16 with loss scaling) on CUDA; ignored on CPU.
-        grad_accum_steps: Batches whose gradients add up before each optimiser step.
+        grad_accum_steps: Batches whose gradients add up before each optimizer step.
         compile: Wrap the model in ``torch.compile``.
         activation_memory_budget: With ``compile``, the share (0, 1] of the activations kept for backward; the
             compiler recomputes the cheapest rest. 0.4 with the paper model at batch 2 on a CPU: 0.55x the plain
@@ -80,7 +80,7 @@ class TrainConfig:
             protocol, ``SpacingAugmentationConfig`` for the spacing protocol): probabilities and ranges.
         drop_last_batch: Skip the last, incomplete batch of each epoch; the released code keeps it (185 iterations
             per epoch on Synapse at batch 12 instead of 184).
-        max_iterations: Stop after this many optimiser steps (the schedule still spans all epochs); None: no cap.
+        max_iterations: Stop after this many optimizer steps (the schedule still spans all epochs); None: no cap.
         time_limit_minutes: Stop at the end of the epoch that passes this wall-clock budget; None: no limit.
         log_every: Iterations between TensorBoard scalar writes.
     """
@@ -120,7 +120,7 @@ class TrainConfig:
     log_every: int = 10
 
     def __post_init__(self) -> None:
-        _check_fields(self, _TRAIN_CHECKS, normalise=True)
+        _check_fields(self, _TRAIN_CHECKS, normalize=True)
         self.validate()
 
     def validate(self) -> None:
@@ -134,7 +134,7 @@ class TrainConfig:
         plan decides), with values of the field's type and range; with ``augment`` off they are unused, so keys of
         either protocol pass (still type-checked).
         """
-        _check_fields(self, _TRAIN_CHECKS, normalise=False)
+        _check_fields(self, _TRAIN_CHECKS, normalize=False)
         if self.ce_weight + self.dice_weight == 0:
             raise ValueError("ce_weight and dice_weight must not both be 0.")
         if self.activation_memory_budget is not None and not self.compile:

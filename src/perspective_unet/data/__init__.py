@@ -1,4 +1,4 @@
-"""Data: converters from raw datasets to one prepared layout, readers of the lineage's files, datasets, augmentation.
+"""Data: converters from raw datasets to one prepared layout, readers of TransUNet-style files, datasets, augmentation.
 
 Nothing here imports the models or the engine.
 

@@ -1,11 +1,11 @@
 """ACDC (cardiac cine MRI) from the raw patient folders to the prepared layout.
 
 Raw input: ``RAW/**/patientXXX/patientXXX_frameYY.nii.gz`` with ``..._frameYY_gt.nii.gz`` and ``Info.cfg`` naming
-the ED and ES frames. Output, with the 70 / 10 / 20 patient split of the MT-UNet lineage: training slices of both
+the ED and ES frames. Output, with MT-UNet's 70 / 10 / 20 patient split: training slices of both
 frames, validation and test volumes (one case per patient and frame, ``case_XXX_ED`` / ``case_XXX_ES``).
 
-Intensity normalisation (the lineage's circulating npz files do not say how theirs was made): per volume, clip to the
-volume's own 0.5th and 99.5th percentiles and min-max scale to [0, 1]. The percentile clip keeps the few very bright
+Intensity normalization (the circulating MT-UNet-style npz files do not say how theirs was made): per volume, clip to
+the volume's own 0.5th and 99.5th percentiles and min-max scale to [0, 1]. The percentile clip keeps the few very bright
 voxels of cine MRI from compressing the myocardium / blood-pool contrast.
 
 Slices are cut along the acquisition's own slice axis (orientation ``"stored"``): short-axis stacks are oblique, so
@@ -22,7 +22,7 @@ from pathlib import Path
 from perspective_unet.data.common import progress, read_pair, volume_attrs
 from perspective_unet.data.io import STORED_ORIENTATION
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalise import MR_PERCENTILES, describe_mr, mr_intensity, mr_normalise
+from perspective_unet.data.normalize import MR_PERCENTILES, describe_mr, mr_intensity, mr_normalize
 from perspective_unet.errors import InputError
 
 __all__ = ["ACDC_CLASS_NAMES", "ACDC_TEST_PATIENTS", "ACDC_VAL_PATIENTS", "acdc_split", "prepare_acdc"]
@@ -36,7 +36,7 @@ _PATIENT_PATTERN = re.compile(r"patient(\d{3})$")
 
 
 def acdc_split(patient: int) -> str | None:
-    """The split of a patient number (1..100), or None for patients outside the lineage's 100."""
+    """The split of a patient number (1..100), or None for patients outside the challenge's 100."""
     if patient in ACDC_VAL_PATIENTS:
         return "val"
     if patient in ACDC_TEST_PATIENTS:
@@ -71,7 +71,7 @@ def _frame_file(folder: Path, stem: str) -> Path:
 
 
 def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False) -> Path:
-    """Convert raw ACDC patient folders into the prepared layout with the lineage's 70 / 10 / 20 split.
+    """Convert raw ACDC patient folders into the prepared layout with MT-UNet's 70 / 10 / 20 split.
 
     Patients of the split that are missing are skipped with a warning; patients above 100 are ignored.
 
@@ -96,7 +96,7 @@ def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overw
     splits = {p: acdc_split(p) for p in patients}
     ignored = sorted(p for p, s in splits.items() if s is None)
     if ignored:
-        logger.info("ACDC: patients outside the lineage's 100 are ignored: %s", ignored)
+        logger.info("ACDC: patients outside the challenge's 100 are ignored: %s", ignored)
     missing = sorted(set(range(1, 101)) - set(patients))
     if missing:
         logger.warning("ACDC: %d patients of the 100 are missing and skipped: %s", len(missing), missing)
@@ -114,7 +114,7 @@ def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overw
                 label_path = _frame_file(folder, f"{stem}_gt")
                 pair = read_pair(image_path, label_path, range(len(ACDC_CLASS_NAMES)), STORED_ORIENTATION)
                 assert pair.label is not None
-                image = mr_normalise(pair.image, MR_PERCENTILES)
+                image = mr_normalize(pair.image, MR_PERCENTILES)
                 case = f"case_{patient:03d}_{phase}"
                 if used[patient] == "train":
                     writer.add_train_volume(case, image, pair.label, spacing=pair.spacing,
@@ -126,10 +126,10 @@ def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overw
             "name": "ACDC",
             "class_names": list(ACDC_CLASS_NAMES),
             "modality": "MR",
-            "normalisation": describe_mr(MR_PERCENTILES),
+            "normalization": describe_mr(MR_PERCENTILES),
             "intensity": mr_intensity(MR_PERCENTILES),
             "orientation": STORED_ORIENTATION,
             "source": "Automated Cardiac Diagnosis Challenge (ACDC), MICCAI 2017, cine MRI, ED and ES frames",
-            "licence": "ACDC data terms (registration at the challenge site); not redistributable with this package",
-            "notes": "70 / 10 / 20 patient split of the MT-UNet lineage; cases are case_XXX_ED and case_XXX_ES.",
+            "license": "ACDC data terms (registration at the challenge site); not redistributable with this package",
+            "notes": "MT-UNet's 70 / 10 / 20 patient split; cases are case_XXX_ED and case_XXX_ES.",
         }, protocol="paper")

@@ -12,7 +12,7 @@ operations touch the image only. Padding is 0 (air after the CT window).
 
 One deliberate difference from the released code: its noise was ``scale=0.005*255`` written for 8-bit images but
 applied to images in [0, 1], a standard deviation of 1.275 that drowns the image; the default here is 0.005 of the
-[0, 1] range, the evident intent. ``AugmentationConfig(noise_std=1.275)`` reproduces the released behaviour.
+[0, 1] range, the evident intent. ``AugmentationConfig(noise_std=1.275)`` reproduces the released behavior.
 """
 
 from __future__ import annotations
@@ -103,7 +103,7 @@ class RandAffineOpd(_GeometricOpd):
         prob: Probability of acting.
         value_range: (low, high) of the drawn parameter.
         image_mode: Interpolation of non-label keys.
-        label_keys: Keys interpolated by nearest neighbour.
+        label_keys: Keys interpolated by nearest neighbor.
     """
 
     KINDS = ("scale", "rotate", "shear", "translate")
@@ -150,7 +150,7 @@ class RandPiecewiseAffined(_GeometricOpd):
 
     The shifts are normal with standard deviation ``s`` times the image side, ``s`` drawn per call from
     ``scale_range``; between control points the displacement is bilinear, so each grid cell is warped smoothly and
-    neighbouring cells agree on their shared edge. Resampling is done by MONAI ``Resample``.
+    neighboring cells agree on their shared edge. Resampling is done by MONAI ``Resample``.
 
     Args:
         keys: Keys to warp (image and label).
@@ -158,7 +158,7 @@ class RandPiecewiseAffined(_GeometricOpd):
         scale_range: Range of ``s``.
         grid_points: Control points per side.
         image_mode: Interpolation of non-label keys.
-        label_keys: Keys interpolated by nearest neighbour.
+        label_keys: Keys interpolated by nearest neighbor.
     """
 
     def __init__(self, keys: Sequence[Hashable], prob: float, scale_range: tuple[float, float], grid_points: int = 4,

@@ -22,7 +22,7 @@ __all__ = [
     "require_files",
 ]
 
-# Slices thinner than this cannot be resampled, cropped into patches or batch-normalised in training.
+# Slices thinner than this cannot be resampled, cropped into patches or batch-normalized in training.
 MIN_SLICE_SIDE = 2
 
 

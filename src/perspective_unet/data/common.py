@@ -57,7 +57,7 @@ def read_pair(
 
     Args:
         image_path: Image file (or DICOM folder).
-        label_path: Label file, or None for an unlabelled image.
+        label_path: Label file, or None for an unlabeled image.
         allowed_labels: Label values the file may hold (before ``label_map``).
         orientation: Canonical orientation code (see ``to_canonical``).
         label_map: Source value -> class id; values not in it become 0 (background).

@@ -1,12 +1,12 @@
 """Torch datasets over prepared data and over the files that circulate in this line of work, read as they are.
 
-Three layouts are recognised by ``read_dataset_info``:
+Three layouts are recognized by ``read_dataset_info``:
 
 - ``prepared``: this package's layout (``dataset.json`` with ``img_format_version``), see ``layout``;
-- ``synapse_lineage``: TransUNet's Synapse files, ``train_npz/caseXXXX_sliceNNN.npz`` (keys image, label) and
+- ``synapse_files``: TransUNet's Synapse files, ``train_npz/caseXXXX_sliceNNN.npz`` (keys image, label) and
   ``test_vol_h5/caseXXXX.npy.h5`` (datasets image, label); list files in ``lists/`` or ``lists/lists_Synapse/`` are
   used when present;
-- ``acdc_lineage``: MT-UNet's ACDC files, ``train/`` and ``valid/`` with ``case_XXX_slice{ED,ES}_N.npz`` and
+- ``acdc_files``: MT-UNet's ACDC files, ``train/`` and ``valid/`` with ``case_XXX_slice{ED,ES}_N.npz`` and
   ``test/`` with ``case_XXX_volume_{ED,ES}.npz`` (keys img, label).
 """
 
@@ -29,7 +29,7 @@ from torch.utils.data import Dataset
 from perspective_unet.data.acdc import ACDC_CLASS_NAMES
 from perspective_unet.data.augmentation import AugmentationConfig, build_augmentation
 from perspective_unet.data.layout import IMG_FORMAT_VERSION, TEST_DIR, TRAIN_DIR, VOLUME_SUFFIX
-from perspective_unet.data.normalise import SYNAPSE_HU_WINDOW, ct_intensity, describe_ct_window
+from perspective_unet.data.normalize import SYNAPSE_HU_WINDOW, ct_intensity, describe_ct_window
 from perspective_unet.data.planning import case_statistics
 from perspective_unet.data.slices import (
     ACDC_FOLDERS,
@@ -59,9 +59,9 @@ def read_dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:
     """The dataset's description: ``dataset.json`` of a prepared folder, or one inferred for circulating files.
 
     Returns:
-        ``dataset.json``'s content plus ``layout`` ("prepared", "synapse_lineage", "acdc_lineage") and ``root``.
-        Inferred descriptions hold ``name``, ``num_classes``, ``class_names``, ``modality``, ``normalisation``,
-        ``source``, ``licence`` and ``splits`` (case names found on disk).
+        ``dataset.json``'s content plus ``layout`` ("prepared", "synapse_files", "acdc_files") and ``root``.
+        Inferred descriptions hold ``name``, ``num_classes``, ``class_names``, ``modality``, ``normalization``,
+        ``source``, ``license`` and ``splits`` (case names found on disk).
 
     Raises:
         InputError: The folder is missing or in none of the known layouts, or its dataset.json is invalid.
@@ -86,11 +86,15 @@ def read_dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:
         missing = [k for k in _REQUIRED_KEYS if k not in info]
         if missing:
             raise InputError(f"{json_path} lacks {missing}; prepare the dataset again.")
+        # Folders written before the American spelling carry "normalisation" and "licence".
+        for old_key, key in (("normalisation", "normalization"), ("licence", "license")):
+            if old_key in info and key not in info:
+                info[key] = info.pop(old_key)
         return {**info, "layout": "prepared", "root": str(root)}
     if (root / TRAIN_DIR).is_dir() or (root / TEST_DIR).is_dir():
-        return _synapse_lineage_info(root)
+        return _synapse_files_info(root)
     if any((root / folder).is_dir() for folder in ACDC_FOLDERS.values()) and _has_acdc_files(root):
-        return _acdc_lineage_info(root)
+        return _acdc_files_info(root)
     raise InputError(
         f"{root} is in no known layout: expected dataset.json (from `perspective-unet prepare`), the Synapse "
         "files train_npz/ and test_vol_h5/, or the ACDC folders train/, valid/, test/ of case_*.npz files."
@@ -102,7 +106,7 @@ def _has_acdc_files(root: Path) -> bool:
                for folder in ACDC_FOLDERS.values() if (root / folder).is_dir())
 
 
-def _synapse_lineage_info(root: Path) -> dict[str, Any]:
+def _synapse_files_info(root: Path) -> dict[str, Any]:
     train_names = synapse_list(root, "train.txt") or sorted(p.stem for p in (root / TRAIN_DIR).glob("*.npz"))
     test_names = synapse_list(root, "test_vol.txt") or sorted(
         p.name[: -len(VOLUME_SUFFIX)] for p in (root / TEST_DIR).glob(f"*{VOLUME_SUFFIX}")
@@ -112,17 +116,17 @@ def _synapse_lineage_info(root: Path) -> dict[str, Any]:
         "num_classes": len(SYNAPSE_CLASS_NAMES),
         "class_names": list(SYNAPSE_CLASS_NAMES),
         "modality": "CT",
-        "normalisation": describe_ct_window(SYNAPSE_HU_WINDOW, "the TransUNet lineage's files"),
+        "normalization": describe_ct_window(SYNAPSE_HU_WINDOW, "TransUNet-style files"),
         "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
-        "source": "Synapse (BTCV) files of the TransUNet lineage, read as they are",
-        "licence": "BTCV challenge data terms",
+        "source": "Synapse (BTCV) TransUNet-style files, read as they are",
+        "license": "BTCV challenge data terms",
         "splits": {"train": sorted({case_of_slice(n) for n in train_names}), "val": [], "test": list(test_names)},
-        "layout": "synapse_lineage",
+        "layout": "synapse_files",
         "root": str(root),
     }
 
 
-def _acdc_lineage_info(root: Path) -> dict[str, Any]:
+def _acdc_files_info(root: Path) -> dict[str, Any]:
     splits: dict[str, list[str]] = {}
     for split, folder in ACDC_FOLDERS.items():
         directory = root / folder
@@ -134,11 +138,11 @@ def _acdc_lineage_info(root: Path) -> dict[str, Any]:
         "num_classes": len(ACDC_CLASS_NAMES),
         "class_names": list(ACDC_CLASS_NAMES),
         "modality": "MR",
-        "normalisation": "as baked into the circulating ACDC npz files (not published)",
-        "source": "ACDC files of the MT-UNet lineage, read as they are",
-        "licence": "ACDC data terms",
+        "normalization": "as baked into the circulating ACDC npz files (not published)",
+        "source": "MT-UNet-style ACDC files, read as they are",
+        "license": "ACDC data terms",
         "splits": splits,
-        "layout": "acdc_lineage",
+        "layout": "acdc_files",
         "root": str(root),
     }
 
@@ -159,7 +163,7 @@ class SliceDataset(Dataset):
     """2D slices for the paper's protocol: zoomed to ``img_size``, optionally augmented, then scaled for the network.
 
     Each item is ``{"image": float32 (C, H, W), "label": int64 (H, W), "case": str}``: the image is zoomed with cubic
-    interpolation and the label with nearest neighbour (as the lineage does, with ``scipy.ndimage.zoom``), then
+    interpolation and the label with nearest neighbor (as TransUNet does, with ``scipy.ndimage.zoom``), then
     augmented, then scaled by ``intensity`` (by default (x - 0.5) / 0.5, the paper's). ``C`` is
     ``2 * context_slices + 1``: the slice between the ``context_slices`` slices below and above it (ends repeated).
     ``case`` is the slice's name, ``<case>_slice<NNN>``.
@@ -174,7 +178,7 @@ class SliceDataset(Dataset):
         augmentation: Augmentation settings; None for none (validation, testing).
         seed: Seed of the augmentation's draws. In DataLoader workers ``seed_worker`` combines it with the worker's
             seed, so workers draw differently and the same seeds give the same samples.
-        context_slices: Neighbouring slices on each side taken as extra channels.
+        context_slices: Neighboring slices on each side taken as extra channels.
         intensity: The plan's intensity normalization (its ``scaling`` is applied to the stored values); None for the
             paper's (x - 0.5) / 0.5.
     """
@@ -210,7 +214,7 @@ class SliceDataset(Dataset):
         return len(self.samples)
 
     def load_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The stored slice, before zoom, augmentation and normalisation: image float32 (H, W), label int64 (H, W)."""
+        """The stored slice, before zoom, augmentation and normalization: image float32 (H, W), label int64 (H, W)."""
         ref = self.samples[index]
         image, label = load_slice(ref)
         if label is None:
@@ -278,7 +282,8 @@ class VolumeDataset(Dataset):
 
     Args:
         root: A prepared dataset or a folder of circulating Synapse / ACDC files.
-        split: ``"val"`` or ``"test"`` (``"train"`` only for ACDC lineage folders, which hold no training volumes).
+        split: ``"val"`` or ``"test"`` (``"train"`` only for MT-UNet-style ACDC folders, which hold no training
+            volumes).
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str = "test") -> None:

@@ -12,7 +12,7 @@ Synapse protocol to the Synapse class ids, and writes
 - ``OUT/`` itself: the prepared layout, HU clipped to a window (by default the Synapse window [-125, 275]) and
   scaled to [0, 1], axial slices, split by contiguous blocks of slices: a test block chosen so that every organ
   appears on both sides, the training slices below and above it, and ``gap`` slices dropped on each side of the
-  test block so no test slice has a training neighbour; and a plan of the ``spacing`` protocol.
+  test block so no test slice has a training neighbor; and a plan of the ``spacing`` protocol.
 """
 
 from __future__ import annotations
@@ -34,7 +34,7 @@ import numpy as np
 from perspective_unet.data.common import read_pair, remap_labels, volume_attrs
 from perspective_unet.data.io import CANONICAL_ORIENTATION, read_image, write_label_map
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalise import (
+from perspective_unet.data.normalize import (
     SYNAPSE_HU_WINDOW,
     ct_intensity,
     ct_window,
@@ -65,14 +65,14 @@ _MEMBER_PREFIX = f"{DEMO_PACKAGE}-{DEMO_VERSION}/"
 DEMO_MEMBERS = {
     "image": _MEMBER_PREFIX + "tests/reference_files/example_ct.nii.gz",
     "label": _MEMBER_PREFIX + "tests/reference_files/example_seg_fast_force_split.nii.gz",
-    "licence": _MEMBER_PREFIX + "LICENSE",
+    "license": _MEMBER_PREFIX + "LICENSE",
 }
 # TotalSegmentator id -> Synapse class id (aorta 1, gallbladder 2, kidney_left 3, kidney_right 4, liver 5,
 # pancreas 6, spleen 7, stomach 8); every other TotalSegmentator structure becomes background.
 TOTALSEGMENTATOR_TO_SYNAPSE = {52: 1, 4: 2, 3: 3, 2: 4, 5: 5, 7: 6, 1: 7, 6: 8}
 DEMO_CASE = "demo001"
 DEMO_RAW_NAME = "Dataset901_TotalSegDemoCT"
-DEMO_LICENCE = "Apache-2.0 (TotalSegmentator, Copyright Jakob Wasserthal et al.; LICENSE in this folder)"
+DEMO_LICENSE = "Apache-2.0 (TotalSegmentator, Copyright Jakob Wasserthal et al.; LICENSE in this folder)"
 DEMO_SOURCE = (
     f"PyPI source distribution {DEMO_SDIST_NAME} (sha256 {DEMO_SDIST_SHA256}), files "
     "tests/reference_files/example_ct.nii.gz and tests/reference_files/example_seg_fast_force_split.nii.gz"
@@ -195,7 +195,7 @@ def prepare_demo(
         gap: Slices dropped between the training slices and the test block, on each side.
         overwrite: Replace an existing ``out``.
         window: HU window (low, high), or ``"foreground"`` for the 0.5 / 99.5 percentiles of the training slices'
-            labelled voxels (nnU-Net's rule; on this non-contrast CT [-159, 79] HU, which saturates the organs of
+            labeled voxels (nnU-Net's rule; on this non-contrast CT [-159, 79] HU, which saturates the organs of
             contrast-enhanced scans).
         protocol: Protocol of the plan written beside the data.
 
@@ -210,7 +210,7 @@ def prepare_demo(
         files = _extract_members(archive, Path(tmp))
         label, label_meta = read_image(files["label"], as_label=True)
         mapped = remap_labels(label.astype(np.int64), TOTALSEGMENTATOR_TO_SYNAPSE).astype(np.uint8)
-        return prepare_demo_from_arrays(files["image"], mapped, label_meta, files["licence"], out, gap, overwrite,
+        return prepare_demo_from_arrays(files["image"], mapped, label_meta, files["license"], out, gap, overwrite,
                                         window=window, protocol=protocol)
 
 
@@ -218,7 +218,7 @@ def prepare_demo_from_arrays(
     image_path: Path,
     mapped_label: np.ndarray,
     label_meta: dict[str, Any],
-    licence_path: Path | None,
+    license_path: Path | None,
     out: str | os.PathLike[str],
     gap: int = 2,
     overwrite: bool = False,
@@ -234,7 +234,7 @@ def prepare_demo_from_arrays(
         image_path: The CT (NIfTI, HU).
         mapped_label: Synapse class ids in the CT's stored voxel order.
         label_meta: Meta of the label file (its affine and header are kept for the raw copy).
-        licence_path: The licence text to copy beside the data, if any.
+        license_path: The license text to copy beside the data, if any.
         out: Output folder.
         gap: Slices dropped on each side of the test block.
         overwrite: Replace an existing ``out``.
@@ -277,9 +277,9 @@ def prepare_demo_from_arrays(
             text = "\n".join(lines) + "\n"
             (writer.root / name).write_text(text)
             (raw_dir / name).write_text(text)
-        if licence_path is not None:
+        if license_path is not None:
             for folder in (writer.root, raw_dir):
-                shutil.copyfile(licence_path, folder / "LICENSE-TotalSegmentator.txt")
+                shutil.copyfile(license_path, folder / "LICENSE-TotalSegmentator.txt")
         missing = [SYNAPSE_CLASS_NAMES[c] for c in classes
                    if voxels["train"][SYNAPSE_CLASS_NAMES[c]] == 0 or voxels["test"][SYNAPSE_CLASS_NAMES[c]] == 0]
         if missing:
@@ -288,11 +288,11 @@ def prepare_demo_from_arrays(
             "name": "TotalSegDemoCT",
             "class_names": list(SYNAPSE_CLASS_NAMES),
             "modality": "CT",
-            "normalisation": describe_ct_window(window, how),
+            "normalization": describe_ct_window(window, how),
             "intensity": ct_intensity(window),
             "orientation": CANONICAL_ORIENTATION,
             "source": DEMO_SOURCE,
-            "licence": DEMO_LICENCE,
+            "license": DEMO_LICENSE,
             "label_origin": DEMO_LABEL_NOTE,
             "label_map": {str(k): v for k, v in TOTALSEGMENTATOR_TO_SYNAPSE.items()},
             "slice_split": {"test_block": [start, stop], "train_blocks": [list(b) for b in split.train_blocks],
@@ -324,7 +324,7 @@ def _raw_dataset_json() -> dict[str, Any]:
         "labels": {name: i for i, name in enumerate(SYNAPSE_CLASS_NAMES)},
         "numTraining": 1,
         "file_ending": ".nii.gz",
-        "licence": DEMO_LICENCE,
+        "license": DEMO_LICENSE,
         "reference": DEMO_SOURCE,
     }
 
@@ -335,7 +335,7 @@ def _readme(split: SliceBlockSplit, voxels: dict[str, dict[str, int]], window: t
         "# Demo dataset: one abdominal CT from the TotalSegmentator source distribution",
         "",
         f"Origin: {DEMO_SOURCE}.",
-        f"Licence: {DEMO_LICENCE}.",
+        f"License: {DEMO_LICENSE}.",
         "",
         f"**{DEMO_LABEL_NOTE}**",
         "",
@@ -349,7 +349,7 @@ def _readme(split: SliceBlockSplit, voxels: dict[str, dict[str, int]], window: t
         f"{split.test_start}..{split.test_stop - 1}; training slices "
         + " and ".join(f"{a}..{b - 1}" for a, b in split.train_blocks)
         + f"; {split.gap} slices on each side of the test block belong to neither, so no test slice has a training "
-        "neighbour.",
+        "neighbor.",
         "",
         "| class | train voxels | test voxels |",
         "|---|---|---|",

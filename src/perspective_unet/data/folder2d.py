@@ -1,6 +1,6 @@
 """Plain 2D datasets: a folder of PNG/JPG/BMP/TIFF images and a folder of masks with the same file stems.
 
-Each picture is one case (a one-slice volume). Images are converted to grey (luminance) and scaled to [0, 1]:
+Each picture is one case (a one-slice volume). Images are converted to gray (luminance) and scaled to [0, 1]:
 8-bit by /255, 16-bit by /65535, any other type by its own min and max. Masks hold class ids; when every mask of the
 dataset holds only 0 and 255 they are read as binary (255 -> class 1), the common way of saving a binary mask. A
 dataset mixing such masks with masks of class ids (0, 1, 2, ...) is refused rather than guessed, and so are JPEG
@@ -21,7 +21,7 @@ from perspective_unet.data.checks import check_same_geometry, check_slice_size, 
 from perspective_unet.data.common import progress, warn_if_all_background
 from perspective_unet.data.io import PICTURE_SUFFIXES, full_suffix, read_image
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalise import picture_intensity
+from perspective_unet.data.normalize import picture_intensity
 from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import picture_to_unit
@@ -34,8 +34,8 @@ logger = logging.getLogger(__name__)
 LOSSY_MASK_SUFFIXES = (".jpg", ".jpeg")
 _BINARY_255 = frozenset({0, 255})
 
-_PICTURE_NORMALISATION = (
-    "2D pictures: converted to grey (luminance); 8-bit / 255, 16-bit / 65535, other types min-max per image -> [0, 1]"
+_PICTURE_NORMALIZATION = (
+    "2D pictures: converted to gray (luminance); 8-bit / 255, 16-bit / 65535, other types min-max per image -> [0, 1]"
 )
 
 
@@ -100,7 +100,7 @@ def prepare_folder_2d(
     splits = split_cases([case for case, _, _ in pairs], val_fraction, test_fraction, seed)
     return prepare_pictures(
         pairs, out, splits, class_names, name=name or images.parent.name or "folder2d",
-        source=f"2D images from {images} with masks from {masks}", licence="as the source images'",
+        source=f"2D images from {images} with masks from {masks}", license="as the source images'",
         overwrite=overwrite, protocol=protocol, folder=masks,
     )
 
@@ -112,7 +112,7 @@ def prepare_pictures(
     class_names: Sequence[str] | None,
     name: str,
     source: str,
-    licence: str,
+    license: str,
     overwrite: bool = False,
     protocol: str = "spacing",
     folder: str | os.PathLike[str] | None = None,
@@ -126,7 +126,7 @@ def prepare_pictures(
         class_names: Names of the classes, background first; None derives them from the largest mask value.
         name: Dataset name.
         source: Where the data came from, for dataset.json.
-        licence: The data's licence, for dataset.json.
+        license: The data's license, for dataset.json.
         overwrite: Replace an existing ``out``.
         protocol: Protocol of the plan written beside the data.
         folder: The dataset's folder, named in warnings about the whole dataset (the first mask's folder if None).
@@ -165,11 +165,11 @@ def prepare_pictures(
             "name": name,
             "class_names": names,
             "modality": "2D",
-            "normalisation": _PICTURE_NORMALISATION,
+            "normalization": _PICTURE_NORMALIZATION,
             "intensity": picture_intensity(),
             "orientation": "2d",
             "source": source,
-            "licence": licence,
+            "license": license,
         }, protocol=protocol)
 
 

@@ -2,7 +2,7 @@
 
 Every reader returns ``(array, meta)``. A 3D array keeps the file's own index order ``(i, j, k)`` as nibabel gives
 it (SimpleITK and DICOM input is transposed to the same order), and ``meta["affine"]`` maps those indices to RAS+
-millimetres. A 2D picture (PNG, JPG, BMP, TIFF) comes back as ``(H, W)``.
+millimeters. A 2D picture (PNG, JPG, BMP, TIFF) comes back as ``(H, W)``.
 
 DICOM series and the other SimpleITK formats are read in :mod:`perspective_unet.data.dicom`; the canonical ``(Z, H, W)``
 slice order (``to_canonical``, ``from_canonical``) lives in :mod:`perspective_unet.data.orientation`; both are
@@ -69,8 +69,8 @@ def read_image(
 
     Args:
         path: The file, or a folder of DICOM files.
-        as_label: Read a picture as class ids: palette indices are kept and colour pictures whose three channels
-            agree are reduced to one channel. Without it colour pictures are converted to grey (luminance).
+        as_label: Read a picture as class ids: palette indices are kept and color pictures whose three channels
+            agree are reduced to one channel. Without it color pictures are converted to gray (luminance).
         series: For a DICOM folder, the SeriesInstanceUID of the series to read; needed when the folder holds
             several series. Only a folder takes it.
 
@@ -166,7 +166,7 @@ def _read_picture(path: Path, as_label: bool) -> tuple[np.ndarray, dict[str, Any
                     array = array[..., :-1]
                 if not (array == array[..., :1]).all():
                     raise InputError(
-                        f"{path} is a colour mask; masks must hold class ids (0, 1, 2, ...) in one channel or "
+                        f"{path} is a color mask; masks must hold class ids (0, 1, 2, ...) in one channel or "
                         "as palette indices."
                     )
                 array = array[..., 0]

@@ -2,12 +2,12 @@
 
 ```
 OUT/
-  dataset.json                       name, num_classes, class_names, modality, normalisation, source, licence,
+  dataset.json                       name, num_classes, class_names, modality, normalization, source, license,
                                      splits {train, val, test}, orientation, img_format_version
   train_npz/<case>_slice<NNN>.npz    image float32 (H, W) in [0, 1]; label uint8 (H, W)
   val_vol_h5/<case>.npy.h5           image float32 (Z, H, W) in [0, 1]; label uint8 (Z, H, W); geometry attrs
   test_vol_h5/<case>.npy.h5          the same
-  lists/train.txt                    one slice name per line (<case>_slice<NNN>), as in the TransUNet lineage
+  lists/train.txt                    one slice name per line (<case>_slice<NNN>), as in TransUNet's files
   lists/val.txt, lists/test_vol.txt  one case name per line
   geometry.json                      per case (training cases too): spacing (z, y, x) mm, affine, original shape,
                                      orientation: what spacing-aware metrics and writing back in place need
@@ -58,7 +58,7 @@ TEST_DIR = "test_vol_h5"
 LISTS_DIR = "lists"
 VOLUME_SUFFIX = ".npy.h5"
 _LIST_FILES = {"train": "train.txt", "val": "val.txt", "test": "test_vol.txt"}
-_REQUIRED_INFO = ("name", "class_names", "modality", "normalisation", "source", "licence")
+_REQUIRED_INFO = ("name", "class_names", "modality", "normalization", "source", "license")
 
 
 def volume_dir(split: str) -> str:
@@ -69,7 +69,7 @@ def volume_dir(split: str) -> str:
 
 
 def slice_name(case: str, index: int) -> str:
-    """``<case>_slice<NNN>``, the lineage's name of one training slice."""
+    """``<case>_slice<NNN>``, the TransUNet-style name of one training slice."""
     return f"{case}_slice{index:03d}"
 
 
@@ -193,7 +193,7 @@ class PreparedWriter:
             split: ``"val"`` or ``"test"``.
             case: Case name.
             image: (Z, H, W) in [0, 1].
-            label: (Z, H, W) class ids, or None for an unlabelled volume.
+            label: (Z, H, W) class ids, or None for an unlabeled volume.
             spacing: Voxel size (z, y, x) in mm along the stored axes.
             attrs: Geometry needed to put a prediction back on the original grid (``affine``, ``original_shape``,
                 ``orientation``, ...); values must be numbers, strings or arrays of them.
@@ -221,8 +221,8 @@ class PreparedWriter:
         final folder.
 
         Args:
-            info: ``name``, ``class_names`` (index = class id), ``modality``, ``normalisation``, ``intensity`` (the
-                stored range, see :class:`~perspective_unet.intensity.IntensitySpec`), ``source``, ``licence`` and
+            info: ``name``, ``class_names`` (index = class id), ``modality``, ``normalization``, ``intensity`` (the
+                stored range, see :class:`~perspective_unet.intensity.IntensitySpec`), ``source``, ``license`` and
                 any extra keys; ``num_classes``, ``splits`` and ``img_format_version`` are filled in.
             protocol: The protocol of the plan written beside the data (``paper`` or ``spacing``).
 

@@ -9,9 +9,9 @@ RAW/
 ```
 
 Volumes are reoriented to the canonical axial orientation (``"SPL"``, see ``io.to_canonical``; ``"stored"`` keeps
-the acquisition's slice axis) and cut into slices. Normalisation: CT (``channel_names`` says "CT") by a HU window,
+the acquisition's slice axis) and cut into slices. Normalization: CT (``channel_names`` says "CT") by a HU window,
 given or taken from the 0.5th / 99.5th percentiles of the training cases' foreground (nnU-Net's rule); any other
-modality per volume (see ``normalise.mr_normalise``). The cases of ``imagesTr`` get a seeded case-level split.
+modality per volume (see ``normalize.mr_normalize``). The cases of ``imagesTr`` get a seeded case-level split.
 A ``file_ending`` of a 2D picture format (``.png``, ...) gives a 2D dataset (see ``folder2d``).
 
 A folder without ``dataset.json`` but with ``images/`` and ``masks/`` (or ``labels/``) is read as a plain 2D
@@ -34,14 +34,14 @@ from perspective_unet.data.common import CanonicalPair, progress, read_pair, vol
 from perspective_unet.data.folder2d import prepare_folder_2d, prepare_pictures
 from perspective_unet.data.io import CANONICAL_ORIENTATION, PICTURE_SUFFIXES
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalise import (
+from perspective_unet.data.normalize import (
     MR_PERCENTILES,
     ct_intensity,
     ct_window,
     describe_ct_window,
     describe_mr,
     mr_intensity,
-    mr_normalise,
+    mr_normalize,
     percentile_window,
 )
 from perspective_unet.data.splits import split_cases
@@ -86,7 +86,7 @@ class NnUNetDataset:
 
     @property
     def is_ct(self) -> bool:
-        """Whether the channel is CT, which decides between a HU window and per-volume normalisation."""
+        """Whether the channel is CT, which decides between a HU window and per-volume normalization."""
         return self.modality.strip().upper() == "CT"
 
     @property
@@ -189,7 +189,7 @@ def prepare_nnunet(
         raw: The raw dataset folder.
         out: Output folder (written atomically).
         ct_window_hu: HU window (low, high) for CT; None takes the percentiles of the training foreground.
-        percentiles: Percentiles of the CT rule and of the per-volume MR normalisation.
+        percentiles: Percentiles of the CT rule and of the per-volume MR normalization.
         val_fraction: Share of ``imagesTr`` cases for validation.
         test_fraction: Share of ``imagesTr`` cases for testing (0 when ``imagesTs`` has labels, which then form the
             test split).
@@ -206,7 +206,7 @@ def prepare_nnunet(
         InputError: Bad input files, or ``percentiles`` / ``ct_window_hu`` out of order or out of range.
     """
     root = Path(raw)
-    # Checked before any file is read: a reversed pair would otherwise give a silently empty normalisation.
+    # Checked before any file is read: a reversed pair would otherwise give a silently empty normalization.
     percentiles = check_percentiles(percentiles, "percentiles")
     if ct_window_hu is not None:
         ct_window_hu = check_ct_window(ct_window_hu, "ct_window_hu")
@@ -226,9 +226,9 @@ def prepare_nnunet(
     splits = _case_splits(dataset, val_fraction, test_fraction, seed)
     all_cases = dataset.training + dataset.testing
     source = f"nnU-Net raw dataset {dataset.name} ({root})"
-    licence = str(dataset.info.get("licence") or dataset.info.get("license") or "as stated by the dataset's owners")
+    license = str(dataset.info.get("licence") or dataset.info.get("license") or "as stated by the dataset's owners")
     if dataset.is_2d:
-        return prepare_pictures(all_cases, out, splits, dataset.class_names, dataset.name, source, licence, overwrite,
+        return prepare_pictures(all_cases, out, splits, dataset.class_names, dataset.name, source, license, overwrite,
                                 protocol, folder=root)
 
     allowed = range(len(dataset.class_names))
@@ -238,14 +238,14 @@ def prepare_nnunet(
         image_path, label_path = by_case[case]
         return read_pair(image_path, label_path, allowed, orientation)
 
-    window, normalisation = _normalization(dataset, read, splits["train"], ct_window_hu, percentiles, seed)
+    window, normalization = _normalization(dataset, read, splits["train"], ct_window_hu, percentiles, seed)
 
     any_foreground = False
     with PreparedWriter(out, overwrite=overwrite) as writer:
         for split in ("train", "val", "test"):
             for case in progress(splits[split], f"{split} cases"):
                 pair = read(case)
-                image = ct_window(pair.image, window) if dataset.is_ct else mr_normalise(pair.image, percentiles)
+                image = ct_window(pair.image, window) if dataset.is_ct else mr_normalize(pair.image, percentiles)
                 if split == "train":
                     assert pair.label is not None
                     any_foreground = any_foreground or bool(pair.label.any())
@@ -260,11 +260,11 @@ def prepare_nnunet(
             "name": dataset.name,
             "class_names": dataset.class_names,
             "modality": dataset.modality,
-            "normalisation": normalisation,
+            "normalization": normalization,
             "intensity": ct_intensity(window) if dataset.is_ct else mr_intensity(percentiles),
             "orientation": orientation,
             "source": source,
-            "licence": licence,
+            "license": license,
             "split_seed": seed,
         }, protocol=protocol)
 
@@ -277,7 +277,7 @@ def _images_and_labels(read: Any, cases: list[str]) -> Iterator[tuple[np.ndarray
 
 def _case_splits(dataset: NnUNetDataset, val_fraction: float, test_fraction: float, seed: int
                  ) -> dict[str, list[str]]:
-    """A seeded split of imagesTr; labelled imagesTs cases, when there are any, are the test split."""
+    """A seeded split of imagesTr; labeled imagesTs cases, when there are any, are the test split."""
     cases = [case for case, _, _ in dataset.training]
     if not dataset.testing:
         return split_cases(cases, val_fraction, test_fraction, seed)

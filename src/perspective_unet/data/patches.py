@@ -1,7 +1,7 @@
-"""Training patches of the spacing protocol: slices at the plan's pixel spacing, patches centred on foreground.
+"""Training patches of the spacing protocol: slices at the plan's pixel spacing, patches centered on foreground.
 
 Each item is one patch of the plan's size, cut out of a training slice that has been resampled to the plan's
-in-plane spacing. A share ``foreground_fraction`` of the patches (a third, as nnU-Net) is centred on a labelled
+in-plane spacing. A share ``foreground_fraction`` of the patches (a third, as nnU-Net) is centered on a labeled
 pixel: a class is drawn uniformly among those present in the dataset, then a slice that holds it and one of its
 pixels. The other patches come from the slice the sampler asked for, at a random position. Rotation and scaling are
 applied while the patch is cut (one interpolation), the other operations of the augmentation afterwards.
@@ -38,7 +38,7 @@ class RandPatchAffined(RandomizableTransform, MapTransform):
     """Cut a patch around ``data["center"]`` with a random rotation and scaling, in one resampling (MONAI ``Affine``).
 
     The image is interpolated bilinearly and padded outside the slice with ``data["pad"]``; the label by nearest
-    neighbour, padded with background.
+    neighbor, padded with background.
 
     Args:
         patch_size: (height, width) of the patch.
@@ -68,7 +68,7 @@ class RandPatchAffined(RandomizableTransform, MapTransform):
         self.scale = float(self.R.uniform(*self.scale_range)) if scale else 1.0
 
     def matrix(self, center: tuple[float, float], shape: tuple[int, int]) -> torch.Tensor:
-        """Patch pixel (centred) -> slice pixel (centred) as a 3 x 3 matrix, for the current draw."""
+        """Patch pixel (centered) -> slice pixel (centered) as a 3 x 3 matrix, for the current draw."""
         cos, sin = math.cos(self.angle) / self.scale, math.sin(self.angle) / self.scale
         return torch.tensor([
             [cos, -sin, center[0] - (shape[0] - 1) / 2],
@@ -172,7 +172,7 @@ class PatchDataset(Dataset):
         return entry
 
     def _choose(self, index: int) -> tuple[int, tuple[float, float]]:
-        """The slice and the patch centre (row, column) of one draw."""
+        """The slice and the patch center (row, column) of one draw."""
         rng = self._rng
         forced = bool(self._classes) and rng.uniform() < self.plan.foreground_fraction
         if forced:
@@ -185,16 +185,16 @@ class PatchDataset(Dataset):
             if len(pixels):
                 row, column = pixels[rng.randint(len(pixels))].tolist()
                 return index, (float(row), float(column))
-        centre = []
+        center = []
         for side, patch in ((height, self.plan.patch_size[0]), (width, self.plan.patch_size[1])):
             low, high = patch / 2 - 0.5, side - patch / 2 - 0.5
-            centre.append(rng.uniform(low, high) if high > low else (side - 1) / 2)
-        return index, (centre[0], centre[1])
+            center.append(rng.uniform(low, high) if high > low else (side - 1) / 2)
+        return index, (center[0], center[1])
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        index, centre = self._choose(index)
+        index, center = self._choose(index)
         image, labels, pad = self.resampled(index)
-        data = {"image": image, "label": labels[None].float(), "center": centre, "pad": pad}
+        data = {"image": image, "label": labels[None].float(), "center": center, "pad": pad}
         data = self._patch(data)
         if self._augment is not None:
             data = self._augment({"image": data["image"], "label": data["label"]})

@@ -45,7 +45,7 @@ def dataset_intensity(info: dict[str, Any]) -> IntensitySpec | None:
     """The stored range a dataset description records (``paper``-style ``symmetric`` scaling), or None if unknown.
 
     Reads the machine-readable ``intensity`` entry; for older descriptions the CT window written in the
-    ``normalisation`` text, per-image percentiles for MR, and the type range for 2D pictures.
+    ``normalization`` text, per-image percentiles for MR, and the type range for 2D pictures.
 
     Example:
         >>> dataset_intensity({"modality": "MR"}).kind
@@ -54,7 +54,8 @@ def dataset_intensity(info: dict[str, Any]) -> IntensitySpec | None:
     spec = info.get("intensity")
     if spec:
         return IntensitySpec.from_dict(spec)
-    text = str(info.get("normalisation", ""))
+    # Descriptions written before the American spelling say "normalisation" (checkpoints keep them).
+    text = str(info.get("normalization", info.get("normalisation", "")))
     modality = str(info.get("modality", "")).upper()
     match = _CT_TEXT.search(text)
     if match:
@@ -133,7 +134,7 @@ def plan_for_training(
             fingerprint = dataset_fingerprint(root)
             if fingerprint is None:
                 raise ValueError(f"the {protocol} protocol needs the dataset's fingerprint, which {root} lacks (files "
-                                 "of the TransUNet lineage carry no spacing); prepare the raw data with "
+                                 "in the TransUNet-style layout carry no spacing); prepare the raw data with "
                                  "`perspective-unet prepare`.")
             plan = derive_plan(fingerprint, protocol, patch_size=patch_size, batch_size=batch_size,
                                context_slices=plan.context_slices)

@@ -1,7 +1,7 @@
 """In-plane resampling between a slice's own pixel spacing and a plan's, shared by training and inference.
 
 Images are resampled bilinearly with antialiasing when they shrink (a 0.8 mm slice brought to 3 mm is averaged, not
-decimated, so it looks like a slice reconstructed at 3 mm); label maps by nearest neighbour; class probabilities
+decimated, so it looks like a slice reconstructed at 3 mm); label maps by nearest neighbor; class probabilities
 bilinearly. Sizes are ``round(side * spacing / target)``, at least 1.
 """
 
@@ -35,7 +35,7 @@ def resample_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
 
 
 def resample_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Resample a batch of label maps (B, H, W) to ``size`` by nearest neighbour (``nearest-exact`` pixel centres)."""
+    """Resample a batch of label maps (B, H, W) to ``size`` by nearest neighbor (``nearest-exact`` pixel centers)."""
     size = (int(size[0]), int(size[1]))
     if tuple(labels.shape[-2:]) == size:
         return labels

@@ -1,4 +1,4 @@
-"""Where the slices of a dataset live, in any of the three layouts, how to read one, and which are its neighbours.
+"""Where the slices of a dataset live, in any of the three layouts, how to read one, and which are its neighbors.
 
 A :class:`SliceRef` names one 2D slice: a training ``.npz`` file, a slice of a validation or test volume (``.npy.h5``
 or an ACDC ``.npz`` volume), with the case it belongs to and its position among that case's slices, so that the
@@ -158,17 +158,17 @@ def volume_files(info: dict[str, Any], split: str) -> list[tuple[str, Path]]:
     """(case, file) of a split's volumes in any layout."""
     root = Path(info["root"])
     layout = info["layout"]
-    if layout == "acdc_lineage":
+    if layout == "acdc_files":
         folder = root / ACDC_FOLDERS[split]
         return [(acdc_case(p.stem), p) for p in sorted(folder.glob("case_*_volume_*.npz"))] if folder.is_dir() else []
-    if split == "train" or (layout == "synapse_lineage" and split == "val"):
+    if split == "train" or (layout == "synapse_files" and split == "val"):
         return []
     folder = root / (volume_dir(split) if layout == "prepared" else TEST_DIR)
     return [(case, folder / f"{case}{VOLUME_SUFFIX}") for case in info["splits"].get(split, [])]
 
 
 def _train_names(root: Path, info: dict[str, Any]) -> list[str]:
-    if info["layout"] == "synapse_lineage":
+    if info["layout"] == "synapse_files":
         names = synapse_list(root, "train.txt")
     else:
         list_path = root / "lists" / "train.txt"
@@ -190,7 +190,7 @@ def list_slices(root: str | os.PathLike[str], info: dict[str, Any], split: str) 
         InputError: A volume the dataset lists is missing.
     """
     root = Path(root)
-    if info["layout"] == "acdc_lineage" and split in ("train", "val"):
+    if info["layout"] == "acdc_files" and split in ("train", "val"):
         folder = root / ACDC_FOLDERS[split]
         files = sorted(folder.glob("case_*_slice*.npz")) if folder.is_dir() else []
         return [SliceRef(p.stem, p, None, acdc_case(p.stem), _position(p.stem)) for p in files]
@@ -223,7 +223,7 @@ def load_slice(ref: SliceRef) -> tuple[np.ndarray, np.ndarray | None]:
 def context_indices(samples: Sequence[SliceRef], context: int) -> list[tuple[int, ...]]:
     """For every slice, the indices of the ``2 * context + 1`` slices around it, from below to above.
 
-    Neighbours are the slices of the same case in position order; past the first or last slice of a case the end
+    Neighbors are the slices of the same case in position order; past the first or last slice of a case the end
     slice is repeated, as inference pads a volume.
 
     Example:

@@ -59,7 +59,7 @@ class SliceBlockSplit:
     Attributes:
         test_start: First test slice.
         test_stop: One past the last test slice.
-        gap: Slices left out between the train and the test slices, so no test slice has a training neighbour.
+        gap: Slices left out between the train and the test slices, so no test slice has a training neighbor.
         num_slices: Slices of the whole volume.
     """
 
@@ -86,7 +86,7 @@ def choose_test_block(
     """Pick the test block of slices that best shares every class between train and test.
 
     The score of a block is, over the given classes present in the volume, the smallest of the shares of that
-    class's voxels in the train slices and in the test slices; the best block maximises it (ties: the block whose
+    class's voxels in the train slices and in the test slices; the best block maximizes it (ties: the block whose
     length is nearest the middle of the allowed range, then the lowest start). Block lengths range between
     ``min_fraction`` and ``max_fraction`` of the slices that hold any of the classes.
 

@@ -2,10 +2,10 @@
 
 Raw input: ``RAW/img/img00XX.nii.gz`` and ``RAW/label/label00XX.nii.gz`` (``RAW`` may also be the folder above
 ``Training/`` or ``RawData/Training/``). Output: the 18 standard training cases as slices, the 12 standard test cases
-as volumes, HU clipped to [-125, 275] and scaled to [0, 1], the 13 BTCV labels mapped to the 8 classes of the
-TransUNet lineage.
+as volumes, HU clipped to [-125, 275] and scaled to [0, 1], the 13 BTCV labels mapped to the 8 classes that
+TransUNet and the papers after it report.
 
-Slices are cut as the lineage's files are: the volume is transposed to (Z, i, j) and its last axis flipped, so a
+Slices are cut as TransUNet-style files are: the volume is transposed to (Z, i, j) and its last axis flipped, so a
 prepared slice equals the slice of the circulating ``train_npz`` files. That index rule is expressed as an
 orientation code computed from the first case's affine (recorded as ``orientation`` in dataset.json); a case stored
 in another orientation is reoriented to the same anatomical axes rather than cut by the index rule blindly.
@@ -26,7 +26,7 @@ from perspective_unet.data.checks import require_files
 from perspective_unet.data.common import progress, read_pair, volume_attrs
 from perspective_unet.data.io import read_image
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalise import SYNAPSE_HU_WINDOW, ct_intensity, ct_window, describe_ct_window
+from perspective_unet.data.normalize import SYNAPSE_HU_WINDOW, ct_intensity, ct_window, describe_ct_window
 from perspective_unet.errors import InputError
 
 __all__ = [
@@ -34,7 +34,7 @@ __all__ = [
     "SYNAPSE_LABEL_MAP",
     "SYNAPSE_TEST_CASES",
     "SYNAPSE_TRAIN_CASES",
-    "lineage_orientation",
+    "transunet_orientation",
     "prepare_synapse",
 ]
 
@@ -45,19 +45,19 @@ SYNAPSE_TEST_CASES = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
 SYNAPSE_CLASS_NAMES = (
     "background", "aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach"
 )
-# BTCV id -> lineage class id; the other BTCV organs (esophagus, IVC, veins, adrenals) become background.
+# BTCV id -> Synapse class id; the other BTCV organs (esophagus, IVC, veins, adrenals) become background.
 SYNAPSE_LABEL_MAP = {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
 BTCV_LABEL_VALUES = range(14)
 _CASE_PATTERN = re.compile(r"img(\d+)\.nii(\.gz)?$")
 
 
 def case_name(number: int) -> str:
-    """``case0005``: the lineage's name of BTCV case 5."""
+    """``case0005``: the TransUNet-style name of BTCV case 5."""
     return f"case{number:04d}"
 
 
-def lineage_orientation(affine: np.ndarray) -> str:
-    """Orientation code of the (Z, H, W) axes that the lineage's index rule produces for a file with this affine.
+def transunet_orientation(affine: np.ndarray) -> str:
+    """Orientation code of the (Z, H, W) axes that the TransUNet-style index rule produces for a file with this affine.
 
     The rule is ``np.flip(np.transpose(volume, (2, 0, 1)), 2)``: Z is the stored k axis, H the stored i axis, and
     W the stored j axis reversed.
@@ -80,7 +80,7 @@ def _find_raw_folders(raw: Path) -> tuple[Path, Path]:
 def prepare_synapse(
     raw: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False
 ) -> Path:
-    """Convert the raw BTCV abdomen files into the prepared layout with the lineage's split and classes.
+    """Convert the raw BTCV abdomen files into the prepared layout with TransUNet's split and classes.
 
     Cases of the standard split that are missing from ``raw`` are skipped with a warning; at least one training and
     one test case must be present.
@@ -117,8 +117,8 @@ def prepare_synapse(
         if split not in present.values():
             raise InputError(f"{img_dir} holds none of the standard Synapse {split} cases; nothing to prepare.")
 
-    # One orientation for the whole dataset: the one the lineage's index rule gives on most files.
-    orientations = Counter(lineage_orientation(read_image_header_affine(found[n])) for n in present)
+    # One orientation for the whole dataset: the one the TransUNet-style index rule gives on most files.
+    orientations = Counter(transunet_orientation(read_image_header_affine(found[n])) for n in present)
     orientation = orientations.most_common(1)[0][0]
     if len(orientations) > 1:
         logger.warning("Synapse: files are stored in several orientations %s; all are reoriented to %s",
@@ -143,11 +143,11 @@ def prepare_synapse(
             "name": "Synapse",
             "class_names": list(SYNAPSE_CLASS_NAMES),
             "modality": "CT",
-            "normalisation": describe_ct_window(SYNAPSE_HU_WINDOW, "the TransUNet lineage's window"),
+            "normalization": describe_ct_window(SYNAPSE_HU_WINDOW, "the TransUNet window"),
             "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
             "orientation": orientation,
             "source": "Multi-Atlas Labeling Beyond the Cranial Vault (BTCV), MICCAI 2015 challenge, abdomen CT",
-            "licence": "BTCV challenge data terms (Synapse registration); not redistributable with this package",
+            "license": "BTCV challenge data terms (Synapse registration); not redistributable with this package",
             "label_map": {str(k): v for k, v in SYNAPSE_LABEL_MAP.items()},
             "notes": "Split and class mapping of TransUNet / Swin-Unet / MISSFormer / Perspective+ Unet.",
         }, protocol="paper")

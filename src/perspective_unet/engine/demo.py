@@ -2,7 +2,7 @@
 
 The data are the example abdominal CT that TotalSegmentator ships in its source distribution on PyPI (Apache-2.0),
 with TotalSegmentator's own model output as labels (not manual annotation). The split is by contiguous blocks of
-slices: the test block's neighbours are left out of training. See ``docs/data.md``.
+slices: the test block's neighbors are left out of training. See ``docs/data.md``.
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ class DemoSettings:
         protocol: ``spacing`` (slices at the plan's 3 mm pixels, patches, sliding-window inference) or ``paper``.
         img_size: Patch (spacing protocol) or slice size (paper protocol); None takes the plan's (the demo CT's
             axial slices are 101 x 122 pixels of 3 mm, so the plan's patch is 112 x 128).
-        context_slices: Neighbouring slices on each side as extra input channels (2.5D).
+        context_slices: Neighboring slices on each side as extra input channels (2.5D).
         epochs: Passes over the training slices; the run's numbers follow from these and the seed.
         batch_size: Patches per step; None takes the plan's.
         base_lr: Initial learning rate of the poly schedule.

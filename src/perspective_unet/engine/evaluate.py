@@ -67,7 +67,7 @@ def evaluate_model(
         protocols: ``legacy`` and/or ``corrected``.
         class_names: Names indexed by class id (background first).
         tta: Flip test-time augmentation.
-        resampler: ``torch`` (batched on the model's device) or ``scipy`` (the lineage's slice loop).
+        resampler: ``torch`` (batched on the model's device) or ``scipy`` (TransUNet's slice loop).
         amp_dtype: Autocast type for inference, or None.
         ctx: Distributed context; volumes are split across processes and the scores gathered on every process.
         progress: Show a progress bar.
@@ -90,7 +90,7 @@ def evaluate_model(
                          dynamic_ncols=True):
             if item["label"] is None:
                 raise InputError(
-                    f"case {item['case']} of {dataset.root} has no label; evaluation needs labelled volumes."
+                    f"case {item['case']} of {dataset.root} has no label; evaluation needs labeled volumes."
                 )
             spacing = item.get("spacing")
             try:

@@ -2,7 +2,7 @@
 labels back to the volume's own grid.
 
 The protocol of this line of work zooms every slice to the training size with a cubic spline, takes the argmax
-and zooms the labels back with nearest-neighbour sampling (corner-aligned, as ``scipy.ndimage.zoom`` does).
+and zooms the labels back with nearest-neighbor sampling (corner-aligned, as ``scipy.ndimage.zoom`` does).
 ``resampler="scipy"`` does exactly that on the CPU, one slice at a time; ``resampler="torch"`` does the same
 steps in batches on the model's device. Both steps are linear and separable, so the spline zoom of a slice ``X`` is
 ``R @ X @ C.T`` with two fixed matrices (:func:`spline_zoom_matrix`): the torch path gives scipy's resampled
@@ -88,7 +88,7 @@ def _flip_variants(tta: bool) -> list[tuple[int, ...]]:
 def predict_slices(
     model: torch.nn.Module, images: torch.Tensor, *, tta: bool = False, amp_dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """Softmax probabilities of a batch of model-sized, normalised slices (B, C_in, H, W) -> (B, classes, H, W).
+    """Softmax probabilities of a batch of model-sized, normalized slices (B, C_in, H, W) -> (B, classes, H, W).
 
     With ``tta`` the probabilities are averaged over the four horizontal/vertical flips. A model whose outputs depend
     on its batch (``batch_dependent``, SCSI attention as released) sees one slice at a time.
@@ -133,7 +133,7 @@ def predict_volume(
         batch_size: Slices per forward pass. The model's outputs do not depend on the batch.
         device: Where to run; default the model's device.
         tta: Average the probabilities over flips.
-        resampler: ``"torch"`` (batched, on the device) or ``"scipy"`` (the lineage's slice-by-slice loop); both
+        resampler: ``"torch"`` (batched, on the device) or ``"scipy"`` (TransUNet's slice-by-slice loop); both
             resample with scipy's cubic spline and give the same labels.
         normalize: Map [0, 1] intensities to [-1, 1] ((x - 0.5) / 0.5) as the training data are.
         return_probabilities: Also return (classes, Z, H, W) float16 probabilities on the volume's grid.
@@ -168,7 +168,7 @@ def predict_volume(
     rows = corner_aligned_indices(target_h, height, device)
     cols = corner_aligned_indices(target_w, width, device)
     if resampler == "torch":
-        # One transfer in and one out per volume: no per-batch synchronisation with an accelerator.
+        # One transfer in and one out per volume: no per-batch synchronization with an accelerator.
         on_device = array.pin_memory() if device.type == "cuda" and array.device.type == "cpu" else array
         on_device = on_device.to(device, non_blocking=True)
         device_labels = torch.empty((depth, height, width), dtype=torch.uint8, device=device)

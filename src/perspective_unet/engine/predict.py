@@ -1,7 +1,7 @@
 """Prediction of image files: NIfTI, DICOM series, other SimpleITK formats and PNG/JPG pictures to label maps.
 
 Each input is read with its geometry, reoriented to the orientation the model was trained in (``to_canonical``; only
-flips and axis permutations), normalised as the training data were, segmented slice by slice as the checkpoint's plan
+flips and axis permutations), normalized as the training data were, segmented slice by slice as the checkpoint's plan
 says (:func:`~perspective_unet.engine.sliding_window.predict_with_plan`: the paper protocol zooms each slice to the
 training size; the spacing protocol resamples it to the plan's pixel spacing, slides a window over it and resamples
 the probabilities back), and its labels are put back on the input's own voxel grid (``from_canonical``) and written
@@ -15,12 +15,12 @@ class along the fourth axis, same affine) for 3D NIfTI outputs and as ``<name>_p
 ``probabilities``, float16 (classes, *image shape), and ``class_names``) otherwise.
 
 Intensities: the checkpoint's plan (or, for checkpoints without one, ``dataset["intensity"]``) says how the training
-data were normalised, first to their stored [0, 1] range:
+data were normalized, first to their stored [0, 1] range:
 ``{"kind": "ct_window", "window": [low, high]}`` (clip HU, scale to [0, 1]), ``{"kind": "percentile_minmax",
 "percentiles": [0.5, 99.5]}`` (per volume), ``{"kind": "picture"}`` (8-bit / 255, 16-bit / 65535) or
 ``{"kind": "unit"}`` (already in [0, 1]). Checkpoints without it (older ones, converted released checkpoints) fall back
-to the CT window written in their ``normalisation`` text, to MR percentiles for MR data, and otherwise to the Synapse
-window [-125, 275] HU with a warning; ``window`` / ``mr_normalise`` override all of this.
+to the CT window written in their ``normalization`` text, to MR percentiles for MR data, and otherwise to the Synapse
+window [-125, 275] HU with a warning; ``window`` / ``mr_normalize`` override all of this.
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ from perspective_unet.data.io import (
     SITK_SUFFIXES,
     full_suffix,
 )
-from perspective_unet.engine.predictor import INTENSITY_KINDS, Predictor, normalise_intensity, resolve_intensity
+from perspective_unet.engine.predictor import INTENSITY_KINDS, Predictor, normalize_intensity, resolve_intensity
 from perspective_unet.engine.runtime import check_memory, resolve_device
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
@@ -50,7 +50,7 @@ __all__ = [
     "INTENSITY_KINDS",
     "Predictor",
     "find_inputs",
-    "normalise_intensity",
+    "normalize_intensity",
     "output_name",
     "predict_file",
     "predict_path",
@@ -245,7 +245,7 @@ def predict_path(
     batch_size: int = 16,
     device: str | torch.device = "auto",
     window: Sequence[float] | None = None,
-    mr_normalise: bool = False,
+    mr_normalize: bool = False,
     orientation: str | None = None,
     img_size: Sequence[int] | None = None,
     resampler: str = "torch",
@@ -270,8 +270,8 @@ def predict_path(
         overwrite: Replace existing outputs.
         batch_size: Slices (paper protocol) or sliding windows (spacing protocol) per forward pass.
         device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        window: CT window (low, high) in HU overriding the checkpoint's normalisation.
-        mr_normalise: Per-volume MR normalisation overriding the checkpoint's.
+        window: CT window (low, high) in HU overriding the checkpoint's normalization.
+        mr_normalize: Per-volume MR normalization overriding the checkpoint's.
         orientation: Canonical orientation overriding the checkpoint's.
         img_size: Model input size (paper protocol) or window size (spacing protocol) overriding the plan's.
         resampler: ``torch`` or ``scipy`` (paper protocol).
@@ -310,7 +310,7 @@ def predict_path(
         _check_overwrite(jobs, overwrite)
 
         options = {"tta": tta, "batch_size": batch_size, "resampler": resampler}
-        choices = {"window": window, "mr_normalise": mr_normalise, "orientation": orientation, "img_size": img_size}
+        choices = {"window": window, "mr_normalize": mr_normalize, "orientation": orientation, "img_size": img_size}
         if isinstance(checkpoint, torch.nn.Module):
             torch_device = None if device == "auto" else (device if isinstance(device, torch.device)
                                                           else resolve_device(device))

@@ -3,7 +3,7 @@
 :class:`Predictor` reads a checkpoint's plan (or, for checkpoints without one, its training size and the dataset's
 recorded intensity normalization), turns raw voxels into the stored [0, 1] range and segments canonical volumes with
 :func:`~perspective_unet.engine.sliding_window.predict_with_plan`. :func:`resolve_intensity` and
-:func:`normalise_intensity` choose and apply the stored range for new images, with the CT fallback for checkpoints
+:func:`normalize_intensity` choose and apply the stored range for new images, with the CT fallback for checkpoints
 that record none. Files in and out: :mod:`perspective_unet.engine.predict`.
 """
 
@@ -28,8 +28,8 @@ from perspective_unet.data.io import (
     write_label_map,
     write_probabilities,
 )
-from perspective_unet.data.normalise import MR_PERCENTILES, SYNAPSE_HU_WINDOW, ct_window
-from perspective_unet.data.normalise import normalise_intensity as apply_intensity
+from perspective_unet.data.normalize import MR_PERCENTILES, SYNAPSE_HU_WINDOW, ct_window
+from perspective_unet.data.normalize import normalize_intensity as apply_intensity
 from perspective_unet.data.planning import dataset_intensity
 from perspective_unet.engine.runtime import resolve_device
 from perspective_unet.engine.sliding_window import predict_with_plan
@@ -38,7 +38,7 @@ from perspective_unet.intensity import IntensitySpec, picture_to_unit
 from perspective_unet.outputs import write_all
 from perspective_unet.plan import Plan
 
-__all__ = ["INTENSITY_KINDS", "Predictor", "normalise_intensity", "resolve_intensity"]
+__all__ = ["INTENSITY_KINDS", "Predictor", "normalize_intensity", "resolve_intensity"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,17 +54,17 @@ def resolve_intensity(
     dataset_info: dict[str, Any] | None,
     *,
     window: Sequence[float] | None = None,
-    mr_normalise: bool = False,
+    mr_normalize: bool = False,
 ) -> dict[str, Any] | None:
-    """The intensity normalisation to apply to new images, from the user's choice or the training data's record.
+    """The intensity normalization to apply to new images, from the user's choice or the training data's record.
 
     Args:
         dataset_info: The checkpoint's ``dataset`` entry (``info["dataset"]`` of ``load_for_inference``).
         window: A CT window (low, high) in HU chosen by the user; overrides the checkpoint.
-        mr_normalise: Use per-volume MR percentile normalisation; overrides the checkpoint.
+        mr_normalize: Use per-volume MR percentile normalization; overrides the checkpoint.
 
     Returns:
-        A spec dict (see the module docstring), or ``None`` when nothing is known: :func:`normalise_intensity` then
+        A spec dict (see the module docstring), or ``None`` when nothing is known: :func:`normalize_intensity` then
         uses [0, 1] data as they are and assumes the Synapse CT window otherwise, with a warning.
 
     Example:
@@ -75,29 +75,29 @@ def resolve_intensity(
         >>> resolve_intensity({"modality": "MR"})
         {'kind': 'percentile_minmax', 'percentiles': [0.5, 99.5]}
     """
-    if window is not None and mr_normalise:
-        raise ValueError("choose either a CT window (--window) or MR normalisation (--mr-normalise), not both.")
+    if window is not None and mr_normalize:
+        raise ValueError("choose either a CT window (--window) or MR normalization (--mr-normalize), not both.")
     if window is not None:
         low, high = (float(v) for v in window)
         if not high > low:
             raise ValueError(f"a CT window needs LOW < HIGH, got {low:g} {high:g}.")
         return {"kind": "ct_window", "window": [low, high]}
-    if mr_normalise:
+    if mr_normalize:
         return {"kind": "percentile_minmax", "percentiles": list(MR_PERCENTILES)}
     info = dataset_info or {}
     spec = info.get("intensity")
     if spec:
         _check_spec(spec)
         return dict(spec)
-    recorded = dataset_intensity(info)  # the window in the normalisation text, MR percentiles, pictures
+    recorded = dataset_intensity(info)  # the window in the normalization text, MR percentiles, pictures
     return None if recorded is None else recorded.stored_range()
 
 
 def _check_spec(spec: Any) -> None:
     if not isinstance(spec, dict) or spec.get("kind") not in INTENSITY_KINDS:
         raise ValueError(
-            f"unknown intensity normalisation {spec!r}; expected a dict with kind in {INTENSITY_KINDS}. Pass "
-            "--window LOW HIGH or --mr-normalise to choose one."
+            f"unknown intensity normalization {spec!r}; expected a dict with kind in {INTENSITY_KINDS}. Pass "
+            "--window LOW HIGH or --mr-normalize to choose one."
         )
     if spec["kind"] == "ct_window" and len(spec.get("window", ())) != 2:
         raise ValueError(f"intensity spec {spec!r} needs 'window': [low, high].")
@@ -105,7 +105,7 @@ def _check_spec(spec: Any) -> None:
         raise ValueError(f"intensity spec {spec!r} needs 'percentiles': [low, high].")
 
 
-def normalise_intensity(
+def normalize_intensity(
     volume: np.ndarray,
     intensity_spec: dict[str, Any] | None,
     *,
@@ -128,7 +128,7 @@ def normalise_intensity(
         InputError: the volume holds NaN or infinite values.
 
     Example:
-        >>> normalise_intensity(np.array([-1000, 75, 3000]), {"kind": "ct_window", "window": [-125, 275]})
+        >>> normalize_intensity(np.array([-1000, 75, 3000]), {"kind": "ct_window", "window": [-125, 275]})
         array([0. , 0.5, 1. ], dtype=float32)
     """
     name = str(source) if source is not None else "the image"
@@ -141,8 +141,8 @@ def normalise_intensity(
         if warn:
             hint = "" if volume.size == 0 or volume.min() < 0 else f" (its minimum {volume.min():g} is unusual for HU)"
             logger.warning(
-                "%s: the checkpoint does not record how its training intensities were normalised; assuming CT in HU "
-                "with the Synapse window [%g, %g]%s. Pass --window LOW HIGH or --mr-normalise if that is wrong.",
+                "%s: the checkpoint does not record how its training intensities were normalized; assuming CT in HU "
+                "with the Synapse window [%g, %g]%s. Pass --window LOW HIGH or --mr-normalize if that is wrong.",
                 name, *SYNAPSE_HU_WINDOW, hint,
             )
         return ct_window(volume, SYNAPSE_HU_WINDOW)
@@ -222,18 +222,18 @@ class Predictor:
         *,
         device: str | torch.device = "auto",
         window: Sequence[float] | None = None,
-        mr_normalise: bool = False,
+        mr_normalize: bool = False,
         orientation: str | None = None,
         img_size: Sequence[int] | None = None,
         **options: Any,
     ) -> Predictor:
-        """Load a checkpoint and read its plan (or training size), classes, orientation and intensity normalisation.
+        """Load a checkpoint and read its plan (or training size), classes, orientation and intensity normalization.
 
         Args:
             checkpoint: A ``.pt`` written by ``train`` or ``convert-official``.
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-            window: CT window overriding the checkpoint's normalisation.
-            mr_normalise: Per-volume MR normalisation overriding the checkpoint's.
+            window: CT window overriding the checkpoint's normalization.
+            mr_normalize: Per-volume MR normalization overriding the checkpoint's.
             orientation: Canonical orientation overriding the checkpoint's (default ``"SPL"`` when not recorded).
             img_size: Model input size (paper protocol) or sliding window (spacing protocol) overriding the plan's.
             **options: ``tta``, ``batch_size``, ``resampler``.
@@ -243,7 +243,7 @@ class Predictor:
         torch_device = device if isinstance(device, torch.device) else resolve_device(device)
         model, info = load_for_inference(checkpoint, torch_device)
         return cls.from_model(
-            model, info, device=torch_device, window=window, mr_normalise=mr_normalise, orientation=orientation,
+            model, info, device=torch_device, window=window, mr_normalize=mr_normalize, orientation=orientation,
             img_size=img_size, **options,
         )
 
@@ -255,7 +255,7 @@ class Predictor:
         *,
         device: torch.device | None = None,
         window: Sequence[float] | None = None,
-        mr_normalise: bool = False,
+        mr_normalize: bool = False,
         orientation: str | None = None,
         img_size: Sequence[int] | None = None,
         **options: Any,
@@ -268,9 +268,9 @@ class Predictor:
             model = model.to(device)
         plan = info.get("plan")
         plan = Plan.from_dict(plan) if isinstance(plan, dict) else plan
-        intensity = resolve_intensity(dataset, window=window, mr_normalise=mr_normalise)
+        intensity = resolve_intensity(dataset, window=window, mr_normalize=mr_normalize)
         if plan is not None:
-            if window is not None or mr_normalise:
+            if window is not None or mr_normalize:
                 plan = plan.replace(intensity=plan.intensity.with_stored_range(IntensitySpec.from_dict(intensity)))
             if img_size is not None:
                 plan = plan.replace(patch_size=tuple(int(s) for s in img_size))
@@ -279,7 +279,7 @@ class Predictor:
             model,
             img_size=(int(size[0]), int(size[1])),
             intensity=intensity,
-            intensity_from_user=window is not None or mr_normalise,
+            intensity_from_user=window is not None or mr_normalize,
             orientation=orientation or (recorded if recorded and recorded != "2d" else CANONICAL_ORIENTATION),
             class_names=list(dataset.get("class_names") or []),
             device=device,
@@ -297,7 +297,7 @@ class Predictor:
     def prepare(self, array: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
         """Raw voxels of ``read_image`` to the canonical (Z, H, W) volume of stored values in [0, 1]."""
         spec = self.spec_for(meta)
-        unit = normalise_intensity(array, spec, source=meta.get("path"), warn=not self._warned)
+        unit = normalize_intensity(array, spec, source=meta.get("path"), warn=not self._warned)
         self._warned = self._warned or spec is None  # the CT fallback's warning is given once per predictor
         return to_canonical(unit, meta, self.orientation)
 

@@ -197,7 +197,7 @@ def estimate_memory(model: torch.nn.Module, pixels: int, *, training: bool) -> i
     effective = sum(w / 4**i for i, w in enumerate(widths))
     activations = pixels * (_BYTES_PER_EFFECTIVE_WIDTH * effective + _BYTES_PER_PIXEL_BASE)
     weights = sum(p.numel() * p.element_size() for p in model.parameters())
-    # Training also holds gradients and the optimiser's state (two more copies for SGD with momentum or AdamW).
+    # Training also holds gradients and the optimizer's state (two more copies for SGD with momentum or AdamW).
     return int(activations * _TRAINING_FACTOR + 3 * weights) if training else int(activations + weights)
 
 

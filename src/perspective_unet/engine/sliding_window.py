@@ -25,7 +25,7 @@ __all__ = ["predict_at_spacing", "predict_with_plan", "stack_context"]
 
 
 def stack_context(volume: np.ndarray | torch.Tensor, context: int) -> torch.Tensor:
-    """(Z, H, W) -> (Z, 2 * context + 1, H, W): each slice between its neighbours, the end slices repeated.
+    """(Z, H, W) -> (Z, 2 * context + 1, H, W): each slice between its neighbors, the end slices repeated.
 
     Example:
         >>> stack_context(torch.arange(3.0)[:, None, None], 1)[:, :, 0, 0].tolist()
@@ -138,7 +138,7 @@ def predict_with_plan(
     if volume.ndim != 3:
         raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}.")
     if plan.context_slices and volume.shape[0] < plan.in_channels:
-        raise InputError(f"the model reads {plan.in_channels} neighbouring slices at once ({plan.context_slices} "
+        raise InputError(f"the model reads {plan.in_channels} neighboring slices at once ({plan.context_slices} "
                          f"context slices on each side) but the image has {volume.shape[0]}; give a volume with at "
                          f"least {plan.in_channels} slices.")
     options = {"batch_size": batch_size, "device": device, "tta": tta, "return_probabilities": return_probabilities,

@@ -62,7 +62,7 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: b
     Args:
         config: The run. ``config.data`` is a prepared dataset (``perspective-unet prepare``).
         resume: A ``last.pt`` of an earlier run of the same config: training continues exactly where it stopped
-            (weights, optimiser, AMP scaler, iteration, RNG states; the data order is seeded per epoch).
+            (weights, optimizer, AMP scaler, iteration, RNG states; the data order is seeded per epoch).
             :func:`resume_config` gives that run's config.
         overwrite: Replace the run an output folder already holds (its checkpoints, log and events).
 

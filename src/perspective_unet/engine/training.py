@@ -107,8 +107,8 @@ def checkpoint_payload(
 
 
 def _dataset_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """The parts of dataset.json that prediction needs later (classes, modality, intensity normalisation)."""
-    keep = ("name", "num_classes", "class_names", "modality", "normalisation", "intensity", "orientation")
+    """The parts of dataset.json that prediction needs later (classes, modality, intensity normalization)."""
+    keep = ("name", "num_classes", "class_names", "modality", "normalization", "intensity", "orientation")
     return json.loads(json.dumps({k: info[k] for k in keep if k in info}))
 
 

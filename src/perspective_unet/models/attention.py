@@ -23,9 +23,9 @@ __all__ = [
     "random_feature_map",
 ]
 
-# Added to every feature so the normaliser never reaches zero; part of the released kernel.
+# Added to every feature so the normalizer never reaches zero; part of the released kernel.
 FEATURE_EPS = 1e-4
-# q and k are L2-normalised with this floor on the norm, as released.
+# q and k are L2-normalized with this floor on the norm, as released.
 QK_NORM_EPS = 5e-5
 # Tokens per block in kernel_attention: a block's features stay in the CPU cache, so time grows linearly in N.
 TOKEN_CHUNK = 4096
@@ -107,8 +107,8 @@ def linear_attention(q_features: torch.Tensor, k_features: torch.Tensor, v: torc
         ``(..., N, e)``; memory is O(N m + m e), never O(N M).
     """
     context = k_features.transpose(-2, -1) @ v
-    normaliser = q_features @ k_features.sum(dim=-2).unsqueeze(-1)
-    return (q_features @ context) / normaliser
+    normalizer = q_features @ k_features.sum(dim=-2).unsqueeze(-1)
+    return (q_features @ context) / normalizer
 
 
 def kernel_attention(
@@ -149,16 +149,16 @@ def kernel_attention(
         part = features.transpose(-2, -1) @ v[..., start : start + chunk_size, :]
         context = part if context is None else context + part
         key_sum = features.sum(dim=-2) if key_sum is None else key_sum + features.sum(dim=-2)
-    normaliser_vector = key_sum.unsqueeze(-1)
+    normalizer_vector = key_sum.unsqueeze(-1)
     blocks = []
     for start in range(0, n, chunk_size):
         features = random_feature_map(q[..., start : start + chunk_size, :], projection, kernel)
-        blocks.append((features @ context) / (features @ normaliser_vector))
+        blocks.append((features @ context) / (features @ normalizer_vector))
     return torch.cat(blocks, dim=-2)
 
 
 class EfficientNonLocalAttention(nn.Module):
-    """ENLSA over a token sequence: q/k/v projections, L2-normalised q and k, random-feature linear attention.
+    """ENLSA over a token sequence: q/k/v projections, L2-normalized q and k, random-feature linear attention.
 
     The random projection is a buffer (saved in checkpoints). As released it is drawn once; with
     ``redraw_interval=K`` it is drawn anew every K forward passes in training mode.

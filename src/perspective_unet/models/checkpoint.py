@@ -182,7 +182,7 @@ def load_for_inference(
         ``(model, info)`` where ``info`` holds ``plan`` (the :class:`~perspective_unet.plan.Plan` the model was
         trained with, or None for checkpoints written before plans existed and converted released checkpoints),
         ``img_size`` (the training size, 224x224 when the checkpoint does not say), ``dataset`` (class names,
-        modality and intensity normalisation of the training data, when written by ``train``) and ``epoch``.
+        modality and intensity normalization of the training data, when written by ``train``) and ``epoch``.
 
     Raises:
         InputError: The checkpoint's plan is invalid, or asks for another number of input channels than the model has.

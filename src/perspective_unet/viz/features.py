@@ -260,7 +260,7 @@ def feature_figure_from_files(
 
     _colormap(cmap)  # a misspelled colormap fails before the model is loaded
     predictor = Predictor.from_checkpoint(
-        checkpoint, device=device, window=window, mr_normalise=mr_normalize, orientation=orientation
+        checkpoint, device=device, window=window, mr_normalize=mr_normalize, orientation=orientation
     )
     _feature_modules(predictor.model, layer)  # fail on ablated parts before reading the image
     volume, _, spacing = read_figure_image(

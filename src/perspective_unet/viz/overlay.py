@@ -229,7 +229,7 @@ def overlay_from_files(
         from perspective_unet.engine.predict import Predictor
 
         predictor = Predictor.from_checkpoint(
-            checkpoint, device=device, window=window, mr_normalise=mr_normalize, orientation=orientation, tta=tta
+            checkpoint, device=device, window=window, mr_normalize=mr_normalize, orientation=orientation, tta=tta
         )
     orient = predictor.orientation if predictor is not None else (orientation or CANONICAL_ORIENTATION)
     image_path = Path(image)

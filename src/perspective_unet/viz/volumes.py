@@ -110,7 +110,7 @@ def read_figure_image(
         (row, column) spacing in mm when known.
     """
     from perspective_unet.data.io import canonical_spacing, read_image, to_canonical
-    from perspective_unet.engine.predict import normalise_intensity, resolve_intensity
+    from perspective_unet.engine.predict import normalize_intensity, resolve_intensity
     from perspective_unet.intensity import percentile_minmax
 
     if is_prepared(path):
@@ -125,11 +125,11 @@ def read_figure_image(
     in_plane = canonical_spacing(meta, orientation)[1:]
     if predictor is not None:
         return predictor.prepare(array, meta), None, in_plane
-    spec = resolve_intensity({}, window=window, mr_normalise=mr_normalize)
+    spec = resolve_intensity({}, window=window, mr_normalize=mr_normalize)
     if spec is None and meta.get("format") == "picture":
         spec = {"kind": "picture"}
     # Without a checkpoint or a window the figure only needs a readable contrast: a robust percentile range.
-    unit = normalise_intensity(array, spec, source=path) if spec else percentile_minmax(array)
+    unit = normalize_intensity(array, spec, source=path) if spec else percentile_minmax(array)
     return to_canonical(unit, meta, orientation), None, in_plane
 
 

@@ -23,7 +23,7 @@ def frozen_batchnorm_statistics(module: nn.Module) -> Iterator[None]:
     """Within the block, BatchNorm layers of ``module`` in training mode leave their running statistics unchanged.
 
     Used while a checkpointed segment is recomputed, so its BatchNorms update their statistics once per step, not
-    twice. Outputs are unaffected: in training mode BatchNorm normalises with the batch's own statistics.
+    twice. Outputs are unaffected: in training mode BatchNorm normalizes with the batch's own statistics.
     """
     norms = [m for m in module.modules() if is_batchnorm(m) and m.training]
     saved = [(m, m.momentum, None if m.num_batches_tracked is None else m.num_batches_tracked.clone()) for m in norms]

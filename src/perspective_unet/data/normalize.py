@@ -1,4 +1,4 @@
-"""Intensity normalisations that map a volume to [0, 1] float32 (the stored range of prepared data), the rule that
+"""Intensity normalizations that map a volume to [0, 1] float32 (the stored range of prepared data), the rule that
 chooses a CT window from the training foreground, and one-line descriptions for dataset.json.
 
 The normalizations themselves live in :mod:`perspective_unet.intensity`; the names here stay for compatibility.
@@ -22,17 +22,17 @@ __all__ = [
     "describe_ct_window",
     "describe_mr",
     "mr_intensity",
-    "mr_normalise",
-    "normalise_intensity",
+    "mr_normalize",
+    "normalize_intensity",
     "percentile_window",
     "picture_intensity",
 ]
 
-mr_normalise = percentile_minmax
+mr_normalize = percentile_minmax
 
 
 def describe_ct_window(window: tuple[float, float], how: str = "") -> str:
-    """Text for dataset.json's ``normalisation`` field."""
+    """Text for dataset.json's ``normalization`` field."""
     low, high = window
     origin = f" ({how})" if how else ""
     shift = f"x + {-low:g}" if low < 0 else f"x - {low:g}"
@@ -40,7 +40,7 @@ def describe_ct_window(window: tuple[float, float], how: str = "") -> str:
 
 
 def describe_mr(percentiles: tuple[float, float] = MR_PERCENTILES) -> str:
-    """Text for dataset.json's ``normalisation`` field."""
+    """Text for dataset.json's ``normalization`` field."""
     return (
         f"MR: per volume, clipped to its own {percentiles[0]:g}th and {percentiles[1]:g}th intensity percentiles, "
         "then min-max scaled to [0, 1]"
@@ -73,8 +73,8 @@ def percentile_window(
     return float(low), float(high)
 
 
-# Machine-readable forms of the normalisations, stored as dataset.json's ``intensity`` so that prediction on a raw
-# image can normalise it exactly as the training data was.
+# Machine-readable forms of the normalizations, stored as dataset.json's ``intensity`` so that prediction on a raw
+# image can normalize it exactly as the training data was.
 
 
 def ct_intensity(window: tuple[float, float]) -> dict[str, Any]:
@@ -88,11 +88,11 @@ def mr_intensity(percentiles: tuple[float, float] = MR_PERCENTILES) -> dict[str,
 
 
 def picture_intensity() -> dict[str, Any]:
-    """``{"kind": "picture"}``: grey pictures scaled by their data type's range (see ``folder2d``)."""
+    """``{"kind": "picture"}``: gray pictures scaled by their data type's range (see ``folder2d``)."""
     return {"kind": "picture"}
 
 
-def normalise_intensity(volume: np.ndarray, intensity: dict[str, Any]) -> np.ndarray:
+def normalize_intensity(volume: np.ndarray, intensity: dict[str, Any]) -> np.ndarray:
     """Apply a dataset's recorded ``intensity`` (its stored range) to raw voxels, giving float32 in [0, 1].
 
     Args:
