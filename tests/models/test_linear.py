@@ -15,6 +15,16 @@ linear_module = importlib.import_module("perspective_unet.models.ops.linear")
 needs_onednn = pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
 
 
+@pytest.fixture(autouse=True)
+def two_threads():
+    """The route needs more than one thread (on one, PyTorch's 1x1 convolution is not oneDNN's); the test workers run
+    on one."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
 def _spy_on_route(monkeypatch) -> list[tuple[int, ...]]:
     """Record the input shape of every call that takes the oneDNN route."""
     calls = []
@@ -61,7 +71,7 @@ def test_linear_module_keeps_nn_linear_parameters(monkeypatch):
     layer = Linear(64, 24)
     assert isinstance(layer, torch.nn.Linear) and set(layer.state_dict()) == {"weight", "bias"}
     x = torch.randn(512, 64)
-    with torch.no_grad():  # the route's default mode, "inference", takes it without autograd only
+    with onednn_linear("inference"), torch.no_grad():  # "inference" takes the route without autograd only
         routed_ops = _ops_run(lambda: layer(x))
         routed = layer(x)
         assert len(calls) == 2, "a large float32 CPU input without autograd takes the oneDNN route"
@@ -76,8 +86,24 @@ def test_linear_module_keeps_nn_linear_parameters(monkeypatch):
     with torch.no_grad():
         layer(x[:100])
     assert len(calls) == 2, "fewer than 256 rows stay with F.linear"
-    layer(x)
+    with onednn_linear("inference"):
+        layer(x)
     assert len(calls) == 2, "with autograd on, 'inference' keeps F.linear"
+    layer(x)
+    assert len(calls) == 3, "with autograd on, the default ('always' on x86-64, as the tests run) takes the route"
+
+
+@needs_onednn
+def test_one_thread_keeps_f_linear(monkeypatch):
+    calls = _spy_on_route(monkeypatch)
+    x, weight = torch.randn(512, 64), torch.randn(24, 64)
+    with torch.no_grad(), onednn_linear("always"):
+        linear(x, weight)
+        assert len(calls) == 1
+        torch.set_num_threads(1)
+        ops = _ops_run(lambda: linear(x, weight))
+    assert len(calls) == 1, "on one thread the convolution would not reach oneDNN"
+    assert "aten::linear" in ops and "aten::_slow_conv2d_forward" not in ops
 
 
 def test_model_compiles_to_one_graph_in_training_and_inference():

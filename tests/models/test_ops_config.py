@@ -30,7 +30,7 @@ def test_unset_environment_gives_the_platform_default(monkeypatch):
     monkeypatch.setattr(config.platform, "machine", lambda: "arm64")
     assert config._default_onednn_mode() == "off", "measured on x86-64 only: off elsewhere unless asked for"
     monkeypatch.setattr(config.platform, "machine", lambda: "AMD64")
-    assert config._default_onednn_mode() == "inference"
+    assert config._default_onednn_mode() == "always", "fast by default: training takes the route too"
 
 
 def test_unknown_environment_value_warns_with_the_valid_ones_and_keeps_the_default(monkeypatch):
@@ -80,16 +80,16 @@ def test_setter_refuses_unknown_modes_naming_the_valid_ones(bad):
 
 
 def test_context_manager_restores_the_previous_mode_also_after_an_error():
-    assert config.get_onednn_linear() == "inference"  # pinned by tests/conftest.py
+    assert config.get_onednn_linear() == "always"  # pinned by tests/conftest.py
     with ops.onednn_linear("off"):
         assert config.get_onednn_linear() == "off"
-        with ops.onednn_linear(True):
-            assert config.get_onednn_linear() == "always"
+        with ops.onednn_linear("inference"):
+            assert config.get_onednn_linear() == "inference"
         assert config.get_onednn_linear() == "off"
-    assert config.get_onednn_linear() == "inference"
-    with pytest.raises(KeyError), ops.onednn_linear("always"):
+    assert config.get_onednn_linear() == "always"
+    with pytest.raises(KeyError), ops.onednn_linear("inference"):
         raise KeyError("inside")
-    assert config.get_onednn_linear() == "inference"
+    assert config.get_onednn_linear() == "always"
 
 
 @pytest.mark.skipif(not torch.backends.mkldnn.is_available(), reason="PyTorch built without oneDNN")
@@ -103,7 +103,8 @@ def test_route_decision_follows_mode_autograd_dtype_and_autocast():
             assert not ops.onednn_route(x)
         with torch.autocast("cpu", dtype=torch.bfloat16):
             assert not ops.onednn_route(x)
-    assert not ops.onednn_route(x), "'inference' leaves autograd to F.linear"
+    with ops.onednn_linear("inference"):
+        assert not ops.onednn_route(x), "'inference' leaves autograd to F.linear"
     with ops.onednn_linear("always"):
         assert ops.onednn_route(x)
         assert not ops.onednn_route(x, inference_only=True), "routes without a backward need autograd off"

@@ -3,10 +3,10 @@
 One switch, the oneDNN route, governs two operations: linear layers (:func:`~perspective_unet.models.ops.linear`)
 and the token attention's inference path (:func:`~perspective_unet.models.ops.onednn_attention`). Its mode is
 
-- ``"inference"``: only without autograd, so training keeps ``F.linear``'s rounding and a training run gives the
-  same weights as before the route existed. The default on x86-64, where the route was measured.
-- ``"always"``: training too (linear layers only: the attention route has no backward). Faster eager training,
-  at a different rounding (docs/performance.md).
+- ``"always"``: in training too (linear layers only: the attention route has no backward). The default on x86-64,
+  where the route was measured: faster eager training at a different float rounding (docs/performance.md).
+- ``"inference"``: only without autograd, so training keeps ``F.linear``'s rounding (a training run then gives the
+  weights it gave before the route existed).
 - ``"off"``: ``F.linear`` and SDPA everywhere. The default elsewhere (ARM, ...), where oneDNN runs other kernels.
 
 The environment variable ``PERSPECTIVE_UNET_ONEDNN_LINEAR`` (``0``/``off``, ``1``/``inference``, ``always``) is read
@@ -51,7 +51,7 @@ _ENVIRONMENT_VALUES = {"0": "off", "off": "off", "1": "inference", "inference": 
 # The routes were measured on x86-64 (where oneDNN has AVX-512 kernels and MKL may not use them); elsewhere (ARM,
 # where oneDNN runs through other kernels) they stay off unless asked for.
 def _default_onednn_mode() -> str:
-    return "inference" if platform.machine().lower() in ("x86_64", "amd64") else "off"
+    return "always" if platform.machine().lower() in ("x86_64", "amd64") else "off"
 
 
 _DEFAULT_ONEDNN_MODE = _default_onednn_mode()

@@ -30,14 +30,20 @@ def _onednn_linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | N
     return out.permute(0, 2, 3, 1).reshape(*x.shape[:-1], weight.shape[0])
 
 
+def _convolution_reaches_onednn() -> bool:
+    # PyTorch sends a one-image 1x1 convolution to oneDNN only while more than one thread runs; on one thread it takes
+    # the slow im2col convolution instead, which would make the route slower than F.linear.
+    return torch.compiler.is_compiling() or torch.get_num_threads() > 1
+
+
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
     """``F.linear(x, weight, bias)``; on a CPU in float32, large inputs run as a 1x1 convolution through oneDNN.
 
-    The result equals ``F.linear``'s up to float rounding (a different summation order). By default the route is taken
-    without autograd only (see :func:`~perspective_unet.models.ops.config.set_onednn_linear`: the different rounding
-    changes a training run's trajectory). Elsewhere (other devices and dtypes, autocast, small inputs, the route off)
-    this is ``F.linear``, and so it is while ``torch.compile`` traces a training graph even under ``"always"``: there
-    the convolution route was no faster and kept more memory for backward (docs/performance.md).
+    The result equals ``F.linear``'s up to float rounding (a different summation order). Where the route is taken
+    (training too by default on x86-64) is set with :func:`~perspective_unet.models.ops.config.set_onednn_linear`.
+    Elsewhere (other devices and dtypes, autocast, small inputs, a single thread, the route off) this is
+    ``F.linear``, and so it is while ``torch.compile`` traces a training graph even under ``"always"``: there the
+    convolution route was no faster and kept more memory for backward (docs/performance.md).
 
     Args:
         x: Inputs ``(..., in_features)``.
@@ -47,7 +53,7 @@ def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = No
     Returns:
         ``(..., out_features)``.
     """
-    if x.numel() < _ONEDNN_MIN_ROWS * x.shape[-1] or not onednn_route(x, weight):
+    if x.numel() < _ONEDNN_MIN_ROWS * x.shape[-1] or not onednn_route(x, weight) or not _convolution_reaches_onednn():
         return F.linear(x, weight, bias)
     return _onednn_linear(x, weight, bias)
 
