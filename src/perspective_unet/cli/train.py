@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+from pathlib import Path
 
 import yaml
 
@@ -16,6 +17,12 @@ def _key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
+
+
+def _fold(text: str) -> int | str:
+    if text == "all" or (text.isdigit() and int(text) >= 0):
+        return text if text == "all" else int(text)
+    raise argparse.ArgumentTypeError(f"expected a fold number (0, 1, ...) or 'all', got {text!r}")
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -46,6 +53,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--grad-accum-steps", type=int)
     parser.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
+    parser.add_argument("--fold", type=_fold,
+                        help="cross-validation fold K (0..N-1) or 'all': trains on the other folds' cases, selects "
+                        "best.pt on fold K's, and writes the run to OUTPUT/fold_K; folds come from the data folder's "
+                        "splits.json (drawn from its train and val cases on first use, never from its test cases)")
+    parser.add_argument("--num-folds", type=int, help="folds of splits.json (default 5)")
     parser.add_argument("--max-iterations", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--time-limit-minutes", type=float, help="stop after the epoch that passes this budget")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA")
@@ -91,6 +103,8 @@ def run(args: argparse.Namespace) -> int:
         config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     if not config.data:
         raise ValueError("no dataset given: pass --data or set `data:` in the --config file.")
+    if config.fold is not None and not args.resume and Path(config.output).name != f"fold_{config.fold}":
+        config = dataclasses.replace(config, output=str(Path(config.output) / f"fold_{config.fold}"))
     result = train(config, resume=args.resume, overwrite=args.overwrite)
     print(f"finished after {result.epochs_completed} epoch(s), {result.iterations} iterations; last checkpoint "
           f"{result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else ""))

@@ -72,7 +72,12 @@ class TrainConfig:
             path's peak memory at 1.48x its speed (docs/performance.md). None: torch's default (keep what is cheapest
             to keep).
         val_every: Validate every this many epochs on the validation volumes (0: never).
-        val_split: Split of the prepared data used for validation.
+        val_split: Split of the prepared data used for validation (never ``test``: test cases are for ``evaluate``
+            only). Ignored with ``fold``.
+        fold: Cross-validation fold to train, 0..``num_folds``-1, or ``"all"`` for every development case without
+            validation; the fold's held-out cases are the validation set (see ``perspective_unet.data.folds``).
+            None: the dataset's own train and val splits.
+        num_folds: Folds of the dataset's ``splits.json`` (drawn on first use from its train and val cases).
         val_batch_size: Slices per forward pass during validation.
         augment: Augment the training data: the paper's augmentation (paper protocol) or nnU-Net's (spacing
             protocol).
@@ -111,6 +116,8 @@ class TrainConfig:
     activation_memory_budget: float | None = None
     val_every: int = 10
     val_split: str = "val"
+    fold: int | str | None = None
+    num_folds: int = 5
     val_batch_size: int = 16
     augment: bool = True
     augmentation: dict[str, Any] = field(default_factory=dict)
@@ -137,6 +144,8 @@ class TrainConfig:
         _check_fields(self, _TRAIN_CHECKS, normalize=False)
         if self.ce_weight + self.dice_weight == 0:
             raise ValueError("ce_weight and dice_weight must not both be 0.")
+        if isinstance(self.fold, int) and self.fold >= self.num_folds:
+            raise ValueError(f"fold must be 0..{self.num_folds - 1} for {self.num_folds} folds, got {self.fold}.")
         if self.activation_memory_budget is not None and not self.compile:
             raise ValueError("activation_memory_budget acts on the compiled model only; set compile too.")
         self._validate_model_options()
@@ -229,6 +238,24 @@ class TrainConfig:
         return cls.from_dict(data)
 
 
+def _check_val_split(name: str, value: Any) -> str:
+    value = check_str(name, value)
+    if value == "test":
+        raise ValueError(f"{name} must not be 'test': checkpoints are selected on validation cases only and test cases "
+                         "are for `perspective-unet evaluate`; use 'val', or cross-validation folds (fold: K).")
+    return value
+
+
+def _check_fold(name: str, value: Any) -> int | str | None:
+    if value is None or value == "all":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"{name} must be a fold number (0, 1, ...) or 'all', got {value!r}.")
+    return value
+
+
 _TRAIN_CHECKS: dict[str, Check] = {
     "data": check_path,
     "output": check_path,
@@ -257,7 +284,9 @@ _TRAIN_CHECKS: dict[str, Check] = {
     "compile": check_bool,
     "activation_memory_budget": _number(low=0, high=1, low_open=True, optional=True),
     "val_every": _int(0, note=" (0: never)"),
-    "val_split": check_str,
+    "val_split": _check_val_split,
+    "fold": _check_fold,
+    "num_folds": _int(2),
     "val_batch_size": _int(1),
     "augment": check_bool,
     "augmentation": check_mapping,

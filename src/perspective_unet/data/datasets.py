@@ -33,8 +33,10 @@ from perspective_unet.data.normalize import SYNAPSE_HU_WINDOW, ct_intensity, des
 from perspective_unet.data.planning import case_statistics
 from perspective_unet.data.slices import (
     ACDC_FOLDERS,
+    SliceRef,
     acdc_case,
     case_of_slice,
+    case_slices,
     context_indices,
     list_slices,
     load_h5,
@@ -181,11 +183,13 @@ class SliceDataset(Dataset):
         context_slices: Neighboring slices on each side taken as extra channels.
         intensity: The plan's intensity normalization (its ``scaling`` is applied to the stored values); None for the
             paper's (x - 0.5) / 0.5.
+        cases: Only these development cases, from the train and val splits both (a cross-validation fold's, see
+            :mod:`~perspective_unet.data.folds`); ``split`` is then ignored.
     """
 
     def __init__(self, root: str | os.PathLike[str], split: str = "train", img_size: int | Sequence[int] = (224, 224),
                  augmentation: AugmentationConfig | None = None, seed: int = 1234, *, context_slices: int = 0,
-                 intensity: IntensitySpec | None = None) -> None:
+                 intensity: IntensitySpec | None = None, cases: Sequence[str] | None = None) -> None:
         _require_split(split)
         self.root = Path(root)
         self.split = split
@@ -195,7 +199,8 @@ class SliceDataset(Dataset):
         self.augmentation_config = augmentation
         self._augment = build_augmentation(augmentation) if augmentation is not None else None
         self.intensity = intensity or IntensitySpec("unit")
-        self.samples = list_slices(self.root, self.info, split)
+        self.samples = list_slices(self.root, self.info, split) if cases is None else \
+            case_slices(self.root, self.info, cases)
         if not self.samples:
             raise InputError(f"{self.root} has no {split} slices; check the folder or choose another split.")
         self.context = context_indices(self.samples, context_slices)
@@ -284,16 +289,28 @@ class VolumeDataset(Dataset):
         root: A prepared dataset or a folder of circulating Synapse / ACDC files.
         split: ``"val"`` or ``"test"`` (``"train"`` only for MT-UNet-style ACDC folders, which hold no training
             volumes).
+        cases: Only these development cases (a cross-validation fold's validation cases); ``split`` is then ignored.
+            A case stored as training slices comes back as the stack of its slices in slice order, with the
+            spacing ``geometry.json`` records (None in circulating files) and no other geometry.
     """
 
-    def __init__(self, root: str | os.PathLike[str], split: str = "test") -> None:
+    def __init__(self, root: str | os.PathLike[str], split: str = "test", *,
+                 cases: Sequence[str] | None = None) -> None:
         _require_split(split)
         self.root = Path(root)
         self.split = split
         self.info = read_dataset_info(self.root)
-        self.volumes = volume_files(self.info, split)
+        self.stacked: dict[str, list[SliceRef]] = {}
+        if cases is None:
+            self.volumes = volume_files(self.info, split)
+        else:
+            stored = {case: path for case, path in volume_files(self.info, "val") if case in set(cases)}
+            for ref in case_slices(self.root, self.info, [c for c in cases if c not in stored]):
+                self.stacked.setdefault(ref.case, []).append(ref)
+            # A stacked case's "file" is where its slices lie (they are read from self.stacked).
+            self.volumes = [(case, stored.get(case, self.root / TRAIN_DIR)) for case in cases]
         for case, path in self.volumes:
-            if not path.exists():
+            if case not in self.stacked and not path.exists():
                 raise InputError(f"{path} is missing; the dataset lists case {case!r} in its {split} split.")
 
     def __len__(self) -> int:
@@ -301,7 +318,9 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         case, path = self.volumes[index]
-        if path.name.endswith(VOLUME_SUFFIX):
+        if case in self.stacked:
+            image, label, attrs = self._stack(case)
+        elif path.name.endswith(VOLUME_SUFFIX):
             image, label, attrs = load_h5(path)
         else:
             image, label = load_npz(path)
@@ -317,6 +336,26 @@ class VolumeDataset(Dataset):
             "spacing": None if spacing is None else tuple(float(s) for s in np.ravel(spacing)),
             "meta": attrs,
         }
+
+
+    def _stack(self, case: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+        refs = sorted(self.stacked[case], key=lambda ref: ref.position)
+        slices = [load_slice(ref) for ref in refs]
+        if len({image.shape for image, _ in slices}) > 1:
+            raise InputError(f"{self.root}: the training slices of case {case!r} differ in shape; they cannot be "
+                             "stacked into a validation volume.")
+        spacing = _geometry(self.root).get(case, {}).get("spacing")
+        return np.stack([s[0] for s in slices]), np.stack([s[1] for s in slices]), {"spacing": spacing}
+
+
+def _geometry(root: Path) -> dict[str, Any]:
+    path = root / "geometry.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); prepare the dataset again.") from None
 
 
 def seed_worker(worker_id: int) -> None:

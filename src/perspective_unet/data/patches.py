@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -101,16 +101,18 @@ class PatchDataset(Dataset):
         augmentation: Augmentation settings; None for plain patches.
         seed: Seed of the patch positions and the augmentation. ``reseed`` (called per epoch and in each DataLoader
             worker by ``seed_worker``) restarts the draws, so a resumed run draws as an uninterrupted one.
+        cases: Only these development cases (a cross-validation fold's training cases).
     """
 
     def __init__(self, root: str | os.PathLike[str], plan: Plan, augmentation: SpacingAugmentationConfig | None = None,
-                 seed: int = 1234) -> None:
+                 seed: int = 1234, *, cases: Sequence[str] | None = None) -> None:
         if plan.protocol != "spacing":
             raise ValueError(f"PatchDataset needs a plan of the spacing protocol, got {plan.protocol!r}.")
         self.root = Path(root)
         self.plan = plan
         self.seed = int(seed)
-        self.slices = SliceDataset(root, "train", context_slices=plan.context_slices, intensity=plan.intensity)
+        self.slices = SliceDataset(root, "train", context_slices=plan.context_slices, intensity=plan.intensity,
+                                   cases=cases)
         fingerprint = dataset_fingerprint(root)
         if fingerprint is None:
             raise InputError(f"{root} has no fingerprint.json: the spacing protocol needs each case's spacing; "

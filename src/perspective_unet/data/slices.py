@@ -25,6 +25,7 @@ __all__ = [
     "SliceRef",
     "acdc_case",
     "case_of_slice",
+    "case_slices",
     "context_indices",
     "list_slices",
     "load_h5",
@@ -203,6 +204,21 @@ def list_slices(root: str | os.PathLike[str], info: dict[str, Any], split: str) 
             raise InputError(f"{path} is missing; the dataset lists case {case!r} in its {split} split.")
         samples += [SliceRef(f"{case}_slice{z:03d}", path, z, case, z) for z in range(_volume_depth(path))]
     return samples
+
+
+def case_slices(root: str | os.PathLike[str], info: dict[str, Any], cases: Sequence[str]) -> list[SliceRef]:
+    """Every slice of the given development cases, wherever they are stored (training slices or validation volumes).
+
+    Raises:
+        InputError: A case has no slices in the train or val split (test cases never do: they are not for training).
+    """
+    wanted = set(cases)
+    refs = [ref for split in ("train", "val") for ref in list_slices(root, info, split) if ref.case in wanted]
+    missing = sorted(wanted - {ref.case for ref in refs})
+    if missing:
+        raise InputError(f"{root} has no training or validation slices of cases {missing[:3]}; folds take their cases "
+                         "from the train and val splits only.")
+    return refs
 
 
 def load_slice(ref: SliceRef) -> tuple[np.ndarray, np.ndarray | None]:

@@ -20,6 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from perspective_unet.config import TrainConfig
 from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDataset, read_dataset_info, seed_worker
+from perspective_unet.data.folds import Fold, fold_cases
 from perspective_unet.data.patches import PatchDataset
 from perspective_unet.data.planning import plan_for_training
 from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
@@ -112,17 +113,20 @@ def _dataset_summary(info: dict[str, Any]) -> dict[str, Any]:
     return json.loads(json.dumps({k: info[k] for k in keep if k in info}))
 
 
-def _training_set(config: TrainConfig, plan: Plan) -> SliceDataset | PatchDataset:
-    """The training slices (paper protocol) or patches (spacing protocol), augmented as the config says."""
+def _training_set(config: TrainConfig, plan: Plan, fold: Fold | None) -> SliceDataset | PatchDataset:
+    """The training slices (paper protocol) or patches (spacing protocol) of the split or fold, augmented as the
+    config says."""
+    cases = list(fold.train) if fold is not None else None
     try:
         if plan.protocol == "paper":
             paper = AugmentationConfig.from_dict(config.augmentation) if config.augment else None
             return SliceDataset(config.data, split="train", img_size=plan.patch_size, augmentation=paper,
-                                seed=config.seed, context_slices=plan.context_slices, intensity=plan.intensity)
+                                seed=config.seed, context_slices=plan.context_slices, intensity=plan.intensity,
+                                cases=cases)
         spacing = SpacingAugmentationConfig.from_dict(config.augmentation) if config.augment else None
     except ValueError as exc:
         raise InputError(f"training config, augmentation: {exc}") from None
-    return PatchDataset(config.data, plan, spacing, seed=config.seed)
+    return PatchDataset(config.data, plan, spacing, seed=config.seed, cases=cases)
 
 
 def _foreground_weights(dataset: SliceDataset | PatchDataset, weight: float) -> torch.Tensor | None:
@@ -298,18 +302,24 @@ class TrainingRun:
         return int(self.info["num_classes"])
 
 
-def _validation_set(config: TrainConfig, ctx: DistributedContext) -> VolumeDataset | None:
+def _validation_set(config: TrainConfig, ctx: DistributedContext, fold: Fold | None) -> VolumeDataset | None:
+    """The volumes checkpoints are selected on: the fold's held-out cases, or the dataset's val split; never a test
+    case."""
     if config.val_every == 0:
         return None
-    try:
-        val_set = VolumeDataset(config.data, split=config.val_split)
-    except (FileNotFoundError, InputError):
-        val_set = None
+    if fold is not None:
+        val_set = VolumeDataset(config.data, cases=list(fold.val)) if fold.val else None
+        what = f"{fold.name} has no held-out cases"
+    else:
+        try:
+            val_set = VolumeDataset(config.data, split=config.val_split)
+        except (FileNotFoundError, InputError):
+            val_set = None
+        what = f"no {config.val_split!r} volumes in {config.data}"
     if val_set is not None and len(val_set) == 0:
         val_set = None
     if val_set is None and ctx.is_main:
-        log.info("no %r volumes in %s: training without validation (best.pt is not written)", config.val_split,
-                 config.data)
+        log.info("%s: training without validation (best.pt is not written)", what)
     return val_set
 
 
@@ -354,8 +364,11 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
                                                     context_slices=config.context_slices)
     config = dataclasses.replace(config, protocol=plan.protocol, img_size=plan.patch_size,
                                  batch_size=plan.batch_size, context_slices=plan.context_slices)
-    train_set = _training_set(config, plan)
-    val_set = _validation_set(config, ctx)
+    fold = fold_cases(config.data, info, config.fold, config.num_folds) if config.fold is not None else None
+    if fold is not None and ctx.is_main:
+        log.info("%s: %d training and %d validation cases", fold.name, len(fold.train), len(fold.val))
+    train_set = _training_set(config, plan, fold)
+    val_set = _validation_set(config, ctx, fold)
     model = _build_model(config, plan, int(info["num_classes"]), device)
     amp_dtype = _autocast_dtype(device, config.amp)
     run = TrainingRun(
