@@ -17,7 +17,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "channel suffix (case_0000.nii.gz -> case.nii.gz); a DICOM folder ct/ gives ct.nii.gz; pictures give a PNG "
         "of class ids. Existing outputs are never replaced without --overwrite.",
     )
-    parser.add_argument("--checkpoint", required=True, help="a .pt written by train or convert-official")
+    parser.add_argument("--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
+                        help="a .pt written by train or convert-official, a run folder (its best.pt, else "
+                        "last.pt) or a folder of fold runs (fold_0, fold_1, ...); several: an ensemble that "
+                        "averages their probabilities (they must share classes and plan)")
     parser.add_argument("-i", "--input", required=True, nargs="+",
                         help="image file(s), DICOM series folder(s), or a folder of them")
     parser.add_argument("-o", "--output", required=True,

@@ -29,6 +29,7 @@ from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
 from perspective_unet.models.checkpoint import load_for_inference
+from perspective_unet.models.ensemble import load_ensemble_for_inference
 from perspective_unet.outputs import output_lock, remove_stale_temporaries, write_all
 from perspective_unet.plan import Plan
 from perspective_unet.table import format_table
@@ -225,7 +226,7 @@ def summary_markdown(result: dict[str, Any]) -> str:
 
 
 def evaluate(
-    checkpoint: str | os.PathLike[str],
+    checkpoint: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     data: str | os.PathLike[str],
     output: str | os.PathLike[str],
     *,
@@ -240,6 +241,9 @@ def evaluate(
     overwrite: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a checkpoint on a prepared dataset's volumes and write the reports; returns ``summary.json``'s dict.
+
+    ``checkpoint`` may also be a run folder, a folder of fold runs or several of these: their ensemble (the mean of
+    their probabilities, see :func:`~perspective_unet.models.ensemble.load_ensemble_for_inference`) is evaluated.
 
     Existing reports in ``output`` are replaced only with ``overwrite``; the folder is locked while the command
     runs.
@@ -258,12 +262,12 @@ def evaluate(
     with output_lock(output, "evaluate"):
         remove_stale_temporaries(output)
         torch_device = resolve_device(device)
-        model, info = load_for_inference(checkpoint, torch_device)
+        model, info = load_ensemble_for_inference(checkpoint, torch_device)
         dataset_info = read_dataset_info(data)
         num_classes = model.config.num_classes
         if int(dataset_info["num_classes"]) != num_classes:
             raise InputError(
-                f"the checkpoint {checkpoint} predicts {num_classes} classes but {data} has "
+                f"the checkpoint {info['checkpoints'][0]} predicts {num_classes} classes but {data} has "
                 f"{dataset_info['num_classes']}; evaluate it on data of the same label set."
             )
         dataset = VolumeDataset(data, split=split)
@@ -279,6 +283,7 @@ def evaluate(
             model, dataset, num_classes=num_classes, plan=plan, batch_size=batch_size, protocols=protocols,
             class_names=dataset_info.get("class_names"), tta=tta, resampler=resampler, progress=progress,
         )
-        extra = {"checkpoint": str(checkpoint), "data": str(data), "split": split, "plan": plan.to_dict(),
+        extra = {"checkpoint": info["checkpoints"][0] if len(info["checkpoints"]) == 1 else info["checkpoints"],
+                 "data": str(data), "split": split, "plan": plan.to_dict(),
                  "img_size": list(plan.patch_size), "tta": tta, "resampler": resampler}
         return write_reports(result, output, extra=extra)

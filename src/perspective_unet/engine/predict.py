@@ -235,7 +235,7 @@ def predict_file(
 
 
 def predict_path(
-    checkpoint: torch.nn.Module | str | os.PathLike[str],
+    checkpoint: torch.nn.Module | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
     *,
@@ -260,7 +260,8 @@ def predict_path(
     the inputs before a failing one stay (they are complete).
 
     Args:
-        checkpoint: A checkpoint path, or a model (then ``info`` supplies ``plan`` or ``img_size``, and ``dataset``
+        checkpoint: A checkpoint path, a run folder, a folder of fold runs or several of these (an ensemble that
+            averages their probabilities), or a model (then ``info`` supplies ``plan`` or ``img_size``, and ``dataset``
             as ``load_for_inference`` returns them; without it the paper protocol at 224x224 and the CT fallback are
             assumed).
         inputs: One path (file, DICOM folder, or folder of inputs) or several.

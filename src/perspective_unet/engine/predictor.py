@@ -218,7 +218,7 @@ class Predictor:
     @classmethod
     def from_checkpoint(
         cls,
-        checkpoint: str | os.PathLike[str],
+        checkpoint: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         *,
         device: str | torch.device = "auto",
         window: Sequence[float] | None = None,
@@ -230,7 +230,9 @@ class Predictor:
         """Load a checkpoint and read its plan (or training size), classes, orientation and intensity normalization.
 
         Args:
-            checkpoint: A ``.pt`` written by ``train`` or ``convert-official``.
+            checkpoint: A ``.pt`` written by ``train`` or ``convert-official``, a run folder, a folder of fold runs,
+                or several of these: an ensemble averaging their probabilities (see
+                :func:`~perspective_unet.models.ensemble.load_ensemble_for_inference`).
             device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
             window: CT window overriding the checkpoint's normalization.
             mr_normalize: Per-volume MR normalization overriding the checkpoint's.
@@ -238,10 +240,10 @@ class Predictor:
             img_size: Model input size (paper protocol) or sliding window (spacing protocol) overriding the plan's.
             **options: ``tta``, ``batch_size``, ``resampler``.
         """
-        from perspective_unet.models.checkpoint import load_for_inference
+        from perspective_unet.models.ensemble import load_ensemble_for_inference
 
         torch_device = device if isinstance(device, torch.device) else resolve_device(device)
-        model, info = load_for_inference(checkpoint, torch_device)
+        model, info = load_ensemble_for_inference(checkpoint, torch_device)
         return cls.from_model(
             model, info, device=torch_device, window=window, mr_normalize=mr_normalize, orientation=orientation,
             img_size=img_size, **options,
