@@ -28,6 +28,7 @@ _COMMAND_MODULES = (
     "convert",
     "train",
     "evaluate",
+    "experiment",
     "demo",
     "predict",
     "visualize",

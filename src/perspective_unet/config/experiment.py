@@ -1,0 +1,248 @@
+"""The experiment file: a grid of training runs (configurations x seeds x folds) and how to compare them.
+
+```yaml
+name: ablation                     # free text, shown in the report
+base: configs/demo.yaml            # optional: a training config file every run starts from (relative to this file)
+train:                             # optional: training settings shared by every run (over ``base``)
+  data: demo_out/data
+  epochs: 40
+configurations:                    # name -> settings of that configuration (over ``train``); dicts are merged
+  full: {}
+  no_scsi: {model_options: {use_scsi: false}}
+seeds: [1, 2, 3]
+folds: [0, 1, 2, 3, 4]             # optional: cross-validation folds; without it, the dataset's own splits
+reference: full                    # the configuration the others are tested against (default: the first)
+evaluate: {split: test, tta: false, protocol: legacy}
+statistics: {unit: case, bootstrap_resamples: 10000, bootstrap_seed: 0, confidence: 0.95}
+```
+
+Every run's training config is built (and so checked) when the file is read, before any run starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from perspective_unet.config.checks import (
+    check_bool,
+    check_choice,
+    check_int,
+    check_mapping,
+    check_number,
+    check_str,
+    dataclass_from_dict,
+)
+from perspective_unet.config.train import TrainConfig
+
+__all__ = ["EvaluationSettings", "ExperimentConfig", "ExperimentRun", "StatisticsSettings"]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
+UNITS = ("case", "case_class")
+METRIC_PROTOCOLS = ("legacy", "corrected")
+
+
+@dataclass(frozen=True)
+class EvaluationSettings:
+    """How each finished run is evaluated (``perspective-unet evaluate`` on its checkpoint).
+
+    Attributes:
+        split: The volumes scored, ``test`` by default: runs never select checkpoints on them.
+        tta: Average over mirrorings.
+        protocol: The metric protocol the report compares: ``legacy`` (the papers') or ``corrected``.
+    """
+
+    split: str = "test"
+    tta: bool = False
+    protocol: str = "legacy"
+
+    def __post_init__(self) -> None:
+        check_str("evaluate.split", self.split)
+        check_bool("evaluate.tta", self.tta)
+        check_choice("evaluate.protocol", self.protocol, METRIC_PROTOCOLS)
+
+
+@dataclass(frozen=True)
+class StatisticsSettings:
+    """How the report compares configurations.
+
+    Attributes:
+        unit: What a paired test pairs and a bootstrap resamples: ``case`` (a case's mean Dice over classes, the
+            usual choice) or ``case_class`` (each case and class apart; for data with very few cases, such as the
+            demo's single test volume, at the price of treating classes of one case as independent).
+        bootstrap_resamples: Resamples of the percentile bootstrap.
+        bootstrap_seed: Seed of the bootstrap, so a report is reproducible.
+        confidence: Level of the bootstrap interval.
+    """
+
+    unit: str = "case"
+    bootstrap_resamples: int = 10_000
+    bootstrap_seed: int = 0
+    confidence: float = 0.95
+
+    def __post_init__(self) -> None:
+        check_choice("statistics.unit", self.unit, UNITS)
+        check_int("statistics.bootstrap_resamples", self.bootstrap_resamples, minimum=100)
+        check_int("statistics.bootstrap_seed", self.bootstrap_seed)
+        check_number("statistics.confidence", self.confidence, low=0, high=1, low_open=True, high_open=True)
+
+
+@dataclass(frozen=True)
+class ExperimentRun:
+    """One training run of the grid.
+
+    Attributes:
+        configuration: Its configuration's name.
+        seed: Its seed.
+        fold: Its cross-validation fold, or None.
+        config: Its full training config (output not yet set).
+    """
+
+    configuration: str
+    seed: int
+    fold: int | str | None
+    config: TrainConfig
+
+    @property
+    def folder(self) -> Path:
+        """Its folder, relative to the experiment's: ``<configuration>/seed_<seed>[/fold_<K>]``."""
+        path = Path(self.configuration) / f"seed_{self.seed}"
+        return path / f"fold_{self.fold}" if self.fold is not None else path
+
+    @property
+    def label(self) -> str:
+        return str(self.folder)
+
+
+@dataclass
+class ExperimentConfig:
+    """A grid of runs: every configuration with every seed (and fold), each run a ``TrainConfig``.
+
+    Attributes:
+        name: Shown in the report.
+        configurations: Name -> the settings of that configuration over ``train`` (dicts merged).
+        train: Settings every run shares (over ``base``).
+        base: A training config file every run starts from; relative paths are relative to the experiment file.
+        seeds: Seeds; each configuration runs once per seed (and fold).
+        folds: Cross-validation folds (0..N-1 or ``"all"``), or None for the dataset's own splits.
+        reference: The configuration the others are tested against; None: the first.
+        evaluate: How each run is evaluated.
+        statistics: How configurations are compared.
+    """
+
+    name: str
+    configurations: dict[str, dict[str, Any]]
+    train: dict[str, Any] = field(default_factory=dict)
+    base: str | None = None
+    seeds: list[int] = field(default_factory=lambda: [1234])
+    folds: list[int | str] | None = None
+    reference: str | None = None
+    evaluate: EvaluationSettings = field(default_factory=EvaluationSettings)
+    statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
+
+    def __post_init__(self) -> None:
+        check_str("name", self.name)
+        check_mapping("train", self.train)
+        if not isinstance(self.configurations, dict) or not self.configurations:
+            raise ValueError("configurations must map at least one name to its settings, e.g. {full: {}}.")
+        for name, settings in self.configurations.items():
+            if not isinstance(name, str) or not _NAME.match(name):
+                raise ValueError(f"configurations: {name!r} is not a usable name (letters, digits, '_', '-', '.'; it "
+                                 "names the runs' folders).")
+            check_mapping(f"configurations.{name}", settings)
+        if not isinstance(self.seeds, list) or not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ValueError(f"seeds must be a list of distinct integers, got {self.seeds!r}.")
+        for seed in self.seeds:
+            check_int("seeds", seed)
+        if self.folds is not None and (not isinstance(self.folds, list) or not self.folds):
+            raise ValueError(f"folds must be a list of fold numbers (or 'all'), got {self.folds!r}.")
+        if self.reference is None:
+            self.reference = next(iter(self.configurations))
+        if self.reference not in self.configurations:
+            raise ValueError(f"reference {self.reference!r} is none of the configurations {list(self.configurations)}.")
+        for key in ("seed", "fold", "output"):
+            if key in self.train or any(key in c for c in self.configurations.values()):
+                raise ValueError(f"{key} is set by the experiment for each run; remove it from train and "
+                                 "configurations (use seeds and folds).")
+        self.runs()  # every run's config is built, and so checked, now
+
+    def _base_settings(self) -> dict[str, Any]:
+        """The fields the base file sets (checked as a training config first); its seed and output give way to the
+        experiment's."""
+        if self.base is None:
+            return {}
+        import yaml
+
+        TrainConfig.from_yaml(self.base)
+        data = yaml.safe_load(Path(self.base).read_text()) or {}
+        return {k: v for k, v in data.items() if k not in ("seed", "fold", "output")}
+
+    def self_contained(self) -> ExperimentConfig:
+        """The same experiment with the base file's settings folded into ``train`` (no file needed to read it)."""
+        return dataclasses.replace(self, train=_merge(self._base_settings(), self.train), base=None)
+
+    def runs(self) -> list[ExperimentRun]:
+        """The grid, configuration by configuration, then seed, then fold; each with its checked training config.
+
+        Raises:
+            ValueError: A run's settings make no valid ``TrainConfig`` (the message names the configuration).
+        """
+        base = self._base_settings()
+        out = []
+        for name, settings in self.configurations.items():
+            merged = _merge(_merge(base, self.train), settings)
+            for seed in self.seeds:
+                for fold in self.folds or [None]:
+                    try:
+                        config = TrainConfig.from_dict({**merged, "seed": seed, "fold": fold})
+                    except ValueError as exc:
+                        raise ValueError(f"configurations.{name}: {exc}") from None
+                    if not config.data:
+                        raise ValueError(f"configurations.{name}: no dataset; set data in train (or in base).")
+                    out.append(ExperimentRun(name, seed, fold, config))
+        return out
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], *, relative_to: Path | None = None) -> ExperimentConfig:
+        data = dict(data)
+        if isinstance(data.get("evaluate"), dict):
+            data["evaluate"] = dataclass_from_dict(EvaluationSettings, data["evaluate"], "evaluate keys")
+        if isinstance(data.get("statistics"), dict):
+            data["statistics"] = dataclass_from_dict(StatisticsSettings, data["statistics"], "statistics keys")
+        base = data.get("base")
+        if isinstance(base, str) and relative_to is not None and not Path(base).is_absolute():
+            data["base"] = str(relative_to / base)
+        return dataclass_from_dict(cls, data, "experiment keys")
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> ExperimentConfig:
+        """Read an experiment file; a bad one raises ``ValueError`` naming the file and the field."""
+        import yaml
+
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"experiment file {path} does not exist; see configs/experiments/ for examples.")
+        try:
+            data = yaml.safe_load(path.read_text())
+        except yaml.YAMLError as exc:
+            raise ValueError(f"experiment file {path} is not valid YAML: {exc}") from None
+        if not isinstance(data, dict):
+            raise ValueError(f"experiment file {path} must hold a mapping (name, configurations, seeds, ...).")
+        try:
+            return cls.from_dict(data, relative_to=path.parent)
+        except (ValueError, FileNotFoundError) as exc:
+            raise ValueError(f"experiment file {path}: {exc}") from None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _merge(below: dict[str, Any], above: dict[str, Any]) -> dict[str, Any]:
+    """``above`` over ``below``; dict values (model_options, augmentation) are merged one level deep."""
+    out = dict(below)
+    for key, value in above.items():
+        out[key] = {**out[key], **value} if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out

@@ -1,0 +1,308 @@
+"""``perspective-unet experiment report``: the runs of an experiment gathered into tables with spread and tests.
+
+For each configuration the report gives, from the per-case scores of every evaluated run:
+
+- the paper's table layout, mean Dice, mean HD95 and each class's Dice, as mean +- sample standard deviation over
+  the configuration's runs (seeds, and folds when the experiment has them), a run's score being the evaluation
+  summary's (each class averaged over cases, then the classes averaged);
+- a percentile bootstrap confidence interval of the mean Dice over the statistics unit (a case's mean Dice over
+  classes, or each case and class), each unit's value averaged over the runs first;
+- the paired Wilcoxon signed-rank test of the units' values against the reference configuration's, with Holm's
+  correction across the comparisons.
+
+Written as ``report.md``, ``report.csv``, ``report.tex``, ``report.json`` and ``boxplots.png`` (per-class Dice of
+every run and case).
+"""
+
+from __future__ import annotations
+
+import csv
+import functools
+import io
+import json
+import math
+import os
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import yaml
+
+from perspective_unet.config.experiment import ExperimentConfig
+from perspective_unet.engine.experiment import EVALUATION_DIR, EXPERIMENT_FILE
+from perspective_unet.errors import InputError
+from perspective_unet.outputs import write_all
+from perspective_unet.stats import Comparison, Spread, bootstrap_interval, holm, paired_wilcoxon, spread
+from perspective_unet.table import format_table
+
+__all__ = ["ConfigurationSummary", "ExperimentReport", "gather_scores", "report_experiment", "summarize"]
+
+REPORT_FILES = ("report.md", "report.csv", "report.tex", "report.json", "boxplots.png")
+
+# (case, class name) -> (dice, hd95) of one run
+RunScores = dict[tuple[str, str], tuple[float, float]]
+
+
+@dataclass
+class ConfigurationSummary:
+    """One configuration's row of the report.
+
+    Attributes:
+        name: The configuration.
+        runs: Labels of its evaluated runs.
+        dice: Mean Dice over runs (each run: classes averaged after cases).
+        hd95: Mean HD95 over runs, likewise.
+        per_class: Each class's Dice over runs.
+        interval: Bootstrap interval of the mean Dice over units.
+        units: The units' values (averaged over runs), by unit name.
+        comparison: Against the reference (None for the reference itself).
+    """
+
+    name: str
+    runs: list[str]
+    dice: Spread
+    hd95: Spread
+    per_class: dict[str, Spread]
+    interval: tuple[float, float]
+    units: dict[str, float] = field(repr=False)
+    comparison: Comparison | None = None
+
+
+@dataclass
+class ExperimentReport:
+    """The whole report: settings, one summary per configuration, and the runs that had no evaluation."""
+
+    name: str
+    reference: str
+    protocol: str
+    unit: str
+    confidence: float
+    classes: list[str]
+    configurations: list[ConfigurationSummary]
+    missing: list[str]
+    scores: dict[str, list[RunScores]] = field(repr=False, default_factory=dict)
+
+
+def _read_per_case(path: Path, protocol: str) -> RunScores:
+    scores: RunScores = {}
+    with path.open(newline="") as handle:
+        for row in csv.DictReader(handle):
+            if row["protocol"] == protocol:
+                scores[(row["case"], row["class_name"])] = (float(row["dice"]), float(row["hd95"]))
+    if not scores:
+        raise InputError(f"{path} holds no {protocol!r} scores; evaluate the run with that protocol.")
+    return scores
+
+
+def gather_scores(root: Path, experiment: ExperimentConfig) -> tuple[dict[str, dict[str, RunScores]], list[str]]:
+    """Per configuration, per run label, the run's per-case scores; and the labels of runs not evaluated yet."""
+    found: dict[str, dict[str, RunScores]] = defaultdict(dict)
+    missing = []
+    for run in experiment.runs():
+        path = root / run.folder / EVALUATION_DIR / "per_case.csv"
+        if path.is_file():
+            found[run.configuration][run.label] = _read_per_case(path, experiment.evaluate.protocol)
+        else:
+            missing.append(run.label)
+    return found, missing
+
+
+def _nanmean(values: list[float]) -> float:
+    """Mean of the finite values; NaN (without a warning) when there is none."""
+    finite = [v for v in values if math.isfinite(v)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
+def _run_means(scores: RunScores, classes: list[str]) -> tuple[float, float, dict[str, float]]:
+    """A run's summary: each class averaged over cases (undefined values left out), then the classes."""
+    per_class_dice = {c: _nanmean([d for (_, k), (d, _) in scores.items() if k == c]) for c in classes}
+    per_class_hd = [_nanmean([h for (_, k), (_, h) in scores.items() if k == c]) for c in classes]
+    return _nanmean(list(per_class_dice.values())), _nanmean(per_class_hd), per_class_dice
+
+
+def _units(runs: list[RunScores], unit: str) -> dict[str, float]:
+    """Each unit's Dice averaged over the runs (a case's classes are averaged first for unit ``case``)."""
+    values: dict[str, list[float]] = defaultdict(list)
+    for scores in runs:
+        by_case: dict[str, list[float]] = defaultdict(list)
+        for (case, name), (dice, _) in scores.items():
+            if unit == "case_class":
+                values[f"{case}/{name}"].append(dice)
+            else:
+                by_case[case].append(dice)
+        for case, dices in by_case.items():
+            values[case].append(_nanmean(dices))
+    return {key: _nanmean(v) for key, v in sorted(values.items())}
+
+
+def summarize(root: str | os.PathLike[str]) -> ExperimentReport:
+    """Gather an experiment folder's evaluated runs and compute the report's numbers (nothing is written).
+
+    Raises:
+        InputError: The folder holds no experiment, or none of its runs has been evaluated.
+    """
+    root = Path(root)
+    path = root / EXPERIMENT_FILE
+    if not path.is_file():
+        raise InputError(f"{root} holds no {EXPERIMENT_FILE}; give the folder `perspective-unet experiment run` wrote.")
+    try:
+        experiment = ExperimentConfig.from_dict(yaml.safe_load(path.read_text()))
+    except (ValueError, FileNotFoundError, yaml.YAMLError) as exc:
+        raise InputError(f"{path} is not a valid experiment ({exc}).") from None
+    found, missing = gather_scores(root, experiment)
+    if not found:
+        raise InputError(f"{root}: no run has been evaluated yet; run `perspective-unet experiment run` first.")
+    classes = sorted({name for runs in found.values() for s in runs.values() for _, name in s},
+                     key=lambda name: _class_order(found, name))
+    stats = experiment.statistics
+    summaries = []
+    for name in experiment.configurations:
+        runs = list(found.get(name, {}).values())
+        if not runs:
+            continue
+        means = [_run_means(scores, classes) for scores in runs]
+        units = _units(runs, stats.unit)
+        summaries.append(ConfigurationSummary(
+            name=name, runs=list(found[name]), dice=spread([m[0] for m in means]), hd95=spread([m[1] for m in means]),
+            per_class={c: spread([m[2][c] for m in means]) for c in classes},
+            interval=bootstrap_interval(list(units.values()), confidence=stats.confidence,
+                                        resamples=stats.bootstrap_resamples, seed=stats.bootstrap_seed),
+            units=units,
+        ))
+    _compare(summaries, experiment.reference)
+    return ExperimentReport(
+        name=experiment.name, reference=experiment.reference, protocol=experiment.evaluate.protocol, unit=stats.unit,
+        confidence=stats.confidence, classes=classes, configurations=summaries, missing=missing,
+        scores={name: list(runs.values()) for name, runs in found.items()},
+    )
+
+
+def _class_order(found: dict[str, dict[str, RunScores]], name: str) -> int:
+    """Classes keep the order of the first run's file (class id order)."""
+    first = next(iter(next(iter(found.values())).values()))
+    order = list(dict.fromkeys(k for _, k in first))
+    return order.index(name) if name in order else len(order)
+
+
+def _compare(summaries: list[ConfigurationSummary], reference: str) -> None:
+    base = next((s for s in summaries if s.name == reference), None)
+    if base is None:
+        return
+    others = [s for s in summaries if s is not base]
+    for summary in others:
+        keys = sorted(set(summary.units) & set(base.units))
+        summary.comparison = paired_wilcoxon([summary.units[k] for k in keys], [base.units[k] for k in keys])
+    adjusted = holm([s.comparison.p_value for s in others])
+    for summary, p_holm in zip(others, adjusted):
+        summary.comparison = Comparison(**{**asdict(summary.comparison), "p_holm": p_holm})
+
+
+def _pm(value: Spread, scale: float = 100.0) -> str:
+    if value.n == 0 or not math.isfinite(value.mean):
+        return "n/a"
+    if not math.isfinite(value.std):
+        return f"{value.mean * scale:.2f}"
+    return f"{value.mean * scale:.2f} ± {value.std * scale:.2f}"
+
+
+def _p(value: float) -> str:
+    return "n/a" if not math.isfinite(value) else f"{value:.4f}" if value >= 1e-4 else f"{value:.1e}"
+
+
+def _markdown(report: ExperimentReport) -> str:
+    header = ["configuration", "runs", "DSC (%)", "HD95", *report.classes]
+    rows = [[s.name, len(s.runs), _pm(s.dice), _pm(s.hd95, 1.0), *(_pm(s.per_class[c]) for c in report.classes)]
+            for s in report.configurations]
+    level = f"{report.confidence * 100:g}%"
+    tests = [[s.name, len(s.units), f"{s.dice.mean * 100:.2f}" if s.dice.n else "n/a",
+              f"[{s.interval[0] * 100:.2f}, {s.interval[1] * 100:.2f}]" if math.isfinite(s.interval[0]) else "n/a",
+              *(("reference", "", "", "") if s.comparison is None else
+                (s.comparison.n, f"{s.comparison.mean_difference * 100:+.2f}", _p(s.comparison.p_value),
+                 _p(s.comparison.p_holm)))]
+             for s in report.configurations]
+    unit = "case (its mean Dice over classes)" if report.unit == "case" else "case and class"
+    lines = [
+        f"# Experiment {report.name}", "",
+        f"Metric protocol: {report.protocol} (HD95 in {'voxels' if report.protocol == 'legacy' else 'mm'}). "
+        "Mean ± sample standard deviation over each configuration's runs; DSC in %.", "",
+        format_table(header, rows, markdown=True), "",
+        f"## Comparison with {report.reference}", "",
+        f"Unit: {unit}, each unit's Dice averaged over the configuration's runs. {level} percentile bootstrap interval "
+        "of the mean over units; paired two-sided Wilcoxon signed-rank test against the reference on the same units, "
+        "p-values Holm-corrected across the comparisons.", "",
+        format_table(["configuration", "units", "mean DSC (%)", f"{level} CI", "pairs", "Δ DSC (%)", "p", "p (Holm)"],
+                     tests, markdown=True), "",
+    ]
+    if report.missing:
+        lines += [f"Runs without an evaluation (left out): {', '.join(report.missing)}.", ""]
+    return "\n".join(lines)
+
+
+def _csv(report: ExperimentReport) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer)
+    writer.writerow(["configuration", "runs", "dice_mean", "dice_std", "hd95_mean", "hd95_std", "units", "ci_low",
+                     "ci_high", "pairs", "dice_difference", "p_wilcoxon", "p_holm",
+                     *(f"{c}_{k}" for c in report.classes for k in ("mean", "std"))])
+    for s in report.configurations:
+        c = s.comparison
+        writer.writerow([s.name, len(s.runs), s.dice.mean, s.dice.std, s.hd95.mean, s.hd95.std, len(s.units),
+                         *s.interval, *(("", "", "", "") if c is None else (c.n, c.mean_difference, c.p_value,
+                                                                            c.p_holm)),
+                         *(v for name in report.classes for v in (s.per_class[name].mean, s.per_class[name].std))])
+    return buffer.getvalue()
+
+
+def _latex(report: ExperimentReport) -> str:
+    def cell(value: Spread, scale: float = 100.0) -> str:
+        return _pm(value, scale).replace("±", r"$\pm$")
+
+    names = [c.replace("_", r"\_") for c in report.classes]
+    lines = [r"\begin{tabular}{l" + "c" * (2 + len(names)) + "}", r"\hline",
+             " & ".join(["Configuration", "DSC", "HD95", *names]) + r" \\", r"\hline"]
+    for s in report.configurations:
+        cells = [s.name.replace("_", r"\_"), cell(s.dice), cell(s.hd95, 1.0), *(cell(s.per_class[c])
+                                                                               for c in report.classes)]
+        lines.append(" & ".join(cells) + r" \\")
+    lines += [r"\hline", r"\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def _json(report: ExperimentReport) -> str:
+    data = {k: v for k, v in asdict(report).items() if k != "scores"}
+    return json.dumps(data, indent=2, default=str, allow_nan=True)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text)
+
+
+def report_experiment(
+    root: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *, overwrite: bool = False
+) -> ExperimentReport:
+    """Write the report of an experiment folder (into ``root/report`` unless ``output`` says otherwise).
+
+    Raises:
+        FileExistsError: The report folder holds a report and ``overwrite`` is False (nothing is written).
+        InputError: See :func:`summarize`.
+    """
+    from perspective_unet.viz.boxplot import class_box_plot
+
+    folder = Path(output) if output is not None else Path(root) / "report"
+    existing = [name for name in REPORT_FILES if (folder / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{folder / existing[0]} already exists; nothing was written. Pass --overwrite to "
+                              "replace the report, or choose another output folder.")
+    report = summarize(root)
+    folder.mkdir(parents=True, exist_ok=True)
+    box_scores = {c: {name: [s[key][0] for s in runs for key in s if key[1] == c]
+                      for name, runs in report.scores.items()} for c in report.classes}
+    texts = {"report.md": _markdown(report), "report.csv": _csv(report), "report.tex": _latex(report),
+             "report.json": _json(report)}
+    writers: dict[Path, Any] = {folder / name: functools.partial(_write_text, text=text)
+                                for name, text in texts.items()}
+    writers[folder / "boxplots.png"] = lambda path: class_box_plot(box_scores, path, title=report.name)
+    write_all(writers)
+    return report
