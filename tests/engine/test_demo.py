@@ -36,3 +36,41 @@ def test_a_second_demo_keeps_the_first_ones_results_unless_told(tiny_dataset, tm
     assert (out / "summary.json").read_text() == before
     run_demo(out, settings, overwrite=True)
     assert (out / "summary.json").is_file()
+
+
+def test_demo_over_seeds_reports_each_organs_spread(tiny_dataset, tmp_path, capsys):
+    import numpy as np
+
+    from perspective_unet.cli import main
+
+    out = tmp_path / "demo"
+    shutil.copytree(tiny_dataset, out / "data")
+    args = ["demo", "-o", str(out), "--seeds", "2", "--seed", "7", "--epochs", "1", "--img-size", "32", "32",
+            "--device", "cpu"]
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    record = json.loads((out / "seeds.json").read_text())
+    assert record["seeds"] == [7, 8]
+    runs = [json.loads((out / f"seed_{s}" / "summary.json").read_text()) for s in (7, 8)]
+    dice = [r["per_class"]["disc"]["dice"] for r in runs]
+    assert record["per_class"]["disc"]["dice"]["mean"] == np.mean(dice)
+    assert record["per_class"]["disc"]["dice"]["std"] == np.std(dice, ddof=1)
+    assert record["mean_dice"]["n"] == 2 and "±" in printed and "seeds [7, 8]" in printed
+    assert main(args) == 2, "the seeds' results are kept unless --overwrite"
+
+
+def test_the_demo_config_file_holds_the_demo_settings():
+    from pathlib import Path
+
+    import yaml
+
+    from perspective_unet.config import TrainConfig
+    from perspective_unet.engine.demo import DemoSettings
+
+    path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
+    config = TrainConfig.from_yaml(path)
+    settings = DemoSettings()
+    for name in ("model", "protocol", "epochs", "base_lr", "optimizer", "foreground_sampling_weight", "augment",
+                 "seed", "time_limit_minutes", "model_options", "augmentation"):
+        assert getattr(config, name) == getattr(settings, name), name
+    assert yaml.safe_load(path.read_text())["val_every"] == 0 and config.num_workers == 0

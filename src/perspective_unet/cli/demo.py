@@ -23,6 +23,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         "paper (every slice zoomed to one size)")
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default: 1234)")
+    parser.add_argument("--seeds", type=int, default=1, metavar="N",
+                        help="run the demo N times (seeds SEED, SEED+1, ...) into OUTPUT/seed_<S> and print each "
+                        "organ's Dice as mean +- std over the runs (default: 1 run)")
     parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
                         help="patch (spacing) or slice (paper) size; default: the plan's")
     parser.add_argument("--context-slices", type=int, default=None, help="2.5D: neighboring slices on each side")
@@ -36,7 +39,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perspective_unet.engine.demo import DemoSettings, format_organ_table, run_demo
+    from perspective_unet.engine.demo import (
+        DemoSettings,
+        format_organ_table,
+        format_seed_table,
+        run_demo,
+        run_demo_seeds,
+    )
 
     settings = DemoSettings(model=args.model, device=args.device, augment=args.augment)
     for name, value in (("protocol", args.protocol), ("epochs", args.epochs), ("seed", args.seed),
@@ -44,6 +53,14 @@ def run(args: argparse.Namespace) -> int:
                         ("time_limit_minutes", args.time_limit_minutes)):
         if value is not None:
             setattr(settings, name, tuple(value) if name == "img_size" else value)
+    if args.seeds < 1:
+        raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
+    if args.seeds > 1:
+        record = run_demo_seeds(args.output, settings, args.seeds, cache_dir=args.cache_dir, overwrite=args.overwrite)
+        print(format_seed_table(record))
+        print(f"\nmean +- sample std over seeds {record['seeds']}; each run in {args.output}/seed_<S>/, the spread in "
+              f"{args.output}/seeds.json")
+        return 0
     summary = run_demo(args.output, settings, cache_dir=args.cache_dir, overwrite=args.overwrite)
     print(format_organ_table(summary))
     ran = f"{summary['demo_epochs']} of {summary['demo_epochs_planned']} epochs"

@@ -25,10 +25,19 @@ from perspective_unet.engine.evaluate import evaluate
 from perspective_unet.engine.predict import Predictor
 from perspective_unet.engine.train import train
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
+from perspective_unet.stats import spread
 from perspective_unet.table import format_table
 from perspective_unet.viz import save_overlay_grid
 
-__all__ = ["DEMO_AUGMENTATION", "DEMO_RESULTS", "DemoSettings", "format_organ_table", "run_demo"]
+__all__ = [
+    "DEMO_AUGMENTATION",
+    "DEMO_RESULTS",
+    "DemoSettings",
+    "format_organ_table",
+    "format_seed_table",
+    "run_demo",
+    "run_demo_seeds",
+]
 
 log = logging.getLogger(__name__)
 
@@ -132,12 +141,13 @@ def run_demo(
     *,
     cache_dir: str | Path | None = None,
     overwrite: bool = False,
+    data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Prepare the demo CT, train, evaluate on the held-out slices and write ``best.pt``, ``summary.json`` and
     ``overlay.png`` into ``output``; returns the evaluation summary.
 
-    An existing prepared dataset in ``output/data`` is reused. The results of an earlier demo in ``output`` are
-    replaced only with ``overwrite``.
+    An existing prepared dataset in ``data`` (default ``output/data``) is reused. The results of an earlier demo in
+    ``output`` are replaced only with ``overwrite``.
 
     Raises:
         FileExistsError: ``output`` holds an earlier demo's results and ``overwrite`` is False.
@@ -156,7 +166,7 @@ def run_demo(
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
-    data = output / "data"
+    data = Path(data) if data is not None else output / "data"
     if not (data / "dataset.json").is_file():
         log.info("preparing the demo CT into %s", data)
         prepare_demo(data, cache_dir=cache_dir, window=settings.window, protocol=settings.protocol)
@@ -216,3 +226,51 @@ def run_demo(
     summary.update(demo_minutes=minutes, demo_epochs=result.epochs_completed, demo_epochs_planned=settings.epochs,
                    demo_cut_short=cut_short, demo_seed=settings.seed, demo_protocol=predictor.plan.protocol)
     return summary
+
+
+def run_demo_seeds(
+    output: str | Path = "demo_out",
+    settings: DemoSettings | None = None,
+    seeds: int = 3,
+    *,
+    cache_dir: str | Path | None = None,
+    overwrite: bool = False,
+) -> dict[str, Any]:
+    """Run the demo once per seed (``settings.seed``, the next integer, ...), each in ``output/seed_<S>`` on the
+    shared ``output/data``, and write ``output/seeds.json``: each organ's Dice and HD95 as mean and sample standard
+    deviation over the runs. Returns that record.
+
+    Raises:
+        FileExistsError: A seed's folder holds an earlier demo's results and ``overwrite`` is False (checked for
+            every seed before any run).
+    """
+    settings = settings or DemoSettings()
+    output = Path(output)
+    folders = {settings.seed + i: output / f"seed_{settings.seed + i}" for i in range(seeds)}
+    earlier = [f"{folder / name}" for folder in folders.values() for name in DEMO_RESULTS if (folder / name).exists()]
+    if earlier and not overwrite:
+        raise FileExistsError(f"{earlier[0]} holds an earlier demo's results; pass --overwrite to replace them, or "
+                              "choose another output folder.")
+    summaries = {seed: run_demo(folder, dataclasses.replace(settings, seed=seed), cache_dir=cache_dir,
+                                overwrite=overwrite, data=output / "data") for seed, folder in folders.items()}
+    first = next(iter(summaries.values()))
+    runs = list(summaries.values())
+    record: dict[str, Any] = {"seeds": list(summaries), "mean_dice": spread([s["mean_dice"] for s in runs]),
+                              "mean_hd95": spread([s["mean_hd95"] for s in runs]), "per_class": {}}
+    for name in first["per_class"]:
+        record["per_class"][name] = {metric: spread([s["per_class"][name][metric] for s in runs])
+                                     for metric in ("dice", "hd95")}
+    record = json.loads(json.dumps(record, default=dataclasses.asdict))
+    (output / "seeds.json").write_text(json.dumps(record, indent=2))
+    return record
+
+
+def format_seed_table(record: dict[str, Any]) -> str:
+    """Per-organ Dice (x100) and HD95 as mean +- sample standard deviation over the seeds of ``run_demo_seeds``."""
+
+    def cell(value: dict[str, float], scale: float = 1.0) -> str:
+        return f"{value['mean'] * scale:.1f} ± {value['std'] * scale:.1f}"
+
+    rows = [[name, cell(v["dice"], 100), cell(v["hd95"])] for name, v in record["per_class"].items()]
+    footer = ["mean", cell(record["mean_dice"], 100), cell(record["mean_hd95"])]
+    return format_table(["organ", "Dice", "HD95 (voxels)"], rows, footer=footer)
