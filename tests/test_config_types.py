@@ -70,6 +70,13 @@ TRAIN_BAD = [
     ({"model": 3}, "model"),
     ({"device": 0}, "device"),
     ({"val_split": None}, "val_split"),
+    ({"val_split": "test"}, "val_split"),
+    ({"fold": -1}, "fold"),
+    ({"fold": "first"}, "fold"),
+    ({"fold": 1.0}, "fold"),
+    ({"fold": True}, "fold"),
+    ({"fold": 5}, "fold"),
+    ({"num_folds": 1}, "num_folds"),
     ({"protocol": "Paper"}, "protocol"),
     ({"optimizer": "lamb"}, "optimizer"),
     ({"model_options": None}, "model_options"),
@@ -101,8 +108,10 @@ TRAIN_BAD = [
     ({"protocol": None, "augmentation": {"noise_prob": NAN}}, "augmentation.noise_prob"),
     ({"protocol": None, "augmentation": {"blur_sigma": "1"}}, "augmentation.blur_sigma"),
     ({"protocol": None, "augmentation": {"shift_range": [-0.5]}}, "augmentation.shift_range"),
-    ({"augment": False, "protocol": "paper", "augmentation": {"mirror_rows_prob": "0"}},
-     "augmentation.mirror_rows_prob"),
+    (
+        {"augment": False, "protocol": "paper", "augmentation": {"mirror_rows_prob": "0"}},
+        "augmentation.mirror_rows_prob",
+    ),
 ]
 
 MODEL_BAD = [
@@ -168,8 +177,10 @@ def _cases(cls, table):
 
 @pytest.mark.parametrize(
     ("cls", "fields", "name"),
-    _cases(TrainConfig, TRAIN_BAD) + _cases(ModelConfig, MODEL_BAD)
-    + _cases(AugmentationConfig, PAPER_AUGMENTATION_BAD) + _cases(SpacingAugmentationConfig, SPACING_AUGMENTATION_BAD),
+    _cases(TrainConfig, TRAIN_BAD)
+    + _cases(ModelConfig, MODEL_BAD)
+    + _cases(AugmentationConfig, PAPER_AUGMENTATION_BAD)
+    + _cases(SpacingAugmentationConfig, SPACING_AUGMENTATION_BAD),
 )
 def test_a_bad_value_raises_value_error_starting_with_the_field(cls, fields, name):
     with pytest.raises(ValueError) as info:
@@ -182,8 +193,9 @@ def test_a_bad_value_raises_value_error_starting_with_the_field(cls, fields, nam
 def test_string_booleans_say_how_to_write_them():
     with pytest.raises(ValueError) as info:
         TrainConfig(augment="false")
-    assert str(info.value) == ("augment must be true or false, got 'false' (a string); write augment: false "
-                               "without quotes.")
+    assert str(info.value) == (
+        "augment must be true or false, got 'false' (a string); write augment: false without quotes."
+    )
     with pytest.raises(ValueError, match="write amp: false without quotes"):
         TrainConfig(amp="no")
     with pytest.raises(ValueError, match="write use_scsi: true without quotes"):
@@ -218,16 +230,28 @@ def test_valid_nested_settings_pass_as_before():
     # in_channels is a model option training compares with the plan itself.
     assert TrainConfig(model_options={"in_channels": 3, "repeat_gray_to_rgb": True}).model_options["in_channels"] == 3
     # With the protocol left to the plan, the keys of either protocol pass, typed by the settings that know them.
-    for settings in ({"min_ops": 1}, {"mirror_rows_prob": 0.0}, {"blur_sigma": 1.0}, {"blur_sigma": [0.5, 1.0]},
-                     {"noise_prob": 0.2, "noise_std": 0.1}):
+    for settings in (
+        {"min_ops": 1},
+        {"mirror_rows_prob": 0.0},
+        {"blur_sigma": 1.0},
+        {"blur_sigma": [0.5, 1.0]},
+        {"noise_prob": 0.2, "noise_std": 0.1},
+    ):
         assert TrainConfig(augmentation=settings).augmentation == settings
     assert TrainConfig(protocol="paper", augmentation={"blur_sigma": 2.0}).augmentation == {"blur_sigma": 2.0}
     assert TrainConfig(protocol="spacing", augmentation={"shift_range": [-2.0, 2.0]}).augmentation
     # Without augmentation the settings are unused: leftovers of the other protocol do not block a run.
     assert TrainConfig(protocol="paper", augment=False, augmentation={"mirror_rows_prob": 0.0}).augmentation
     # Optional fields keep None.
-    config = TrainConfig(img_size=None, batch_size=None, protocol=None, context_slices=None, max_iterations=None,
-                         time_limit_minutes=None, activation_memory_budget=None)
+    config = TrainConfig(
+        img_size=None,
+        batch_size=None,
+        protocol=None,
+        context_slices=None,
+        max_iterations=None,
+        time_limit_minutes=None,
+        activation_memory_budget=None,
+    )
     assert config.img_size is None and config.batch_size is None
     assert ModelConfig(enlsa_features=None).enlsa_features is None
 
@@ -260,14 +284,47 @@ def test_shipped_yaml_round_trips_unchanged(path, tmp_path):
 
 def test_every_field_set_round_trips_through_yaml(tmp_path):
     config = TrainConfig(
-        data="data", output="out", model="perspective_unet_tiny", protocol="spacing", img_size=(64, 96),
-        context_slices=1, epochs=3, batch_size=2, base_lr=1e-5, momentum=0.0, weight_decay=0.0, lr_power=2.0,
-        optimizer="adamw", foreground_sampling_weight=3.0, ce_weight=0.0, dice_weight=1.0, seed=-1, num_workers=0,
-        device="cpu", amp=False, grad_accum_steps=2, compile=True, activation_memory_budget=1.0, val_every=0,
-        val_split="test", val_batch_size=1, augment=True, drop_last_batch=False, max_iterations=5,
-        time_limit_minutes=0.5, log_every=1,
-        model_options={"widths": [8, 16, 32, 64, 128], "enltb_depths": [1, 1, 1], "enlsa_features": 16,
-                       "gradient_checkpointing": ["cnn"], "use_scsi": False, "scsi_dropout": 0.0},
+        data="data",
+        output="out",
+        model="perspective_unet_tiny",
+        protocol="spacing",
+        img_size=(64, 96),
+        context_slices=1,
+        epochs=3,
+        batch_size=2,
+        base_lr=1e-5,
+        momentum=0.0,
+        weight_decay=0.0,
+        lr_power=2.0,
+        optimizer="adamw",
+        foreground_sampling_weight=3.0,
+        ce_weight=0.0,
+        dice_weight=1.0,
+        seed=-1,
+        num_workers=0,
+        device="cpu",
+        amp=False,
+        grad_accum_steps=2,
+        compile=True,
+        activation_memory_budget=1.0,
+        val_every=0,
+        val_split="train",
+        fold=2,
+        num_folds=3,
+        val_batch_size=1,
+        augment=True,
+        drop_last_batch=False,
+        max_iterations=5,
+        time_limit_minutes=0.5,
+        log_every=1,
+        model_options={
+            "widths": [8, 16, 32, 64, 128],
+            "enltb_depths": [1, 1, 1],
+            "enlsa_features": 16,
+            "gradient_checkpointing": ["cnn"],
+            "use_scsi": False,
+            "scsi_dropout": 0.0,
+        },
         augmentation={"shift_prob": 0.5, "shift_range": [-2.0, 2.0], "elastic_spacing": 8},
     )
     path = tmp_path / "all.yaml"
@@ -278,10 +335,19 @@ def test_every_field_set_round_trips_through_yaml(tmp_path):
 @pytest.mark.parametrize("cls", [ModelConfig, AugmentationConfig, SpacingAugmentationConfig])
 def test_sub_configs_round_trip(cls):
     changed = {
-        ModelConfig: {"widths": (8, 16, 32, 64), "enlsa_features": 8, "gradient_checkpointing": ("cnn", "scsi"),
-                      "scsi_dim": 32, "scsi_heads": 4},
-        AugmentationConfig: {"operations": ("rotate", "noise"), "max_ops": 2, "contrast_pivot": 0,
-                             "before_resize": True},
+        ModelConfig: {
+            "widths": (8, 16, 32, 64),
+            "enlsa_features": 8,
+            "gradient_checkpointing": ("cnn", "scsi"),
+            "scsi_dim": 32,
+            "scsi_heads": 4,
+        },
+        AugmentationConfig: {
+            "operations": ("rotate", "noise"),
+            "max_ops": 2,
+            "contrast_pivot": 0,
+            "before_resize": True,
+        },
         SpacingAugmentationConfig: {"blur_sigma": (0.25, 0.5), "elastic_prob": 0.5, "shift_range": (-1.0, 0.0)},
     }[cls]
     config = cls(**changed)

@@ -26,8 +26,9 @@ def stats(mean: float = 0.5, std: float = 0.1) -> IntensityStats:
     return IntensityStats(100, mean, std, 0.0, 1.0)
 
 
-def case(name: str, shape: tuple[int, int, int], spacing: tuple[float, float, float] | None, split: str = "train"
-         ) -> CaseFingerprint:
+def case(
+    name: str, shape: tuple[int, int, int], spacing: tuple[float, float, float] | None, split: str = "train"
+) -> CaseFingerprint:
     return CaseFingerprint(name, split, shape, spacing, stats())
 
 
@@ -54,26 +55,32 @@ def test_per_image_zscore_uses_the_given_statistics_or_the_image_itself():
     assert spec.floor(ImageStats(0.5, 0.25)) == pytest.approx(-2.0)
 
 
-@pytest.mark.parametrize("spec", [
-    CT,
-    CT.replace(scaling="zscore", mean=0.3, std=0.2),
-    IntensitySpec("percentile_minmax", percentiles=(1.0, 99.0), scaling="zscore_per_image"),
-    IntensitySpec("picture"),
-    IntensitySpec("unit"),
-])
+@pytest.mark.parametrize(
+    "spec",
+    [
+        CT,
+        CT.replace(scaling="zscore", mean=0.3, std=0.2),
+        IntensitySpec("percentile_minmax", percentiles=(1.0, 99.0), scaling="zscore_per_image"),
+        IntensitySpec("picture"),
+        IntensitySpec("unit"),
+    ],
+)
 def test_intensity_spec_round_trips_through_json(spec):
     assert IntensitySpec.from_dict(json.loads(json.dumps(spec.to_dict()))) == spec
 
 
-@pytest.mark.parametrize("data, field", [
-    ({"kind": "hu"}, "kind"),
-    ({"kind": "ct_window"}, "window"),
-    ({"kind": "ct_window", "window": [300, -100]}, "window"),
-    ({"kind": "unit", "scaling": "zscore"}, "mean"),
-    ({"kind": "unit", "scaling": "zscore", "mean": 0.5, "std": 0.0}, "std"),
-    ({"kind": "unit", "scaling": "minmax"}, "scaling"),
-    ({"kind": "unit", "gain": 2}, "gain"),
-])
+@pytest.mark.parametrize(
+    "data, field",
+    [
+        ({"kind": "hu"}, "kind"),
+        ({"kind": "ct_window"}, "window"),
+        ({"kind": "ct_window", "window": [300, -100]}, "window"),
+        ({"kind": "unit", "scaling": "zscore"}, "mean"),
+        ({"kind": "unit", "scaling": "zscore", "mean": 0.5, "std": 0.0}, "std"),
+        ({"kind": "unit", "scaling": "minmax"}, "scaling"),
+        ({"kind": "unit", "gain": 2}, "gain"),
+    ],
+)
 def test_invalid_intensity_specs_name_the_field(data, field):
     with pytest.raises(ValueError, match=field):
         IntensitySpec.from_dict(data)
@@ -91,27 +98,36 @@ def test_another_window_keeps_the_zscore_in_hounsfield_units():
 
 
 def test_plan_round_trips_through_its_json_file(tmp_path):
-    plan = Plan("spacing", (112, 128), CT.replace(scaling="zscore", mean=0.4, std=0.07), spacing=(0.8, 0.75),
-                batch_size=4, context_slices=2)
+    plan = Plan(
+        "spacing",
+        (112, 128),
+        CT.replace(scaling="zscore", mean=0.4, std=0.07),
+        spacing=(0.8, 0.75),
+        batch_size=4,
+        context_slices=2,
+    )
     path = write_json_atomic(plan.to_dict(), tmp_path / "plan.json")
     assert read_plan(path) == plan
     assert '"patch_size": [112, 128]' in path.read_text()  # short lists stay on one line for hand editing
     assert plan.in_channels == 5
 
 
-@pytest.mark.parametrize("edit, field", [
-    ({"protocol": "nnunet"}, "protocol"),
-    ({"spacing": None}, "spacing"),
-    ({"spacing": [0.8, -1.0]}, "spacing"),
-    ({"patch_size": [112]}, "patch_size"),
-    ({"batch_size": 0}, "batch_size"),
-    ({"context_slices": -1}, "context_slices"),
-    ({"context_slices": 1.5}, "context_slices"),
-    ({"foreground_fraction": 2}, "foreground_fraction"),
-    ({"overlap": 1.0}, "overlap"),
-    ({"intensity": {"kind": "ct_window"}}, "window"),
-    ({"patchsize": [64, 64]}, "patchsize"),
-])
+@pytest.mark.parametrize(
+    "edit, field",
+    [
+        ({"protocol": "nnunet"}, "protocol"),
+        ({"spacing": None}, "spacing"),
+        ({"spacing": [0.8, -1.0]}, "spacing"),
+        ({"patch_size": [112]}, "patch_size"),
+        ({"batch_size": 0}, "batch_size"),
+        ({"context_slices": -1}, "context_slices"),
+        ({"context_slices": 1.5}, "context_slices"),
+        ({"foreground_fraction": 2}, "foreground_fraction"),
+        ({"overlap": 1.0}, "overlap"),
+        ({"intensity": {"kind": "ct_window"}}, "window"),
+        ({"patchsize": [64, 64]}, "patchsize"),
+    ],
+)
 def test_an_edited_plan_file_in_an_invalid_state_names_the_file_and_the_field(tmp_path, edit, field):
     plan = Plan("spacing", (64, 64), CT, spacing=(1.0, 1.0))
     path = write_json_atomic({**plan.to_dict(), **edit}, tmp_path / "plan.json")
@@ -155,8 +171,9 @@ def test_patch_shrinks_to_the_pixel_budget_larger_side_first():
 
 
 def test_paper_plan_keeps_the_papers_size_batch_and_scaling():
-    fp = fingerprint(case("a", (10, 512, 512), (3.0, 0.7, 0.7)), intensity=CT.replace(scaling="zscore", mean=0.1,
-                                                                                        std=0.1))
+    fp = fingerprint(
+        case("a", (10, 512, 512), (3.0, 0.7, 0.7)), intensity=CT.replace(scaling="zscore", mean=0.1, std=0.1)
+    )
     plan = derive_plan(fp, "paper")
     assert (plan.patch_size, plan.batch_size, plan.intensity.scaling) == ((224, 224), 12, "symmetric")
 

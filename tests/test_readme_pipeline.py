@@ -25,8 +25,19 @@ from tests.data.conftest import write_acdc_raw, write_nnunet_raw, write_pictures
 from tests.data.test_splits_demo import _make_fake_sdist
 
 ROOT = Path(__file__).resolve().parents[1]
-TRAIN_OVERRIDES = ["--model", "perspective_unet_tiny", "--epochs", "1", "--img-size", "32", "32", "--batch-size",
-                   "2", "--num-workers", "0"]
+TRAIN_OVERRIDES = [
+    "--model",
+    "perspective_unet_tiny",
+    "--epochs",
+    "1",
+    "--img-size",
+    "32",
+    "32",
+    "--batch-size",
+    "2",
+    "--num-workers",
+    "0",
+]
 
 
 def pipeline_commands() -> list[str]:
@@ -83,10 +94,20 @@ def test_every_pipeline_command_of_the_readme_runs(tmp_path, monkeypatch):
             assert argv[:3] == ["torchrun", "--nproc_per_node", "4"], command
             launcher = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", *argv[3:]]
             env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT / "src")}
-            result = subprocess.run(launcher, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8",
-                                    errors="replace", timeout=600)
+            result = subprocess.run(
+                launcher, cwd=tmp_path, env=env, capture_output=True, encoding="utf-8", errors="replace", timeout=600
+            )
             assert result.returncode == 0, f"{command}\n{result.stderr[-3000:]}"
-    for made in ("runs/synapse/last.pt", "runs/acdc/last.pt", "runs/synapse_released/last.pt", "runs/ddp/last.pt",
-                 "runs/synapse/eval/summary.json", "predictions/case.nii.gz", "case0001.png", "features.png",
-                 "prepared/Demo/plan.json", "prepared/MyPngs/plan.json"):
+    for made in (
+        "runs/synapse/last.pt",
+        "runs/acdc/last.pt",
+        "runs/synapse_released/last.pt",
+        "runs/ddp/last.pt",
+        "runs/synapse/eval/summary.json",
+        "predictions/case.nii.gz",
+        "case0001.png",
+        "features.png",
+        "prepared/Demo/plan.json",
+        "prepared/MyPngs/plan.json",
+    ):
         assert (tmp_path / made).is_file(), made

@@ -107,8 +107,9 @@ def _alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def output_lock(folder: str | os.PathLike[str], command: str = "perspective-unet", name: str = LOCK_NAME
-                ) -> Iterator[Path]:
+def output_lock(
+    folder: str | os.PathLike[str], command: str = "perspective-unet", name: str = LOCK_NAME
+) -> Iterator[Path]:
     """Hold ``folder`` (created if missing) for one command; yields the folder.
 
     A folder this call created is removed again if it is still empty when the command ends.
@@ -133,14 +134,16 @@ def output_lock(folder: str | os.PathLike[str], command: str = "perspective-unet
         except FileExistsError:
             holder = _holder(lock)
             if holder is not None and holder[1] == socket.gethostname() and not _alive(holder[0]):
-                logger.warning("%s was locked by process %d, which no longer runs; taking the folder over.",
-                               folder, holder[0])
+                logger.warning(
+                    "%s was locked by process %d, which no longer runs; taking the folder over.", folder, holder[0]
+                )
                 lock.unlink(missing_ok=True)
                 continue
             who = f"process {holder[0]} on {holder[1]}" if holder else "another command"
-            raise InputError(f"{folder} is in use by {who} (lock file {lock}); wait until it finishes, or choose "
-                             "another output folder. Delete the lock file only if no command uses the folder.") \
-                from None
+            raise InputError(
+                f"{folder} is in use by {who} (lock file {lock}); wait until it finishes, or choose "
+                "another output folder. Delete the lock file only if no command uses the folder."
+            ) from None
         with os.fdopen(fd, "w") as handle:
             handle.write(me)
         break
@@ -156,8 +159,9 @@ def output_lock(folder: str | os.PathLike[str], command: str = "perspective-unet
                 folder.rmdir()
 
 
-def remove_stale_temporaries(folder: str | os.PathLike[str], patterns: tuple[str, ...] = (f"{TEMPORARY_PREFIX}*",)
-                             ) -> list[Path]:
+def remove_stale_temporaries(
+    folder: str | os.PathLike[str], patterns: tuple[str, ...] = (f"{TEMPORARY_PREFIX}*",)
+) -> list[Path]:
     """Delete temporary files (and folders) matching ``patterns`` in ``folder``; call it while holding the lock."""
     folder = Path(folder)
     removed = []

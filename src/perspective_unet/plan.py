@@ -296,8 +296,10 @@ def check_patch_size(fingerprint: Fingerprint, spacing: tuple[float, float] | No
     limit = (_round_up(extent[0]), _round_up(extent[1]))
     if patch[0] > limit[0] or patch[1] > limit[1]:
         where = f"{spacing[0]:.3g} x {spacing[1]:.3g} mm" if spacing else "their own pixel size"
-        raise ValueError(f"patch size {patch[0]}x{patch[1]} is larger than every training slice at {where} (largest "
-                         f"{extent[0]:.0f}x{extent[1]:.0f} pixels); choose at most {limit[0]}x{limit[1]}.")
+        raise ValueError(
+            f"patch size {patch[0]}x{patch[1]} is larger than every training slice at {where} (largest "
+            f"{extent[0]:.0f}x{extent[1]:.0f} pixels); choose at most {limit[0]}x{limit[1]}."
+        )
 
 
 def derive_plan(
@@ -332,15 +334,24 @@ def derive_plan(
         raise ValueError("the fingerprint has no training cases; nothing to plan from.")
     if protocol == "paper":
         size = tuple(int(s) for s in patch_size) if patch_size is not None else (224, 224)
-        return Plan("paper", size, fingerprint.intensity.replace(scaling="symmetric", mean=None, std=None),  # type: ignore[arg-type]
-                    batch_size=batch_size or 12, context_slices=context_slices)
+        return Plan(
+            "paper",
+            size,
+            fingerprint.intensity.replace(scaling="symmetric", mean=None, std=None),  # type: ignore[arg-type]
+            batch_size=batch_size or 12,
+            context_slices=context_slices,
+        )
 
     if spacing is None:
         if any(c.spacing is None for c in training):
-            raise ValueError("the spacing protocol needs every training case's voxel spacing; these files carry none "
-                             "(use protocol 'paper', or prepare the dataset from files with spacing).")
-        spacing = (statistics.median(c.spacing[1] for c in training),  # type: ignore[index]
-                   statistics.median(c.spacing[2] for c in training))  # type: ignore[index]
+            raise ValueError(
+                "the spacing protocol needs every training case's voxel spacing; these files carry none "
+                "(use protocol 'paper', or prepare the dataset from files with spacing)."
+            )
+        spacing = (
+            statistics.median(c.spacing[1] for c in training),  # type: ignore[index]
+            statistics.median(c.spacing[2] for c in training),
+        )  # type: ignore[index]
     target = (float(spacing[0]), float(spacing[1]))
     if patch_size is None:
         shapes = [_shape_at(c, target) for c in training]
@@ -368,8 +379,11 @@ def derive_plan(
 def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> Path:
     """Write JSON to a temporary file beside ``path`` and rename it, so a reader never sees half a file."""
     # Lists of numbers on one line: [224, 224] reads and edits better than one number per line.
-    text = re.sub(r"\[\s+([^\[\]{}\"]*?)\s+\]", lambda m: "[" + ", ".join(map(str.strip, m.group(1).split(","))) + "]",
-                  json.dumps(data, indent=2))
+    text = re.sub(
+        r"\[\s+([^\[\]{}\"]*?)\s+\]",
+        lambda m: "[" + ", ".join(map(str.strip, m.group(1).split(","))) + "]",
+        json.dumps(data, indent=2),
+    )
     return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
 
 
@@ -379,8 +393,9 @@ def _read_json(path: Path, what: str) -> Any:
     try:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); fix it or write it again with `perspective-unet plan`.") \
-            from None
+        raise InputError(
+            f"{path} is not valid JSON ({exc}); fix it or write it again with `perspective-unet plan`."
+        ) from None
 
 
 def read_plan(path: str | os.PathLike[str]) -> Plan:
@@ -395,8 +410,9 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
     try:
         return Plan.from_dict(data)
     except (ValueError, TypeError) as exc:
-        raise InputError(f"{path}: {exc} Fix the file or rewrite it with `perspective-unet plan -d "
-                         f"{path.parent} --reset`.") from None
+        raise InputError(
+            f"{path}: {exc} Fix the file or rewrite it with `perspective-unet plan -d {path.parent} --reset`."
+        ) from None
 
 
 def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
@@ -407,4 +423,3 @@ def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
         return Fingerprint.from_dict(data)
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError(f"{path} is damaged ({type(exc).__name__}: {exc}); prepare the dataset again.") from None
-

@@ -57,8 +57,13 @@ def bootstrap_interval(
     if np.all(array == array[0]):
         return (float(array[0]), float(array[0]))
     result = stats.bootstrap(
-        (array,), np.mean, confidence_level=confidence, n_resamples=resamples, method="percentile",
-        rng=np.random.default_rng(seed), vectorized=True,
+        (array,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=resamples,
+        method="percentile",
+        rng=np.random.default_rng(seed),
+        vectorized=True,
     )
     return (float(result.confidence_interval.low), float(result.confidence_interval.high))
 

@@ -30,8 +30,9 @@ def random_labels(seed: int, shape: tuple[int, int, int], values: range | list[i
     return np.random.default_rng(seed + 1000).choice(list(values), size=shape).astype(np.uint8)
 
 
-def write_synapse_raw(root: Path, cases: tuple[int, ...] = (5, 6, 1), shape: tuple[int, int, int] = (20, 16, 6)
-                      ) -> dict[int, tuple[np.ndarray, np.ndarray]]:
+def write_synapse_raw(
+    root: Path, cases: tuple[int, ...] = (5, 6, 1), shape: tuple[int, int, int] = (20, 16, 6)
+) -> dict[int, tuple[np.ndarray, np.ndarray]]:
     """``root/img/img00XX.nii.gz`` and ``root/label/label00XX.nii.gz``; returns the arrays by case number."""
     arrays = {}
     for number in cases:
@@ -43,8 +44,9 @@ def write_synapse_raw(root: Path, cases: tuple[int, ...] = (5, 6, 1), shape: tup
     return arrays
 
 
-def write_acdc_raw(root: Path, patients: tuple[int, ...] = (1, 19, 2), shape: tuple[int, int, int] = (14, 12, 4)
-                   ) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
+def write_acdc_raw(
+    root: Path, patients: tuple[int, ...] = (1, 19, 2), shape: tuple[int, int, int] = (14, 12, 4)
+) -> dict[tuple[int, str], tuple[np.ndarray, np.ndarray]]:
     """``root/training/patientXXX/`` with Info.cfg (ED 1, ES 3), frames and _gt files."""
     arrays = {}
     affine = np.diag([1.5, 1.5, 10.0, 1.0])
@@ -63,13 +65,24 @@ def write_acdc_raw(root: Path, patients: tuple[int, ...] = (1, 19, 2), shape: tu
     return arrays
 
 
-def write_nnunet_raw(root: Path, num_cases: int = 6, modality: str = "CT", shape: tuple[int, int, int] = (12, 10, 5),
-                     labels: dict[str, int] | None = None, extra: dict | None = None
-                     ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_nnunet_raw(
+    root: Path,
+    num_cases: int = 6,
+    modality: str = "CT",
+    shape: tuple[int, int, int] = (12, 10, 5),
+    labels: dict[str, int] | None = None,
+    extra: dict | None = None,
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """An nnU-Net raw dataset with ``num_cases`` training cases of 3 classes."""
     labels = labels or {"background": 0, "liver": 1, "spleen": 2}
-    info = {"name": "Toy", "channel_names": {"0": modality}, "labels": labels, "numTraining": num_cases,
-            "file_ending": ".nii.gz", **(extra or {})}
+    info = {
+        "name": "Toy",
+        "channel_names": {"0": modality},
+        "labels": labels,
+        "numTraining": num_cases,
+        "file_ending": ".nii.gz",
+        **(extra or {}),
+    }
     root.mkdir(parents=True, exist_ok=True)
     (root / "dataset.json").write_text(json.dumps(info))
     arrays = {}
@@ -84,8 +97,13 @@ def write_nnunet_raw(root: Path, num_cases: int = 6, modality: str = "CT", shape
     return arrays
 
 
-def write_pictures(images: Path, masks: Path, count: int = 5, size: tuple[int, int] = (18, 22),
-                   mask_values: tuple[int, ...] = (0, 1, 2)) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def write_pictures(
+    images: Path,
+    masks: Path,
+    count: int = 5,
+    size: tuple[int, int] = (18, 22),
+    mask_values: tuple[int, ...] = (0, 1, 2),
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """``count`` gray PNG images and masks with the same stems."""
     images.mkdir(parents=True, exist_ok=True)
     masks.mkdir(parents=True, exist_ok=True)

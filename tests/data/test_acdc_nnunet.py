@@ -23,8 +23,11 @@ def test_acdc_split_and_slices(tmp_path: Path) -> None:
     arrays = write_acdc_raw(tmp_path / "raw")
     out = prepare_acdc(tmp_path / "raw", tmp_path / "out")
     info = json.loads((out / "dataset.json").read_text())
-    assert info["splits"] == {"train": ["case_001_ED", "case_001_ES"], "val": ["case_019_ED", "case_019_ES"],
-                              "test": ["case_002_ED", "case_002_ES"]}
+    assert info["splits"] == {
+        "train": ["case_001_ED", "case_001_ES"],
+        "val": ["case_019_ED", "case_019_ES"],
+        "test": ["case_002_ED", "case_002_ES"],
+    }
     assert info["class_names"] == ["background", "RV", "myocardium", "LV"]
     assert info["intensity"]["kind"] == "percentile_minmax"
     image, label = arrays[(1, "ES")]
@@ -182,9 +185,15 @@ def test_nnunet_png_dataset_and_plain_folder_detection(tmp_path: Path) -> None:
     arrays = write_pictures(raw / "imagesTr", raw / "labelsTr", count=5)
     for case in arrays:
         (raw / "imagesTr" / f"{case}.png").rename(raw / "imagesTr" / f"{case}_0000.png")
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "photo"}, "labels": {"background": 0, "a": 1, "b": 2}, "file_ending": ".png",
-    }))
+    (raw / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "photo"},
+                "labels": {"background": 0, "a": 1, "b": 2},
+                "file_ending": ".png",
+            }
+        )
+    )
     out = prepare_nnunet(raw, tmp_path / "out")
     info = json.loads((out / "dataset.json").read_text())
     assert info["modality"] == "2D" and info["num_classes"] == 3

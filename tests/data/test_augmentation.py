@@ -125,8 +125,9 @@ def test_contrast_pivot_zero_is_a_pure_gain_and_the_default_pivots_on_mid_gray()
     sample = _blocks(seed=7)
     original = _plain(sample["image"])
     for pivot in (0.0, 0.5):
-        out = _plain(build_augmentation(_only("contrast", contrast_pivot=pivot)).set_random_state(8)(dict(sample))
-                     ["image"])
+        out = _plain(
+            build_augmentation(_only("contrast", contrast_pivot=pivot)).set_random_state(8)(dict(sample))["image"]
+        )
         factor = (out - pivot) / (original - pivot)
         assert np.allclose(factor, factor.flat[0], atol=1e-5) and not np.isclose(factor.flat[0], 1.0), pivot
 

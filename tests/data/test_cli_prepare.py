@@ -22,8 +22,25 @@ def test_prepare_synapse_and_acdc(tmp_path: Path, capsys) -> None:
 
 def test_prepare_nnunet_options_reach_the_library(tmp_path: Path) -> None:
     write_nnunet_raw(tmp_path / "raw", num_cases=5)
-    argv = ["prepare", "nnunet", "-i", str(tmp_path / "raw"), "-o", str(tmp_path / "out"), "--ct-window", "-50", "150",
-            "--val-fraction", "0", "--test-fraction", "0.4", "--seed", "9", "--orientation", "stored"]
+    argv = [
+        "prepare",
+        "nnunet",
+        "-i",
+        str(tmp_path / "raw"),
+        "-o",
+        str(tmp_path / "out"),
+        "--ct-window",
+        "-50",
+        "150",
+        "--val-fraction",
+        "0",
+        "--test-fraction",
+        "0.4",
+        "--seed",
+        "9",
+        "--orientation",
+        "stored",
+    ]
     assert main(argv) == 0
     info = json.loads((tmp_path / "out" / "dataset.json").read_text())
     assert info["intensity"]["window"] == [-50.0, 150.0] and info["orientation"] == "stored"

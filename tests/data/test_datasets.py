@@ -94,8 +94,16 @@ def test_circulating_synapse_files_are_read_as_they_are(tmp_path: Path) -> None:
     arrays = _write_synapse_files(tmp_path)
     info = read_dataset_info(tmp_path)
     assert info["layout"] == "synapse_files" and info["num_classes"] == 9
-    assert info["class_names"][1:] == ["aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas",
-                                       "spleen", "stomach"]
+    assert info["class_names"][1:] == [
+        "aorta",
+        "gallbladder",
+        "kidney_left",
+        "kidney_right",
+        "liver",
+        "pancreas",
+        "spleen",
+        "stomach",
+    ]
     assert info["splits"]["train"] == ["case0005"] and info["splits"]["test"] == ["case0001"]
     dataset = SliceDataset(tmp_path, "train", img_size=40)
     np.testing.assert_allclose(dataset[1]["image"][0].numpy(), (arrays["case0005_slice001"] - 0.5) / 0.5, atol=1e-6)
@@ -105,8 +113,10 @@ def test_circulating_synapse_files_are_read_as_they_are(tmp_path: Path) -> None:
     # A TransUNet-style list file restricts and orders the training slices.
     (tmp_path / "lists" / "lists_Synapse").mkdir(parents=True)
     (tmp_path / "lists" / "lists_Synapse" / "train.txt").write_text("case0005_slice002\ncase0005_slice000\n")
-    assert [s.name for s in SliceDataset(tmp_path, "train", img_size=40).samples] == ["case0005_slice002",
-                                                                                      "case0005_slice000"]
+    assert [s.name for s in SliceDataset(tmp_path, "train", img_size=40).samples] == [
+        "case0005_slice002",
+        "case0005_slice000",
+    ]
 
 
 def test_circulating_acdc_files_are_read_as_they_are(tmp_path: Path) -> None:
@@ -151,8 +161,13 @@ def test_dataloader_workers_are_seeded_apart_and_reproducibly(prepared_synapse) 
     def run() -> list[torch.Tensor]:
         dataset = SliceDataset(root, "train", img_size=24, augmentation=config, seed=5)
         # Every worker gets the same index list, so only the seeding can make their samples differ.
-        loader = DataLoader(torch.utils.data.Subset(dataset, [0] * 4), batch_size=1, num_workers=2,
-                            worker_init_fn=seed_worker, generator=torch.Generator().manual_seed(11))
+        loader = DataLoader(
+            torch.utils.data.Subset(dataset, [0] * 4),
+            batch_size=1,
+            num_workers=2,
+            worker_init_fn=seed_worker,
+            generator=torch.Generator().manual_seed(11),
+        )
         return [batch["image"] for batch in loader]
 
     first, second = run(), run()

@@ -25,8 +25,13 @@ SPACINGS = {"a": (0.6, 0.6, 2.0), "b": (0.8, 0.8, 3.0), "c": (1.2, 1.2, 5.0), "d
 
 def write_spaced_nnunet(root: Path) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Four CT cases with known voxel sizes (x, y, z) and shapes; HU inside the labels is known."""
-    info = {"name": "Spaced", "channel_names": {"0": "CT"}, "labels": {"background": 0, "organ": 1},
-            "numTraining": 4, "file_ending": ".nii.gz"}
+    info = {
+        "name": "Spaced",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "organ": 1},
+        "numTraining": 4,
+        "file_ending": ".nii.gz",
+    }
     root.mkdir(parents=True)
     (root / "dataset.json").write_text(json.dumps(info))
     arrays = {}
@@ -49,8 +54,25 @@ def spaced(tmp_path_factory) -> tuple[Path, dict]:
     base = tmp_path_factory.mktemp("spaced")
     arrays = write_spaced_nnunet(base / "raw")
     out = base / "prepared"
-    assert main(["prepare", "nnunet", "-i", str(base / "raw"), "-o", str(out), "--val-fraction", "0",
-                 "--test-fraction", "0.25", "--seed", "3"]) == 0
+    assert (
+        main(
+            [
+                "prepare",
+                "nnunet",
+                "-i",
+                str(base / "raw"),
+                "-o",
+                str(out),
+                "--val-fraction",
+                "0",
+                "--test-fraction",
+                "0.25",
+                "--seed",
+                "3",
+            ]
+        )
+        == 0
+    )
     return out, arrays
 
 
@@ -79,8 +101,9 @@ def test_prepare_nnunet_writes_a_spacing_plan_at_the_median_spacing(spaced):
     training = fingerprint.training_cases
     plan = dataset_plan(out, read_dataset_info(out))
     assert plan.protocol == "spacing"
-    assert plan.spacing == pytest.approx((float(np.median([c.spacing[1] for c in training])),
-                                          float(np.median([c.spacing[2] for c in training]))))
+    assert plan.spacing == pytest.approx(
+        (float(np.median([c.spacing[1] for c in training])), float(np.median([c.spacing[2] for c in training])))
+    )
     assert all(side % 16 == 0 for side in plan.patch_size)
     assert plan.intensity.kind == "ct_window" and plan.intensity.scaling == "zscore"
     # The window is the training foreground's 0.5 / 99.5 percentiles, so the foreground mean sits inside it.
@@ -133,9 +156,18 @@ def write_numbered_slices(root: Path) -> Path:
             writer.add_train_volume(case, image, label, spacing=(2.0, 1.0, 1.0))
         volume = np.stack([np.full((16, 16), (50 + z) / 100, np.float32) for z in range(3)])
         writer.add_volume("test", "t", volume, np.zeros((3, 16, 16), np.uint8), (2.0, 1.0, 1.0))
-        writer.finish({"name": "numbered", "class_names": ["background", "organ"], "modality": "CT",
-                       "normalization": "numbered slices", "intensity": {"kind": "unit"}, "source": "tests",
-                       "license": "CC0"}, protocol="spacing")
+        writer.finish(
+            {
+                "name": "numbered",
+                "class_names": ["background", "organ"],
+                "modality": "CT",
+                "normalization": "numbered slices",
+                "intensity": {"kind": "unit"},
+                "source": "tests",
+                "license": "CC0",
+            },
+            protocol="spacing",
+        )
     return root
 
 
@@ -197,8 +229,11 @@ def test_spacing_protocol_needs_a_fingerprint_with_spacings(tmp_path):
 
     lineage = tmp_path / "lineage"
     (lineage / TRAIN_DIR).mkdir(parents=True)
-    np.savez(lineage / TRAIN_DIR / "case0005_slice000.npz", image=np.zeros((8, 8), np.float32),
-             label=np.zeros((8, 8), np.uint8))
+    np.savez(
+        lineage / TRAIN_DIR / "case0005_slice000.npz",
+        image=np.zeros((8, 8), np.float32),
+        label=np.zeros((8, 8), np.uint8),
+    )
     info = read_dataset_info(lineage)
     assert dataset_plan(lineage, info).protocol == "paper"
     with pytest.raises(InputError, match="fingerprint"):

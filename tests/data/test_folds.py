@@ -33,8 +33,10 @@ def test_folds_depend_on_the_seed_and_the_set_of_cases_not_their_order():
     assert make_folds(CASES, 5, seed=1) != make_folds(CASES, 5, seed=2)
 
 
-@pytest.mark.parametrize("cases, folds, match", [(CASES[:2], 3, "at least 3 cases"), (CASES, 1, "at least 2 folds"),
-                                                 (["a", "a", "b"], 2, "duplicate")])
+@pytest.mark.parametrize(
+    "cases, folds, match",
+    [(CASES[:2], 3, "at least 3 cases"), (CASES, 1, "at least 2 folds"), (["a", "a", "b"], 2, "duplicate")],
+)
 def test_impossible_folds_are_refused(cases, folds, match):
     with pytest.raises(ValueError, match=match):
         make_folds(cases, folds)
@@ -61,15 +63,22 @@ def test_folds_are_written_once_and_never_hold_a_test_case(dataset):
     assert everything.val == ()
 
 
-@pytest.mark.parametrize("content, match", [
-    ("not json", "cannot be read as JSON"),
-    ('[{"train": ["case0001"]}]', "list of folds"),
-    ('[{"train": ["case0001", "case0004"], "val": ["case0002", "case0003"]}, {"train": [], "val": []}]',
-     "not development cases"),
-    ('[{"train": ["case0001", "case0002"], "val": ["case0002", "case0003"]}, {"train": [], "val": []}]',
-     "on both sides"),
-    ('[{"train": ["case0001"], "val": ["case0002"]}, {"train": [], "val": []}]', "on neither side"),
-])
+@pytest.mark.parametrize(
+    "content, match",
+    [
+        ("not json", "cannot be read as JSON"),
+        ('[{"train": ["case0001"]}]', "list of folds"),
+        (
+            '[{"train": ["case0001", "case0004"], "val": ["case0002", "case0003"]}, {"train": [], "val": []}]',
+            "not development cases",
+        ),
+        (
+            '[{"train": ["case0001", "case0002"], "val": ["case0002", "case0003"]}, {"train": [], "val": []}]',
+            "on both sides",
+        ),
+        ('[{"train": ["case0001"], "val": ["case0002"]}, {"train": [], "val": []}]', "on neither side"),
+    ],
+)
 def test_an_invalid_splits_file_is_named(dataset, content, match):
     (dataset / SPLITS_FILE).write_text(content)
     with pytest.raises(InputError, match=match):

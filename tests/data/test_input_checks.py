@@ -65,8 +65,7 @@ def test_binary_255_rule_holds_with_empty_and_full_masks(tmp_path: Path) -> None
     arrays = write_pictures(tmp_path / "images", tmp_path / "masks", count=5, mask_values=(0, 255))
     arrays["img1"] = (arrays["img1"][0], _write_mask(tmp_path / "masks" / "img1.png", (0,)))
     arrays["img3"] = (arrays["img3"][0], _write_mask(tmp_path / "masks" / "img3.png", (255,)))
-    out = prepare_folder_2d(tmp_path / "images", tmp_path / "masks", tmp_path / "out", val_fraction=0,
-                            test_fraction=0)
+    out = prepare_folder_2d(tmp_path / "images", tmp_path / "masks", tmp_path / "out", val_fraction=0, test_fraction=0)
     info = json.loads((out / "dataset.json").read_text())
     assert info["class_names"] == ["background", "class_1"]
     for case, (_, mask) in arrays.items():
@@ -80,9 +79,15 @@ def test_nnunet_png_dataset_mixing_encodings_is_refused(tmp_path: Path) -> None:
     for case in arrays:
         (raw / "imagesTr" / f"{case}.png").rename(raw / "imagesTr" / f"{case}_0000.png")
     _write_mask(raw / "labelsTr" / "img3.png", (0, 255))
-    (raw / "dataset.json").write_text(json.dumps({
-        "channel_names": {"0": "photo"}, "labels": {"background": 0, "a": 1}, "file_ending": ".png",
-    }))
+    (raw / "dataset.json").write_text(
+        json.dumps(
+            {
+                "channel_names": {"0": "photo"},
+                "labels": {"background": 0, "a": 1},
+                "file_ending": ".png",
+            }
+        )
+    )
     with pytest.raises(InputError, match=r"img3\.png holds only 0 and 255.*img0\.png holds class ids"):
         prepare_nnunet(raw, tmp_path / "out")
     assert not (tmp_path / "out").exists()
@@ -141,23 +146,27 @@ def test_synapse_and_acdc_without_foreground_warn_through_the_cli(tmp_path: Path
         with caplog.at_level(logging.WARNING):
             command = "synapse" if kind == "syn" else "acdc"
             assert main(["prepare", command, "-i", str(tmp_path / kind), "-o", str(tmp_path / f"{kind}_out")]) == 0
-        warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "background" in
-                    r.getMessage()]
+        warnings = [
+            r.getMessage() for r in caplog.records if r.levelno == logging.WARNING and "background" in r.getMessage()
+        ]
         assert len(warnings) == 1 and str(tmp_path / kind) in warnings[0]
 
 
 # ---------------------------------------------------------------- option ranges
 
 
-@pytest.mark.parametrize(("option", "values"), [
-    ("--percentiles", ["99", "1"]),
-    ("--percentiles", ["50", "50"]),
-    ("--percentiles", ["-1", "99"]),
-    ("--percentiles", ["1", "101"]),
-    ("--ct-window", ["200", "-100"]),
-    ("--ct-window", ["100", "100"]),
-    ("--ct-window", ["nan", "100"]),
-])
+@pytest.mark.parametrize(
+    ("option", "values"),
+    [
+        ("--percentiles", ["99", "1"]),
+        ("--percentiles", ["50", "50"]),
+        ("--percentiles", ["-1", "99"]),
+        ("--percentiles", ["1", "101"]),
+        ("--ct-window", ["200", "-100"]),
+        ("--ct-window", ["100", "100"]),
+        ("--ct-window", ["nan", "100"]),
+    ],
+)
 def test_reversed_or_out_of_range_options_are_refused(tmp_path: Path, capsys, option: str, values: list[str]) -> None:
     write_nnunet_raw(tmp_path / "raw", num_cases=3)
     argv = ["prepare", "nnunet", "-i", str(tmp_path / "raw"), "-o", str(tmp_path / "out"), option, *values]
@@ -177,8 +186,9 @@ def test_library_refuses_reversed_percentiles_naming_the_argument(tmp_path: Path
 # ---------------------------------------------------------------- DICOM series
 
 
-def _write_series(folder: Path, positions: list[float], uid: str, prefix: str = "s",
-                  description: str | None = None, value: int = 0) -> None:
+def _write_series(
+    folder: Path, positions: list[float], uid: str, prefix: str = "s", description: str | None = None, value: int = 0
+) -> None:
     """One DICOM file per slice position (mm along z), all of series ``uid``."""
     folder.mkdir(parents=True, exist_ok=True)
     writer = SimpleITK.ImageFileWriter()
@@ -188,8 +198,13 @@ def _write_series(folder: Path, positions: list[float], uid: str, prefix: str = 
             image = SimpleITK.GetImageFromArray(np.full((6, 5), value + number, dtype=np.int16))
             image.SetSpacing((0.5, 0.6))
             tags = {
-                "0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": uid, "0020|0013": str(number + 1),
-                "0020|0032": f"0\\0\\{z}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.6\\0.5",
+                "0008|0060": "CT",
+                "0020|000d": "1.2.3",
+                "0020|000e": uid,
+                "0020|0013": str(number + 1),
+                "0020|0032": f"0\\0\\{z}",
+                "0020|0037": "1\\0\\0\\0\\1\\0",
+                "0028|0030": "0.6\\0.5",
             }
             if description:
                 tags["0008|103e"] = description
@@ -278,9 +293,23 @@ def test_sigterm_during_prepare_leaves_no_temporary_folder(tmp_path: Path) -> No
     write_nnunet_raw(tmp_path / "raw", num_cases=40, shape=(48, 48, 40))
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO_ROOT / "src"), os.environ.get("PYTHONPATH", "")])}
     process = subprocess.Popen(
-        [sys.executable, "-m", "perspective_unet", "prepare", "nnunet", "-i", str(tmp_path / "raw"),
-         "-o", str(tmp_path / "out"), "--ct-window", "-125", "275"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env,
+        [
+            sys.executable,
+            "-m",
+            "perspective_unet",
+            "prepare",
+            "nnunet",
+            "-i",
+            str(tmp_path / "raw"),
+            "-o",
+            str(tmp_path / "out"),
+            "--ct-window",
+            "-125",
+            "275",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=env,
     )
     try:
         deadline = time.monotonic() + 120

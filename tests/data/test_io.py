@@ -134,8 +134,13 @@ def _write_dicom_series(volume: np.ndarray, folder: Path) -> None:
         slice_image = SimpleITK.GetImageFromArray(volume[z])
         slice_image.SetSpacing((0.5, 0.6))
         for tag, value in {
-            "0008|0060": "CT", "0020|000d": "1.2.3", "0020|000e": "1.2.3.4", "0020|0013": str(z + 1),
-            "0020|0032": f"0\\0\\{2.0 * z}", "0020|0037": "1\\0\\0\\0\\1\\0", "0028|0030": "0.6\\0.5",
+            "0008|0060": "CT",
+            "0020|000d": "1.2.3",
+            "0020|000e": "1.2.3.4",
+            "0020|0013": str(z + 1),
+            "0020|0032": f"0\\0\\{2.0 * z}",
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0028|0030": "0.6\\0.5",
             "0018|0050": "2.0",
         }.items():
             slice_image.SetMetaData(tag, value)
@@ -234,7 +239,8 @@ def test_zero_negative_or_nan_spacing_is_refused_naming_the_file(tmp_path: Path,
     with pytest.raises(InputError, match=r"scan\.nii: the header gives the voxel spacing .*positive number"):
         read_image(path)
     assert read_image(_nifti_with_pixdim(tmp_path / "good.nii", (0.8, 0.8, 2.0)))[1]["spacing"] == pytest.approx(
-        (0.8, 0.8, 2.0))
+        (0.8, 0.8, 2.0)
+    )
 
 
 def test_a_4d_image_is_refused_with_what_to_do(tmp_path: Path) -> None:

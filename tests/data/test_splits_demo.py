@@ -128,8 +128,9 @@ def test_prepare_demo_downloads_once_then_uses_the_cache(tmp_path: Path, fake_sd
     test = set(range(*block["test_block"]))
     train = {z for a, b in block["train_blocks"] for z in range(a, b)}
     assert min(abs(a - b) for a in test for b in train) > 1
-    assert all(info["class_voxels"]["train"][n] > 0 and info["class_voxels"]["test"][n] > 0
-               for n in info["class_names"][1:])
+    assert all(
+        info["class_voxels"]["train"][n] > 0 and info["class_voxels"]["test"][n] > 0 for n in info["class_names"][1:]
+    )
     slices = sorted(p.stem for p in (out / "train_npz").glob("*.npz"))
     assert {int(s.rsplit("slice", 1)[1]) for s in slices} == train
     with h5py.File(out / "test_vol_h5" / f"{info['splits']['test'][0]}.npy.h5", "r") as f:
@@ -137,8 +138,9 @@ def test_prepare_demo_downloads_once_then_uses_the_cache(tmp_path: Path, fake_sd
         assert list(f.attrs["crop_z"]) == block["test_block"]
 
 
-def test_prepare_demo_rejects_a_wrong_hash_and_deletes_the_download(tmp_path: Path, fake_sdist: Path,
-                                                                      monkeypatch) -> None:
+def test_prepare_demo_rejects_a_wrong_hash_and_deletes_the_download(
+    tmp_path: Path, fake_sdist: Path, monkeypatch
+) -> None:
     monkeypatch.setattr(demo_module, "DEMO_SDIST_SHA256", "0" * 64)
 
     def fake_download(dest: Path) -> Path:

@@ -45,8 +45,22 @@ def test_demo_over_seeds_reports_each_organs_spread(tiny_dataset, tmp_path, caps
 
     out = tmp_path / "demo"
     shutil.copytree(tiny_dataset, out / "data")
-    args = ["demo", "-o", str(out), "--seeds", "2", "--seed", "7", "--epochs", "1", "--img-size", "32", "32",
-            "--device", "cpu"]
+    args = [
+        "demo",
+        "-o",
+        str(out),
+        "--seeds",
+        "2",
+        "--seed",
+        "7",
+        "--epochs",
+        "1",
+        "--img-size",
+        "32",
+        "32",
+        "--device",
+        "cpu",
+    ]
     assert main(args) == 0
     printed = capsys.readouterr().out
     record = json.loads((out / "seeds.json").read_text())
@@ -70,7 +84,18 @@ def test_the_demo_config_file_holds_the_demo_settings():
     path = Path(__file__).resolve().parents[2] / "configs" / "demo.yaml"
     config = TrainConfig.from_yaml(path)
     settings = DemoSettings()
-    for name in ("model", "protocol", "epochs", "base_lr", "optimizer", "foreground_sampling_weight", "augment",
-                 "seed", "time_limit_minutes", "model_options", "augmentation"):
+    for name in (
+        "model",
+        "protocol",
+        "epochs",
+        "base_lr",
+        "optimizer",
+        "foreground_sampling_weight",
+        "augment",
+        "seed",
+        "time_limit_minutes",
+        "model_options",
+        "augmentation",
+    ):
         assert getattr(config, name) == getattr(settings, name), name
     assert yaml.safe_load(path.read_text())["val_every"] == 0 and config.num_workers == 0

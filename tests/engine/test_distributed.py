@@ -16,10 +16,34 @@ pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 def test_torchrun_two_processes_on_cpu(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"
     command = [
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-        "-m", "perspective_unet", "train", "--data", str(tiny_dataset), "-o", str(out), "--device", "cpu",
-        "--model", "perspective_unet_tiny", "--img-size", "32", "32", "--batch-size", "2", "--num-workers", "0",
-        "--epochs", "2", "--val-every", "1",
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "perspective_unet",
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "-o",
+        str(out),
+        "--device",
+        "cpu",
+        "--model",
+        "perspective_unet_tiny",
+        "--img-size",
+        "32",
+        "32",
+        "--batch-size",
+        "2",
+        "--num-workers",
+        "0",
+        "--epochs",
+        "2",
+        "--val-every",
+        "1",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)

@@ -47,8 +47,9 @@ def test_perfect_prediction_scores_one(tiny_dataset, tmp_path, monkeypatch):
     labels = {i: dataset[i]["label"] for i in range(len(dataset))}
     calls = iter(range(len(dataset)))
     monkeypatch.setattr(evaluate_module, "predict_with_plan", lambda *a, **k: labels[next(calls)])
-    result = evaluate_model(create_model("perspective_unet_tiny", num_classes=3), dataset, num_classes=3,
-                            img_size=(32, 32), progress=False)
+    result = evaluate_model(
+        create_model("perspective_unet_tiny", num_classes=3), dataset, num_classes=3, img_size=(32, 32), progress=False
+    )
     for protocol in ("legacy", "corrected"):
         assert result[protocol]["mean_dice"] == 1.0 and result[protocol]["mean_hd95"] == 0.0
 

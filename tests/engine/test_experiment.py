@@ -23,8 +23,15 @@ from perspective_unet.engine.experiment_report import report_experiment
 from perspective_unet.engine.train import train
 from perspective_unet.errors import InputError
 
-TRAIN = {"model": "perspective_unet_tiny", "img_size": [32, 32], "epochs": 1, "batch_size": 4, "num_workers": 0,
-         "val_every": 1, "base_lr": 0.01}
+TRAIN = {
+    "model": "perspective_unet_tiny",
+    "img_size": [32, 32],
+    "epochs": 1,
+    "batch_size": 4,
+    "num_workers": 0,
+    "val_every": 1,
+    "base_lr": 0.01,
+}
 
 
 @pytest.fixture
@@ -39,9 +46,35 @@ def poisoned(tiny_dataset, tmp_path):
 
 def test_fold_training_selects_checkpoints_without_reading_a_test_case(poisoned, tmp_path, capsys):
     out = tmp_path / "runs"
-    assert main(["train", "--data", str(poisoned), "-o", str(out), "--fold", "1", "--num-folds", "3", "--epochs", "2",
-                 "--val-every", "1", "--model", "perspective_unet_tiny", "--img-size", "32", "32", "--batch-size", "4",
-                 "--num-workers", "0"]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--data",
+                str(poisoned),
+                "-o",
+                str(out),
+                "--fold",
+                "1",
+                "--num-folds",
+                "3",
+                "--epochs",
+                "2",
+                "--val-every",
+                "1",
+                "--model",
+                "perspective_unet_tiny",
+                "--img-size",
+                "32",
+                "32",
+                "--batch-size",
+                "4",
+                "--num-workers",
+                "0",
+            ]
+        )
+        == 0
+    )
     run = out / "fold_1"
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
     folds = json.loads((poisoned / "splits.json").read_text())
@@ -62,8 +95,10 @@ def test_fold_all_trains_on_every_development_case_without_validation(poisoned, 
 
 def _experiment(data: Path, **changes) -> ExperimentConfig:
     fields = {
-        "name": "grid", "train": {"data": str(data), **TRAIN},
-        "configurations": {"full": {}, "no_scsi": {"model_options": {"use_scsi": False}}}, "seeds": [1, 2],
+        "name": "grid",
+        "train": {"data": str(data), **TRAIN},
+        "configurations": {"full": {}, "no_scsi": {"model_options": {"use_scsi": False}}},
+        "seeds": [1, 2],
         "statistics": {"unit": "case_class", "bootstrap_resamples": 500, "bootstrap_seed": 3},
     }
     fields.update(changes)
@@ -72,12 +107,12 @@ def _experiment(data: Path, **changes) -> ExperimentConfig:
 
 def _per_case(folder: Path) -> dict[tuple[str, str], float]:
     with (folder / "evaluation" / "per_case.csv").open() as handle:
-        return {(r["case"], r["class_name"]): float(r["dice"]) for r in csv.DictReader(handle)
-                if r["protocol"] == "legacy"}
+        return {
+            (r["case"], r["class_name"]): float(r["dice"]) for r in csv.DictReader(handle) if r["protocol"] == "legacy"
+        }
 
 
-def test_a_two_by_two_experiment_runs_resumes_and_reports_hand_computed_statistics(tiny_dataset, tmp_path,
-                                                                                    monkeypatch):
+def test_a_two_by_two_experiment_runs_resumes_and_reports_hand_computed_statistics(tiny_dataset, tmp_path, monkeypatch):
     experiment = _experiment(tiny_dataset)
     root = tmp_path / "experiment"
     original = experiment_module._execute
@@ -96,21 +131,26 @@ def test_a_two_by_two_experiment_runs_resumes_and_reports_hand_computed_statisti
     finished = (root / "full/seed_1/last.pt").stat().st_mtime_ns
     outcomes = run_experiment(experiment, root)
     assert [(o.label, o.status) for o in outcomes] == [
-        ("full/seed_1", "skipped"), ("full/seed_2", "skipped"), ("no_scsi/seed_1", "done"), ("no_scsi/seed_2", "done")
+        ("full/seed_1", "skipped"),
+        ("full/seed_2", "skipped"),
+        ("no_scsi/seed_1", "done"),
+        ("no_scsi/seed_2", "done"),
     ]
     assert (root / "full/seed_1/last.pt").stat().st_mtime_ns == finished, "a finished run is not trained again"
     saved = yaml.safe_load((root / "experiment.yaml").read_text())
     assert saved["train"]["data"] == str(tiny_dataset) and saved["base"] is None
 
     report = report_experiment(root)
-    scores = {label: _per_case(root / label) for label in ("full/seed_1", "full/seed_2", "no_scsi/seed_1",
-                                                           "no_scsi/seed_2")}
+    scores = {
+        label: _per_case(root / label) for label in ("full/seed_1", "full/seed_2", "no_scsi/seed_1", "no_scsi/seed_2")
+    }
     units = sorted(scores["full/seed_1"])
     by_config = {}
     for name in ("full", "no_scsi"):
         runs = [scores[f"{name}/seed_{s}"] for s in (1, 2)]
-        run_means = [np.mean([np.mean([r[(c, k)] for c, kk in units if kk == k]) for k in ("square", "disc")])
-                     for r in runs]
+        run_means = [
+            np.mean([np.mean([r[(c, k)] for c, kk in units if kk == k]) for k in ("square", "disc")]) for r in runs
+        ]
         summary = next(s for s in report.configurations if s.name == name)
         assert summary.dice.mean == pytest.approx(np.mean(run_means))
         assert summary.dice.std == pytest.approx(np.std(run_means, ddof=1))
@@ -168,9 +208,18 @@ def test_cli_runs_and_reports_an_experiment_with_folds(tiny_dataset, tmp_path, c
     data = tmp_path / "data"
     shutil.copytree(tiny_dataset, data)
     path = tmp_path / "folds.yaml"
-    path.write_text(yaml.safe_dump({"name": "cv", "train": {"data": str(data), **TRAIN, "num_folds": 3},
-                                    "configurations": {"full": {}}, "seeds": [5], "folds": [0, 1],
-                                    "evaluate": {"protocol": "corrected"}}))
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "cv",
+                "train": {"data": str(data), **TRAIN, "num_folds": 3},
+                "configurations": {"full": {}},
+                "seeds": [5],
+                "folds": [0, 1],
+                "evaluate": {"protocol": "corrected"},
+            }
+        )
+    )
     assert main(["experiment", "run", str(path), "-o", str(tmp_path / "cv")]) == 0
     assert "2 runs: 2 done now" in capsys.readouterr().out
     assert (tmp_path / "cv/full/seed_5/fold_1/evaluation/summary.json").is_file()
@@ -178,14 +227,29 @@ def test_cli_runs_and_reports_an_experiment_with_folds(tiny_dataset, tmp_path, c
     out = capsys.readouterr().out
     assert "Experiment cv" in out and "HD95 in mm" in out
     # The fold runs of a seed form an ensemble for evaluate.
-    assert main(["evaluate", "--checkpoint", str(tmp_path / "cv/full/seed_5"), "--data", str(data), "-o",
-                 str(tmp_path / "ensemble")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(tmp_path / "cv/full/seed_5"),
+                "--data",
+                str(data),
+                "-o",
+                str(tmp_path / "ensemble"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "ensemble" / "summary.json").read_text())
     assert len(summary["checkpoint"]) == 2 and not math.isnan(summary["mean_dice"])
 
 
-@pytest.mark.parametrize("path", sorted((Path(__file__).resolve().parents[2] / "configs" / "experiments").glob("*.yaml")),
-                         ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path",
+    sorted((Path(__file__).resolve().parents[2] / "configs" / "experiments").glob("*.yaml")),
+    ids=lambda p: p.name,
+)
 def test_shipped_experiment_files_are_valid(path):
     experiment = ExperimentConfig.from_yaml(path)
     runs = experiment.runs()

@@ -68,9 +68,7 @@ def canonical_hw(path, orientation: str = "SPL") -> tuple[int, int]:
 
 # A left-posterior-superior affine with the axes permuted (stored i runs along z, j along y, k along x) and anisotropic
 # spacing (4 mm, 0.7 mm, 0.9 mm): the canonical (Z, H, W) order differs from the stored one in every axis.
-PERMUTED_LPS = np.array(
-    [[0.0, 0.0, -0.9, 100.0], [0.0, -0.7, 0.0, 50.0], [4.0, 0.0, 0.0, -20.0], [0.0, 0.0, 0.0, 1.0]]
-)
+PERMUTED_LPS = np.array([[0.0, 0.0, -0.9, 100.0], [0.0, -0.7, 0.0, 50.0], [4.0, 0.0, 0.0, -20.0], [0.0, 0.0, 0.0, 1.0]])
 
 
 @pytest.fixture(scope="module")
@@ -155,8 +153,7 @@ def test_png_input_gives_a_png_of_class_ids_with_the_same_size(tmp_path):
     source = tmp_path / "photo.png"
     Image.fromarray(np.array([0, 128, 255], dtype=np.uint8)[expected]).save(source)
     # The checkpoint names a CT window, but a picture holds no HU: it is scaled by its 8-bit range instead.
-    out = predict_file(IntensityOracle(), source, tmp_path / "out", info=oracle_info((20, 28)),
-                       save_probabilities=True)
+    out = predict_file(IntensityOracle(), source, tmp_path / "out", info=oracle_info((20, 28)), save_probabilities=True)
     assert out.name == "photo.png"
     labels = np.asarray(Image.open(out))
     assert labels.shape == (20, 28)
@@ -178,8 +175,15 @@ def _write_dicom_series(folder, volume_zyx: np.ndarray, spacing=(0.8, 0.9, 3.0))
     for z in range(volume_zyx.shape[0]):
         piece = image[:, :, z]
         position = "\\".join(str(v) for v in image.TransformIndexToPhysicalPoint((0, 0, z)))
-        tags = {"0008|0060": "CT", "0020|000d": f"{uid}.1", "0020|000e": f"{uid}.2", "0020|0013": str(z + 1),
-                "0020|0032": position, "0020|0037": "1\\0\\0\\0\\1\\0", "0018|0050": str(spacing[2])}
+        tags = {
+            "0008|0060": "CT",
+            "0020|000d": f"{uid}.1",
+            "0020|000e": f"{uid}.2",
+            "0020|0013": str(z + 1),
+            "0020|0032": position,
+            "0020|0037": "1\\0\\0\\0\\1\\0",
+            "0018|0050": str(spacing[2]),
+        }
         for key, value in tags.items():
             piece.SetMetaData(key, value)
         writer.SetFileName(str(folder / f"slice{z:03d}.dcm"))
@@ -209,8 +213,17 @@ def test_probabilities_sum_to_one_and_share_the_geometry(tmp_path, checkpoint):
     volume, _ = labeled_ct((5, 24, 20))
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, PERMUTED_LPS)
-    args = ["predict", "--checkpoint", str(checkpoint), "-i", str(source), "-o", str(tmp_path / "out"),
-            "--save-probabilities", "--tta"]
+    args = [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "-i",
+        str(source),
+        "-o",
+        str(tmp_path / "out"),
+        "--save-probabilities",
+        "--tta",
+    ]
     assert main(args) == 0
     probabilities = nib.load(str(tmp_path / "out" / "scan_probabilities.nii.gz"))
     data = probabilities.get_fdata()
@@ -226,8 +239,9 @@ def test_tta_runs_and_keeps_a_flip_equivariant_prediction(tmp_path):
     volume, expected = labeled_ct((6, 16, 3))
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, np.eye(4))
-    out = predict_file(IntensityOracle(), source, tmp_path / "tta.nii.gz", info=oracle_info(canonical_hw(source)),
-                       tta=True)
+    out = predict_file(
+        IntensityOracle(), source, tmp_path / "tta.nii.gz", info=oracle_info(canonical_hw(source)), tta=True
+    )
     np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), expected)
 
 
@@ -320,8 +334,10 @@ def test_output_clashes_and_bad_targets_are_refused(tmp_path, checkpoint):
 
 def test_resolve_intensity_prefers_the_user_then_the_record_then_the_text():
     assert resolve_intensity({"intensity": CT_SPEC}) == CT_SPEC
-    assert resolve_intensity({"intensity": CT_SPEC}, window=(-100, 200)) == {"kind": "ct_window",
-                                                                            "window": [-100.0, 200.0]}
+    assert resolve_intensity({"intensity": CT_SPEC}, window=(-100, 200)) == {
+        "kind": "ct_window",
+        "window": [-100.0, 200.0],
+    }
     assert resolve_intensity({"intensity": CT_SPEC}, mr_normalize=True)["kind"] == "percentile_minmax"
     text = "CT: HU clipped to [-160, 240] (given), then (x - -160) / 400 -> [0, 1]"
     assert resolve_intensity({"normalization": text}) == {"kind": "ct_window", "window": [-160.0, 240.0]}

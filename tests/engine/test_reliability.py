@@ -26,8 +26,19 @@ from perspective_unet.errors import InputError
 from perspective_unet.outputs import LOCK_NAME, output_lock
 
 ROOT = Path(__file__).resolve().parents[2]
-TINY_RUN = ["--model", "perspective_unet_tiny", "--img-size", "32", "32", "--batch-size", "4", "--num-workers", "0",
-            "--val-every", "1"]
+TINY_RUN = [
+    "--model",
+    "perspective_unet_tiny",
+    "--img-size",
+    "32",
+    "32",
+    "--batch-size",
+    "4",
+    "--num-workers",
+    "0",
+    "--val-every",
+    "1",
+]
 
 
 def train_args(data: Path, out: Path, *extra: str) -> list[str]:
@@ -42,8 +53,9 @@ def one_line_error(capsys) -> str:
 
 
 def scan(path: Path) -> Path:
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32), np.eye(4)),
-             str(path))
+    nib.save(
+        nib.Nifti1Image(np.random.default_rng(0).uniform(0, 1, (32, 32, 3)).astype(np.float32), np.eye(4)), str(path)
+    )
     return path
 
 
@@ -73,8 +85,7 @@ def test_training_into_a_folder_that_holds_a_run_is_refused(tiny_dataset, tmp_pa
 
 def test_resume_alone_restores_the_runs_settings(tiny_dataset, tmp_path, capsys):
     out = tmp_path / "run"
-    args = ["train", "--data", str(tiny_dataset), "-o", str(out), "--epochs", "2", "--max-iterations", "2",
-            *TINY_RUN]
+    args = ["train", "--data", str(tiny_dataset), "-o", str(out), "--epochs", "2", "--max-iterations", "2", *TINY_RUN]
     assert main(args) == 0
     assert main(["train", "--resume", str(out / "last.pt")]) == 0  # no --model, no --batch-size: the saved ones
     state = torch.load(out / "last.pt", weights_only=True)
@@ -107,8 +118,9 @@ def test_a_higher_epochs_continues_a_finished_run(finished_run, tmp_path, capsys
 # Whole results, one command per folder -----------------------------------------------------------------------------
 
 
-def test_evaluate_keeps_earlier_reports_unless_told_and_writes_all_three_or_none(finished_run, tiny_dataset,
-                                                                                 tmp_path, capsys, monkeypatch):
+def test_evaluate_keeps_earlier_reports_unless_told_and_writes_all_three_or_none(
+    finished_run, tiny_dataset, tmp_path, capsys, monkeypatch
+):
     import perspective_unet.engine.evaluate as evaluate_module
 
     out = tmp_path / "eval"
@@ -138,8 +150,21 @@ def test_a_label_map_never_appears_without_its_probabilities(finished_run, tmp_p
     monkeypatch.setattr(predictor_module, "write_probabilities", full_disk)
     source = scan(tmp_path / "scan.nii.gz")
     out = tmp_path / "pred"
-    assert main(["predict", "--checkpoint", str(finished_run / "last.pt"), "-i", str(source), "-o", str(out),
-                 "--save-probabilities"]) == 2
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(finished_run / "last.pt"),
+                "-i",
+                str(source),
+                "-o",
+                str(out),
+                "--save-probabilities",
+            ]
+        )
+        == 2
+    )
     assert "disk is full" in one_line_error(capsys)
     assert not out.exists() or list(out.iterdir()) == []
 
@@ -147,9 +172,18 @@ def test_a_label_map_never_appears_without_its_probabilities(finished_run, tmp_p
 def test_a_folder_in_use_is_refused_and_a_dead_commands_lock_taken_over(finished_run, tmp_path, capsys, caplog):
     source = scan(tmp_path / "scan.nii.gz")
     out = tmp_path / "pred"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from perspective_unet.outputs import "
-                               "output_lock\nwith output_lock(sys.argv[1]):\n    print('held', flush=True); "
-                               "time.sleep(60)", str(out)], stdout=subprocess.PIPE, text=True)
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from perspective_unet.outputs import "
+            "output_lock\nwith output_lock(sys.argv[1]):\n    print('held', flush=True); "
+            "time.sleep(60)",
+            str(out),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         assert holder.stdout.readline().strip() == "held"
         args = ["predict", "--checkpoint", str(finished_run / "last.pt"), "-i", str(source), "-o", str(out)]
@@ -219,8 +253,15 @@ def test_sigterm_stops_training_like_ctrl_c_and_leaves_no_lock(tiny_dataset, tmp
 
 
 def checkpoint_args(checkpoint: Path, tmp_path: Path) -> list[str]:
-    return ["predict", "--checkpoint", str(checkpoint), "-i", str(scan(tmp_path / "scan.nii.gz")), "-o",
-            str(tmp_path / "out")]
+    return [
+        "predict",
+        "--checkpoint",
+        str(checkpoint),
+        "-i",
+        str(scan(tmp_path / "scan.nii.gz")),
+        "-o",
+        str(tmp_path / "out"),
+    ]
 
 
 def test_an_empty_checkpoint_is_one_line(tmp_path, capsys):
@@ -261,8 +302,12 @@ def test_checkpoints_whose_weights_do_not_fit_their_config_are_refused(tmp_path,
     assert main(checkpoint_args(path, tmp_path)) == 2
     err = one_line_error(capsys)
     assert "model.pt" in err
-    assert {"missing": "1 missing: head.weight", "misshaped": "1 mis-shaped: head.weight", "nan": "NaN or infinite",
-            "huge_config": "do not match its model config"}[damage] in err
+    assert {
+        "missing": "1 missing: head.weight",
+        "misshaped": "1 mis-shaped: head.weight",
+        "nan": "NaN or infinite",
+        "huge_config": "do not match its model config",
+    }[damage] in err
     assert time.monotonic() - started < 30
     assert not (tmp_path / "out").exists()
 
@@ -290,8 +335,9 @@ def test_a_model_whose_outputs_are_not_finite_stops_prediction(tmp_path):
             return torch.full((x.shape[0], 2, *x.shape[-2:]), float("nan"))
 
     with pytest.raises(InputError, match="NaN or infinite outputs"):
-        predict_path(Broken(), scan(tmp_path / "scan.nii.gz"), tmp_path / "out", info={"img_size": (32, 32)},
-                     progress=False)
+        predict_path(
+            Broken(), scan(tmp_path / "scan.nii.gz"), tmp_path / "out", info={"img_size": (32, 32)}, progress=False
+        )
     assert not (tmp_path / "out").exists()
 
 
@@ -314,14 +360,32 @@ def small_tmpfs(path: Path, size: str = "64k", read_only: bool = False):
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small or read-only tmpfs needs root")
 @pytest.mark.parametrize("disk", ["full", "read_only"])
-def test_full_and_read_only_disks_end_in_one_line_with_nothing_half_written(finished_run, tiny_dataset, tmp_path,
-                                                                            capsys, disk):
+def test_full_and_read_only_disks_end_in_one_line_with_nothing_half_written(
+    finished_run, tiny_dataset, tmp_path, capsys, disk
+):
     with small_tmpfs(tmp_path / "disk", "16k", read_only=disk == "read_only") as mount:
-        for args in (["train", "--resume", str(finished_run / "last.pt"), "-o", str(mount / "run"), "--epochs", "2"],
-                     ["evaluate", "--checkpoint", str(finished_run / "last.pt"), "--data", str(tiny_dataset), "-o",
-                      str(mount / "eval")],
-                     ["predict", "--checkpoint", str(finished_run / "last.pt"), "-i", str(scan(tmp_path / "s.nii.gz")),
-                      "-o", str(mount / "pred"), "--save-probabilities"]):
+        for args in (
+            ["train", "--resume", str(finished_run / "last.pt"), "-o", str(mount / "run"), "--epochs", "2"],
+            [
+                "evaluate",
+                "--checkpoint",
+                str(finished_run / "last.pt"),
+                "--data",
+                str(tiny_dataset),
+                "-o",
+                str(mount / "eval"),
+            ],
+            [
+                "predict",
+                "--checkpoint",
+                str(finished_run / "last.pt"),
+                "-i",
+                str(scan(tmp_path / "s.nii.gz")),
+                "-o",
+                str(mount / "pred"),
+                "--save-probabilities",
+            ],
+        ):
             assert main(args) == 2, args[0]
             err = one_line_error(capsys)
             assert ("disk is full" if disk == "full" else "read-only") in err, err

@@ -55,8 +55,10 @@ def disc_scan(path: Path, spacing: float, size: int, depth: int = 2) -> Path:
 
 def plan_info(protocol: str, patch: tuple[int, int] = (64, 64)) -> dict:
     spacing = (1.0, 1.0) if protocol == "spacing" else None
-    return {"plan": Plan(protocol, patch, WINDOW, spacing=spacing),
-            "dataset": {"class_names": ["background", "disc"], "orientation": "SPL"}}
+    return {
+        "plan": Plan(protocol, patch, WINDOW, spacing=spacing),
+        "dataset": {"class_names": ["background", "disc"], "orientation": "SPL"},
+    }
 
 
 def foreground_dice(fine: np.ndarray, coarse: np.ndarray, factor: int) -> float:
@@ -89,8 +91,14 @@ def test_labels_keep_the_input_geometry_through_resampling(tmp_path):
     image[10:30, 5:25] = 200.0
     affine = np.array([[0.0, -0.7, 0.0, 12.0], [0.8, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]])
     nib.save(nib.Nifti1Image(image, affine), str(source))
-    written = predict_path(OpeningModel(kernel=3), source, tmp_path / "out", info=plan_info("spacing", (32, 32)),
-                           save_probabilities=True, progress=False)[0]
+    written = predict_path(
+        OpeningModel(kernel=3),
+        source,
+        tmp_path / "out",
+        info=plan_info("spacing", (32, 32)),
+        save_probabilities=True,
+        progress=False,
+    )[0]
     result = nib.load(str(written))
     assert result.shape == image.shape
     np.testing.assert_array_equal(result.affine, nib.load(str(source)).affine)  # exactly the input's (float32) affine
@@ -106,8 +114,9 @@ def test_one_window_covering_the_slice_equals_whole_slice_inference():
     model = create_model("perspective_unet_tiny", num_classes=3).eval()
     volume = torch.randn(2, 1, 48, 64)
     plan = Plan("spacing", (48, 64), IntensitySpec("unit"), spacing=(1.0, 1.0))
-    labels, probabilities = predict_at_spacing(model, volume, (1.0, 1.0), plan, pad_value=-1.0,
-                                               return_probabilities=True)
+    labels, probabilities = predict_at_spacing(
+        model, volume, (1.0, 1.0), plan, pad_value=-1.0, return_probabilities=True
+    )
     with torch.inference_mode():
         whole = predict_slices(model, volume)
     np.testing.assert_allclose(probabilities.transpose(1, 0, 2, 3), whole.numpy(), atol=2e-3)  # float16 storage
@@ -174,9 +183,29 @@ def test_spacing_protocol_without_the_images_spacing_is_refused():
 
 
 def train_args(data: Path, out: Path, protocol: str, *extra: str) -> list[str]:
-    return ["train", "--data", str(data), "-o", str(out), "--protocol", protocol, "--model", "perspective_unet_tiny",
-            "--img-size", "32", "32", "--batch-size", "2", "--epochs", "1", "--num-workers", "0", "--val-every", "1",
-            *extra]
+    return [
+        "train",
+        "--data",
+        str(data),
+        "-o",
+        str(out),
+        "--protocol",
+        protocol,
+        "--model",
+        "perspective_unet_tiny",
+        "--img-size",
+        "32",
+        "32",
+        "--batch-size",
+        "2",
+        "--epochs",
+        "1",
+        "--num-workers",
+        "0",
+        "--val-every",
+        "1",
+        *extra,
+    ]
 
 
 @pytest.mark.parametrize("protocol, extra", [("spacing", ()), ("paper", ()), ("spacing", ("--context-slices", "1"))])
@@ -187,26 +216,56 @@ def test_both_protocols_train_evaluate_and_predict_end_to_end(tiny_dataset, tmp_
     plan = Plan.from_dict(state["plan"])
     assert plan.protocol == protocol and plan.patch_size == (32, 32)
     assert state["model_config"]["in_channels"] == plan.in_channels == (3 if extra else 1)
-    assert main(["evaluate", "--checkpoint", str(run / "last.pt"), "--data", str(tiny_dataset), "-o",
-                 str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(run / "last.pt"),
+                "--data",
+                str(tiny_dataset),
+                "-o",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert summary["plan"]["protocol"] == protocol and 0.0 <= summary["mean_dice"] <= 1.0
     scan = tmp_path / "scan.nii.gz"
-    nib.save(nib.Nifti1Image(np.random.default_rng(0).uniform(-200, 300, (40, 30, 4)).astype(np.float32),
-                             np.diag([0.7, 0.7, 2.0, 1.0])), str(scan))
+    nib.save(
+        nib.Nifti1Image(
+            np.random.default_rng(0).uniform(-200, 300, (40, 30, 4)).astype(np.float32), np.diag([0.7, 0.7, 2.0, 1.0])
+        ),
+        str(scan),
+    )
     assert main(["predict", "--checkpoint", str(run / "last.pt"), "-i", str(scan), "-o", str(tmp_path / "pred")]) == 0
     assert nib.load(str(tmp_path / "pred" / "scan.nii.gz")).shape == (40, 30, 4)
     volume = next((tiny_dataset / "test_vol_h5").glob("*.npy.h5"))
     for kind, extra_args in (("overlay", ["--num-slices", "2"]), ("features", ["--layer", "scsi"])):
         figure = tmp_path / f"{kind}.png"
-        assert main(["visualize", kind, "--checkpoint", str(run / "last.pt"), "--image", str(volume), "-o",
-                     str(figure), *extra_args]) == 0
+        assert (
+            main(
+                [
+                    "visualize",
+                    kind,
+                    "--checkpoint",
+                    str(run / "last.pt"),
+                    "--image",
+                    str(volume),
+                    "-o",
+                    str(figure),
+                    *extra_args,
+                ]
+            )
+            == 0
+        )
         assert figure.stat().st_size > 0
 
 
 def test_training_refuses_a_patch_larger_than_every_slice(tiny_dataset, tmp_path, capsys):
     args = train_args(tiny_dataset, tmp_path / "run", "spacing")
-    args[args.index("--img-size") + 1: args.index("--img-size") + 3] = ["128", "128"]
+    args[args.index("--img-size") + 1 : args.index("--img-size") + 3] = ["128", "128"]
     assert main(args) == 2
     err = capsys.readouterr().err
     assert "larger than every training slice" in err and len(err.strip().splitlines()) == 1

@@ -18,8 +18,15 @@ TINY_RUN = ["--model", "perspective_unet_tiny", "--img-size", "32", "32", "--bat
 
 def _config(data, output, **overrides) -> TrainConfig:
     fields = dict(
-        data=str(data), output=str(output), model="perspective_unet_tiny", img_size=(32, 32), epochs=2,
-        batch_size=4, num_workers=0, val_every=1, base_lr=0.01,
+        data=str(data),
+        output=str(output),
+        model="perspective_unet_tiny",
+        img_size=(32, 32),
+        epochs=2,
+        batch_size=4,
+        num_workers=0,
+        val_every=1,
+        base_lr=0.01,
     )
     fields.update(overrides)
     return TrainConfig(**fields)
@@ -63,8 +70,9 @@ def test_resumed_run_ends_with_the_same_weights(tiny_dataset, tmp_path):
 
 @pytest.mark.slow
 def test_training_learns_the_synthetic_shapes(tiny_dataset, tmp_path):
-    config = _config(tiny_dataset, tmp_path / "learn", epochs=40, val_every=40, augment=False, optimizer="adamw",
-                     base_lr=3e-3)
+    config = _config(
+        tiny_dataset, tmp_path / "learn", epochs=40, val_every=40, augment=False, optimizer="adamw", base_lr=3e-3
+    )
     result = train(config)
     assert result.best_val_dice is not None and result.best_val_dice > 0.8  # about 0.97 when it works
 
@@ -77,8 +85,20 @@ def test_missing_dataset_is_a_clear_cli_error(tmp_path, capsys):
 
 
 def test_bad_img_size_is_rejected_before_training(tiny_dataset, tmp_path, capsys):
-    args = ["train", "--data", str(tiny_dataset), "-o", str(tmp_path / "run"), "--model", "perspective_unet_tiny",
-            "--img-size", "30", "30", "--num-workers", "0"]
+    args = [
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "-o",
+        str(tmp_path / "run"),
+        "--model",
+        "perspective_unet_tiny",
+        "--img-size",
+        "30",
+        "30",
+        "--num-workers",
+        "0",
+    ]
     assert main(args) == 2
     assert "multiples of 16" in capsys.readouterr().err
 
@@ -123,8 +143,17 @@ def test_foreground_weights_favor_slices_with_labels():
 
 
 def test_adamw_with_foreground_sampling_trains_and_resumes_its_state(tiny_dataset, tmp_path):
-    result = train(_config(tiny_dataset, tmp_path / "adamw", epochs=1, optimizer="adamw", base_lr=1e-3,
-                           foreground_sampling_weight=3.0, val_every=0))
+    result = train(
+        _config(
+            tiny_dataset,
+            tmp_path / "adamw",
+            epochs=1,
+            optimizer="adamw",
+            base_lr=1e-3,
+            foreground_sampling_weight=3.0,
+            val_every=0,
+        )
+    )
     state = torch.load(result.last_checkpoint, weights_only=True)
     assert any("exp_avg" in s for s in state["optimizer"]["state"].values())
     assert result.best_checkpoint is None  # no validation, so no best.pt
@@ -146,9 +175,31 @@ def test_memory_budget_needs_compile_and_reaches_the_compiler(tiny_dataset, tmp_
         return model
 
     monkeypatch.setattr(training_module, "compile_model", fake_compile)
-    args = ["train", "--data", str(tiny_dataset), "-o", str(tmp_path / "run"), "--model", "perspective_unet_tiny",
-            "--img-size", "32", "32", "--num-workers", "0", "--epochs", "1", "--batch-size", "2", "--val-every", "0",
-            "--max-iterations", "1", "--compile", "--activation-memory-budget", "0.4"]
+    args = [
+        "train",
+        "--data",
+        str(tiny_dataset),
+        "-o",
+        str(tmp_path / "run"),
+        "--model",
+        "perspective_unet_tiny",
+        "--img-size",
+        "32",
+        "32",
+        "--num-workers",
+        "0",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "2",
+        "--val-every",
+        "0",
+        "--max-iterations",
+        "1",
+        "--compile",
+        "--activation-memory-budget",
+        "0.4",
+    ]
     assert main(args) == 0
     assert seen == {"budget": 0.4}
 
@@ -165,16 +216,38 @@ def test_released_configs_train_the_released_network(tiny_dataset, tmp_path, nam
     from pathlib import Path
 
     path = Path(__file__).resolve().parents[2] / "configs" / f"{name}.yaml"
-    config = TrainConfig.from_yaml(path, data=str(tiny_dataset), output=str(tmp_path / "run"),
-                                   model="perspective_unet_tiny", img_size=(32, 32), epochs=1, batch_size=4,
-                                   num_workers=0)
+    config = TrainConfig.from_yaml(
+        path,
+        data=str(tiny_dataset),
+        output=str(tmp_path / "run"),
+        model="perspective_unet_tiny",
+        img_size=(32, 32),
+        epochs=1,
+        batch_size=4,
+        num_workers=0,
+    )
     assert (config.amp, config.drop_last_batch, config.val_every) == (False, False, 0)
     assert config.augmentation == {"noise_std": 1.275, "contrast_pivot": 0.0, "before_resize": True}
     result = train(config)
     assert result.best_checkpoint is None  # no validation-based selection: the last epoch is tested
     model = load_model(result.last_checkpoint)
     assert (model.config.scsi_attention, model.config.in_channels, model.config.repeat_gray_to_rgb) == (
-        "released", 3, True)
+        "released",
+        3,
+        True,
+    )
     assert model.batch_dependent and not model.config.fast_dropout
-    assert main(["evaluate", "--checkpoint", str(result.last_checkpoint), "--data", str(tiny_dataset), "-o",
-                 str(tmp_path / "eval")]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--checkpoint",
+                str(result.last_checkpoint),
+                "--data",
+                str(tiny_dataset),
+                "-o",
+                str(tmp_path / "eval"),
+            ]
+        )
+        == 0
+    )

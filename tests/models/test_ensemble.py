@@ -63,11 +63,14 @@ def test_the_ensemble_module_is_the_log_of_the_mean_softmax():
     assert ensemble.config.num_classes == 4
 
 
-@pytest.mark.parametrize("change, match", [
-    ({"num_classes": 4}, "classes"),
-    ({"dataset": {"class_names": ["background", "liver", "disc"]}}, "class names"),
-    ({"plan": {**PLAN, "patch_size": [48, 48]}}, "plan"),
-])
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"num_classes": 4}, "classes"),
+        ({"dataset": {"class_names": ["background", "liver", "disc"]}}, "class names"),
+        ({"plan": {**PLAN, "patch_size": [48, 48]}}, "plan"),
+    ],
+)
 def test_members_that_disagree_are_refused_naming_the_file(tmp_path, change, match):
     a = _checkpoint(tmp_path / "a.pt", 0)
     b = _checkpoint(tmp_path / "b.pt", 1, **change)

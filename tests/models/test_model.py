@@ -27,8 +27,10 @@ def test_output_shape_table(in_channels, num_classes, size):
 
 
 # The paper-size model takes seconds per forward pass on two CPU cores.
-VARIANTS = [pytest.param(name, marks=pytest.mark.slow) if name == "perspective_unet" else name
-            for name in perspective_unet.list_models()]
+VARIANTS = [
+    pytest.param(name, marks=pytest.mark.slow) if name == "perspective_unet" else name
+    for name in perspective_unet.list_models()
+]
 
 
 @pytest.mark.parametrize("name", VARIANTS)
@@ -181,8 +183,12 @@ def test_token_attention_mixes_tokens_but_official_mode_does_not(scale, pixel):
     from perspective_unet.models.integrator import SpatialCrossScaleIntegrator
 
     torch.manual_seed(0)
-    scsi = {mode: SpatialCrossScaleIntegrator((8, 16), dim=16, heads=2, depth=2, ffn_dim=32, dropout=0.0,
-                                              attention=mode).eval() for mode in ("tokens", "official")}
+    scsi = {
+        mode: SpatialCrossScaleIntegrator(
+            (8, 16), dim=16, heads=2, depth=2, ffn_dim=32, dropout=0.0, attention=mode
+        ).eval()
+        for mode in ("tokens", "official")
+    }
     scsi["official"].load_state_dict(scsi["tokens"].state_dict())
     features = [torch.randn(1, 8, 6, 4), torch.randn(1, 16, 3, 2)]
     for mode, module in scsi.items():
@@ -208,8 +214,10 @@ def test_released_attention_mixes_the_batch_in_training_and_evaluation():
     from perspective_unet.models.integrator import SpatialCrossScaleIntegrator
 
     torch.manual_seed(0)
-    scsi = {mode: SpatialCrossScaleIntegrator((8, 16), dim=16, heads=2, depth=2, ffn_dim=32, dropout=0.0,
-                                              attention=mode) for mode in ("released", "official")}
+    scsi = {
+        mode: SpatialCrossScaleIntegrator((8, 16), dim=16, heads=2, depth=2, ffn_dim=32, dropout=0.0, attention=mode)
+        for mode in ("released", "official")
+    }
     scsi["official"].load_state_dict(scsi["released"].state_dict())
     first = [torch.randn(1, 8, 6, 4), torch.randn(1, 16, 3, 2)]
     others = [[torch.randn(2, 8, 6, 4), torch.randn(2, 16, 3, 2)] for _ in range(2)]

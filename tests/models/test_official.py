@@ -205,8 +205,11 @@ def _ablation_state_dict(bipath: int, enltb: int, scsi: int) -> dict[str, torch.
         g = torch.Generator().manual_seed(zlib.crc32(key.encode()))
         leaf = key.rsplit(".", 1)[-1]
         if leaf in ("running_mean", "running_var") and not (key in bn_stats and list(bn_stats[key].shape) == shape):
-            state[key] = 1 + 0.5 * torch.rand(shape, generator=g) if leaf == "running_var" else (
-                0.1 * torch.randn(shape, generator=g))
+            state[key] = (
+                1 + 0.5 * torch.rand(shape, generator=g)
+                if leaf == "running_var"
+                else (0.1 * torch.randn(shape, generator=g))
+            )
         elif leaf in ("running_mean", "running_var"):
             state[key] = torch.from_numpy(bn_stats[key])
         elif leaf == "num_batches_tracked":
@@ -226,8 +229,9 @@ def _ablation_state_dict(bipath: int, enltb: int, scsi: int) -> dict[str, torch.
 @pytest.mark.parametrize("bipath, enltb, scsi", SETTINGS)
 def test_every_released_ablation_setting_loads_and_matches(bipath, enltb, scsi):
     name = f"bipath{bipath}_enltb{enltb}_scsi{scsi}"
-    model = load_official_checkpoint(_ablation_state_dict(bipath, enltb, scsi), use_bipath=bool(bipath),
-                                     use_enltb=bool(enltb), use_scsi=bool(scsi))
+    model = load_official_checkpoint(
+        _ablation_state_dict(bipath, enltb, scsi), use_bipath=bool(bipath), use_enltb=bool(enltb), use_scsi=bool(scsi)
+    )
     with np.load(ABLATIONS / "ablation_logits_every7.npz") as data:
         reference, largest = torch.from_numpy(data[name]), float(data[f"{name}_max_abs"])
     with torch.no_grad():

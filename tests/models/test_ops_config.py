@@ -111,8 +111,19 @@ def test_route_decision_follows_mode_autograd_dtype_and_autocast():
 
 
 def test_old_names_keep_working_where_they_were():
-    for name in ("Linear", "Dropout", "dropout", "keep_mask", "linear", "maybe_checkpoint", "onednn_linear",
-                 "onednn_route", "relu_dropout", "set_onednn_linear", "frozen_batchnorm_statistics"):
+    for name in (
+        "Linear",
+        "Dropout",
+        "dropout",
+        "keep_mask",
+        "linear",
+        "maybe_checkpoint",
+        "onednn_linear",
+        "onednn_route",
+        "relu_dropout",
+        "set_onednn_linear",
+        "frozen_batchnorm_statistics",
+    ):
         assert getattr(layers, name) is getattr(ops, name), name
         assert name in layers.__all__
     from perspective_unet.models import chunked_attention

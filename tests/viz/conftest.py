@@ -25,8 +25,11 @@ def tiny_dataset(tmp_path_factory) -> Path:
 def checkpoint(tmp_path_factory) -> Path:
     torch.manual_seed(0)
     model = create_model("perspective_unet_tiny", num_classes=3)
-    dataset = {"class_names": ["background", "square", "disc"], "modality": "CT",
-               "intensity": {"kind": "ct_window", "window": [-125.0, 275.0]}}
+    dataset = {
+        "class_names": ["background", "square", "disc"],
+        "modality": "CT",
+        "intensity": {"kind": "ct_window", "window": [-125.0, 275.0]},
+    }
     path = tmp_path_factory.mktemp("ckpt") / "model.pt"
     return save_model(model, path, train_config={"img_size": [32, 32]}, dataset=dataset)
 

@@ -45,15 +45,28 @@ def test_feature_maps_of_an_ablated_part_raise_a_clear_error():
 
 def test_feature_figure_size_and_cli(tmp_path, tiny_dataset, checkpoint):
     image = np.random.default_rng(1).random((32, 48)).astype(np.float32)
-    out = save_feature_figure(image, [image, image ** 2], tmp_path / "f.png", titles=["a", "b"], panel_size=PANEL)
+    out = save_feature_figure(image, [image, image**2], tmp_path / "f.png", titles=["a", "b"], panel_size=PANEL)
     pixels = pixels_of(out)
     panel_w = round(PANEL * 48 / 32)
     assert pixels.shape[:2] == (HEADER_PX + PANEL + GAP_PX, GAP_PX + 3 * (panel_w + GAP_PX))
 
     out = tmp_path / "scsi.png"
-    args = ["visualize", "features", "--checkpoint", str(checkpoint), "--layer", "scsi", "--slice", "2",
-            "--image", str(tiny_dataset / "test_vol_h5" / "case0004.npy.h5"), "--panel-size", str(PANEL),
-            "-o", str(out)]
+    args = [
+        "visualize",
+        "features",
+        "--checkpoint",
+        str(checkpoint),
+        "--layer",
+        "scsi",
+        "--slice",
+        "2",
+        "--image",
+        str(tiny_dataset / "test_vol_h5" / "case0004.npy.h5"),
+        "--panel-size",
+        str(PANEL),
+        "-o",
+        str(out),
+    ]
     assert main(args) == 0
     assert pixels_of(out).shape[:2] == (HEADER_PX + PANEL + GAP_PX, GAP_PX + 4 * (PANEL + GAP_PX))
 
@@ -61,8 +74,18 @@ def test_feature_figure_size_and_cli(tmp_path, tiny_dataset, checkpoint):
 def test_feature_cli_names_the_ablation(tmp_path, tiny_dataset, capsys):
     model = create_model("perspective_unet_tiny", num_classes=3, use_enltb=False)
     ckpt = save_model(model, tmp_path / "no_enltb.pt", train_config={"img_size": [32, 32]})
-    args = ["visualize", "features", "--checkpoint", str(ckpt), "--layer", "enltb", "-o", str(tmp_path / "x.png"),
-            "--image", str(tiny_dataset / "test_vol_h5" / "case0004.npy.h5")]
+    args = [
+        "visualize",
+        "features",
+        "--checkpoint",
+        str(ckpt),
+        "--layer",
+        "enltb",
+        "-o",
+        str(tmp_path / "x.png"),
+        "--image",
+        str(tiny_dataset / "test_vol_h5" / "case0004.npy.h5"),
+    ]
     assert main(args) == 2
     assert "without ENLTB" in capsys.readouterr().err
     assert not (tmp_path / "x.png").exists()

@@ -22,8 +22,16 @@ from tests.viz.conftest import PANEL, has_exact_color, pixels_of
 def test_overlay_grid_has_the_documented_size_class_colors_and_legend(tmp_path, tiny_dataset):
     image, label, _ = slices.load_h5(tiny_dataset / "test_vol_h5" / "case0004.npy.h5")
     prediction = np.where(label == 2, 2, 0).astype(np.uint8)
-    out = save_overlay_grid(image, tmp_path / "grid.png", label=label, prediction=prediction, slices=[1, 3],
-                            class_names=["background", "square", "disc"], panel_size=PANEL, value_range=(0.0, 1.0))
+    out = save_overlay_grid(
+        image,
+        tmp_path / "grid.png",
+        label=label,
+        prediction=prediction,
+        slices=[1, 3],
+        class_names=["background", "square", "disc"],
+        panel_size=PANEL,
+        value_range=(0.0, 1.0),
+    )
     pixels = pixels_of(out)
     assert (pixels.shape[1], pixels.shape[0]) == overlay_grid_size(image.shape, 2, 3, 3, PANEL)
     # The legend shows each class in its exact color (panels only show blends of color and gray).
@@ -73,8 +81,20 @@ def test_overlay_of_a_prepared_volume_shows_its_own_label_read_once(tmp_path, ti
 
 def test_overlay_cli_on_a_prepared_volume_with_a_checkpoint(tmp_path, tiny_dataset, checkpoint, capsys):
     out = tmp_path / "qualitative.png"
-    args = ["visualize", "overlay", "--image", str(tiny_dataset / "test_vol_h5" / "case0005.npy.h5"),
-            "--checkpoint", str(checkpoint), "--num-slices", "2", "--panel-size", str(PANEL), "-o", str(out)]
+    args = [
+        "visualize",
+        "overlay",
+        "--image",
+        str(tiny_dataset / "test_vol_h5" / "case0005.npy.h5"),
+        "--checkpoint",
+        str(checkpoint),
+        "--num-slices",
+        "2",
+        "--panel-size",
+        str(PANEL),
+        "-o",
+        str(out),
+    ]
     assert main(args) == 0
     pixels = pixels_of(out)
     # Columns: image, label (from the h5 file), prediction; a legend with the checkpoint's two classes.
@@ -94,9 +114,32 @@ def test_overlay_cli_with_nifti_files_and_explicit_slices(tmp_path):
     for name, data in (("ct.nii.gz", hu), ("gt.nii.gz", labels), ("pred.nii.gz", labels)):
         nib.save(nib.Nifti1Image(data, affine), str(tmp_path / name))
     out = tmp_path / "fig.png"
-    args = ["visualize", "overlay", "--image", str(tmp_path / "ct.nii.gz"), "--label", str(tmp_path / "gt.nii.gz"),
-            "--prediction", str(tmp_path / "pred.nii.gz"), "--slices", "2", "4", "--window", "-125", "275",
-            "--class-names", "bg", "a", "b", "c", "kidney", "--panel-size", str(PANEL), "-o", str(out)]
+    args = [
+        "visualize",
+        "overlay",
+        "--image",
+        str(tmp_path / "ct.nii.gz"),
+        "--label",
+        str(tmp_path / "gt.nii.gz"),
+        "--prediction",
+        str(tmp_path / "pred.nii.gz"),
+        "--slices",
+        "2",
+        "4",
+        "--window",
+        "-125",
+        "275",
+        "--class-names",
+        "bg",
+        "a",
+        "b",
+        "c",
+        "kidney",
+        "--panel-size",
+        str(PANEL),
+        "-o",
+        str(out),
+    ]
     assert main(args) == 0
     pixels = pixels_of(out)
     # The stored i axis runs posterior and j to the left: canonical (SPL) slices are 40 x 24 (H x W), and the panels

@@ -67,8 +67,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     except OSError as exc:
         return _fail(args.command, describe_os_error(exc))
     except (MemoryError, torch.OutOfMemoryError):
-        return _fail(args.command, "out of memory; use a smaller --img-size or --batch-size, or a machine with more "
-                                   "memory (nothing was written).")
+        return _fail(
+            args.command,
+            "out of memory; use a smaller --img-size or --batch-size, or a machine with more "
+            "memory (nothing was written).",
+        )
     except KeyboardInterrupt:
         print(f"perspective-unet {args.command}: interrupted", file=sys.stderr)
         return 130

@@ -23,9 +23,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--no-enltb", action="store_true", help="the checkpoint was trained without ENLTB (ablation)")
     parser.add_argument("--no-scsi", action="store_true", help="the checkpoint was trained without SCSI (ablation)")
-    parser.add_argument("--scsi-attention", choices=("official", "released"), default="official",
-                        help="official: the release at batch size 1, per sample (default); released: attention "
-                        "across the batch, as the release trains")
+    parser.add_argument(
+        "--scsi-attention",
+        choices=("official", "released"),
+        default="official",
+        help="official: the release at batch size 1, per sample (default); released: attention "
+        "across the batch, as the release trains",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
     parser.set_defaults(func=run)
 
@@ -34,8 +38,13 @@ def run(args: argparse.Namespace) -> int:
     if Path(args.destination).exists() and not args.overwrite:
         raise FileExistsError(f"{args.destination} exists; pass --overwrite to replace it.")
     path = convert_official_checkpoint(
-        args.source, args.destination, num_classes=args.num_classes, use_bipath=not args.no_bipath,
-        use_enltb=not args.no_enltb, use_scsi=not args.no_scsi, scsi_attention=args.scsi_attention,
+        args.source,
+        args.destination,
+        num_classes=args.num_classes,
+        use_bipath=not args.no_bipath,
+        use_enltb=not args.no_enltb,
+        use_scsi=not args.no_scsi,
+        scsi_attention=args.scsi_attention,
     )
     print(f"wrote {path}")
     return 0

@@ -18,21 +18,40 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--model", default="perspective_unet_tiny", choices=list_models())
-    parser.add_argument("--protocol", choices=("spacing", "paper"), default=None,
-                        help="spacing (default: slices at the CT's 3 mm pixels, patches, sliding-window inference) or "
-                        "paper (every slice zoomed to one size)")
+    parser.add_argument(
+        "--protocol",
+        choices=("spacing", "paper"),
+        default=None,
+        help="spacing (default: slices at the CT's 3 mm pixels, patches, sliding-window inference) or "
+        "paper (every slice zoomed to one size)",
+    )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40)")
     parser.add_argument("--seed", type=int, default=None, help="seed of the run (default: 1234)")
-    parser.add_argument("--seeds", type=int, default=1, metavar="N",
-                        help="run the demo N times (seeds SEED, SEED+1, ...) into OUTPUT/seed_<S> and print each "
-                        "organ's Dice as mean +- std over the runs (default: 1 run)")
-    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"), default=None,
-                        help="patch (spacing) or slice (paper) size; default: the plan's")
+    parser.add_argument(
+        "--seeds",
+        type=int,
+        default=1,
+        metavar="N",
+        help="run the demo N times (seeds SEED, SEED+1, ...) into OUTPUT/seed_<S> and print each "
+        "organ's Dice as mean +- std over the runs (default: 1 run)",
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        default=None,
+        help="patch (spacing) or slice (paper) size; default: the plan's",
+    )
     parser.add_argument("--context-slices", type=int, default=None, help="2.5D: neighboring slices on each side")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--time-limit-minutes", type=float, default=None,
-                        help="safety stop for training (default: 11); the summary says when it cut a run short")
+    parser.add_argument(
+        "--time-limit-minutes",
+        type=float,
+        default=None,
+        help="safety stop for training (default: 11); the summary says when it cut a run short",
+    )
     parser.add_argument("--cache-dir", default=None, help="where the downloaded sdist is kept")
     parser.add_argument("--overwrite", action="store_true", help="replace the results of an earlier demo in OUTPUT")
     parser.set_defaults(func=run)
@@ -48,9 +67,14 @@ def run(args: argparse.Namespace) -> int:
     )
 
     settings = DemoSettings(model=args.model, device=args.device, augment=args.augment)
-    for name, value in (("protocol", args.protocol), ("epochs", args.epochs), ("seed", args.seed),
-                        ("img_size", args.img_size), ("context_slices", args.context_slices),
-                        ("time_limit_minutes", args.time_limit_minutes)):
+    for name, value in (
+        ("protocol", args.protocol),
+        ("epochs", args.epochs),
+        ("seed", args.seed),
+        ("img_size", args.img_size),
+        ("context_slices", args.context_slices),
+        ("time_limit_minutes", args.time_limit_minutes),
+    ):
         if value is not None:
             setattr(settings, name, tuple(value) if name == "img_size" else value)
     if args.seeds < 1:
@@ -58,15 +82,19 @@ def run(args: argparse.Namespace) -> int:
     if args.seeds > 1:
         record = run_demo_seeds(args.output, settings, args.seeds, cache_dir=args.cache_dir, overwrite=args.overwrite)
         print(format_seed_table(record))
-        print(f"\nmean +- sample std over seeds {record['seeds']}; each run in {args.output}/seed_<S>/, the spread in "
-              f"{args.output}/seeds.json")
+        print(
+            f"\nmean +- sample std over seeds {record['seeds']}; each run in {args.output}/seed_<S>/, the spread in "
+            f"{args.output}/seeds.json"
+        )
         return 0
     summary = run_demo(args.output, settings, cache_dir=args.cache_dir, overwrite=args.overwrite)
     print(format_organ_table(summary))
     ran = f"{summary['demo_epochs']} of {summary['demo_epochs_planned']} epochs"
     if summary["demo_cut_short"]:
         ran += f" (cut short by the {settings.time_limit_minutes:g}-minute time limit: not the seed's full run)"
-    print(f"\nmean Dice over the 8 organs on the held-out slices: {summary['mean_dice']:.3f}; "
-          f"{summary['demo_protocol']} protocol, seed {summary['demo_seed']}, {ran}, {summary['demo_minutes']:.1f} "
-          f"min; files in {args.output}/: best.pt, summary.json, overlay.png")
+    print(
+        f"\nmean Dice over the 8 organs on the held-out slices: {summary['mean_dice']:.3f}; "
+        f"{summary['demo_protocol']} protocol, seed {summary['demo_seed']}, {ran}, {summary['demo_minutes']:.1f} "
+        f"min; files in {args.output}/: best.pt, summary.json, overlay.png"
+    )
     return 0

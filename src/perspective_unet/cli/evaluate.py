@@ -18,20 +18,34 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "kept apart). Writes per_case.csv, "
         "summary.json and summary.md.",
     )
-    parser.add_argument("--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
-                        help="a .pt written by train or convert-official, a run folder (its best.pt, else "
-                        "last.pt) or a folder of fold runs (fold_0, fold_1, ...); several: an ensemble that "
-                        "averages their probabilities (they must share classes and plan)")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="a .pt written by train or convert-official, a run folder (its best.pt, else "
+        "last.pt) or a folder of fold runs (fold_0, fold_1, ...); several: an ensemble that "
+        "averages their probabilities (they must share classes and plan)",
+    )
     parser.add_argument("--data", required=True, help="prepared dataset folder (or TransUNet-style Synapse/ACDC files)")
     parser.add_argument("-o", "--output", required=True, help="folder for the reports")
     parser.add_argument("--split", default="test", help="which volumes (default: test)")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     parser.add_argument("--device", default="auto")
     parser.add_argument("--tta", action="store_true", help="average over flips")
-    parser.add_argument("--resampler", choices=("torch", "scipy"), default="torch",
-                        help="torch: batched on the device; scipy: TransUNet's exact slice loop")
-    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's")
+    parser.add_argument(
+        "--resampler",
+        choices=("torch", "scipy"),
+        default="torch",
+        help="torch: batched on the device; scipy: TransUNet's exact slice loop",
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's",
+    )
     parser.add_argument("--protocol", choices=PROTOCOLS, action="append", help="default: both")
     parser.add_argument("--overwrite", action="store_true", help="replace reports the output folder already holds")
     parser.set_defaults(func=run)
@@ -41,8 +55,16 @@ def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.evaluate import evaluate
 
     summary = evaluate(
-        args.checkpoint, args.data, args.output, split=args.split, batch_size=args.batch_size, device=args.device,
-        tta=args.tta, resampler=args.resampler, img_size=args.img_size, protocols=args.protocol or PROTOCOLS,
+        args.checkpoint,
+        args.data,
+        args.output,
+        split=args.split,
+        batch_size=args.batch_size,
+        device=args.device,
+        tta=args.tta,
+        resampler=args.resampler,
+        img_size=args.img_size,
+        protocols=args.protocol or PROTOCOLS,
         overwrite=args.overwrite,
     )
     with open(f"{args.output}/summary.md") as handle:

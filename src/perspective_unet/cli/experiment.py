@@ -20,9 +20,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     run_parser = commands.add_parser("run", help="train and evaluate every unfinished run of an experiment file")
     run_parser.add_argument("experiment", help="experiment YAML file")
     run_parser.add_argument("-o", "--output", required=True, help="experiment folder (runs, evaluations)")
-    run_parser.add_argument("--devices", nargs="+", metavar="DEVICE",
-                            help="one worker per device, e.g. cuda:0 cuda:1 (default: the runs one after another on "
-                            "each run's configured device)")
+    run_parser.add_argument(
+        "--devices",
+        nargs="+",
+        metavar="DEVICE",
+        help="one worker per device, e.g. cuda:0 cuda:1 (default: the runs one after another on "
+        "each run's configured device)",
+    )
     run_parser.set_defaults(func=run)
     report_parser = commands.add_parser("report", help="tables, tests and box plots of an experiment folder")
     report_parser.add_argument("folder", help="the experiment folder `experiment run` wrote")
@@ -37,8 +41,10 @@ def run(args: argparse.Namespace) -> int:
     outcomes = run_experiment(args.experiment, args.output, devices=args.devices)
     failed = [o for o in outcomes if o.status == "failed"]
     counts = {status: sum(o.status == status for o in outcomes) for status in ("done", "skipped", "failed")}
-    print(f"{len(outcomes)} runs: {counts['done']} done now, {counts['skipped']} finished before, "
-          f"{counts['failed']} failed")
+    print(
+        f"{len(outcomes)} runs: {counts['done']} done now, {counts['skipped']} finished before, "
+        f"{counts['failed']} failed"
+    )
     for outcome in failed:
         print(f"  {outcome.label}: {outcome.message}")
     if failed:

@@ -24,14 +24,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("-d", "--data", required=True, help="prepared dataset folder")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="paper or spacing")
-    parser.add_argument("--patch-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="training patch / inference window (spacing) or slice size (paper), multiples of 16")
-    parser.add_argument("--spacing", type=float, nargs=2, metavar=("ROW", "COLUMN"),
-                        help="in-plane pixel spacing in mm (spacing protocol; default: the training cases' median)")
+    parser.add_argument(
+        "--patch-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="training patch / inference window (spacing) or slice size (paper), multiples of 16",
+    )
+    parser.add_argument(
+        "--spacing",
+        type=float,
+        nargs=2,
+        metavar=("ROW", "COLUMN"),
+        help="in-plane pixel spacing in mm (spacing protocol; default: the training cases' median)",
+    )
     parser.add_argument("--batch-size", type=int, help="patches or slices per optimizer step")
     parser.add_argument("--context-slices", type=int, help="slices above and below fed as extra channels (2.5D)")
-    parser.add_argument("--max-patch-pixels", type=int, default=None,
-                        help=f"largest patch a derived plan proposes, in pixels (default {MAX_PATCH_PIXELS})")
+    parser.add_argument(
+        "--max-patch-pixels",
+        type=int,
+        default=None,
+        help=f"largest patch a derived plan proposes, in pixels (default {MAX_PATCH_PIXELS})",
+    )
     parser.add_argument("--reset", action="store_true", help="derive the plan anew from the fingerprint")
     parser.set_defaults(func=run)
 
@@ -45,11 +59,15 @@ def run(args: argparse.Namespace) -> int:
     info = read_dataset_info(args.data)
     fingerprint = dataset_fingerprint(args.data)
     if fingerprint is None:
-        raise InputError(f"{args.data} has no fingerprint.json (TransUNet-style files, or prepared by an "
-                         "older version): prepare the raw data with `perspective-unet prepare` to plan it.")
+        raise InputError(
+            f"{args.data} has no fingerprint.json (TransUNet-style files, or prepared by an "
+            "older version): prepare the raw data with `perspective-unet prepare` to plan it."
+        )
     current = None if args.reset else dataset_plan(args.data, info)
-    changes = {name: getattr(args, name) for name in ("protocol", "patch_size", "spacing", "batch_size",
-                                                       "context_slices", "max_patch_pixels")}
+    changes = {
+        name: getattr(args, name)
+        for name in ("protocol", "patch_size", "spacing", "batch_size", "context_slices", "max_patch_pixels")
+    }
     if current is not None and all(value is None for value in changes.values()):
         print(_describe_fingerprint(fingerprint))
         print(f"\nplan ({args.data}/{PLAN_FILE}):\n{_describe_plan(current)}")
@@ -57,12 +75,22 @@ def run(args: argparse.Namespace) -> int:
     try:
         protocol = args.protocol or (current.protocol if current else "spacing")
         context = args.context_slices if args.context_slices is not None else (current.context_slices if current else 0)
-        rederive = current is None or protocol != current.protocol or args.spacing is not None or (
-            args.max_patch_pixels is not None)
+        rederive = (
+            current is None
+            or protocol != current.protocol
+            or args.spacing is not None
+            or (args.max_patch_pixels is not None)
+        )
         if rederive:
-            plan = derive_plan(fingerprint, protocol, patch_size=args.patch_size, spacing=args.spacing,
-                               batch_size=args.batch_size, context_slices=context,
-                               max_patch_pixels=args.max_patch_pixels or MAX_PATCH_PIXELS)
+            plan = derive_plan(
+                fingerprint,
+                protocol,
+                patch_size=args.patch_size,
+                spacing=args.spacing,
+                batch_size=args.batch_size,
+                context_slices=context,
+                max_patch_pixels=args.max_patch_pixels or MAX_PATCH_PIXELS,
+            )
         else:
             assert current is not None
             plan = current.replace(context_slices=context)
@@ -83,22 +111,30 @@ def _describe_fingerprint(fingerprint: Fingerprint) -> str:
     cases = fingerprint.cases
     training = fingerprint.training_cases
     counts = {split: sum(c.split == split for c in cases) for split in ("train", "val", "test")}
-    lines = [f"fingerprint: {fingerprint.modality}, {counts['train']} training / {counts['val']} validation / "
-             f"{counts['test']} test cases"]
+    lines = [
+        f"fingerprint: {fingerprint.modality}, {counts['train']} training / {counts['val']} validation / "
+        f"{counts['test']} test cases"
+    ]
     spaced = [c for c in training if c.spacing is not None]
     if spaced:
         for axis, name in ((1, "row"), (2, "column"), (0, "slice")):
             values = [c.spacing[axis] for c in spaced]
-            lines.append(f"  {name + ' spacing':15} median {statistics.median(values):.4g} mm "
-                         f"(range {min(values):.4g} - {max(values):.4g})")
+            lines.append(
+                f"  {name + ' spacing':15} median {statistics.median(values):.4g} mm "
+                f"(range {min(values):.4g} - {max(values):.4g})"
+            )
     heights, widths = [c.shape[1] for c in training], [c.shape[2] for c in training]
     if training:
-        lines.append(f"  slice shape     median {statistics.median(heights):g} x {statistics.median(widths):g} pixels, "
-                     f"{sum(c.shape[0] for c in training)} training slices")
+        lines.append(
+            f"  slice shape     median {statistics.median(heights):g} x {statistics.median(widths):g} pixels, "
+            f"{sum(c.shape[0] for c in training)} training slices"
+        )
     raw = fingerprint.foreground_raw
     if raw is not None:
-        lines.append(f"  foreground      raw intensities mean {raw.mean:.4g}, std {raw.std:.4g}, 0.5 / 99.5 "
-                     f"percentiles {raw.low:.4g} / {raw.high:.4g}")
+        lines.append(
+            f"  foreground      raw intensities mean {raw.mean:.4g}, std {raw.std:.4g}, 0.5 / 99.5 "
+            f"percentiles {raw.low:.4g} / {raw.high:.4g}"
+        )
     return "\n".join(lines)
 
 
@@ -107,8 +143,10 @@ def _describe_plan(plan: Plan) -> str:
     if plan.protocol == "spacing":
         row, column = plan.spacing  # type: ignore[misc]
         lines.append(f"spacing         {row:.4g} x {column:.4g} mm (row x column)")
-        lines.append(f"patch size      {plan.patch_size[0]} x {plan.patch_size[1]} (training patch, inference "
-                     f"window, overlap {plan.overlap:g})")
+        lines.append(
+            f"patch size      {plan.patch_size[0]} x {plan.patch_size[1]} (training patch, inference "
+            f"window, overlap {plan.overlap:g})"
+        )
         lines.append(f"foreground      {plan.foreground_fraction:.3g} of the patches centered on a labeled pixel")
     else:
         lines.append(f"slice size      {plan.patch_size[0]} x {plan.patch_size[1]} (every slice zoomed to it)")

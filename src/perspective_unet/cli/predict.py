@@ -17,33 +17,64 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "channel suffix (case_0000.nii.gz -> case.nii.gz); a DICOM folder ct/ gives ct.nii.gz; pictures give a PNG "
         "of class ids. Existing outputs are never replaced without --overwrite.",
     )
-    parser.add_argument("--checkpoint", required=True, nargs="+", metavar="CHECKPOINT",
-                        help="a .pt written by train or convert-official, a run folder (its best.pt, else "
-                        "last.pt) or a folder of fold runs (fold_0, fold_1, ...); several: an ensemble that "
-                        "averages their probabilities (they must share classes and plan)")
-    parser.add_argument("-i", "--input", required=True, nargs="+",
-                        help="image file(s), DICOM series folder(s), or a folder of them")
-    parser.add_argument("-o", "--output", required=True,
-                        help="output folder, or a file name (.nii.gz, .png, ...) for a single input")
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="a .pt written by train or convert-official, a run folder (its best.pt, else "
+        "last.pt) or a folder of fold runs (fold_0, fold_1, ...); several: an ensemble that "
+        "averages their probabilities (they must share classes and plan)",
+    )
+    parser.add_argument(
+        "-i", "--input", required=True, nargs="+", help="image file(s), DICOM series folder(s), or a folder of them"
+    )
+    parser.add_argument(
+        "-o", "--output", required=True, help="output folder, or a file name (.nii.gz, .png, ...) for a single input"
+    )
     parser.add_argument("--tta", action="store_true", help="average the probabilities over flips")
-    parser.add_argument("--save-probabilities", action="store_true",
-                        help="also write <name>_probabilities.nii.gz (float, one channel per class; .npz for pictures)")
+    parser.add_argument(
+        "--save-probabilities",
+        action="store_true",
+        help="also write <name>_probabilities.nii.gz (float, one channel per class; .npz for pictures)",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     intensity = parser.add_mutually_exclusive_group()
-    intensity.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                           help="CT window in HU, for checkpoints that do not record their normalization")
-    intensity.add_argument("--mr-normalize", "--mr-normalise", dest="mr_normalize", action="store_true",
-                           help="per-volume 0.5/99.5 percentile normalization (MR), overriding the checkpoint's")
-    parser.add_argument("--orientation", help="canonical orientation code (e.g. SPL, or 'stored'); default: the "
-                        "training data's")
-    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's")
-    parser.add_argument("--series", metavar="UID",
-                        help="the DICOM series (SeriesInstanceUID) to read from a folder that holds several")
-    parser.add_argument("--resampler", choices=("torch", "scipy"), default="torch",
-                        help="paper protocol: torch (batched on the device) or scipy (TransUNet's exact slice loop)")
+    intensity.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="CT window in HU, for checkpoints that do not record their normalization",
+    )
+    intensity.add_argument(
+        "--mr-normalize",
+        "--mr-normalise",
+        dest="mr_normalize",
+        action="store_true",
+        help="per-volume 0.5/99.5 percentile normalization (MR), overriding the checkpoint's",
+    )
+    parser.add_argument(
+        "--orientation", help="canonical orientation code (e.g. SPL, or 'stored'); default: the training data's"
+    )
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's",
+    )
+    parser.add_argument(
+        "--series", metavar="UID", help="the DICOM series (SeriesInstanceUID) to read from a folder that holds several"
+    )
+    parser.add_argument(
+        "--resampler",
+        choices=("torch", "scipy"),
+        default="torch",
+        help="paper protocol: torch (batched on the device) or scipy (TransUNet's exact slice loop)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -51,10 +82,20 @@ def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.predict import predict_path
 
     written = predict_path(
-        args.checkpoint, args.input, args.output, tta=args.tta, save_probabilities=args.save_probabilities,
-        overwrite=args.overwrite, batch_size=args.batch_size, device=args.device, window=args.window,
-        mr_normalize=args.mr_normalize, orientation=args.orientation, img_size=args.img_size,
-        resampler=args.resampler, series=args.series,
+        args.checkpoint,
+        args.input,
+        args.output,
+        tta=args.tta,
+        save_probabilities=args.save_probabilities,
+        overwrite=args.overwrite,
+        batch_size=args.batch_size,
+        device=args.device,
+        window=args.window,
+        mr_normalize=args.mr_normalize,
+        orientation=args.orientation,
+        img_size=args.img_size,
+        resampler=args.resampler,
+        series=args.series,
     )
     target = written[0] if len(written) == 1 else args.output
     print(f"wrote {len(written)} label map(s) to {target}")

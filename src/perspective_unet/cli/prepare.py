@@ -24,52 +24,94 @@ def register(subparsers: Any) -> None:
     kinds = parser.add_subparsers(dest="dataset", metavar="DATASET")
     kinds.required = True
 
-    synapse = kinds.add_parser("synapse", help="BTCV abdomen CT (img/img00XX.nii.gz, label/label00XX.nii.gz)",
-                               description="Synapse with TransUNet's 18/12 split, 8 organs and the "
-                               "HU window [-125, 275].")
+    synapse = kinds.add_parser(
+        "synapse",
+        help="BTCV abdomen CT (img/img00XX.nii.gz, label/label00XX.nii.gz)",
+        description="Synapse with TransUNet's 18/12 split, 8 organs and the HU window [-125, 275].",
+    )
     _add_io(synapse, "folder holding img/ and label/")
     synapse.set_defaults(func=_run_synapse)
 
-    acdc = kinds.add_parser("acdc", help="ACDC cine MRI (patientXXX folders with Info.cfg)",
-                            description="ACDC with MT-UNet's 70/10/20 patient split; per-volume "
-                            "percentile normalization.")
+    acdc = kinds.add_parser(
+        "acdc",
+        help="ACDC cine MRI (patientXXX folders with Info.cfg)",
+        description="ACDC with MT-UNet's 70/10/20 patient split; per-volume percentile normalization.",
+    )
     _add_io(acdc, "folder holding the patientXXX folders")
     acdc.set_defaults(func=_run_acdc)
 
-    nnunet = kinds.add_parser("nnunet", help="any nnU-Net raw dataset, or a folder with images/ and masks/",
-                              description="A dataset in the nnU-Net v2 raw layout (dataset.json, imagesTr, "
-                              "labelsTr, optional imagesTs/labelsTs), or a plain folder of 2D images/ and masks/.")
+    nnunet = kinds.add_parser(
+        "nnunet",
+        help="any nnU-Net raw dataset, or a folder with images/ and masks/",
+        description="A dataset in the nnU-Net v2 raw layout (dataset.json, imagesTr, "
+        "labelsTr, optional imagesTs/labelsTs), or a plain folder of 2D images/ and masks/.",
+    )
     _add_io(nnunet, "nnU-Net raw dataset folder (DatasetXXX_Name)")
-    nnunet.add_argument("--ct-window", nargs=2, type=float, metavar=("LOW", "HIGH"),
-                        help="HU window for CT (default: 0.5/99.5 percentiles of the training foreground)")
-    nnunet.add_argument("--percentiles", nargs=2, type=float, default=(0.5, 99.5), metavar=("LOW", "HIGH"),
-                        help="percentiles of the CT rule and of per-volume MR normalization (default: 0.5 99.5)")
+    nnunet.add_argument(
+        "--ct-window",
+        nargs=2,
+        type=float,
+        metavar=("LOW", "HIGH"),
+        help="HU window for CT (default: 0.5/99.5 percentiles of the training foreground)",
+    )
+    nnunet.add_argument(
+        "--percentiles",
+        nargs=2,
+        type=float,
+        default=(0.5, 99.5),
+        metavar=("LOW", "HIGH"),
+        help="percentiles of the CT rule and of per-volume MR normalization (default: 0.5 99.5)",
+    )
     nnunet.add_argument("--val-fraction", type=float, default=0.1, help="share of cases for validation (0.1)")
-    nnunet.add_argument("--test-fraction", type=float, default=0.2,
-                        help="share of cases for testing (0.2; ignored when imagesTs has labels)")
+    nnunet.add_argument(
+        "--test-fraction",
+        type=float,
+        default=0.2,
+        help="share of cases for testing (0.2; ignored when imagesTs has labels)",
+    )
     nnunet.add_argument("--seed", type=int, default=1234, help="seed of the case split (1234)")
-    nnunet.add_argument("--orientation", default=CANONICAL_ORIENTATION,
-                        help="axis codes of the (Z, H, W) slices, 'SPL' axial (default) or 'stored' to keep the "
-                        "acquisition's slice axis")
+    nnunet.add_argument(
+        "--orientation",
+        default=CANONICAL_ORIENTATION,
+        help="axis codes of the (Z, H, W) slices, 'SPL' axial (default) or 'stored' to keep the "
+        "acquisition's slice axis",
+    )
     nnunet.add_argument("--channel", type=int, default=0, help="input channel to use (0)")
-    nnunet.add_argument("--protocol", choices=("spacing", "paper"), default="spacing",
-                        help="protocol of the plan written beside the data (default: spacing; see `perspective-unet "
-                        "plan`)")
+    nnunet.add_argument(
+        "--protocol",
+        choices=("spacing", "paper"),
+        default="spacing",
+        help="protocol of the plan written beside the data (default: spacing; see `perspective-unet plan`)",
+    )
     nnunet.set_defaults(func=_run_nnunet)
 
-    demo = kinds.add_parser("demo", help="a real abdominal CT from the totalsegmentator 2.18.0 sdist on PyPI",
-                            description="Fetch (cached, SHA-256 checked) the example CT of the TotalSegmentator "
-                            "sdist (Apache-2.0). Its labels are TotalSegmentator model output, not manual "
-                            "annotation.")
+    demo = kinds.add_parser(
+        "demo",
+        help="a real abdominal CT from the totalsegmentator 2.18.0 sdist on PyPI",
+        description="Fetch (cached, SHA-256 checked) the example CT of the TotalSegmentator "
+        "sdist (Apache-2.0). Its labels are TotalSegmentator model output, not manual "
+        "annotation.",
+    )
     demo.add_argument("-o", "--output", required=True, type=Path, help="output folder")
-    demo.add_argument("--cache-dir", type=Path,
-                      help="download cache (default: $PERSPECTIVE_UNET_CACHE or ~/.cache/perspective-unet)")
+    demo.add_argument(
+        "--cache-dir", type=Path, help="download cache (default: $PERSPECTIVE_UNET_CACHE or ~/.cache/perspective-unet)"
+    )
     demo.add_argument("--sdist", type=Path, help="use this local totalsegmentator-2.18.0.tar.gz instead of PyPI")
     demo.add_argument("--gap", type=int, default=2, help="slices dropped on each side of the test block (2)")
-    demo.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), default=None,
-                      help="HU window (default: the Synapse window -125 275)")
-    demo.add_argument("--protocol", choices=("spacing", "paper"), default="spacing",
-                      help="protocol of the plan written beside the data (default: spacing)")
+    demo.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        default=None,
+        help="HU window (default: the Synapse window -125 275)",
+    )
+    demo.add_argument(
+        "--protocol",
+        choices=("spacing", "paper"),
+        default="spacing",
+        help="protocol of the plan written beside the data (default: spacing)",
+    )
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     demo.set_defaults(func=_run_demo)
 
@@ -118,17 +160,35 @@ def _run_nnunet(args: argparse.Namespace) -> int:
     # Checked here too so that the message names the option the user typed.
     percentiles = check_percentiles(args.percentiles, "--percentiles")
     ct_window = check_ct_window(args.ct_window, "--ct-window") if args.ct_window else None
-    return _report(prepare_nnunet(
-        args.input, args.output, ct_window_hu=ct_window,
-        percentiles=percentiles, val_fraction=args.val_fraction, test_fraction=args.test_fraction,
-        seed=args.seed, orientation=args.orientation, channel=args.channel, overwrite=args.overwrite,
-        protocol=args.protocol,
-    ))
+    return _report(
+        prepare_nnunet(
+            args.input,
+            args.output,
+            ct_window_hu=ct_window,
+            percentiles=percentiles,
+            val_fraction=args.val_fraction,
+            test_fraction=args.test_fraction,
+            seed=args.seed,
+            orientation=args.orientation,
+            channel=args.channel,
+            overwrite=args.overwrite,
+            protocol=args.protocol,
+        )
+    )
 
 
 def _run_demo(args: argparse.Namespace) -> int:
     from perspective_unet.data import prepare_demo
 
     window = check_ct_window(args.window, "--window") if args.window else SYNAPSE_HU_WINDOW
-    return _report(prepare_demo(args.output, cache_dir=args.cache_dir, sdist=args.sdist, gap=args.gap,
-                                overwrite=args.overwrite, window=window, protocol=args.protocol))
+    return _report(
+        prepare_demo(
+            args.output,
+            cache_dir=args.cache_dir,
+            sdist=args.sdist,
+            gap=args.gap,
+            overwrite=args.overwrite,
+            window=window,
+            protocol=args.protocol,
+        )
+    )

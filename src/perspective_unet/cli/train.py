@@ -37,48 +37,78 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--data", help="prepared dataset folder (perspective-unet prepare ...)")
     parser.add_argument("-o", "--output", help="run folder")
     parser.add_argument("--model", choices=list_models(), help="model variant")
-    parser.add_argument("--protocol", choices=("paper", "spacing"),
-                        help="paper: every slice zoomed to --img-size; spacing: slices resampled to the plan's pixel "
-                        "spacing, random patches of --img-size (default: the dataset plan's, see `perspective-unet "
-                        "plan`)")
+    parser.add_argument(
+        "--protocol",
+        choices=("paper", "spacing"),
+        help="paper: every slice zoomed to --img-size; spacing: slices resampled to the plan's pixel "
+        "spacing, random patches of --img-size (default: the dataset plan's, see `perspective-unet "
+        "plan`)",
+    )
     parser.add_argument("--epochs", type=int)
     parser.add_argument("--batch-size", type=int, help="default: the plan's")
-    parser.add_argument("--img-size", type=int, nargs=2, metavar=("H", "W"),
-                        help="slice size (paper) or patch size (spacing); default: the plan's")
-    parser.add_argument("--context-slices", type=int,
-                        help="slices above and below fed as extra input channels (2.5D); default: the plan's")
+    parser.add_argument(
+        "--img-size",
+        type=int,
+        nargs=2,
+        metavar=("H", "W"),
+        help="slice size (paper) or patch size (spacing); default: the plan's",
+    )
+    parser.add_argument(
+        "--context-slices",
+        type=int,
+        help="slices above and below fed as extra input channels (2.5D); default: the plan's",
+    )
     parser.add_argument("--lr", dest="base_lr", type=float, help="initial learning rate")
     parser.add_argument("--seed", type=int)
     parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--num-workers", type=int)
     parser.add_argument("--grad-accum-steps", type=int)
     parser.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
-    parser.add_argument("--fold", type=_fold,
-                        help="cross-validation fold K (0..N-1) or 'all': trains on the other folds' cases, selects "
-                        "best.pt on fold K's, and writes the run to OUTPUT/fold_K; folds come from the data folder's "
-                        "splits.json (drawn from its train and val cases on first use, never from its test cases)")
+    parser.add_argument(
+        "--fold",
+        type=_fold,
+        help="cross-validation fold K (0..N-1) or 'all': trains on the other folds' cases, selects "
+        "best.pt on fold K's, and writes the run to OUTPUT/fold_K; folds come from the data folder's "
+        "splits.json (drawn from its train and val cases on first use, never from its test cases)",
+    )
     parser.add_argument("--num-folds", type=int, help="folds of splits.json (default 5)")
     parser.add_argument("--max-iterations", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--time-limit-minutes", type=float, help="stop after the epoch that passes this budget")
     parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA")
     parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
     parser.add_argument(
-        "--activation-memory-budget", type=float, metavar="FRACTION",
+        "--activation-memory-budget",
+        type=float,
+        metavar="FRACTION",
         help="with --compile: share (0, 1] of the activations kept for backward; the compiler recomputes the rest "
         "(0.4: about 0.6x the memory of the plain path, and faster)",
     )
-    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
-                        help="augmentation of the protocol (the paper's, or nnU-Net's for the spacing protocol)")
     parser.add_argument(
-        "--model-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+        "--augment",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="augmentation of the protocol (the paper's, or nnU-Net's for the spacing protocol)",
+    )
+    parser.add_argument(
+        "--model-option",
+        action="append",
+        type=_key_value,
+        default=[],
+        metavar="KEY=VALUE",
         help="model config override, e.g. use_scsi=false or widths=[16,32,64,128,256] (repeatable)",
     )
-    parser.add_argument("--resume", metavar="LAST_PT",
-                        help="continue the run of this last.pt with its saved settings (a given setting must equal the "
-                        "saved one, except the data and output paths, device, workers, time limit and a higher "
-                        "--epochs, which continues a finished run)")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="replace the run the output folder holds (its checkpoints, log and events)")
+    parser.add_argument(
+        "--resume",
+        metavar="LAST_PT",
+        help="continue the run of this last.pt with its saved settings (a given setting must equal the "
+        "saved one, except the data and output paths, device, workers, time limit and a higher "
+        "--epochs, which continues a finished run)",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run the output folder holds (its checkpoints, log and events)",
+    )
     parser.set_defaults(func=run)
 
 
@@ -106,8 +136,10 @@ def run(args: argparse.Namespace) -> int:
     if config.fold is not None and not args.resume and Path(config.output).name != f"fold_{config.fold}":
         config = dataclasses.replace(config, output=str(Path(config.output) / f"fold_{config.fold}"))
     result = train(config, resume=args.resume, overwrite=args.overwrite)
-    print(f"finished after {result.epochs_completed} epoch(s), {result.iterations} iterations; last checkpoint "
-          f"{result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else ""))
+    print(
+        f"finished after {result.epochs_completed} epoch(s), {result.iterations} iterations; last checkpoint "
+        f"{result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else "")
+    )
     return 0
 
 

@@ -31,10 +31,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     source.add_argument("--checkpoint", help="predict the shown slices with this checkpoint")
     which = overlay.add_mutually_exclusive_group()
     which.add_argument("--slices", type=int, nargs="+", metavar="K", help="slice indices (canonical Z) to show")
-    which.add_argument("--num-slices", type=int, default=3, metavar="N",
-                       help="show the N slices with the most foreground (default 3)")
-    overlay.add_argument("--class-names", nargs="+", metavar="NAME",
-                         help="names by class id, background first (default: the checkpoint's or the dataset's)")
+    which.add_argument(
+        "--num-slices", type=int, default=3, metavar="N", help="show the N slices with the most foreground (default 3)"
+    )
+    overlay.add_argument(
+        "--class-names",
+        nargs="+",
+        metavar="NAME",
+        help="names by class id, background first (default: the checkpoint's or the dataset's)",
+    )
     overlay.add_argument("--tta", action="store_true", help="flip test-time augmentation for --checkpoint")
     _common(overlay)
     overlay.set_defaults(func=run_overlay)
@@ -48,11 +53,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     features.add_argument("--checkpoint", required=True, help="a .pt written by train or convert-official")
     features.add_argument("--image", required=True, help="image file, DICOM folder or prepared .npy.h5 volume")
-    features.add_argument("--slice", type=int, dest="slice_index", metavar="K",
-                          help="slice index (canonical Z); default the middle slice")
+    features.add_argument(
+        "--slice", type=int, dest="slice_index", metavar="K", help="slice index (canonical Z); default the middle slice"
+    )
     features.add_argument("--layer", choices=("bprb", "enltb", "scsi"), default="bprb")
-    features.add_argument("--reduction", choices=("mean_abs", "l2"), default="mean_abs",
-                          help="channel reduction: mean of absolute values (default) or L2 norm")
+    features.add_argument(
+        "--reduction",
+        choices=("mean_abs", "l2"),
+        default="mean_abs",
+        help="channel reduction: mean of absolute values (default) or L2 norm",
+    )
     features.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
     _common(features)
     features.set_defaults(func=run_features)
@@ -62,12 +72,23 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="the figure (.png)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing figure")
     intensity = parser.add_mutually_exclusive_group()
-    intensity.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"),
-                           help="CT window in HU (default: the checkpoint's normalization)")
-    intensity.add_argument("--mr-normalize", "--mr-normalise", dest="mr_normalize", action="store_true",
-                           help="per-volume percentile normalization (MR)")
-    parser.add_argument("--orientation", help="canonical orientation code of image files (default: the "
-                        "checkpoint's, else SPL)")
+    intensity.add_argument(
+        "--window",
+        type=float,
+        nargs=2,
+        metavar=("LOW", "HIGH"),
+        help="CT window in HU (default: the checkpoint's normalization)",
+    )
+    intensity.add_argument(
+        "--mr-normalize",
+        "--mr-normalise",
+        dest="mr_normalize",
+        action="store_true",
+        help="per-volume percentile normalization (MR)",
+    )
+    parser.add_argument(
+        "--orientation", help="canonical orientation code of image files (default: the checkpoint's, else SPL)"
+    )
     parser.add_argument("--panel-size", type=int, default=256, help="panel height in pixels (default 256)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
@@ -86,9 +107,19 @@ def run_overlay(args: argparse.Namespace) -> int:
     if args.slices is None and args.num_slices < 1:
         raise ValueError(f"--num-slices must be positive, got {args.num_slices}.")
     path = overlay_from_files(
-        args.image, args.output, label=args.label, prediction=args.prediction, checkpoint=args.checkpoint,
-        slices=args.slices, num_slices=args.num_slices, class_names=args.class_names, window=args.window,
-        mr_normalize=args.mr_normalize, orientation=args.orientation, device=args.device, tta=args.tta,
+        args.image,
+        args.output,
+        label=args.label,
+        prediction=args.prediction,
+        checkpoint=args.checkpoint,
+        slices=args.slices,
+        num_slices=args.num_slices,
+        class_names=args.class_names,
+        window=args.window,
+        mr_normalize=args.mr_normalize,
+        orientation=args.orientation,
+        device=args.device,
+        tta=args.tta,
         panel_size=args.panel_size,
     )
     print(f"wrote {path}")
@@ -100,9 +131,18 @@ def run_features(args: argparse.Namespace) -> int:
 
     _check_output(args)
     path = feature_figure_from_files(
-        args.checkpoint, args.image, args.output, layer=args.layer, slice_index=args.slice_index,
-        reduction=args.reduction, window=args.window, mr_normalize=args.mr_normalize, orientation=args.orientation,
-        device=args.device, cmap=args.cmap, panel_size=args.panel_size,
+        args.checkpoint,
+        args.image,
+        args.output,
+        layer=args.layer,
+        slice_index=args.slice_index,
+        reduction=args.reduction,
+        window=args.window,
+        mr_normalize=args.mr_normalize,
+        orientation=args.orientation,
+        device=args.device,
+        cmap=args.cmap,
+        panel_size=args.panel_size,
     )
     print(f"wrote {path}")
     return 0

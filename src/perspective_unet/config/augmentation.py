@@ -195,7 +195,6 @@ class SpacingAugmentationConfig:
     mirror_rows_prob: float = 0.5
     mirror_columns_prob: float = 0.5
 
-
     def __post_init__(self) -> None:
         _check_fields(self, _SPACING_AUGMENTATION_CHECKS, normalize=True)
         self.validate()
@@ -215,8 +214,9 @@ class SpacingAugmentationConfig:
 
 
 _SPACING_AUGMENTATION_CHECKS: dict[str, Check] = {
-    **{item.name: _PROBABILITY for item in dataclasses.fields(SpacingAugmentationConfig)
-       if item.name.endswith("_prob")},
+    **{
+        item.name: _PROBABILITY for item in dataclasses.fields(SpacingAugmentationConfig) if item.name.endswith("_prob")
+    },
     "rotate_degrees": _number(low=0),
     "scale_range": _pair(low=0, low_open=True),
     "elastic_spacing": _int(2),
@@ -233,5 +233,6 @@ _SPACING_AUGMENTATION_CHECKS: dict[str, Check] = {
 # The augmentation settings of each protocol.
 PROTOCOL_AUGMENTATION: dict[str, type] = {"paper": AugmentationConfig, "spacing": SpacingAugmentationConfig}
 _AUGMENTATION_CHECKS: dict[str, dict[str, Check]] = {
-    "paper": _PAPER_AUGMENTATION_CHECKS, "spacing": _SPACING_AUGMENTATION_CHECKS,
+    "paper": _PAPER_AUGMENTATION_CHECKS,
+    "spacing": _SPACING_AUGMENTATION_CHECKS,
 }

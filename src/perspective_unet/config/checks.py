@@ -258,8 +258,9 @@ def check_int_list(
         raise ValueError(f"{name} must be {what}, got {_show(value)} ({entries}).")
     for index, item in enumerate(value):
         if not _is_int(item) or (minimum is not None and item < minimum):
-            raise ValueError(f"{name} must be {what}, got {_show(value)}: entry {index} is {_show(item)} "
-                             f"({_kind(item)}).")
+            raise ValueError(
+                f"{name} must be {what}, got {_show(value)}: entry {index} is {_show(item)} ({_kind(item)})."
+            )
     return tuple(int(v) for v in value)
 
 
@@ -275,8 +276,10 @@ def check_number_pair(
         raise ValueError(f"{name} must be {what}, {_got(value)}.")
     for index, item in enumerate(value):
         if not _is_number(item) or not math.isfinite(item):
-            raise ValueError(f"{name} must be a list [low, high] of two finite numbers, got {_show(value)}: entry "
-                             f"{index} is {_show(item)} ({_kind(item)}).")
+            raise ValueError(
+                f"{name} must be a list [low, high] of two finite numbers, got {_show(value)}: entry "
+                f"{index} is {_show(item)} ({_kind(item)})."
+            )
     first, second = float(value[0]), float(value[1])
     fine = first <= second
     fine = fine and (low is None or (first > low if low_open else first >= low))

@@ -150,8 +150,10 @@ class ExperimentConfig:
             raise ValueError("configurations must map at least one name to its settings, e.g. {full: {}}.")
         for name, settings in self.configurations.items():
             if not isinstance(name, str) or not _NAME.match(name):
-                raise ValueError(f"configurations: {name!r} is not a usable name (letters, digits, '_', '-', '.'; it "
-                                 "names the runs' folders).")
+                raise ValueError(
+                    f"configurations: {name!r} is not a usable name (letters, digits, '_', '-', '.'; it "
+                    "names the runs' folders)."
+                )
             check_mapping(f"configurations.{name}", settings)
         if not isinstance(self.seeds, list) or not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a list of distinct integers, got {self.seeds!r}.")
@@ -165,8 +167,10 @@ class ExperimentConfig:
             raise ValueError(f"reference {self.reference!r} is none of the configurations {list(self.configurations)}.")
         for key in ("seed", "fold", "output"):
             if key in self.train or any(key in c for c in self.configurations.values()):
-                raise ValueError(f"{key} is set by the experiment for each run; remove it from train and "
-                                 "configurations (use seeds and folds).")
+                raise ValueError(
+                    f"{key} is set by the experiment for each run; remove it from train and "
+                    "configurations (use seeds and folds)."
+                )
         self.runs()  # every run's config is built, and so checked, now
 
     def _base_settings(self) -> dict[str, Any]:

@@ -159,7 +159,9 @@ _MODEL_CHECKS: dict[str, Check] = {
     "in_channels": _int(1),
     "num_classes": _int(2, note=" (background and at least one class)"),
     "widths": lambda name, value: check_int_list(
-        name, value, min_length=3,
+        name,
+        value,
+        min_length=3,
         what="a list of at least 3 positive integers (the transformer branch uses the last 3 stages)",
     ),
     "enltb_depths": lambda name, value: check_int_list(

@@ -155,8 +155,9 @@ class TrainConfig:
         known = {item.name for item in dataclasses.fields(ModelConfig)} - {"num_classes"}
         unknown = sorted(set(self.model_options) - known)
         if "num_classes" in self.model_options:
-            raise ValueError("model_options.num_classes cannot be set: the number of classes comes from the dataset "
-                             "(dataset.json).")
+            raise ValueError(
+                "model_options.num_classes cannot be set: the number of classes comes from the dataset (dataset.json)."
+            )
         if unknown:
             raise ValueError(f"model_options has unknown keys {unknown}; valid keys are {sorted(known)}.")
         for key, value in self.model_options.items():
@@ -171,10 +172,15 @@ class TrainConfig:
         unknown = sorted(set(overrides) - set().union(*keys.values()))
         if unknown:
             if len(protocols) == 1:
-                raise ValueError(f"augmentation has unknown keys {unknown} for the {protocols[0]} protocol; valid "
-                                 f"keys are {sorted(keys[protocols[0]])}.")
-            raise ValueError(f"augmentation has unknown keys {unknown}; valid keys are "
-                             + " and ".join(f"{sorted(keys[p])} ({p} protocol)" for p in protocols) + ".")
+                raise ValueError(
+                    f"augmentation has unknown keys {unknown} for the {protocols[0]} protocol; valid "
+                    f"keys are {sorted(keys[protocols[0]])}."
+                )
+            raise ValueError(
+                f"augmentation has unknown keys {unknown}; valid keys are "
+                + " and ".join(f"{sorted(keys[p])} ({p} protocol)" for p in protocols)
+                + "."
+            )
         for key, value in overrides.items():
             errors = []
             for protocol in (p for p in protocols if key in keys[p]):
@@ -192,11 +198,14 @@ class TrainConfig:
         # The settings are used: they must make one protocol's augmentation (this checks how fields agree).
         usable = [p for p in protocols if set(overrides) <= keys[p]]
         if not usable:
-            only = {p: sorted(set(overrides) & (keys[p] - keys[q]))
-                    for p, q in (("paper", "spacing"), ("spacing", "paper"))}
-            raise ValueError(f"augmentation mixes settings of the paper protocol only {only['paper']} with settings of "
-                             f"the spacing protocol only {only['spacing']}; one protocol's augmentation applies: set "
-                             "protocol, or keep the settings of one.")
+            only = {
+                p: sorted(set(overrides) & (keys[p] - keys[q])) for p, q in (("paper", "spacing"), ("spacing", "paper"))
+            }
+            raise ValueError(
+                f"augmentation mixes settings of the paper protocol only {only['paper']} with settings of "
+                f"the spacing protocol only {only['spacing']}; one protocol's augmentation applies: set "
+                "protocol, or keep the settings of one."
+            )
         errors = []
         for protocol in usable:
             try:
@@ -241,8 +250,10 @@ class TrainConfig:
 def _check_val_split(name: str, value: Any) -> str:
     value = check_str(name, value)
     if value == "test":
-        raise ValueError(f"{name} must not be 'test': checkpoints are selected on validation cases only and test cases "
-                         "are for `perspective-unet evaluate`; use 'val', or cross-validation folds (fold: K).")
+        raise ValueError(
+            f"{name} must not be 'test': checkpoints are selected on validation cases only and test cases "
+            "are for `perspective-unet evaluate`; use 'val', or cross-validation folds (fold: K)."
+        )
     return value
 
 
@@ -262,8 +273,8 @@ _TRAIN_CHECKS: dict[str, Check] = {
     "model": check_str,
     "model_options": check_mapping,
     "protocol": _choice(PROTOCOLS, optional=True),
-    "img_size": lambda name, value: None if value is None else check_int_list(
-        name, value, length=2, what="[height, width], two positive integers"
+    "img_size": lambda name, value: (
+        None if value is None else check_int_list(name, value, length=2, what="[height, width], two positive integers")
     ),
     "context_slices": _int(0, optional=True),
     "epochs": _int(1),

@@ -117,19 +117,37 @@ def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overw
                 image = mr_normalize(pair.image, MR_PERCENTILES)
                 case = f"case_{patient:03d}_{phase}"
                 if used[patient] == "train":
-                    writer.add_train_volume(case, image, pair.label, spacing=pair.spacing,
-                                            attrs=volume_attrs(pair, image_path.name), raw=pair.image)
+                    writer.add_train_volume(
+                        case,
+                        image,
+                        pair.label,
+                        spacing=pair.spacing,
+                        attrs=volume_attrs(pair, image_path.name),
+                        raw=pair.image,
+                    )
                 else:
-                    writer.add_volume(used[patient], case, image, pair.label, pair.spacing,
-                                      volume_attrs(pair, image_path.name), raw=pair.image)
-        return writer.finish({
-            "name": "ACDC",
-            "class_names": list(ACDC_CLASS_NAMES),
-            "modality": "MR",
-            "normalization": describe_mr(MR_PERCENTILES),
-            "intensity": mr_intensity(MR_PERCENTILES),
-            "orientation": STORED_ORIENTATION,
-            "source": "Automated Cardiac Diagnosis Challenge (ACDC), MICCAI 2017, cine MRI, ED and ES frames",
-            "license": "ACDC data terms (registration at the challenge site); not redistributable with this package",
-            "notes": "MT-UNet's 70 / 10 / 20 patient split; cases are case_XXX_ED and case_XXX_ES.",
-        }, protocol="paper")
+                    writer.add_volume(
+                        used[patient],
+                        case,
+                        image,
+                        pair.label,
+                        pair.spacing,
+                        volume_attrs(pair, image_path.name),
+                        raw=pair.image,
+                    )
+        return writer.finish(
+            {
+                "name": "ACDC",
+                "class_names": list(ACDC_CLASS_NAMES),
+                "modality": "MR",
+                "normalization": describe_mr(MR_PERCENTILES),
+                "intensity": mr_intensity(MR_PERCENTILES),
+                "orientation": STORED_ORIENTATION,
+                "source": "Automated Cardiac Diagnosis Challenge (ACDC), MICCAI 2017, cine MRI, ED and ES frames",
+                "license": (
+                    "ACDC data terms (registration at the challenge site); not redistributable with this package"
+                ),
+                "notes": "MT-UNet's 70 / 10 / 20 patient split; cases are case_XXX_ED and case_XXX_ES.",
+            },
+            protocol="paper",
+        )

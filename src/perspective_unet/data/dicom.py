@@ -39,7 +39,6 @@ def sitk_to_array(image: Any) -> tuple[np.ndarray, np.ndarray]:
     return array, LPS_TO_RAS @ affine_lps
 
 
-
 @contextlib.contextmanager
 def preserved_locale() -> Iterator[None]:
     """Restore the process's locale (``LC_ALL``) as it was on entry.
@@ -54,7 +53,6 @@ def preserved_locale() -> Iterator[None]:
     finally:
         with contextlib.suppress(locale.Error):
             locale.setlocale(locale.LC_ALL, saved)
-
 
 
 # DICOM tags, as SimpleITK names them.

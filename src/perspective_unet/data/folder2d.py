@@ -94,14 +94,23 @@ def prepare_folder_2d(
         seen[case] = image_path
         mask_path = _find_mask(masks, case, mask_suffix)
         if mask_path is None:
-            raise InputError(f"{image_path} has no mask in {masks} (looked for '{case}{mask_suffix}.png' "
-                             "and the other picture suffixes); every image needs a mask with the same stem.")
+            raise InputError(
+                f"{image_path} has no mask in {masks} (looked for '{case}{mask_suffix}.png' "
+                "and the other picture suffixes); every image needs a mask with the same stem."
+            )
         pairs.append((case, image_path, mask_path))
     splits = split_cases([case for case, _, _ in pairs], val_fraction, test_fraction, seed)
     return prepare_pictures(
-        pairs, out, splits, class_names, name=name or images.parent.name or "folder2d",
-        source=f"2D images from {images} with masks from {masks}", license="as the source images'",
-        overwrite=overwrite, protocol=protocol, folder=masks,
+        pairs,
+        out,
+        splits,
+        class_names,
+        name=name or images.parent.name or "folder2d",
+        source=f"2D images from {images} with masks from {masks}",
+        license="as the source images'",
+        overwrite=overwrite,
+        protocol=protocol,
+        folder=masks,
     )
 
 
@@ -141,17 +150,22 @@ def prepare_pictures(
     if len(names) < 2:
         raise InputError("A segmentation dataset needs at least two classes (background and one more).")
     if survey.first_mask is not None and "train" in case_split.values():
-        warn_if_all_background(survey.train_foreground, folder if folder is not None else survey.first_mask.parent,
-                               "training mask")
+        warn_if_all_background(
+            survey.train_foreground, folder if folder is not None else survey.first_mask.parent, "training mask"
+        )
     with PreparedWriter(out, overwrite=overwrite) as writer:
         for case, image_path, mask_path in progress(pairs, "2D images"):
             picture, image, label = _read_pair(image_path, mask_path, survey.binary_255, len(names))
             split = case_split.get(case)
             if split is None:
                 continue
-            attrs = {"affine": np.eye(4), "original_shape": np.asarray(image.shape, dtype=np.int64),
-                     "orientation": "2d", "canonical_shape": np.asarray((1, *image.shape), dtype=np.int64),
-                     "source": image_path.name}
+            attrs = {
+                "affine": np.eye(4),
+                "original_shape": np.asarray(image.shape, dtype=np.int64),
+                "orientation": "2d",
+                "canonical_shape": np.asarray((1, *image.shape), dtype=np.int64),
+                "source": image_path.name,
+            }
             if split == "train":
                 if label is None:
                     raise InputError(f"{image_path} has no mask; training images need one.")
@@ -159,18 +173,28 @@ def prepare_pictures(
                 writer.add_train_slice(case, 0, image, label, spacing=(1.0, 1.0, 1.0), raw=picture)
                 writer.record_geometry(case, (1.0, 1.0, 1.0), attrs)
             else:
-                writer.add_volume(split, case, image[None], None if label is None else label[None], (1.0, 1.0, 1.0),
-                                  attrs, raw=picture[None])
-        return writer.finish({
-            "name": name,
-            "class_names": names,
-            "modality": "2D",
-            "normalization": _PICTURE_NORMALIZATION,
-            "intensity": picture_intensity(),
-            "orientation": "2d",
-            "source": source,
-            "license": license,
-        }, protocol=protocol)
+                writer.add_volume(
+                    split,
+                    case,
+                    image[None],
+                    None if label is None else label[None],
+                    (1.0, 1.0, 1.0),
+                    attrs,
+                    raw=picture[None],
+                )
+        return writer.finish(
+            {
+                "name": name,
+                "class_names": names,
+                "modality": "2D",
+                "normalization": _PICTURE_NORMALIZATION,
+                "intensity": picture_intensity(),
+                "orientation": "2d",
+                "source": source,
+                "license": license,
+            },
+            protocol=protocol,
+        )
 
 
 @dataclass
@@ -191,8 +215,10 @@ def _survey_masks(masks: Sequence[tuple[str, Path]], case_split: dict[str, str])
     """
     for _, mask_path in masks:
         if full_suffix(mask_path) in LOSSY_MASK_SUFFIXES:
-            raise InputError(f"{mask_path} is a JPEG mask; JPEG compression alters class ids at object borders. "
-                             "Save the masks as PNG.")
+            raise InputError(
+                f"{mask_path} is a JPEG mask; JPEG compression alters class ids at object borders. "
+                "Save the masks as PNG."
+            )
     values: set[int] = set()
     binary_example: Path | None = None
     ids_example: tuple[Path, list[int]] | None = None
@@ -222,8 +248,9 @@ def _survey_masks(masks: Sequence[tuple[str, Path]], case_split: dict[str, str])
     return _MaskSurvey(binary_255, largest, train_foreground, masks[0][1] if masks else None)
 
 
-def _read_pair(image_path: Path, mask_path: Path | None, binary_255: bool, num_classes: int
-               ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+def _read_pair(
+    image_path: Path, mask_path: Path | None, binary_255: bool, num_classes: int
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
     """(picture as read, picture in [0, 1], class ids or None) of one image and its mask, checked."""
     picture, meta = read_image(image_path)
     check_slice_size(picture.shape, image_path)

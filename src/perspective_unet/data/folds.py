@@ -90,23 +90,33 @@ def read_splits(path: Path, cases: Sequence[str]) -> list[dict[str, list[str]]]:
         folds = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} cannot be read as JSON ({exc}); fix it or delete it to draw new folds.") from None
-    if not isinstance(folds, list) or not folds or not all(
-        isinstance(f, dict) and set(f) == {"train", "val"} and all(isinstance(f[k], list) for k in f) for f in folds
+    if (
+        not isinstance(folds, list)
+        or not folds
+        or not all(
+            isinstance(f, dict) and set(f) == {"train", "val"} and all(isinstance(f[k], list) for k in f) for f in folds
+        )
     ):
-        raise InputError(f"{path} must hold a list of folds, each {{\"train\": [...], \"val\": [...]}}; fix it or "
-                         "delete it to draw new folds.")
+        raise InputError(
+            f'{path} must hold a list of folds, each {{"train": [...], "val": [...]}}; fix it or '
+            "delete it to draw new folds."
+        )
     known = set(cases)
     for index, fold in enumerate(folds):
         train, val = set(fold["train"]), set(fold["val"])
         unknown = sorted((train | val) - known)
         if unknown:
-            raise InputError(f"{path}, fold {index}: cases {unknown[:3]} are not development cases (train or val "
-                             "split) of the dataset; test cases never enter a fold. Fix the file or delete it.")
+            raise InputError(
+                f"{path}, fold {index}: cases {unknown[:3]} are not development cases (train or val "
+                "split) of the dataset; test cases never enter a fold. Fix the file or delete it."
+            )
         if train & val:
             raise InputError(f"{path}, fold {index}: cases {sorted(train & val)[:3]} are on both sides.")
         if train | val != known:
-            raise InputError(f"{path}, fold {index}: cases {sorted(known - train - val)[:3]} are on neither side; "
-                             "the file was written for other data. Delete it to draw new folds.")
+            raise InputError(
+                f"{path}, fold {index}: cases {sorted(known - train - val)[:3]} are on neither side; "
+                "the file was written for other data. Delete it to draw new folds."
+            )
     return folds
 
 
@@ -118,14 +128,19 @@ def _write_once(path: Path, folds: list[dict[str, list[str]]]) -> None:
         with contextlib.suppress(FileExistsError):  # another run wrote the file first: its folds stand
             os.link(temporary, path)
     except OSError as exc:
-        raise InputError(f"cannot write {path} ({exc.strerror or exc}); folds are kept beside the prepared data, so "
-                         "the folder must be writable (or copy the dataset somewhere writable).") from None
+        raise InputError(
+            f"cannot write {path} ({exc.strerror or exc}); folds are kept beside the prepared data, so "
+            "the folder must be writable (or copy the dataset somewhere writable)."
+        ) from None
     finally:
         temporary.unlink(missing_ok=True)
 
 
 def fold_cases(
-    root: str | os.PathLike[str], info: dict[str, Any], fold: int | str, num_folds: int = 5,
+    root: str | os.PathLike[str],
+    info: dict[str, Any],
+    fold: int | str,
+    num_folds: int = 5,
     seed: int = DEFAULT_FOLD_SEED,
 ) -> Fold:
     """The training and validation cases of ``fold`` (0..num_folds-1, or ``"all"``), from ``root/splits.json``.
@@ -144,8 +159,10 @@ def fold_cases(
             raise InputError(f"{root}: {exc} (development cases are the train and val splits).") from None
     folds = read_splits(path, cases)
     if len(folds) != num_folds:
-        raise InputError(f"{path} holds {len(folds)} folds but {num_folds} were asked for; ask for {len(folds)}, or "
-                         "delete the file to draw new folds (runs of the old folds then no longer compare).")
+        raise InputError(
+            f"{path} holds {len(folds)} folds but {num_folds} were asked for; ask for {len(folds)}, or "
+            "delete the file to draw new folds (runs of the old folds then no longer compare)."
+        )
     if fold == ALL_FOLDS:
         return Fold("fold_all", tuple(cases), ())
     if not isinstance(fold, int) or not 0 <= fold < len(folds):

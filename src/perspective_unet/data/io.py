@@ -90,8 +90,9 @@ def read_image(
     if not path.exists():
         raise InputError(f"{path} does not exist; check the path.")
     if series is not None and not path.is_dir():
-        raise InputError(f"{path} is not a folder; a DICOM series (--series {series}) can only be chosen in a folder "
-                         "of DICOM files.")
+        raise InputError(
+            f"{path} is not a folder; a DICOM series (--series {series}) can only be chosen in a folder of DICOM files."
+        )
     suffix = full_suffix(path)
     try:
         if path.is_dir():
@@ -114,8 +115,10 @@ def read_image(
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3):
-        raise InputError(f"{path} has {array.ndim} dimensions (shape {array.shape}); expected a 2D or 3D image "
-                         "(split a time series or a multi-channel image into 3D volumes first).")
+        raise InputError(
+            f"{path} has {array.ndim} dimensions (shape {array.shape}); expected a 2D or 3D image "
+            "(split a time series or a multi-channel image into 3D volumes first)."
+        )
     meta["path"] = str(path)
     meta["shape"] = tuple(int(s) for s in array.shape)
     if array.ndim == 3:
@@ -245,8 +248,9 @@ def _write_sitk(labels: np.ndarray, affine: np.ndarray, path: Path) -> None:
     SimpleITK.WriteImage(image, str(path), useCompression=True)
 
 
-def write_probabilities(probabilities: np.ndarray, meta: dict[str, Any], path: str | os.PathLike[str],
-                        class_names: Any = None) -> Path:
+def write_probabilities(
+    probabilities: np.ndarray, meta: dict[str, Any], path: str | os.PathLike[str], class_names: Any = None
+) -> Path:
     """Write (C, *image shape) class probabilities to ``path`` (not atomically: see ``outputs.write_all``).
 
     A ``.npz`` path gets float16 ``probabilities`` (and ``class_names``); any other, a 4D float32 NIfTI with the

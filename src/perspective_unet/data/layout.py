@@ -207,7 +207,10 @@ class PreparedWriter:
             f.create_dataset("image", data=image, chunks=chunks, compression="gzip", compression_opts=4)
             if label is not None:
                 f.create_dataset(
-                    "label", data=np.asarray(label, dtype=np.uint8), chunks=chunks, compression="gzip",
+                    "label",
+                    data=np.asarray(label, dtype=np.uint8),
+                    chunks=chunks,
+                    compression="gzip",
                     compression_opts=4,
                 )
             f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
@@ -266,7 +269,10 @@ class PreparedWriter:
         self.finished = True
         logger.info(
             "Wrote %s: %d training slices from %d cases, %d validation and %d test volumes",
-            self.out, len(self.train_slices), len(self.splits["train"]), len(self.splits["val"]),
+            self.out,
+            len(self.train_slices),
+            len(self.splits["train"]),
+            len(self.splits["val"]),
             len(self.splits["test"]),
         )
         return self.out

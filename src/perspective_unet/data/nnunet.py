@@ -76,8 +76,10 @@ class NnUNetDataset:
         self.file_ending = str(info["file_ending"])
         channels = info["channel_names"]
         if not isinstance(channels, dict) or str(channel) not in {str(k) for k in channels}:
-            raise InputError(f"{json_path}: channel_names {channels!r} has no channel {channel}; pick one with "
-                             "--channel or fix channel_names.")
+            raise InputError(
+                f"{json_path}: channel_names {channels!r} has no channel {channel}; pick one with "
+                "--channel or fix channel_names."
+            )
         self.modality = str({str(k): v for k, v in channels.items()}[str(channel)])
         self.class_names = _class_names(info["labels"], json_path)
         self.channel = channel
@@ -115,12 +117,20 @@ class NnUNetDataset:
                 continue
             cases.append((case, image_path, label_path))
         if not require_labels and image_files and not cases:
-            logger.info("%s has no labels in %s: its cases are skipped (use `perspective-unet predict` on them).",
-                        images, labels)
+            logger.info(
+                "%s has no labels in %s: its cases are skipped (use `perspective-unet predict` on them).",
+                images,
+                labels,
+            )
         number = self.info.get("numTraining")
         if require_labels and number is not None and int(number) != len(cases):
-            logger.warning("%s: numTraining is %s but %s holds %d cases; using the files.",
-                           self.root / "dataset.json", number, images, len(cases))
+            logger.warning(
+                "%s: numTraining is %s but %s holds %d cases; using the files.",
+                self.root / "dataset.json",
+                number,
+                images,
+                len(cases),
+            )
         return cases
 
 
@@ -130,8 +140,10 @@ def _class_names(labels: Any, json_path: Path) -> list[str]:
     by_id: dict[int, str] = {}
     for label_name, value in labels.items():
         if isinstance(value, (list, tuple)):
-            raise InputError(f"{json_path}: label {label_name!r} is a region ({value}); region-based labels are not "
-                             "supported, declare one id per class.")
+            raise InputError(
+                f"{json_path}: label {label_name!r} is a region ({value}); region-based labels are not "
+                "supported, declare one id per class."
+            )
         try:
             class_id = int(value)
         except (TypeError, ValueError):
@@ -155,8 +167,10 @@ def read_nnunet_dataset(raw: str | os.PathLike[str], channel: int = 0) -> NnUNet
     root = Path(raw)
     json_path = root / "dataset.json"
     if not json_path.is_file():
-        raise InputError(f"{json_path} is missing; an nnU-Net raw dataset needs dataset.json with channel_names, "
-                         "labels and file_ending (or give a folder with images/ and masks/ for 2D pictures).")
+        raise InputError(
+            f"{json_path} is missing; an nnU-Net raw dataset needs dataset.json with channel_names, "
+            "labels and file_ending (or give a folder with images/ and masks/ for 2D pictures)."
+        )
     try:
         info = json.loads(json_path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
@@ -165,8 +179,9 @@ def read_nnunet_dataset(raw: str | os.PathLike[str], channel: int = 0) -> NnUNet
         raise InputError(f"{json_path} must hold a JSON object.")
     for field in _REQUIRED_FIELDS:
         if field not in info:
-            raise InputError(f"{json_path} lacks the field '{field}'; nnU-Net's dataset.json needs "
-                             f"{', '.join(_REQUIRED_FIELDS)}.")
+            raise InputError(
+                f"{json_path} lacks the field '{field}'; nnU-Net's dataset.json needs {', '.join(_REQUIRED_FIELDS)}."
+            )
     return NnUNetDataset(root, info, channel)
 
 
@@ -215,21 +230,29 @@ def prepare_nnunet(
     if not (root / "dataset.json").exists():
         masks = next((root / n for n in ("masks", "labels") if (root / n).is_dir()), None)
         if (root / "images").is_dir() and masks is not None:
-            return prepare_folder_2d(root / "images", masks, out, val_fraction=val_fraction,
-                                     test_fraction=test_fraction, seed=seed, name=root.name, overwrite=overwrite,
-                                     protocol=protocol)
+            return prepare_folder_2d(
+                root / "images",
+                masks,
+                out,
+                val_fraction=val_fraction,
+                test_fraction=test_fraction,
+                seed=seed,
+                name=root.name,
+                overwrite=overwrite,
+                protocol=protocol,
+            )
     dataset = read_nnunet_dataset(root, channel)
     num_channels = len(dataset.info["channel_names"])
     if num_channels > 1:
-        logger.info("%s has %d channels; only channel %d (%s) is used.", root, num_channels, channel,
-                    dataset.modality)
+        logger.info("%s has %d channels; only channel %d (%s) is used.", root, num_channels, channel, dataset.modality)
     splits = _case_splits(dataset, val_fraction, test_fraction, seed)
     all_cases = dataset.training + dataset.testing
     source = f"nnU-Net raw dataset {dataset.name} ({root})"
     license = str(dataset.info.get("licence") or dataset.info.get("license") or "as stated by the dataset's owners")
     if dataset.is_2d:
-        return prepare_pictures(all_cases, out, splits, dataset.class_names, dataset.name, source, license, overwrite,
-                                protocol, folder=root)
+        return prepare_pictures(
+            all_cases, out, splits, dataset.class_names, dataset.name, source, license, overwrite, protocol, folder=root
+        )
 
     allowed = range(len(dataset.class_names))
     by_case = {case: (image, label) for case, image, label in all_cases}
@@ -249,24 +272,40 @@ def prepare_nnunet(
                 if split == "train":
                     assert pair.label is not None
                     any_foreground = any_foreground or bool(pair.label.any())
-                    writer.add_train_volume(case, image, pair.label, spacing=pair.spacing,
-                                            attrs=volume_attrs(pair, by_case[case][0].name), raw=pair.image)
+                    writer.add_train_volume(
+                        case,
+                        image,
+                        pair.label,
+                        spacing=pair.spacing,
+                        attrs=volume_attrs(pair, by_case[case][0].name),
+                        raw=pair.image,
+                    )
                 else:
-                    writer.add_volume(split, case, image, pair.label, pair.spacing,
-                                      volume_attrs(pair, by_case[case][0].name), raw=pair.image)
+                    writer.add_volume(
+                        split,
+                        case,
+                        image,
+                        pair.label,
+                        pair.spacing,
+                        volume_attrs(pair, by_case[case][0].name),
+                        raw=pair.image,
+                    )
         if splits["train"]:
             warn_if_all_background(any_foreground, root)
-        return writer.finish({
-            "name": dataset.name,
-            "class_names": dataset.class_names,
-            "modality": dataset.modality,
-            "normalization": normalization,
-            "intensity": ct_intensity(window) if dataset.is_ct else mr_intensity(percentiles),
-            "orientation": orientation,
-            "source": source,
-            "license": license,
-            "split_seed": seed,
-        }, protocol=protocol)
+        return writer.finish(
+            {
+                "name": dataset.name,
+                "class_names": dataset.class_names,
+                "modality": dataset.modality,
+                "normalization": normalization,
+                "intensity": ct_intensity(window) if dataset.is_ct else mr_intensity(percentiles),
+                "orientation": orientation,
+                "source": source,
+                "license": license,
+                "split_seed": seed,
+            },
+            protocol=protocol,
+        )
 
 
 def _images_and_labels(read: Any, cases: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -275,8 +314,7 @@ def _images_and_labels(read: Any, cases: list[str]) -> Iterator[tuple[np.ndarray
         yield pair.image, pair.label
 
 
-def _case_splits(dataset: NnUNetDataset, val_fraction: float, test_fraction: float, seed: int
-                 ) -> dict[str, list[str]]:
+def _case_splits(dataset: NnUNetDataset, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
     """A seeded split of imagesTr; labeled imagesTs cases, when there are any, are the test split."""
     cases = [case for case, _, _ in dataset.training]
     if not dataset.testing:
@@ -289,8 +327,14 @@ def _case_splits(dataset: NnUNetDataset, val_fraction: float, test_fraction: flo
     return splits
 
 
-def _normalization(dataset: NnUNetDataset, read: Any, training: list[str], ct_window_hu: tuple[float, float] | None,
-                   percentiles: tuple[float, float], seed: int) -> tuple[tuple[float, float], str]:
+def _normalization(
+    dataset: NnUNetDataset,
+    read: Any,
+    training: list[str],
+    ct_window_hu: tuple[float, float] | None,
+    percentiles: tuple[float, float],
+    seed: int,
+) -> tuple[tuple[float, float], str]:
     """The CT window (given, or the training foreground's percentiles) and the text describing the normalization;
     for other modalities (per-image percentiles) the window is unused."""
     if not dataset.is_ct:

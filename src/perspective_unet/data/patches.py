@@ -50,9 +50,16 @@ class RandPatchAffined(RandomizableTransform, MapTransform):
         label_key: Key of the (1, H, W) label.
     """
 
-    def __init__(self, patch_size: tuple[int, int], rotate_prob: float = 0.0, rotate_degrees: float = 0.0,
-                 scale_prob: float = 0.0, scale_range: tuple[float, float] = (1.0, 1.0), image_key: str = "image",
-                 label_key: str = "label") -> None:
+    def __init__(
+        self,
+        patch_size: tuple[int, int],
+        rotate_prob: float = 0.0,
+        rotate_degrees: float = 0.0,
+        scale_prob: float = 0.0,
+        scale_range: tuple[float, float] = (1.0, 1.0),
+        image_key: str = "image",
+        label_key: str = "label",
+    ) -> None:
         RandomizableTransform.__init__(self, 1.0)
         MapTransform.__init__(self, [image_key, label_key])
         self.patch_size = (int(patch_size[0]), int(patch_size[1]))
@@ -70,11 +77,14 @@ class RandPatchAffined(RandomizableTransform, MapTransform):
     def matrix(self, center: tuple[float, float], shape: tuple[int, int]) -> torch.Tensor:
         """Patch pixel (centered) -> slice pixel (centered) as a 3 x 3 matrix, for the current draw."""
         cos, sin = math.cos(self.angle) / self.scale, math.sin(self.angle) / self.scale
-        return torch.tensor([
-            [cos, -sin, center[0] - (shape[0] - 1) / 2],
-            [sin, cos, center[1] - (shape[1] - 1) / 2],
-            [0.0, 0.0, 1.0],
-        ], dtype=torch.float64)
+        return torch.tensor(
+            [
+                [cos, -sin, center[0] - (shape[0] - 1) / 2],
+                [sin, cos, center[1] - (shape[1] - 1) / 2],
+                [0.0, 0.0, 1.0],
+            ],
+            dtype=torch.float64,
+        )
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         out = dict(data)
@@ -104,19 +114,29 @@ class PatchDataset(Dataset):
         cases: Only these development cases (a cross-validation fold's training cases).
     """
 
-    def __init__(self, root: str | os.PathLike[str], plan: Plan, augmentation: SpacingAugmentationConfig | None = None,
-                 seed: int = 1234, *, cases: Sequence[str] | None = None) -> None:
+    def __init__(
+        self,
+        root: str | os.PathLike[str],
+        plan: Plan,
+        augmentation: SpacingAugmentationConfig | None = None,
+        seed: int = 1234,
+        *,
+        cases: Sequence[str] | None = None,
+    ) -> None:
         if plan.protocol != "spacing":
             raise ValueError(f"PatchDataset needs a plan of the spacing protocol, got {plan.protocol!r}.")
         self.root = Path(root)
         self.plan = plan
         self.seed = int(seed)
-        self.slices = SliceDataset(root, "train", context_slices=plan.context_slices, intensity=plan.intensity,
-                                   cases=cases)
+        self.slices = SliceDataset(
+            root, "train", context_slices=plan.context_slices, intensity=plan.intensity, cases=cases
+        )
         fingerprint = dataset_fingerprint(root)
         if fingerprint is None:
-            raise InputError(f"{root} has no fingerprint.json: the spacing protocol needs each case's spacing; "
-                             "prepare the dataset again with `perspective-unet prepare`.")
+            raise InputError(
+                f"{root} has no fingerprint.json: the spacing protocol needs each case's spacing; "
+                "prepare the dataset again with `perspective-unet prepare`."
+            )
         self.spacing: dict[str, tuple[float, float]] = {}
         for ref in self.slices.samples:
             case = fingerprint.case(ref.case)
@@ -128,8 +148,13 @@ class PatchDataset(Dataset):
             self._patch = RandPatchAffined(plan.patch_size)
             self._augment = None
         else:
-            self._patch = RandPatchAffined(plan.patch_size, augmentation.rotate_prob, augmentation.rotate_degrees,
-                                           augmentation.scale_prob, augmentation.scale_range)
+            self._patch = RandPatchAffined(
+                plan.patch_size,
+                augmentation.rotate_prob,
+                augmentation.rotate_degrees,
+                augmentation.scale_prob,
+                augmentation.scale_range,
+            )
             self._augment = build_spacing_augmentation(augmentation)
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
         self._cached_bytes = 0

@@ -106,8 +106,10 @@ def case_statistics(root: str | os.PathLike[str]) -> dict[str, ImageStats]:
     """
     fingerprint = dataset_fingerprint(root)
     if fingerprint is None:
-        raise InputError(f"{root} has no {FINGERPRINT_FILE}: per-image z-scoring needs each case's statistics. "
-                         "Prepare the dataset again with `perspective-unet prepare`, or use 'symmetric' scaling.")
+        raise InputError(
+            f"{root} has no {FINGERPRINT_FILE}: per-image z-scoring needs each case's statistics. "
+            "Prepare the dataset again with `perspective-unet prepare`, or use 'symmetric' scaling."
+        )
     return {c.case: ImageStats(c.stored.mean, c.stored.std) for c in fingerprint.cases}
 
 
@@ -133,11 +135,14 @@ def plan_for_training(
         if protocol is not None and protocol != plan.protocol:
             fingerprint = dataset_fingerprint(root)
             if fingerprint is None:
-                raise ValueError(f"the {protocol} protocol needs the dataset's fingerprint, which {root} lacks (files "
-                                 "in the TransUNet-style layout carry no spacing); prepare the raw data with "
-                                 "`perspective-unet prepare`.")
-            plan = derive_plan(fingerprint, protocol, patch_size=patch_size, batch_size=batch_size,
-                               context_slices=plan.context_slices)
+                raise ValueError(
+                    f"the {protocol} protocol needs the dataset's fingerprint, which {root} lacks (files "
+                    "in the TransUNet-style layout carry no spacing); prepare the raw data with "
+                    "`perspective-unet prepare`."
+                )
+            plan = derive_plan(
+                fingerprint, protocol, patch_size=patch_size, batch_size=batch_size, context_slices=plan.context_slices
+            )
         changes: dict[str, Any] = {}
         if patch_size is not None:
             changes["patch_size"] = tuple(int(s) for s in patch_size)

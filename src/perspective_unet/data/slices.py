@@ -56,7 +56,7 @@ def acdc_case(stem: str) -> str:
     """An ACDC file's case: ``case_001_sliceED_3`` -> ``case_001_ED``; ``case_001_volume_ES`` -> ``case_001_ES``."""
     parts = stem.split("_")
     if len(parts) >= 4 and parts[2].startswith("slice"):
-        return f"{parts[0]}_{parts[1]}_{parts[2][len('slice'):]}"
+        return f"{parts[0]}_{parts[1]}_{parts[2][len('slice') :]}"
     if len(parts) >= 4 and parts[2] == "volume":
         return f"{parts[0]}_{parts[1]}_{parts[3]}"
     return stem
@@ -216,8 +216,10 @@ def case_slices(root: str | os.PathLike[str], info: dict[str, Any], cases: Seque
     refs = [ref for split in ("train", "val") for ref in list_slices(root, info, split) if ref.case in wanted]
     missing = sorted(wanted - {ref.case for ref in refs})
     if missing:
-        raise InputError(f"{root} has no training or validation slices of cases {missing[:3]}; folds take their cases "
-                         "from the train and val splits only.")
+        raise InputError(
+            f"{root} has no training or validation slices of cases {missing[:3]}; folds take their cases "
+            "from the train and val splits only."
+        )
     return refs
 
 

@@ -28,8 +28,9 @@ from perspective_unet.config import SpacingAugmentationConfig
 __all__ = ["SpacingAugmentationConfig", "build_spacing_augmentation"]
 
 
-def build_spacing_augmentation(cfg: SpacingAugmentationConfig, image_key: str = "image", label_key: str = "label"
-                               ) -> Compose:
+def build_spacing_augmentation(
+    cfg: SpacingAugmentationConfig, image_key: str = "image", label_key: str = "label"
+) -> Compose:
     """Every operation but rotation and scaling (see the module docstring), as one MONAI ``Compose``.
 
     Returns:
@@ -42,20 +43,35 @@ def build_spacing_augmentation(cfg: SpacingAugmentationConfig, image_key: str = 
         # MONAI multiplies by (1 + f); the ranges here are the factors themselves.
         return (pair[0] - 1.0, pair[1] - 1.0)
 
-    return Compose([
-        Rand2DElasticd(both, spacing=cfg.elastic_spacing, magnitude_range=(low, high), prob=cfg.elastic_prob,
-                       mode=("bilinear", "nearest"), padding_mode="border"),
-        RandGaussianNoised(image_key, prob=cfg.noise_prob, std=cfg.noise_std, sample_std=True),
-        RandGaussianSmoothd(image_key, sigma_x=cfg.blur_sigma, sigma_y=cfg.blur_sigma, prob=cfg.blur_prob),
-        RandScaleIntensityd(image_key, factors=factors(cfg.brightness_range), prob=cfg.brightness_prob),
-        RandScaleIntensityFixedMeand(image_key, factors=factors(cfg.contrast_range), fixed_mean=True,
-                                     preserve_range=True, prob=cfg.contrast_prob),
-        RandSimulateLowResolutiond(image_key, prob=cfg.low_resolution_prob, upsample_mode="bilinear",
-                                   zoom_range=cfg.low_resolution_range),
-        RandAdjustContrastd(image_key, prob=cfg.inverted_gamma_prob, gamma=cfg.gamma_range, invert_image=True,
-                            retain_stats=True),
-        RandAdjustContrastd(image_key, prob=cfg.gamma_prob, gamma=cfg.gamma_range, retain_stats=True),
-        RandShiftIntensityd(image_key, offsets=cfg.shift_range, prob=cfg.shift_prob),
-        RandFlipd(both, prob=cfg.mirror_rows_prob, spatial_axis=0),
-        RandFlipd(both, prob=cfg.mirror_columns_prob, spatial_axis=1),
-    ])
+    return Compose(
+        [
+            Rand2DElasticd(
+                both,
+                spacing=cfg.elastic_spacing,
+                magnitude_range=(low, high),
+                prob=cfg.elastic_prob,
+                mode=("bilinear", "nearest"),
+                padding_mode="border",
+            ),
+            RandGaussianNoised(image_key, prob=cfg.noise_prob, std=cfg.noise_std, sample_std=True),
+            RandGaussianSmoothd(image_key, sigma_x=cfg.blur_sigma, sigma_y=cfg.blur_sigma, prob=cfg.blur_prob),
+            RandScaleIntensityd(image_key, factors=factors(cfg.brightness_range), prob=cfg.brightness_prob),
+            RandScaleIntensityFixedMeand(
+                image_key,
+                factors=factors(cfg.contrast_range),
+                fixed_mean=True,
+                preserve_range=True,
+                prob=cfg.contrast_prob,
+            ),
+            RandSimulateLowResolutiond(
+                image_key, prob=cfg.low_resolution_prob, upsample_mode="bilinear", zoom_range=cfg.low_resolution_range
+            ),
+            RandAdjustContrastd(
+                image_key, prob=cfg.inverted_gamma_prob, gamma=cfg.gamma_range, invert_image=True, retain_stats=True
+            ),
+            RandAdjustContrastd(image_key, prob=cfg.gamma_prob, gamma=cfg.gamma_range, retain_stats=True),
+            RandShiftIntensityd(image_key, offsets=cfg.shift_range, prob=cfg.shift_prob),
+            RandFlipd(both, prob=cfg.mirror_rows_prob, spatial_axis=0),
+            RandFlipd(both, prob=cfg.mirror_columns_prob, spatial_axis=1),
+        ]
+    )

@@ -71,8 +71,10 @@ class SliceBlockSplit:
     @property
     def train_blocks(self) -> list[tuple[int, int]]:
         """Contiguous [start, stop) ranges of training slices (below and above the test block)."""
-        blocks = [(0, max(0, self.test_start - self.gap)), (min(self.num_slices, self.test_stop + self.gap),
-                                                            self.num_slices)]
+        blocks = [
+            (0, max(0, self.test_start - self.gap)),
+            (min(self.num_slices, self.test_stop + self.gap), self.num_slices),
+        ]
         return [(a, b) for a, b in blocks if b > a]
 
 

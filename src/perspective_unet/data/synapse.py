@@ -43,7 +43,15 @@ logger = logging.getLogger(__name__)
 SYNAPSE_TRAIN_CASES = (5, 6, 7, 9, 10, 21, 23, 24, 26, 27, 28, 30, 31, 33, 34, 37, 39, 40)
 SYNAPSE_TEST_CASES = (1, 2, 3, 4, 8, 22, 25, 29, 32, 35, 36, 38)
 SYNAPSE_CLASS_NAMES = (
-    "background", "aorta", "gallbladder", "kidney_left", "kidney_right", "liver", "pancreas", "spleen", "stomach"
+    "background",
+    "aorta",
+    "gallbladder",
+    "kidney_left",
+    "kidney_right",
+    "liver",
+    "pancreas",
+    "spleen",
+    "stomach",
 )
 # BTCV id -> Synapse class id; the other BTCV organs (esophagus, IVC, veins, adrenals) become background.
 SYNAPSE_LABEL_MAP = {8: 1, 4: 2, 3: 3, 2: 4, 6: 5, 11: 6, 1: 7, 7: 8}
@@ -77,9 +85,7 @@ def _find_raw_folders(raw: Path) -> tuple[Path, Path]:
     )
 
 
-def prepare_synapse(
-    raw: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False
-) -> Path:
+def prepare_synapse(raw: str | os.PathLike[str], out: str | os.PathLike[str], overwrite: bool = False) -> Path:
     """Convert the raw BTCV abdomen files into the prepared layout with TransUNet's split and classes.
 
     Cases of the standard split that are missing from ``raw`` are skipped with a warning; at least one training and
@@ -121,8 +127,11 @@ def prepare_synapse(
     orientations = Counter(transunet_orientation(read_image_header_affine(found[n])) for n in present)
     orientation = orientations.most_common(1)[0][0]
     if len(orientations) > 1:
-        logger.warning("Synapse: files are stored in several orientations %s; all are reoriented to %s",
-                       dict(orientations), orientation)
+        logger.warning(
+            "Synapse: files are stored in several orientations %s; all are reoriented to %s",
+            dict(orientations),
+            orientation,
+        )
 
     with PreparedWriter(out, overwrite=overwrite) as writer:
         for number in progress(sorted(present), "Synapse cases"):
@@ -134,23 +143,39 @@ def prepare_synapse(
             image = ct_window(pair.image, SYNAPSE_HU_WINDOW)
             assert pair.label is not None
             if present[number] == "train":
-                writer.add_train_volume(case_name(number), image, pair.label, spacing=pair.spacing,
-                                        attrs=volume_attrs(pair, image_path.name), raw=pair.image)
+                writer.add_train_volume(
+                    case_name(number),
+                    image,
+                    pair.label,
+                    spacing=pair.spacing,
+                    attrs=volume_attrs(pair, image_path.name),
+                    raw=pair.image,
+                )
             else:
-                writer.add_volume("test", case_name(number), image, pair.label, pair.spacing,
-                                  volume_attrs(pair, image_path.name), raw=pair.image)
-        return writer.finish({
-            "name": "Synapse",
-            "class_names": list(SYNAPSE_CLASS_NAMES),
-            "modality": "CT",
-            "normalization": describe_ct_window(SYNAPSE_HU_WINDOW, "the TransUNet window"),
-            "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
-            "orientation": orientation,
-            "source": "Multi-Atlas Labeling Beyond the Cranial Vault (BTCV), MICCAI 2015 challenge, abdomen CT",
-            "license": "BTCV challenge data terms (Synapse registration); not redistributable with this package",
-            "label_map": {str(k): v for k, v in SYNAPSE_LABEL_MAP.items()},
-            "notes": "Split and class mapping of TransUNet / Swin-Unet / MISSFormer / Perspective+ Unet.",
-        }, protocol="paper")
+                writer.add_volume(
+                    "test",
+                    case_name(number),
+                    image,
+                    pair.label,
+                    pair.spacing,
+                    volume_attrs(pair, image_path.name),
+                    raw=pair.image,
+                )
+        return writer.finish(
+            {
+                "name": "Synapse",
+                "class_names": list(SYNAPSE_CLASS_NAMES),
+                "modality": "CT",
+                "normalization": describe_ct_window(SYNAPSE_HU_WINDOW, "the TransUNet window"),
+                "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
+                "orientation": orientation,
+                "source": "Multi-Atlas Labeling Beyond the Cranial Vault (BTCV), MICCAI 2015 challenge, abdomen CT",
+                "license": "BTCV challenge data terms (Synapse registration); not redistributable with this package",
+                "label_map": {str(k): v for k, v in SYNAPSE_LABEL_MAP.items()},
+                "notes": "Split and class mapping of TransUNet / Swin-Unet / MISSFormer / Perspective+ Unet.",
+            },
+            protocol="paper",
+        )
 
 
 def read_image_header_affine(path: Path) -> np.ndarray:

@@ -110,13 +110,15 @@ def format_organ_table(summary: dict[str, Any]) -> str:
     rows = []
     for name, values in summary["per_class"].items():
         other = corrected.get(name, {})
-        rows.append([
-            name,
-            f"{100 * values['dice']:.1f}",
-            f"{values['hd95']:.2f}",
-            _maybe(other.get("dice"), 100),
-            _maybe(other.get("hd95")),
-        ])
+        rows.append(
+            [
+                name,
+                f"{100 * values['dice']:.1f}",
+                f"{values['hd95']:.2f}",
+                _maybe(other.get("dice"), 100),
+                _maybe(other.get("hd95")),
+            ]
+        )
     footer = [
         "mean",
         f"{100 * summary['mean_dice']:.1f}",
@@ -161,8 +163,10 @@ def run_demo(
     output = Path(output)
     earlier = [name for name in DEMO_RESULTS if (output / name).exists()]
     if earlier and not overwrite:
-        raise FileExistsError(f"{output} holds an earlier demo's results ({', '.join(earlier)}); pass --overwrite to "
-                              "replace them, or choose another output folder.")
+        raise FileExistsError(
+            f"{output} holds an earlier demo's results ({', '.join(earlier)}); pass --overwrite to "
+            "replace them, or choose another output folder."
+        )
     output.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
 
@@ -203,8 +207,9 @@ def run_demo(
     # the last epoch's weights; they are written as best.pt.
     shutil.copyfile(result.last_checkpoint, output / "best.pt")
 
-    summary = evaluate(output / "best.pt", data, output / "evaluation", device=settings.device, progress=False,
-                       overwrite=True)
+    summary = evaluate(
+        output / "best.pt", data, output / "evaluation", device=settings.device, progress=False, overwrite=True
+    )
     shutil.copyfile(output / "evaluation" / "summary.json", output / "summary.json")
 
     predictor = Predictor.from_checkpoint(output / "best.pt", device=settings.device)
@@ -213,18 +218,40 @@ def run_demo(
         image, label, spacing = handle["image"][:], handle["label"][:], tuple(handle.attrs["spacing"])
     prediction = predictor.predict_canonical(image, spacing=spacing[1:])
     save_overlay_grid(
-        image, output / "overlay.png", label=label, prediction=prediction, num_slices=3,
-        class_names=info["class_names"], value_range=(0.0, 1.0),
+        image,
+        output / "overlay.png",
+        label=label,
+        prediction=prediction,
+        num_slices=3,
+        class_names=info["class_names"],
+        value_range=(0.0, 1.0),
     )
     minutes = (time.monotonic() - started) / 60
     cut_short = result.epochs_completed < settings.epochs
-    (output / "demo.json").write_text(json.dumps({
-        "minutes": round(minutes, 2), "epochs": result.epochs_completed, "epochs_planned": settings.epochs,
-        "cut_short_by_time_limit": cut_short, "iterations": result.iterations, "seed": settings.seed,
-        "plan": predictor.plan.to_dict(), "settings": dataclasses.asdict(settings), "torch": torch.__version__,
-    }, indent=2))
-    summary.update(demo_minutes=minutes, demo_epochs=result.epochs_completed, demo_epochs_planned=settings.epochs,
-                   demo_cut_short=cut_short, demo_seed=settings.seed, demo_protocol=predictor.plan.protocol)
+    (output / "demo.json").write_text(
+        json.dumps(
+            {
+                "minutes": round(minutes, 2),
+                "epochs": result.epochs_completed,
+                "epochs_planned": settings.epochs,
+                "cut_short_by_time_limit": cut_short,
+                "iterations": result.iterations,
+                "seed": settings.seed,
+                "plan": predictor.plan.to_dict(),
+                "settings": dataclasses.asdict(settings),
+                "torch": torch.__version__,
+            },
+            indent=2,
+        )
+    )
+    summary.update(
+        demo_minutes=minutes,
+        demo_epochs=result.epochs_completed,
+        demo_epochs_planned=settings.epochs,
+        demo_cut_short=cut_short,
+        demo_seed=settings.seed,
+        demo_protocol=predictor.plan.protocol,
+    )
     return summary
 
 
@@ -249,17 +276,32 @@ def run_demo_seeds(
     folders = {settings.seed + i: output / f"seed_{settings.seed + i}" for i in range(seeds)}
     earlier = [f"{folder / name}" for folder in folders.values() for name in DEMO_RESULTS if (folder / name).exists()]
     if earlier and not overwrite:
-        raise FileExistsError(f"{earlier[0]} holds an earlier demo's results; pass --overwrite to replace them, or "
-                              "choose another output folder.")
-    summaries = {seed: run_demo(folder, dataclasses.replace(settings, seed=seed), cache_dir=cache_dir,
-                                overwrite=overwrite, data=output / "data") for seed, folder in folders.items()}
+        raise FileExistsError(
+            f"{earlier[0]} holds an earlier demo's results; pass --overwrite to replace them, or "
+            "choose another output folder."
+        )
+    summaries = {
+        seed: run_demo(
+            folder,
+            dataclasses.replace(settings, seed=seed),
+            cache_dir=cache_dir,
+            overwrite=overwrite,
+            data=output / "data",
+        )
+        for seed, folder in folders.items()
+    }
     first = next(iter(summaries.values()))
     runs = list(summaries.values())
-    record: dict[str, Any] = {"seeds": list(summaries), "mean_dice": spread([s["mean_dice"] for s in runs]),
-                              "mean_hd95": spread([s["mean_hd95"] for s in runs]), "per_class": {}}
+    record: dict[str, Any] = {
+        "seeds": list(summaries),
+        "mean_dice": spread([s["mean_dice"] for s in runs]),
+        "mean_hd95": spread([s["mean_hd95"] for s in runs]),
+        "per_class": {},
+    }
     for name in first["per_class"]:
-        record["per_class"][name] = {metric: spread([s["per_class"][name][metric] for s in runs])
-                                     for metric in ("dice", "hd95")}
+        record["per_class"][name] = {
+            metric: spread([s["per_class"][name][metric] for s in runs]) for metric in ("dice", "hd95")
+        }
     record = json.loads(json.dumps(record, default=dataclasses.asdict))
     (output / "seeds.json").write_text(json.dumps(record, indent=2))
     return record

@@ -87,8 +87,9 @@ def evaluate_model(
     scored: list[Future] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="evaluate") as workers:
         loaded = _prefetch(dataset, indices, workers)
-        for item in tqdm(loaded, total=len(indices), desc="evaluate", disable=not (progress and ctx.is_main),
-                         dynamic_ncols=True):
+        for item in tqdm(
+            loaded, total=len(indices), desc="evaluate", disable=not (progress and ctx.is_main), dynamic_ncols=True
+        ):
             if item["label"] is None:
                 raise InputError(
                     f"case {item['case']} of {dataset.root} has no label; evaluation needs labeled volumes."
@@ -96,8 +97,14 @@ def evaluate_model(
             spacing = item.get("spacing")
             try:
                 prediction = predict_with_plan(
-                    model, item["image"], plan, spacing=None if spacing is None else spacing[1:],
-                    batch_size=batch_size, tta=tta, resampler=resampler, amp_dtype=amp_dtype,
+                    model,
+                    item["image"],
+                    plan,
+                    spacing=None if spacing is None else spacing[1:],
+                    batch_size=batch_size,
+                    tta=tta,
+                    resampler=resampler,
+                    amp_dtype=amp_dtype,
                 )
             except InputError as exc:
                 raise InputError(f"case {item['case']} of {dataset.root}: {exc}") from None
@@ -126,7 +133,10 @@ def _score_row(item: dict[str, Any], prediction: Any, num_classes: int, protocol
     row: dict[str, Any] = {"case": item["case"], "spacing_known": spacing is not None}
     for protocol in protocols:
         row[protocol] = score_case(
-            prediction, item["label"], num_classes, protocol=protocol,
+            prediction,
+            item["label"],
+            num_classes,
+            protocol=protocol,
             spacing=tuple(spacing) if spacing is not None else (1.0,) * prediction.ndim,
         )
     return row
@@ -188,11 +198,13 @@ def write_reports(
                         writer.writerow([row["case"], protocol, class_id, name, scores["dice"], scores["hd95"]])
 
     # The three reports appear together or not at all (a full disk must not leave a summary without its cases).
-    write_all({
-        output / "per_case.csv": write_per_case,
-        output / "summary.json": lambda path: path.write_text(json.dumps(summary, indent=2)),
-        output / "summary.md": lambda path: path.write_text(summary_markdown(result)),
-    })
+    write_all(
+        {
+            output / "per_case.csv": write_per_case,
+            output / "summary.json": lambda path: path.write_text(json.dumps(summary, indent=2)),
+            output / "summary.md": lambda path: path.write_text(summary_markdown(result)),
+        }
+    )
     return summary
 
 
@@ -218,8 +230,10 @@ def summary_markdown(result: dict[str, Any]) -> str:
         text = f"## {titles[protocol]}\n\n" + format_table(header, [row], markdown=True) + "\n"
         if protocol == "corrected":
             hd_row = ["HD95", *[_fmt(e["hd95"]) for e in summary["per_class"].values()]]
-            undefined = ["undefined Dice / HD95", *[f"{e['dice_undefined']} / {e['hd95_undefined']}"
-                                                   for e in summary["per_class"].values()]]
+            undefined = [
+                "undefined Dice / HD95",
+                *[f"{e['dice_undefined']} / {e['hd95_undefined']}" for e in summary["per_class"].values()],
+            ]
             text += "\n" + format_table(["", *names], [hd_row, undefined], markdown=True) + "\n"
         parts.append(text)
     return "# Evaluation\n\n" + "\n".join(parts)
@@ -257,8 +271,10 @@ def evaluate(
     """
     existing = [name for name in REPORTS if (Path(output) / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{Path(output) / existing[0]} already exists; nothing was written. Pass --overwrite to "
-                              "replace the reports, or choose another output folder.")
+        raise FileExistsError(
+            f"{Path(output) / existing[0]} already exists; nothing was written. Pass --overwrite to "
+            "replace the reports, or choose another output folder."
+        )
     with output_lock(output, "evaluate"):
         remove_stale_temporaries(output)
         torch_device = resolve_device(device)
@@ -277,13 +293,32 @@ def evaluate(
         if img_size is not None:
             plan = plan.replace(patch_size=tuple(int(s) for s in img_size))
         height, width = plan.patch_size
-        check_memory(model, batch_size * height * width, torch_device, training=False,
-                     what=f"evaluate with {batch_size} x {height} x {width} pixels per forward pass")
-        result = evaluate_model(
-            model, dataset, num_classes=num_classes, plan=plan, batch_size=batch_size, protocols=protocols,
-            class_names=dataset_info.get("class_names"), tta=tta, resampler=resampler, progress=progress,
+        check_memory(
+            model,
+            batch_size * height * width,
+            torch_device,
+            training=False,
+            what=f"evaluate with {batch_size} x {height} x {width} pixels per forward pass",
         )
-        extra = {"checkpoint": info["checkpoints"][0] if len(info["checkpoints"]) == 1 else info["checkpoints"],
-                 "data": str(data), "split": split, "plan": plan.to_dict(),
-                 "img_size": list(plan.patch_size), "tta": tta, "resampler": resampler}
+        result = evaluate_model(
+            model,
+            dataset,
+            num_classes=num_classes,
+            plan=plan,
+            batch_size=batch_size,
+            protocols=protocols,
+            class_names=dataset_info.get("class_names"),
+            tta=tta,
+            resampler=resampler,
+            progress=progress,
+        )
+        extra = {
+            "checkpoint": info["checkpoints"][0] if len(info["checkpoints"]) == 1 else info["checkpoints"],
+            "data": str(data),
+            "split": split,
+            "plan": plan.to_dict(),
+            "img_size": list(plan.patch_size),
+            "tta": tta,
+            "resampler": resampler,
+        }
         return write_reports(result, output, extra=extra)

@@ -71,8 +71,10 @@ def _check_request(run: ExperimentRun, folder: Path) -> None:
     asked = _request(run)
     differing = sorted(k for k in set(saved) | set(asked) if saved.get(k) != asked.get(k) and k != "output")
     if differing:
-        raise InputError(f"{folder} was run with other settings ({', '.join(differing)} differ from the experiment "
-                         "file); restore the file, or move the folder away to run it again.")
+        raise InputError(
+            f"{folder} was run with other settings ({', '.join(differing)} differ from the experiment "
+            "file); restore the file, or move the folder away to run it again."
+        )
 
 
 def _execute(run: ExperimentRun, root: Path, device: str | None, split: str, tta: bool) -> str:
@@ -97,8 +99,16 @@ def _execute(run: ExperimentRun, root: Path, device: str | None, split: str, tta
         # A folder without last.pt holds no result (a run killed before its first checkpoint): start it again.
         train(config, overwrite=status == "started")
     checkpoint = resolve_checkpoints(folder)[0]  # best.pt (selected on validation cases), else last.pt
-    evaluate(checkpoint, config.data, folder / EVALUATION_DIR, split=split, tta=tta, device=config.device,
-             progress=False, overwrite=True)
+    evaluate(
+        checkpoint,
+        config.data,
+        folder / EVALUATION_DIR,
+        split=split,
+        tta=tta,
+        device=config.device,
+        progress=False,
+        overwrite=True,
+    )
     return "done"
 
 
@@ -119,8 +129,15 @@ def _attempt(run: ExperimentRun, root: Path, device: str | None, split: str, tta
         return RunOutcome(run.label, "failed", f"{type(exc).__name__}: {exc}")
 
 
-def _worker(runs: Sequence[ExperimentRun], root: Path, device: str, split: str, tta: bool, todo: queue.Queue,
-            results: queue.Queue) -> None:
+def _worker(
+    runs: Sequence[ExperimentRun],
+    root: Path,
+    device: str,
+    split: str,
+    tta: bool,
+    todo: queue.Queue,
+    results: queue.Queue,
+) -> None:
     """One device's loop in its own process: take the next run until none is left."""
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{device}] %(message)s")
     while True:
@@ -131,14 +148,16 @@ def _worker(runs: Sequence[ExperimentRun], root: Path, device: str, split: str, 
         results.put(_attempt(runs[index], root, device, split, tta))
 
 
-def _run_in_parallel(runs: Sequence[ExperimentRun], pending: Sequence[int], root: Path, devices: Sequence[str],
-                     split: str, tta: bool) -> list[RunOutcome]:
+def _run_in_parallel(
+    runs: Sequence[ExperimentRun], pending: Sequence[int], root: Path, devices: Sequence[str], split: str, tta: bool
+) -> list[RunOutcome]:
     context = multiprocessing.get_context("spawn")
     todo, results = context.Queue(), context.Queue()
     for index in pending:
         todo.put(index)
-    workers = [context.Process(target=_worker, args=(runs, root, device, split, tta, todo, results))
-               for device in devices]
+    workers = [
+        context.Process(target=_worker, args=(runs, root, device, split, tta, todo, results)) for device in devices
+    ]
     for worker in workers:
         worker.start()
     outcomes: list[RunOutcome] = []
@@ -155,8 +174,11 @@ def _run_in_parallel(runs: Sequence[ExperimentRun], pending: Sequence[int], root
         worker.join()
     reported = {o.label for o in outcomes}
     exits = ", ".join(f"{d}: {w.exitcode}" for d, w in zip(devices, workers))
-    outcomes += [RunOutcome(runs[i].label, "failed", f"its worker process ended (exit codes {exits})")
-                 for i in pending if runs[i].label not in reported]
+    outcomes += [
+        RunOutcome(runs[i].label, "failed", f"its worker process ended (exit codes {exits})")
+        for i in pending
+        if runs[i].label not in reported
+    ]
     return outcomes
 
 

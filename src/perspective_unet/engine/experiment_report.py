@@ -154,8 +154,10 @@ def summarize(root: str | os.PathLike[str]) -> ExperimentReport:
     found, missing = gather_scores(root, experiment)
     if not found:
         raise InputError(f"{root}: no run has been evaluated yet; run `perspective-unet experiment run` first.")
-    classes = sorted({name for runs in found.values() for s in runs.values() for _, name in s},
-                     key=lambda name: _class_order(found, name))
+    classes = sorted(
+        {name for runs in found.values() for s in runs.values() for _, name in s},
+        key=lambda name: _class_order(found, name),
+    )
     stats = experiment.statistics
     summaries = []
     for name in experiment.configurations:
@@ -164,17 +166,32 @@ def summarize(root: str | os.PathLike[str]) -> ExperimentReport:
             continue
         means = [_run_means(scores, classes) for scores in runs]
         units = _units(runs, stats.unit)
-        summaries.append(ConfigurationSummary(
-            name=name, runs=list(found[name]), dice=spread([m[0] for m in means]), hd95=spread([m[1] for m in means]),
-            per_class={c: spread([m[2][c] for m in means]) for c in classes},
-            interval=bootstrap_interval(list(units.values()), confidence=stats.confidence,
-                                        resamples=stats.bootstrap_resamples, seed=stats.bootstrap_seed),
-            units=units,
-        ))
+        summaries.append(
+            ConfigurationSummary(
+                name=name,
+                runs=list(found[name]),
+                dice=spread([m[0] for m in means]),
+                hd95=spread([m[1] for m in means]),
+                per_class={c: spread([m[2][c] for m in means]) for c in classes},
+                interval=bootstrap_interval(
+                    list(units.values()),
+                    confidence=stats.confidence,
+                    resamples=stats.bootstrap_resamples,
+                    seed=stats.bootstrap_seed,
+                ),
+                units=units,
+            )
+        )
     _compare(summaries, experiment.reference)
     return ExperimentReport(
-        name=experiment.name, reference=experiment.reference, protocol=experiment.evaluate.protocol, unit=stats.unit,
-        confidence=stats.confidence, classes=classes, configurations=summaries, missing=missing,
+        name=experiment.name,
+        reference=experiment.reference,
+        protocol=experiment.evaluate.protocol,
+        unit=stats.unit,
+        confidence=stats.confidence,
+        classes=classes,
+        configurations=summaries,
+        missing=missing,
         scores={name: list(runs.values()) for name, runs in found.items()},
     )
 
@@ -213,27 +230,51 @@ def _p(value: float) -> str:
 
 def _markdown(report: ExperimentReport) -> str:
     header = ["configuration", "runs", "DSC (%)", "HD95", *report.classes]
-    rows = [[s.name, len(s.runs), _pm(s.dice), _pm(s.hd95, 1.0), *(_pm(s.per_class[c]) for c in report.classes)]
-            for s in report.configurations]
+    rows = [
+        [s.name, len(s.runs), _pm(s.dice), _pm(s.hd95, 1.0), *(_pm(s.per_class[c]) for c in report.classes)]
+        for s in report.configurations
+    ]
     level = f"{report.confidence * 100:g}%"
-    tests = [[s.name, len(s.units), f"{s.dice.mean * 100:.2f}" if s.dice.n else "n/a",
-              f"[{s.interval[0] * 100:.2f}, {s.interval[1] * 100:.2f}]" if math.isfinite(s.interval[0]) else "n/a",
-              *(("reference", "", "", "") if s.comparison is None else
-                (s.comparison.n, f"{s.comparison.mean_difference * 100:+.2f}", _p(s.comparison.p_value),
-                 _p(s.comparison.p_holm)))]
-             for s in report.configurations]
+    tests = [
+        [
+            s.name,
+            len(s.units),
+            f"{s.dice.mean * 100:.2f}" if s.dice.n else "n/a",
+            f"[{s.interval[0] * 100:.2f}, {s.interval[1] * 100:.2f}]" if math.isfinite(s.interval[0]) else "n/a",
+            *(
+                ("reference", "", "", "")
+                if s.comparison is None
+                else (
+                    s.comparison.n,
+                    f"{s.comparison.mean_difference * 100:+.2f}",
+                    _p(s.comparison.p_value),
+                    _p(s.comparison.p_holm),
+                )
+            ),
+        ]
+        for s in report.configurations
+    ]
     unit = "case (its mean Dice over classes)" if report.unit == "case" else "case and class"
     lines = [
-        f"# Experiment {report.name}", "",
+        f"# Experiment {report.name}",
+        "",
         f"Metric protocol: {report.protocol} (HD95 in {'voxels' if report.protocol == 'legacy' else 'mm'}). "
-        "Mean ± sample standard deviation over each configuration's runs; DSC in %.", "",
-        format_table(header, rows, markdown=True), "",
-        f"## Comparison with {report.reference}", "",
+        "Mean ± sample standard deviation over each configuration's runs; DSC in %.",
+        "",
+        format_table(header, rows, markdown=True),
+        "",
+        f"## Comparison with {report.reference}",
+        "",
         f"Unit: {unit}, each unit's Dice averaged over the configuration's runs. {level} percentile bootstrap interval "
         "of the mean over units; paired two-sided Wilcoxon signed-rank test against the reference on the same units, "
-        "p-values Holm-corrected across the comparisons.", "",
-        format_table(["configuration", "units", "mean DSC (%)", f"{level} CI", "pairs", "Δ DSC (%)", "p", "p (Holm)"],
-                     tests, markdown=True), "",
+        "p-values Holm-corrected across the comparisons.",
+        "",
+        format_table(
+            ["configuration", "units", "mean DSC (%)", f"{level} CI", "pairs", "Δ DSC (%)", "p", "p (Holm)"],
+            tests,
+            markdown=True,
+        ),
+        "",
     ]
     if report.missing:
         lines += [f"Runs without an evaluation (left out): {', '.join(report.missing)}.", ""]
@@ -243,15 +284,40 @@ def _markdown(report: ExperimentReport) -> str:
 def _csv(report: ExperimentReport) -> str:
     buffer = io.StringIO()
     writer = csv.writer(buffer)
-    writer.writerow(["configuration", "runs", "dice_mean", "dice_std", "hd95_mean", "hd95_std", "units", "ci_low",
-                     "ci_high", "pairs", "dice_difference", "p_wilcoxon", "p_holm",
-                     *(f"{c}_{k}" for c in report.classes for k in ("mean", "std"))])
+    writer.writerow(
+        [
+            "configuration",
+            "runs",
+            "dice_mean",
+            "dice_std",
+            "hd95_mean",
+            "hd95_std",
+            "units",
+            "ci_low",
+            "ci_high",
+            "pairs",
+            "dice_difference",
+            "p_wilcoxon",
+            "p_holm",
+            *(f"{c}_{k}" for c in report.classes for k in ("mean", "std")),
+        ]
+    )
     for s in report.configurations:
         c = s.comparison
-        writer.writerow([s.name, len(s.runs), s.dice.mean, s.dice.std, s.hd95.mean, s.hd95.std, len(s.units),
-                         *s.interval, *(("", "", "", "") if c is None else (c.n, c.mean_difference, c.p_value,
-                                                                            c.p_holm)),
-                         *(v for name in report.classes for v in (s.per_class[name].mean, s.per_class[name].std))])
+        writer.writerow(
+            [
+                s.name,
+                len(s.runs),
+                s.dice.mean,
+                s.dice.std,
+                s.hd95.mean,
+                s.hd95.std,
+                len(s.units),
+                *s.interval,
+                *(("", "", "", "") if c is None else (c.n, c.mean_difference, c.p_value, c.p_holm)),
+                *(v for name in report.classes for v in (s.per_class[name].mean, s.per_class[name].std)),
+            ]
+        )
     return buffer.getvalue()
 
 
@@ -260,11 +326,19 @@ def _latex(report: ExperimentReport) -> str:
         return _pm(value, scale).replace("±", r"$\pm$")
 
     names = [c.replace("_", r"\_") for c in report.classes]
-    lines = [r"\begin{tabular}{l" + "c" * (2 + len(names)) + "}", r"\hline",
-             " & ".join(["Configuration", "DSC", "HD95", *names]) + r" \\", r"\hline"]
+    lines = [
+        r"\begin{tabular}{l" + "c" * (2 + len(names)) + "}",
+        r"\hline",
+        " & ".join(["Configuration", "DSC", "HD95", *names]) + r" \\",
+        r"\hline",
+    ]
     for s in report.configurations:
-        cells = [s.name.replace("_", r"\_"), cell(s.dice), cell(s.hd95, 1.0), *(cell(s.per_class[c])
-                                                                               for c in report.classes)]
+        cells = [
+            s.name.replace("_", r"\_"),
+            cell(s.dice),
+            cell(s.hd95, 1.0),
+            *(cell(s.per_class[c]) for c in report.classes),
+        ]
         lines.append(" & ".join(cells) + r" \\")
     lines += [r"\hline", r"\end{tabular}", ""]
     return "\n".join(lines)
@@ -293,16 +367,25 @@ def report_experiment(
     folder = Path(output) if output is not None else Path(root) / "report"
     existing = [name for name in REPORT_FILES if (folder / name).exists()]
     if existing and not overwrite:
-        raise FileExistsError(f"{folder / existing[0]} already exists; nothing was written. Pass --overwrite to "
-                              "replace the report, or choose another output folder.")
+        raise FileExistsError(
+            f"{folder / existing[0]} already exists; nothing was written. Pass --overwrite to "
+            "replace the report, or choose another output folder."
+        )
     report = summarize(root)
     folder.mkdir(parents=True, exist_ok=True)
-    box_scores = {c: {name: [s[key][0] for s in runs for key in s if key[1] == c]
-                      for name, runs in report.scores.items()} for c in report.classes}
-    texts = {"report.md": _markdown(report), "report.csv": _csv(report), "report.tex": _latex(report),
-             "report.json": _json(report)}
-    writers: dict[Path, Any] = {folder / name: functools.partial(_write_text, text=text)
-                                for name, text in texts.items()}
+    box_scores = {
+        c: {name: [s[key][0] for s in runs for key in s if key[1] == c] for name, runs in report.scores.items()}
+        for c in report.classes
+    }
+    texts = {
+        "report.md": _markdown(report),
+        "report.csv": _csv(report),
+        "report.tex": _latex(report),
+        "report.json": _json(report),
+    }
+    writers: dict[Path, Any] = {
+        folder / name: functools.partial(_write_text, text=text) for name, text in texts.items()
+    }
     writers[folder / "boxplots.png"] = lambda path: class_box_plot(box_scores, path, title=report.name)
     write_all(writers)
     return report

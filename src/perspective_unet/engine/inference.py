@@ -102,8 +102,10 @@ def predict_slices(
             logits = torch.cat([model(s) for s in x.split(1)]) if one_at_a_time else model(x)
         if not torch.isfinite(logits).all():
             # An all-background map would otherwise be written as if it were a result.
-            raise InputError("the model produced NaN or infinite outputs; its weights or the input are damaged "
-                             "(nothing more was written).")
+            raise InputError(
+                "the model produced NaN or infinite outputs; its weights or the input are damaged "
+                "(nothing more was written)."
+            )
         probs = torch.softmax(logits.float(), dim=1)
         probs = probs.flip(dims) if dims else probs
         total = probs if total is None else total + probs

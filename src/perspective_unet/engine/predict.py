@@ -102,7 +102,8 @@ def find_inputs(path: str | os.PathLike[str]) -> tuple[list[Path], bool]:
     if not path.is_dir():
         return [path], False
     files = sorted(
-        p for p in path.iterdir()
+        p
+        for p in path.iterdir()
         if p.is_file() and not p.name.startswith(".") and full_suffix(p) in _INPUT_SUFFIXES and full_suffix(p) != ".dcm"
     )
     if not files and _is_dicom_series(path):
@@ -313,20 +314,34 @@ def predict_path(
         options = {"tta": tta, "batch_size": batch_size, "resampler": resampler}
         choices = {"window": window, "mr_normalize": mr_normalize, "orientation": orientation, "img_size": img_size}
         if isinstance(checkpoint, torch.nn.Module):
-            torch_device = None if device == "auto" else (device if isinstance(device, torch.device)
-                                                          else resolve_device(device))
+            torch_device = (
+                None if device == "auto" else (device if isinstance(device, torch.device) else resolve_device(device))
+            )
             predictor = Predictor.from_model(checkpoint, info, device=torch_device, **choices, **options)
         else:
             predictor = Predictor.from_checkpoint(checkpoint, device=device, **choices, **options)
         plan = predictor.plan
         height, width = plan.patch_size
-        check_memory(predictor.model, batch_size * height * width, predictor.device, training=False,
-                     what=f"predict with {batch_size} x {height} x {width} pixels per forward pass")
-        where = (f"at {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm in {plan.patch_size[0]}x{plan.patch_size[1]} "
-                 "windows" if plan.protocol == "spacing" else f"zoomed to {plan.patch_size[0]}x{plan.patch_size[1]}")
-        logger.info("predicting %d input(s), %s protocol %s, orientation %s, intensity %s", len(jobs), plan.protocol,
-                    where, predictor.orientation, plan.intensity.describe() if predictor.intensity else
-                    "fallback (CT window)")
+        check_memory(
+            predictor.model,
+            batch_size * height * width,
+            predictor.device,
+            training=False,
+            what=f"predict with {batch_size} x {height} x {width} pixels per forward pass",
+        )
+        where = (
+            f"at {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm in {plan.patch_size[0]}x{plan.patch_size[1]} windows"
+            if plan.protocol == "spacing"
+            else f"zoomed to {plan.patch_size[0]}x{plan.patch_size[1]}"
+        )
+        logger.info(
+            "predicting %d input(s), %s protocol %s, orientation %s, intensity %s",
+            len(jobs),
+            plan.protocol,
+            where,
+            predictor.orientation,
+            plan.intensity.describe() if predictor.intensity else "fallback (CT window)",
+        )
 
         written: list[Path] = []
         for job in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) == 1, dynamic_ncols=True):
@@ -334,7 +349,9 @@ def predict_path(
                 written.append(predictor.predict_file(job.source, job.labels, job.probabilities, series))
             except InputError as exc:
                 if written:
-                    raise InputError(f"{exc} ({len(written)} of {len(jobs)} outputs, for the inputs before it, were "
-                                     "written and are complete.)") from exc
+                    raise InputError(
+                        f"{exc} ({len(written)} of {len(jobs)} outputs, for the inputs before it, were "
+                        "written and are complete.)"
+                    ) from exc
                 raise
         return written

@@ -143,7 +143,9 @@ def normalize_intensity(
             logger.warning(
                 "%s: the checkpoint does not record how its training intensities were normalized; assuming CT in HU "
                 "with the Synapse window [%g, %g]%s. Pass --window LOW HIGH or --mr-normalize if that is wrong.",
-                name, *SYNAPSE_HU_WINDOW, hint,
+                name,
+                *SYNAPSE_HU_WINDOW,
+                hint,
             )
         return ct_window(volume, SYNAPSE_HU_WINDOW)
     _check_spec(intensity_spec)
@@ -245,8 +247,14 @@ class Predictor:
         torch_device = device if isinstance(device, torch.device) else resolve_device(device)
         model, info = load_ensemble_for_inference(checkpoint, torch_device)
         return cls.from_model(
-            model, info, device=torch_device, window=window, mr_normalize=mr_normalize, orientation=orientation,
-            img_size=img_size, **options,
+            model,
+            info,
+            device=torch_device,
+            window=window,
+            mr_normalize=mr_normalize,
+            orientation=orientation,
+            img_size=img_size,
+            **options,
         )
 
     @classmethod
@@ -314,8 +322,15 @@ class Predictor:
             spacing: In-plane pixel size (row, column) in mm; the spacing protocol needs it.
         """
         return predict_with_plan(
-            self.model, volume, self.plan, spacing=spacing, batch_size=self.batch_size, device=self.device,
-            tta=self.tta, resampler=self.resampler, return_probabilities=return_probabilities,
+            self.model,
+            volume,
+            self.plan,
+            spacing=spacing,
+            batch_size=self.batch_size,
+            device=self.device,
+            tta=self.tta,
+            resampler=self.resampler,
+            return_probabilities=return_probabilities,
         )
 
     def predict_image(
@@ -356,6 +371,7 @@ class Predictor:
         labels, probabilities = result if probabilities_path is not None else (result, None)
         writers: dict[Path, Any] = {Path(output_path): lambda path: write_label_map(labels, meta, path)}
         if probabilities is not None and probabilities_path is not None:
-            writers[Path(probabilities_path)] = lambda path: write_probabilities(probabilities, meta, path,
-                                                                                  self.class_names)
+            writers[Path(probabilities_path)] = lambda path: write_probabilities(
+                probabilities, meta, path, self.class_names
+            )
         return write_all(writers)[0]  # the label map and its probabilities appear together or not at all

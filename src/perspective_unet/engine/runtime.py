@@ -229,5 +229,7 @@ def check_memory(model: torch.nn.Module, pixels: int, device: torch.device, *, t
     have = available_memory(device)
     if need is None or have is None or need <= have:
         return
-    raise InputError(f"{what} needs about {need / 2**30:.1f} GB of memory but {have / 2**30:.1f} GB are available "
-                     f"on {device}; use a smaller --img-size or --batch-size (nothing was written).")
+    raise InputError(
+        f"{what} needs about {need / 2**30:.1f} GB of memory but {have / 2**30:.1f} GB are available "
+        f"on {device}; use a smaller --img-size or --batch-size (nothing was written)."
+    )

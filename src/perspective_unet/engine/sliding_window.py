@@ -83,8 +83,14 @@ def predict_at_spacing(
         chunk = volume[start : start + batch_size].to(device, torch.float32)
         resampled = resample_image(chunk, size)
         probs = sliding_window_inference(
-            resampled, plan.patch_size, batch_size, predictor, overlap=plan.overlap, mode="gaussian",
-            padding_mode="constant", cval=float(pad_value),
+            resampled,
+            plan.patch_size,
+            batch_size,
+            predictor,
+            overlap=plan.overlap,
+            mode="gaussian",
+            padding_mode="constant",
+            cval=float(pad_value),
         )
         probs = torch.as_tensor(probs).float()
         back = resample_image(probs, (height, width))
@@ -138,20 +144,28 @@ def predict_with_plan(
     if volume.ndim != 3:
         raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}.")
     if plan.context_slices and volume.shape[0] < plan.in_channels:
-        raise InputError(f"the model reads {plan.in_channels} neighboring slices at once ({plan.context_slices} "
-                         f"context slices on each side) but the image has {volume.shape[0]}; give a volume with at "
-                         f"least {plan.in_channels} slices.")
-    options = {"batch_size": batch_size, "device": device, "tta": tta, "return_probabilities": return_probabilities,
-               "amp_dtype": amp_dtype}
+        raise InputError(
+            f"the model reads {plan.in_channels} neighboring slices at once ({plan.context_slices} "
+            f"context slices on each side) but the image has {volume.shape[0]}; give a volume with at "
+            f"least {plan.in_channels} slices."
+        )
+    options = {
+        "batch_size": batch_size,
+        "device": device,
+        "tta": tta,
+        "return_probabilities": return_probabilities,
+        "amp_dtype": amp_dtype,
+    }
     if plan.protocol == "paper" and plan.intensity.scaling == "symmetric" and plan.context_slices == 0:
         # The paper's own path, unchanged: zoom in [0, 1], then (x - 0.5) / 0.5 inside predict_volume.
         return predict_volume(model, volume, img_size=plan.patch_size, resampler=resampler, **options)
     stats = stats or (ImageStats.of(volume) if plan.intensity.per_image else None)
     scaled = stack_context(torch.from_numpy(plan.intensity.apply_stored(volume, stats)), plan.context_slices)
     if plan.protocol == "paper":
-        return predict_volume(model, scaled, img_size=plan.patch_size, resampler=resampler, normalize=False,
-                              **options)
+        return predict_volume(model, scaled, img_size=plan.patch_size, resampler=resampler, normalize=False, **options)
     if spacing is None:
-        raise InputError("the model works at a fixed pixel spacing (spacing protocol) but the image's spacing is "
-                         "unknown; give an image whose header records its voxel size.")
+        raise InputError(
+            "the model works at a fixed pixel spacing (spacing protocol) but the image's spacing is "
+            "unknown; give an image whose header records its voxel size."
+        )
     return predict_at_spacing(model, scaled, spacing, plan, pad_value=plan.intensity.floor(stats), **options)

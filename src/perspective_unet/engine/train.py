@@ -82,8 +82,10 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: b
     output = Path(config.output)
     found = run_files(output)
     if found and resume is None and not overwrite:
-        raise InputError(f"{output} already holds a run ({', '.join(found)}); continue it with --resume "
-                         f"{output / 'last.pt'}, choose another output folder, or pass --overwrite to replace it.")
+        raise InputError(
+            f"{output} already holds a run ({', '.join(found)}); continue it with --resume "
+            f"{output / 'last.pt'}, choose another output folder, or pass --overwrite to replace it."
+        )
     ctx = DistributedContext.from_environment(config.device)
     if not ctx.is_main:
         return _train(config, resume, ctx)
@@ -119,9 +121,14 @@ def _train(config: TrainConfig, resume: str | Path | None, ctx: DistributedConte
             run.writer.close()
         ctx.close()
     best = run.output / "best.pt"
-    return TrainResult(output=run.output, last_checkpoint=run.output / "last.pt",
-                       best_checkpoint=best if best.exists() else None, epochs_completed=run.epochs_completed,
-                       iterations=run.iteration, best_val_dice=run.best_val_dice)
+    return TrainResult(
+        output=run.output,
+        last_checkpoint=run.output / "last.pt",
+        best_checkpoint=best if best.exists() else None,
+        epochs_completed=run.epochs_completed,
+        iterations=run.iteration,
+        best_val_dice=run.best_val_dice,
+    )
 
 
 def _train_one_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
@@ -133,8 +140,9 @@ def _train_one_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, Any], tupl
     run.train_set.reseed(epoch * 1000 + ctx.rank)
     loader = make_loader(run.train_set, config, ctx, epoch, run.sampling_weights)
     totals, seen = {"loss": 0.0, "ce": 0.0, "dice": 0.0}, 0
-    bar = tqdm(loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not ctx.is_main, leave=False,
-               dynamic_ncols=True)
+    bar = tqdm(
+        loader, desc=f"epoch {epoch + 1}/{config.epochs}", disable=not ctx.is_main, leave=False, dynamic_ncols=True
+    )
     run.optimizer.zero_grad(set_to_none=True)
     for step, batch in enumerate(bar):
         images = batch["image"].to(run.device, non_blocking=True)
@@ -177,9 +185,17 @@ def _validate(run: TrainingRun, epoch: int, row: dict[str, Any]) -> bool:
     config = run.config
     if run.val_set is None or ((epoch + 1) % config.val_every and epoch + 1 != config.epochs):
         return False
-    summary = evaluate_model(run.core_model, run.val_set, num_classes=run.num_classes, plan=run.plan,
-                             batch_size=config.val_batch_size, protocols=("legacy",), ctx=run.ctx, progress=False,
-                             class_names=run.info.get("class_names"))["legacy"]
+    summary = evaluate_model(
+        run.core_model,
+        run.val_set,
+        num_classes=run.num_classes,
+        plan=run.plan,
+        batch_size=config.val_batch_size,
+        protocols=("legacy",),
+        ctx=run.ctx,
+        progress=False,
+        class_names=run.info.get("class_names"),
+    )["legacy"]
     row["val_mean_dice"], row["val_mean_hd95"] = summary["mean_dice"], summary["mean_hd95"]
     if run.writer is not None:
         run.writer.add_scalar("val/mean_dice", summary["mean_dice"], run.iteration)
@@ -189,12 +205,19 @@ def _validate(run: TrainingRun, epoch: int, row: dict[str, Any]) -> bool:
     return True
 
 
-def _save(run: TrainingRun, epoch: int, row: dict[str, Any], validated: bool, sample: tuple[torch.Tensor, ...]
-          ) -> None:
+def _save(run: TrainingRun, epoch: int, row: dict[str, Any], validated: bool, sample: tuple[torch.Tensor, ...]) -> None:
     """``last.pt`` (and ``best.pt`` when validation improved), the log row, the TensorBoard panel (main process)."""
-    payload = checkpoint_payload(run.core_model, run.config, run.optimizer, run.scaler, epoch=epoch + 1,
-                                 iteration=run.iteration, best_val_dice=run.best_val_dice, dataset_info=run.info,
-                                 plan=run.plan)
+    payload = checkpoint_payload(
+        run.core_model,
+        run.config,
+        run.optimizer,
+        run.scaler,
+        epoch=epoch + 1,
+        iteration=run.iteration,
+        best_val_dice=run.best_val_dice,
+        dataset_info=run.info,
+        plan=run.plan,
+    )
     if validated and (run.best_val_dice is None or row["val_mean_dice"] > run.best_val_dice):
         run.best_val_dice = payload["best_val_dice"] = row["val_mean_dice"]
         atomic_torch_save(payload, run.output / "best.pt")
@@ -203,8 +226,9 @@ def _save(run: TrainingRun, epoch: int, row: dict[str, Any], validated: bool, sa
     if run.writer is not None:
         image, label, logits = sample
         run.writer.add_scalar("train/epoch_loss", row["train_loss"], run.iteration)
-        run.writer.add_image("train/panel", overlay_panel(image, label, logits.argmax(0)), run.iteration,
-                             dataformats="HWC")
+        run.writer.add_image(
+            "train/panel", overlay_panel(image, label, logits.argmax(0)), run.iteration, dataformats="HWC"
+        )
         run.writer.flush()
     message = f"epoch {epoch + 1}/{run.config.epochs}: loss {row['train_loss']:.4f}"
     if validated:
@@ -216,5 +240,6 @@ def _should_stop(run: TrainingRun, started: float) -> bool:
     """The iteration cap or the time limit reached (checked after whole epochs)."""
     config = run.config
     capped = config.max_iterations is not None and run.iteration >= config.max_iterations
-    return capped or (config.time_limit_minutes is not None and (time.monotonic() - started) / 60
-                      >= config.time_limit_minutes)
+    return capped or (
+        config.time_limit_minutes is not None and (time.monotonic() - started) / 60 >= config.time_limit_minutes
+    )

@@ -70,8 +70,6 @@ LOG_FIELDS = (
 )
 
 
-
-
 def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     if not enabled or device.type != "cuda":
         return None
@@ -120,9 +118,16 @@ def _training_set(config: TrainConfig, plan: Plan, fold: Fold | None) -> SliceDa
     try:
         if plan.protocol == "paper":
             paper = AugmentationConfig.from_dict(config.augmentation) if config.augment else None
-            return SliceDataset(config.data, split="train", img_size=plan.patch_size, augmentation=paper,
-                                seed=config.seed, context_slices=plan.context_slices, intensity=plan.intensity,
-                                cases=cases)
+            return SliceDataset(
+                config.data,
+                split="train",
+                img_size=plan.patch_size,
+                augmentation=paper,
+                seed=config.seed,
+                context_slices=plan.context_slices,
+                intensity=plan.intensity,
+                cases=cases,
+            )
         spacing = SpacingAugmentationConfig.from_dict(config.augmentation) if config.augment else None
     except ValueError as exc:
         raise InputError(f"training config, augmentation: {exc}") from None
@@ -190,8 +195,16 @@ RUN_RECORDS = ("config.json", "tensorboard")
 # Temporary files a killed run leaves: this version's names, and the checkpoint temporaries of earlier versions.
 STALE_PATTERNS = (".tmp-*", ".last.pt.*.tmp", ".best.pt.*.tmp")
 # Settings a resumed run may change: where it runs and how long; everything else must stay what the run was.
-RESUME_MAY_CHANGE = ("data", "output", "device", "num_workers", "val_batch_size", "log_every", "time_limit_minutes",
-                     "max_iterations")
+RESUME_MAY_CHANGE = (
+    "data",
+    "output",
+    "device",
+    "num_workers",
+    "val_batch_size",
+    "log_every",
+    "time_limit_minutes",
+    "max_iterations",
+)
 
 
 def run_files(output: Path) -> list[str]:
@@ -222,8 +235,7 @@ def resume_config(checkpoint: str | Path, given: dict[str, Any]) -> TrainConfig:
     """
     state = load_checkpoint_file(checkpoint)
     if "train_config" not in state or "optimizer" not in state:
-        raise InputError(f"{checkpoint} is not a training checkpoint (last.pt) of this project; cannot resume from "
-                         "it.")
+        raise InputError(f"{checkpoint} is not a training checkpoint (last.pt) of this project; cannot resume from it.")
     saved = TrainConfig.from_dict(dict(state["train_config"]))
     # The run lives where its last.pt is now (a run folder may have been moved or copied since).
     changes: dict[str, Any] = {"output": str(Path(checkpoint).parent)}
@@ -239,8 +251,10 @@ def resume_config(checkpoint: str | Path, given: dict[str, Any]) -> TrainConfig:
             changes[name] = candidate
             continue
         hint = " (epochs may only rise)" if name == "epochs" else ""
-        raise InputError(f"{name.replace('_', '-')} {candidate!r} differs from the run's saved {current!r} "
-                         f"({checkpoint}){hint}; resume without it, or start a new run in another folder.")
+        raise InputError(
+            f"{name.replace('_', '-')} {candidate!r} differs from the run's saved {current!r} "
+            f"({checkpoint}){hint}; resume without it, or start a new run in another folder."
+        )
     return dataclasses.replace(saved, **changes)
 
 
@@ -327,14 +341,21 @@ def _build_model(config: TrainConfig, plan: Plan, num_classes: int, device: torc
     options = dict(config.model_options)
     in_channels = options.pop("in_channels", plan.in_channels)
     if in_channels != plan.in_channels and not options.get("repeat_gray_to_rgb"):
-        raise InputError(f"model option in_channels={in_channels} differs from the plan's {plan.in_channels} input "
-                         f"channel(s) (the slice and {plan.context_slices} context slices on each side).")
+        raise InputError(
+            f"model option in_channels={in_channels} differs from the plan's {plan.in_channels} input "
+            f"channel(s) (the slice and {plan.context_slices} context slices on each side)."
+        )
     model = create_model(config.model, in_channels=in_channels, num_classes=num_classes, **options)
     check_input_size(*plan.patch_size, divisor=model.config.size_divisor)
     height, width = plan.patch_size
     lean = config.compile and config.activation_memory_budget is not None  # keeps a share of the activations
-    check_memory(model, config.batch_size * height * width, device, training=not lean,
-                 what=f"training with batches of {config.batch_size} x {height} x {width}")
+    check_memory(
+        model,
+        config.batch_size * height * width,
+        device,
+        training=not lean,
+        what=f"training with batches of {config.batch_size} x {height} x {width}",
+    )
     return model.to(device)
 
 
@@ -346,8 +367,11 @@ def _restore(run: TrainingRun, resume: str | Path) -> None:
     run.core_model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
-    run.start_epoch, run.iteration, run.best_val_dice = int(state["epoch"]), int(state["iteration"]), \
-        state["best_val_dice"]
+    run.start_epoch, run.iteration, run.best_val_dice = (
+        int(state["epoch"]),
+        int(state["iteration"]),
+        state["best_val_dice"],
+    )
     run.epochs_completed = run.start_epoch
     set_rng_state(state["rng"])
     if run.ctx.is_main:
@@ -359,11 +383,21 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     device = resolve_device(config.device, ctx.local_rank)
     seed_everything(config.seed + ctx.rank)
     info = read_dataset_info(config.data)
-    plan = _saved_plan(resume) or plan_for_training(config.data, info, protocol=config.protocol,
-                                                    patch_size=config.img_size, batch_size=config.batch_size,
-                                                    context_slices=config.context_slices)
-    config = dataclasses.replace(config, protocol=plan.protocol, img_size=plan.patch_size,
-                                 batch_size=plan.batch_size, context_slices=plan.context_slices)
+    plan = _saved_plan(resume) or plan_for_training(
+        config.data,
+        info,
+        protocol=config.protocol,
+        patch_size=config.img_size,
+        batch_size=config.batch_size,
+        context_slices=config.context_slices,
+    )
+    config = dataclasses.replace(
+        config,
+        protocol=plan.protocol,
+        img_size=plan.patch_size,
+        batch_size=plan.batch_size,
+        context_slices=plan.context_slices,
+    )
     fold = fold_cases(config.data, info, config.fold, config.num_folds) if config.fold is not None else None
     if fold is not None and ctx.is_main:
         log.info("%s: %d training and %d validation cases", fold.name, len(fold.train), len(fold.val))
@@ -372,12 +406,21 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     model = _build_model(config, plan, int(info["num_classes"]), device)
     amp_dtype = _autocast_dtype(device, config.amp)
     run = TrainingRun(
-        config=config, plan=plan, ctx=ctx, device=device, info=info, train_set=train_set, val_set=val_set,
-        sampling_weights=_foreground_weights(train_set, config.foreground_sampling_weight), model=model,
-        core_model=model, loss_fn=SegmentationLoss(int(info["num_classes"]), ce_weight=config.ce_weight,
-                                                   dice_weight=config.dice_weight),
-        optimizer=_make_optimizer(model, config), amp_dtype=amp_dtype,
-        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16), max_iterations=0,
+        config=config,
+        plan=plan,
+        ctx=ctx,
+        device=device,
+        info=info,
+        train_set=train_set,
+        val_set=val_set,
+        sampling_weights=_foreground_weights(train_set, config.foreground_sampling_weight),
+        model=model,
+        core_model=model,
+        loss_fn=SegmentationLoss(int(info["num_classes"]), ce_weight=config.ce_weight, dice_weight=config.dice_weight),
+        optimizer=_make_optimizer(model, config),
+        amp_dtype=amp_dtype,
+        scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
+        max_iterations=0,
     )
     if resume is not None:
         _restore(run, resume)
@@ -385,8 +428,9 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
         run.model = compile_model(run.model, activation_memory_budget=config.activation_memory_budget)
     if ctx.enabled:
         run.model = DistributedDataParallel(run.model, device_ids=[device.index] if device.type == "cuda" else None)
-    steps_per_epoch = math.ceil(len(make_loader(train_set, config, ctx, 0, run.sampling_weights))
-                                / config.grad_accum_steps)
+    steps_per_epoch = math.ceil(
+        len(make_loader(train_set, config, ctx, 0, run.sampling_weights)) / config.grad_accum_steps
+    )
     run.max_iterations = config.epochs * steps_per_epoch
     if ctx.is_main:
         run.output.mkdir(parents=True, exist_ok=True)

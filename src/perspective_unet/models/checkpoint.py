@@ -117,8 +117,9 @@ def load_model(
     return model_from_checkpoint(load_checkpoint_file(path, map_location), path, map_location, strict=strict)
 
 
-def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], origin: str,
-                     strict: bool = True) -> None:
+def check_state_dict(
+    expected: Mapping[str, torch.Tensor], state: Mapping[str, Any], origin: str, strict: bool = True
+) -> None:
     """Raise ``InputError`` listing missing, unexpected and mis-shaped tensors, and tensors that are not finite."""
     missing = sorted(set(expected) - set(state)) if strict else []
     unexpected = sorted(set(state) - set(expected)) if strict else []
@@ -132,19 +133,29 @@ def check_state_dict(expected: Mapping[str, torch.Tensor], state: Mapping[str, A
         if keys:
             parts.append(f"{len(keys)} {title}: {', '.join(keys[:8])}{' ...' if len(keys) > 8 else ''}")
     if parts:
-        raise InputError(f"{origin}: its weights do not match its model config ({'; '.join(parts)}); the file is "
-                         "damaged or was edited.")
-    broken = sorted(k for k, v in state.items()
-                    if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all())
+        raise InputError(
+            f"{origin}: its weights do not match its model config ({'; '.join(parts)}); the file is "
+            "damaged or was edited."
+        )
+    broken = sorted(
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and v.is_floating_point() and not torch.isfinite(v).all()
+    )
     if broken:
-        raise InputError(f"{origin} holds NaN or infinite weights in {len(broken)} tensor(s) ({', '.join(broken[:4])}"
-                         f"{' ...' if len(broken) > 4 else ''}); the training diverged or the file is damaged. Use "
-                         "an earlier checkpoint.")
+        raise InputError(
+            f"{origin} holds NaN or infinite weights in {len(broken)} tensor(s) ({', '.join(broken[:4])}"
+            f"{' ...' if len(broken) > 4 else ''}); the training diverged or the file is damaged. Use "
+            "an earlier checkpoint."
+        )
 
 
 def model_from_checkpoint(
-    data: Mapping[str, Any], path: str | os.PathLike[str], map_location: str | torch.device = "cpu", *,
-    strict: bool = True
+    data: Mapping[str, Any],
+    path: str | os.PathLike[str],
+    map_location: str | torch.device = "cpu",
+    *,
+    strict: bool = True,
 ) -> PerspectiveUNet:
     """The model of a checkpoint already read with :func:`load_checkpoint_file` (``path`` names it in errors).
 
@@ -160,8 +171,7 @@ def model_from_checkpoint(
     try:
         config = ModelConfig.from_dict(dict(data["model_config"]))
     except (TypeError, ValueError) as exc:
-        raise InputError(f"{path} holds an invalid model config ({exc}); the file is damaged or was edited.") \
-            from None
+        raise InputError(f"{path} holds an invalid model config ({exc}); the file is damaged or was edited.") from None
     state = data["model"]
     if not isinstance(state, Mapping):
         raise InputError(f"{path}: its 'model' entry is a {type(state).__name__}, not a state dict.")
@@ -195,13 +205,17 @@ def load_for_inference(
         try:
             plan = Plan.from_dict(raw["plan"])
         except (TypeError, ValueError) as exc:
-            raise InputError(f"checkpoint {checkpoint} holds an invalid plan ({exc}); it was not written by this "
-                             "version of perspective-unet, or it was edited.") from None
+            raise InputError(
+                f"checkpoint {checkpoint} holds an invalid plan ({exc}); it was not written by this "
+                "version of perspective-unet, or it was edited."
+            ) from None
         channels = model.config.in_channels
         if channels != plan.in_channels and not model.config.repeat_gray_to_rgb:
-            raise InputError(f"checkpoint {checkpoint}: its plan gives {plan.in_channels} input channel(s) (the slice "
-                             f"and {plan.context_slices} context slices on each side) but its model takes {channels}; "
-                             "the file is inconsistent.")
+            raise InputError(
+                f"checkpoint {checkpoint}: its plan gives {plan.in_channels} input channel(s) (the slice "
+                f"and {plan.context_slices} context slices on each side) but its model takes {channels}; "
+                "the file is inconsistent."
+            )
     info = {
         "plan": plan,
         "img_size": tuple(plan.patch_size if plan else train_config.get("img_size", (224, 224))),

@@ -94,8 +94,10 @@ def resolve_checkpoints(sources: CheckpointSource | Sequence[CheckpointSource]) 
         elif folds:
             missing = [p.name for p in folds if _checkpoint_of_run(p) is None]
             if missing:
-                raise InputError(f"{path}: fold runs {missing} have no best.pt or last.pt; finish them or give the "
-                                 "checkpoints one by one.")
+                raise InputError(
+                    f"{path}: fold runs {missing} have no best.pt or last.pt; finish them or give the "
+                    "checkpoints one by one."
+                )
             found += [_checkpoint_of_run(p) for p in folds]  # type: ignore[misc]
         else:
             raise InputError(f"{path} holds no best.pt, last.pt or fold_* runs; give a checkpoint file.")
@@ -137,8 +139,10 @@ def load_ensemble_for_inference(
             first, this = _agreement(infos[0], models[0]), _agreement(info, model)
             for key in first:
                 if first[key] != this[key]:
-                    raise InputError(f"{path} differs from {paths[0]} in its {key} ({this[key]} vs {first[key]}); "
-                                     "an ensemble averages the probabilities of models that share classes and plan.")
+                    raise InputError(
+                        f"{path} differs from {paths[0]} in its {key} ({this[key]} vs {first[key]}); "
+                        "an ensemble averages the probabilities of models that share classes and plan."
+                    )
         models.append(model)
         infos.append(info)
     info = {**infos[0], "checkpoints": [str(p) for p in paths]}

@@ -109,8 +109,15 @@ def official_model_config(
     """The configuration of the released network: 3 input channels with a gray input repeated, the ablation switches
     of ``PUnet(num_classes, use_enltb, use_scale_integrator, use_dilate_conv)``, and SCSI attention ``official``
     (the release at batch size 1, per sample) or ``released`` (across the batch, as the release trains)."""
-    fields = {"in_channels": 3, "num_classes": num_classes, "repeat_gray_to_rgb": True,
-              "scsi_attention": scsi_attention, "use_bipath": use_bipath, "use_enltb": use_enltb, "use_scsi": use_scsi}
+    fields = {
+        "in_channels": 3,
+        "num_classes": num_classes,
+        "repeat_gray_to_rgb": True,
+        "scsi_attention": scsi_attention,
+        "use_bipath": use_bipath,
+        "use_enltb": use_enltb,
+        "use_scsi": use_scsi,
+    }
     return ModelConfig(**{**fields, **overrides})
 
 
@@ -168,8 +175,7 @@ def load_official_checkpoint(
             raise InputError(f"{origin} has no 'segmentation_head.0.weight'; is it a Perspective+ Unet checkpoint?")
         num_classes = int(head.shape[0])
     try:
-        config = official_model_config(num_classes, use_bipath, use_enltb, use_scsi, scsi_attention,
-                                       **config_overrides)
+        config = official_model_config(num_classes, use_bipath, use_enltb, use_scsi, scsi_attention, **config_overrides)
     except TypeError as exc:
         raise InputError(f"load_official_checkpoint: {exc}; any ModelConfig field may be overridden.") from None
     model = PerspectiveUNet(config)
@@ -186,8 +192,11 @@ def load_official_checkpoint(
         for title, keys in (("missing", missing), ("unexpected", unexpected), ("mis-shaped", misshaped)):
             if keys:
                 parts.append(f"{len(keys)} {title}: {', '.join(keys[:20])}{' ...' if len(keys) > 20 else ''}")
-        hints = [f"{name}={not on}" for name, on in (("use_enltb", use_enltb), ("use_scsi", use_scsi))
-                 if any(k.startswith(_PART_PREFIXES[name]) for k in (missing if on else unexpected))]
+        hints = [
+            f"{name}={not on}"
+            for name, on in (("use_enltb", use_enltb), ("use_scsi", use_scsi))
+            if any(k.startswith(_PART_PREFIXES[name]) for k in (missing if on else unexpected))
+        ]
         hint = f" The file looks like an ablation: pass {', '.join(hints)}." if hints else ""
         raise InputError(
             f"{origin} does not match the released Perspective+ Unet for {num_classes} classes "
@@ -208,6 +217,12 @@ def convert_official_checkpoint(
     scsi_attention: str = "official",
 ) -> Path:
     """Convert a released checkpoint to this project's format (weights plus config); returns the written path."""
-    model = load_official_checkpoint(source, num_classes=num_classes, use_bipath=use_bipath, use_enltb=use_enltb,
-                                     use_scsi=use_scsi, scsi_attention=scsi_attention)
+    model = load_official_checkpoint(
+        source,
+        num_classes=num_classes,
+        use_bipath=use_bipath,
+        use_enltb=use_enltb,
+        use_scsi=use_scsi,
+        scsi_attention=scsi_attention,
+    )
     return save_model(model, destination, converted_from="official")

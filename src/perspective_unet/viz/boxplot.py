@@ -39,17 +39,25 @@ def class_box_plot(
     rng = np.random.default_rng(0)  # the points' horizontal jitter only
     for j, configuration in enumerate(configurations):
         positions = [i + (j - (count - 1) / 2) * width for i in range(len(classes))]
-        data = [np.asarray([v for v in scores[c].get(configuration, []) if np.isfinite(v)], dtype=float)
-                for c in classes]
+        data = [
+            np.asarray([v for v in scores[c].get(configuration, []) if np.isfinite(v)], dtype=float) for c in classes
+        ]
         drawn = [(p, d) for p, d in zip(positions, data) if d.size]
         if drawn:
-            boxes = axes.boxplot([d for _, d in drawn], positions=[p for p, _ in drawn], widths=width * 0.8,
-                                 patch_artist=True, showfliers=False, manage_ticks=False)
+            boxes = axes.boxplot(
+                [d for _, d in drawn],
+                positions=[p for p, _ in drawn],
+                widths=width * 0.8,
+                patch_artist=True,
+                showfliers=False,
+                manage_ticks=False,
+            )
             for box in boxes["boxes"]:
                 box.set(facecolor=colors[j % len(colors)], alpha=0.35)
             for p, d in drawn:
-                axes.scatter(p + rng.uniform(-width / 6, width / 6, d.size), d, s=9, color=colors[j % len(colors)],
-                             zorder=3)
+                axes.scatter(
+                    p + rng.uniform(-width / 6, width / 6, d.size), d, s=9, color=colors[j % len(colors)], zorder=3
+                )
         axes.plot([], [], color=colors[j % len(colors)], linewidth=6, alpha=0.5, label=configuration)
     axes.set_xticks(range(len(classes)), classes, rotation=30, ha="right")
     axes.set_ylabel(ylabel)

@@ -51,13 +51,17 @@ def _feature_modules(model: torch.nn.Module, layer: str) -> list[torch.nn.Module
     if layer == "enltb":
         if encoder.transformer is None:
             other = " or scsi." if encoder.integrator is not None else "."
-            raise ValueError("this model was built without ENLTB (use_enltb=False, an ablation): it has no ENLTB "
-                             f"features; choose the layer bprb{other}")
+            raise ValueError(
+                "this model was built without ENLTB (use_enltb=False, an ablation): it has no ENLTB "
+                f"features; choose the layer bprb{other}"
+            )
         return list(encoder.transformer.stages)
     if encoder.integrator is None:
         other = " or enltb." if encoder.transformer is not None else "."
-        raise ValueError("this model was built without SCSI (use_scsi=False, an ablation): it has no SCSI features; "
-                         f"choose the layer bprb{other}")
+        raise ValueError(
+            "this model was built without SCSI (use_scsi=False, an ablation): it has no SCSI features; "
+            f"choose the layer bprb{other}"
+        )
     return [encoder.integrator]
 
 
@@ -277,9 +281,15 @@ def feature_figure_from_files(
         # The slice at the plan's pixel size, rounded up to sides the network takes.
         divisor = int(getattr(predictor.model, "size_divisor", 16))
         size = tuple(-(-s // divisor) * divisor for s in resampled_shape(volume.shape[1:], spacing, plan.spacing))
-    maps = feature_maps(predictor.model, network_input[index], layer, img_size=size, reduction=reduction,
-                        normalize=False)
+    maps = feature_maps(
+        predictor.model, network_input[index], layer, img_size=size, reduction=reduction, normalize=False
+    )
     return save_feature_figure(
-        volume[index], maps, output, titles=feature_titles(predictor.model, layer), cmap=cmap, panel_size=panel_size,
+        volume[index],
+        maps,
+        output,
+        titles=feature_titles(predictor.model, layer),
+        cmap=cmap,
+        panel_size=panel_size,
         value_range=(0.0, 1.0),
     )

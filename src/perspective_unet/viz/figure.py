@@ -83,8 +83,12 @@ class PixelFigure:
         from matplotlib.patches import Rectangle
 
         box = Rectangle(
-            (x / self.width, 1 - (y + size) / self.height), size / self.width, size / self.height,
-            transform=self.figure.transFigure, facecolor=np.asarray(color) / 255.0, edgecolor="none",
+            (x / self.width, 1 - (y + size) / self.height),
+            size / self.width,
+            size / self.height,
+            transform=self.figure.transFigure,
+            facecolor=np.asarray(color) / 255.0,
+            edgecolor="none",
             antialiased=False,  # the legend shows each class in its exact color, which tests look for
         )
         self.figure.add_artist(box)

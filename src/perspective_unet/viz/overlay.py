@@ -167,8 +167,9 @@ def save_overlay_grid(
     panel_h, panel_w = panel_shape(image.shape, panel_size)
     figure = PixelFigure(width, height)
     for c, (name, _) in enumerate(columns):
-        figure.text(LEFT_PX + c * (panel_w + GAP_PX) + panel_w / 2, HEADER_PX / 2, name, ha="center", va="center",
-                    fontsize=12)
+        figure.text(
+            LEFT_PX + c * (panel_w + GAP_PX) + panel_w / 2, HEADER_PX / 2, name, ha="center", va="center", fontsize=12
+        )
     for r, z in enumerate(slices):
         y = HEADER_PX + r * (panel_h + GAP_PX)
         figure.text(LEFT_PX - 8, y + panel_h / 2, f"slice {z}", ha="right", va="center", fontsize=10)
@@ -244,14 +245,23 @@ def overlay_from_files(
         prediction_volume, _ = read_canonical(prediction, as_label=True, orientation=orient)
     for name, other in (("label", label_volume), ("prediction", prediction_volume)):
         if other is not None and other.shape != volume.shape:
-            raise InputError(f"the {name} has canonical shape {other.shape} but the image {image} has {volume.shape}; "
-                             "give files on the same voxel grid.")
+            raise InputError(
+                f"the {name} has canonical shape {other.shape} but the image {image} has {volume.shape}; "
+                "give files on the same voxel grid."
+            )
     if predictor is not None:
         prediction_volume, slices = _predict_shown(predictor, volume, spacing, label_volume, slices, num_slices, image)
     names = class_names or (predictor.class_names if predictor is not None else None) or class_names_near(image_path)
     return save_overlay_grid(
-        volume, output, label=label_volume, prediction=prediction_volume, slices=slices, num_slices=num_slices,
-        class_names=names, panel_size=panel_size, value_range=(0.0, 1.0),
+        volume,
+        output,
+        label=label_volume,
+        prediction=prediction_volume,
+        slices=slices,
+        num_slices=num_slices,
+        class_names=names,
+        panel_size=panel_size,
+        value_range=(0.0, 1.0),
     )
 
 

@@ -90,8 +90,9 @@ def draw_legend(figure: PixelFigure, num_classes: int, class_names: Sequence[str
         figure.patch(x, y, LEGEND_PATCH_PX, class_color(k))
         name = class_names[k] if class_names and k < len(class_names) else f"class {k}"
         name = name if len(name) <= _MAX_NAME else name[: _MAX_NAME - 1] + "…"
-        figure.text(x + LEGEND_PATCH_PX + 6, y + LEGEND_PATCH_PX / 2, f"{k} {name}", ha="left", va="center",
-                    fontsize=10)
+        figure.text(
+            x + LEGEND_PATCH_PX + 6, y + LEGEND_PATCH_PX / 2, f"{k} {name}", ha="left", va="center", fontsize=10
+        )
 
 
 def class_names_near(path: Path) -> list[str] | None:
