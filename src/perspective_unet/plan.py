@@ -1,4 +1,4 @@
-"""A dataset's fingerprint and the plan derived from it: how a model sees its data, in training and inference.
+"""The plan derived from a dataset's fingerprint: how a model sees its data, in training and inference.
 
 ``perspective-unet prepare`` records a :class:`Fingerprint` (every case's spacing, shape and intensity statistics)
 as ``fingerprint.json`` and derives a :class:`Plan`, written as ``plan.json`` beside the prepared data. Training reads
@@ -11,15 +11,14 @@ the plan, stores it in every checkpoint, and prediction applies it to new scans.
   of that size over the resampled slice, so an organ has the same size in pixels whatever scanner made the image.
 
 The plan is plain JSON, editable by hand; :func:`read_plan` validates it and names the file and field at fault.
+The fingerprint's types live in :mod:`perspective_unet.fingerprint` (importable from here too).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
-import re
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,8 +27,16 @@ from typing import Any
 
 from perspective_unet.config import dataclass_from_dict
 from perspective_unet.errors import InputError
+from perspective_unet.fingerprint import (
+    FINGERPRINT_FILE,
+    CaseFingerprint,
+    Fingerprint,
+    IntensityStats,
+    read_fingerprint,
+    read_json,
+    write_json_atomic,
+)
 from perspective_unet.intensity import IntensitySpec
-from perspective_unet.outputs import atomic_write
 
 __all__ = [
     "PATCH_DIVISOR",
@@ -49,7 +56,6 @@ __all__ = [
 
 PROTOCOLS = ("paper", "spacing")
 PLAN_FILE = "plan.json"
-FINGERPRINT_FILE = "fingerprint.json"
 PATCH_DIVISOR = 16
 # The paper's batch, 12 slices of 224 x 224, is the default budget of pixels per optimizer step.
 BATCH_PIXELS = 12 * 224 * 224
@@ -58,123 +64,6 @@ MAX_PATCH_PIXELS = 512 * 512
 # nnU-Net's cap: one batch should not cover more than this share of all training pixels (small datasets).
 MAX_BATCH_SHARE = 0.05
 FOREGROUND_FRACTION = 1.0 / 3.0
-
-
-@dataclass(frozen=True)
-class IntensityStats:
-    """Summary of a set of intensities.
-
-    Attributes:
-        count: Number of values summarized.
-        mean: Mean.
-        std: Standard deviation.
-        low: 0.5th percentile.
-        high: 99.5th percentile.
-    """
-
-    count: int
-    mean: float
-    std: float
-    low: float
-    high: float
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> IntensityStats:
-        return cls(**{f.name: data[f.name] for f in dataclasses.fields(cls)})
-
-
-@dataclass(frozen=True)
-class CaseFingerprint:
-    """One case of a prepared dataset.
-
-    Attributes:
-        case: Case name.
-        split: ``train``, ``val`` or ``test``.
-        shape: Canonical (Z, H, W) shape.
-        spacing: Voxel size (z, y, x) in mm, or None when the files carry none (2D pictures count 1 per pixel).
-        stored: Statistics of the whole stored image in [0, 1] units (``zscore_per_image`` uses its mean and std).
-        foreground_raw: Statistics of the labeled (foreground) voxels in raw units (HU for CT), when known.
-    """
-
-    case: str
-    split: str
-    shape: tuple[int, int, int]
-    spacing: tuple[float, float, float] | None
-    stored: IntensityStats
-    foreground_raw: IntensityStats | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "case": self.case,
-            "split": self.split,
-            "shape": list(self.shape),
-            "spacing": None if self.spacing is None else list(self.spacing),
-            "stored": self.stored.to_dict(),
-            "foreground_raw": None if self.foreground_raw is None else self.foreground_raw.to_dict(),
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> CaseFingerprint:
-        spacing = data.get("spacing")
-        raw = data.get("foreground_raw")
-        return cls(
-            case=str(data["case"]),
-            split=str(data["split"]),
-            shape=tuple(int(s) for s in data["shape"]),  # type: ignore[arg-type]
-            spacing=None if spacing is None else tuple(float(s) for s in spacing),  # type: ignore[arg-type]
-            stored=IntensityStats.from_dict(data["stored"]),
-            foreground_raw=None if raw is None else IntensityStats.from_dict(raw),
-        )
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """What a plan is derived from: the cases and the intensities of the training foreground.
-
-    Attributes:
-        modality: ``CT``, ``MR``, ``2D`` or the dataset's channel name.
-        intensity: The dataset's stored range (stage 1 of :class:`~perspective_unet.intensity.IntensitySpec`).
-        cases: Every case, all splits.
-        foreground_stored: Training foreground in stored units (the ``zscore`` mean and std come from it).
-        foreground_raw: Training foreground in raw units (HU for CT), when the converter knew them.
-    """
-
-    modality: str
-    intensity: IntensitySpec
-    cases: tuple[CaseFingerprint, ...]
-    foreground_stored: IntensityStats | None
-    foreground_raw: IntensityStats | None = None
-
-    @property
-    def training_cases(self) -> list[CaseFingerprint]:
-        return [c for c in self.cases if c.split == "train"]
-
-    def case(self, name: str) -> CaseFingerprint | None:
-        """The fingerprint of one case, or None."""
-        return next((c for c in self.cases if c.case == name), None)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "modality": self.modality,
-            "intensity": self.intensity.to_dict(),
-            "foreground_stored": None if self.foreground_stored is None else self.foreground_stored.to_dict(),
-            "foreground_raw": None if self.foreground_raw is None else self.foreground_raw.to_dict(),
-            "cases": [c.to_dict() for c in self.cases],
-        }
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> Fingerprint:
-        stored, raw = data.get("foreground_stored"), data.get("foreground_raw")
-        return cls(
-            modality=str(data["modality"]),
-            intensity=IntensitySpec.from_dict(data["intensity"]),
-            cases=tuple(CaseFingerprint.from_dict(c) for c in data["cases"]),
-            foreground_stored=None if stored is None else IntensityStats.from_dict(stored),
-            foreground_raw=None if raw is None else IntensityStats.from_dict(raw),
-        )
 
 
 def _positive_int(name: str, value: Any) -> int:
@@ -376,28 +265,6 @@ def derive_plan(
     return Plan("spacing", patch, intensity, spacing=target, batch_size=batch_size, context_slices=context_slices)
 
 
-def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> Path:
-    """Write JSON to a temporary file beside ``path`` and rename it, so a reader never sees half a file."""
-    # Lists of numbers on one line: [224, 224] reads and edits better than one number per line.
-    text = re.sub(
-        r"\[\s+([^\[\]{}\"]*?)\s+\]",
-        lambda m: "[" + ", ".join(map(str.strip, m.group(1).split(","))) + "]",
-        json.dumps(data, indent=2),
-    )
-    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
-
-
-def _read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; {what}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"{path} is not valid JSON ({exc}); fix it or write it again with `perspective-unet plan`."
-        ) from None
-
-
 def read_plan(path: str | os.PathLike[str]) -> Plan:
     """Read and validate ``plan.json``.
 
@@ -406,20 +273,10 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
             the field).
     """
     path = Path(path)
-    data = _read_json(path, "prepare the dataset again or write a plan with `perspective-unet plan`.")
+    data = read_json(path, "prepare the dataset again or write a plan with `perspective-unet plan`.")
     try:
         return Plan.from_dict(data)
     except (ValueError, TypeError) as exc:
         raise InputError(
             f"{path}: {exc} Fix the file or rewrite it with `perspective-unet plan -d {path.parent} --reset`."
         ) from None
-
-
-def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
-    """Read ``fingerprint.json``; a damaged file raises ``InputError`` naming it."""
-    path = Path(path)
-    data = _read_json(path, "prepare the dataset again to record its fingerprint.")
-    try:
-        return Fingerprint.from_dict(data)
-    except (KeyError, ValueError, TypeError) as exc:
-        raise InputError(f"{path} is damaged ({type(exc).__name__}: {exc}); prepare the dataset again.") from None

@@ -127,7 +127,7 @@ def test_shipped_recipes_hold_the_papers_settings(name):
 def test_foreground_weights_favor_slices_with_labels():
     import numpy as np
 
-    from perspective_unet.engine.training import _foreground_weights
+    from perspective_unet.engine.training_data import foreground_weights as _foreground_weights
 
     class TwoSlices:
         labels = [np.zeros((4, 4)), np.pad(np.ones((1, 1)), 1)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
+from perspective_unet.cli.options import add_checkpoints
 from perspective_unet.metrics import PROTOCOLS
 
 
@@ -18,15 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "kept apart). Writes per_case.csv, "
         "summary.json and summary.md.",
     )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        nargs="+",
-        metavar="CHECKPOINT",
-        help="a .pt written by train or convert-official, a run folder (its best.pt, else "
-        "last.pt) or a folder of fold runs (fold_0, fold_1, ...); several: an ensemble that "
-        "averages their probabilities (they must share classes and plan)",
-    )
+    add_checkpoints(parser)
     parser.add_argument("--data", required=True, help="prepared dataset folder (or TransUNet-style Synapse/ACDC files)")
     parser.add_argument("-o", "--output", required=True, help="folder for the reports")
     parser.add_argument("--split", default="test", help="which volumes (default: test)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from perspective_unet.cli.options import add_checkpoints, add_intensity_override
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -17,15 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "channel suffix (case_0000.nii.gz -> case.nii.gz); a DICOM folder ct/ gives ct.nii.gz; pictures give a PNG "
         "of class ids. Existing outputs are never replaced without --overwrite.",
     )
-    parser.add_argument(
-        "--checkpoint",
-        required=True,
-        nargs="+",
-        metavar="CHECKPOINT",
-        help="a .pt written by train or convert-official, a run folder (its best.pt, else "
-        "last.pt) or a folder of fold runs (fold_0, fold_1, ...); several: an ensemble that "
-        "averages their probabilities (they must share classes and plan)",
-    )
+    add_checkpoints(parser)
     parser.add_argument(
         "-i", "--input", required=True, nargs="+", help="image file(s), DICOM series folder(s), or a folder of them"
     )
@@ -41,20 +35,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
-    intensity = parser.add_mutually_exclusive_group()
-    intensity.add_argument(
-        "--window",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="CT window in HU, for checkpoints that do not record their normalization",
-    )
-    intensity.add_argument(
-        "--mr-normalize",
-        "--mr-normalise",
-        dest="mr_normalize",
-        action="store_true",
-        help="per-volume 0.5/99.5 percentile normalization (MR), overriding the checkpoint's",
+    add_intensity_override(
+        parser,
+        window_help="CT window in HU, for checkpoints that do not record their normalization",
+        mr_help="per-volume 0.5/99.5 percentile normalization (MR), overriding the checkpoint's",
     )
     parser.add_argument(
         "--orientation", help="canonical orientation code (e.g. SPL, or 'stored'); default: the training data's"

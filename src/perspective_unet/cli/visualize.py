@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from perspective_unet.cli.options import add_intensity_override
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -71,20 +73,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--output", required=True, help="the figure (.png)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing figure")
-    intensity = parser.add_mutually_exclusive_group()
-    intensity.add_argument(
-        "--window",
-        type=float,
-        nargs=2,
-        metavar=("LOW", "HIGH"),
-        help="CT window in HU (default: the checkpoint's normalization)",
-    )
-    intensity.add_argument(
-        "--mr-normalize",
-        "--mr-normalise",
-        dest="mr_normalize",
-        action="store_true",
-        help="per-volume percentile normalization (MR)",
+    add_intensity_override(
+        parser,
+        window_help="CT window in HU (default: the checkpoint's normalization)",
+        mr_help="per-volume percentile normalization (MR)",
     )
     parser.add_argument(
         "--orientation", help="canonical orientation code of image files (default: the checkpoint's, else SPL)"

@@ -15,15 +15,13 @@ from typing import Any
 
 import torch
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 from torch.utils.tensorboard import SummaryWriter
 
 from perspective_unet.config import TrainConfig
-from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDataset, read_dataset_info, seed_worker
-from perspective_unet.data.folds import Fold, fold_cases
+from perspective_unet.data import SliceDataset, VolumeDataset, read_dataset_info
+from perspective_unet.data.folds import fold_cases
 from perspective_unet.data.patches import PatchDataset
 from perspective_unet.data.planning import plan_for_training
-from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
 from perspective_unet.engine.runtime import (
     DistributedContext,
     check_memory,
@@ -33,6 +31,7 @@ from perspective_unet.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
+from perspective_unet.engine.training_data import foreground_weights, make_loader, training_set, validation_set
 from perspective_unet.errors import InputError
 from perspective_unet.losses import SegmentationLoss
 from perspective_unet.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
@@ -109,67 +108,6 @@ def _dataset_summary(info: dict[str, Any]) -> dict[str, Any]:
     """The parts of dataset.json that prediction needs later (classes, modality, intensity normalization)."""
     keep = ("name", "num_classes", "class_names", "modality", "normalization", "intensity", "orientation")
     return json.loads(json.dumps({k: info[k] for k in keep if k in info}))
-
-
-def _training_set(config: TrainConfig, plan: Plan, fold: Fold | None) -> SliceDataset | PatchDataset:
-    """The training slices (paper protocol) or patches (spacing protocol) of the split or fold, augmented as the
-    config says."""
-    cases = list(fold.train) if fold is not None else None
-    try:
-        if plan.protocol == "paper":
-            paper = AugmentationConfig.from_dict(config.augmentation) if config.augment else None
-            return SliceDataset(
-                config.data,
-                split="train",
-                img_size=plan.patch_size,
-                augmentation=paper,
-                seed=config.seed,
-                context_slices=plan.context_slices,
-                intensity=plan.intensity,
-                cases=cases,
-            )
-        spacing = SpacingAugmentationConfig.from_dict(config.augmentation) if config.augment else None
-    except ValueError as exc:
-        raise InputError(f"training config, augmentation: {exc}") from None
-    return PatchDataset(config.data, plan, spacing, seed=config.seed, cases=cases)
-
-
-def _foreground_weights(dataset: SliceDataset | PatchDataset, weight: float) -> torch.Tensor | None:
-    """Sampling weight per slice: ``weight`` for slices holding any foreground, 1 otherwise (None when uniform)."""
-    if weight == 1.0:
-        return None
-    has_foreground = [bool(dataset.load_slice(i)[1].any()) for i in range(len(dataset))]
-    return torch.tensor([weight if f else 1.0 for f in has_foreground], dtype=torch.float64)
-
-
-def make_loader(
-    dataset: SliceDataset | PatchDataset,
-    config: TrainConfig,
-    ctx: DistributedContext,
-    epoch: int,
-    weights: torch.Tensor | None = None,
-) -> DataLoader:
-    # A generator seeded per epoch (and process) fixes both the order and the workers' seeds, so a resumed run sees
-    # the same batches as an uninterrupted one.
-    generator = torch.Generator().manual_seed(config.seed + 7919 * epoch + ctx.rank)
-    if weights is not None:
-        sampler = WeightedRandomSampler(weights, len(dataset) // ctx.world_size, replacement=True, generator=generator)
-    elif ctx.enabled:
-        sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
-        sampler.set_epoch(epoch)
-    else:
-        sampler = RandomSampler(dataset, generator=generator)
-    return DataLoader(
-        dataset,
-        batch_size=config.batch_size,
-        sampler=sampler,
-        num_workers=config.num_workers,
-        worker_init_fn=seed_worker,
-        generator=generator,
-        pin_memory=torch.cuda.is_available(),
-        drop_last=config.drop_last_batch and len(dataset) >= config.batch_size * ctx.world_size,
-        persistent_workers=False,
-    )
 
 
 def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -316,27 +254,6 @@ class TrainingRun:
         return int(self.info["num_classes"])
 
 
-def _validation_set(config: TrainConfig, ctx: DistributedContext, fold: Fold | None) -> VolumeDataset | None:
-    """The volumes checkpoints are selected on: the fold's held-out cases, or the dataset's val split; never a test
-    case."""
-    if config.val_every == 0:
-        return None
-    if fold is not None:
-        val_set = VolumeDataset(config.data, cases=list(fold.val)) if fold.val else None
-        what = f"{fold.name} has no held-out cases"
-    else:
-        try:
-            val_set = VolumeDataset(config.data, split=config.val_split)
-        except (FileNotFoundError, InputError):
-            val_set = None
-        what = f"no {config.val_split!r} volumes in {config.data}"
-    if val_set is not None and len(val_set) == 0:
-        val_set = None
-    if val_set is None and ctx.is_main:
-        log.info("%s: training without validation (best.pt is not written)", what)
-    return val_set
-
-
 def _build_model(config: TrainConfig, plan: Plan, num_classes: int, device: torch.device) -> torch.nn.Module:
     options = dict(config.model_options)
     in_channels = options.pop("in_channels", plan.in_channels)
@@ -401,8 +318,8 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     fold = fold_cases(config.data, info, config.fold, config.num_folds) if config.fold is not None else None
     if fold is not None and ctx.is_main:
         log.info("%s: %d training and %d validation cases", fold.name, len(fold.train), len(fold.val))
-    train_set = _training_set(config, plan, fold)
-    val_set = _validation_set(config, ctx, fold)
+    train_set = training_set(config, plan, fold)
+    val_set = validation_set(config, ctx, fold)
     model = _build_model(config, plan, int(info["num_classes"]), device)
     amp_dtype = _autocast_dtype(device, config.amp)
     run = TrainingRun(
@@ -413,7 +330,7 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
         info=info,
         train_set=train_set,
         val_set=val_set,
-        sampling_weights=_foreground_weights(train_set, config.foreground_sampling_weight),
+        sampling_weights=foreground_weights(train_set, config.foreground_sampling_weight),
         model=model,
         core_model=model,
         loss_fn=SegmentationLoss(int(info["num_classes"]), ce_weight=config.ce_weight, dice_weight=config.dice_weight),

@@ -1,0 +1,28 @@
+"""Options several commands share, defined once so that their names, forms and help agree."""
+
+from __future__ import annotations
+
+import argparse
+
+__all__ = ["add_checkpoints", "add_intensity_override"]
+
+
+def add_checkpoints(parser: argparse.ArgumentParser) -> None:
+    """``--checkpoint C [C ...]``: one model, or an ensemble of several (``args.checkpoint`` is a list)."""
+    parser.add_argument(
+        "--checkpoint",
+        required=True,
+        nargs="+",
+        metavar="CHECKPOINT",
+        help="a .pt written by train or convert-official, a run folder (its best.pt, else last.pt) or a folder of "
+        "fold runs (fold_0, fold_1, ...); several: an ensemble that averages their probabilities (they must share "
+        "classes and plan)",
+    )
+
+
+def add_intensity_override(parser: argparse.ArgumentParser, *, window_help: str, mr_help: str) -> None:
+    """``--window LOW HIGH`` or ``--mr-normalize`` (alias ``--mr-normalise``): the input's intensity normalization
+    instead of the checkpoint's (``args.window``, ``args.mr_normalize``)."""
+    intensity = parser.add_mutually_exclusive_group()
+    intensity.add_argument("--window", type=float, nargs=2, metavar=("LOW", "HIGH"), help=window_help)
+    intensity.add_argument("--mr-normalize", "--mr-normalise", dest="mr_normalize", action="store_true", help=mr_help)

@@ -1,0 +1,104 @@
+"""The data of a training run: its training slices or patches, the sampler and loader over them, and the volumes
+checkpoints are selected on (a fold's held-out cases or the dataset's val split; never a test case)."""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
+
+from perspective_unet.config import TrainConfig
+from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDataset, seed_worker
+from perspective_unet.data.folds import Fold
+from perspective_unet.data.patches import PatchDataset
+from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
+from perspective_unet.engine.runtime import DistributedContext
+from perspective_unet.errors import InputError
+from perspective_unet.plan import Plan
+
+__all__ = ["foreground_weights", "make_loader", "training_set", "validation_set"]
+
+log = logging.getLogger("perspective_unet.engine.training")
+
+
+def training_set(config: TrainConfig, plan: Plan, fold: Fold | None) -> SliceDataset | PatchDataset:
+    """The training slices (paper protocol) or patches (spacing protocol) of the split or fold, augmented as the
+    config says."""
+    cases = list(fold.train) if fold is not None else None
+    try:
+        if plan.protocol == "paper":
+            paper = AugmentationConfig.from_dict(config.augmentation) if config.augment else None
+            return SliceDataset(
+                config.data,
+                split="train",
+                img_size=plan.patch_size,
+                augmentation=paper,
+                seed=config.seed,
+                context_slices=plan.context_slices,
+                intensity=plan.intensity,
+                cases=cases,
+            )
+        spacing = SpacingAugmentationConfig.from_dict(config.augmentation) if config.augment else None
+    except ValueError as exc:
+        raise InputError(f"training config, augmentation: {exc}") from None
+    return PatchDataset(config.data, plan, spacing, seed=config.seed, cases=cases)
+
+
+def foreground_weights(dataset: SliceDataset | PatchDataset, weight: float) -> torch.Tensor | None:
+    """Sampling weight per slice: ``weight`` for slices holding any foreground, 1 otherwise (None when uniform)."""
+    if weight == 1.0:
+        return None
+    has_foreground = [bool(dataset.load_slice(i)[1].any()) for i in range(len(dataset))]
+    return torch.tensor([weight if f else 1.0 for f in has_foreground], dtype=torch.float64)
+
+
+def make_loader(
+    dataset: SliceDataset | PatchDataset,
+    config: TrainConfig,
+    ctx: DistributedContext,
+    epoch: int,
+    weights: torch.Tensor | None = None,
+) -> DataLoader:
+    # A generator seeded per epoch (and process) fixes both the order and the workers' seeds, so a resumed run sees
+    # the same batches as an uninterrupted one.
+    generator = torch.Generator().manual_seed(config.seed + 7919 * epoch + ctx.rank)
+    if weights is not None:
+        sampler = WeightedRandomSampler(weights, len(dataset) // ctx.world_size, replacement=True, generator=generator)
+    elif ctx.enabled:
+        sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
+        sampler.set_epoch(epoch)
+    else:
+        sampler = RandomSampler(dataset, generator=generator)
+    return DataLoader(
+        dataset,
+        batch_size=config.batch_size,
+        sampler=sampler,
+        num_workers=config.num_workers,
+        worker_init_fn=seed_worker,
+        generator=generator,
+        pin_memory=torch.cuda.is_available(),
+        drop_last=config.drop_last_batch and len(dataset) >= config.batch_size * ctx.world_size,
+        persistent_workers=False,
+    )
+
+
+def validation_set(config: TrainConfig, ctx: DistributedContext, fold: Fold | None) -> VolumeDataset | None:
+    """The volumes checkpoints are selected on: the fold's held-out cases, or the dataset's val split; never a test
+    case."""
+    if config.val_every == 0:
+        return None
+    if fold is not None:
+        val_set = VolumeDataset(config.data, cases=list(fold.val)) if fold.val else None
+        what = f"{fold.name} has no held-out cases"
+    else:
+        try:
+            val_set = VolumeDataset(config.data, split=config.val_split)
+        except (FileNotFoundError, InputError):
+            val_set = None
+        what = f"no {config.val_split!r} volumes in {config.data}"
+    if val_set is not None and len(val_set) == 0:
+        val_set = None
+    if val_set is None and ctx.is_main:
+        log.info("%s: training without validation (best.pt is not written)", what)
+    return val_set
