@@ -115,5 +115,9 @@ def test_every_pipeline_command_of_the_readme_runs(tmp_path, monkeypatch):
         "prepared/Liver/splits.json",
         "runs/liver_cv/fold_1/last.pt",
         "runs/liver_cv/eval/summary.json",
+        "models/synapse/model.safetensors",
+        "models/synapse/model.onnx",
+        "predictions_folder/case.nii.gz",
+        "predictions_onnx/case.nii.gz",
     ):
         assert (tmp_path / made).is_file(), made

@@ -16,10 +16,12 @@ from perspective_unet.errors import InputError
 from perspective_unet.models import (
     PerspectiveUNet,
     create_model,
+    from_pretrained,
     list_models,
     load_model,
     load_official_checkpoint,
     save_model,
+    save_pretrained,
 )
 
 # The pipeline's entry points import MONAI, TensorBoard and friends; they load on first use so that building a model
@@ -51,6 +53,7 @@ __all__ = [
     "__version__",
     "create_model",
     "evaluate",
+    "from_pretrained",
     "list_models",
     "load_model",
     "load_official_checkpoint",
@@ -59,5 +62,6 @@ __all__ = [
     "predict_volume",
     "run_demo",
     "save_model",
+    "save_pretrained",
     "train",
 ]

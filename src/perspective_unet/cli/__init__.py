@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "experiment",
     "demo",
     "predict",
+    "export",
     "visualize",
     "benchmark",
 )

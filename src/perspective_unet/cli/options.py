@@ -7,16 +7,16 @@ import argparse
 __all__ = ["add_checkpoints", "add_intensity_override"]
 
 
-def add_checkpoints(parser: argparse.ArgumentParser) -> None:
+def add_checkpoints(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, required: bool = True) -> None:
     """``--checkpoint C [C ...]``: one model, or an ensemble of several (``args.checkpoint`` is a list)."""
     parser.add_argument(
         "--checkpoint",
-        required=True,
+        required=required,
         nargs="+",
         metavar="CHECKPOINT",
-        help="a .pt written by train or convert-official, a run folder (its best.pt, else last.pt) or a folder of "
-        "fold runs (fold_0, fold_1, ...); several: an ensemble that averages their probabilities (they must share "
-        "classes and plan)",
+        help="a .pt written by train or convert-official, a model folder (export --format folder), a run folder "
+        "(its best.pt, else last.pt) or a folder of fold runs (fold_0, fold_1, ...); several: an ensemble that "
+        "averages their probabilities (they must share classes and plan)",
     )
 
 

@@ -19,7 +19,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "channel suffix (case_0000.nii.gz -> case.nii.gz); a DICOM folder ct/ gives ct.nii.gz; pictures give a PNG "
         "of class ids. Existing outputs are never replaced without --overwrite.",
     )
-    add_checkpoints(parser)
+    model = parser.add_mutually_exclusive_group(required=True)
+    add_checkpoints(model, required=False)
+    model.add_argument(
+        "--onnx",
+        metavar="MODEL_ONNX",
+        help="run ONNX Runtime on this file (from `export --format onnx`, with its preprocessing.json and labels.json "
+        "beside it) instead of PyTorch; CPU only",
+    )
     parser.add_argument(
         "-i", "--input", required=True, nargs="+", help="image file(s), DICOM series folder(s), or a folder of them"
     )
@@ -65,8 +72,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.predict import predict_path
 
+    model, info = args.checkpoint, None
+    if args.onnx:
+        from perspective_unet.engine.onnx_model import load_onnx_for_inference
+
+        if args.device not in ("auto", "cpu"):
+            raise ValueError(
+                f"--onnx runs on the CPU (ONNX Runtime's CPU provider); --device {args.device} is not "
+                "available with it."
+            )
+        model, info = load_onnx_for_inference(args.onnx)
+        args.device = "cpu"
     written = predict_path(
-        args.checkpoint,
+        model,
         args.input,
         args.output,
         tta=args.tta,
@@ -80,6 +98,7 @@ def run(args: argparse.Namespace) -> int:
         img_size=args.img_size,
         resampler=args.resampler,
         series=args.series,
+        info=info,
     )
     target = written[0] if len(written) == 1 else args.output
     print(f"wrote {len(written)} label map(s) to {target}")

@@ -106,7 +106,17 @@ def checkpoint_payload(
 
 def _dataset_summary(info: dict[str, Any]) -> dict[str, Any]:
     """The parts of dataset.json that prediction needs later (classes, modality, intensity normalization)."""
-    keep = ("name", "num_classes", "class_names", "modality", "normalization", "intensity", "orientation")
+    keep = (
+        "name",
+        "num_classes",
+        "class_names",
+        "modality",
+        "normalization",
+        "intensity",
+        "orientation",
+        "source",
+        "license",
+    )
     return json.loads(json.dumps({k: info[k] for k in keep if k in info}))
 
 

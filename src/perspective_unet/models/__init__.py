@@ -20,6 +20,7 @@ from perspective_unet.models.official import (
     load_official_checkpoint,
 )
 from perspective_unet.models.perspective_unet import PerspectiveUNet
+from perspective_unet.models.pretrained import from_pretrained, save_pretrained
 from perspective_unet.models.registry import create_model, get_model_config, list_models, register_model
 
 __all__ = [
@@ -33,6 +34,7 @@ __all__ = [
     "convert_official_checkpoint",
     "convert_official_state_dict",
     "create_model",
+    "from_pretrained",
     "gaussian_orthogonal_random_matrix",
     "get_model_config",
     "linear_attention",
@@ -42,4 +44,5 @@ __all__ = [
     "random_feature_map",
     "register_model",
     "save_model",
+    "save_pretrained",
 ]

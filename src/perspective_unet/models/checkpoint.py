@@ -23,6 +23,7 @@ __all__ = [
     "atomic_torch_save",
     "check_state_dict",
     "load_checkpoint_file",
+    "inference_info",
     "load_for_inference",
     "load_model",
     "model_from_checkpoint",
@@ -199,27 +200,43 @@ def load_for_inference(
     """
     raw = load_checkpoint_file(checkpoint, map_location="cpu")
     model = model_from_checkpoint(raw, checkpoint, map_location=device)
-    train_config = raw.get("train_config") or {}
+    info = inference_info(
+        model, raw.get("plan"), raw.get("train_config") or {}, raw.get("dataset"), raw.get("epoch"), checkpoint
+    )
+    return model, info
+
+
+def inference_info(
+    model: PerspectiveUNet,
+    plan_data: Mapping[str, Any] | None,
+    train_config: Mapping[str, Any],
+    dataset: Mapping[str, Any] | None,
+    epoch: int | None,
+    origin: str | os.PathLike[str],
+) -> dict[str, Any]:
+    """The ``info`` of :func:`load_for_inference` from what a saved model records (``origin`` names it in errors).
+
+    Raises:
+        InputError: The plan is invalid, or asks for another number of input channels than the model has.
+    """
     plan = None
-    if raw.get("plan") is not None:
+    if plan_data is not None:
         try:
-            plan = Plan.from_dict(raw["plan"])
+            plan = Plan.from_dict(plan_data)
         except (TypeError, ValueError) as exc:
             raise InputError(
-                f"checkpoint {checkpoint} holds an invalid plan ({exc}); it was not written by this "
-                "version of perspective-unet, or it was edited."
+                f"{origin} holds an invalid plan ({exc}); it was not written by this version of perspective-unet, or "
+                "it was edited."
             ) from None
         channels = model.config.in_channels
         if channels != plan.in_channels and not model.config.repeat_gray_to_rgb:
             raise InputError(
-                f"checkpoint {checkpoint}: its plan gives {plan.in_channels} input channel(s) (the slice "
-                f"and {plan.context_slices} context slices on each side) but its model takes {channels}; "
-                "the file is inconsistent."
+                f"{origin}: its plan gives {plan.in_channels} input channel(s) (the slice and {plan.context_slices} "
+                f"context slices on each side) but its model takes {channels}; the file is inconsistent."
             )
-    info = {
+    return {
         "plan": plan,
         "img_size": tuple(plan.patch_size if plan else train_config.get("img_size", (224, 224))),
-        "dataset": dict(raw.get("dataset") or {}),
-        "epoch": raw.get("epoch"),
+        "dataset": dict(dataset or {}),
+        "epoch": epoch,
     }
-    return model, info

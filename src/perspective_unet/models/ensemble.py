@@ -18,6 +18,7 @@ from torch import nn
 
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import load_for_inference
+from perspective_unet.models.pretrained import is_model_folder, load_pretrained_for_inference
 
 __all__ = ["ProbabilityEnsemble", "load_ensemble_for_inference", "resolve_checkpoints"]
 
@@ -69,7 +70,8 @@ def _checkpoint_of_run(folder: Path) -> Path | None:
 def resolve_checkpoints(sources: CheckpointSource | Sequence[CheckpointSource]) -> list[Path]:
     """The checkpoint files that ``sources`` name.
 
-    A file stands for itself. A run folder stands for its ``best.pt`` (its ``last.pt`` when it has no validation and
+    A file stands for itself, and so does a model folder (``perspective-unet export --format folder``). A run folder
+    stands for its ``best.pt`` (its ``last.pt`` when it has no validation and
     so no ``best.pt``). A folder of cross-validation runs (``fold_0``, ``fold_1``, ... as ``train --fold`` writes
     them) stands for the checkpoint of each fold run, ``fold_all`` excepted (it saw every fold's cases).
 
@@ -86,7 +88,13 @@ def resolve_checkpoints(sources: CheckpointSource | Sequence[CheckpointSource]) 
             found.append(path)
             continue
         if not path.is_dir():
-            raise InputError(f"{path} does not exist; give a checkpoint (.pt), a run folder or a folder of fold runs.")
+            raise InputError(
+                f"{path} does not exist; give a checkpoint (.pt), a model folder, a run folder or a "
+                "folder of fold runs."
+            )
+        if is_model_folder(path):
+            found.append(path)
+            continue
         own = _checkpoint_of_run(path)
         folds = sorted(p for p in path.glob("fold_*") if p.is_dir() and p.name != "fold_all")
         if own is not None:
@@ -134,7 +142,9 @@ def load_ensemble_for_inference(
     paths = resolve_checkpoints(sources)
     models, infos = [], []
     for path in paths:
-        model, info = load_for_inference(path, device)
+        model, info = (
+            load_pretrained_for_inference(path, device) if is_model_folder(path) else load_for_inference(path, device)
+        )
         if models:
             first, this = _agreement(infos[0], models[0]), _agreement(info, model)
             for key in first:

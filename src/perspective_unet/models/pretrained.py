@@ -1,0 +1,255 @@
+"""A self-describing model folder without pickle, in the Hugging Face layout (same file names), read offline.
+
+```
+MODEL/
+  config.json          format, the full model config, the SHA-256 of the weights file, the versions that wrote it
+  model.safetensors    the weights (safetensors: tensors only, nothing that runs on load)
+  preprocessing.json   what inference needs to see a new scan as the training data were seen: the plan (protocol,
+                       spacing, patch size, intensity, context slices) and the training data's modality, intensity
+                       normalization and orientation
+  labels.json          class ids -> names and display colors
+  README.md            a model card (written by ``perspective-unet export``; optional for loading)
+```
+
+:func:`save_pretrained` writes the folder (all files or none); :func:`from_pretrained` rebuilds the model and
+:func:`load_pretrained_for_inference` also returns what prediction needs, as
+:func:`~perspective_unet.models.checkpoint.load_for_inference` does for a checkpoint. The loader never unpickles:
+config and labels are JSON, weights are safetensors, checked against the recorded hash before they are read.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import json
+import os
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from perspective_unet.config import ModelConfig
+from perspective_unet.errors import InputError
+from perspective_unet.models.checkpoint import check_state_dict, inference_info
+from perspective_unet.models.perspective_unet import PerspectiveUNet
+from perspective_unet.outputs import write_all
+from perspective_unet.plan import Plan
+
+__all__ = [
+    "CONFIG_FILE",
+    "LABELS_FILE",
+    "PREPROCESSING_FILE",
+    "WEIGHTS_FILE",
+    "from_pretrained",
+    "is_model_folder",
+    "load_pretrained_for_inference",
+    "read_inference_files",
+    "save_pretrained",
+]
+
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+PREPROCESSING_FILE = "preprocessing.json"
+LABELS_FILE = "labels.json"
+CARD_FILE = "README.md"
+FOLDER_FORMAT = "perspective-unet-model"
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def is_model_folder(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a folder holding a model's ``config.json`` and ``model.safetensors``."""
+    path = Path(path)
+    return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
+
+
+def labels_record(class_names: Sequence[str], colors: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+    """``labels.json``'s content: ``{"0": {"name": "background", "color": [0, 0, 0]}, ...}``."""
+    return {
+        str(i): {"name": str(name), **({"color": [int(c) for c in colors[i]]} if colors is not None else {})}
+        for i, name in enumerate(class_names)
+    }
+
+
+def preprocessing_record(plan: Plan | None, img_size: Sequence[int], dataset: Mapping[str, Any]) -> dict[str, Any]:
+    """``preprocessing.json``'s content: the plan (or the paper protocol's size) and the training data's description."""
+    keep = ("name", "modality", "normalization", "intensity", "orientation")
+    return {
+        "plan": plan.to_dict() if plan is not None else None,
+        "img_size": [int(s) for s in img_size],
+        "dataset": {k: dataset[k] for k in keep if k in dataset},
+    }
+
+
+def save_pretrained(
+    model: PerspectiveUNet,
+    folder: str | os.PathLike[str],
+    *,
+    plan: Plan | None = None,
+    img_size: Sequence[int] = (224, 224),
+    dataset: Mapping[str, Any] | None = None,
+    colors: Sequence[Sequence[int]] | None = None,
+    card: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Write ``model`` as a model folder (see the module docstring); every file appears, or none.
+
+    Args:
+        model: The model (its weights are saved from the CPU, contiguous).
+        folder: The folder; created if needed.
+        plan: The plan it was trained with (None: the paper protocol at ``img_size``).
+        img_size: The training size, used when there is no plan.
+        dataset: The training data's description (``class_names``, ``modality``, ``normalization``, ``intensity``,
+            ``orientation``, as a checkpoint's ``dataset`` entry holds them).
+        colors: A display color (r, g, b) per class id.
+        card: The model card's Markdown; None writes none.
+        overwrite: Replace the files of an earlier model in ``folder``.
+
+    Raises:
+        FileExistsError: ``folder`` holds a model's files and ``overwrite`` is False.
+    """
+    from safetensors.torch import save_file
+
+    from perspective_unet import __version__
+
+    folder = Path(folder)
+    names = [CONFIG_FILE, WEIGHTS_FILE, PREPROCESSING_FILE, LABELS_FILE, *([CARD_FILE] if card is not None else [])]
+    existing = [name for name in names if (folder / name).exists()]
+    if existing and not overwrite:
+        raise FileExistsError(f"{folder / existing[0]} already exists; pass --overwrite to replace the model folder.")
+    folder.mkdir(parents=True, exist_ok=True)
+    dataset = dict(dataset or {})
+    class_names = list(dataset.get("class_names") or [f"class_{i}" for i in range(model.config.num_classes)])
+    if len(class_names) != model.config.num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model of {model.config.num_classes} classes.")
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    weights = folder / f".{WEIGHTS_FILE}.staged"
+    save_file(state, str(weights), metadata={"format": "pt"})
+    config = {
+        "format": FOLDER_FORMAT,
+        "format_version": 1,
+        "architecture": "PerspectiveUNet",
+        "model_config": model.config.to_dict(),
+        "weights_sha256": _sha256(weights),
+        "perspective_unet_version": __version__,
+        "torch_version": torch.__version__,
+    }
+    texts = {
+        CONFIG_FILE: json.dumps(config, indent=2),
+        PREPROCESSING_FILE: json.dumps(preprocessing_record(plan, img_size, dataset), indent=2),
+        LABELS_FILE: json.dumps(labels_record(class_names, colors), indent=2),
+        **({CARD_FILE: card} if card is not None else {}),
+    }
+    writers: dict[Path, Any] = {
+        folder / name: functools.partial(_write_text, text=text) for name, text in texts.items()
+    }
+    writers[folder / WEIGHTS_FILE] = lambda path: os.replace(weights, path)
+    try:
+        write_all(writers)
+    finally:
+        weights.unlink(missing_ok=True)
+    return folder
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.write_text(text + "\n")
+
+
+def _read_json(path: Path) -> Any:
+    if not path.is_file():
+        raise InputError(
+            f"{path} is missing; a model folder holds {CONFIG_FILE}, {WEIGHTS_FILE}, "
+            f"{PREPROCESSING_FILE} and {LABELS_FILE}. Export the model again."
+        )
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); the file is damaged or was edited.") from None
+
+
+def read_inference_files(folder: str | os.PathLike[str]) -> dict[str, Any]:
+    """What inference needs from ``preprocessing.json`` and ``labels.json`` in ``folder``, without the model.
+
+    Returns:
+        ``{"plan": Plan | None, "img_size": tuple, "dataset": dict with class_names, "epoch": None}`` (the plan as a
+        dict; :func:`~perspective_unet.models.checkpoint.inference_info` checks it against a model).
+
+    Raises:
+        InputError: A file is missing, not JSON, or holds the wrong fields (the message names it).
+    """
+    folder = Path(folder)
+    preprocessing = _read_json(folder / PREPROCESSING_FILE)
+    labels = _read_json(folder / LABELS_FILE)
+    try:
+        names = [str(labels[str(i)]["name"]) for i in range(len(labels))]
+        dataset = {**dict(preprocessing.get("dataset") or {}), "class_names": names}
+        return {
+            "plan": preprocessing.get("plan"),
+            "img_size": tuple(preprocessing["img_size"]),
+            "dataset": dataset,
+            "epoch": None,
+        }
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise InputError(
+            f"{folder}: {PREPROCESSING_FILE} or {LABELS_FILE} lacks {exc}; export the model again."
+        ) from None
+
+
+def from_pretrained(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> PerspectiveUNet:
+    """The model of a model folder, in eval mode on ``device``.
+
+    Raises:
+        InputError: A file is missing or damaged, the weights' hash differs from the recorded one, or the weights
+            belong to another architecture than the config describes (each message names the file).
+    """
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    folder = Path(folder)
+    config_data = _read_json(folder / CONFIG_FILE)
+    if not isinstance(config_data, dict) or config_data.get("format") != FOLDER_FORMAT:
+        raise InputError(
+            f"{folder / CONFIG_FILE} is not a perspective-unet model config (format "
+            f"{FOLDER_FORMAT!r}); export the model with `perspective-unet export --format folder`."
+        )
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        raise InputError(f"{weights} is missing; export the model again.")
+    recorded = config_data.get("weights_sha256")
+    if recorded != _sha256(weights):
+        raise InputError(
+            f"{weights} differs from the file {folder / CONFIG_FILE} describes (SHA-256 mismatch): it was "
+            "edited, damaged or replaced. Export the model again."
+        )
+    try:
+        config = ModelConfig.from_dict(dict(config_data["model_config"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise InputError(f"{folder / CONFIG_FILE} holds an invalid model config ({exc}).") from None
+    try:
+        state = load_file(str(weights), device="cpu")
+    except (SafetensorError, OSError) as exc:
+        raise InputError(f"{weights} cannot be read as safetensors ({exc}).") from None
+    with torch.device("meta"):
+        skeleton = PerspectiveUNet(config)
+    check_state_dict(skeleton.state_dict(), state, str(weights))
+    model = PerspectiveUNet(config)
+    model.load_state_dict(state)
+    return model.to(device).eval()
+
+
+def load_pretrained_for_inference(
+    folder: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[PerspectiveUNet, dict[str, Any]]:
+    """A model folder's model and inference info, as :func:`~perspective_unet.models.checkpoint.load_for_inference`
+    returns them for a checkpoint."""
+    model = from_pretrained(folder, device)
+    files = read_inference_files(folder)
+    info = inference_info(model, files["plan"], {"img_size": files["img_size"]}, files["dataset"], None, folder)
+    return model, info
