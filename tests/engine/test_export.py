@@ -17,9 +17,15 @@ from perspective_unet.models.pretrained import load_pretrained_for_inference
 from perspective_unet.plan import Plan
 
 PLAN = {"protocol": "spacing", "patch_size": [32, 32], "spacing": [1.0, 1.0], "intensity": {"kind": "unit"}}
-DATASET = {"name": "tiny", "class_names": ["background", "square", "disc"], "modality": "CT",
-           "normalization": "synthetic", "intensity": {"kind": "ct_window", "window": [-125.0, 275.0]},
-           "orientation": "SPL", "license": "CC0"}
+DATASET = {
+    "name": "tiny",
+    "class_names": ["background", "square", "disc"],
+    "modality": "CT",
+    "normalization": "synthetic",
+    "intensity": {"kind": "ct_window", "window": [-125.0, 275.0]},
+    "orientation": "SPL",
+    "license": "CC0",
+}
 
 
 @pytest.fixture
@@ -29,8 +35,13 @@ def checkpoint(tmp_path):
     with torch.no_grad():  # a head that makes every class win somewhere, so that label maps can differ
         model.head.bias.zero_()
         model.head.weight.mul_(1000.0)
-    return save_model(model, tmp_path / "run" / "best.pt", plan=PLAN, dataset=DATASET,
-                      train_config={"model": "perspective_unet_tiny", "epochs": 3, "seed": 7})
+    return save_model(
+        model,
+        tmp_path / "run" / "best.pt",
+        plan=PLAN,
+        dataset=DATASET,
+        train_config={"model": "perspective_unet_tiny", "epochs": 3, "seed": 7},
+    )
 
 
 @pytest.fixture
@@ -43,8 +54,13 @@ def scan(tmp_path):
 
 def test_checkpoint_to_folder_to_model_gives_equal_logits_without_unpickling(checkpoint, tmp_path, monkeypatch):
     folder = export_folder(checkpoint, tmp_path / "model")
-    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "preprocessing.json",
-                                                  "labels.json", "README.md"}
+    assert {p.name for p in folder.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "preprocessing.json",
+        "labels.json",
+        "README.md",
+    }
     original = torch.load(checkpoint, weights_only=True)
 
     def no_pickle(*args, **kwargs):
@@ -113,8 +129,12 @@ def test_every_registered_variant_exports_to_onnx_with_parity(name, tmp_path):
 @pytest.mark.slow
 def test_the_paper_variant_exports_to_onnx_with_parity(tmp_path):
     model = create_model("perspective_unet", num_classes=9)
-    path = save_model(model, tmp_path / "m.pt", plan={**PLAN, "patch_size": [64, 64]},
-                      dataset={**DATASET, "class_names": [f"c{i}" for i in range(9)]})
+    path = save_model(
+        model,
+        tmp_path / "m.pt",
+        plan={**PLAN, "patch_size": [64, 64]},
+        dataset={**DATASET, "class_names": [f"c{i}" for i in range(9)]},
+    )
     parities = export_onnx(path, tmp_path / "m.onnx", check_shapes=[(1, 1, 64, 64), (2, 1, 48, 80)])
     assert all(p.passed for p in parities)
 
@@ -138,9 +158,11 @@ def test_prediction_through_onnx_runtime_equals_the_torch_path(checkpoint, scan,
     assert main(["export", "--format", "onnx", str(checkpoint), str(tmp_path / "onnx" / "model.onnx")]) == 0
     assert main(["export", str(checkpoint), str(tmp_path / "folder")]) == 0
     outputs = {}
-    for name, source in (("torch", ["--checkpoint", str(checkpoint)]),
-                         ("folder", ["--checkpoint", str(tmp_path / "folder")]),
-                         ("onnx", ["--onnx", str(tmp_path / "onnx" / "model.onnx")])):
+    for name, source in (
+        ("torch", ["--checkpoint", str(checkpoint)]),
+        ("folder", ["--checkpoint", str(tmp_path / "folder")]),
+        ("onnx", ["--onnx", str(tmp_path / "onnx" / "model.onnx")]),
+    ):
         assert main(["predict", *source, "-i", str(scan), "-o", str(tmp_path / name), "--device", "cpu"]) == 0
         outputs[name] = np.asarray(nib.load(str(tmp_path / name / "scan.nii.gz")).dataobj)
     assert len(np.unique(outputs["torch"])) > 1, "a model that predicts one class would prove nothing"
