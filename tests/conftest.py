@@ -25,7 +25,7 @@ def _keep_the_locale():
 
 @pytest.fixture(autouse=True)
 def _onednn_routes_as_on_x86():
-    # The oneDNN routes default to "always" on x86-64 and "off" elsewhere; tests run with the x86-64 default on every
-    # platform, and no test leaks a mode into the next.
+    # The oneDNN routes default to "always" on x86-64 with AVX-512 and "off" elsewhere; tests run with the routes on
+    # wherever oneDNN is present, so that they are checked on every platform, and no test leaks a mode into the next.
     with onednn_linear("always"):
         yield

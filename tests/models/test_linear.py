@@ -90,7 +90,7 @@ def test_linear_module_keeps_nn_linear_parameters(monkeypatch):
         layer(x)
     assert len(calls) == 2, "with autograd on, 'inference' keeps F.linear"
     layer(x)
-    assert len(calls) == 3, "with autograd on, the default ('always' on x86-64, as the tests run) takes the route"
+    assert len(calls) == 3, "with autograd on, 'always' (the AVX-512 default, as the tests run) takes the route"
 
 
 @needs_onednn

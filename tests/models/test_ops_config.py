@@ -30,7 +30,10 @@ def test_unset_environment_gives_the_platform_default(monkeypatch):
     monkeypatch.setattr(config.platform, "machine", lambda: "arm64")
     assert config._default_onednn_mode() == "off", "measured on x86-64 only: off elsewhere unless asked for"
     monkeypatch.setattr(config.platform, "machine", lambda: "AMD64")
+    monkeypatch.setattr(config.torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")
     assert config._default_onednn_mode() == "always", "fast by default: training takes the route too"
+    monkeypatch.setattr(config.torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
+    assert config._default_onednn_mode() == "off", "slower on AVX2-only processors: off there"
 
 
 def test_unknown_environment_value_warns_with_the_valid_ones_and_keeps_the_default(monkeypatch):

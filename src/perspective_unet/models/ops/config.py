@@ -3,11 +3,13 @@
 One switch, the oneDNN route, governs two operations: linear layers (:func:`~perspective_unet.models.ops.linear`)
 and the token attention's inference path (:func:`~perspective_unet.models.ops.onednn_attention`). Its mode is
 
-- ``"always"``: in training too (linear layers only: the attention route has no backward). The default on x86-64,
-  where the route was measured: faster eager training at a different float rounding (docs/performance.md).
+- ``"always"``: in training too (linear layers only: the attention route has no backward). The default on x86-64
+  processors with AVX-512, where oneDNN's kernels beat MKL's: faster eager training and inference, at a different
+  float rounding (docs/performance.md).
 - ``"inference"``: only without autograd, so training keeps ``F.linear``'s rounding (a training run then gives the
   weights it gave before the route existed).
-- ``"off"``: ``F.linear`` and SDPA everywhere. The default elsewhere (ARM, ...), where oneDNN runs other kernels.
+- ``"off"``: ``F.linear`` and SDPA everywhere. The default elsewhere: on x86-64 without AVX-512 (AVX2 only) the
+  route made inference slower, and on ARM oneDNN runs other kernels, not measured.
 
 The environment variable ``PERSPECTIVE_UNET_ONEDNN_LINEAR`` (``0``/``off``, ``1``/``inference``, ``always``) is read
 once, when this module is first imported; afterwards :func:`set_onednn_linear` changes the mode for the process and
@@ -48,10 +50,11 @@ ONEDNN_MODES = ("inference", "always", "off")
 _ENVIRONMENT_VALUES = {"0": "off", "off": "off", "1": "inference", "inference": "inference", "always": "always"}
 
 
-# The routes were measured on x86-64 (where oneDNN has AVX-512 kernels and MKL may not use them); elsewhere (ARM,
-# where oneDNN runs through other kernels) they stay off unless asked for.
+# The routes pay off where oneDNN has AVX-512 kernels and MKL may not use them (AMD processors); on an AVX2-only
+# x86-64 processor they made inference slower, and elsewhere (ARM) they were not measured: off unless asked for.
 def _default_onednn_mode() -> str:
-    return "always" if platform.machine().lower() in ("x86_64", "amd64") else "off"
+    x86 = platform.machine().lower() in ("x86_64", "amd64")
+    return "always" if x86 and "AVX512" in torch.backends.cpu.get_cpu_capability() else "off"
 
 
 _DEFAULT_ONEDNN_MODE = _default_onednn_mode()
