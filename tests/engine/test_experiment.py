@@ -22,6 +22,7 @@ from perspective_unet.engine.experiment import run_experiment
 from perspective_unet.engine.experiment_report import report_experiment
 from perspective_unet.engine.train import train
 from perspective_unet.errors import InputError
+from tests.engine.test_train import TINY_RUN
 
 TRAIN = {
     "model": "perspective_unet_tiny",
@@ -46,35 +47,8 @@ def poisoned(tiny_dataset, tmp_path):
 
 def test_fold_training_selects_checkpoints_without_reading_a_test_case(poisoned, tmp_path, capsys):
     out = tmp_path / "runs"
-    assert (
-        main(
-            [
-                "train",
-                "--data",
-                str(poisoned),
-                "-o",
-                str(out),
-                "--fold",
-                "1",
-                "--num-folds",
-                "3",
-                "--epochs",
-                "2",
-                "--val-every",
-                "1",
-                "--model",
-                "perspective_unet_tiny",
-                "--img-size",
-                "32",
-                "32",
-                "--batch-size",
-                "4",
-                "--num-workers",
-                "0",
-            ]
-        )
-        == 0
-    )
+    args = ["train", "--data", str(poisoned), "-o", str(out), "--fold", "1", "--num-folds", "3", "--epochs", "2"]
+    assert main([*args, "--val-every", "1", *TINY_RUN]) == 0
     run = out / "fold_1"
     assert (run / "best.pt").is_file() and (run / "last.pt").is_file()
     folds = json.loads((poisoned / "splits.json").read_text())
