@@ -37,6 +37,7 @@ from perspective_unet.data.demo import DEMO_SDIST_NAME, TOTALSEGMENTATOR_TO_SYNA
 from perspective_unet.data.io import read_image
 from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
+from perspective_unet.models.pretrained import is_model_folder
 
 PREFIX = "totalsegmentator-2.18.0/tests/reference_files/"
 DICOM_FILES = [
@@ -224,7 +225,9 @@ def evaluate_scan(spec: dict[str, Any], files: Path, checkpoint: Path, out: Path
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point; returns the exit status (2 for bad input)."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--checkpoint", type=Path, required=True, help="a checkpoint trained with Synapse class ids")
+    parser.add_argument(
+        "--checkpoint", type=Path, required=True, help="a checkpoint or model folder trained with Synapse class ids"
+    )
     parser.add_argument("--sdist", type=Path, default=None, help=f"a local copy of {DEMO_SDIST_NAME}")
     parser.add_argument("--cache-dir", type=Path, default=None, help="where the downloaded sdist is kept")
     parser.add_argument("-o", "--output", type=Path, default=Path("transfer_out"), help="output folder")
@@ -233,8 +236,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     results = {}
     try:
-        if not args.checkpoint.is_file():
-            raise InputError(f"checkpoint {args.checkpoint} does not exist; give the path of a .pt file.")
+        if not (args.checkpoint.is_file() or is_model_folder(args.checkpoint)):
+            raise InputError(f"checkpoint {args.checkpoint} does not exist; give a .pt file or a model folder.")
         sdist = fetch_demo_sdist(args.cache_dir, args.sdist)
         with tempfile.TemporaryDirectory(prefix="transfer-") as tmp:
             files = extract_scans(sdist, Path(tmp))
