@@ -119,6 +119,9 @@ def _train(config: TrainConfig, resume: str | Path | None, ctx: DistributedConte
         # A failed run (a full disk, an interrupt) closes its event file too, so nothing holds the folder open.
         if run.writer is not None:
             run.writer.close()
+        # The DDP wrapper holds the process group: free it while the group lives. Freed after the group was
+        # destroyed, its gloo destructor once waited forever for its threads (a worker left hanging after its run).
+        run.model = run.core_model
         ctx.close()
     best = run.output / "best.pt"
     return TrainResult(
