@@ -30,6 +30,7 @@ __all__ = [
     "output_lock",
     "remove_stale_temporaries",
     "temporary_path",
+    "text_writer",
     "write_all",
 ]
 
@@ -81,6 +82,11 @@ def write_all(writers: Mapping[str | os.PathLike[str], Callable[[Path], None]]) 
             tmp.unlink(missing_ok=True)
         raise
     return [target for _, target in pending]
+
+
+def text_writer(text: str) -> Callable[[Path], None]:
+    """A writer for :func:`write_all` or :func:`atomic_write` that writes ``text`` as it is."""
+    return lambda path: path.write_text(text)
 
 
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:

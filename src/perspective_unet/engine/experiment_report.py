@@ -17,7 +17,6 @@ every run and case).
 from __future__ import annotations
 
 import csv
-import functools
 import io
 import json
 import math
@@ -33,7 +32,7 @@ import yaml
 from perspective_unet.config.experiment import ExperimentConfig
 from perspective_unet.engine.experiment import EVALUATION_DIR, EXPERIMENT_FILE
 from perspective_unet.errors import InputError
-from perspective_unet.outputs import write_all
+from perspective_unet.outputs import text_writer, write_all
 from perspective_unet.stats import Comparison, Spread, bootstrap_interval, holm, paired_wilcoxon, spread
 from perspective_unet.table import format_table
 
@@ -349,10 +348,6 @@ def _json(report: ExperimentReport) -> str:
     return json.dumps(data, indent=2, default=str, allow_nan=True)
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
-
-
 def report_experiment(
     root: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *, overwrite: bool = False
 ) -> ExperimentReport:
@@ -383,9 +378,7 @@ def report_experiment(
         "report.tex": _latex(report),
         "report.json": _json(report),
     }
-    writers: dict[Path, Any] = {
-        folder / name: functools.partial(_write_text, text=text) for name, text in texts.items()
-    }
+    writers: dict[Path, Any] = {folder / name: text_writer(text) for name, text in texts.items()}
     writers[folder / "boxplots.png"] = lambda path: class_box_plot(box_scores, path, title=report.name)
     write_all(writers)
     return report

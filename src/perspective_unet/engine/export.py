@@ -7,7 +7,6 @@ training data were seen.
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -32,7 +31,7 @@ from perspective_unet.models.pretrained import (
     preprocessing_record,
     save_pretrained,
 )
-from perspective_unet.outputs import write_all
+from perspective_unet.outputs import text_writer, write_all
 
 __all__ = ["OnnxParity", "export_folder", "export_onnx", "model_card"]
 
@@ -133,10 +132,6 @@ def model_card(model: PerspectiveUNet, info: dict[str, Any], checkpoint: Path, t
         "",
     ]
     return "\n".join(lines)
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text)
 
 
 def export_folder(
@@ -272,6 +267,6 @@ def export_onnx(
                 f"{path} already exists and describes another model; pass --overwrite to replace "
                 "it, or export into another folder."
             )
-        writers[path] = functools.partial(_write_text, text=text)
+        writers[path] = text_writer(text)
     write_all(writers)
     return parities

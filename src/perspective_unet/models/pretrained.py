@@ -19,7 +19,6 @@ config and labels are JSON, weights are safetensors, checked against the recorde
 
 from __future__ import annotations
 
-import functools
 import hashlib
 import json
 import os
@@ -33,7 +32,7 @@ from perspective_unet.config import ModelConfig
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import check_state_dict, inference_info
 from perspective_unet.models.perspective_unet import PerspectiveUNet
-from perspective_unet.outputs import write_all
+from perspective_unet.outputs import text_writer, write_all
 from perspective_unet.plan import Plan
 
 __all__ = [
@@ -147,19 +146,13 @@ def save_pretrained(
         LABELS_FILE: json.dumps(labels_record(class_names, colors), indent=2),
         **({CARD_FILE: card} if card is not None else {}),
     }
-    writers: dict[Path, Any] = {
-        folder / name: functools.partial(_write_text, text=text) for name, text in texts.items()
-    }
+    writers: dict[Path, Any] = {folder / name: text_writer(text + "\n") for name, text in texts.items()}
     writers[folder / WEIGHTS_FILE] = lambda path: os.replace(weights, path)
     try:
         write_all(writers)
     finally:
         weights.unlink(missing_ok=True)
     return folder
-
-
-def _write_text(path: Path, text: str) -> None:
-    path.write_text(text + "\n")
 
 
 def _read_json(path: Path) -> Any:
