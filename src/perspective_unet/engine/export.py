@@ -20,14 +20,12 @@ import numpy as np
 import torch
 
 from perspective_unet.errors import InputError
-from perspective_unet.models.ensemble import resolve_checkpoints
+from perspective_unet.models.ensemble import load_source_for_inference, resolve_checkpoints
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.models.pretrained import (
     LABELS_FILE,
     PREPROCESSING_FILE,
-    is_model_folder,
     labels_record,
-    load_pretrained_for_inference,
     preprocessing_record,
     save_pretrained,
 )
@@ -44,14 +42,11 @@ PARITY_TOLERANCE = 1e-4
 
 
 def _load(source: str | os.PathLike[str]) -> tuple[PerspectiveUNet, dict[str, Any], Path]:
-    from perspective_unet.models.checkpoint import load_for_inference
-
     paths = resolve_checkpoints(source)
     if len(paths) != 1:
         raise InputError(f"{source} stands for {len(paths)} checkpoints; export one model at a time.")
-    path = paths[0]
-    model, info = load_pretrained_for_inference(path) if is_model_folder(path) else load_for_inference(path)
-    return model, info, path
+    model, info = load_source_for_inference(paths[0])
+    return model, info, paths[0]
 
 
 def _palette(num_classes: int) -> list[list[int]]:
@@ -138,10 +133,7 @@ def export_folder(
     checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
     """Write a checkpoint (or model folder) as a model folder with a model card."""
-    from perspective_unet.models.checkpoint import load_checkpoint_file
-
     model, info, path = _load(checkpoint)
-    training = {} if is_model_folder(path) else dict(load_checkpoint_file(path).get("train_config") or {})
     return save_pretrained(
         model,
         output,
@@ -149,7 +141,7 @@ def export_folder(
         img_size=info["img_size"],
         dataset=info["dataset"],
         colors=_palette(model.config.num_classes),
-        card=model_card(model, info, path, training),
+        card=model_card(model, info, path, info["train_config"]),
         overwrite=overwrite,
     )
 

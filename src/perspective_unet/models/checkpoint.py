@@ -193,7 +193,8 @@ def load_for_inference(
         ``(model, info)`` where ``info`` holds ``plan`` (the :class:`~perspective_unet.plan.Plan` the model was
         trained with, or None for checkpoints written before plans existed and converted released checkpoints),
         ``img_size`` (the training size, 224x224 when the checkpoint does not say), ``dataset`` (class names,
-        modality and intensity normalization of the training data, when written by ``train``) and ``epoch``.
+        modality and intensity normalization of the training data, when written by ``train``), ``epoch`` and
+        ``train_config`` (the training settings as saved, empty when not recorded).
 
     Raises:
         InputError: The checkpoint's plan is invalid, or asks for another number of input channels than the model has.
@@ -239,4 +240,5 @@ def inference_info(
         "img_size": tuple(plan.patch_size if plan else train_config.get("img_size", (224, 224))),
         "dataset": dict(dataset or {}),
         "epoch": epoch,
+        "train_config": dict(train_config),
     }

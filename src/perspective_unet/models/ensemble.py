@@ -20,7 +20,7 @@ from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import load_for_inference
 from perspective_unet.models.pretrained import is_model_folder, load_pretrained_for_inference
 
-__all__ = ["ProbabilityEnsemble", "load_ensemble_for_inference", "resolve_checkpoints"]
+__all__ = ["ProbabilityEnsemble", "load_ensemble_for_inference", "load_source_for_inference", "resolve_checkpoints"]
 
 CheckpointSource = str | os.PathLike[str]
 
@@ -112,6 +112,15 @@ def resolve_checkpoints(sources: CheckpointSource | Sequence[CheckpointSource]) 
     return found
 
 
+def load_source_for_inference(
+    path: str | os.PathLike[str], device: torch.device | str = "cpu"
+) -> tuple[nn.Module, dict[str, Any]]:
+    """One model and its inference info from a checkpoint file or a model folder (what one resolved source is)."""
+    if is_model_folder(path):
+        return load_pretrained_for_inference(path, device)
+    return load_for_inference(path, device)
+
+
 def _agreement(info: dict[str, Any], model: nn.Module) -> dict[str, Any]:
     """What members of an ensemble must share."""
     plan = info.get("plan")
@@ -142,9 +151,7 @@ def load_ensemble_for_inference(
     paths = resolve_checkpoints(sources)
     models, infos = [], []
     for path in paths:
-        model, info = (
-            load_pretrained_for_inference(path, device) if is_model_folder(path) else load_for_inference(path, device)
-        )
+        model, info = load_source_for_inference(path, device)
         if models:
             first, this = _agreement(infos[0], models[0]), _agreement(info, model)
             for key in first:
