@@ -22,13 +22,7 @@ import torch
 from perspective_unet.errors import InputError
 from perspective_unet.models.ensemble import load_source_for_inference, resolve_checkpoints
 from perspective_unet.models.perspective_unet import PerspectiveUNet
-from perspective_unet.models.pretrained import (
-    LABELS_FILE,
-    PREPROCESSING_FILE,
-    labels_record,
-    preprocessing_record,
-    save_pretrained,
-)
+from perspective_unet.models.pretrained import inference_file_texts, save_pretrained
 from perspective_unet.outputs import text_writer, write_all
 
 __all__ = ["OnnxParity", "export_folder", "export_onnx", "model_card"]
@@ -244,13 +238,12 @@ def export_onnx(
             )
 
     parities: list[OnnxParity] = []
-    preprocessing = preprocessing_record(info["plan"], info["img_size"], info["dataset"])
-    class_names = info["dataset"].get("class_names") or [f"class_{i}" for i in range(model.config.num_classes)]
-    labels = labels_record(class_names, _palette(model.config.num_classes))
+    texts = inference_file_texts(
+        model.config.num_classes, info["plan"], info["img_size"], info["dataset"], _palette(model.config.num_classes)
+    )
     writers: dict[Path, Any] = {output: write_onnx}
-    for name, record in ((PREPROCESSING_FILE, preprocessing), (LABELS_FILE, labels)):
+    for name, text in texts.items():
         path = output.parent / name
-        text = json.dumps(record, indent=2) + "\n"
         if path.exists() and not overwrite:
             # A model folder's own files, when the graph is exported into it, are kept if they say the same.
             if path.read_text() == text:

@@ -41,6 +41,7 @@ __all__ = [
     "PREPROCESSING_FILE",
     "WEIGHTS_FILE",
     "from_pretrained",
+    "inference_file_texts",
     "is_model_folder",
     "load_pretrained_for_inference",
     "read_inference_files",
@@ -87,6 +88,28 @@ def preprocessing_record(plan: Plan | None, img_size: Sequence[int], dataset: Ma
     }
 
 
+def inference_file_texts(
+    num_classes: int,
+    plan: Plan | None,
+    img_size: Sequence[int],
+    dataset: Mapping[str, Any],
+    colors: Sequence[Sequence[int]] | None = None,
+) -> dict[str, str]:
+    """The texts of ``preprocessing.json`` and ``labels.json``, the files inference reads beside a model folder's
+    weights or an ONNX graph: one form for both, so that a graph exported into a model folder recognizes its files.
+
+    Raises:
+        ValueError: ``dataset`` names another number of classes than ``num_classes``.
+    """
+    class_names = list(dataset.get("class_names") or [f"class_{i}" for i in range(num_classes)])
+    if len(class_names) != num_classes:
+        raise ValueError(f"{len(class_names)} class names for a model of {num_classes} classes.")
+    return {
+        PREPROCESSING_FILE: json.dumps(preprocessing_record(plan, img_size, dataset), indent=2) + "\n",
+        LABELS_FILE: json.dumps(labels_record(class_names, colors), indent=2) + "\n",
+    }
+
+
 def save_pretrained(
     model: PerspectiveUNet,
     folder: str | os.PathLike[str],
@@ -123,11 +146,8 @@ def save_pretrained(
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{folder / existing[0]} already exists; pass --overwrite to replace the model folder.")
+    inference_texts = inference_file_texts(model.config.num_classes, plan, img_size, dict(dataset or {}), colors)
     folder.mkdir(parents=True, exist_ok=True)
-    dataset = dict(dataset or {})
-    class_names = list(dataset.get("class_names") or [f"class_{i}" for i in range(model.config.num_classes)])
-    if len(class_names) != model.config.num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model of {model.config.num_classes} classes.")
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = folder / f".{WEIGHTS_FILE}.staged"
     save_file(state, str(weights), metadata={"format": "pt"})
@@ -141,12 +161,11 @@ def save_pretrained(
         "torch_version": torch.__version__,
     }
     texts = {
-        CONFIG_FILE: json.dumps(config, indent=2),
-        PREPROCESSING_FILE: json.dumps(preprocessing_record(plan, img_size, dataset), indent=2),
-        LABELS_FILE: json.dumps(labels_record(class_names, colors), indent=2),
-        **({CARD_FILE: card} if card is not None else {}),
+        CONFIG_FILE: json.dumps(config, indent=2) + "\n",
+        **inference_texts,
+        **({CARD_FILE: card + "\n"} if card is not None else {}),
     }
-    writers: dict[Path, Any] = {folder / name: text_writer(text + "\n") for name, text in texts.items()}
+    writers: dict[Path, Any] = {folder / name: text_writer(text) for name, text in texts.items()}
     writers[folder / WEIGHTS_FILE] = lambda path: os.replace(weights, path)
     try:
         write_all(writers)
