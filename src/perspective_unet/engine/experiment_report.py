@@ -153,10 +153,8 @@ def summarize(root: str | os.PathLike[str]) -> ExperimentReport:
     found, missing = gather_scores(root, experiment)
     if not found:
         raise InputError(f"{root}: no run has been evaluated yet; run `perspective-unet experiment run` first.")
-    classes = sorted(
-        {name for runs in found.values() for s in runs.values() for _, name in s},
-        key=lambda name: _class_order(found, name),
-    )
+    # Class id order, as the per-case files list the classes (a class only later runs score comes after).
+    classes = list(dict.fromkeys(name for runs in found.values() for s in runs.values() for _, name in s))
     stats = experiment.statistics
     summaries = []
     for name in experiment.configurations:
@@ -193,13 +191,6 @@ def summarize(root: str | os.PathLike[str]) -> ExperimentReport:
         missing=missing,
         scores={name: list(runs.values()) for name, runs in found.items()},
     )
-
-
-def _class_order(found: dict[str, dict[str, RunScores]], name: str) -> int:
-    """Classes keep the order of the first run's file (class id order)."""
-    first = next(iter(next(iter(found.values())).values()))
-    order = list(dict.fromkeys(k for _, k in first))
-    return order.index(name) if name in order else len(order)
 
 
 def _compare(summaries: list[ConfigurationSummary], reference: str) -> None:
