@@ -7,7 +7,7 @@ import os
 import pytest
 import torch
 
-from perspective_unet.data.io import preserved_locale
+from perspective_unet.data.dicom import preserved_locale
 from perspective_unet.models.ops import onednn_linear
 
 # Under pytest-xdist every worker is a process of its own: one thread each keeps the cores from being oversubscribed,

@@ -28,31 +28,13 @@ from typing import Any
 from perspective_unet.config import dataclass_from_dict
 from perspective_unet.errors import InputError
 from perspective_unet.fingerprint import (
-    FINGERPRINT_FILE,
     CaseFingerprint,
     Fingerprint,
-    IntensityStats,
-    read_fingerprint,
     read_json,
-    write_json_atomic,
 )
 from perspective_unet.intensity import IntensitySpec
 
-__all__ = [
-    "PATCH_DIVISOR",
-    "PLAN_FILE",
-    "FINGERPRINT_FILE",
-    "PROTOCOLS",
-    "CaseFingerprint",
-    "Fingerprint",
-    "IntensityStats",
-    "Plan",
-    "check_patch_size",
-    "derive_plan",
-    "read_fingerprint",
-    "read_plan",
-    "write_json_atomic",
-]
+__all__ = ["PATCH_DIVISOR", "PLAN_FILE", "PROTOCOLS", "Plan", "check_patch_size", "derive_plan", "read_plan"]
 
 PROTOCOLS = ("paper", "spacing")
 PLAN_FILE = "plan.json"

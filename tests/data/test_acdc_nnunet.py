@@ -11,9 +11,11 @@ import pytest
 from PIL import Image
 
 from perspective_unet.data import prepare_acdc, prepare_folder_2d, prepare_nnunet
-from perspective_unet.data.io import read_image, to_canonical
-from perspective_unet.data.normalize import ct_window, mr_normalize, normalize_intensity, percentile_window
+from perspective_unet.data.io import read_image
+from perspective_unet.data.normalize import mr_normalize, normalize_intensity, percentile_window
+from perspective_unet.data.orientation import to_canonical
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import ct_window
 from tests.data.conftest import leftovers, save_nifti, write_acdc_raw, write_nnunet_raw, write_pictures
 
 # ---------------------------------------------------------------- ACDC

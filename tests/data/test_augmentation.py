@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
+from perspective_unet.config.checks import OPERATIONS
 from perspective_unet.data import AugmentationConfig, build_augmentation
-from perspective_unet.data.augmentation import OPERATIONS
 
 GEOMETRIC = ("vflip", "hflip", "scale", "rotate", "shear", "piecewise", "translate")
 
@@ -159,7 +159,7 @@ def test_before_resize_augments_the_stored_slice_then_zooms(prepared_synapse, be
 
 def test_settings_are_the_config_modules_and_checked_by_type() -> None:
     from perspective_unet import config
-    from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
+    from perspective_unet.config.augmentation import SpacingAugmentationConfig
 
     assert AugmentationConfig is config.AugmentationConfig and OPERATIONS is config.OPERATIONS
     assert SpacingAugmentationConfig is config.SpacingAugmentationConfig

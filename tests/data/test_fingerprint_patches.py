@@ -10,14 +10,15 @@ import pytest
 import torch
 
 from perspective_unet.cli import main
+from perspective_unet.config.augmentation import SpacingAugmentationConfig
 from perspective_unet.data import SliceDataset, read_dataset_info
 from perspective_unet.data.layout import PreparedWriter
 from perspective_unet.data.patches import PatchDataset
 from perspective_unet.data.planning import dataset_plan, plan_for_training
-from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
 from perspective_unet.errors import InputError
+from perspective_unet.fingerprint import read_fingerprint
 from perspective_unet.intensity import IntensitySpec
-from perspective_unet.plan import Plan, read_fingerprint
+from perspective_unet.plan import Plan
 from tests.data.conftest import save_nifti
 
 SPACINGS = {"a": (0.6, 0.6, 2.0), "b": (0.8, 0.8, 3.0), "c": (1.2, 1.2, 5.0), "d": (0.7, 0.7, 2.5)}

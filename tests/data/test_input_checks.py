@@ -18,7 +18,7 @@ from PIL import Image
 
 from perspective_unet.cli import main
 from perspective_unet.data import prepare_folder_2d, prepare_nnunet, read_image
-from perspective_unet.data.io import preserved_locale
+from perspective_unet.data.dicom import preserved_locale
 from perspective_unet.errors import InputError
 from tests.data.conftest import (
     leftovers,

@@ -14,15 +14,9 @@ import SimpleITK
 from nibabel import orientations
 from PIL import Image
 
-from perspective_unet.data.io import (
-    canonical_spacing,
-    from_canonical,
-    preserved_locale,
-    read_image,
-    to_canonical,
-    uncrop_canonical,
-    write_label_map,
-)
+from perspective_unet.data.dicom import preserved_locale
+from perspective_unet.data.io import read_image, write_label_map
+from perspective_unet.data.orientation import canonical_spacing, from_canonical, to_canonical, uncrop_canonical
 from perspective_unet.errors import InputError
 from tests.data.conftest import LPS_AFFINE, leftovers, save_nifti
 

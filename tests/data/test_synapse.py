@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from perspective_unet.data import prepare_synapse, read_dataset_info
-from perspective_unet.data.io import from_canonical, read_image
+from perspective_unet.data.io import read_image
+from perspective_unet.data.orientation import from_canonical
 from perspective_unet.data.synapse import SYNAPSE_LABEL_MAP, transunet_orientation
 from perspective_unet.errors import InputError
 from tests.data.conftest import LPS_AFFINE, leftovers, save_nifti, write_synapse_raw

@@ -12,17 +12,10 @@ from PIL import Image
 
 from perspective_unet import create_model, save_model
 from perspective_unet.cli import main
-from perspective_unet.data.io import read_image, to_canonical
-from perspective_unet.engine.predict import (
-    Predictor,
-    find_inputs,
-    normalize_intensity,
-    output_name,
-    predict_file,
-    predict_path,
-    probability_path,
-    resolve_intensity,
-)
+from perspective_unet.data.io import read_image
+from perspective_unet.data.orientation import to_canonical
+from perspective_unet.engine.predict import find_inputs, output_name, predict_file, predict_path, probability_path
+from perspective_unet.engine.predictor import Predictor, normalize_intensity, resolve_intensity
 from perspective_unet.errors import InputError
 
 CT_SPEC = {"kind": "ct_window", "window": [-125.0, 275.0]}

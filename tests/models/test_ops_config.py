@@ -1,5 +1,5 @@
 """The backend switch (models/ops/config.py): environment variable read once, setter, context manager, defaults,
-the decision it drives, and the names re-exported where they used to live."""
+and the decision it drives."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import textwrap
 import pytest
 import torch
 
-from perspective_unet.models import layers, ops
+from perspective_unet.models import ops
 from perspective_unet.models.ops import config
 
 
@@ -49,7 +49,7 @@ def test_environment_is_read_once_at_import():
     script = textwrap.dedent(
         """
         import os
-        from perspective_unet.models.layers import Linear
+        from perspective_unet.models.ops.linear import Linear
         from perspective_unet.models.ops import get_onednn_linear
         print(get_onednn_linear())
         os.environ["PERSPECTIVE_UNET_ONEDNN_LINEAR"] = "off"
@@ -111,27 +111,3 @@ def test_route_decision_follows_mode_autograd_dtype_and_autocast():
     with ops.onednn_linear("always"):
         assert ops.onednn_route(x)
         assert not ops.onednn_route(x, inference_only=True), "routes without a backward need autograd off"
-
-
-def test_old_names_keep_working_where_they_were():
-    for name in (
-        "Linear",
-        "Dropout",
-        "dropout",
-        "keep_mask",
-        "linear",
-        "maybe_checkpoint",
-        "onednn_linear",
-        "onednn_route",
-        "relu_dropout",
-        "set_onednn_linear",
-        "frozen_batchnorm_statistics",
-    ):
-        assert getattr(layers, name) is getattr(ops, name), name
-        assert name in layers.__all__
-    from perspective_unet.models import chunked_attention
-
-    for name in chunked_attention.__all__:
-        assert getattr(chunked_attention, name) is getattr(ops, name), name
-    with layers.onednn_linear("off"):
-        assert config.get_onednn_linear() == "off"

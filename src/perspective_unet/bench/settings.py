@@ -51,7 +51,7 @@ class PathSettings:
         channels_last: Channels-last layout for weights and feature maps.
         fuse_batchnorm: Fold BatchNorm into convolutions (inference only).
         fast_dropout: ``ModelConfig.fast_dropout`` (training only).
-        onednn_linear: Linear layers through oneDNN on the CPU (:func:`~perspective_unet.models.layers.linear`),
+        onednn_linear: Linear layers through oneDNN on the CPU (:func:`~perspective_unet.models.ops.linear.linear`),
             and without autograd the token attention
             (:func:`~perspective_unet.models.ops.attend`); ``False`` is ``F.linear`` (MKL)
             and SDPA.

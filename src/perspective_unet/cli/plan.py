@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import statistics
 
-from perspective_unet.plan import MAX_PATCH_PIXELS, PROTOCOLS, Fingerprint, Plan
+from perspective_unet.fingerprint import Fingerprint
+from perspective_unet.plan import MAX_PATCH_PIXELS, PROTOCOLS, Plan
 
 __all__ = ["register"]
 
@@ -54,7 +55,8 @@ def run(args: argparse.Namespace) -> int:
     from perspective_unet.data import read_dataset_info
     from perspective_unet.data.planning import dataset_fingerprint, dataset_plan
     from perspective_unet.errors import InputError
-    from perspective_unet.plan import PLAN_FILE, check_patch_size, derive_plan, write_json_atomic
+    from perspective_unet.fingerprint import write_json_atomic
+    from perspective_unet.plan import PLAN_FILE, check_patch_size, derive_plan
 
     info = read_dataset_info(args.data)
     fingerprint = dataset_fingerprint(args.data)

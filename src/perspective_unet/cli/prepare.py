@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from perspective_unet.data.checks import check_ct_window, check_percentiles
-from perspective_unet.data.io import CANONICAL_ORIENTATION
+from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 
 __all__ = ["register"]
@@ -131,7 +131,7 @@ def _warn_without_foreground(out: Path, raw: Path) -> None:
     # Synapse and ACDC have fixed label files, so the converters do not track foreground themselves; the fingerprint
     # they wrote has no training foreground exactly when every training label is empty.
     from perspective_unet.data.common import warn_if_all_background
-    from perspective_unet.plan import FINGERPRINT_FILE, read_fingerprint
+    from perspective_unet.fingerprint import FINGERPRINT_FILE, read_fingerprint
 
     path = out / FINGERPRINT_FILE
     if path.is_file():

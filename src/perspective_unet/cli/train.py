@@ -113,7 +113,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perspective_unet.engine.train import resume_config, train
+    from perspective_unet.engine.train import train
+    from perspective_unet.engine.training import resume_config
 
     # Every option whose destination is a TrainConfig field overrides that field (None: not given).
     nested = ("model_options", "augmentation")

@@ -9,7 +9,7 @@ including YAML's own trap: PyYAML reads ``1e-4`` (no dot, unsigned exponent) as 
 
 The augmentation settings of both protocols (``AugmentationConfig``, ``SpacingAugmentationConfig``) live here, not
 beside their MONAI transforms, so that ``TrainConfig`` checks its ``augmentation`` overrides without importing
-MONAI; ``perspective_unet.data.augmentation`` and ``perspective_unet.data.spacing_augmentation`` re-export them.
+MONAI.
 """
 
 from __future__ import annotations

@@ -11,13 +11,16 @@ Example:
 
 from __future__ import annotations
 
+from perspective_unet.config.augmentation import AugmentationConfig
 from perspective_unet.data.acdc import prepare_acdc
-from perspective_unet.data.augmentation import AugmentationConfig, build_augmentation
-from perspective_unet.data.datasets import SliceDataset, VolumeDataset, read_dataset_info, seed_worker
+from perspective_unet.data.augmentation import build_augmentation
+from perspective_unet.data.dataset_info import read_dataset_info
+from perspective_unet.data.datasets import SliceDataset, VolumeDataset, seed_worker
 from perspective_unet.data.demo import prepare_demo
 from perspective_unet.data.folder2d import prepare_folder_2d
-from perspective_unet.data.io import from_canonical, read_image, to_canonical, uncrop_canonical, write_label_map
+from perspective_unet.data.io import read_image, write_label_map
 from perspective_unet.data.nnunet import prepare_nnunet
+from perspective_unet.data.orientation import from_canonical, to_canonical, uncrop_canonical
 from perspective_unet.data.synapse import prepare_synapse
 
 __all__ = [

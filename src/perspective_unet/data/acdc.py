@@ -20,10 +20,11 @@ import re
 from pathlib import Path
 
 from perspective_unet.data.common import progress, read_pair, volume_attrs
-from perspective_unet.data.io import STORED_ORIENTATION
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import MR_PERCENTILES, describe_mr, mr_intensity, mr_normalize
+from perspective_unet.data.normalize import describe_mr, mr_intensity, mr_normalize
+from perspective_unet.data.orientation import STORED_ORIENTATION
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import MR_PERCENTILES
 
 __all__ = ["ACDC_CLASS_NAMES", "ACDC_TEST_PATIENTS", "ACDC_VAL_PATIENTS", "acdc_split", "prepare_acdc"]
 

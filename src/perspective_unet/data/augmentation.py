@@ -37,16 +37,9 @@ from monai.transforms import (
 from monai.transforms.utils import create_grid
 
 # The settings live in the standard-library config module, so that TrainConfig can check them.
-from perspective_unet.config import OPERATIONS, AugmentationConfig
+from perspective_unet.config import AugmentationConfig
 
-__all__ = [
-    "OPERATIONS",
-    "AugmentationConfig",
-    "RandAffineOpd",
-    "RandLinearContrastd",
-    "RandPiecewiseAffined",
-    "build_augmentation",
-]
+__all__ = ["RandAffineOpd", "RandLinearContrastd", "RandPiecewiseAffined", "build_augmentation"]
 
 
 class RandLinearContrastd(RandomizableTransform, MapTransform):

@@ -11,7 +11,8 @@ import numpy as np
 from tqdm import tqdm
 
 from perspective_unet.data.checks import check_finite, check_label_values, check_same_geometry, check_slice_size
-from perspective_unet.data.io import CANONICAL_ORIENTATION, canonical_spacing, read_image, to_canonical
+from perspective_unet.data.io import read_image
+from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, to_canonical
 
 __all__ = ["CanonicalPair", "progress", "read_pair", "volume_attrs", "warn_if_all_background"]
 

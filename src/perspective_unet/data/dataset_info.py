@@ -18,10 +18,11 @@ from typing import Any
 
 from perspective_unet.data.acdc import ACDC_CLASS_NAMES
 from perspective_unet.data.layout import IMG_FORMAT_VERSION, TEST_DIR, TRAIN_DIR, VOLUME_SUFFIX
-from perspective_unet.data.normalize import SYNAPSE_HU_WINDOW, ct_intensity, describe_ct_window
+from perspective_unet.data.normalize import ct_intensity, describe_ct_window
 from perspective_unet.data.slices import ACDC_FOLDERS, acdc_case, case_of_slice, synapse_list
 from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 
 __all__ = ["read_dataset_info"]
 

@@ -19,7 +19,8 @@ from monai.utils import convert_to_tensor
 from scipy import ndimage
 from torch.utils.data import Dataset
 
-from perspective_unet.data.augmentation import AugmentationConfig, build_augmentation
+from perspective_unet.config.augmentation import AugmentationConfig
+from perspective_unet.data.augmentation import build_augmentation
 from perspective_unet.data.dataset_info import read_dataset_info
 from perspective_unet.data.layout import TRAIN_DIR, VOLUME_SUFFIX
 from perspective_unet.data.planning import case_statistics
@@ -36,7 +37,7 @@ from perspective_unet.data.slices import (
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import ImageStats, IntensitySpec
 
-__all__ = ["SPLITS", "SliceDataset", "VolumeDataset", "read_dataset_info", "seed_worker"]
+__all__ = ["SPLITS", "SliceDataset", "VolumeDataset", "seed_worker"]
 
 logger = logging.getLogger(__name__)
 

@@ -32,18 +32,14 @@ from typing import Any
 import numpy as np
 
 from perspective_unet.data.common import read_pair, remap_labels, volume_attrs
-from perspective_unet.data.io import CANONICAL_ORIENTATION, read_image, write_label_map
+from perspective_unet.data.io import read_image, write_label_map
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import (
-    SYNAPSE_HU_WINDOW,
-    ct_intensity,
-    ct_window,
-    describe_ct_window,
-    percentile_window,
-)
+from perspective_unet.data.normalize import ct_intensity, describe_ct_window, percentile_window
+from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.splits import SliceBlockSplit, choose_test_block
 from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import SYNAPSE_HU_WINDOW, ct_window
 
 __all__ = [
     "DEMO_SDIST_NAME",

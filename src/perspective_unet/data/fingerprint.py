@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from perspective_unet.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 from perspective_unet.intensity import IntensitySpec
-from perspective_unet.plan import CaseFingerprint, Fingerprint, IntensityStats
 
 __all__ = ["SAMPLES_PER_CASE", "FingerprintBuilder", "intensity_stats", "subsample"]
 

@@ -26,7 +26,7 @@ from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import picture_to_unit
 
-__all__ = ["picture_to_unit", "prepare_folder_2d", "prepare_pictures"]
+__all__ = ["prepare_folder_2d", "prepare_pictures"]
 
 logger = logging.getLogger(__name__)
 

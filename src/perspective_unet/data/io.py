@@ -5,8 +5,7 @@ it (SimpleITK and DICOM input is transposed to the same order), and ``meta["affi
 millimeters. A 2D picture (PNG, JPG, BMP, TIFF) comes back as ``(H, W)``.
 
 DICOM series and the other SimpleITK formats are read in :mod:`perspective_unet.data.dicom`; the canonical ``(Z, H, W)``
-slice order (``to_canonical``, ``from_canonical``) lives in :mod:`perspective_unet.data.orientation`; both are
-re-exported here.
+slice order (``to_canonical``, ``from_canonical``) lives in :mod:`perspective_unet.data.orientation`.
 """
 
 from __future__ import annotations
@@ -19,30 +18,15 @@ import nibabel as nib
 import numpy as np
 import SimpleITK
 
-from perspective_unet.data.dicom import LPS_TO_RAS, preserved_locale, read_dicom_series, sitk_to_array
-from perspective_unet.data.orientation import (
-    CANONICAL_ORIENTATION,
-    STORED_ORIENTATION,
-    canonical_spacing,
-    from_canonical,
-    to_canonical,
-    uncrop_canonical,
-)
+from perspective_unet.data.dicom import LPS_TO_RAS, read_dicom_series, sitk_to_array
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import temporary_path
 
 __all__ = [
-    "CANONICAL_ORIENTATION",
     "NIFTI_SUFFIXES",
     "PICTURE_SUFFIXES",
-    "STORED_ORIENTATION",
     "atomic_write_path",
-    "canonical_spacing",
-    "from_canonical",
     "read_image",
-    "to_canonical",
-    "preserved_locale",
-    "uncrop_canonical",
     "write_label_map",
     "write_probabilities",
 ]

@@ -36,8 +36,9 @@ import h5py
 import numpy as np
 
 from perspective_unet.data.fingerprint import FingerprintBuilder
+from perspective_unet.fingerprint import FINGERPRINT_FILE, write_json_atomic
 from perspective_unet.intensity import IntensitySpec
-from perspective_unet.plan import FINGERPRINT_FILE, PLAN_FILE, PROTOCOLS, derive_plan, write_json_atomic
+from perspective_unet.plan import PLAN_FILE, PROTOCOLS, derive_plan
 
 __all__ = [
     "IMG_FORMAT_VERSION",

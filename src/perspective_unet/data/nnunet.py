@@ -32,20 +32,20 @@ import numpy as np
 from perspective_unet.data.checks import check_ct_window, check_percentiles, require_files
 from perspective_unet.data.common import CanonicalPair, progress, read_pair, volume_attrs, warn_if_all_background
 from perspective_unet.data.folder2d import prepare_folder_2d, prepare_pictures
-from perspective_unet.data.io import CANONICAL_ORIENTATION, PICTURE_SUFFIXES
+from perspective_unet.data.io import PICTURE_SUFFIXES
 from perspective_unet.data.layout import PreparedWriter
 from perspective_unet.data.normalize import (
-    MR_PERCENTILES,
     ct_intensity,
-    ct_window,
     describe_ct_window,
     describe_mr,
     mr_intensity,
     mr_normalize,
     percentile_window,
 )
+from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import MR_PERCENTILES, ct_window
 
 __all__ = ["NnUNetDataset", "prepare_nnunet", "read_nnunet_dataset"]
 

@@ -12,13 +12,10 @@ from typing import Any
 import numpy as np
 
 from perspective_unet.data.fingerprint import subsample
-from perspective_unet.intensity import MR_PERCENTILES, SYNAPSE_HU_WINDOW, IntensitySpec, ct_window, percentile_minmax
+from perspective_unet.intensity import MR_PERCENTILES, IntensitySpec, percentile_minmax
 
 __all__ = [
-    "MR_PERCENTILES",
-    "SYNAPSE_HU_WINDOW",
     "ct_intensity",
-    "ct_window",
     "describe_ct_window",
     "describe_mr",
     "mr_intensity",

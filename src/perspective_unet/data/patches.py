@@ -21,10 +21,11 @@ from monai.transforms import Affine, MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
+from perspective_unet.config.augmentation import SpacingAugmentationConfig
 from perspective_unet.data.datasets import SliceDataset
 from perspective_unet.data.planning import dataset_fingerprint
 from perspective_unet.data.resample import resample_image, resample_labels, resampled_shape
-from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig, build_spacing_augmentation
+from perspective_unet.data.spacing_augmentation import build_spacing_augmentation
 from perspective_unet.errors import InputError
 from perspective_unet.plan import Plan
 

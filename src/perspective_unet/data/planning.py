@@ -15,18 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from perspective_unet.errors import InputError
+from perspective_unet.fingerprint import FINGERPRINT_FILE, Fingerprint, read_fingerprint
 from perspective_unet.intensity import MR_PERCENTILES, ImageStats, IntensitySpec
-from perspective_unet.plan import (
-    FINGERPRINT_FILE,
-    PLAN_FILE,
-    PROTOCOLS,
-    Fingerprint,
-    Plan,
-    check_patch_size,
-    derive_plan,
-    read_fingerprint,
-    read_plan,
-)
+from perspective_unet.plan import PLAN_FILE, PROTOCOLS, Plan, check_patch_size, derive_plan, read_plan
 
 __all__ = [
     "case_statistics",

@@ -25,7 +25,7 @@ from monai.transforms import (
 # The settings live in the standard-library config module, so that TrainConfig can check them.
 from perspective_unet.config import SpacingAugmentationConfig
 
-__all__ = ["SpacingAugmentationConfig", "build_spacing_augmentation"]
+__all__ = ["build_spacing_augmentation"]
 
 
 def build_spacing_augmentation(

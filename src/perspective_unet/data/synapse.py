@@ -26,8 +26,9 @@ from perspective_unet.data.checks import require_files
 from perspective_unet.data.common import progress, read_pair, volume_attrs
 from perspective_unet.data.io import read_image
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import SYNAPSE_HU_WINDOW, ct_intensity, ct_window, describe_ct_window
+from perspective_unet.data.normalize import ct_intensity, describe_ct_window
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import SYNAPSE_HU_WINDOW, ct_window
 
 __all__ = [
     "SYNAPSE_CLASS_NAMES",

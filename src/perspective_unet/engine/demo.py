@@ -22,7 +22,7 @@ import torch
 from perspective_unet.config import TrainConfig
 from perspective_unet.data import prepare_demo, read_dataset_info
 from perspective_unet.engine.evaluate import evaluate
-from perspective_unet.engine.predict import Predictor
+from perspective_unet.engine.predictor import Predictor
 from perspective_unet.engine.train import train
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 from perspective_unet.stats import spread

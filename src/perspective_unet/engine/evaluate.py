@@ -28,13 +28,12 @@ from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
-from perspective_unet.models.checkpoint import load_for_inference
 from perspective_unet.models.ensemble import load_ensemble_for_inference
 from perspective_unet.outputs import output_lock, remove_stale_temporaries, write_all
 from perspective_unet.plan import Plan
 from perspective_unet.table import format_table
 
-__all__ = ["REPORTS", "evaluate", "evaluate_model", "load_for_inference", "write_reports"]
+__all__ = ["REPORTS", "evaluate", "evaluate_model", "write_reports"]
 
 REPORTS = ("summary.json", "per_case.csv", "summary.md")
 

@@ -80,7 +80,8 @@ def _check_request(run: ExperimentRun, folder: Path) -> None:
 def _execute(run: ExperimentRun, root: Path, device: str | None, split: str, tta: bool) -> str:
     """Train (or resume) and evaluate one run; returns ``skipped`` or ``done``."""
     from perspective_unet.engine.evaluate import evaluate
-    from perspective_unet.engine.train import resume_config, train
+    from perspective_unet.engine.train import train
+    from perspective_unet.engine.training import resume_config
     from perspective_unet.models.ensemble import resolve_checkpoints
 
     folder = root / run.folder

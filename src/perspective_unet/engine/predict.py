@@ -41,22 +41,12 @@ from perspective_unet.data.io import (
     SITK_SUFFIXES,
     full_suffix,
 )
-from perspective_unet.engine.predictor import INTENSITY_KINDS, Predictor, normalize_intensity, resolve_intensity
+from perspective_unet.engine.predictor import Predictor
 from perspective_unet.engine.runtime import check_memory, resolve_device
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 
-__all__ = [
-    "INTENSITY_KINDS",
-    "Predictor",
-    "find_inputs",
-    "normalize_intensity",
-    "output_name",
-    "predict_file",
-    "predict_path",
-    "probability_path",
-    "resolve_intensity",
-]
+__all__ = ["find_inputs", "output_name", "predict_file", "predict_path", "probability_path"]
 
 logger = logging.getLogger(__name__)
 

@@ -19,22 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from perspective_unet.data.io import (
-    CANONICAL_ORIENTATION,
-    canonical_spacing,
-    from_canonical,
-    read_image,
-    to_canonical,
-    write_label_map,
-    write_probabilities,
-)
-from perspective_unet.data.normalize import MR_PERCENTILES, SYNAPSE_HU_WINDOW, ct_window
+from perspective_unet.data.io import read_image, write_label_map, write_probabilities
 from perspective_unet.data.normalize import normalize_intensity as apply_intensity
+from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, from_canonical, to_canonical
 from perspective_unet.data.planning import dataset_intensity
 from perspective_unet.engine.runtime import resolve_device
 from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import IntensitySpec, picture_to_unit
+from perspective_unet.intensity import MR_PERCENTILES, SYNAPSE_HU_WINDOW, IntensitySpec, ct_window, picture_to_unit
 from perspective_unet.outputs import write_all
 from perspective_unet.plan import Plan
 

@@ -28,18 +28,17 @@ from perspective_unet.engine.training import (
     TrainingRun,
     append_log,
     checkpoint_payload,
-    make_loader,
-    resume_config,
     run_files,
     setup_run,
 )
+from perspective_unet.engine.training_data import make_loader
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import atomic_torch_save
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.schedule import poly_lr
 from perspective_unet.viz import overlay_panel
 
-__all__ = ["TrainResult", "resume_config", "run_files", "train"]
+__all__ = ["TrainResult", "train"]
 
 log = logging.getLogger(__name__)
 

@@ -48,7 +48,6 @@ __all__ = [
     "TrainingRun",
     "append_log",
     "checkpoint_payload",
-    "make_loader",
     "resume_config",
     "run_files",
     "setup_run",

@@ -9,10 +9,10 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
 
 from perspective_unet.config import TrainConfig
+from perspective_unet.config.augmentation import SpacingAugmentationConfig
 from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDataset, seed_worker
 from perspective_unet.data.folds import Fold
 from perspective_unet.data.patches import PatchDataset
-from perspective_unet.data.spacing_augmentation import SpacingAugmentationConfig
 from perspective_unet.engine.runtime import DistributedContext
 from perspective_unet.errors import InputError
 from perspective_unet.plan import Plan

@@ -2,8 +2,7 @@
 and BatchNorm folding.
 
 The CPU backends (oneDNN linear layers, fast dropout, activation checkpointing and their switches) live in
-:mod:`perspective_unet.models.ops`; their names are re-exported here, so ``from perspective_unet.models.layers import
-Linear, Dropout, maybe_checkpoint, onednn_linear, set_onednn_linear`` keeps working.
+:mod:`perspective_unet.models.ops`.
 """
 
 from __future__ import annotations
@@ -11,30 +10,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-# Re-exported for compatibility: these lived here before models/ops/ held the backends.
-from perspective_unet.models.ops.checkpoint import frozen_batchnorm_statistics, maybe_checkpoint
-from perspective_unet.models.ops.config import onednn_linear, onednn_route, set_onednn_linear
-from perspective_unet.models.ops.dropout import Dropout, dropout, keep_mask, relu_dropout
-from perspective_unet.models.ops.linear import Linear, linear
-
-__all__ = [
-    "ConvNormAct",
-    "DropPath",
-    "Dropout",
-    "Linear",
-    "dropout",
-    "fold_batchnorm",
-    "frozen_batchnorm_statistics",
-    "keep_mask",
-    "linear",
-    "maybe_checkpoint",
-    "onednn_linear",
-    "onednn_route",
-    "relu_dropout",
-    "set_onednn_linear",
-    "to_feature_map",
-    "to_tokens",
-]
+__all__ = ["ConvNormAct", "DropPath", "fold_batchnorm", "to_feature_map", "to_tokens"]
 
 
 class ConvNormAct(nn.Sequential):

@@ -260,7 +260,7 @@ def feature_figure_from_files(
         >>> feature_figure_from_files("best.pt", "ct.nii.gz", "enltb.png", layer="enltb", slice_index=60)
         ... # doctest: +SKIP
     """
-    from perspective_unet.engine.predict import Predictor
+    from perspective_unet.engine.predictor import Predictor
 
     _colormap(cmap)  # a misspelled colormap fails before the model is loaded
     predictor = Predictor.from_checkpoint(

@@ -221,13 +221,13 @@ def overlay_from_files(
         >>> overlay_from_files("prepared/test_vol_h5/case0001.npy.h5", "fig.png",
         ...                    checkpoint="runs/synapse/best.pt")  # doctest: +SKIP
     """
-    from perspective_unet.data.io import CANONICAL_ORIENTATION
+    from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 
     if prediction is not None and checkpoint is not None:
         raise ValueError("give either a prediction file or a checkpoint to predict with, not both.")
     predictor = None
     if checkpoint is not None:
-        from perspective_unet.engine.predict import Predictor
+        from perspective_unet.engine.predictor import Predictor
 
         predictor = Predictor.from_checkpoint(
             checkpoint, device=device, window=window, mr_normalize=mr_normalize, orientation=orientation, tta=tta

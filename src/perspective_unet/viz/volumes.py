@@ -57,7 +57,8 @@ def read_canonical(
             volume, _, attrs = load_h5(path)
         meta = {"format": "h5", "path": str(path), **attrs}
     else:
-        from perspective_unet.data.io import CANONICAL_ORIENTATION, read_image, to_canonical
+        from perspective_unet.data.io import read_image
+        from perspective_unet.data.orientation import CANONICAL_ORIENTATION, to_canonical
 
         array, meta = read_image(path, as_label=as_label)
         volume = to_canonical(array, meta, orientation or CANONICAL_ORIENTATION)
@@ -109,8 +110,9 @@ def read_figure_image(
         prepared volume's (Z, H, W) class ids (None for image files or without ``with_label``), and the
         (row, column) spacing in mm when known.
     """
-    from perspective_unet.data.io import canonical_spacing, read_image, to_canonical
-    from perspective_unet.engine.predict import normalize_intensity, resolve_intensity
+    from perspective_unet.data.io import read_image
+    from perspective_unet.data.orientation import canonical_spacing, to_canonical
+    from perspective_unet.engine.predictor import normalize_intensity, resolve_intensity
     from perspective_unet.intensity import percentile_minmax
 
     if is_prepared(path):
