@@ -1,4 +1,9 @@
-"""The ``perspective-unet`` command line. Each sub-command lives in its own module, parses, and calls the library."""
+"""The ``perspective-unet`` command line. Each sub-command lives in its own module, parses, and calls the library.
+
+Building the parser imports only the standard library and light project modules (config, errors, the parsers'
+choices in :mod:`perspective_unet.cli.choices`): each command imports PyTorch, MONAI and the pipeline when it runs,
+so ``--help`` and a mistyped option answer at once.
+"""
 
 from __future__ import annotations
 
@@ -13,11 +18,9 @@ import threading
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import torch
+from perspective_unet.cli.options import CommandParser
 
-from perspective_unet import __version__
-
-__all__ = ["build_parser", "describe_os_error", "main", "sigterm_as_interrupt"]
+__all__ = ["build_parser", "describe_os_error", "is_out_of_memory", "main", "sigterm_as_interrupt"]
 
 # Each module defines ``register(subparsers)``, which adds its parser and sets ``func`` to a callable taking the
 # parsed namespace and returning an exit status.
@@ -39,12 +42,12 @@ _COMMAND_MODULES = (
 
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with every sub-command registered."""
-    parser = argparse.ArgumentParser(
+    parser = CommandParser(
         prog="perspective-unet",
-        description="Perspective+ Unet for 2D medical image segmentation: prepare data, train, evaluate, predict.",
+        description="Perspective+ Unet for 2D medical image segmentation: prepare data, train, evaluate, predict. "
+        "The options -v/--verbose and --version may also follow a command.",
+        top_level=True,
     )
-    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument("-v", "--verbose", action="store_true", help="log debug messages")
     subparsers = parser.add_subparsers(dest="command", metavar="COMMAND")
     subparsers.required = True
     for name in _COMMAND_MODULES:
@@ -67,7 +70,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _fail(args.command, str(exc))
     except OSError as exc:
         return _fail(args.command, describe_os_error(exc))
-    except (MemoryError, torch.OutOfMemoryError):
+    except (MemoryError, RuntimeError) as exc:
+        if not is_out_of_memory(exc):
+            raise
         return _fail(
             args.command,
             "out of memory; use a smaller --img-size or --batch-size, or a machine with more "
@@ -77,6 +82,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"perspective-unet {args.command}: interrupted", file=sys.stderr)
         return 130
     return int(status or 0)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether an error is Python's ``MemoryError`` or PyTorch's ``OutOfMemoryError`` (a ``RuntimeError``).
+
+    PyTorch is not imported for the check: an error PyTorch raised means it is loaded already.
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(exc, torch.OutOfMemoryError)
 
 
 def _fail(command: str, message: str) -> int:

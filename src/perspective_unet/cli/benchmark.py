@@ -7,10 +7,12 @@ import argparse
 import logging
 from pathlib import Path
 
-import torch
-
-from perspective_unet import bench
-from perspective_unet.models import list_models
+from perspective_unet.cli.choices import (
+    ALLOCATOR_PROFILE_CHOICES,
+    BENCHMARK_MODE_CHOICES,
+    BENCHMARK_PATH_CHOICES,
+    MODEL_CHOICES,
+)
 
 log = logging.getLogger("perspective_unet.benchmark")
 
@@ -28,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "attention (SDPA) from 1k to 64k tokens and measures SCSI memory at 224 and 448.",
     )
     parser.add_argument("target", nargs="?", default="model", choices=("model", "attention"), help="what to measure")
-    parser.add_argument("--model", default="perspective_unet", choices=list_models(), help="model variant")
+    parser.add_argument("--model", default="perspective_unet", choices=MODEL_CHOICES, help="model variant")
     parser.add_argument("--img-size", type=int, nargs=2, default=(224, 224), metavar=("H", "W"), help="input size")
     parser.add_argument("--batch-size", type=int, default=1, help="inference batch")
     parser.add_argument("--train-batch-size", type=int, default=2, help="training-step batch")
@@ -42,9 +44,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--warmup", type=int, default=2, help="untimed runs first")
     parser.add_argument("--rounds", type=int, default=1, help="repeat each measurement, alternating the paths")
     parser.add_argument(
-        "--mode", nargs="+", default=["all"], choices=(*bench.MODES, "all"), help="inference, train, volume or all"
+        "--mode",
+        nargs="+",
+        default=["all"],
+        choices=(*BENCHMARK_MODE_CHOICES, "all"),
+        help="inference, train, volume or all",
     )
-    parser.add_argument("--path", default="both", choices=bench.PATH_CHOICES, help="paths to measure")
+    parser.add_argument("--path", default="both", choices=BENCHMARK_PATH_CHOICES, help="paths to measure")
     parser.add_argument(
         "--checkpoint",
         nargs="*",
@@ -55,7 +61,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument(
         "--allocator",
         default="reuse",
-        choices=(*bench.ALLOCATOR_PROFILES, "default"),
+        choices=(*ALLOCATOR_PROFILE_CHOICES, "default"),
         help="allocator profile of the optimized path on the CPU: reuse (speed), release (memory) or default",
     )
     parser.add_argument("--no-channels-last", action="store_true", help="optimized path keeps the default layout")
@@ -90,6 +96,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from perspective_unet import bench
+
     if args.threads is not None:
         if args.threads < 1:
             raise ValueError(f"--threads must be positive, got {args.threads}.")

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from perspective_unet.models.official import convert_official_checkpoint
-
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -27,7 +25,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--scsi-attention",
         choices=("official", "released"),
         default="official",
-        help="official: the release at batch size 1, per sample (default); released: attention "
+        help="official: the release at batch size 1, per sample; released: attention "
         "across the batch, as the release trains",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an existing destination")
@@ -35,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from perspective_unet.models.official import convert_official_checkpoint
+
     if Path(args.destination).exists() and not args.overwrite:
         raise FileExistsError(f"{args.destination} exists; pass --overwrite to replace it.")
     path = convert_official_checkpoint(

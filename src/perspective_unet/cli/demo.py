@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from perspective_unet.models.registry import list_models
+from perspective_unet.cli.choices import MODEL_CHOICES
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -16,8 +16,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "Synapse class ids, train a CPU-sized Perspective+ Unet, evaluate it on held-out slices and print the "
         "per-organ table. Writes best.pt, summary.json and overlay.png into the output folder.",
     )
-    parser.add_argument("-o", "--output", default="demo_out", help="output folder (default: demo_out)")
-    parser.add_argument("--model", default="perspective_unet_tiny", choices=list_models())
+    parser.add_argument("-o", "--output", default="demo_out", help="output folder")
+    parser.add_argument("--model", default="perspective_unet_tiny", choices=MODEL_CHOICES, help="model variant")
     parser.add_argument(
         "--protocol",
         choices=("spacing", "paper"),
@@ -33,7 +33,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=1,
         metavar="N",
         help="run the demo N times (seeds SEED, SEED+1, ...) into OUTPUT/seed_<S> and print each "
-        "organ's Dice as mean +- std over the runs (default: 1 run)",
+        "organ's Dice as mean +- std over the runs",
     )
     parser.add_argument(
         "--img-size",
@@ -45,7 +45,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--context-slices", type=int, default=None, help="2.5D: neighboring slices on each side")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--time-limit-minutes",
         type=float,

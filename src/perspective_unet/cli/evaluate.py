@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 import json
 
+from perspective_unet.cli.choices import METRIC_PROTOCOL_CHOICES, RESAMPLER_CHOICES
 from perspective_unet.cli.options import add_checkpoints
-from perspective_unet.metrics import PROTOCOLS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -22,13 +22,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     add_checkpoints(parser)
     parser.add_argument("--data", required=True, help="prepared dataset folder (or TransUNet-style Synapse/ACDC files)")
     parser.add_argument("-o", "--output", required=True, help="folder for the reports")
-    parser.add_argument("--split", default="test", help="which volumes (default: test)")
+    parser.add_argument("--split", default="test", help="which volumes")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument("--tta", action="store_true", help="average over flips")
     parser.add_argument(
         "--resampler",
-        choices=("torch", "scipy"),
+        choices=RESAMPLER_CHOICES,
         default="torch",
         help="torch: batched on the device; scipy: TransUNet's exact slice loop",
     )
@@ -39,13 +39,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar=("H", "W"),
         help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's",
     )
-    parser.add_argument("--protocol", choices=PROTOCOLS, action="append", help="default: both")
+    parser.add_argument("--protocol", choices=METRIC_PROTOCOL_CHOICES, action="append", help="default: both")
     parser.add_argument("--overwrite", action="store_true", help="replace reports the output folder already holds")
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.evaluate import evaluate
+    from perspective_unet.metrics import PROTOCOLS
 
     summary = evaluate(
         args.checkpoint,

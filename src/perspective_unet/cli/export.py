@@ -18,7 +18,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("checkpoint", help="a checkpoint (.pt), run folder or model folder")
     parser.add_argument("output", help="the model folder (folder) or the .onnx file (onnx)")
-    parser.add_argument("--format", choices=("folder", "onnx"), default="folder", help="default: folder")
+    parser.add_argument("--format", choices=("folder", "onnx"), default="folder", help="a model folder or an ONNX file")
     parser.add_argument("--overwrite", action="store_true", help="replace files an earlier export wrote")
     parser.set_defaults(func=run)
 

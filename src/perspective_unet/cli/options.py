@@ -1,10 +1,62 @@
-"""Options several commands share, defined once so that their names, forms and help agree."""
+"""Options several commands share, defined once so that their names, forms and help agree, and the parser class
+every command's parser is built with."""
 
 from __future__ import annotations
 
 import argparse
+from typing import Any
 
-__all__ = ["add_checkpoints", "add_intensity_override"]
+from perspective_unet import __version__
+
+__all__ = ["CommandParser", "DefaultsHelpFormatter", "add_checkpoints", "add_intensity_override", "shown_default"]
+
+
+def shown_default(action: argparse.Action) -> str | None:
+    """How ``--help`` shows an option's default, or None when there is none worth showing.
+
+    None, an empty list and the booleans of flags (``--tta`` is off unless given) are not shown; a sequence is shown
+    as it is typed (``224 224``).
+    """
+    default = action.default
+    if default is None or default is argparse.SUPPRESS or isinstance(default, bool):
+        return None
+    if isinstance(default, (list, tuple)):
+        return " ".join(str(value) for value in default) or None
+    return str(default)
+
+
+class DefaultsHelpFormatter(argparse.HelpFormatter):
+    """Help that ends each option's text with ``(default: ...)`` where :func:`shown_default` gives one."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        text = action.help
+        shown = shown_default(action)
+        if not text or shown is None or "%(default)" in text:
+            return text
+        # The help text is %-formatted next, so a literal percent sign in the default must be doubled.
+        return f"{text} (default: {shown.replace('%', '%%')})"
+
+
+class CommandParser(argparse.ArgumentParser):
+    """The parser of the command line and of each (sub-)command: help that shows the defaults, and the global
+    options (``-v/--verbose``, ``--version``) accepted before or after any sub-command.
+
+    ``add_subparsers`` builds the sub-commands' parsers with this class too, so each level takes the global options.
+    Below the top level they default to ``argparse.SUPPRESS``: a sub-command that was not given ``-v`` leaves the
+    value set above it alone.
+    """
+
+    def __init__(self, *args: Any, top_level: bool = False, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+        self.add_argument(
+            "-v",
+            "--verbose",
+            action="store_true",
+            default=False if top_level else argparse.SUPPRESS,
+            help="log debug messages",
+        )
+        self.add_argument("--version", action="version", version=f"perspective-unet {__version__}")
 
 
 def add_checkpoints(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, required: bool = True) -> None:

@@ -4,9 +4,14 @@ from __future__ import annotations
 
 import argparse
 import statistics
+from typing import TYPE_CHECKING
 
-from perspective_unet.fingerprint import Fingerprint
-from perspective_unet.plan import MAX_PATCH_PIXELS, PROTOCOLS, Plan
+from perspective_unet.cli.choices import DEFAULT_MAX_PATCH_PIXELS
+from perspective_unet.config.checks import PROTOCOLS
+
+if TYPE_CHECKING:
+    from perspective_unet.fingerprint import Fingerprint
+    from perspective_unet.plan import Plan
 
 __all__ = ["register"]
 
@@ -45,7 +50,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--max-patch-pixels",
         type=int,
         default=None,
-        help=f"largest patch a derived plan proposes, in pixels (default {MAX_PATCH_PIXELS})",
+        help=f"largest patch a derived plan proposes, in pixels (default: {DEFAULT_MAX_PATCH_PIXELS})",
     )
     parser.add_argument("--reset", action="store_true", help="derive the plan anew from the fingerprint")
     parser.set_defaults(func=run)
@@ -56,7 +61,7 @@ def run(args: argparse.Namespace) -> int:
     from perspective_unet.data.planning import dataset_fingerprint, dataset_plan
     from perspective_unet.errors import InputError
     from perspective_unet.fingerprint import write_json_atomic
-    from perspective_unet.plan import PLAN_FILE, check_patch_size, derive_plan
+    from perspective_unet.plan import MAX_PATCH_PIXELS, PLAN_FILE, check_patch_size, derive_plan
 
     info = read_dataset_info(args.data)
     fingerprint = dataset_fingerprint(args.data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from perspective_unet.cli.choices import RESAMPLER_CHOICES
 from perspective_unet.cli.options import add_checkpoints, add_intensity_override
 
 
@@ -40,7 +41,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="also write <name>_probabilities.nii.gz (float, one channel per class; .npz for pictures)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
-    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass (default 16)")
+    parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     add_intensity_override(
         parser,
@@ -62,7 +63,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--resampler",
-        choices=("torch", "scipy"),
+        choices=RESAMPLER_CHOICES,
         default="torch",
         help="paper protocol: torch (batched on the device) or scipy (TransUNet's exact slice loop)",
     )

@@ -6,9 +6,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-from perspective_unet.data.checks import check_ct_window, check_percentiles
-from perspective_unet.data.orientation import CANONICAL_ORIENTATION
-from perspective_unet.intensity import SYNAPSE_HU_WINDOW
+from perspective_unet.cli.choices import DEFAULT_ORIENTATION
 
 __all__ = ["register"]
 
@@ -60,28 +58,27 @@ def register(subparsers: Any) -> None:
         type=float,
         default=(0.5, 99.5),
         metavar=("LOW", "HIGH"),
-        help="percentiles of the CT rule and of per-volume MR normalization (default: 0.5 99.5)",
+        help="percentiles of the CT rule and of per-volume MR normalization",
     )
-    nnunet.add_argument("--val-fraction", type=float, default=0.1, help="share of cases for validation (0.1)")
+    nnunet.add_argument("--val-fraction", type=float, default=0.1, help="share of cases for validation")
     nnunet.add_argument(
         "--test-fraction",
         type=float,
         default=0.2,
-        help="share of cases for testing (0.2; ignored when imagesTs has labels)",
+        help="share of cases for testing; ignored when imagesTs has labels",
     )
-    nnunet.add_argument("--seed", type=int, default=1234, help="seed of the case split (1234)")
+    nnunet.add_argument("--seed", type=int, default=1234, help="seed of the case split")
     nnunet.add_argument(
         "--orientation",
-        default=CANONICAL_ORIENTATION,
-        help="axis codes of the (Z, H, W) slices, 'SPL' axial (default) or 'stored' to keep the "
-        "acquisition's slice axis",
+        default=DEFAULT_ORIENTATION,
+        help="axis codes of the (Z, H, W) slices: 'SPL' (axial), or 'stored' to keep the acquisition's slice axis",
     )
-    nnunet.add_argument("--channel", type=int, default=0, help="input channel to use (0)")
+    nnunet.add_argument("--channel", type=int, default=0, help="input channel to use")
     nnunet.add_argument(
         "--protocol",
         choices=("spacing", "paper"),
         default="spacing",
-        help="protocol of the plan written beside the data (default: spacing; see `perspective-unet plan`)",
+        help="protocol of the plan written beside the data (see `perspective-unet plan`)",
     )
     nnunet.set_defaults(func=_run_nnunet)
 
@@ -97,7 +94,7 @@ def register(subparsers: Any) -> None:
         "--cache-dir", type=Path, help="download cache (default: $PERSPECTIVE_UNET_CACHE or ~/.cache/perspective-unet)"
     )
     demo.add_argument("--sdist", type=Path, help="use this local totalsegmentator-2.18.0.tar.gz instead of PyPI")
-    demo.add_argument("--gap", type=int, default=2, help="slices dropped on each side of the test block (2)")
+    demo.add_argument("--gap", type=int, default=2, help="slices dropped on each side of the test block")
     demo.add_argument(
         "--window",
         type=float,
@@ -110,7 +107,7 @@ def register(subparsers: Any) -> None:
         "--protocol",
         choices=("spacing", "paper"),
         default="spacing",
-        help="protocol of the plan written beside the data (default: spacing)",
+        help="protocol of the plan written beside the data",
     )
     demo.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     demo.set_defaults(func=_run_demo)
@@ -156,6 +153,7 @@ def _run_acdc(args: argparse.Namespace) -> int:
 
 def _run_nnunet(args: argparse.Namespace) -> int:
     from perspective_unet.data import prepare_nnunet
+    from perspective_unet.data.checks import check_ct_window, check_percentiles
 
     # Checked here too so that the message names the option the user typed.
     percentiles = check_percentiles(args.percentiles, "--percentiles")
@@ -179,6 +177,8 @@ def _run_nnunet(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from perspective_unet.data import prepare_demo
+    from perspective_unet.data.checks import check_ct_window
+    from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 
     window = check_ct_window(args.window, "--window") if args.window else SYNAPSE_HU_WINDOW
     return _report(

@@ -6,15 +6,26 @@ import argparse
 import dataclasses
 from pathlib import Path
 
-import yaml
-
+from perspective_unet.cli.choices import MODEL_CHOICES
 from perspective_unet.config import TrainConfig
-from perspective_unet.models.registry import list_models
+from perspective_unet.config.checks import PROTOCOLS
+
+# The recipe's defaults, shown in --help; an option left out takes the --config file's value, else this one.
+_RECIPE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(TrainConfig)}
+
+
+def _recipe(field: str, text: str) -> str:
+    """``text`` ending with the default of the ``TrainConfig`` field an option sets."""
+    value = _RECIPE_DEFAULTS[field]
+    shown = ("on" if value else "off") if isinstance(value, bool) else value
+    return f"{text} (default: {shown})"
 
 
 def _key_value(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    import yaml
+
     key, value = text.split("=", 1)
     return key.strip(), yaml.safe_load(value)
 
@@ -31,21 +42,22 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="train a model on a prepared dataset",
         description="Train Perspective+ Unet with the paper's recipe (configs/*.yaml); any field can be overridden. "
         "Writes last.pt and best.pt (weights, optimizer, RNG states, config), train_log.csv and TensorBoard events "
-        "into the output folder. Under torchrun it trains with DistributedDataParallel.",
+        "into the output folder. Under torchrun it trains with DistributedDataParallel. An option left out takes "
+        "the --config file's value, else the default shown (with --resume: the run's saved value).",
     )
     parser.add_argument("--config", help="YAML recipe (e.g. configs/synapse.yaml); default: the paper's Synapse recipe")
     parser.add_argument("--data", help="prepared dataset folder (perspective-unet prepare ...)")
-    parser.add_argument("-o", "--output", help="run folder")
-    parser.add_argument("--model", choices=list_models(), help="model variant")
+    parser.add_argument("-o", "--output", help=_recipe("output", "run folder"))
+    parser.add_argument("--model", choices=MODEL_CHOICES, help=_recipe("model", "model variant"))
     parser.add_argument(
         "--protocol",
-        choices=("paper", "spacing"),
+        choices=PROTOCOLS,
         help="paper: every slice zoomed to --img-size; spacing: slices resampled to the plan's pixel "
         "spacing, random patches of --img-size (default: the dataset plan's, see `perspective-unet "
         "plan`)",
     )
-    parser.add_argument("--epochs", type=int)
-    parser.add_argument("--batch-size", type=int, help="default: the plan's")
+    parser.add_argument("--epochs", type=int, help=_recipe("epochs", "passes over the training slices"))
+    parser.add_argument("--batch-size", type=int, help="slices or patches per optimizer step; default: the plan's")
     parser.add_argument(
         "--img-size",
         type=int,
@@ -58,12 +70,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="slices above and below fed as extra input channels (2.5D); default: the plan's",
     )
-    parser.add_argument("--lr", dest="base_lr", type=float, help="initial learning rate")
-    parser.add_argument("--seed", type=int)
-    parser.add_argument("--device", help="auto, cpu, cuda, cuda:N or mps")
-    parser.add_argument("--num-workers", type=int)
-    parser.add_argument("--grad-accum-steps", type=int)
-    parser.add_argument("--val-every", type=int, help="validate every N epochs (0: never)")
+    parser.add_argument("--lr", dest="base_lr", type=float, help=_recipe("base_lr", "initial learning rate"))
+    parser.add_argument("--seed", type=int, help=_recipe("seed", "seed of every random number generator"))
+    parser.add_argument("--device", help=_recipe("device", "auto, cpu, cuda, cuda:N or mps"))
+    parser.add_argument("--num-workers", type=int, help=_recipe("num_workers", "data loader worker processes"))
+    parser.add_argument("--grad-accum-steps", type=int, help=_recipe("grad_accum_steps", "batches per optimizer step"))
+    parser.add_argument("--val-every", type=int, help=_recipe("val_every", "validate every N epochs (0: never)"))
     parser.add_argument(
         "--fold",
         type=_fold,
@@ -71,11 +83,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "best.pt on fold K's, and writes the run to OUTPUT/fold_K; folds come from the data folder's "
         "splits.json (drawn from its train and val cases on first use, never from its test cases)",
     )
-    parser.add_argument("--num-folds", type=int, help="folds of splits.json (default 5)")
+    parser.add_argument("--num-folds", type=int, help=_recipe("num_folds", "folds of splits.json"))
     parser.add_argument("--max-iterations", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--time-limit-minutes", type=float, help="stop after the epoch that passes this budget")
-    parser.add_argument("--amp", action=argparse.BooleanOptionalAction, default=None, help="mixed precision on CUDA")
-    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None, help="torch.compile")
+    parser.add_argument(
+        "--amp", action=argparse.BooleanOptionalAction, default=None, help=_recipe("amp", "mixed precision on CUDA")
+    )
+    parser.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=None, help=_recipe("compile", "torch.compile")
+    )
     parser.add_argument(
         "--activation-memory-budget",
         type=float,
@@ -87,7 +103,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--augment",
         action=argparse.BooleanOptionalAction,
         default=None,
-        help="augmentation of the protocol (the paper's, or nnU-Net's for the spacing protocol)",
+        help=_recipe("augment", "augmentation of the protocol (the paper's, or nnU-Net's for the spacing protocol)"),
     )
     parser.add_argument(
         "--model-option",
@@ -146,6 +162,8 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_yaml(path: str) -> dict:
     """The fields a YAML config file sets (its mapping), for comparing with a resumed run's saved settings."""
+    import yaml
+
     TrainConfig.from_yaml(path)  # the file's own checks and messages first
     with open(path, encoding="utf-8") as handle:
         return dict(yaml.safe_load(handle) or {})

@@ -34,7 +34,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     which = overlay.add_mutually_exclusive_group()
     which.add_argument("--slices", type=int, nargs="+", metavar="K", help="slice indices (canonical Z) to show")
     which.add_argument(
-        "--num-slices", type=int, default=3, metavar="N", help="show the N slices with the most foreground (default 3)"
+        "--num-slices", type=int, default=3, metavar="N", help="show the N slices with the most foreground"
     )
     overlay.add_argument(
         "--class-names",
@@ -56,16 +56,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     features.add_argument("--checkpoint", required=True, help="a .pt written by train or convert-official")
     features.add_argument("--image", required=True, help="image file, DICOM folder or prepared .npy.h5 volume")
     features.add_argument(
-        "--slice", type=int, dest="slice_index", metavar="K", help="slice index (canonical Z); default the middle slice"
+        "--slice",
+        type=int,
+        dest="slice_index",
+        metavar="K",
+        help="slice index (canonical Z); default: the middle slice",
     )
-    features.add_argument("--layer", choices=("bprb", "enltb", "scsi"), default="bprb")
+    features.add_argument(
+        "--layer",
+        choices=("bprb", "enltb", "scsi"),
+        default="bprb",
+        help="bprb: the bi-path CNN stages; enltb: the non-local transformer stages; scsi: the integrator's outputs",
+    )
     features.add_argument(
         "--reduction",
         choices=("mean_abs", "l2"),
         default="mean_abs",
-        help="channel reduction: mean of absolute values (default) or L2 norm",
+        help="channel reduction: mean of absolute values or L2 norm",
     )
-    features.add_argument("--cmap", default="jet", help="matplotlib colormap (default jet)")
+    features.add_argument("--cmap", default="jet", help="matplotlib colormap")
     _common(features)
     features.set_defaults(func=run_features)
 
@@ -81,7 +90,7 @@ def _common(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--orientation", help="canonical orientation code of image files (default: the checkpoint's, else SPL)"
     )
-    parser.add_argument("--panel-size", type=int, default=256, help="panel height in pixels (default 256)")
+    parser.add_argument("--panel-size", type=int, default=256, help="panel height in pixels")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
 
 

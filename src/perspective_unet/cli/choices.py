@@ -1,0 +1,42 @@
+"""Choices and defaults the parsers offer whose home is a module that imports PyTorch, MONAI, nibabel or NumPy.
+
+Building the parser (and so every ``--help``) must import only the standard library and the light project modules,
+so the parsers read these copies; ``tests/cli/test_choices.py`` checks each against the module that defines it.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "ALLOCATOR_PROFILE_CHOICES",
+    "BENCHMARK_MODE_CHOICES",
+    "BENCHMARK_PATH_CHOICES",
+    "DEFAULT_MAX_PATCH_PIXELS",
+    "DEFAULT_ORIENTATION",
+    "METRIC_PROTOCOL_CHOICES",
+    "MODEL_CHOICES",
+    "RESAMPLER_CHOICES",
+]
+
+MODEL_CHOICES = ("perspective_unet", "perspective_unet_small", "perspective_unet_tiny")
+"""``models.registry.list_models()``."""
+
+METRIC_PROTOCOL_CHOICES = ("legacy", "corrected")
+"""``metrics.PROTOCOLS``."""
+
+RESAMPLER_CHOICES = ("torch", "scipy")
+"""``engine.inference.RESAMPLERS``."""
+
+DEFAULT_ORIENTATION = "SPL"
+"""``data.orientation.CANONICAL_ORIENTATION``."""
+
+DEFAULT_MAX_PATCH_PIXELS = 512 * 512
+"""``plan.MAX_PATCH_PIXELS``."""
+
+BENCHMARK_MODE_CHOICES = ("inference", "train", "volume")
+"""``bench.measure.MODES``."""
+
+BENCHMARK_PATH_CHOICES = ("baseline", "optimized", "both")
+"""``bench.settings.PATH_CHOICES``."""
+
+ALLOCATOR_PROFILE_CHOICES = ("reuse", "release")
+"""The names of ``bench.machine.ALLOCATOR_PROFILES``."""
