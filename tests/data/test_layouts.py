@@ -144,11 +144,11 @@ def _raw_folder(kind: str, root: Path) -> Path:
 
 @pytest.mark.parametrize(
     "kind, command",
-    [("nnunet", "prepare nnunet"), ("synapse", "prepare synapse"), ("acdc", "prepare acdc"), ("pictures", "prepare nn")],
+    [("nnunet", "nnunet"), ("synapse", "synapse"), ("acdc", "acdc"), ("pictures", "nnunet")],
 )
 def test_raw_folders_are_refused_with_the_command_that_converts_them(tmp_path, kind, command):
     root = _raw_folder(kind, tmp_path / kind)
-    with pytest.raises(InputError, match=command) as refused:
+    with pytest.raises(InputError, match=f"`perspective-unet prepare {command} -i ") as refused:
         open_dataset(root)
     assert str(root) in str(refused.value) and "\n" not in str(refused.value)
 

@@ -267,9 +267,6 @@ class AcdcFilesWriter(FolderWriter):
     def __init__(self, out: str | os.PathLike[str], overwrite: bool = False) -> None:
         super().__init__(out, overwrite, folders=tuple(ACDC_FOLDERS.values()))
 
-    def __enter__(self) -> AcdcFilesWriter:
-        return super().__enter__()
-
     def _stem(self, case: str) -> tuple[str, str]:
         prefix, _, phase = case.rpartition("_")
         if not prefix.startswith("case_") or phase not in ("ED", "ES"):

@@ -12,7 +12,7 @@ import uuid
 from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
-from typing import Any, Literal, overload
+from typing import Any, Literal, TypeVar, overload
 
 import h5py
 import numpy as np
@@ -20,6 +20,8 @@ import numpy as np
 from perspective_unet.errors import InputError
 
 __all__ = ["VOLUME_SUFFIX", "FolderWriter", "h5_depth", "load_h5", "load_npz", "save_h5", "save_npz"]
+
+_Writer = TypeVar("_Writer", bound="FolderWriter")
 
 VOLUME_SUFFIX = ".npy.h5"
 
@@ -132,7 +134,7 @@ class FolderWriter:
         self.folders = folders
         self.finished = False
 
-    def __enter__(self) -> Any:
+    def __enter__(self: _Writer) -> _Writer:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True)
         for sub in self.folders:

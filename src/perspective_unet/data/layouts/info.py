@@ -99,8 +99,6 @@ class DatasetInfo:
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
         object.__setattr__(self, "splits", {str(k): tuple(str(c) for c in v) for k, v in self.splits.items()})
-        if isinstance(self.intensity, Mapping):
-            object.__setattr__(self, "intensity", IntensitySpec.from_dict(self.intensity))
 
     @property
     def num_classes(self) -> int:
@@ -179,8 +177,8 @@ class DatasetInfo:
         fields = {key: data.pop(key) for key in list(data) if key in known}
         for key in ("name", "modality", "normalization", "source", "license"):
             fields[key] = str(fields.get(key) or "")
-        if fields.get("intensity") is not None:
-            fields["intensity"] = IntensitySpec.from_dict(fields["intensity"])
+        # An empty entry says as little as none: the normalization text and the modality decide.
+        fields["intensity"] = IntensitySpec.from_dict(fields["intensity"]) if fields.get("intensity") else None
         if "img_format_version" in fields:
             fields["img_format_version"] = int(fields["img_format_version"])
         return cls(

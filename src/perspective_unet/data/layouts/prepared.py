@@ -149,9 +149,6 @@ class PreparedWriter(FolderWriter):
         self.geometry: dict[str, dict[str, Any]] = {}
         self.fingerprint = FingerprintBuilder()
 
-    def __enter__(self) -> PreparedWriter:
-        return super().__enter__()
-
     def _add_case(self, split: str, case: str) -> None:
         for other, cases in self.splits.items():
             if case in cases and other != split:

@@ -266,9 +266,6 @@ class SynapseFilesWriter(FolderWriter):
         self.train_slices: list[str] = []
         self.test_cases: list[str] = []
 
-    def __enter__(self) -> SynapseFilesWriter:
-        return super().__enter__()
-
     def add_train_slice(self, case: str, index: int, image: np.ndarray, label: np.ndarray) -> str:
         """Write ``train_npz/<case>_slice<index>.npz`` (image in [0, 1], label class ids); returns the slice name."""
         name = slice_name(case, index)
