@@ -26,12 +26,12 @@ from perspective_unet.data.layouts.info import SPLITS
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import ImageStats, IntensitySpec
 
-__all__ = ["SliceDataset", "VolumeDataset", "as_layout", "seed_worker"]
+__all__ = ["SliceDataset", "VolumeDataset", "seed_worker"]
 
 logger = logging.getLogger(__name__)
 
 
-def as_layout(dataset: str | os.PathLike[str] | DatasetLayout) -> DatasetLayout:
+def _as_layout(dataset: str | os.PathLike[str] | DatasetLayout) -> DatasetLayout:
     """The layout given, or the layout of the folder given."""
     return dataset if isinstance(dataset, DatasetLayout) else open_dataset(dataset)
 
@@ -87,7 +87,7 @@ class SliceDataset(Dataset):
         cases: Sequence[str] | None = None,
     ) -> None:
         _require_split(split)
-        self.layout = as_layout(root)
+        self.layout = _as_layout(root)
         self.root = self.layout.root
         self.split = split
         self.img_size = _as_pair(img_size)
@@ -204,7 +204,7 @@ class VolumeDataset(Dataset):
         cases: Sequence[str] | None = None,
     ) -> None:
         _require_split(split)
-        self.layout = as_layout(root)
+        self.layout = _as_layout(root)
         self.root = self.layout.root
         self.split = split
         self.info = self.layout.info
