@@ -32,10 +32,10 @@ import numpy as np
 from nibabel import orientations
 from scipy import ndimage
 
-from perspective_unet.data.common import remap_labels
 from perspective_unet.data.demo import DEMO_SDIST_NAME, TOTALSEGMENTATOR_TO_SYNAPSE, fetch_demo_sdist
 from perspective_unet.data.io import read_image
-from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
+from perspective_unet.data.layouts.raw import remap_labels
+from perspective_unet.data.layouts.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
 from perspective_unet.models.pretrained import is_model_folder
 

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from perspective_unet.errors import InputError
-from perspective_unet.fingerprint import CaseFingerprint, Fingerprint, IntensityStats, write_json_atomic
+from perspective_unet.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
 from perspective_unet.intensity import ImageStats, IntensitySpec
+from perspective_unet.outputs import write_json_atomic
 from perspective_unet.plan import Plan, derive_plan, read_plan
 
 CT = IntensitySpec("ct_window", window=(-100.0, 300.0))

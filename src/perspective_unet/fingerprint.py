@@ -1,36 +1,40 @@
 """A dataset's fingerprint: every case's spacing, shape and intensity statistics, recorded by ``prepare``.
 
-``perspective-unet prepare`` writes it as ``fingerprint.json`` beside the prepared data
-(:class:`~perspective_unet.data.fingerprint.FingerprintBuilder` computes it); :func:`~perspective_unet.plan.derive_plan`
-derives a plan from it. These are the typed, validated forms of that file, and the JSON helpers both files use.
+``perspective-unet prepare`` collects it with :class:`FingerprintBuilder` while it writes the prepared data and stores
+it as ``fingerprint.json`` beside them; :func:`~perspective_unet.plan.derive_plan` derives a plan from it. Here are
+the typed, validated forms of that file, its reader, and the builder (NumPy only).
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
-import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
-from perspective_unet.outputs import atomic_write
+from perspective_unet.outputs import read_json
 
 __all__ = [
     "FINGERPRINT_FILE",
+    "SAMPLES_PER_CASE",
     "CaseFingerprint",
     "Fingerprint",
+    "FingerprintBuilder",
     "IntensityStats",
+    "intensity_stats",
     "read_fingerprint",
-    "read_json",
-    "write_json_atomic",
+    "subsample",
 ]
 
 FINGERPRINT_FILE = "fingerprint.json"
+# Enough voxels per case for stable 0.5 / 99.5 percentiles without holding a dataset's foreground in memory.
+SAMPLES_PER_CASE = 200_000
 
 
 @dataclass(frozen=True)
@@ -150,28 +154,6 @@ class Fingerprint:
         )
 
 
-def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> Path:
-    """Write JSON to a temporary file beside ``path`` and rename it, so a reader never sees half a file."""
-    # Lists of numbers on one line: [224, 224] reads and edits better than one number per line.
-    text = re.sub(
-        r"\[\s+([^\[\]{}\"]*?)\s+\]",
-        lambda m: "[" + ", ".join(map(str.strip, m.group(1).split(","))) + "]",
-        json.dumps(data, indent=2),
-    )
-    return atomic_write(path, lambda tmp: tmp.write_text(text + "\n"))
-
-
-def read_json(path: Path, what: str) -> Any:
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; {what}")
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(
-            f"{path} is not valid JSON ({exc}); fix it or write it again with `perspective-unet plan`."
-        ) from None
-
-
 def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
     """Read ``fingerprint.json``; a damaged file raises ``InputError`` naming it."""
     path = Path(path)
@@ -180,3 +162,90 @@ def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
         return Fingerprint.from_dict(data)
     except (KeyError, ValueError, TypeError) as exc:
         raise InputError(f"{path} is damaged ({type(exc).__name__}: {exc}); prepare the dataset again.") from None
+
+
+def subsample(values: np.ndarray, rng: np.random.Generator, limit: int = SAMPLES_PER_CASE) -> np.ndarray:
+    """At most ``limit`` of ``values`` (flattened), drawn without replacement."""
+    values = np.ravel(values)
+    return rng.choice(values, limit, replace=False) if values.size > limit else values
+
+
+def intensity_stats(values: np.ndarray, rng: np.random.Generator | None = None) -> IntensityStats | None:
+    """Count, mean, std and 0.5 / 99.5 percentiles of ``values`` (None when empty).
+
+    Mean and standard deviation are exact; with ``rng`` the percentiles come from a subsample of at most
+    ``SAMPLES_PER_CASE`` values.
+    """
+    values = np.asarray(values).ravel()
+    if values.size == 0:
+        return None
+    sample = values if rng is None else subsample(values, rng)
+    low, high = np.percentile(np.asarray(sample, dtype=np.float64), (0.5, 99.5))
+    mean = float(values.mean(dtype=np.float64))
+    std = float(np.sqrt(max(float(np.mean(np.square(values, dtype=np.float64))) - mean * mean, 0.0)))
+    return IntensityStats(int(values.size), mean, std, float(low), float(high))
+
+
+class FingerprintBuilder:
+    """Accumulates per-case statistics; :meth:`build` gives the :class:`Fingerprint`.
+
+    Args:
+        seed: Seed of the voxel subsampling of large cases.
+    """
+
+    def __init__(self, seed: int = 0) -> None:
+        self.cases: dict[str, CaseFingerprint] = {}
+        self._rng = np.random.default_rng(seed)
+        self._stored_samples: list[np.ndarray] = []
+        self._raw_samples: list[np.ndarray] = []
+
+    def _sample(self, values: np.ndarray) -> np.ndarray:
+        return subsample(np.asarray(values, dtype=np.float32), self._rng)
+
+    def add(
+        self,
+        case: str,
+        split: str,
+        stored: np.ndarray,
+        label: np.ndarray | None,
+        spacing: tuple[float, float, float] | None,
+        raw: np.ndarray | None = None,
+    ) -> None:
+        """Record one case (a (Z, H, W) volume, or the slices of a case so far; later calls for a case extend it).
+
+        Args:
+            case: Case name.
+            split: ``train``, ``val`` or ``test``.
+            stored: The stored image in [0, 1].
+            label: Class ids, or None.
+            spacing: (z, y, x) mm, or None when unknown.
+            raw: The image before normalization (HU for CT), when known.
+        """
+        stored = np.asarray(stored)
+        if stored.ndim == 2:
+            stored = stored[None]
+            label = None if label is None else np.asarray(label)[None]
+            raw = None if raw is None else np.asarray(raw)[None]
+        foreground = None if label is None else np.asarray(label) > 0
+        if split == "train" and foreground is not None and foreground.any():
+            self._stored_samples.append(self._sample(stored[foreground]))
+            if raw is not None:
+                self._raw_samples.append(self._sample(np.asarray(raw)[foreground]))
+        previous = self.cases.get(case)
+        shape = tuple(int(s) for s in stored.shape)
+        stats = intensity_stats(stored, self._rng)
+        raw_stats = None
+        if raw is not None and foreground is not None and foreground.any():
+            raw_stats = intensity_stats(np.asarray(raw)[foreground], self._rng)
+        if previous is not None:
+            # Slices of a case added one call at a time: grow the depth, keep the first statistics.
+            shape = (previous.shape[0] + shape[0], *previous.shape[1:])
+            stats, raw_stats = previous.stored, previous.foreground_raw or raw_stats
+        spacing = None if spacing is None else tuple(float(s) for s in spacing)  # type: ignore[assignment]
+        self.cases[case] = CaseFingerprint(case, split, shape, spacing, stats, raw_stats)  # type: ignore[arg-type]
+
+    def build(self, modality: str, intensity: IntensitySpec) -> Fingerprint:
+        """The fingerprint of every case recorded, with the training foreground's statistics."""
+        stored = intensity_stats(np.concatenate(self._stored_samples)) if self._stored_samples else None
+        raw = intensity_stats(np.concatenate(self._raw_samples)) if self._raw_samples else None
+        return Fingerprint(modality, intensity, tuple(self.cases.values()), stored, raw)

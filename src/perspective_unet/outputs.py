@@ -8,18 +8,23 @@
   never without its ``per_case.csv``.
 - :func:`remove_stale_temporaries` deletes the temporary files a killed run left behind; commands call it while
   they hold the folder's lock, so they never touch a running command's files.
+- :func:`write_json_atomic` writes a JSON file the same way, and :func:`read_json` is the one reader of the JSON files
+  this package writes (plan, fingerprint, dataset description, geometry), whose errors name the file.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import logging
 import os
+import re
 import shutil
 import socket
 import uuid
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
+from typing import Any
 
 from perspective_unet.errors import InputError
 
@@ -28,10 +33,12 @@ __all__ = [
     "atomic_write",
     "default_file_mode",
     "output_lock",
+    "read_json",
     "remove_stale_temporaries",
     "temporary_path",
     "text_writer",
     "write_all",
+    "write_json_atomic",
 ]
 
 logger = logging.getLogger(__name__)
@@ -92,6 +99,37 @@ def text_writer(text: str) -> Callable[[Path], None]:
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Write one file through a temporary name and a rename, so it appears whole or not at all."""
     return write_all({path: write})[0]
+
+
+def write_json_atomic(data: Any, path: str | os.PathLike[str]) -> Path:
+    """Write JSON (indented, lists of numbers on one line) through a temporary file, so a reader never sees half
+    a file."""
+    # Lists of numbers on one line: [224, 224] reads and edits better than one number per line.
+    text = re.sub(
+        r"\[\s+([^\[\]{}\"]*?)\s+\]",
+        lambda m: "[" + ", ".join(map(str.strip, m.group(1).split(","))) + "]",
+        json.dumps(data, indent=2),
+    )
+    return atomic_write(path, text_writer(text + "\n"))
+
+
+def read_json(path: str | os.PathLike[str], fix: str) -> Any:
+    """The content of a JSON file.
+
+    Args:
+        path: The file.
+        fix: What the user should do when the file is missing or damaged, ending the one-line message.
+
+    Raises:
+        InputError: The file is missing or not valid JSON (the message names it and ends with ``fix``).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"{path} does not exist; {fix}")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path} is not valid JSON ({exc}); {fix}") from None
 
 
 def _holder(lock: Path) -> tuple[int, str] | None:

@@ -11,7 +11,9 @@ the plan, stores it in every checkpoint, and prediction applies it to new scans.
   of that size over the resampled slice, so an organ has the same size in pixels whatever scanner made the image.
 
 The plan is plain JSON, editable by hand; :func:`read_plan` validates it and names the file and field at fault.
-The fingerprint's types live in :mod:`perspective_unet.fingerprint` (importable from here too).
+The fingerprint's types live in :mod:`perspective_unet.fingerprint`; the plan of a dataset folder (its ``plan.json``, a
+default for folders without one, a run's overrides) is read by its layout,
+:meth:`perspective_unet.data.layouts.base.DatasetLayout.plan`.
 """
 
 from __future__ import annotations
@@ -27,12 +29,9 @@ from typing import Any
 
 from perspective_unet.config import dataclass_from_dict
 from perspective_unet.errors import InputError
-from perspective_unet.fingerprint import (
-    CaseFingerprint,
-    Fingerprint,
-    read_json,
-)
+from perspective_unet.fingerprint import CaseFingerprint, Fingerprint
 from perspective_unet.intensity import IntensitySpec
+from perspective_unet.outputs import read_json
 
 __all__ = ["PATCH_DIVISOR", "PLAN_FILE", "PROTOCOLS", "Plan", "check_patch_size", "derive_plan", "read_plan"]
 

@@ -17,11 +17,13 @@ from perspective_unet.data import (
     AugmentationConfig,
     SliceDataset,
     VolumeDataset,
-    read_dataset_info,
     seed_worker,
 )
-from perspective_unet.data.planning import dataset_intensity
+from perspective_unet.data.layouts.acdc import AcdcFiles
+from perspective_unet.data.layouts.detect import open_dataset
+from perspective_unet.data.layouts.synapse import SynapseFiles
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import IntensitySpec
 
 
 def _write_synapse_files(root: Path) -> dict[str, np.ndarray]:
@@ -92,9 +94,10 @@ def test_volume_dataset_keeps_geometry(prepared_synapse) -> None:
 
 def test_circulating_synapse_files_are_read_as_they_are(tmp_path: Path) -> None:
     arrays = _write_synapse_files(tmp_path)
-    info = read_dataset_info(tmp_path)
-    assert info["layout"] == "synapse_files" and info["num_classes"] == 9
-    assert info["class_names"][1:] == [
+    layout = open_dataset(tmp_path)
+    info = layout.info
+    assert isinstance(layout, SynapseFiles) and info.num_classes == 9
+    assert info.class_names[1:] == (
         "aorta",
         "gallbladder",
         "kidney_left",
@@ -103,8 +106,8 @@ def test_circulating_synapse_files_are_read_as_they_are(tmp_path: Path) -> None:
         "pancreas",
         "spleen",
         "stomach",
-    ]
-    assert info["splits"]["train"] == ["case0005"] and info["splits"]["test"] == ["case0001"]
+    )
+    assert info.splits["train"] == ("case0005",) and info.splits["test"] == ("case0001",)
     dataset = SliceDataset(tmp_path, "train", img_size=40)
     np.testing.assert_allclose(dataset[1]["image"][0].numpy(), (arrays["case0005_slice001"] - 0.5) / 0.5, atol=1e-6)
     item = VolumeDataset(tmp_path, "test")[0]
@@ -121,9 +124,10 @@ def test_circulating_synapse_files_are_read_as_they_are(tmp_path: Path) -> None:
 
 def test_circulating_acdc_files_are_read_as_they_are(tmp_path: Path) -> None:
     _write_acdc_files(tmp_path)
-    info = read_dataset_info(tmp_path)
-    assert info["layout"] == "acdc_files" and info["class_names"] == ["background", "RV", "myocardium", "LV"]
-    assert info["splits"] == {"train": ["case_001_ED"], "val": ["case_019_ES"], "test": ["case_002_ED"]}
+    layout = open_dataset(tmp_path)
+    info = layout.info
+    assert isinstance(layout, AcdcFiles) and info.class_names == ("background", "RV", "myocardium", "LV")
+    assert info.splits == {"train": ("case_001_ED",), "val": ("case_019_ES",), "test": ("case_002_ED",)}
     assert len(SliceDataset(tmp_path, "train", img_size=32)) == 2
     assert len(SliceDataset(tmp_path, "val", img_size=32)) == 1
     assert len(SliceDataset(tmp_path, "test", img_size=32)) == 5
@@ -133,10 +137,10 @@ def test_circulating_acdc_files_are_read_as_they_are(tmp_path: Path) -> None:
 
 def test_unknown_layout_and_raw_nnunet_folder(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="no known layout"):
-        read_dataset_info(tmp_path)
+        open_dataset(tmp_path)
     (tmp_path / "dataset.json").write_text('{"channel_names": {"0": "CT"}, "labels": {}, "file_ending": ".nii.gz"}')
     with pytest.raises(InputError, match="prepare nnunet"):
-        read_dataset_info(tmp_path)
+        open_dataset(tmp_path)
 
 
 def _draws(dataset: SliceDataset, indices: list[int]) -> list[torch.Tensor]:
@@ -184,8 +188,9 @@ def test_descriptions_with_the_earlier_british_keys_are_read(prepared_synapse, t
     info["normalisation"], info["licence"] = info.pop("normalization"), info.pop("license")
     intensity = info.pop("intensity", None)
     (root / "dataset.json").write_text(json.dumps(info))
-    read = read_dataset_info(root)
-    assert "normalisation" not in read and "licence" not in read
-    assert read["normalization"] == info["normalisation"] and read["license"] == info["licence"]
+    read = open_dataset(root).info
+    assert "normalisation" not in read.extra and "licence" not in read.extra
+    assert read.normalization == info["normalisation"] and read.license == info["licence"]
     assert intensity is not None
-    assert dataset_intensity(read).to_dict() == dataset_intensity({**read, "intensity": intensity}).to_dict()
+    recorded = read.replace(intensity=IntensitySpec.from_dict(intensity))
+    assert read.stored_intensity().to_dict() == recorded.stored_intensity().to_dict()

@@ -11,10 +11,11 @@ import torch
 
 from perspective_unet.cli import main
 from perspective_unet.config.augmentation import SpacingAugmentationConfig
-from perspective_unet.data import SliceDataset, read_dataset_info
-from perspective_unet.data.layout import PreparedWriter
+from perspective_unet.data import SliceDataset
+from perspective_unet.data.layouts.detect import open_dataset
+from perspective_unet.data.layouts.info import DatasetInfo
+from perspective_unet.data.layouts.prepared import PreparedWriter
 from perspective_unet.data.patches import PatchDataset
-from perspective_unet.data.planning import dataset_plan, plan_for_training
 from perspective_unet.errors import InputError
 from perspective_unet.fingerprint import read_fingerprint
 from perspective_unet.intensity import IntensitySpec
@@ -100,7 +101,7 @@ def test_prepare_nnunet_writes_a_spacing_plan_at_the_median_spacing(spaced):
     out, _ = spaced
     fingerprint = read_fingerprint(out / "fingerprint.json")
     training = fingerprint.training_cases
-    plan = dataset_plan(out, read_dataset_info(out))
+    plan = open_dataset(out).plan()
     assert plan.protocol == "spacing"
     assert plan.spacing == pytest.approx(
         (float(np.median([c.spacing[1] for c in training])), float(np.median([c.spacing[2] for c in training])))
@@ -143,7 +144,7 @@ def test_a_hand_edited_plan_must_keep_the_stored_range(spaced, tmp_path):
     data["intensity"]["window"] = [-500, 500]
     (copy / "plan.json").write_text(json.dumps(data))
     with pytest.raises(InputError, match="plan.json.*fixed when the data are prepared"):
-        dataset_plan(copy, read_dataset_info(copy))
+        open_dataset(copy).plan()
 
 
 def write_numbered_slices(root: Path) -> Path:
@@ -158,15 +159,15 @@ def write_numbered_slices(root: Path) -> Path:
         volume = np.stack([np.full((16, 16), (50 + z) / 100, np.float32) for z in range(3)])
         writer.add_volume("test", "t", volume, np.zeros((3, 16, 16), np.uint8), (2.0, 1.0, 1.0))
         writer.finish(
-            {
-                "name": "numbered",
-                "class_names": ["background", "organ"],
-                "modality": "CT",
-                "normalization": "numbered slices",
-                "intensity": {"kind": "unit"},
-                "source": "tests",
-                "license": "CC0",
-            },
+            DatasetInfo(
+                name="numbered",
+                class_names=("background", "organ"),
+                modality="CT",
+                normalization="numbered slices",
+                intensity=IntensitySpec("unit"),
+                source="tests",
+                license="CC0",
+            ),
             protocol="spacing",
         )
     return root
@@ -191,8 +192,9 @@ def test_context_channels_are_the_neighbors_with_the_end_slices_repeated(tmp_pat
 
 def test_patches_have_the_plans_size_and_the_foreground_share(tmp_path):
     root = write_numbered_slices(tmp_path / "numbered")
-    info = read_dataset_info(root)
-    plan = plan_for_training(root, info, patch_size=(16, 16)).replace(spacing=(0.5, 0.5), foreground_fraction=1.0)
+    plan = (
+        open_dataset(root).plan_for_training(patch_size=(16, 16)).replace(spacing=(0.5, 0.5), foreground_fraction=1.0)
+    )
     dataset = PatchDataset(root, plan, seed=0)
     image, labels, _ = dataset.resampled(0)
     assert tuple(labels.shape) == (32, 32)  # 16 pixels of 1 mm at 0.5 mm
@@ -208,7 +210,7 @@ def test_patches_have_the_plans_size_and_the_foreground_share(tmp_path):
 
 def test_patches_are_reproducible_from_the_seed_and_reseed(tmp_path):
     root = write_numbered_slices(tmp_path / "numbered")
-    plan = plan_for_training(root, read_dataset_info(root))
+    plan = open_dataset(root).plan_for_training()
     first = PatchDataset(root, plan, SpacingAugmentationConfig(), seed=5)
     second = PatchDataset(root, plan, SpacingAugmentationConfig(), seed=5)
     draws = [first[i]["image"] for i in range(4)]
@@ -226,7 +228,7 @@ def test_padding_outside_a_slice_holds_the_intensity_floor(tmp_path):
 
 
 def test_spacing_protocol_needs_a_fingerprint_with_spacings(tmp_path):
-    from perspective_unet.data.layout import TRAIN_DIR
+    from perspective_unet.data.layouts.base import TRAIN_DIR
 
     lineage = tmp_path / "lineage"
     (lineage / TRAIN_DIR).mkdir(parents=True)
@@ -235,7 +237,7 @@ def test_spacing_protocol_needs_a_fingerprint_with_spacings(tmp_path):
         image=np.zeros((8, 8), np.float32),
         label=np.zeros((8, 8), np.uint8),
     )
-    info = read_dataset_info(lineage)
-    assert dataset_plan(lineage, info).protocol == "paper"
+    layout = open_dataset(lineage)
+    assert layout.plan().protocol == "paper"
     with pytest.raises(InputError, match="fingerprint"):
-        plan_for_training(lineage, info, protocol="spacing")
+        layout.plan_for_training(protocol="spacing")

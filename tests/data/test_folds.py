@@ -7,8 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from perspective_unet.data import SliceDataset, VolumeDataset, read_dataset_info
+from perspective_unet.data import SliceDataset, VolumeDataset
 from perspective_unet.data.folds import SPLITS_FILE, development_cases, fold_cases, make_folds
+from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.errors import InputError
 from tests.engine.conftest import synthetic_volume, write_tiny_dataset
 
@@ -48,7 +49,7 @@ def dataset(tmp_path):
 
 
 def test_folds_are_written_once_and_never_hold_a_test_case(dataset):
-    info = read_dataset_info(dataset)
+    info = open_dataset(dataset).info
     assert development_cases(info) == ["case0001", "case0002", "case0003"]
     first = fold_cases(dataset, info, 0, num_folds=3)
     written = (dataset / SPLITS_FILE).read_text()
@@ -82,11 +83,11 @@ def test_folds_are_written_once_and_never_hold_a_test_case(dataset):
 def test_an_invalid_splits_file_is_named(dataset, content, match):
     (dataset / SPLITS_FILE).write_text(content)
     with pytest.raises(InputError, match=match):
-        fold_cases(dataset, read_dataset_info(dataset), 0, num_folds=2)
+        fold_cases(dataset, open_dataset(dataset).info, 0, num_folds=2)
 
 
 def test_fold_number_and_fold_count_are_checked(dataset):
-    info = read_dataset_info(dataset)
+    info = open_dataset(dataset).info
     fold_cases(dataset, info, 0, num_folds=3)
     with pytest.raises(InputError, match="holds 3 folds but 2"):
         fold_cases(dataset, info, 0, num_folds=2)

@@ -9,10 +9,12 @@ import h5py
 import numpy as np
 import pytest
 
-from perspective_unet.data import prepare_synapse, read_dataset_info
+from perspective_unet.data import prepare_synapse
 from perspective_unet.data.io import read_image
+from perspective_unet.data.layouts.detect import open_dataset
+from perspective_unet.data.layouts.prepared import PreparedDataset
+from perspective_unet.data.layouts.synapse import SYNAPSE_LABEL_MAP, transunet_orientation
 from perspective_unet.data.orientation import from_canonical
-from perspective_unet.data.synapse import SYNAPSE_LABEL_MAP, transunet_orientation
 from perspective_unet.errors import InputError
 from tests.data.conftest import LPS_AFFINE, leftovers, save_nifti, write_synapse_raw
 
@@ -68,7 +70,7 @@ def test_dataset_json_lists_and_split(prepared_synapse) -> None:
     train_list = (root / "lists" / "train.txt").read_text().split()
     assert len(train_list) == 12 and train_list[0] == "case0005_slice000"
     assert (root / "lists" / "test_vol.txt").read_text().split() == ["case0001"]
-    assert read_dataset_info(root)["layout"] == "prepared"
+    assert isinstance(open_dataset(root), PreparedDataset)
     geometry = json.loads((root / "geometry.json").read_text())
     assert sorted(geometry) == ["case0001", "case0005", "case0006"]  # training cases keep their geometry too
     assert geometry["case0005"]["spacing"] == pytest.approx([2.5, 0.8, 0.8])

@@ -6,7 +6,7 @@ import nibabel as nib
 import numpy as np
 
 from perspective_unet.cli import main
-from perspective_unet.data import slices
+from perspective_unet.data.layouts import files
 from perspective_unet.viz import (
     CLASS_COLORS,
     overlay,
@@ -20,7 +20,7 @@ from tests.viz.conftest import PANEL, has_exact_color, pixels_of
 
 
 def test_overlay_grid_has_the_documented_size_class_colors_and_legend(tmp_path, tiny_dataset):
-    image, label, _ = slices.load_h5(tiny_dataset / "test_vol_h5" / "case0004.npy.h5")
+    image, label, _ = files.load_h5(tiny_dataset / "test_vol_h5" / "case0004.npy.h5")
     prediction = np.where(label == 2, 2, 0).astype(np.uint8)
     out = save_overlay_grid(
         image,
@@ -54,12 +54,12 @@ def test_overlay_grid_has_the_documented_size_class_colors_and_legend(tmp_path, 
 
 def test_overlay_of_a_prepared_volume_shows_its_own_label_read_once(tmp_path, tiny_dataset, monkeypatch):
     path = tiny_dataset / "test_vol_h5" / "case0004.npy.h5"
-    image, label, _ = slices.load_h5(path)
+    image, label, _ = files.load_h5(path)
     calls = []
 
     def spy(*args, **kwargs):
         calls.append(args)
-        return slices.load_h5(*args, **kwargs)
+        return files.load_h5(*args, **kwargs)
 
     monkeypatch.setattr(volumes, "load_h5", spy)
     out = overlay_from_files(path, tmp_path / "own_label.png", slices=[1, 3], panel_size=PANEL)

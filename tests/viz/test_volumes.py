@@ -6,7 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from perspective_unet.data import slices
+from perspective_unet.data.layouts import files
 from perspective_unet.errors import InputError
 from perspective_unet.viz import choose_slices, read_canonical, volumes
 
@@ -24,18 +24,18 @@ def test_choose_slices_prefers_foreground_and_spreads():
 
 
 def test_read_canonical_of_a_prepared_volume_uses_the_data_layers_reader(tiny_dataset, monkeypatch):
-    assert volumes.load_h5 is slices.load_h5
+    assert volumes.load_h5 is files.load_h5
     calls = []
 
     def spy(path, z=None, **kwargs):
         calls.append(kwargs)
-        return slices.load_h5(path, z, **kwargs)
+        return files.load_h5(path, z, **kwargs)
 
     monkeypatch.setattr(volumes, "load_h5", spy)
     path = tiny_dataset / "test_vol_h5" / "case0004.npy.h5"
     image, meta = read_canonical(path)
     label, _ = read_canonical(path, as_label=True)
-    stored_image, stored_label, attrs = slices.load_h5(path)
+    stored_image, stored_label, attrs = files.load_h5(path)
     np.testing.assert_array_equal(image, stored_image)
     np.testing.assert_array_equal(label, stored_label)
     assert label.dtype == np.int64 and image.shape == label.shape == (6, 32, 32)
@@ -47,7 +47,7 @@ def test_a_label_alone_reads_from_a_file_without_an_image(tmp_path):
     path = tmp_path / "labels.npy.h5"
     with h5py.File(path, "w") as f:
         f["label"] = np.arange(8, dtype=np.uint8).reshape(2, 2, 2)
-    image, label, _ = slices.load_h5(path, label_only=True)
+    image, label, _ = files.load_h5(path, label_only=True)
     assert image is None and label.shape == (2, 2, 2)
     volume, _ = read_canonical(path, as_label=True)
     np.testing.assert_array_equal(volume, np.arange(8).reshape(2, 2, 2))

@@ -57,20 +57,19 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perspective_unet.data import read_dataset_info
-    from perspective_unet.data.planning import dataset_fingerprint, dataset_plan
+    from perspective_unet.data.layouts.detect import open_dataset
     from perspective_unet.errors import InputError
-    from perspective_unet.fingerprint import write_json_atomic
+    from perspective_unet.outputs import write_json_atomic
     from perspective_unet.plan import MAX_PATCH_PIXELS, PLAN_FILE, check_patch_size, derive_plan
 
-    info = read_dataset_info(args.data)
-    fingerprint = dataset_fingerprint(args.data)
+    layout = open_dataset(args.data)
+    fingerprint = layout.fingerprint()
     if fingerprint is None:
         raise InputError(
             f"{args.data} has no fingerprint.json (TransUNet-style files, or prepared by an "
             "older version): prepare the raw data with `perspective-unet prepare` to plan it."
         )
-    current = None if args.reset else dataset_plan(args.data, info)
+    current = None if args.reset else layout.plan()
     changes = {
         name: getattr(args, name)
         for name in ("protocol", "patch_size", "spacing", "batch_size", "context_slices", "max_patch_pixels")

@@ -127,7 +127,7 @@ def _report(path: Path) -> int:
 def _warn_without_foreground(out: Path, raw: Path) -> None:
     # Synapse and ACDC have fixed label files, so the converters do not track foreground themselves; the fingerprint
     # they wrote has no training foreground exactly when every training label is empty.
-    from perspective_unet.data.common import warn_if_all_background
+    from perspective_unet.data.layouts.raw import warn_if_all_background
     from perspective_unet.fingerprint import FINGERPRINT_FILE, read_fingerprint
 
     path = out / FINGERPRINT_FILE

@@ -1,4 +1,5 @@
-"""Data: converters from raw datasets to one prepared layout, readers of TransUNet-style files, datasets, augmentation.
+"""Data: dataset layouts (``layouts``: the prepared layout, TransUNet-style files, converters of raw datasets),
+datasets, augmentation.
 
 Nothing here imports the models or the engine.
 
@@ -12,29 +13,31 @@ Example:
 from __future__ import annotations
 
 from perspective_unet.config.augmentation import AugmentationConfig
-from perspective_unet.data.acdc import prepare_acdc
 from perspective_unet.data.augmentation import build_augmentation
-from perspective_unet.data.dataset_info import read_dataset_info
 from perspective_unet.data.datasets import SliceDataset, VolumeDataset, seed_worker
 from perspective_unet.data.demo import prepare_demo
-from perspective_unet.data.folder2d import prepare_folder_2d
 from perspective_unet.data.io import read_image, write_label_map
-from perspective_unet.data.nnunet import prepare_nnunet
+from perspective_unet.data.layouts.acdc import prepare_acdc
+from perspective_unet.data.layouts.detect import open_dataset
+from perspective_unet.data.layouts.info import DatasetInfo
+from perspective_unet.data.layouts.nnunet import prepare_nnunet
+from perspective_unet.data.layouts.pictures import prepare_folder_2d
+from perspective_unet.data.layouts.synapse import prepare_synapse
 from perspective_unet.data.orientation import from_canonical, to_canonical, uncrop_canonical
-from perspective_unet.data.synapse import prepare_synapse
 
 __all__ = [
     "AugmentationConfig",
+    "DatasetInfo",
     "SliceDataset",
     "VolumeDataset",
     "build_augmentation",
     "from_canonical",
+    "open_dataset",
     "prepare_acdc",
     "prepare_demo",
     "prepare_folder_2d",
     "prepare_nnunet",
     "prepare_synapse",
-    "read_dataset_info",
     "read_image",
     "seed_worker",
     "to_canonical",

@@ -1,16 +1,15 @@
 """Torch datasets over prepared data and over the files that circulate in this line of work, read as they are.
 
-The layouts they read are recognized by :func:`~perspective_unet.data.dataset_info.read_dataset_info`.
+They read a dataset through its layout (:class:`~perspective_unet.data.layouts.base.DatasetLayout`), given, or found
+by :func:`~perspective_unet.data.layouts.detect.open_dataset` from a folder.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import random
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,27 +20,20 @@ from torch.utils.data import Dataset
 
 from perspective_unet.config.augmentation import AugmentationConfig
 from perspective_unet.data.augmentation import build_augmentation
-from perspective_unet.data.dataset_info import read_dataset_info
-from perspective_unet.data.layout import TRAIN_DIR, VOLUME_SUFFIX
-from perspective_unet.data.planning import case_statistics
-from perspective_unet.data.slices import (
-    SliceRef,
-    case_slices,
-    context_indices,
-    list_slices,
-    load_h5,
-    load_npz,
-    load_slice,
-    volume_files,
-)
+from perspective_unet.data.layouts.base import TRAIN_DIR, DatasetLayout, SliceRef, context_indices
+from perspective_unet.data.layouts.detect import open_dataset
+from perspective_unet.data.layouts.info import SPLITS
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import ImageStats, IntensitySpec
 
-__all__ = ["SPLITS", "SliceDataset", "VolumeDataset", "seed_worker"]
+__all__ = ["SliceDataset", "VolumeDataset", "seed_worker"]
 
 logger = logging.getLogger(__name__)
 
-SPLITS = ("train", "val", "test")
+
+def _as_layout(dataset: str | os.PathLike[str] | DatasetLayout) -> DatasetLayout:
+    """The layout given, or the layout of the folder given."""
+    return dataset if isinstance(dataset, DatasetLayout) else open_dataset(dataset)
 
 
 def _require_split(split: str) -> None:
@@ -69,7 +61,7 @@ class SliceDataset(Dataset):
     of the volumes (or the ACDC ``valid/`` slice files).
 
     Args:
-        root: A prepared dataset or a folder of circulating Synapse / ACDC files.
+        root: A dataset layout, or its folder (a prepared dataset or circulating Synapse / ACDC files).
         split: ``"train"``, ``"val"`` or ``"test"``.
         img_size: Size (H, W) of the items, or one int for a square.
         augmentation: Augmentation settings; None for none (validation, testing).
@@ -84,7 +76,7 @@ class SliceDataset(Dataset):
 
     def __init__(
         self,
-        root: str | os.PathLike[str],
+        root: str | os.PathLike[str] | DatasetLayout,
         split: str = "train",
         img_size: int | Sequence[int] = (224, 224),
         augmentation: AugmentationConfig | None = None,
@@ -95,21 +87,20 @@ class SliceDataset(Dataset):
         cases: Sequence[str] | None = None,
     ) -> None:
         _require_split(split)
-        self.root = Path(root)
+        self.layout = _as_layout(root)
+        self.root = self.layout.root
         self.split = split
         self.img_size = _as_pair(img_size)
-        self.info = read_dataset_info(self.root)
+        self.info = self.layout.info
         self.seed = int(seed)
         self.augmentation_config = augmentation
         self._augment = build_augmentation(augmentation) if augmentation is not None else None
         self.intensity = intensity or IntensitySpec("unit")
-        self.samples = (
-            list_slices(self.root, self.info, split) if cases is None else case_slices(self.root, self.info, cases)
-        )
+        self.samples = self.layout.list_slices(split) if cases is None else self.layout.case_slices(cases)
         if not self.samples:
             raise InputError(f"{self.root} has no {split} slices; check the folder or choose another split.")
         self.context = context_indices(self.samples, context_slices)
-        self.case_stats = case_statistics(self.root) if self.intensity.per_image else {}
+        self.case_stats = self.layout.case_statistics() if self.intensity.per_image else {}
         self.reseed(None)
 
     def reseed(self, worker_seed: int | None) -> None:
@@ -126,7 +117,7 @@ class SliceDataset(Dataset):
     def load_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The stored slice, before zoom, augmentation and normalization: image float32 (H, W), label int64 (H, W)."""
         ref = self.samples[index]
-        image, label = load_slice(ref)
+        image, label = self.layout.read_slice(ref)
         if label is None:
             raise InputError(f"{ref.path} has no label; slices for training and validation need one.")
         return image, label
@@ -136,7 +127,7 @@ class SliceDataset(Dataset):
         image, label = self.load_slice(index)
         if len(self.context[index]) == 1:
             return image[None], label
-        channels = [image if i == index else load_slice(self.samples[i])[0] for i in self.context[index]]
+        channels = [image if i == index else self.layout.read_slice(self.samples[i])[0] for i in self.context[index]]
         if any(c.shape != image.shape for c in channels):
             raise InputError(
                 f"{self.samples[index].path}: the slices of case {self.samples[index].case!r} differ in "
@@ -197,7 +188,7 @@ class VolumeDataset(Dataset):
     the original voxel grid. Circulating files carry no geometry: their spacing is None and meta is empty.
 
     Args:
-        root: A prepared dataset or a folder of circulating Synapse / ACDC files.
+        root: A dataset layout, or its folder (a prepared dataset or circulating Synapse / ACDC files).
         split: ``"val"`` or ``"test"`` (``"train"`` only for MT-UNet-style ACDC folders, which hold no training
             volumes).
         cases: Only these development cases (a cross-validation fold's validation cases); ``split`` is then ignored.
@@ -206,18 +197,23 @@ class VolumeDataset(Dataset):
     """
 
     def __init__(
-        self, root: str | os.PathLike[str], split: str = "test", *, cases: Sequence[str] | None = None
+        self,
+        root: str | os.PathLike[str] | DatasetLayout,
+        split: str = "test",
+        *,
+        cases: Sequence[str] | None = None,
     ) -> None:
         _require_split(split)
-        self.root = Path(root)
+        self.layout = _as_layout(root)
+        self.root = self.layout.root
         self.split = split
-        self.info = read_dataset_info(self.root)
+        self.info = self.layout.info
         self.stacked: dict[str, list[SliceRef]] = {}
         if cases is None:
-            self.volumes = volume_files(self.info, split)
+            self.volumes = self.layout.volume_files(split)
         else:
-            stored = {case: path for case, path in volume_files(self.info, "val") if case in set(cases)}
-            for ref in case_slices(self.root, self.info, [c for c in cases if c not in stored]):
+            stored = {case: path for case, path in self.layout.volume_files("val") if case in set(cases)}
+            for ref in self.layout.case_slices([c for c in cases if c not in stored]):
                 self.stacked.setdefault(ref.case, []).append(ref)
             # A stacked case's "file" is where its slices lie (they are read from self.stacked).
             self.volumes = [(case, stored.get(case, self.root / TRAIN_DIR)) for case in cases]
@@ -230,13 +226,7 @@ class VolumeDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         case, path = self.volumes[index]
-        if case in self.stacked:
-            image, label, attrs = self._stack(case)
-        elif path.name.endswith(VOLUME_SUFFIX):
-            image, label, attrs = load_h5(path)
-        else:
-            image, label = load_npz(path)
-            attrs = {}
+        image, label, attrs = self._stack(case) if case in self.stacked else self.layout.read_volume(path)
         if image.ndim != 3 or (label is not None and label.shape != image.shape):
             shape = None if label is None else label.shape
             raise InputError(f"{path}: image {image.shape} and label {shape} must be equal (Z, H, W) volumes.")
@@ -251,24 +241,14 @@ class VolumeDataset(Dataset):
 
     def _stack(self, case: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         refs = sorted(self.stacked[case], key=lambda ref: ref.position)
-        slices = [load_slice(ref) for ref in refs]
+        slices = [self.layout.read_slice(ref) for ref in refs]
         if len({image.shape for image, _ in slices}) > 1:
             raise InputError(
                 f"{self.root}: the training slices of case {case!r} differ in shape; they cannot be "
                 "stacked into a validation volume."
             )
-        spacing = _geometry(self.root).get(case, {}).get("spacing")
+        spacing = self.layout.geometry().get(case, {}).get("spacing")
         return np.stack([s[0] for s in slices]), np.stack([s[1] for s in slices]), {"spacing": spacing}
-
-
-def _geometry(root: Path) -> dict[str, Any]:
-    path = root / "geometry.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); prepare the dataset again.") from None
 
 
 def seed_worker(worker_id: int) -> None:

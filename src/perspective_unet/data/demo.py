@@ -31,15 +31,16 @@ from typing import Any
 
 import numpy as np
 
-from perspective_unet.data.common import read_pair, remap_labels, volume_attrs
 from perspective_unet.data.io import read_image, write_label_map
-from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import ct_intensity, describe_ct_window, percentile_window
+from perspective_unet.data.layouts.info import DatasetInfo
+from perspective_unet.data.layouts.prepared import PreparedWriter
+from perspective_unet.data.layouts.raw import read_pair, remap_labels, volume_attrs
+from perspective_unet.data.layouts.synapse import SYNAPSE_CLASS_NAMES
+from perspective_unet.data.normalize import describe_ct_window, percentile_window
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.splits import SliceBlockSplit, choose_test_block
-from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import SYNAPSE_HU_WINDOW, ct_window
+from perspective_unet.intensity import SYNAPSE_HU_WINDOW, IntensitySpec, ct_window
 
 __all__ = [
     "DEMO_SDIST_NAME",
@@ -316,25 +317,25 @@ def prepare_demo_from_arrays(
         if missing:
             logger.warning("Demo split: %s not present on both sides of the split.", ", ".join(missing))
         return writer.finish(
-            {
-                "name": "TotalSegDemoCT",
-                "class_names": list(SYNAPSE_CLASS_NAMES),
-                "modality": "CT",
-                "normalization": describe_ct_window(window, how),
-                "intensity": ct_intensity(window),
-                "orientation": CANONICAL_ORIENTATION,
-                "source": DEMO_SOURCE,
-                "license": DEMO_LICENSE,
-                "label_origin": DEMO_LABEL_NOTE,
-                "label_map": {str(k): v for k, v in TOTALSEGMENTATOR_TO_SYNAPSE.items()},
-                "slice_split": {
+            DatasetInfo(
+                name="TotalSegDemoCT",
+                class_names=SYNAPSE_CLASS_NAMES,
+                modality="CT",
+                normalization=describe_ct_window(window, how),
+                intensity=IntensitySpec("ct_window", window=window),
+                orientation=CANONICAL_ORIENTATION,
+                source=DEMO_SOURCE,
+                license=DEMO_LICENSE,
+                label_origin=DEMO_LABEL_NOTE,
+                label_map={str(k): v for k, v in TOTALSEGMENTATOR_TO_SYNAPSE.items()},
+                slice_split={
                     "test_block": [start, stop],
                     "train_blocks": [list(b) for b in split.train_blocks],
                     "gap": split.gap,
                     "num_slices": split.num_slices,
                 },
-                "class_voxels": voxels,
-            },
+                class_voxels=voxels,
+            ),
             protocol=protocol,
         )
 

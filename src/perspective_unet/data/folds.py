@@ -21,10 +21,10 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.errors import InputError
 
 __all__ = ["ALL_FOLDS", "SPLITS_FILE", "Fold", "development_cases", "fold_cases", "make_folds", "read_splits"]
@@ -49,11 +49,9 @@ class Fold:
     val: tuple[str, ...]
 
 
-def development_cases(info: dict[str, Any]) -> list[str]:
+def development_cases(info: DatasetInfo) -> list[str]:
     """The cases folds are drawn from: the dataset's ``train`` and ``val`` splits, never its ``test`` split."""
-    splits = info.get("splits") or {}
-    cases = [*splits.get("train", []), *splits.get("val", [])]
-    return sorted(set(cases))
+    return sorted({*info.cases("train"), *info.cases("val")})
 
 
 def make_folds(cases: Sequence[str], num_folds: int = 5, seed: int = DEFAULT_FOLD_SEED) -> list[dict[str, list[str]]]:
@@ -138,7 +136,7 @@ def _write_once(path: Path, folds: list[dict[str, list[str]]]) -> None:
 
 def fold_cases(
     root: str | os.PathLike[str],
-    info: dict[str, Any],
+    info: DatasetInfo,
     fold: int | str,
     num_folds: int = 5,
     seed: int = DEFAULT_FOLD_SEED,

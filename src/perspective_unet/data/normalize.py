@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from perspective_unet.data.fingerprint import subsample
+from perspective_unet.fingerprint import subsample
 from perspective_unet.intensity import MR_PERCENTILES, IntensitySpec, percentile_minmax
 
 __all__ = [

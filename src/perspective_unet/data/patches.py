@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 from collections.abc import Hashable, Mapping, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -23,7 +22,7 @@ from torch.utils.data import Dataset
 
 from perspective_unet.config.augmentation import SpacingAugmentationConfig
 from perspective_unet.data.datasets import SliceDataset
-from perspective_unet.data.planning import dataset_fingerprint
+from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.resample import resample_image, resample_labels, resampled_shape
 from perspective_unet.data.spacing_augmentation import build_spacing_augmentation
 from perspective_unet.errors import InputError
@@ -107,7 +106,7 @@ class PatchDataset(Dataset):
     size, the image in network-input units (the plan's intensity scaling applied) and ``C = 2 * context_slices + 1``.
 
     Args:
-        root: A prepared dataset with a fingerprint (the cases' spacings).
+        root: A prepared dataset (its layout, or its folder) with a fingerprint (the cases' spacings).
         plan: A plan of the ``spacing`` protocol.
         augmentation: Augmentation settings; None for plain patches.
         seed: Seed of the patch positions and the augmentation. ``reseed`` (called per epoch and in each DataLoader
@@ -117,7 +116,7 @@ class PatchDataset(Dataset):
 
     def __init__(
         self,
-        root: str | os.PathLike[str],
+        root: str | os.PathLike[str] | DatasetLayout,
         plan: Plan,
         augmentation: SpacingAugmentationConfig | None = None,
         seed: int = 1234,
@@ -126,23 +125,25 @@ class PatchDataset(Dataset):
     ) -> None:
         if plan.protocol != "spacing":
             raise ValueError(f"PatchDataset needs a plan of the spacing protocol, got {plan.protocol!r}.")
-        self.root = Path(root)
         self.plan = plan
         self.seed = int(seed)
         self.slices = SliceDataset(
             root, "train", context_slices=plan.context_slices, intensity=plan.intensity, cases=cases
         )
-        fingerprint = dataset_fingerprint(root)
+        self.root = self.slices.root
+        fingerprint = self.slices.layout.fingerprint()
         if fingerprint is None:
             raise InputError(
-                f"{root} has no fingerprint.json: the spacing protocol needs each case's spacing; "
+                f"{self.root} has no fingerprint.json: the spacing protocol needs each case's spacing; "
                 "prepare the dataset again with `perspective-unet prepare`."
             )
         self.spacing: dict[str, tuple[float, float]] = {}
         for ref in self.slices.samples:
             case = fingerprint.case(ref.case)
             if case is None or case.spacing is None:
-                raise InputError(f"{root}/fingerprint.json has no spacing for case {ref.case!r}; prepare it again.")
+                raise InputError(
+                    f"{self.root}/fingerprint.json has no spacing for case {ref.case!r}; prepare it again."
+                )
             self.spacing[ref.case] = (case.spacing[1], case.spacing[2])
         self.augmentation_config = augmentation
         if augmentation is None:

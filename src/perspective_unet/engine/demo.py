@@ -20,7 +20,8 @@ import h5py
 import torch
 
 from perspective_unet.config import TrainConfig
-from perspective_unet.data import prepare_demo, read_dataset_info
+from perspective_unet.data import prepare_demo
+from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.evaluate import evaluate
 from perspective_unet.engine.predictor import Predictor
 from perspective_unet.engine.train import train
@@ -174,7 +175,7 @@ def run_demo(
     if not (data / "dataset.json").is_file():
         log.info("preparing the demo CT into %s", data)
         prepare_demo(data, cache_dir=cache_dir, window=settings.window, protocol=settings.protocol)
-    info = read_dataset_info(data)
+    info = open_dataset(data).info
 
     run = output / "run"
     if run.exists():
@@ -223,7 +224,7 @@ def run_demo(
         label=label,
         prediction=prediction,
         num_slices=3,
-        class_names=info["class_names"],
+        class_names=list(info.class_names),
         value_range=(0.0, 1.0),
     )
     minutes = (time.monotonic() - started) / 60

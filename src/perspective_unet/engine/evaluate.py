@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from perspective_unet.data import VolumeDataset, read_dataset_info
+from perspective_unet.data import VolumeDataset
+from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
 from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
@@ -278,14 +279,14 @@ def evaluate(
         remove_stale_temporaries(output)
         torch_device = resolve_device(device)
         model, info = load_ensemble_for_inference(checkpoint, torch_device)
-        dataset_info = read_dataset_info(data)
+        layout = open_dataset(data)
         num_classes = model.config.num_classes
-        if int(dataset_info["num_classes"]) != num_classes:
+        if layout.info.num_classes != num_classes:
             raise InputError(
                 f"the checkpoint {info['checkpoints'][0]} predicts {num_classes} classes but {data} has "
-                f"{dataset_info['num_classes']}; evaluate it on data of the same label set."
+                f"{layout.info.num_classes}; evaluate it on data of the same label set."
             )
-        dataset = VolumeDataset(data, split=split)
+        dataset = VolumeDataset(layout, split=split)
         if len(dataset) == 0:
             raise InputError(f"{data} has no {split!r} volumes to evaluate; choose another --split.")
         plan = info["plan"] or Plan("paper", tuple(info["img_size"]), IntensitySpec("unit"))
@@ -306,7 +307,7 @@ def evaluate(
             plan=plan,
             batch_size=batch_size,
             protocols=protocols,
-            class_names=dataset_info.get("class_names"),
+            class_names=list(layout.info.class_names),
             tta=tta,
             resampler=resampler,
             progress=progress,

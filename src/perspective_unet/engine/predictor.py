@@ -20,9 +20,9 @@ import numpy as np
 import torch
 
 from perspective_unet.data.io import read_image, write_label_map, write_probabilities
+from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.normalize import normalize_intensity as apply_intensity
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, from_canonical, to_canonical
-from perspective_unet.data.planning import dataset_intensity
 from perspective_unet.engine.runtime import resolve_device
 from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
@@ -81,7 +81,7 @@ def resolve_intensity(
     if spec:
         _check_spec(spec)
         return dict(spec)
-    recorded = dataset_intensity(info)  # the window in the normalization text, MR percentiles, pictures
+    recorded = DatasetInfo.from_dict(info).stored_intensity()  # the window in the normalization text, MR, pictures
     return None if recorded is None else recorded.stored_range()
 
 

@@ -196,7 +196,7 @@ def _validate(run: TrainingRun, epoch: int, row: dict[str, Any]) -> bool:
         protocols=("legacy",),
         ctx=run.ctx,
         progress=False,
-        class_names=run.info.get("class_names"),
+        class_names=list(run.info.class_names),
     )["legacy"]
     row["val_mean_dice"], row["val_mean_hd95"] = summary["mean_dice"], summary["mean_hd95"]
     if run.writer is not None:

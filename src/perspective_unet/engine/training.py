@@ -18,10 +18,11 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from perspective_unet.config import TrainConfig
-from perspective_unet.data import SliceDataset, VolumeDataset, read_dataset_info
+from perspective_unet.data import SliceDataset, VolumeDataset
 from perspective_unet.data.folds import fold_cases
+from perspective_unet.data.layouts.detect import open_dataset
+from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.patches import PatchDataset
-from perspective_unet.data.planning import plan_for_training
 from perspective_unet.engine.runtime import (
     DistributedContext,
     check_memory,
@@ -83,7 +84,7 @@ def checkpoint_payload(
     epoch: int,
     iteration: int,
     best_val_dice: float | None,
-    dataset_info: dict[str, Any],
+    dataset_info: DatasetInfo,
     plan: Plan,
 ) -> dict[str, Any]:
     return {
@@ -98,25 +99,9 @@ def checkpoint_payload(
         "iteration": iteration,
         "best_val_dice": best_val_dice,
         "train_config": config.to_dict(),
-        "dataset": _dataset_summary(dataset_info),
+        "dataset": dataset_info.summary(),
         "rng": get_rng_state(),
     }
-
-
-def _dataset_summary(info: dict[str, Any]) -> dict[str, Any]:
-    """The parts of dataset.json that prediction needs later (classes, modality, intensity normalization)."""
-    keep = (
-        "name",
-        "num_classes",
-        "class_names",
-        "modality",
-        "normalization",
-        "intensity",
-        "orientation",
-        "source",
-        "license",
-    )
-    return json.loads(json.dumps({k: info[k] for k in keep if k in info}))
 
 
 def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
@@ -237,7 +222,7 @@ class TrainingRun:
     plan: Plan
     ctx: DistributedContext
     device: torch.device
-    info: dict[str, Any]
+    info: DatasetInfo
     train_set: SliceDataset | PatchDataset
     val_set: VolumeDataset | None
     sampling_weights: torch.Tensor | None
@@ -260,7 +245,7 @@ class TrainingRun:
 
     @property
     def num_classes(self) -> int:
-        return int(self.info["num_classes"])
+        return self.info.num_classes
 
 
 def _build_model(config: TrainConfig, plan: Plan, num_classes: int, device: torch.device) -> torch.nn.Module:
@@ -308,10 +293,9 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     """Data as the plan says, the model, loss and optimizer, the state of a resumed run, the run folder's records."""
     device = resolve_device(config.device, ctx.local_rank)
     seed_everything(config.seed + ctx.rank)
-    info = read_dataset_info(config.data)
-    plan = _saved_plan(resume) or plan_for_training(
-        config.data,
-        info,
+    layout = open_dataset(config.data)
+    info = layout.info
+    plan = _saved_plan(resume) or layout.plan_for_training(
         protocol=config.protocol,
         patch_size=config.img_size,
         batch_size=config.batch_size,
@@ -327,9 +311,9 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     fold = fold_cases(config.data, info, config.fold, config.num_folds) if config.fold is not None else None
     if fold is not None and ctx.is_main:
         log.info("%s: %d training and %d validation cases", fold.name, len(fold.train), len(fold.val))
-    train_set = training_set(config, plan, fold)
-    val_set = validation_set(config, ctx, fold)
-    model = _build_model(config, plan, int(info["num_classes"]), device)
+    train_set = training_set(config, plan, fold, layout)
+    val_set = validation_set(config, ctx, fold, layout)
+    model = _build_model(config, plan, info.num_classes, device)
     amp_dtype = _autocast_dtype(device, config.amp)
     run = TrainingRun(
         config=config,
@@ -342,7 +326,7 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
         sampling_weights=foreground_weights(train_set, config.foreground_sampling_weight),
         model=model,
         core_model=model,
-        loss_fn=SegmentationLoss(int(info["num_classes"]), ce_weight=config.ce_weight, dice_weight=config.dice_weight),
+        loss_fn=SegmentationLoss(info.num_classes, ce_weight=config.ce_weight, dice_weight=config.dice_weight),
         optimizer=_make_optimizer(model, config),
         amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),

@@ -12,6 +12,7 @@ from perspective_unet.config import TrainConfig
 from perspective_unet.config.augmentation import SpacingAugmentationConfig
 from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDataset, seed_worker
 from perspective_unet.data.folds import Fold
+from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.patches import PatchDataset
 from perspective_unet.engine.runtime import DistributedContext
 from perspective_unet.errors import InputError
@@ -22,15 +23,17 @@ __all__ = ["foreground_weights", "make_loader", "training_set", "validation_set"
 log = logging.getLogger("perspective_unet.engine.training")
 
 
-def training_set(config: TrainConfig, plan: Plan, fold: Fold | None) -> SliceDataset | PatchDataset:
-    """The training slices (paper protocol) or patches (spacing protocol) of the split or fold, augmented as the
-    config says."""
+def training_set(
+    config: TrainConfig, plan: Plan, fold: Fold | None, layout: DatasetLayout
+) -> SliceDataset | PatchDataset:
+    """The training slices (paper protocol) or patches (spacing protocol) of the split or fold of the run's data
+    (``layout``), augmented as the config says."""
     cases = list(fold.train) if fold is not None else None
     try:
         if plan.protocol == "paper":
             paper = AugmentationConfig.from_dict(config.augmentation) if config.augment else None
             return SliceDataset(
-                config.data,
+                layout,
                 split="train",
                 img_size=plan.patch_size,
                 augmentation=paper,
@@ -42,7 +45,7 @@ def training_set(config: TrainConfig, plan: Plan, fold: Fold | None) -> SliceDat
         spacing = SpacingAugmentationConfig.from_dict(config.augmentation) if config.augment else None
     except ValueError as exc:
         raise InputError(f"training config, augmentation: {exc}") from None
-    return PatchDataset(config.data, plan, spacing, seed=config.seed, cases=cases)
+    return PatchDataset(layout, plan, spacing, seed=config.seed, cases=cases)
 
 
 def foreground_weights(dataset: SliceDataset | PatchDataset, weight: float) -> torch.Tensor | None:
@@ -83,17 +86,19 @@ def make_loader(
     )
 
 
-def validation_set(config: TrainConfig, ctx: DistributedContext, fold: Fold | None) -> VolumeDataset | None:
-    """The volumes checkpoints are selected on: the fold's held-out cases, or the dataset's val split; never a test
-    case."""
+def validation_set(
+    config: TrainConfig, ctx: DistributedContext, fold: Fold | None, layout: DatasetLayout
+) -> VolumeDataset | None:
+    """The volumes of the run's data (``layout``) checkpoints are selected on: the fold's held-out cases, or the
+    dataset's val split; never a test case."""
     if config.val_every == 0:
         return None
     if fold is not None:
-        val_set = VolumeDataset(config.data, cases=list(fold.val)) if fold.val else None
+        val_set = VolumeDataset(layout, cases=list(fold.val)) if fold.val else None
         what = f"{fold.name} has no held-out cases"
     else:
         try:
-            val_set = VolumeDataset(config.data, split=config.val_split)
+            val_set = VolumeDataset(layout, split=config.val_split)
         except (FileNotFoundError, InputError):
             val_set = None
         what = f"no {config.val_split!r} volumes in {config.data}"

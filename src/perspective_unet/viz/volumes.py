@@ -1,7 +1,7 @@
 """Volumes for figures: read an image or label file in the canonical (Z, H, W) order, and choose the slices to show.
 
-Prepared ``*.npy.h5`` volumes are read with the data layer's :func:`perspective_unet.data.slices.load_h5`, the one
-reader of that format; NIfTI, DICOM and pictures with :func:`perspective_unet.data.io.read_image`.
+Prepared ``*.npy.h5`` volumes are read with the data layer's :func:`perspective_unet.data.layouts.files.load_h5`, the
+one reader of that format; NIfTI, DICOM and pictures with :func:`perspective_unet.data.io.read_image`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from perspective_unet.data.slices import load_h5
+from perspective_unet.data.layouts.files import load_h5
 from perspective_unet.errors import InputError
 
 __all__ = ["choose_slices", "is_prepared", "read_canonical", "read_figure_image"]

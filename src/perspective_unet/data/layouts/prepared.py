@@ -1,4 +1,5 @@
-"""The prepared-data layout shared by every dataset, and its atomic writer.
+"""The prepared layout every converter writes: :class:`PreparedDataset` reads it, :class:`PreparedWriter` writes it
+atomically.
 
 ```
 OUT/
@@ -18,7 +19,9 @@ OUT/
 ```
 
 ``PreparedWriter`` writes into a hidden temporary folder beside OUT and renames it to OUT only when everything
-succeeded, so a failure (bad input, a full disk, Ctrl-C) never leaves a half-written dataset.
+succeeded, so a failure (bad input, a full disk, Ctrl-C) never leaves a half-written dataset. ``dataset.json`` is
+:class:`~perspective_unet.data.layouts.info.DatasetInfo` at the file boundary: read by :meth:`PreparedDataset.open`,
+written by :meth:`PreparedWriter.finish`.
 """
 
 from __future__ import annotations
@@ -26,40 +29,37 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import uuid
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
-import h5py
 import numpy as np
 
-from perspective_unet.data.fingerprint import FingerprintBuilder
-from perspective_unet.fingerprint import FINGERPRINT_FILE, write_json_atomic
+from perspective_unet.data.layouts.base import GEOMETRY_FILE, TEST_DIR, TRAIN_DIR, DatasetLayout, slice_name
+from perspective_unet.data.layouts.files import VOLUME_SUFFIX, FolderWriter, save_h5, save_npz
+from perspective_unet.data.layouts.info import IMG_FORMAT_VERSION, SPLITS, DatasetInfo
+from perspective_unet.errors import InputError
+from perspective_unet.fingerprint import FINGERPRINT_FILE, FingerprintBuilder
 from perspective_unet.intensity import IntensitySpec
+from perspective_unet.outputs import read_json, write_json_atomic
 from perspective_unet.plan import PLAN_FILE, PROTOCOLS, derive_plan
 
 __all__ = [
-    "IMG_FORMAT_VERSION",
+    "DATASET_FILE",
     "LISTS_DIR",
-    "TEST_DIR",
-    "TRAIN_DIR",
     "VAL_DIR",
+    "PreparedDataset",
     "PreparedWriter",
     "volume_dir",
 ]
 
 logger = logging.getLogger(__name__)
 
-IMG_FORMAT_VERSION = 1
-TRAIN_DIR = "train_npz"
+DATASET_FILE = "dataset.json"
 VAL_DIR = "val_vol_h5"
-TEST_DIR = "test_vol_h5"
 LISTS_DIR = "lists"
-VOLUME_SUFFIX = ".npy.h5"
 _LIST_FILES = {"train": "train.txt", "val": "val.txt", "test": "test_vol.txt"}
-_REQUIRED_INFO = ("name", "class_names", "modality", "normalization", "source", "license")
+_REQUIRED_KEYS = ("name", "num_classes", "class_names", "splits")
+_REQUIRED_INFO = ("name", "modality", "normalization", "source", "license")
 
 
 def volume_dir(split: str) -> str:
@@ -69,12 +69,68 @@ def volume_dir(split: str) -> str:
     return VAL_DIR if split == "val" else TEST_DIR
 
 
-def slice_name(case: str, index: int) -> str:
-    """``<case>_slice<NNN>``, the TransUNet-style name of one training slice."""
-    return f"{case}_slice{index:03d}"
+class PreparedDataset(DatasetLayout):
+    """A prepared folder (see the module docstring), as :class:`PreparedWriter` wrote it."""
+
+    kind = "prepared"
+
+    @classmethod
+    def recognizes(cls, root: Path) -> bool:
+        return (root / DATASET_FILE).is_file()
+
+    @classmethod
+    def open(cls, root: Path) -> PreparedDataset:
+        return cls(root, read_dataset_json(root / DATASET_FILE))
+
+    def train_names(self) -> list[str]:
+        """``lists/train.txt`` (every slice file when it is missing), only the slices of the train split's cases."""
+        list_path = self.root / LISTS_DIR / _LIST_FILES["train"]
+        if list_path.is_file():
+            names = [n.strip() for n in list_path.read_text().splitlines() if n.strip()]
+        else:
+            names = sorted(p.stem for p in (self.root / TRAIN_DIR).glob("*.npz"))
+        cases = set(self.info.cases("train"))
+        return [n for n in names if self.case_of(n) in cases]
+
+    def volume_folder(self, split: str) -> Path | None:
+        return self.root / volume_dir(split) if split in ("val", "test") else None
 
 
-class PreparedWriter:
+def read_dataset_json(path: Path) -> DatasetInfo:
+    """A prepared folder's ``dataset.json``, checked.
+
+    Raises:
+        InputError: Invalid JSON, a raw nnU-Net description, a newer format, missing or inconsistent entries.
+    """
+    data = read_json(path, "prepare the dataset again.")
+    if not isinstance(data, dict):
+        raise InputError(f"{path} must hold a JSON object; prepare the dataset again.")
+    root = path.parent
+    if "img_format_version" not in data:
+        if "channel_names" in data:
+            raise InputError(
+                f"{root} is an nnU-Net raw dataset; convert it first with "
+                f"`perspective-unet prepare nnunet -i {root} -o OUT`."
+            )
+        raise InputError(f"{path} lacks img_format_version; it was not written by `perspective-unet prepare`.")
+    if int(data["img_format_version"]) > IMG_FORMAT_VERSION:
+        raise InputError(
+            f"{root} has format version {data['img_format_version']}; this version of "
+            f"perspective-unet reads up to {IMG_FORMAT_VERSION}. Upgrade the package."
+        )
+    missing = [k for k in _REQUIRED_KEYS if k not in data]
+    if missing:
+        raise InputError(f"{path} lacks {missing}; prepare the dataset again.")
+    try:
+        info = DatasetInfo.from_dict(data)
+        if int(data["num_classes"]) != info.num_classes:
+            raise ValueError(f"num_classes is {data['num_classes']} but class_names has {info.num_classes} names.")
+    except (ValueError, TypeError) as exc:
+        raise InputError(f"{path}: {exc} Prepare the dataset again.") from None
+    return info
+
+
+class PreparedWriter(FolderWriter):
     """Write one prepared dataset atomically.
 
     Use as a context manager: files go to a temporary folder beside ``out``; ``finish`` writes the lists and
@@ -87,33 +143,11 @@ class PreparedWriter:
     """
 
     def __init__(self, out: str | os.PathLike[str], overwrite: bool = False) -> None:
-        self.out = Path(out).absolute()
-        if self.out.exists() and not overwrite:
-            raise FileExistsError(f"{self.out} already exists; choose another output folder or pass --overwrite.")
-        self.overwrite = overwrite
-        self.tmp = self.out.parent / f".{self.out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        super().__init__(out, overwrite, folders=(TRAIN_DIR, VAL_DIR, TEST_DIR, LISTS_DIR))
         self.train_slices: list[str] = []
         self.splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.geometry: dict[str, dict[str, Any]] = {}
         self.fingerprint = FingerprintBuilder()
-        self.finished = False
-
-    def __enter__(self) -> PreparedWriter:
-        self.out.parent.mkdir(parents=True, exist_ok=True)
-        for sub in (TRAIN_DIR, VAL_DIR, TEST_DIR, LISTS_DIR):
-            (self.tmp / sub).mkdir(parents=True)
-        return self
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        if not self.finished:
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-    @property
-    def root(self) -> Path:
-        """The temporary folder being written; extra files (README, LICENSE) may be put here before ``finish``."""
-        return self.tmp
 
     def _add_case(self, split: str, case: str) -> None:
         for other, cases in self.splits.items():
@@ -125,11 +159,7 @@ class PreparedWriter:
     def _write_train_slice(self, case: str, index: int, image: np.ndarray, label: np.ndarray) -> str:
         self._add_case("train", case)
         name = slice_name(case, index)
-        np.savez_compressed(
-            self.tmp / TRAIN_DIR / f"{name}.npz",
-            image=np.asarray(image, dtype=np.float32),
-            label=np.asarray(label, dtype=np.uint8),
-        )
+        save_npz(self.tmp / TRAIN_DIR / f"{name}.npz", image, label)
         self.train_slices.append(name)
         return name
 
@@ -202,72 +232,46 @@ class PreparedWriter:
         """
         self._add_case(split, case)
         image = np.asarray(image, dtype=np.float32)
-        # One chunk per slice: a slice-wise reader touches one chunk, and gzip keeps the files small.
-        chunks = (1, *image.shape[1:])
-        with h5py.File(self.tmp / volume_dir(split) / f"{case}{VOLUME_SUFFIX}", "w") as f:
-            f.create_dataset("image", data=image, chunks=chunks, compression="gzip", compression_opts=4)
-            if label is not None:
-                f.create_dataset(
-                    "label",
-                    data=np.asarray(label, dtype=np.uint8),
-                    chunks=chunks,
-                    compression="gzip",
-                    compression_opts=4,
-                )
-            f.attrs["spacing"] = np.asarray(spacing, dtype=np.float64)
-            for key, value in (attrs or {}).items():
-                f.attrs[key] = value
+        volume_attrs = {"spacing": np.asarray(spacing, dtype=np.float64), **(attrs or {})}
+        save_h5(self.tmp / volume_dir(split) / f"{case}{VOLUME_SUFFIX}", image, label, volume_attrs)
         self.record_geometry(case, spacing, attrs)
         self.fingerprint.add(case, split, image, label, spacing, raw)
 
-    def finish(self, info: dict[str, Any], protocol: str = "paper") -> Path:
+    def finish(self, info: DatasetInfo, protocol: str = "paper") -> Path:
         """Write the lists, ``dataset.json``, ``fingerprint.json`` and ``plan.json``, then move the dataset to its
         final folder.
 
         Args:
-            info: ``name``, ``class_names`` (index = class id), ``modality``, ``normalization``, ``intensity`` (the
+            info: The description: ``name``, ``class_names``, ``modality``, ``normalization``, ``intensity`` (the
                 stored range, see :class:`~perspective_unet.intensity.IntensitySpec`), ``source``, ``license`` and
-                any extra keys; ``num_classes``, ``splits`` and ``img_format_version`` are filled in.
+                the converter's own entries; its ``splits`` are replaced by the cases written.
             protocol: The protocol of the plan written beside the data (``paper`` or ``spacing``).
 
         Returns:
             The final folder.
         """
-        missing = [key for key in _REQUIRED_INFO if key not in info]
-        if missing:
-            raise ValueError(f"dataset info lacks {missing}.")
+        missing = [key for key in _REQUIRED_INFO if not getattr(info, key)]
+        if missing or not info.class_names:
+            raise ValueError(f"dataset info lacks {missing or ['class_names']}.")
         if not self.splits["train"] and not self.splits["test"]:
             raise ValueError("Nothing was written: the dataset has neither training slices nor test volumes.")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
-        intensity = IntensitySpec.from_dict(info.get("intensity") or {"kind": "unit"})
-        fingerprint = self.fingerprint.build(str(info["modality"]), intensity)
+        fingerprint = self.fingerprint.build(info.modality, info.intensity or IntensitySpec("unit"))
         write_json_atomic(fingerprint.to_dict(), self.tmp / FINGERPRINT_FILE)
         if self.splits["train"]:
             write_json_atomic(derive_plan(fingerprint, protocol).to_dict(), self.tmp / PLAN_FILE)
-        dataset = {
-            "name": info["name"],
-            "num_classes": len(info["class_names"]),
-            **{k: v for k, v in info.items() if k not in ("name", "num_classes")},
-            "splits": {split: list(cases) for split, cases in self.splits.items()},
-            "img_format_version": IMG_FORMAT_VERSION,
-        }
+        dataset = info.replace(
+            splits={split: self.splits[split] for split in SPLITS}, img_format_version=IMG_FORMAT_VERSION
+        )
         lists = {"train": self.train_slices, "val": self.splits["val"], "test": self.splits["test"]}
         for split, names in lists.items():
             (self.tmp / LISTS_DIR / _LIST_FILES[split]).write_text("".join(f"{n}\n" for n in names))
-        (self.tmp / "dataset.json").write_text(json.dumps(dataset, indent=2) + "\n")
+        (self.tmp / DATASET_FILE).write_text(json.dumps(dataset.to_dict(), indent=2) + "\n")
         # One case per line: readable, and small even for thousands of cases.
         lines = ",\n".join(f"  {json.dumps(case)}: {json.dumps(entry)}" for case, entry in self.geometry.items())
-        (self.tmp / "geometry.json").write_text("{\n" + lines + "\n}\n")
-        if self.out.exists():
-            # Move the old dataset aside and delete it only once the new one is in place.
-            old = self.out.parent / f".{self.out.name}.old-{uuid.uuid4().hex[:8]}"
-            os.replace(self.out, old)
-            os.replace(self.tmp, self.out)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(self.tmp, self.out)
-        self.finished = True
+        (self.tmp / GEOMETRY_FILE).write_text("{\n" + lines + "\n}\n")
+        self.commit()
         logger.info(
             "Wrote %s: %d training slices from %d cases, %d validation and %d test volumes",
             self.out,

@@ -1,4 +1,4 @@
-"""Any dataset in the nnU-Net v2 raw layout, to the prepared layout.
+"""Any dataset in the nnU-Net v2 raw layout (:class:`NnUNetRaw`), to the prepared layout.
 
 ```
 RAW/
@@ -15,14 +15,17 @@ modality per volume (see ``normalize.mr_normalize``). The cases of ``imagesTr`` 
 A ``file_ending`` of a 2D picture format (``.png``, ...) gives a 2D dataset (see ``folder2d``).
 
 A folder without ``dataset.json`` but with ``images/`` and ``masks/`` (or ``labels/``) is read as a plain 2D
-dataset.
+dataset (see ``pictures``).
+
+The files of a case's channels (``_0000``, ``_0001``, ...) are found in one place, :func:`channel_files`; the
+prepared layout holds one channel (``channel``).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
+import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,49 +33,90 @@ from typing import Any
 import numpy as np
 
 from perspective_unet.data.checks import check_ct_window, check_percentiles, require_files
-from perspective_unet.data.common import CanonicalPair, progress, read_pair, volume_attrs, warn_if_all_background
-from perspective_unet.data.folder2d import prepare_folder_2d, prepare_pictures
 from perspective_unet.data.io import PICTURE_SUFFIXES
-from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import (
-    ct_intensity,
-    describe_ct_window,
-    describe_mr,
-    mr_intensity,
-    mr_normalize,
-    percentile_window,
+from perspective_unet.data.layouts.info import DatasetInfo
+from perspective_unet.data.layouts.pictures import PictureFolders, prepare_pictures
+from perspective_unet.data.layouts.prepared import PreparedWriter
+from perspective_unet.data.layouts.raw import (
+    CanonicalPair,
+    RawDataset,
+    progress,
+    read_pair,
+    volume_attrs,
+    warn_if_all_background,
 )
+from perspective_unet.data.normalize import describe_ct_window, describe_mr, mr_normalize, percentile_window
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import MR_PERCENTILES, ct_window
+from perspective_unet.intensity import MR_PERCENTILES, IntensitySpec, ct_window
+from perspective_unet.outputs import read_json
 
-__all__ = ["NnUNetDataset", "prepare_nnunet", "read_nnunet_dataset"]
+__all__ = ["NnUNetRaw", "channel_files", "prepare_nnunet"]
 
 logger = logging.getLogger(__name__)
 
 _REQUIRED_FIELDS = ("channel_names", "labels", "file_ending")
 
 
-class NnUNetDataset:
-    """The parsed ``dataset.json`` and the cases of an nnU-Net raw folder.
+_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
+
+
+def channel_files(images: Path, file_ending: str) -> dict[str, dict[int, Path]]:
+    """The image files of a folder by case and channel: ``<case>_<XXXX><file_ending>`` -> ``{case: {XXXX: path}}``.
+
+    The one place channels are read: a case's channels are the files that share its name.
+    """
+    found: dict[str, dict[int, Path]] = {}
+    for path in sorted(images.iterdir()):
+        if not path.name.endswith(file_ending):
+            continue
+        match = _CHANNEL_FILE.match(path.name[: -len(file_ending)])
+        if match:
+            found.setdefault(match["case"], {})[int(match["channel"])] = path
+    return found
+
+
+class NnUNetRaw(RawDataset):
+    """An nnU-Net raw folder: its parsed ``dataset.json`` and its cases, checked.
 
     Attributes:
         root: The raw folder.
+        dataset_json: The whole dataset.json.
         name: Dataset name (``name`` of dataset.json, or the folder name).
         class_names: Class names by id, background first.
+        channel: The channel used.
         modality: The channel's name, such as "CT" or "T2".
         file_ending: Suffix of every image and label file.
         training: (case, image path, label path) of ``imagesTr``.
         testing: (case, image path, label path) of ``imagesTs`` cases that have a label in ``labelsTs``.
-        info: The whole dataset.json.
+
+    Raises:
+        InputError: No dataset.json, invalid JSON, a missing field, bad labels, missing files.
     """
 
-    def __init__(self, root: Path, info: dict[str, Any], channel: int) -> None:
-        self.root = root
-        self.info = info
-        json_path = root / "dataset.json"
-        self.name = str(info.get("name") or root.name)
+    command = "nnunet"
+    description = "nnU-Net raw dataset"
+
+    def __init__(self, root: str | os.PathLike[str], channel: int = 0) -> None:
+        super().__init__(root)
+        json_path = self.root / "dataset.json"
+        if not json_path.is_file():
+            raise InputError(
+                f"{json_path} is missing; an nnU-Net raw dataset needs dataset.json with channel_names, "
+                "labels and file_ending (or give a folder with images/ and masks/ for 2D pictures)."
+            )
+        info = read_json(json_path, "fix the file.")
+        if not isinstance(info, dict):
+            raise InputError(f"{json_path} must hold a JSON object.")
+        for field in _REQUIRED_FIELDS:
+            if field not in info:
+                raise InputError(
+                    f"{json_path} lacks the field '{field}'; nnU-Net's dataset.json needs "
+                    f"{', '.join(_REQUIRED_FIELDS)}."
+                )
+        self.dataset_json = info
+        self.name = str(info.get("name") or self.root.name)
         self.file_ending = str(info["file_ending"])
         channels = info["channel_names"]
         if not isinstance(channels, dict) or str(channel) not in {str(k) for k in channels}:
@@ -85,6 +129,10 @@ class NnUNetDataset:
         self.channel = channel
         self.training = self._cases("imagesTr", "labelsTr", require_labels=True)
         self.testing = self._cases("imagesTs", "labelsTs", require_labels=False)
+
+    @classmethod
+    def recognizes(cls, root: Path) -> bool:
+        return (root / "dataset.json").is_file() and (root / "imagesTr").is_dir()
 
     @property
     def is_ct(self) -> bool:
@@ -103,13 +151,13 @@ class NnUNetDataset:
                 raise InputError(f"{images} is missing; an nnU-Net raw dataset keeps its training images there.")
             return []
         ending = self.file_ending
-        suffix = f"_{self.channel:04d}{ending}"
-        image_files = sorted(p for p in images.iterdir() if p.name.endswith(suffix))
+        image_files = {
+            case: files[self.channel] for case, files in channel_files(images, ending).items() if self.channel in files
+        }
         if require_labels:
-            require_files(image_files, images, f"files named <case>{suffix}")
+            require_files(list(image_files.values()), images, f"files named <case>_{self.channel:04d}{ending}")
         cases = []
-        for image_path in image_files:
-            case = image_path.name[: -len(suffix)]
+        for case, image_path in image_files.items():
             label_path = labels / f"{case}{ending}"
             if not label_path.exists():
                 if require_labels:
@@ -122,7 +170,7 @@ class NnUNetDataset:
                 images,
                 labels,
             )
-        number = self.info.get("numTraining")
+        number = self.dataset_json.get("numTraining")
         if require_labels and number is not None and int(number) != len(cases):
             logger.warning(
                 "%s: numTraining is %s but %s holds %d cases; using the files.",
@@ -132,6 +180,86 @@ class NnUNetDataset:
                 len(cases),
             )
         return cases
+
+    def prepare(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        ct_window_hu: tuple[float, float] | None = None,
+        percentiles: tuple[float, float] = MR_PERCENTILES,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 1234,
+        orientation: str = CANONICAL_ORIENTATION,
+        protocol: str = "spacing",
+    ) -> Path:
+        """Convert the folder into the prepared layout (see :func:`prepare_nnunet` for the options)."""
+        percentiles = check_percentiles(percentiles, "percentiles")
+        if ct_window_hu is not None:
+            ct_window_hu = check_ct_window(ct_window_hu, "ct_window_hu")
+        num_channels = len(self.dataset_json["channel_names"])
+        if num_channels > 1:
+            logger.info(
+                "%s has %d channels; only channel %d (%s) is used.",
+                self.root,
+                num_channels,
+                self.channel,
+                self.modality,
+            )
+        splits = _case_splits(self, val_fraction, test_fraction, seed)
+        all_cases = self.training + self.testing
+        source = f"nnU-Net raw dataset {self.name} ({self.root})"
+        raw_license = self.dataset_json.get("licence") or self.dataset_json.get("license")
+        license = str(raw_license or "as stated by the dataset's owners")
+        if self.is_2d:
+            return prepare_pictures(
+                all_cases, out, splits, self.class_names, self.name, source, license, overwrite, protocol, self.root
+            )
+        allowed = range(len(self.class_names))
+        by_case = {case: (image, label) for case, image, label in all_cases}
+
+        def read(case: str) -> CanonicalPair:
+            image_path, label_path = by_case[case]
+            return read_pair(image_path, label_path, allowed, orientation)
+
+        window, normalization = _normalization(self, read, splits["train"], ct_window_hu, percentiles, seed)
+        with PreparedWriter(out, overwrite=overwrite) as writer:
+            any_foreground = False
+            for split in ("train", "val", "test"):
+                for case in progress(splits[split], f"{split} cases"):
+                    pair = read(case)
+                    image = ct_window(pair.image, window) if self.is_ct else mr_normalize(pair.image, percentiles)
+                    attrs = volume_attrs(pair, by_case[case][0].name)
+                    if split == "train":
+                        assert pair.label is not None
+                        any_foreground = any_foreground or bool(pair.label.any())
+                        writer.add_train_volume(
+                            case, image, pair.label, spacing=pair.spacing, attrs=attrs, raw=pair.image
+                        )
+                    else:
+                        writer.add_volume(split, case, image, pair.label, pair.spacing, attrs, raw=pair.image)
+            if splits["train"]:
+                warn_if_all_background(any_foreground, self.root)
+            intensity = (
+                IntensitySpec("ct_window", window=window)
+                if self.is_ct
+                else IntensitySpec("percentile_minmax", percentiles=percentiles)
+            )
+            return writer.finish(
+                DatasetInfo(
+                    name=self.name,
+                    class_names=self.class_names,
+                    modality=self.modality,
+                    normalization=normalization,
+                    intensity=intensity,
+                    orientation=orientation,
+                    source=source,
+                    license=license,
+                    split_seed=seed,
+                ),
+                protocol=protocol,
+            )
 
 
 def _class_names(labels: Any, json_path: Path) -> list[str]:
@@ -158,33 +286,6 @@ def _class_names(labels: Any, json_path: Path) -> list[str]:
     return [by_id[i] for i in range(len(by_id))]
 
 
-def read_nnunet_dataset(raw: str | os.PathLike[str], channel: int = 0) -> NnUNetDataset:
-    """Parse and check an nnU-Net raw folder's ``dataset.json`` and list its cases.
-
-    Raises:
-        InputError: No dataset.json, invalid JSON, a missing field, bad labels, missing files.
-    """
-    root = Path(raw)
-    json_path = root / "dataset.json"
-    if not json_path.is_file():
-        raise InputError(
-            f"{json_path} is missing; an nnU-Net raw dataset needs dataset.json with channel_names, "
-            "labels and file_ending (or give a folder with images/ and masks/ for 2D pictures)."
-        )
-    try:
-        info = json.loads(json_path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{json_path} is not valid JSON ({exc}); fix the file.") from None
-    if not isinstance(info, dict):
-        raise InputError(f"{json_path} must hold a JSON object.")
-    for field in _REQUIRED_FIELDS:
-        if field not in info:
-            raise InputError(
-                f"{json_path} lacks the field '{field}'; nnU-Net's dataset.json needs {', '.join(_REQUIRED_FIELDS)}."
-            )
-    return NnUNetDataset(root, info, channel)
-
-
 def prepare_nnunet(
     raw: str | os.PathLike[str],
     out: str | os.PathLike[str],
@@ -198,7 +299,8 @@ def prepare_nnunet(
     overwrite: bool = False,
     protocol: str = "spacing",
 ) -> Path:
-    """Prepare an nnU-Net raw dataset (or a plain folder of 2D images and masks).
+    """Prepare an nnU-Net raw dataset (:class:`NnUNetRaw`), or a plain folder of 2D images and masks
+    (:class:`~perspective_unet.data.layouts.pictures.PictureFolders`).
 
     Args:
         raw: The raw dataset folder.
@@ -227,85 +329,21 @@ def prepare_nnunet(
         ct_window_hu = check_ct_window(ct_window_hu, "ct_window_hu")
     if not root.is_dir():
         raise InputError(f"{root} is not a folder; give the nnU-Net raw dataset folder.")
-    if not (root / "dataset.json").exists():
-        masks = next((root / n for n in ("masks", "labels") if (root / n).is_dir()), None)
-        if (root / "images").is_dir() and masks is not None:
-            return prepare_folder_2d(
-                root / "images",
-                masks,
-                out,
-                val_fraction=val_fraction,
-                test_fraction=test_fraction,
-                seed=seed,
-                name=root.name,
-                overwrite=overwrite,
-                protocol=protocol,
-            )
-    dataset = read_nnunet_dataset(root, channel)
-    num_channels = len(dataset.info["channel_names"])
-    if num_channels > 1:
-        logger.info("%s has %d channels; only channel %d (%s) is used.", root, num_channels, channel, dataset.modality)
-    splits = _case_splits(dataset, val_fraction, test_fraction, seed)
-    all_cases = dataset.training + dataset.testing
-    source = f"nnU-Net raw dataset {dataset.name} ({root})"
-    license = str(dataset.info.get("licence") or dataset.info.get("license") or "as stated by the dataset's owners")
-    if dataset.is_2d:
-        return prepare_pictures(
-            all_cases, out, splits, dataset.class_names, dataset.name, source, license, overwrite, protocol, folder=root
-        )
-
-    allowed = range(len(dataset.class_names))
-    by_case = {case: (image, label) for case, image, label in all_cases}
-
-    def read(case: str) -> CanonicalPair:
-        image_path, label_path = by_case[case]
-        return read_pair(image_path, label_path, allowed, orientation)
-
-    window, normalization = _normalization(dataset, read, splits["train"], ct_window_hu, percentiles, seed)
-
-    any_foreground = False
-    with PreparedWriter(out, overwrite=overwrite) as writer:
-        for split in ("train", "val", "test"):
-            for case in progress(splits[split], f"{split} cases"):
-                pair = read(case)
-                image = ct_window(pair.image, window) if dataset.is_ct else mr_normalize(pair.image, percentiles)
-                if split == "train":
-                    assert pair.label is not None
-                    any_foreground = any_foreground or bool(pair.label.any())
-                    writer.add_train_volume(
-                        case,
-                        image,
-                        pair.label,
-                        spacing=pair.spacing,
-                        attrs=volume_attrs(pair, by_case[case][0].name),
-                        raw=pair.image,
-                    )
-                else:
-                    writer.add_volume(
-                        split,
-                        case,
-                        image,
-                        pair.label,
-                        pair.spacing,
-                        volume_attrs(pair, by_case[case][0].name),
-                        raw=pair.image,
-                    )
-        if splits["train"]:
-            warn_if_all_background(any_foreground, root)
-        return writer.finish(
-            {
-                "name": dataset.name,
-                "class_names": dataset.class_names,
-                "modality": dataset.modality,
-                "normalization": normalization,
-                "intensity": ct_intensity(window) if dataset.is_ct else mr_intensity(percentiles),
-                "orientation": orientation,
-                "source": source,
-                "license": license,
-                "split_seed": seed,
-            },
-            protocol=protocol,
-        )
+    if not (root / "dataset.json").exists() and PictureFolders.recognizes(root):
+        pictures = PictureFolders.of_folder(root)
+        split = {"val_fraction": val_fraction, "test_fraction": test_fraction, "seed": seed}
+        return pictures.prepare(out, overwrite=overwrite, name=root.name, protocol=protocol, **split)
+    return NnUNetRaw(root, channel).prepare(
+        out,
+        overwrite=overwrite,
+        ct_window_hu=ct_window_hu,
+        percentiles=percentiles,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        orientation=orientation,
+        protocol=protocol,
+    )
 
 
 def _images_and_labels(read: Any, cases: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
@@ -314,7 +352,7 @@ def _images_and_labels(read: Any, cases: list[str]) -> Iterator[tuple[np.ndarray
         yield pair.image, pair.label
 
 
-def _case_splits(dataset: NnUNetDataset, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
+def _case_splits(dataset: NnUNetRaw, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
     """A seeded split of imagesTr; labeled imagesTs cases, when there are any, are the test split."""
     cases = [case for case, _, _ in dataset.training]
     if not dataset.testing:
@@ -328,7 +366,7 @@ def _case_splits(dataset: NnUNetDataset, val_fraction: float, test_fraction: flo
 
 
 def _normalization(
-    dataset: NnUNetDataset,
+    dataset: NnUNetRaw,
     read: Any,
     training: list[str],
     ct_window_hu: tuple[float, float] | None,

@@ -1,4 +1,5 @@
-"""Plain 2D datasets: a folder of PNG/JPG/BMP/TIFF images and a folder of masks with the same file stems.
+"""Plain 2D datasets (:class:`PictureFolders`): a folder of PNG/JPG/BMP/TIFF images and a folder of masks with the
+same file stems.
 
 Each picture is one case (a one-slice volume). Images are converted to gray (luminance) and scaled to [0, 1]:
 8-bit by /255, 16-bit by /65535, any other type by its own min and max. Masks hold class ids; when every mask of the
@@ -18,15 +19,15 @@ from pathlib import Path
 import numpy as np
 
 from perspective_unet.data.checks import check_same_geometry, check_slice_size, require_files
-from perspective_unet.data.common import progress, warn_if_all_background
 from perspective_unet.data.io import PICTURE_SUFFIXES, full_suffix, read_image
-from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import picture_intensity
+from perspective_unet.data.layouts.info import DatasetInfo
+from perspective_unet.data.layouts.prepared import PreparedWriter
+from perspective_unet.data.layouts.raw import RawDataset, progress, warn_if_all_background
 from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import picture_to_unit
+from perspective_unet.intensity import IntensitySpec, picture_to_unit
 
-__all__ = ["prepare_folder_2d", "prepare_pictures"]
+__all__ = ["PictureFolders", "prepare_folder_2d", "prepare_pictures"]
 
 logger = logging.getLogger(__name__)
 
@@ -45,6 +46,90 @@ def _find_mask(masks: Path, stem: str, mask_suffix: str) -> Path | None:
         if candidate.exists():
             return candidate
     return None
+
+
+_MASK_FOLDERS = ("masks", "labels")
+
+
+class PictureFolders(RawDataset):
+    """A folder of pictures and a folder of masks with the same file stems (see the module docstring).
+
+    Args:
+        images: Folder of pictures.
+        masks: Folder of masks named ``<image stem><mask_suffix>.<png|...>``.
+        mask_suffix: Text between the image stem and the mask's suffix, such as ``"_mask"``.
+    """
+
+    command = "nnunet"
+    description = "folders of 2D pictures and masks"
+
+    def __init__(self, images: str | os.PathLike[str], masks: str | os.PathLike[str], mask_suffix: str = "") -> None:
+        super().__init__(Path(images).parent)
+        self.images, self.masks, self.mask_suffix = Path(images), Path(masks), mask_suffix
+
+    @classmethod
+    def recognizes(cls, root: Path) -> bool:
+        return (root / "images").is_dir() and any((root / name).is_dir() for name in _MASK_FOLDERS)
+
+    @classmethod
+    def of_folder(cls, root: str | os.PathLike[str]) -> PictureFolders:
+        """The pictures of ``root/images`` and the masks of ``root/masks`` (or ``root/labels``)."""
+        root = Path(root)
+        masks = next((root / name for name in _MASK_FOLDERS if (root / name).is_dir()), root / _MASK_FOLDERS[0])
+        return cls(root / "images", masks)
+
+    def _pairs(self) -> list[tuple[str, Path, Path | None]]:
+        for folder in (self.images, self.masks):
+            if not folder.is_dir():
+                raise InputError(f"{folder} is not a folder; give the folders of the images and of the masks.")
+        image_files = require_files(
+            sorted(p for p in self.images.iterdir() if full_suffix(p) in PICTURE_SUFFIXES),
+            self.images,
+            "PNG/JPG/BMP/TIFF images",
+        )
+        pairs: list[tuple[str, Path, Path | None]] = []
+        seen: dict[str, Path] = {}
+        for image_path in image_files:
+            case = image_path.name[: -len(full_suffix(image_path))]
+            if case in seen:
+                raise InputError(f"{image_path} and {seen[case]} share the name {case!r}; rename one of them.")
+            seen[case] = image_path
+            mask_path = _find_mask(self.masks, case, self.mask_suffix)
+            if mask_path is None:
+                raise InputError(
+                    f"{image_path} has no mask in {self.masks} (looked for '{case}{self.mask_suffix}.png' "
+                    "and the other picture suffixes); every image needs a mask with the same stem."
+                )
+            pairs.append((case, image_path, mask_path))
+        return pairs
+
+    def prepare(
+        self,
+        out: str | os.PathLike[str],
+        *,
+        overwrite: bool = False,
+        class_names: Sequence[str] | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.2,
+        seed: int = 1234,
+        name: str | None = None,
+        protocol: str = "spacing",
+    ) -> Path:
+        """Prepare the pictures with a seeded split of whole images (see :func:`prepare_folder_2d`)."""
+        pairs = self._pairs()
+        splits = split_cases([case for case, _, _ in pairs], val_fraction, test_fraction, seed)
+        return prepare_pictures(
+            pairs,
+            out,
+            splits,
+            class_names,
+            name=name or self.images.parent.name or "folder2d",
+            source=f"2D images from {self.images} with masks from {self.masks}",
+            license="as the source images'",
+            overwrite=overwrite,
+            protocol=protocol,
+            folder=self.masks,
+        )
 
 
 def prepare_folder_2d(
@@ -78,39 +163,15 @@ def prepare_folder_2d(
     Returns:
         The output folder.
     """
-    images, masks = Path(images), Path(masks)
-    for folder in (images, masks):
-        if not folder.is_dir():
-            raise InputError(f"{folder} is not a folder; give the folders of the images and of the masks.")
-    image_files = require_files(
-        sorted(p for p in images.iterdir() if full_suffix(p) in PICTURE_SUFFIXES), images, "PNG/JPG/BMP/TIFF images"
-    )
-    pairs: list[tuple[str, Path, Path | None]] = []
-    seen: dict[str, Path] = {}
-    for image_path in image_files:
-        case = image_path.name[: -len(full_suffix(image_path))]
-        if case in seen:
-            raise InputError(f"{image_path} and {seen[case]} share the name {case!r}; rename one of them.")
-        seen[case] = image_path
-        mask_path = _find_mask(masks, case, mask_suffix)
-        if mask_path is None:
-            raise InputError(
-                f"{image_path} has no mask in {masks} (looked for '{case}{mask_suffix}.png' "
-                "and the other picture suffixes); every image needs a mask with the same stem."
-            )
-        pairs.append((case, image_path, mask_path))
-    splits = split_cases([case for case, _, _ in pairs], val_fraction, test_fraction, seed)
-    return prepare_pictures(
-        pairs,
+    return PictureFolders(images, masks, mask_suffix).prepare(
         out,
-        splits,
-        class_names,
-        name=name or images.parent.name or "folder2d",
-        source=f"2D images from {images} with masks from {masks}",
-        license="as the source images'",
         overwrite=overwrite,
+        class_names=class_names,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
+        seed=seed,
+        name=name,
         protocol=protocol,
-        folder=masks,
     )
 
 
@@ -183,16 +244,16 @@ def prepare_pictures(
                     raw=picture[None],
                 )
         return writer.finish(
-            {
-                "name": name,
-                "class_names": names,
-                "modality": "2D",
-                "normalization": _PICTURE_NORMALIZATION,
-                "intensity": picture_intensity(),
-                "orientation": "2d",
-                "source": source,
-                "license": license,
-            },
+            DatasetInfo(
+                name=name,
+                class_names=names,
+                modality="2D",
+                normalization=_PICTURE_NORMALIZATION,
+                intensity=IntensitySpec("picture"),
+                orientation="2d",
+                source=source,
+                license=license,
+            ),
             protocol=protocol,
         )
 

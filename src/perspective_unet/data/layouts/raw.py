@@ -1,11 +1,19 @@
-"""Helpers shared by the dataset converters: reading an image/label pair with every check, and progress bars."""
+"""What every raw dataset format shares: the :class:`RawDataset` interface its converter implements, reading an
+image/label pair with every check, and progress bars.
+
+A raw format is converted, never read by training: ``perspective-unet prepare <command>`` (or the converter's
+``prepare``) writes it into the prepared layout through
+:class:`~perspective_unet.data.layouts.prepared.PreparedWriter`, which records the fingerprint and plan.
+"""
 
 from __future__ import annotations
 
 import logging
+import os
+from abc import ABC, abstractmethod
 from collections.abc import Iterable, Iterator
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ClassVar, TypeVar
 
 import numpy as np
 from tqdm import tqdm
@@ -14,10 +22,49 @@ from perspective_unet.data.checks import check_finite, check_label_values, check
 from perspective_unet.data.io import read_image
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, to_canonical
 
-__all__ = ["CanonicalPair", "progress", "read_pair", "volume_attrs", "warn_if_all_background"]
+__all__ = [
+    "CanonicalPair",
+    "RawDataset",
+    "progress",
+    "read_pair",
+    "remap_labels",
+    "volume_attrs",
+    "warn_if_all_background",
+]
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
+
+
+class RawDataset(ABC):
+    """A raw dataset folder in one format, and its converter to the prepared layout.
+
+    Attributes:
+        command: The ``perspective-unet prepare`` sub-command that converts the format.
+        description: The format in a few words, for messages.
+        root: The raw folder.
+    """
+
+    command: ClassVar[str]
+    description: ClassVar[str]
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+
+    @classmethod
+    @abstractmethod
+    def recognizes(cls, root: Path) -> bool:
+        """Whether ``root`` looks like this format (from names on disk; nothing is read)."""
+
+    @abstractmethod
+    def prepare(self, out: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+        """Convert the folder into the prepared layout at ``out`` (written atomically); returns ``out``.
+
+        Converters with options take them as further keyword arguments.
+
+        Raises:
+            InputError: Bad input files (the message names the file and what to do).
+        """
 
 
 def progress(items: Iterable[T], desc: str, total: int | None = None) -> Iterator[T]:
