@@ -15,7 +15,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plan",
         help="show or change how models see a prepared dataset (protocol, spacing, patch size, ...)",
-        description="Print the dataset's fingerprint (cases, spacings, shapes, foreground intensities) and its plan "
+        description="Print what kind of folder the dataset is (circulating TransUNet-style files read as they are, "
+        "or a folder written by `prepare`, with the intensity normalization its images carry), its fingerprint "
+        "(cases, spacings, shapes, foreground intensities; circulating files have none) and its plan "
         "(plan.json beside the data): the protocol ('paper': every slice zoomed to one size; 'spacing': slices "
         "resampled to a fixed pixel spacing, random patches in training, a sliding window in inference), the "
         "in-plane spacing, the patch size, the intensity normalization, the batch size and the context slices (2.5D). "
@@ -53,23 +55,28 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.data import read_dataset_info
+    from perspective_unet.data.dataset_info import describe_dataset_kind
     from perspective_unet.data.planning import dataset_fingerprint, dataset_plan
     from perspective_unet.errors import InputError
     from perspective_unet.fingerprint import write_json_atomic
     from perspective_unet.plan import PLAN_FILE, check_patch_size, derive_plan
 
     info = read_dataset_info(args.data)
+    print(f"data: {describe_dataset_kind(info)}")
     fingerprint = dataset_fingerprint(args.data)
-    if fingerprint is None:
-        raise InputError(
-            f"{args.data} has no fingerprint.json (TransUNet-style files, or prepared by an "
-            "older version): prepare the raw data with `perspective-unet prepare` to plan it."
-        )
-    current = None if args.reset else dataset_plan(args.data, info)
     changes = {
         name: getattr(args, name)
         for name in ("protocol", "patch_size", "spacing", "batch_size", "context_slices", "max_patch_pixels")
     }
+    if fingerprint is None:
+        if args.reset or any(value is not None for value in changes.values()):
+            raise InputError(
+                f"{args.data} has no fingerprint.json (TransUNet-style files, or prepared by an "
+                "older version): prepare the raw data with `perspective-unet prepare` to plan it."
+            )
+        print(f"\nno fingerprint; training uses this plan:\n{_describe_plan(dataset_plan(args.data, info))}")
+        return 0
+    current = None if args.reset else dataset_plan(args.data, info)
     if current is not None and all(value is None for value in changes.values()):
         print(_describe_fingerprint(fingerprint))
         print(f"\nplan ({args.data}/{PLAN_FILE}):\n{_describe_plan(current)}")

@@ -24,7 +24,7 @@ from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
 
-__all__ = ["read_dataset_info"]
+__all__ = ["describe_dataset_kind", "read_dataset_info"]
 
 _REQUIRED_KEYS = ("name", "num_classes", "class_names", "splits")
 
@@ -126,3 +126,27 @@ def _acdc_files_info(root: Path) -> dict[str, Any]:
         "layout": "acdc_files",
         "root": str(root),
     }
+
+
+def describe_dataset_kind(info: dict[str, Any]) -> str:
+    """One line saying which kind of folder a dataset description comes from, and whose intensity normalization its
+    images carry: circulating files read as they are, or a folder written by ``perspective-unet prepare``.
+
+    Example:
+        >>> describe_dataset_kind({"layout": "acdc_files"}).split(":")[0]
+        "circulating ACDC files (MT-UNet's layout), read as they are"
+    """
+    layout = info.get("layout")
+    if layout == "acdc_files":
+        return (
+            "circulating ACDC files (MT-UNet's layout), read as they are: their own normalization, which was not "
+            "published (the files the released Perspective+ Unet trained on)"
+        )
+    if layout == "synapse_files":
+        return (
+            "circulating Synapse files (TransUNet's layout), read as they are: CT clipped to [-125, 275] HU and "
+            "scaled to [0, 1] (the files the released Perspective+ Unet trained on)"
+        )
+    name = info.get("name", "a dataset")
+    normalization = info.get("normalization", "not recorded")
+    return f"{name} prepared by `perspective-unet prepare`: {normalization}"

@@ -19,6 +19,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from perspective_unet.config import TrainConfig
 from perspective_unet.data import SliceDataset, VolumeDataset, read_dataset_info
+from perspective_unet.data.dataset_info import describe_dataset_kind
 from perspective_unet.data.folds import fold_cases
 from perspective_unet.data.patches import PatchDataset
 from perspective_unet.data.planning import plan_for_training
@@ -309,6 +310,8 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     device = resolve_device(config.device, ctx.local_rank)
     seed_everything(config.seed + ctx.rank)
     info = read_dataset_info(config.data)
+    if ctx.is_main:
+        log.info("data %s: %s", config.data, describe_dataset_kind(info))
     plan = _saved_plan(resume) or plan_for_training(
         config.data,
         info,
