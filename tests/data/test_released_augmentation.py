@@ -12,6 +12,8 @@ import torch
 
 from perspective_unet.config.augmentation import AugmentationConfig
 from perspective_unet.data.augmentation import (
+    RandAffineOpd,
+    RandLinearContrastd,
     RandPiecewiseAffined,
     build_augmentation,
     released_blur_kernel_size,
@@ -95,6 +97,41 @@ def test_released_piecewise_draws_the_recorded_grid_sizes() -> None:
         assert set(ours) == set(counts[name])
         for value, count in counts[name].items():  # uniform over 2..4: both near 1000 of 3000
             assert abs(ours[value] - count) < 150, (name, value, ours, counts[name])
+
+
+# The recorded imgaug augmenters' parameters in this project's terms: (kind, (first, second)), where the first value
+# acts on rows (y) and the second on columns (x).
+AFFINE = {
+    "scale": ("scale", (0.8, 1.5)),
+    "rotate": ("rotate", (30.0, 0.0)),
+    "shear": ("shear", (10.0, 0.0)),
+    "translate": ("translate", (-0.05, 0.1)),
+}
+
+
+@pytest.mark.parametrize("name", AFFINE)
+def test_affine_operations_match_imgaug_but_for_opencv_resampling(name: str) -> None:
+    recorded = np.load(RECORDED / "affine_operations.npz")[name]
+    image = np.load(RECORDED / "gaussian_blur.npz")["image"]
+    kind, values = AFFINE[name]
+    operation = RandAffineOpd(["image"], kind, 1.0, (0.0, 0.0), label_keys=())
+    operation.values = values
+    difference = np.abs(_plain(operation.warp(_sample(image))["image"])[0] - recorded)
+    # Same geometry and direction; OpenCV rounds its bilinear weights to 1/32 (and treats the border its own way).
+    assert difference[8:-8, 8:-8].max() < 0.003 and difference.max() < 0.02, name
+    if kind in ("rotate", "shear"):
+        operation.values = (-values[0], 0.0)
+        assert np.abs(_plain(operation.warp(_sample(image))["image"])[0] - recorded).max() > 0.2
+
+
+def test_flips_and_gain_contrast_equal_imgaugs() -> None:
+    recorded = np.load(RECORDED / "affine_operations.npz")
+    image = np.load(RECORDED / "gaussian_blur.npz")["image"]
+    for name, operation in (("vflip", "flipud"), ("hflip", "fliplr")):
+        out = build_augmentation(_only(name))(_sample(image))
+        np.testing.assert_array_equal(_plain(out["image"])[0], recorded[operation])
+    contrast = RandLinearContrastd("image", 1.0, (1.3, 1.3), center=0.0)
+    np.testing.assert_allclose(_plain(contrast(_sample(image))["image"])[0], recorded["contrast"], rtol=0, atol=1e-6)
 
 
 def _identical_slices(root: Path, count: int, size: int = 16, sizes: dict[int, int] | None = None) -> Path:

@@ -56,8 +56,10 @@ class ModelConfig:
         scsi_init: Initial weights of the integrator's attention projections. ``"linear"``: ``nn.Linear``'s
             defaults for the joint q/k/v projection and the output projection. ``"released"``: the released code's
             ``nn.MultiheadAttention`` (xavier-uniform q/k/v weight over the stacked (3 dim, dim) matrix, zero biases,
-            the output weight as ``nn.Linear``), drawing from the random generator in its order, so a model built
-            after ``torch.manual_seed(s)`` starts from the weights the released code starts from with that seed.
+            the output weight as ``nn.Linear``), drawing from the random generator in its order, so the released
+            network's configuration built after ``torch.manual_seed(s)`` starts from the weights the released code
+            starts from with that seed (except in the settings without the bi-path, whose unused dilated path the
+            released code still draws).
         dilation: Dilation of the wide path of every bi-path block.
         enltb_dropout: Dropout after ENLSA and inside the ENLTB feed-forward layer.
         scsi_dropout: Dropout of the integrator's attention and feed-forward layers.

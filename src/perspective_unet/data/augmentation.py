@@ -228,10 +228,12 @@ class RandAffineOpd(_GeometricOpd):
         return Affine(translate_params=shift, padding_mode="zeros", image_only=True)
 
     def __call__(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
-        out = dict(data)
         self.randomize()
-        if not self._do_transform:
-            return out
+        return self.warp(data) if self._do_transform else dict(data)
+
+    def warp(self, data: Mapping[Hashable, torch.Tensor]) -> dict[Hashable, torch.Tensor]:
+        """Apply the current draw (``values``) to every key."""
+        out = dict(data)
         for key in self.key_iterator(out):
             affine = self._affine(out[key].shape[1:])
             out[key] = affine(out[key], mode=self.mode_of(key))
