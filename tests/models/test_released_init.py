@@ -82,5 +82,12 @@ def test_the_whole_released_network_starts_from_the_recorded_weights() -> None:
     for (released, entry), ours in zip(tensors.items(), names):
         flat = state[ours].detach().double().flatten()
         assert flat.numel() == int(np.prod(entry["shape"])), released
-        assert [float(v) for v in flat[:3]] == entry["head"] and float(flat[-1]) == entry["last"], released
-        assert float(flat.sum()) == pytest.approx(entry["sum"], rel=0, abs=1e-9 * max(1.0, entry["sum_abs"])), released
+        values = [*(float(v) for v in flat[:3]), float(flat[-1]), float(flat.sum())]
+        expected = [*entry["head"], entry["last"], entry["sum"]]
+        if released.endswith("projection_matrix"):
+            # ENLSA's projection comes from QR decompositions of the drawn matrices, whose last bits depend on
+            # LAPACK's threads; every other tensor is drawn as it is.
+            assert values == pytest.approx(expected, rel=1e-5, abs=1e-6 * max(1.0, entry["sum_abs"])), released
+        else:
+            assert values[:-1] == expected[:-1], released
+            assert values[-1] == pytest.approx(expected[-1], rel=0, abs=1e-9 * max(1.0, entry["sum_abs"])), released

@@ -78,7 +78,8 @@ class AugmentationConfig:
             released training's stream: its workers are forked anew each epoch from a main process whose augmenter
             never draws, and only Python's ``random`` is seeded per worker, so the k-th sample any worker augments
             gets the k-th draw of one fixed sequence, in every worker and every epoch (555 distinct draws per epoch
-            on Synapse: 2211 slices, batches of 12, 4 workers). The sequence depends on ``seed`` only.
+            on Synapse: 2211 slices, batches of 12, 4 workers). The sequence depends on ``seed`` only; with
+            ``num_workers: 0`` the main process is the one worker, so the sequence repeats every epoch.
     """
 
     min_ops: int = 0
