@@ -227,7 +227,14 @@ def test_released_configs_train_the_released_network(tiny_dataset, tmp_path, nam
         num_workers=0,
     )
     assert (config.amp, config.drop_last_batch, config.val_every) == (False, False, 0)
-    assert config.augmentation == {"noise_std": 1.275, "contrast_pivot": 0.0, "before_resize": True}
+    assert config.augmentation == {
+        "noise_std": 1.275,
+        "contrast_pivot": 0.0,
+        "before_resize": True,
+        "blur_filter": "released",
+        "piecewise_warp": "released",
+        "stream": "released",
+    }
     result = train(config)
     assert result.best_checkpoint is None  # no validation-based selection: the last epoch is tested
     model = load_model(result.last_checkpoint)
@@ -236,7 +243,7 @@ def test_released_configs_train_the_released_network(tiny_dataset, tmp_path, nam
         3,
         True,
     )
-    assert model.batch_dependent and not model.config.fast_dropout
+    assert model.batch_dependent and not model.config.fast_dropout and model.config.scsi_init == "released"
     assert (
         main(
             [

@@ -20,7 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "plan",
         help="show or change how models see a prepared dataset (protocol, spacing, patch size, ...)",
-        description="Print the dataset's fingerprint (cases, spacings, shapes, foreground intensities) and its plan "
+        description="Print what kind of folder the dataset is (circulating TransUNet-style files read as they are, "
+        "or a folder written by `prepare`, with the intensity normalization its images carry), its fingerprint "
+        "(cases, spacings, shapes, foreground intensities; circulating files have none) and its plan "
         "(plan.json beside the data): the protocol ('paper': every slice zoomed to one size; 'spacing': slices "
         "resampled to a fixed pixel spacing, random patches in training, a sliding window in inference), the "
         "in-plane spacing, the patch size, the intensity normalization, the batch size and the context slices (2.5D). "
@@ -63,17 +65,21 @@ def run(args: argparse.Namespace) -> int:
     from perspective_unet.plan import MAX_PATCH_PIXELS, PLAN_FILE, check_patch_size, derive_plan
 
     layout = open_dataset(args.data)
+    print(f"data: {layout.describe()}")
     fingerprint = layout.fingerprint()
-    if fingerprint is None:
-        raise InputError(
-            f"{args.data} has no fingerprint.json (TransUNet-style files, or prepared by an "
-            "older version): prepare the raw data with `perspective-unet prepare` to plan it."
-        )
-    current = None if args.reset else layout.plan()
     changes = {
         name: getattr(args, name)
         for name in ("protocol", "patch_size", "spacing", "batch_size", "context_slices", "max_patch_pixels")
     }
+    if fingerprint is None:
+        if args.reset or any(value is not None for value in changes.values()):
+            raise InputError(
+                f"{args.data} has no fingerprint.json (TransUNet-style files, or prepared by an "
+                "older version): prepare the raw data with `perspective-unet prepare` to plan it."
+            )
+        print(f"\nno fingerprint; training uses this plan:\n{_describe_plan(layout.plan())}")
+        return 0
+    current = None if args.reset else layout.plan()
     if current is not None and all(value is None for value in changes.values()):
         print(_describe_fingerprint(fingerprint))
         print(f"\nplan ({args.data}/{PLAN_FILE}):\n{_describe_plan(current)}")

@@ -25,6 +25,12 @@ from perspective_unet.config.checks import (
 
 # Augmentation --------------------------------------------------------------------------------------------------------
 
+# How the paper protocol's blur, piecewise warp and random stream can be built: this project's way, or the released
+# code's (imgaug 0.4 as the released training calls it).
+BLUR_FILTERS = ("monai", "released")
+PIECEWISE_WARPS = ("bilinear", "released")
+AUGMENTATION_STREAMS = ("fresh", "released")
+
 
 @dataclass
 class AugmentationConfig:
@@ -40,6 +46,10 @@ class AugmentationConfig:
         noise_std: Standard deviation of the noise, in units of the [0, 1] image range.
         blur_prob: Probability that a drawn blur fires.
         blur_sigma: Standard deviation of the Gaussian blur, in pixels.
+        blur_filter: ``"monai"``: MONAI's Gaussian smoothing (kernel integrated with erf, truncated at 4 sigma, zero
+            padding). ``"released"``: the released code's (imgaug through OpenCV): a sampled Gaussian kernel of
+            ``int(max(3.3 * sigma, 5))`` pixels rounded up to odd (5 x 5 at sigma 1), borders reflected without
+            repeating the edge pixel. They differ most where the image border is not zero (ACDC's MR slices).
         contrast_prob: Probability that a drawn contrast change fires.
         contrast_range: Range of the factor a in pivot + a * (x - pivot).
         contrast_pivot: The value the contrast change keeps fixed: 0.5 (mid-gray, this project's reading of the
@@ -52,12 +62,24 @@ class AugmentationConfig:
         shear_degrees: Horizontal shear angle drawn from [-shear_degrees, shear_degrees].
         piecewise_prob: Probability that a drawn piecewise affine warp fires.
         piecewise_scale: Range of the standard deviation of the control-point shifts, as a fraction of the size.
-        piecewise_grid: Control points per side of the regular grid.
+        piecewise_grid: Control points per side of the regular grid (with ``piecewise_warp: released``, the most
+            per side: rows and columns are each drawn from 2 to this number).
+        piecewise_warp: ``"bilinear"``: a regular grid of control points over the pixel centers, their shifts
+            interpolated bilinearly between them. ``"released"``: the released code's (imgaug's ``PiecewiseAffine``
+            through scikit-image): 2 to ``piecewise_grid`` control points per row and per column (drawn per call),
+            spread from 0 to the side length, shifted and clipped to the image, the plane cut into triangles
+            (Delaunay) each warped by its own affine map; no warp when no shift is positive.
         translate_prob: Probability that a drawn translation fires.
         translate_fraction: Shift drawn per axis from [-f, f] times the image side.
         image_mode: Interpolation of the image in geometric operations (the label is always nearest).
         before_resize: Augment each slice at its stored size and zoom the result to the model's size (the released
             code's order) instead of zooming first; blur, noise and warps then act on the native grid.
+        stream: ``"fresh"``: every epoch and every DataLoader worker draws new augmentations. ``"released"``: the
+            released training's stream: its workers are forked anew each epoch from a main process whose augmenter
+            never draws, and only Python's ``random`` is seeded per worker, so the k-th sample any worker augments
+            gets the k-th draw of one fixed sequence, in every worker and every epoch (555 distinct draws per epoch
+            on Synapse: 2211 slices, batches of 12, 4 workers). The sequence depends on ``seed`` only; with
+            ``num_workers: 0`` the main process is the one worker, so the sequence repeats every epoch.
     """
 
     min_ops: int = 0
@@ -85,6 +107,9 @@ class AugmentationConfig:
     translate_fraction: float = 0.2
     image_mode: str = "bilinear"
     before_resize: bool = False
+    blur_filter: str = "monai"
+    piecewise_warp: str = "bilinear"
+    stream: str = "fresh"
 
     def __post_init__(self) -> None:
         _check_fields(self, _PAPER_AUGMENTATION_CHECKS, normalize=True)
@@ -136,6 +161,9 @@ _PAPER_AUGMENTATION_CHECKS: dict[str, Check] = {
     "translate_fraction": _number(low=0),
     "image_mode": _choice(_IMAGE_MODES),
     "before_resize": check_bool,
+    "blur_filter": _choice(BLUR_FILTERS),
+    "piecewise_warp": _choice(PIECEWISE_WARPS),
+    "stream": _choice(AUGMENTATION_STREAMS),
 }
 
 

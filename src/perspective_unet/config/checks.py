@@ -17,6 +17,7 @@ strings) or raises ``ValueError`` with a message that starts with the name."""
 
 _ENLSA_KERNELS = ("softmax", "relu")
 _SCSI_ATTENTION = ("tokens", "released", "official")
+SCSI_INITS = ("linear", "released")
 CHECKPOINTABLE_PARTS = ("cnn", "enltb", "scsi")
 PROTOCOLS = ("paper", "spacing")
 OPTIMIZERS = ("sgd", "adamw")

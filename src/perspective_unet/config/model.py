@@ -11,6 +11,7 @@ from perspective_unet.config.checks import (
     _RATE,
     _SCSI_ATTENTION,
     CHECKPOINTABLE_PARTS,
+    SCSI_INITS,
     Check,
     _check_fields,
     _choice,
@@ -52,6 +53,13 @@ class ModelConfig:
             sample's output depends on its batch; evaluation and prediction run such a model one slice at a time, as
             the released test does); ``"official"`` is the released code at batch size 1 (attention =
             out_proj(v_proj(s))), applied to every sample on its own.
+        scsi_init: Initial weights of the integrator's attention projections. ``"linear"``: ``nn.Linear``'s
+            defaults for the joint q/k/v projection and the output projection. ``"released"``: the released code's
+            ``nn.MultiheadAttention`` (xavier-uniform q/k/v weight over the stacked (3 dim, dim) matrix, zero biases,
+            the output weight as ``nn.Linear``), drawing from the random generator in its order, so the released
+            network's configuration built after ``torch.manual_seed(s)`` starts from the weights the released code
+            starts from with that seed (except in the settings without the bi-path, whose unused dilated path the
+            released code still draws).
         dilation: Dilation of the wide path of every bi-path block.
         enltb_dropout: Dropout after ENLSA and inside the ENLTB feed-forward layer.
         scsi_dropout: Dropout of the integrator's attention and feed-forward layers.
@@ -87,6 +95,7 @@ class ModelConfig:
     scsi_depth: int = 6
     scsi_ffn_dim: int = 2048
     scsi_attention: str = "tokens"
+    scsi_init: str = "linear"
     dilation: int = 2
     enltb_dropout: float = 0.1
     scsi_dropout: float = 0.1
@@ -177,6 +186,7 @@ _MODEL_CHECKS: dict[str, Check] = {
     "scsi_depth": _int(1),
     "scsi_ffn_dim": _int(1),
     "scsi_attention": _choice(_SCSI_ATTENTION),
+    "scsi_init": _choice(SCSI_INITS),
     "dilation": _int(1),
     "enltb_dropout": _RATE,
     "scsi_dropout": _RATE,

@@ -54,6 +54,9 @@ class TrainConfig:
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         lr_power: Exponent of the poly schedule.
+        lr_after_step: Set each iteration's poly rate after its optimizer step, for the next step, as the released
+            code does: step t then runs at the rate of iteration t - 1 (steps 0 and 1 at ``base_lr``), one iteration
+            behind the schedule, and the last step does not reach the schedule's smallest rate.
         optimizer: ``sgd`` (the paper's, with ``momentum``) or ``adamw`` (``weight_decay`` decoupled; converges in
             fewer steps, which suits short CPU runs such as the demo).
         foreground_sampling_weight: How much more often a training slice that holds any foreground is drawn than
@@ -103,6 +106,7 @@ class TrainConfig:
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_power: float = 0.9
+    lr_after_step: bool = False
     optimizer: str = "sgd"
     foreground_sampling_weight: float = 1.0
     ce_weight: float = 0.4
@@ -283,6 +287,7 @@ _TRAIN_CHECKS: dict[str, Check] = {
     "momentum": _number(low=0, high=1, high_open=True),
     "weight_decay": _number(low=0),
     "lr_power": _number(low=0, low_open=True),
+    "lr_after_step": check_bool,
     "optimizer": _choice(OPTIMIZERS),
     "foreground_sampling_weight": _number(low=0, low_open=True),
     "ce_weight": _number(low=0),

@@ -66,7 +66,9 @@ class SliceDataset(Dataset):
         img_size: Size (H, W) of the items, or one int for a square.
         augmentation: Augmentation settings; None for none (validation, testing).
         seed: Seed of the augmentation's draws. In DataLoader workers ``seed_worker`` combines it with the worker's
-            seed, so workers draw differently and the same seeds give the same samples.
+            seed, so workers draw differently and the same seeds give the same samples. With the augmentation's
+            ``stream: released`` the k-th sample augmented after :meth:`reseed` gets draw k of a sequence fixed by
+            ``seed`` alone, in every worker and epoch (the released training's stream).
         context_slices: Neighboring slices on each side taken as extra channels.
         intensity: The plan's intensity normalization (its ``scaling`` is applied to the stored values); None for the
             paper's (x - 0.5) / 0.5.
@@ -101,15 +103,33 @@ class SliceDataset(Dataset):
             raise InputError(f"{self.root} has no {split} slices; check the folder or choose another split.")
         self.context = context_indices(self.samples, context_slices)
         self.case_stats = self.layout.case_statistics() if self.intensity.per_image else {}
+        self.released_stream = augmentation is not None and augmentation.stream == "released"
+        self.stream_position = 0
         self.reseed(None)
 
     def reseed(self, worker_seed: int | None) -> None:
-        """Reset the augmentation's random state from the dataset seed and, in a worker, the worker's seed."""
+        """Reset the augmentation's random state from the dataset seed and, in a worker, the worker's seed.
+
+        With the released stream the worker's seed is ignored: the draws start again from the first of the sequence
+        (as every forked worker of the released training does at each epoch).
+        """
         if self._augment is None:
+            return
+        if self.released_stream:
+            self.stream_position = 0
             return
         entropy = [self.seed] if worker_seed is None else [self.seed, int(worker_seed)]
         state = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         self._augment.set_random_state(seed=state)
+
+    def _next_draw(self) -> None:
+        """With the released stream, set the augmentation to the next draw of the sequence (one seed per draw, so a
+        draw does not depend on the images drawn before it)."""
+        if not self.released_stream:
+            return
+        state = np.random.SeedSequence([self.seed, self.stream_position]).generate_state(1)[0]
+        self._augment.set_random_state(seed=int(state))
+        self.stream_position += 1
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -152,6 +172,7 @@ class SliceDataset(Dataset):
         return ndimage.zoom(image, (1.0, *factors), order=3), ndimage.zoom(label, factors, order=0)
 
     def _augmented(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        self._next_draw()
         out = self._augment(
             {
                 "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),

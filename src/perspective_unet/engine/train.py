@@ -168,12 +168,21 @@ def _train_one_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, Any], tupl
 
 
 def _optimizer_step(run: TrainingRun, loss: torch.Tensor) -> None:
-    """The poly learning rate of this iteration, one optimizer step, the scalar log."""
+    """The poly learning rate of this iteration, one optimizer step, the scalar log.
+
+    With ``lr_after_step`` the rate of this iteration is set after the step, for the next one (the released code's
+    order); the optimizer keeps it, so a resumed run continues with the rate it saved.
+    """
     config = run.config
-    lr = poly_lr(config.base_lr, run.iteration, run.max_iterations, config.lr_power)
-    for group in run.optimizer.param_groups:
-        group["lr"] = lr
+    scheduled = poly_lr(config.base_lr, run.iteration, run.max_iterations, config.lr_power)
+    if not config.lr_after_step:
+        for group in run.optimizer.param_groups:
+            group["lr"] = scheduled
+    lr = run.optimizer.param_groups[0]["lr"]
     run.scaler.step(run.optimizer)
+    if config.lr_after_step:
+        for group in run.optimizer.param_groups:
+            group["lr"] = scheduled
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
     run.iteration += 1

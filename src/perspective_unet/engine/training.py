@@ -295,6 +295,8 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     seed_everything(config.seed + ctx.rank)
     layout = open_dataset(config.data)
     info = layout.info
+    if ctx.is_main:
+        log.info("data %s: %s", config.data, layout.describe())
     plan = _saved_plan(resume) or layout.plan_for_training(
         protocol=config.protocol,
         patch_size=config.img_size,

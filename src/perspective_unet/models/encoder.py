@@ -144,6 +144,7 @@ class PerspectiveEncoder(nn.Module):
                 dropout=config.scsi_dropout,
                 attention=config.scsi_attention,
                 fast_dropout=config.fast_dropout,
+                init=config.scsi_init,
             )
             if config.use_scsi
             else None

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from perspective_unet.config.checks import SCSI_INITS
 from perspective_unet.models.layers import to_feature_map, to_tokens
 from perspective_unet.models.ops import Dropout, Linear, attend, linear, maybe_checkpoint, relu_dropout
 
@@ -37,23 +38,57 @@ class CrossScaleAttention(nn.Module):
         dropout: Dropout on the attention weights (training only).
         mode: ``"tokens"``, ``"released"`` or ``"official"``.
         fast_dropout: Fast dropout masks and the memory-lean attention-dropout path on the CPU.
+        init: ``"linear"`` (``nn.Linear``'s defaults) or ``"released"`` (``nn.MultiheadAttention``'s, see
+            :meth:`reset_parameters`).
     """
 
     def __init__(
-        self, dim: int, heads: int, dropout: float = 0.0, mode: str = "tokens", fast_dropout: bool = True
+        self,
+        dim: int,
+        heads: int,
+        dropout: float = 0.0,
+        mode: str = "tokens",
+        fast_dropout: bool = True,
+        init: str = "linear",
     ) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"heads ({heads}) must divide dim ({dim}).")
         if mode not in ATTENTION_MODES:
             raise ValueError(f"mode must be one of {ATTENTION_MODES}, got {mode!r}.")
+        if init not in SCSI_INITS:
+            raise ValueError(f"init must be one of {SCSI_INITS}, got {init!r}.")
         self.dim = dim
         self.heads = heads
         self.dropout = dropout
         self.mode = mode
         self.fast_dropout = fast_dropout
-        self.qkv = Linear(dim, 3 * dim)
-        self.out = Linear(dim, dim)
+        self.init = init
+        if init == "linear":
+            self.qkv = Linear(dim, 3 * dim)
+            self.out = Linear(dim, dim)
+        else:
+            # Nothing is drawn for q/k/v here: reset_parameters draws in nn.MultiheadAttention's order.
+            self.qkv = torch.nn.utils.skip_init(Linear, dim, 3 * dim)
+            self.out = torch.nn.utils.skip_init(Linear, dim, dim)
+            self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """Draw the projections' initial weights as the module's ``init`` says.
+
+        ``"released"`` draws as ``nn.MultiheadAttention(dim, heads)`` does when it is built: the output projection
+        as ``nn.Linear`` (its weight, then its bias, which is then zeroed), then the stacked (3 dim, dim) q/k/v
+        weight from a xavier-uniform distribution; the q/k/v bias is zero. From the same generator state the tensors
+        equal that module's. ``"linear"`` draws as ``nn.Linear`` does, q/k/v first.
+        """
+        if self.init == "linear":
+            self.qkv.reset_parameters()
+            self.out.reset_parameters()
+            return
+        self.out.reset_parameters()
+        nn.init.xavier_uniform_(self.qkv.weight)
+        nn.init.zeros_(self.qkv.bias)
+        nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Attend over tokens ``x`` of shape (B, N, dim); returns (B, N, dim)."""
@@ -90,9 +125,10 @@ class IntegratorLayer(nn.Module):
         dropout: float = 0.1,
         mode: str = "tokens",
         fast_dropout: bool = True,
+        init: str = "linear",
     ) -> None:
         super().__init__()
-        self.attn = CrossScaleAttention(dim, heads, dropout, mode, fast_dropout)
+        self.attn = CrossScaleAttention(dim, heads, dropout, mode, fast_dropout, init)
         self.norm1 = nn.LayerNorm(dim)
         self.fc1 = Linear(dim, ffn_dim)
         self.fc2 = Linear(ffn_dim, dim)
@@ -120,6 +156,8 @@ class SpatialCrossScaleIntegrator(nn.Module):
         attention: ``"tokens"`` (paper), ``"released"`` (the released code, across the batch) or ``"official"``
             (the released code at batch size 1, per sample).
         fast_dropout: Fast CPU dropout (see :class:`IntegratorLayer` and :class:`CrossScaleAttention`).
+        init: Initial weights of the attention projections, ``"linear"`` or ``"released"`` (see
+            :class:`CrossScaleAttention`).
 
     Attributes:
         gradient_checkpointing: Recompute each layer's activations in backward instead of keeping them.
@@ -140,12 +178,13 @@ class SpatialCrossScaleIntegrator(nn.Module):
         dropout: float = 0.1,
         attention: str = "tokens",
         fast_dropout: bool = True,
+        init: str = "linear",
     ) -> None:
         super().__init__()
         self.gradient_checkpointing = False
         self.in_proj = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in in_channels)
         self.layers = nn.ModuleList(
-            IntegratorLayer(dim, heads, ffn_dim, dropout, attention, fast_dropout) for _ in range(depth)
+            IntegratorLayer(dim, heads, ffn_dim, dropout, attention, fast_dropout, init) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
         self.out_proj = nn.ModuleList(nn.Conv2d(dim, c, 1) for c in in_channels)

@@ -199,6 +199,12 @@ class AcdcFiles(DatasetLayout):
 
     kind = "acdc_files"
 
+    def describe(self) -> str:
+        return (
+            "circulating ACDC files (MT-UNet's layout), read as they are: their own normalization, which was not "
+            "published (the files the released Perspective+ Unet trained on)"
+        )
+
     @classmethod
     def recognizes(cls, root: Path) -> bool:
         return any(next((root / f).glob("case_*.npz"), None) is not None for f in ACDC_FOLDERS.values())

@@ -130,6 +130,10 @@ class DatasetLayout(ABC):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({str(self.root)!r})"
 
+    def describe(self) -> str:
+        """One line saying which kind of folder this is and whose intensity normalization its images carry."""
+        return f"{self.info.name} prepared by `perspective-unet prepare`: {self.info.normalization or 'not recorded'}"
+
     @classmethod
     @abstractmethod
     def recognizes(cls, root: Path) -> bool:

@@ -219,6 +219,12 @@ class SynapseFiles(DatasetLayout):
 
     kind = "synapse_files"
 
+    def describe(self) -> str:
+        return (
+            "circulating Synapse files (TransUNet's layout), read as they are: CT clipped to [-125, 275] HU and "
+            "scaled to [0, 1] (the files the released Perspective+ Unet trained on)"
+        )
+
     @classmethod
     def recognizes(cls, root: Path) -> bool:
         return (root / TRAIN_DIR).is_dir() or (root / TEST_DIR).is_dir()
