@@ -21,10 +21,9 @@ from pathlib import Path
 
 from perspective_unet.data.common import progress, read_pair, volume_attrs
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import describe_mr, mr_intensity, mr_normalize
 from perspective_unet.data.orientation import STORED_ORIENTATION
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import MR_PERCENTILES
+from perspective_unet.intensity import MR_PERCENTILES, IntensitySpec, describe_mr, percentile_minmax
 
 __all__ = ["ACDC_CLASS_NAMES", "ACDC_TEST_PATIENTS", "ACDC_VAL_PATIENTS", "acdc_split", "prepare_acdc"]
 
@@ -115,7 +114,7 @@ def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overw
                 label_path = _frame_file(folder, f"{stem}_gt")
                 pair = read_pair(image_path, label_path, range(len(ACDC_CLASS_NAMES)), STORED_ORIENTATION)
                 assert pair.label is not None
-                image = mr_normalize(pair.image, MR_PERCENTILES)
+                image = percentile_minmax(pair.image, MR_PERCENTILES)
                 case = f"case_{patient:03d}_{phase}"
                 if used[patient] == "train":
                     writer.add_train_volume(
@@ -142,7 +141,7 @@ def prepare_acdc(raw: str | os.PathLike[str], out: str | os.PathLike[str], overw
                 "class_names": list(ACDC_CLASS_NAMES),
                 "modality": "MR",
                 "normalization": describe_mr(MR_PERCENTILES),
-                "intensity": mr_intensity(MR_PERCENTILES),
+                "intensity": IntensitySpec("percentile_minmax", percentiles=MR_PERCENTILES).stored_range(),
                 "orientation": STORED_ORIENTATION,
                 "source": "Automated Cardiac Diagnosis Challenge (ACDC), MICCAI 2017, cine MRI, ED and ES frames",
                 "license": (

@@ -18,11 +18,10 @@ from typing import Any
 
 from perspective_unet.data.acdc import ACDC_CLASS_NAMES
 from perspective_unet.data.layout import IMG_FORMAT_VERSION, TEST_DIR, TRAIN_DIR, VOLUME_SUFFIX
-from perspective_unet.data.normalize import ct_intensity, describe_ct_window
 from perspective_unet.data.slices import ACDC_FOLDERS, acdc_case, case_of_slice, synapse_list
 from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import SYNAPSE_HU_WINDOW
+from perspective_unet.intensity import SYNAPSE_HU_WINDOW, IntensitySpec, describe_ct_window
 
 __all__ = ["read_dataset_info"]
 
@@ -98,7 +97,7 @@ def _synapse_files_info(root: Path) -> dict[str, Any]:
         "class_names": list(SYNAPSE_CLASS_NAMES),
         "modality": "CT",
         "normalization": describe_ct_window(SYNAPSE_HU_WINDOW, "TransUNet-style files"),
-        "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
+        "intensity": IntensitySpec("ct_window", window=SYNAPSE_HU_WINDOW).stored_range(),
         "source": "Synapse (BTCV) TransUNet-style files, read as they are",
         "license": "BTCV challenge data terms",
         "splits": {"train": sorted({case_of_slice(n) for n in train_names}), "val": [], "test": list(test_names)},

@@ -34,12 +34,17 @@ import numpy as np
 from perspective_unet.data.common import read_pair, remap_labels, volume_attrs
 from perspective_unet.data.io import read_image, write_label_map
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import ct_intensity, describe_ct_window, percentile_window
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.splits import SliceBlockSplit, choose_test_block
 from perspective_unet.data.synapse import SYNAPSE_CLASS_NAMES
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import SYNAPSE_HU_WINDOW, ct_window
+from perspective_unet.intensity import (
+    SYNAPSE_HU_WINDOW,
+    IntensitySpec,
+    ct_window,
+    describe_ct_window,
+    percentile_window,
+)
 
 __all__ = [
     "DEMO_SDIST_NAME",
@@ -321,7 +326,7 @@ def prepare_demo_from_arrays(
                 "class_names": list(SYNAPSE_CLASS_NAMES),
                 "modality": "CT",
                 "normalization": describe_ct_window(window, how),
-                "intensity": ct_intensity(window),
+                "intensity": IntensitySpec("ct_window", window=window).stored_range(),
                 "orientation": CANONICAL_ORIENTATION,
                 "source": DEMO_SOURCE,
                 "license": DEMO_LICENSE,

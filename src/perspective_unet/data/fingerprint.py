@@ -5,25 +5,16 @@ from __future__ import annotations
 import numpy as np
 
 from perspective_unet.fingerprint import CaseFingerprint, Fingerprint, IntensityStats
-from perspective_unet.intensity import IntensitySpec
+from perspective_unet.intensity import IntensitySpec, subsample
 
-__all__ = ["SAMPLES_PER_CASE", "FingerprintBuilder", "intensity_stats", "subsample"]
-
-# Enough voxels per case for stable 0.5 / 99.5 percentiles without holding a dataset's foreground in memory.
-SAMPLES_PER_CASE = 200_000
-
-
-def subsample(values: np.ndarray, rng: np.random.Generator, limit: int = SAMPLES_PER_CASE) -> np.ndarray:
-    """At most ``limit`` of ``values`` (flattened), drawn without replacement."""
-    values = np.ravel(values)
-    return rng.choice(values, limit, replace=False) if values.size > limit else values
+__all__ = ["FingerprintBuilder", "intensity_stats"]
 
 
 def intensity_stats(values: np.ndarray, rng: np.random.Generator | None = None) -> IntensityStats | None:
     """Count, mean, std and 0.5 / 99.5 percentiles of ``values`` (None when empty).
 
     Mean and standard deviation are exact; with ``rng`` the percentiles come from a subsample of at most
-    ``SAMPLES_PER_CASE`` values.
+    ``intensity.SAMPLES_PER_CASE`` values.
     """
     values = np.asarray(values).ravel()
     if values.size == 0:

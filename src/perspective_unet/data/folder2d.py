@@ -21,10 +21,9 @@ from perspective_unet.data.checks import check_same_geometry, check_slice_size, 
 from perspective_unet.data.common import progress, warn_if_all_background
 from perspective_unet.data.io import PICTURE_SUFFIXES, full_suffix, read_image
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import picture_intensity
 from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import picture_to_unit
+from perspective_unet.intensity import IntensitySpec, picture_to_unit
 
 __all__ = ["prepare_folder_2d", "prepare_pictures"]
 
@@ -188,7 +187,7 @@ def prepare_pictures(
                 "class_names": names,
                 "modality": "2D",
                 "normalization": _PICTURE_NORMALIZATION,
-                "intensity": picture_intensity(),
+                "intensity": IntensitySpec("picture").stored_range(),
                 "orientation": "2d",
                 "source": source,
                 "license": license,

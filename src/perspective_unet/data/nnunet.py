@@ -11,7 +11,7 @@ RAW/
 Volumes are reoriented to the canonical axial orientation (``"SPL"``, see ``io.to_canonical``; ``"stored"`` keeps
 the acquisition's slice axis) and cut into slices. Normalization: CT (``channel_names`` says "CT") by a HU window,
 given or taken from the 0.5th / 99.5th percentiles of the training cases' foreground (nnU-Net's rule); any other
-modality per volume (see ``normalize.mr_normalize``). The cases of ``imagesTr`` get a seeded case-level split.
+modality per volume (see ``intensity.percentile_minmax``). The cases of ``imagesTr`` get a seeded case-level split.
 A ``file_ending`` of a 2D picture format (``.png``, ...) gives a 2D dataset (see ``folder2d``).
 
 A folder without ``dataset.json`` but with ``images/`` and ``masks/`` (or ``labels/``) is read as a plain 2D
@@ -34,18 +34,18 @@ from perspective_unet.data.common import CanonicalPair, progress, read_pair, vol
 from perspective_unet.data.folder2d import prepare_folder_2d, prepare_pictures
 from perspective_unet.data.io import PICTURE_SUFFIXES
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import (
-    ct_intensity,
-    describe_ct_window,
-    describe_mr,
-    mr_intensity,
-    mr_normalize,
-    percentile_window,
-)
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import MR_PERCENTILES, ct_window
+from perspective_unet.intensity import (
+    MR_PERCENTILES,
+    IntensitySpec,
+    ct_window,
+    describe_ct_window,
+    describe_mr,
+    percentile_minmax,
+    percentile_window,
+)
 
 __all__ = ["NnUNetDataset", "prepare_nnunet", "read_nnunet_dataset"]
 
@@ -268,7 +268,7 @@ def prepare_nnunet(
         for split in ("train", "val", "test"):
             for case in progress(splits[split], f"{split} cases"):
                 pair = read(case)
-                image = ct_window(pair.image, window) if dataset.is_ct else mr_normalize(pair.image, percentiles)
+                image = ct_window(pair.image, window) if dataset.is_ct else percentile_minmax(pair.image, percentiles)
                 if split == "train":
                     assert pair.label is not None
                     any_foreground = any_foreground or bool(pair.label.any())
@@ -298,7 +298,11 @@ def prepare_nnunet(
                 "class_names": dataset.class_names,
                 "modality": dataset.modality,
                 "normalization": normalization,
-                "intensity": ct_intensity(window) if dataset.is_ct else mr_intensity(percentiles),
+                "intensity": (
+                    IntensitySpec("ct_window", window=window)
+                    if dataset.is_ct
+                    else IntensitySpec("percentile_minmax", percentiles=percentiles)
+                ).stored_range(),
                 "orientation": orientation,
                 "source": source,
                 "license": license,

@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import os
-import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from perspective_unet.errors import InputError
 from perspective_unet.fingerprint import FINGERPRINT_FILE, Fingerprint, read_fingerprint
-from perspective_unet.intensity import MR_PERCENTILES, ImageStats, IntensitySpec
+from perspective_unet.intensity import ImageStats, IntensitySpec, recorded_intensity
 from perspective_unet.plan import PLAN_FILE, PROTOCOLS, Plan, check_patch_size, derive_plan, read_plan
 
 __all__ = [
@@ -29,8 +28,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-_CT_TEXT = re.compile(r"HU clipped to \[\s*(-?[\d.]+(?:e[-+]?\d+)?)\s*,\s*(-?[\d.]+(?:e[-+]?\d+)?)\s*\]")
-
 
 def dataset_intensity(info: dict[str, Any]) -> IntensitySpec | None:
     """The stored range a dataset description records (``paper``-style ``symmetric`` scaling), or None if unknown.
@@ -42,20 +39,9 @@ def dataset_intensity(info: dict[str, Any]) -> IntensitySpec | None:
         >>> dataset_intensity({"modality": "MR"}).kind
         'percentile_minmax'
     """
-    spec = info.get("intensity")
-    if spec:
-        return IntensitySpec.from_dict(spec)
     # Descriptions written before the American spelling say "normalisation" (checkpoints keep them).
-    text = str(info.get("normalization", info.get("normalisation", "")))
-    modality = str(info.get("modality", "")).upper()
-    match = _CT_TEXT.search(text)
-    if match:
-        return IntensitySpec("ct_window", window=(float(match.group(1)), float(match.group(2))))
-    if modality.startswith("MR") or text.startswith("MR"):
-        return IntensitySpec("percentile_minmax", percentiles=MR_PERCENTILES)
-    if modality == "2D":
-        return IntensitySpec("picture")
-    return None
+    normalization = info.get("normalization", info.get("normalisation"))
+    return recorded_intensity(info.get("intensity"), normalization, info.get("modality"))
 
 
 def dataset_fingerprint(root: str | os.PathLike[str]) -> Fingerprint | None:

@@ -26,9 +26,8 @@ from perspective_unet.data.checks import require_files
 from perspective_unet.data.common import progress, read_pair, volume_attrs
 from perspective_unet.data.io import read_image
 from perspective_unet.data.layout import PreparedWriter
-from perspective_unet.data.normalize import ct_intensity, describe_ct_window
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import SYNAPSE_HU_WINDOW, ct_window
+from perspective_unet.intensity import SYNAPSE_HU_WINDOW, IntensitySpec, ct_window, describe_ct_window
 
 __all__ = [
     "SYNAPSE_CLASS_NAMES",
@@ -168,7 +167,7 @@ def prepare_synapse(raw: str | os.PathLike[str], out: str | os.PathLike[str], ov
                 "class_names": list(SYNAPSE_CLASS_NAMES),
                 "modality": "CT",
                 "normalization": describe_ct_window(SYNAPSE_HU_WINDOW, "the TransUNet window"),
-                "intensity": ct_intensity(SYNAPSE_HU_WINDOW),
+                "intensity": IntensitySpec("ct_window", window=SYNAPSE_HU_WINDOW).stored_range(),
                 "orientation": orientation,
                 "source": "Multi-Atlas Labeling Beyond the Cranial Vault (BTCV), MICCAI 2015 challenge, abdomen CT",
                 "license": "BTCV challenge data terms (Synapse registration); not redistributable with this package",

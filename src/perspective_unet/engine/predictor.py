@@ -20,7 +20,6 @@ import numpy as np
 import torch
 
 from perspective_unet.data.io import read_image, write_label_map, write_probabilities
-from perspective_unet.data.normalize import normalize_intensity as apply_intensity
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, from_canonical, to_canonical
 from perspective_unet.data.planning import dataset_intensity
 from perspective_unet.engine.runtime import resolve_device
@@ -143,7 +142,7 @@ def normalize_intensity(
     _check_spec(intensity_spec)
     if intensity_spec["kind"] == "picture":
         return picture_to_unit(volume, name)
-    return apply_intensity(volume, intensity_spec)
+    return IntensitySpec.from_dict(intensity_spec).to_unit(volume)
 
 
 # --------------------------------------------------------------------------------------------------------------------
