@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from perspective_unet.cli.options import add_checkpoints
+from perspective_unet.cli.options import add_checkpoints, inference_settings
 from perspective_unet.metrics import PROTOCOLS
 
 
@@ -51,12 +51,8 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.data,
         args.output,
+        inference_settings(args),
         split=args.split,
-        batch_size=args.batch_size,
-        device=args.device,
-        tta=args.tta,
-        resampler=args.resampler,
-        img_size=args.img_size,
         protocols=args.protocol or PROTOCOLS,
         overwrite=args.overwrite,
     )

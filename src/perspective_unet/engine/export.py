@@ -20,10 +20,11 @@ import numpy as np
 import torch
 
 from perspective_unet.errors import InputError
-from perspective_unet.models.ensemble import load_source_for_inference, resolve_checkpoints
+from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.models.perspective_unet import PerspectiveUNet
-from perspective_unet.models.pretrained import inference_file_texts, save_pretrained
+from perspective_unet.models.pretrained import inference_file_texts, write_model_folder
 from perspective_unet.outputs import text_writer, write_all
+from perspective_unet.runs import RunFolder, load, model_sources
 
 __all__ = ["OnnxParity", "export_folder", "export_onnx", "model_card"]
 
@@ -35,12 +36,14 @@ ONNX_OPSET = 18
 PARITY_TOLERANCE = 1e-4
 
 
-def _load(source: str | os.PathLike[str]) -> tuple[PerspectiveUNet, dict[str, Any], Path]:
-    paths = resolve_checkpoints(source)
+def _load(source: str | os.PathLike[str]) -> tuple[PerspectiveUNet, InferenceInfo]:
+    paths = model_sources(source)
     if len(paths) != 1:
         raise InputError(f"{source} stands for {len(paths)} checkpoints; export one model at a time.")
-    model, info = load_source_for_inference(paths[0])
-    return model, info, paths[0]
+    if paths[0].suffix.lower() == ".onnx":
+        raise InputError(f"{paths[0]} is an ONNX graph; export a checkpoint or a model folder.")
+    loaded = load(paths[0])
+    return loaded.model, loaded.info  # type: ignore[return-value]
 
 
 def _palette(num_classes: int) -> list[list[int]]:
@@ -51,8 +54,9 @@ def _palette(num_classes: int) -> list[list[int]]:
 
 def _evaluation_of(checkpoint: Path) -> dict[str, Any] | None:
     """The evaluation summary a run folder holds beside its checkpoint, if any."""
-    for name in ("evaluation", "eval"):
-        path = checkpoint.parent / name / "summary.json"
+    run = RunFolder(checkpoint.parent)
+    for folder in (run.evaluation, run.path / "eval"):
+        path = folder / "summary.json"
         if path.is_file():
             try:
                 return json.loads(path.read_text())
@@ -61,11 +65,11 @@ def _evaluation_of(checkpoint: Path) -> dict[str, Any] | None:
     return None
 
 
-def model_card(model: PerspectiveUNet, info: dict[str, Any], checkpoint: Path, training: dict[str, Any]) -> str:
-    """A Markdown model card: architecture, training data and recipe as recorded, metrics if the run was evaluated."""
+def model_card(model: PerspectiveUNet, info: InferenceInfo) -> str:
+    """A Markdown model card: architecture, training data and recipe as recorded, metrics if the run was evaluated
+    (an evaluation beside ``info.sources[0]``)."""
     config = model.config
-    dataset = info.get("dataset") or {}
-    plan = info.get("plan")
+    plan, training = info.plan, info.train_config
     parameters = sum(p.numel() for p in model.parameters())
     lines = [
         "# Perspective+ Unet model",
@@ -83,9 +87,9 @@ def model_card(model: PerspectiveUNet, info: dict[str, Any], checkpoint: Path, t
         "",
         "## Training data (as recorded)",
         "",
-        f"- dataset: {dataset.get('name', 'not recorded')}; modality {dataset.get('modality', 'not recorded')}",
-        f"- intensity normalization: {dataset.get('normalization', 'not recorded')}",
-        f"- classes: {', '.join(dataset.get('class_names') or []) or 'not recorded'}",
+        f"- dataset: {info.dataset_name or 'not recorded'}; modality {info.modality or 'not recorded'}",
+        f"- intensity normalization: {info.normalization or 'not recorded'}",
+        f"- classes: {', '.join(info.class_names) or 'not recorded'}",
         "",
         "## Recipe",
         "",
@@ -99,7 +103,7 @@ def model_card(model: PerspectiveUNet, info: dict[str, Any], checkpoint: Path, t
     keys = ("model", "epochs", "batch_size", "optimizer", "base_lr", "seed", "fold", "augment")
     recipe = ", ".join(f"{k} {training[k]}" for k in keys if training.get(k) is not None)
     lines += [f"- {recipe}" if recipe else "- training settings not recorded", ""]
-    evaluation = _evaluation_of(checkpoint)
+    evaluation = _evaluation_of(info.sources[0]) if info.sources else None
     lines += ["## Evaluation", ""]
     if evaluation:
         lines.append(
@@ -112,7 +116,7 @@ def model_card(model: PerspectiveUNet, info: dict[str, Any], checkpoint: Path, t
                 lines.append(f"- {name}: Dice {100 * values['dice']:.2f}")
     else:
         lines.append("No evaluation found beside the checkpoint (`perspective-unet evaluate` writes one).")
-    license_text = dataset.get("license", "not recorded")
+    license_text = info.license or "not recorded"
     lines += [
         "",
         "## License",
@@ -126,16 +130,14 @@ def model_card(model: PerspectiveUNet, info: dict[str, Any], checkpoint: Path, t
 def export_folder(
     checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
-    """Write a checkpoint (or model folder) as a model folder with a model card."""
-    model, info, path = _load(checkpoint)
-    return save_pretrained(
+    """Write a checkpoint (or model folder, or run folder) as a model folder with a model card."""
+    model, info = _load(checkpoint)
+    return write_model_folder(
         model,
         output,
-        plan=info["plan"],
-        img_size=info["img_size"],
-        dataset=info["dataset"],
+        info,
         colors=_palette(model.config.num_classes),
-        card=model_card(model, info, path, info["train_config"]),
+        card=model_card(model, info),
         overwrite=overwrite,
     )
 
@@ -152,10 +154,10 @@ class OnnxParity:
         return self.relative_difference <= PARITY_TOLERANCE
 
 
-def _check_sizes(model: PerspectiveUNet, info: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+def _check_sizes(model: PerspectiveUNet, info: InferenceInfo) -> list[tuple[int, int, int, int]]:
     """Two sizes (the plan's and another multiple of the size divisor) at batch 1 and 2."""
     divisor = model.config.size_divisor
-    height, width = (int(s) for s in info["img_size"])
+    height, width = info.img_size
     other = (max(divisor, height - 2 * divisor), width + divisor)
     channels = model.config.in_channels
     return [(1, channels, height, width), (2, channels, *other)]
@@ -193,7 +195,7 @@ def export_onnx(
         raise InputError(f"{output}: the ONNX file's name must end in .onnx.")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it.")
-    model, info, _ = _load(checkpoint)
+    model, info = _load(checkpoint)
     if model.batch_dependent:
         raise InputError(
             "this model's SCSI attention runs across the batch (scsi_attention='released'): its output "
@@ -238,9 +240,7 @@ def export_onnx(
             )
 
     parities: list[OnnxParity] = []
-    texts = inference_file_texts(
-        model.config.num_classes, info["plan"], info["img_size"], info["dataset"], _palette(model.config.num_classes)
-    )
+    texts = inference_file_texts(info, model.config.num_classes, _palette(model.config.num_classes))
     writers: dict[Path, Any] = {output: write_onnx}
     for name, text in texts.items():
         path = output.parent / name
