@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from perspective_unet import InputError, create_model, save_model
-from perspective_unet.engine.export import export_folder, export_onnx
+from perspective_unet.export.folder import export_folder
+from perspective_unet.export.onnx import export_onnx
 from perspective_unet.models.ensemble import ProbabilityEnsemble
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.models.official import is_official_state_dict

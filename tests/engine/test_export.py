@@ -11,7 +11,8 @@ import torch
 
 from perspective_unet import InputError, create_model, from_pretrained, list_models, save_model, save_pretrained
 from perspective_unet.cli import main
-from perspective_unet.engine.export import export_folder, export_onnx
+from perspective_unet.export.folder import export_folder
+from perspective_unet.export.onnx import export_onnx
 from perspective_unet.plan import Plan
 from perspective_unet.runs import load
 

@@ -127,7 +127,9 @@ def save_pretrained(
         FileExistsError: ``folder`` holds a model's files and ``overwrite`` is False.
         InputError: ``plan`` or ``dataset`` is invalid.
     """
-    info = InferenceInfo.from_record(plan, dataset, "save_pretrained", img_size=tuple(img_size))
+    info = InferenceInfo.from_record(
+        plan, dataset, "the plan or dataset given to save_pretrained", img_size=tuple(img_size)
+    )
     return write_model_folder(model, folder, info, colors=colors, card=card, overwrite=overwrite)
 
 
