@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # the settings' module imports torch, which --help must not wait for
+    from perspective_unet.engine.inference_settings import InferenceSettings
 
 __all__ = ["add_checkpoints", "add_intensity_override", "inference_settings"]
 
@@ -31,7 +34,7 @@ def add_intensity_override(parser: argparse.ArgumentParser, *, window_help: str,
     intensity.add_argument("--mr-normalize", "--mr-normalise", dest="mr_normalize", action="store_true", help=mr_help)
 
 
-def inference_settings(args: argparse.Namespace) -> Any:
+def inference_settings(args: argparse.Namespace) -> InferenceSettings:
     """The :class:`~perspective_unet.engine.inference_settings.InferenceSettings` a command's options give: every
     option whose destination is a settings field (``--img-size`` gives ``patch_size``), the defaults for the rest."""
     from perspective_unet.engine.inference_settings import InferenceSettings

@@ -1,5 +1,6 @@
-"""The pieces of a training run: what a run folder holds, resuming, the data, model and optimizer of a run, its
-checkpoints and logs. :mod:`perspective_unet.engine.train` puts them together in one loop that reads top to bottom.
+"""The pieces of a training run: resuming (a ``last.pt`` read once), the data, model and optimizer of a run, its
+checkpoints and logs (the run folder's layout: :class:`perspective_unet.runs.RunFolder`).
+:mod:`perspective_unet.engine.train` puts them together in one loop that reads top to bottom.
 """
 
 from __future__ import annotations
