@@ -26,8 +26,8 @@ from pathlib import Path
 import torch
 
 from perspective_unet import create_model, save_model
-from perspective_unet.engine.export import export_onnx
-from perspective_unet.engine.onnx_model import OnnxRuntimeModel
+from perspective_unet.export.onnx import export_onnx
+from perspective_unet.models.onnx_runtime import OnnxRuntimeModel
 from perspective_unet.models.ops import onednn_linear
 
 

@@ -89,8 +89,10 @@ NEVER = {
     "perspective_unet.data": ("models", "engine", "viz", "bench", "cli"),
     "perspective_unet.metrics": ("data", "models", "engine", "viz", "bench", "cli"),
     "perspective_unet.models": ("data", "engine", "viz", "bench", "cli"),
+    "perspective_unet.runs": ("data", "engine", "viz", "bench", "cli"),
+    "perspective_unet.export": ("engine", "bench", "cli"),
     "perspective_unet.engine": ("bench", "cli"),
-    "perspective_unet.viz": ("bench", "cli"),
+    "perspective_unet.viz": ("models", "engine", "bench", "cli", "runs"),
 }
 
 

@@ -16,6 +16,7 @@ import perspective_unet.bench as bench
 from perspective_unet import ModelConfig, create_model
 from perspective_unet.cli import main
 from perspective_unet.engine.inference import predict_volume
+from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.models.attention import (
     gaussian_orthogonal_random_matrix,
     kernel_attention,
@@ -170,9 +171,9 @@ def test_batched_volume_prediction_equals_slice_by_slice():
     model = create_model(TINY, num_classes=4).eval()
     _randomize_batchnorm(model)
     volume = bench.synthetic_ct_volume(7, 40, 56)
-    one_by_one = predict_volume(model, volume, img_size=(32, 48), batch_size=1)
-    batched = predict_volume(model, volume, img_size=(32, 48), batch_size=5)
-    fused = predict_volume(model.fuse_for_inference(), volume, img_size=(32, 48), batch_size=7)
+    one_by_one = predict_volume(model, volume, (32, 48), InferenceSettings(batch_size=1))
+    batched = predict_volume(model, volume, (32, 48), InferenceSettings(batch_size=5))
+    fused = predict_volume(model.fuse_for_inference(), volume, (32, 48), InferenceSettings(batch_size=7))
     np.testing.assert_array_equal(one_by_one, batched)
     assert (fused == one_by_one).mean() > 0.999  # equal up to argmax ties from float rounding
 

@@ -17,24 +17,20 @@ from typing import Any
 import numpy as np
 
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import IntensitySpec
+from perspective_unet.intensity import IntensitySpec, subsample
 from perspective_unet.outputs import read_json
 
 __all__ = [
     "FINGERPRINT_FILE",
-    "SAMPLES_PER_CASE",
     "CaseFingerprint",
     "Fingerprint",
     "FingerprintBuilder",
     "IntensityStats",
     "intensity_stats",
     "read_fingerprint",
-    "subsample",
 ]
 
 FINGERPRINT_FILE = "fingerprint.json"
-# Enough voxels per case for stable 0.5 / 99.5 percentiles without holding a dataset's foreground in memory.
-SAMPLES_PER_CASE = 200_000
 
 
 @dataclass(frozen=True)
@@ -164,17 +160,11 @@ def read_fingerprint(path: str | os.PathLike[str]) -> Fingerprint:
         raise InputError(f"{path} is damaged ({type(exc).__name__}: {exc}); prepare the dataset again.") from None
 
 
-def subsample(values: np.ndarray, rng: np.random.Generator, limit: int = SAMPLES_PER_CASE) -> np.ndarray:
-    """At most ``limit`` of ``values`` (flattened), drawn without replacement."""
-    values = np.ravel(values)
-    return rng.choice(values, limit, replace=False) if values.size > limit else values
-
-
 def intensity_stats(values: np.ndarray, rng: np.random.Generator | None = None) -> IntensityStats | None:
     """Count, mean, std and 0.5 / 99.5 percentiles of ``values`` (None when empty).
 
     Mean and standard deviation are exact; with ``rng`` the percentiles come from a subsample of at most
-    ``SAMPLES_PER_CASE`` values.
+    ``intensity.SAMPLES_PER_CASE`` values.
     """
     values = np.asarray(values).ravel()
     if values.size == 0:

@@ -18,12 +18,22 @@ Normalization runs in two stages:
 
 The float value 0 of the stored range is the darkest a scan can be after stage 1 (air below a CT window, the clipped
 floor of an MR image), so :meth:`IntensitySpec.floor` is the value used to pad outside an image.
+
+Besides the specification, this module holds the rules around it: a CT window from the training foreground
+(:func:`percentile_window`, nnU-Net's rule), the texts of dataset.json's ``normalization`` (``describe_*``; its
+``intensity`` record is :meth:`IntensitySpec.stored_range`), the stored range a dataset's record stands for
+(:func:`recorded_intensity`), the one chosen for a new image (:func:`resolve_intensity`: the user's ``--window`` or
+``--mr-normalize`` first) and its application with the CT fallback for models that record none
+(:func:`normalize_intensity`).
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import logging
+import os
+import re
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,19 +45,31 @@ from perspective_unet.errors import InputError
 __all__ = [
     "KINDS",
     "MR_PERCENTILES",
+    "SAMPLES_PER_CASE",
     "SCALINGS",
     "SYNAPSE_HU_WINDOW",
     "ImageStats",
     "IntensitySpec",
     "ct_window",
+    "describe_ct_window",
+    "describe_mr",
+    "normalize_intensity",
     "percentile_minmax",
+    "percentile_window",
     "picture_to_unit",
+    "recorded_intensity",
+    "resolve_intensity",
+    "subsample",
 ]
+
+logger = logging.getLogger(__name__)
 
 KINDS = ("ct_window", "percentile_minmax", "picture", "unit")
 SCALINGS = ("symmetric", "zscore", "zscore_per_image")
 SYNAPSE_HU_WINDOW = (-125.0, 275.0)
 MR_PERCENTILES = (0.5, 99.5)
+# Enough voxels per case for stable 0.5 / 99.5 percentiles without holding a dataset's foreground in memory.
+SAMPLES_PER_CASE = 200_000
 _MIN_STD = 1e-6
 
 
@@ -292,3 +314,166 @@ class IntensitySpec:
         else:
             stage2 = "z-score with each image's own mean and std"
         return f"{stage1}; then {stage2}"
+
+
+# --------------------------------------------------------------------------------------------------------------------
+# Choosing a stored range: from the training foreground, from a dataset's record, for a new image
+# --------------------------------------------------------------------------------------------------------------------
+
+
+def subsample(values: np.ndarray, rng: np.random.Generator, limit: int = SAMPLES_PER_CASE) -> np.ndarray:
+    """At most ``limit`` of ``values`` (flattened), drawn without replacement."""
+    values = np.ravel(values)
+    return rng.choice(values, limit, replace=False) if values.size > limit else values
+
+
+def percentile_window(
+    volumes: Iterable[tuple[np.ndarray, np.ndarray | None]],
+    percentiles: tuple[float, float] = MR_PERCENTILES,
+    seed: int = 0,
+) -> tuple[float, float]:
+    """A CT window from the percentiles of the foreground intensities of training volumes (nnU-Net's rule).
+
+    Args:
+        volumes: Pairs (image, label); voxels with label > 0 are sampled. Volumes without foreground (or without a
+            label) contribute all their voxels.
+        percentiles: Lower and upper percentile.
+        seed: Seed of the voxel subsampling.
+    """
+    rng = np.random.default_rng(seed)
+    samples = []
+    for image, label in volumes:
+        values = image[label > 0] if label is not None and (label > 0).any() else np.ravel(image)
+        samples.append(np.asarray(subsample(values, rng), dtype=np.float64))
+    if not samples:
+        raise ValueError("percentile_window needs at least one volume.")
+    low, high = np.percentile(np.concatenate(samples), percentiles)
+    if not high > low:
+        high = low + 1.0
+    return float(low), float(high)
+
+
+def describe_ct_window(window: tuple[float, float], how: str = "") -> str:
+    """Text for dataset.json's ``normalization`` field (:func:`recorded_intensity` reads the window back)."""
+    low, high = window
+    origin = f" ({how})" if how else ""
+    shift = f"x + {-low:g}" if low < 0 else f"x - {low:g}"
+    return f"CT: HU clipped to [{low:g}, {high:g}]{origin}, then ({shift}) / {high - low:g} -> [0, 1]"
+
+
+def describe_mr(percentiles: tuple[float, float] = MR_PERCENTILES) -> str:
+    """Text for dataset.json's ``normalization`` field."""
+    return (
+        f"MR: per volume, clipped to its own {percentiles[0]:g}th and {percentiles[1]:g}th intensity percentiles, "
+        "then min-max scaled to [0, 1]"
+    )
+
+
+_CT_TEXT = re.compile(r"HU clipped to \[\s*(-?[\d.]+(?:e[-+]?\d+)?)\s*,\s*(-?[\d.]+(?:e[-+]?\d+)?)\s*\]")
+
+
+def recorded_intensity(
+    intensity: Mapping[str, Any] | IntensitySpec | None, normalization: str | None = None, modality: str | None = None
+) -> IntensitySpec | None:
+    """The stored range a dataset's description records (``symmetric`` scaling), or None when it says nothing.
+
+    Reads the machine-readable ``intensity`` record; for older descriptions the CT window written in the
+    ``normalization`` text, per-image percentiles for MR, and the type range for 2D pictures.
+
+    Raises:
+        ValueError: The ``intensity`` record is not a valid stored range.
+
+    Example:
+        >>> recorded_intensity(None, modality="MR").kind
+        'percentile_minmax'
+        >>> recorded_intensity(None, "CT: HU clipped to [-160, 240] (given), then ...").window
+        (-160.0, 240.0)
+    """
+    if isinstance(intensity, IntensitySpec):
+        return intensity
+    if intensity:
+        return IntensitySpec.from_dict(intensity)
+    text, kind = str(normalization or ""), str(modality or "").upper()
+    match = _CT_TEXT.search(text)
+    if match:
+        return IntensitySpec("ct_window", window=(float(match.group(1)), float(match.group(2))))
+    if kind.startswith("MR") or text.startswith("MR"):
+        return IntensitySpec("percentile_minmax", percentiles=MR_PERCENTILES)
+    if kind == "2D":
+        return IntensitySpec("picture")
+    return None
+
+
+def resolve_intensity(
+    recorded: IntensitySpec | None, *, window: Sequence[float] | None = None, mr_normalize: bool = False
+) -> IntensitySpec | None:
+    """The stored range for new images: the user's CT window or MR normalization, else the training data's record.
+
+    Args:
+        recorded: The training data's stored range (:func:`recorded_intensity`), or None when unknown.
+        window: A CT window (low, high) in HU chosen by the user.
+        mr_normalize: Per-volume MR percentile normalization chosen by the user.
+
+    Returns:
+        The stored range, or None when nothing is known (:func:`normalize_intensity` then applies the CT fallback).
+
+    Raises:
+        ValueError: Both choices are given, or the window is empty.
+
+    Example:
+        >>> resolve_intensity(None, window=(-160, 240)).window
+        (-160.0, 240.0)
+    """
+    if window is not None and mr_normalize:
+        raise ValueError("choose either a CT window (--window) or MR normalization (--mr-normalize), not both.")
+    if window is not None:
+        low, high = (float(v) for v in window)
+        if not high > low:
+            raise ValueError(f"a CT window needs LOW < HIGH, got {low:g} {high:g}.")
+        return IntensitySpec("ct_window", window=(low, high))
+    if mr_normalize:
+        return IntensitySpec("percentile_minmax", percentiles=MR_PERCENTILES)
+    return recorded
+
+
+def normalize_intensity(
+    volume: np.ndarray,
+    spec: IntensitySpec | None,
+    *,
+    source: str | os.PathLike[str] | None = None,
+    warn: bool = True,
+) -> np.ndarray:
+    """Stage 1 for a new image: raw values to the stored [0, 1] range the model was trained on, float32.
+
+    Args:
+        volume: Raw voxels (any shape).
+        spec: The stored range, or None when unknown: data already in [0, 1] are used as they are, anything else is
+            taken for CT and windowed to the Synapse window [-125, 275] HU with a warning.
+        source: The file the voxels came from, named in errors and warnings.
+        warn: Log the fallback's warning (a caller normalizing many files warns once).
+
+    Raises:
+        InputError: The volume holds NaN or infinite values.
+
+    Example:
+        >>> normalize_intensity(np.array([-1000, 75, 3000]), IntensitySpec("ct_window", window=(-125, 275)))
+        array([0. , 0.5, 1. ], dtype=float32)
+    """
+    name = str(source) if source is not None else "the image"
+    volume = np.asarray(volume)
+    if spec is not None:
+        return spec.to_unit(volume, name)
+    if volume.dtype.kind == "f" and not np.isfinite(volume).all():
+        raise InputError(f"{name} contains NaN or infinite voxels; clean or mask them first.")
+    if volume.size and volume.dtype.kind == "f" and volume.min() >= 0 and volume.max() <= 1:
+        return volume.astype(np.float32)
+    if warn:
+        hint = "" if volume.size == 0 or volume.min() < 0 else f" (its minimum {volume.min():g} is unusual for HU)"
+        logger.warning(
+            "%s: the model does not record how its training intensities were normalized; assuming CT in HU with the "
+            "Synapse window [%g, %g]%s. Pass --window LOW HIGH or --mr-normalize if that is wrong.",
+            name,
+            *SYNAPSE_HU_WINDOW,
+            hint,
+        )
+    return ct_window(volume, SYNAPSE_HU_WINDOW)

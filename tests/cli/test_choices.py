@@ -8,7 +8,7 @@ from perspective_unet.bench.settings import PATH_CHOICES
 from perspective_unet.cli import choices
 from perspective_unet.config.checks import PROTOCOLS
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
-from perspective_unet.engine.inference import RESAMPLERS
+from perspective_unet.engine.inference_settings import RESAMPLERS
 from perspective_unet.metrics import PROTOCOLS as METRIC_PROTOCOLS
 from perspective_unet.models.registry import list_models
 from perspective_unet.plan import MAX_PATCH_PIXELS

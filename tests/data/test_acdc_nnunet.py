@@ -12,10 +12,9 @@ from PIL import Image
 
 from perspective_unet.data import prepare_acdc, prepare_folder_2d, prepare_nnunet
 from perspective_unet.data.io import read_image
-from perspective_unet.data.normalize import mr_normalize, normalize_intensity, percentile_window
 from perspective_unet.data.orientation import to_canonical
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import ct_window
+from perspective_unet.intensity import IntensitySpec, ct_window, percentile_minmax, percentile_window
 from tests.data.conftest import leftovers, save_nifti, write_acdc_raw, write_nnunet_raw, write_pictures
 
 # ---------------------------------------------------------------- ACDC
@@ -33,7 +32,7 @@ def test_acdc_split_and_slices(tmp_path: Path) -> None:
     assert info["class_names"] == ["background", "RV", "myocardium", "LV"]
     assert info["intensity"]["kind"] == "percentile_minmax"
     image, label = arrays[(1, "ES")]
-    expected = np.transpose(mr_normalize(image), (2, 0, 1))  # stored slice axis first, per-volume percentiles
+    expected = np.transpose(percentile_minmax(image), (2, 0, 1))  # stored slice axis first, per-volume percentiles
     with np.load(out / "train_npz" / "case_001_ES_slice002.npz") as data:
         np.testing.assert_allclose(data["image"], expected[2], atol=1e-6)
         assert np.array_equal(data["label"], label[:, :, 2])
@@ -118,8 +117,10 @@ def test_nnunet_mr_uses_per_volume_normalization_and_imagests_labels(tmp_path: P
     assert info["intensity"] == {"kind": "percentile_minmax", "percentiles": [0.5, 99.5]}
     meta = read_image(raw / "imagesTs" / "extra_000_0000.nii.gz")[1]
     with h5py.File(out / "test_vol_h5" / "extra_000.npy.h5", "r") as f:
-        np.testing.assert_allclose(f["image"][:], to_canonical(mr_normalize(image), meta), atol=1e-6)
-        np.testing.assert_allclose(f["image"][:], to_canonical(normalize_intensity(image, info["intensity"]), meta))
+        np.testing.assert_allclose(f["image"][:], to_canonical(percentile_minmax(image), meta), atol=1e-6)
+        np.testing.assert_allclose(
+            f["image"][:], to_canonical(IntensitySpec.from_dict(info["intensity"]).to_unit(image), meta)
+        )
 
 
 @pytest.mark.parametrize(

@@ -39,16 +39,19 @@ def test_evaluate_cli_writes_both_protocols(tiny_dataset, checkpoint, tmp_path, 
 
 def test_perfect_prediction_scores_one(tiny_dataset, tmp_path, monkeypatch):
     """With the prediction replaced by the label, both protocols must give Dice 1 and HD95 0."""
-    import perspective_unet.engine.evaluate as evaluate_module
     from perspective_unet.data import VolumeDataset
     from perspective_unet.engine.evaluate import evaluate_model
+    from perspective_unet.engine.inferers import PaperInferer
+    from perspective_unet.intensity import IntensitySpec
+    from perspective_unet.plan import Plan
 
     dataset = VolumeDataset(tiny_dataset, split="test")
     labels = {i: dataset[i]["label"] for i in range(len(dataset))}
     calls = iter(range(len(dataset)))
-    monkeypatch.setattr(evaluate_module, "predict_with_plan", lambda *a, **k: labels[next(calls)])
+    monkeypatch.setattr(PaperInferer, "infer", lambda *a, **k: labels[next(calls)])
+    plan = Plan("paper", (32, 32), IntensitySpec("unit"))
     result = evaluate_model(
-        create_model("perspective_unet_tiny", num_classes=3), dataset, num_classes=3, img_size=(32, 32), progress=False
+        create_model("perspective_unet_tiny", num_classes=3), dataset, plan, num_classes=3, progress=False
     )
     for protocol in ("legacy", "corrected"):
         assert result[protocol]["mean_dice"] == 1.0 and result[protocol]["mean_hd95"] == 0.0

@@ -11,10 +11,10 @@ import torch
 
 from perspective_unet import InputError, create_model, from_pretrained, list_models, save_model, save_pretrained
 from perspective_unet.cli import main
-from perspective_unet.engine.export import export_folder, export_onnx
-from perspective_unet.engine.onnx_model import load_onnx_for_inference
-from perspective_unet.models.pretrained import load_pretrained_for_inference
+from perspective_unet.export.folder import export_folder
+from perspective_unet.export.onnx import export_onnx
 from perspective_unet.plan import Plan
+from perspective_unet.runs import load
 
 PLAN = {"protocol": "spacing", "patch_size": [32, 32], "spacing": [1.0, 1.0], "intensity": {"kind": "unit"}}
 DATASET = {
@@ -67,13 +67,14 @@ def test_checkpoint_to_folder_to_model_gives_equal_logits_without_unpickling(che
         raise AssertionError("the model folder loader called torch.load")
 
     monkeypatch.setattr(torch, "load", no_pickle)
-    model, info = load_pretrained_for_inference(folder)
+    loaded = load(folder)
+    model, info = loaded.model, loaded.info
     reference = create_model("perspective_unet_tiny", num_classes=3)
     reference.load_state_dict(original["model"])
     x = torch.randn(2, 1, 32, 48)
     with torch.no_grad():
         torch.testing.assert_close(model(x), reference.eval()(x), rtol=0, atol=0)
-    assert info["plan"] == Plan.from_dict(PLAN) and info["dataset"]["class_names"] == DATASET["class_names"]
+    assert info.plan == Plan.from_dict(PLAN) and list(info.class_names) == DATASET["class_names"]
     labels = json.loads((folder / "labels.json").read_text())
     assert labels["1"]["name"] == "square" and len(labels["1"]["color"]) == 3
     card = (folder / "README.md").read_text()
@@ -112,7 +113,7 @@ def test_a_damaged_model_folder_is_named(checkpoint, tmp_path):
     intact = export_folder(checkpoint, tmp_path / "intact")
     (intact / "labels.json").unlink()
     with pytest.raises(InputError, match=r"labels\.json is missing"):
-        load_pretrained_for_inference(intact)
+        load(intact)
 
 
 @pytest.mark.parametrize("name", list_models())
@@ -168,14 +169,15 @@ def test_prediction_through_onnx_runtime_equals_the_torch_path(checkpoint, scan,
     assert len(np.unique(outputs["torch"])) > 1, "a model that predicts one class would prove nothing"
     np.testing.assert_array_equal(outputs["folder"], outputs["torch"])
     assert (outputs["onnx"] == outputs["torch"]).mean() > 0.999  # float rounding may flip a pixel at a tie
-    model, info = load_onnx_for_inference(tmp_path / "onnx" / "model.onnx")
-    assert info["plan"] == Plan.from_dict(PLAN) and model.config.num_classes == 3
+    loaded = load(tmp_path / "onnx" / "model.onnx")
+    assert loaded.info.plan == Plan.from_dict(PLAN) and loaded.model.config.num_classes == 3
 
 
-def test_an_onnx_file_without_its_preprocessing_files_is_named(checkpoint, tmp_path, capsys):
+def test_an_onnx_file_without_its_preprocessing_files_is_named(checkpoint, scan, tmp_path, capsys):
     export_onnx(checkpoint, tmp_path / "onnx" / "model.onnx")
     (tmp_path / "onnx" / "preprocessing.json").unlink()
-    assert main(["predict", "--onnx", str(tmp_path / "onnx" / "model.onnx"), "-i", "x.nii.gz", "-o", "out"]) == 2
+    out = str(tmp_path / "out")
+    assert main(["predict", "--onnx", str(tmp_path / "onnx" / "model.onnx"), "-i", str(scan), "-o", out]) == 2
     assert "preprocessing.json is missing" in capsys.readouterr().err
     with pytest.raises(FileExistsError):
         export_onnx(checkpoint, tmp_path / "onnx" / "model.onnx")

@@ -6,6 +6,7 @@ import scipy.ndimage
 import torch
 
 from perspective_unet.engine.inference import corner_aligned_indices, predict_volume, spline_zoom_matrix, zoom_slices
+from perspective_unet.engine.inference_settings import InferenceSettings
 
 
 @pytest.mark.parametrize(("source", "target"), [(512, 224), (37, 16), (20, 32), (7, 7), (1, 5), (9, 1)])
@@ -45,9 +46,9 @@ def test_torch_and_scipy_resamplers_give_the_same_labels():
     rng = np.random.default_rng(1)
     volume = scipy.ndimage.gaussian_filter(rng.random((5, 59, 45)), 3).astype(np.float32)
     volume = (volume - volume.min()) / (volume.max() - volume.min())
-    scipy_loop = predict_volume(model, volume, img_size=(32, 48), batch_size=1, resampler="scipy")
+    scipy_loop = predict_volume(model, volume, (32, 48), InferenceSettings(batch_size=1, resampler="scipy"))
     batched, probabilities = predict_volume(
-        model, volume, img_size=(32, 48), batch_size=4, resampler="torch", return_probabilities=True
+        model, volume, (32, 48), InferenceSettings(batch_size=4, resampler="torch"), return_probabilities=True
     )
     assert batched.shape == volume.shape and probabilities.shape == (4, *volume.shape)
     assert len(np.unique(scipy_loop)) == 4

@@ -14,9 +14,13 @@ from perspective_unet import create_model, save_model
 from perspective_unet.cli import main
 from perspective_unet.data.io import read_image
 from perspective_unet.data.orientation import to_canonical
+from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predict import find_inputs, output_name, predict_file, predict_path, probability_path
-from perspective_unet.engine.predictor import Predictor, normalize_intensity, resolve_intensity
+from perspective_unet.engine.predictor import Predictor
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import IntensitySpec, normalize_intensity, recorded_intensity, resolve_intensity
+from perspective_unet.models.inference_info import InferenceInfo
+from perspective_unet.runs import LoadedModel
 
 CT_SPEC = {"kind": "ct_window", "window": [-125.0, 275.0]}
 # Hounsfield units that the CT window maps to 0, 0.5 and 1: the oracle model below reads them as classes 0, 1, 2.
@@ -37,8 +41,15 @@ class IntensityOracle(torch.nn.Module):
         return -50.0 * (x[:, :1] - self.centers) ** 2
 
 
-def oracle_info(img_size: tuple[int, int], **dataset) -> dict:
-    return {"img_size": img_size, "dataset": {"class_names": ["background", "a", "b"], "intensity": CT_SPEC, **dataset}}
+def oracle_info(img_size: tuple[int, int], **fields) -> InferenceInfo:
+    return InferenceInfo(
+        img_size=img_size, class_names=("background", "a", "b"), intensity=IntensitySpec.from_dict(CT_SPEC), **fields
+    )
+
+
+def oracle(img_size: tuple[int, int], **fields) -> LoadedModel:
+    """The oracle with a record of its 'training': the paper protocol at ``img_size`` on CT windowed as CT_SPEC."""
+    return LoadedModel(IntensityOracle(), oracle_info(img_size, **fields))
 
 
 def labeled_ct(shape: tuple[int, ...], seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -88,7 +99,7 @@ def test_labels_are_written_on_the_input_grid_for_any_orientation(tmp_path, affi
     volume, expected = labeled_ct(shape)
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, affine)
-    out = predict_file(IntensityOracle(), source, tmp_path / "pred", info=oracle_info(canonical_hw(source)))
+    out = predict_file(oracle(canonical_hw(source)), source, tmp_path / "pred")
 
     assert out == tmp_path / "pred" / "scan.nii.gz"
     written = nib.load(str(out))
@@ -146,7 +157,7 @@ def test_png_input_gives_a_png_of_class_ids_with_the_same_size(tmp_path):
     source = tmp_path / "photo.png"
     Image.fromarray(np.array([0, 128, 255], dtype=np.uint8)[expected]).save(source)
     # The checkpoint names a CT window, but a picture holds no HU: it is scaled by its 8-bit range instead.
-    out = predict_file(IntensityOracle(), source, tmp_path / "out", info=oracle_info((20, 28)), save_probabilities=True)
+    out = predict_file(oracle((20, 28)), source, tmp_path / "out", InferenceSettings(save_probabilities=True))
     assert out.name == "photo.png"
     labels = np.asarray(Image.open(out))
     assert labels.shape == (20, 28)
@@ -188,7 +199,7 @@ def test_dicom_series_folder_gives_one_nifti_on_its_grid(tmp_path):
     series = tmp_path / "ct_series"
     _write_dicom_series(series, volume_zyx)
     assert find_inputs(series) == ([series], False)
-    out = predict_file(IntensityOracle(), series, tmp_path / "out", info=oracle_info(canonical_hw(series)))
+    out = predict_file(oracle(canonical_hw(series)), series, tmp_path / "out")
     assert out.name == "ct_series.nii.gz"
     written = nib.load(str(out))
     _, meta = read_image(series)
@@ -232,9 +243,7 @@ def test_tta_runs_and_keeps_a_flip_equivariant_prediction(tmp_path):
     volume, expected = labeled_ct((6, 16, 3))
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, np.eye(4))
-    out = predict_file(
-        IntensityOracle(), source, tmp_path / "tta.nii.gz", info=oracle_info(canonical_hw(source)), tta=True
-    )
+    out = predict_file(oracle(canonical_hw(source)), source, tmp_path / "tta.nii.gz", InferenceSettings(tta=True))
     np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), expected)
 
 
@@ -274,7 +283,7 @@ def test_probability_outputs_count_as_existing_outputs(tmp_path, checkpoint):
     out.mkdir()
     (out / "a_probabilities.nii.gz").write_bytes(b"x")
     with pytest.raises(FileExistsError, match="a_probabilities"):
-        predict_path(checkpoint, inputs, out, save_probabilities=True, progress=False)
+        predict_path(checkpoint, inputs, out, InferenceSettings(save_probabilities=True), progress=False)
     assert [p.name for p in out.iterdir()] == ["a_probabilities.nii.gz"]
 
 
@@ -326,37 +335,45 @@ def test_output_clashes_and_bad_targets_are_refused(tmp_path, checkpoint):
 
 
 def test_resolve_intensity_prefers_the_user_then_the_record_then_the_text():
-    assert resolve_intensity({"intensity": CT_SPEC}) == CT_SPEC
-    assert resolve_intensity({"intensity": CT_SPEC}, window=(-100, 200)) == {
-        "kind": "ct_window",
-        "window": [-100.0, 200.0],
-    }
-    assert resolve_intensity({"intensity": CT_SPEC}, mr_normalize=True)["kind"] == "percentile_minmax"
+    ct = IntensitySpec.from_dict(CT_SPEC)
+    assert resolve_intensity(ct) == ct
+    assert resolve_intensity(ct, window=(-100, 200)) == IntensitySpec("ct_window", window=(-100.0, 200.0))
+    assert resolve_intensity(ct, mr_normalize=True).kind == "percentile_minmax"
     text = "CT: HU clipped to [-160, 240] (given), then (x - -160) / 400 -> [0, 1]"
-    assert resolve_intensity({"normalization": text}) == {"kind": "ct_window", "window": [-160.0, 240.0]}
-    assert resolve_intensity({"modality": "MR"})["kind"] == "percentile_minmax"
-    assert resolve_intensity({}) is None
+    assert recorded_intensity(None, text) == IntensitySpec("ct_window", window=(-160.0, 240.0))
+    assert recorded_intensity(None, modality="MR").kind == "percentile_minmax"
+    assert recorded_intensity(None) is None and resolve_intensity(None) is None
     with pytest.raises(ValueError, match="not both"):
-        resolve_intensity({}, window=(0, 1), mr_normalize=True)
+        resolve_intensity(None, window=(0, 1), mr_normalize=True)
     with pytest.raises(ValueError, match="LOW < HIGH"):
-        resolve_intensity({}, window=(10, -10))
-    with pytest.raises(ValueError, match="--window"):
-        resolve_intensity({"intensity": {"kind": "zscore"}})
+        resolve_intensity(None, window=(10, -10))
+    with pytest.raises(ValueError, match="intensity kind"):
+        recorded_intensity({"kind": "zscore"})
+
+
+def test_a_checkpoint_recording_an_unknown_intensity_is_refused_naming_it(tmp_path):
+    model = create_model("perspective_unet_tiny", num_classes=3)
+    path = save_model(model, tmp_path / "odd.pt", dataset={"intensity": {"kind": "zscore"}})
+    with pytest.raises(InputError, match=r"odd\.pt records an unknown intensity normalization"):
+        Predictor.from_source(path)
 
 
 def test_normalize_intensity_kinds_and_the_warned_fallback(caplog):
     hu = np.array([-1000.0, -125.0, 75.0, 275.0, 2000.0])
-    np.testing.assert_allclose(normalize_intensity(hu, CT_SPEC), [0, 0, 0.5, 1, 1])
-    mr = normalize_intensity(np.arange(1000.0), {"kind": "percentile_minmax", "percentiles": [0.5, 99.5]})
+    ct = IntensitySpec.from_dict(CT_SPEC)
+    np.testing.assert_allclose(normalize_intensity(hu, ct), [0, 0, 0.5, 1, 1])
+    mr = normalize_intensity(np.arange(1000.0), IntensitySpec("percentile_minmax", percentiles=(0.5, 99.5)))
     assert mr.min() == 0.0 and mr.max() == 1.0 and mr.dtype == np.float32
-    np.testing.assert_allclose(normalize_intensity(np.array([0, 255], dtype=np.uint8), {"kind": "picture"}), [0, 1])
+    np.testing.assert_allclose(
+        normalize_intensity(np.array([0, 255], dtype=np.uint8), IntensitySpec("picture")), [0, 1]
+    )
     unit = np.array([0.0, 0.25, 1.0], dtype=np.float32)
     np.testing.assert_array_equal(normalize_intensity(unit, None), unit)
     with caplog.at_level(logging.WARNING):
         np.testing.assert_allclose(normalize_intensity(hu.astype(np.int16), None, source="x.nii"), [0, 0, 0.5, 1, 1])
     assert "Synapse window" in caplog.text and "--window" in caplog.text and "x.nii" in caplog.text
     with pytest.raises(InputError, match="NaN"):
-        normalize_intensity(np.array([np.nan, 1.0]), CT_SPEC, source="y.nii")
+        normalize_intensity(np.array([np.nan, 1.0]), ct, source="y.nii")
 
 
 def test_checkpoint_without_intensity_record_warns_and_window_option_overrides(tmp_path, caplog):
@@ -364,13 +381,13 @@ def test_checkpoint_without_intensity_record_warns_and_window_option_overrides(t
     volume, expected = labeled_ct((6, 16, 3))
     source = tmp_path / "scan.nii.gz"
     save_nifti(source, volume, np.eye(4))
-    info = {"img_size": canonical_hw(source), "dataset": {}}
+    loaded = LoadedModel(model, InferenceInfo(img_size=canonical_hw(source)))
     with caplog.at_level(logging.WARNING):
-        out = predict_file(model, source, tmp_path / "a.nii.gz", info=info)
+        out = predict_file(loaded, source, tmp_path / "a.nii.gz")
     assert "assuming CT" in caplog.text
     np.testing.assert_array_equal(np.asarray(nib.load(str(out)).dataobj), expected)
     # A window that puts every voxel of classes 0 and 1 below its lower end: both become class 0.
-    out = predict_file(model, source, tmp_path / "b.nii.gz", info=info, window=(100, 700))
+    out = predict_file(loaded, source, tmp_path / "b.nii.gz", InferenceSettings(window=(100, 700)))
     predicted = np.asarray(nib.load(str(out)).dataobj)
     assert set(np.unique(predicted[expected < 2])) == {0}
 
@@ -388,8 +405,8 @@ def test_output_names():
 
 def test_the_fallback_warning_is_given_once_per_run(tmp_path, caplog):
     inputs = _two_case_folder(tmp_path)
-    info = {"img_size": canonical_hw(inputs / "a_0000.nii.gz"), "dataset": {}}
+    loaded = LoadedModel(IntensityOracle(), InferenceInfo(img_size=canonical_hw(inputs / "a_0000.nii.gz")))
     with caplog.at_level(logging.WARNING):
-        written = predict_path(IntensityOracle(), inputs, tmp_path / "out", info=info, progress=False)
+        written = predict_path(loaded, inputs, tmp_path / "out", progress=False)
     assert len(written) == 2
     assert caplog.text.count("assuming CT") == 1

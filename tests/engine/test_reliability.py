@@ -325,6 +325,8 @@ def test_sizes_that_cannot_fit_in_memory_are_refused_before_allocating(finished_
 
 def test_a_model_whose_outputs_are_not_finite_stops_prediction(tmp_path):
     from perspective_unet.engine.predict import predict_path
+    from perspective_unet.models.inference_info import InferenceInfo
+    from perspective_unet.runs import LoadedModel
 
     class Broken(torch.nn.Module):
         def __init__(self) -> None:
@@ -336,7 +338,10 @@ def test_a_model_whose_outputs_are_not_finite_stops_prediction(tmp_path):
 
     with pytest.raises(InputError, match="NaN or infinite outputs"):
         predict_path(
-            Broken(), scan(tmp_path / "scan.nii.gz"), tmp_path / "out", info={"img_size": (32, 32)}, progress=False
+            LoadedModel(Broken(), InferenceInfo(img_size=(32, 32))),
+            scan(tmp_path / "scan.nii.gz"),
+            tmp_path / "out",
+            progress=False,
         )
     assert not (tmp_path / "out").exists()
 

@@ -14,11 +14,15 @@ import torch.nn.functional as F
 from perspective_unet import create_model
 from perspective_unet.cli import main
 from perspective_unet.engine.inference import predict_slices
+from perspective_unet.engine.inference_settings import InferenceSettings
+from perspective_unet.engine.inferers import inferer_for
 from perspective_unet.engine.predict import predict_path
-from perspective_unet.engine.sliding_window import predict_at_spacing, predict_with_plan, stack_context
+from perspective_unet.engine.sliding_window import predict_at_spacing, stack_context
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
+from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.plan import Plan
+from perspective_unet.runs import LoadedModel
 
 WINDOW = IntensitySpec("ct_window", window=(-100.0, 300.0))
 
@@ -53,12 +57,11 @@ def disc_scan(path: Path, spacing: float, size: int, depth: int = 2) -> Path:
     return path
 
 
-def plan_info(protocol: str, patch: tuple[int, int] = (64, 64)) -> dict:
+def plan_info(protocol: str, patch: tuple[int, int] = (64, 64)) -> InferenceInfo:
     spacing = (1.0, 1.0) if protocol == "spacing" else None
-    return {
-        "plan": Plan(protocol, patch, WINDOW, spacing=spacing),
-        "dataset": {"class_names": ["background", "disc"], "orientation": "SPL"},
-    }
+    return InferenceInfo(
+        Plan(protocol, patch, WINDOW, spacing=spacing), class_names=("background", "disc"), orientation="SPL"
+    )
 
 
 def foreground_dice(fine: np.ndarray, coarse: np.ndarray, factor: int) -> float:
@@ -76,7 +79,7 @@ def test_the_same_phantom_at_two_spacings_gives_the_same_labels(tmp_path):
     results = {}
     for protocol in ("spacing", "paper"):
         out = tmp_path / protocol
-        predict_path(OpeningModel(), [fine, coarse], out, info=plan_info(protocol), progress=False)
+        predict_path(LoadedModel(OpeningModel(), plan_info(protocol)), [fine, coarse], out, progress=False)
         labels = {name: np.asarray(nib.load(str(out / f"{name}.nii.gz")).dataobj) for name in ("fine", "coarse")}
         assert labels["fine"].shape == (112, 112, 2) and labels["coarse"].shape == (160, 160, 2)
         results[protocol] = foreground_dice(labels["fine"], labels["coarse"], 2)
@@ -92,11 +95,10 @@ def test_labels_keep_the_input_geometry_through_resampling(tmp_path):
     affine = np.array([[0.0, -0.7, 0.0, 12.0], [0.8, 0.0, 0.0, -30.0], [0.0, 0.0, 2.5, 7.0], [0.0, 0.0, 0.0, 1.0]])
     nib.save(nib.Nifti1Image(image, affine), str(source))
     written = predict_path(
-        OpeningModel(kernel=3),
+        LoadedModel(OpeningModel(kernel=3), plan_info("spacing", (32, 32))),
         source,
         tmp_path / "out",
-        info=plan_info("spacing", (32, 32)),
-        save_probabilities=True,
+        InferenceSettings(save_probabilities=True),
         progress=False,
     )[0]
     result = nib.load(str(written))
@@ -157,7 +159,7 @@ class ChannelProbe(torch.nn.Module):
 def test_context_slices_reach_the_model_in_order():
     volume = np.stack([np.full((16, 16), z / 10, np.float32) for z in range(5)])
     plan = Plan("spacing", (16, 16), IntensitySpec("unit"), spacing=(1.0, 1.0), context_slices=1)
-    labels = predict_with_plan(ChannelProbe(), volume, plan, spacing=(1.0, 1.0))
+    labels = inferer_for(plan)(ChannelProbe(), volume, spacing=(1.0, 1.0))
     # Only the top slice has itself above (the end slice repeated); reversed channels would mark the bottom one.
     assert labels[:, 0, 0].tolist() == [0, 0, 0, 0, 1]
 
@@ -165,21 +167,21 @@ def test_context_slices_reach_the_model_in_order():
 def test_a_model_reading_more_slices_than_the_input_has_is_refused(tmp_path):
     plan = Plan("spacing", (16, 16), IntensitySpec("unit"), spacing=(1.0, 1.0), context_slices=2)
     with pytest.raises(InputError, match="reads 5 neighboring slices.*has 3"):
-        predict_with_plan(ChannelProbe(), np.zeros((3, 16, 16), np.float32), plan, spacing=(1.0, 1.0))
+        inferer_for(plan)(ChannelProbe(), np.zeros((3, 16, 16), np.float32), spacing=(1.0, 1.0))
     picture = tmp_path / "photo.png"
     from PIL import Image
 
     Image.fromarray(np.zeros((20, 20), np.uint8)).save(picture)
-    info = {"plan": plan, "dataset": {"class_names": ["background", "a"]}}
+    info = InferenceInfo(plan, class_names=("background", "a"))
     with pytest.raises(InputError, match="photo.png.*reads 5 neighboring slices"):
-        predict_path(ChannelProbe(), picture, tmp_path / "out", info=info, progress=False)
+        predict_path(LoadedModel(ChannelProbe(), info), picture, tmp_path / "out", progress=False)
     assert not (tmp_path / "out").exists()
 
 
 def test_spacing_protocol_without_the_images_spacing_is_refused():
     plan = Plan("spacing", (16, 16), IntensitySpec("unit"), spacing=(1.0, 1.0))
     with pytest.raises(InputError, match="spacing is unknown"):
-        predict_with_plan(OpeningModel(), np.zeros((1, 16, 16), np.float32), plan, spacing=None)
+        inferer_for(plan)(OpeningModel(), np.zeros((1, 16, 16), np.float32), spacing=None)
 
 
 def train_args(data: Path, out: Path, protocol: str, *extra: str) -> list[str]:

@@ -8,8 +8,9 @@ import torch
 
 from perspective_unet import InputError, create_model, save_model
 from perspective_unet.engine.predictor import Predictor
-from perspective_unet.models.ensemble import ProbabilityEnsemble, load_ensemble_for_inference, resolve_checkpoints
+from perspective_unet.models.ensemble import ProbabilityEnsemble
 from perspective_unet.plan import Plan
+from perspective_unet.runs import load, model_sources
 
 PLAN = {"protocol": "paper", "patch_size": [32, 32], "intensity": {"kind": "unit"}}
 DATASET = {"class_names": ["background", "square", "disc"]}
@@ -22,7 +23,7 @@ def _checkpoint(path, seed, *, num_classes=3, plan=PLAN, dataset=DATASET):
 
 
 def _probabilities(checkpoints, volume):
-    predictor = Predictor.from_checkpoint(checkpoints, device="cpu")
+    predictor = Predictor.from_source(checkpoints)
     return predictor.predict_canonical(volume, return_probabilities=True)
 
 
@@ -75,31 +76,31 @@ def test_members_that_disagree_are_refused_naming_the_file(tmp_path, change, mat
     a = _checkpoint(tmp_path / "a.pt", 0)
     b = _checkpoint(tmp_path / "b.pt", 1, **change)
     with pytest.raises(InputError, match=rf"b\.pt differs from .*a\.pt in its {match}"):
-        load_ensemble_for_inference([a, b])
+        load([a, b])
 
 
 def test_run_folders_and_fold_folders_stand_for_their_checkpoints(tmp_path):
     run = tmp_path / "run"
     run.mkdir()
     last = _checkpoint(run / "last.pt", 0)
-    assert resolve_checkpoints(run) == [last], "no best.pt: the last epoch"
+    assert model_sources(run) == [last], "no best.pt: the last epoch"
     best = _checkpoint(run / "best.pt", 0)
-    assert resolve_checkpoints(run) == [best]
+    assert model_sources(run) == [best]
     folds = tmp_path / "cv"
     paths = []
     for name in ("fold_1", "fold_0", "fold_all"):
         (folds / name).mkdir(parents=True)
         paths.append(_checkpoint(folds / name / "best.pt", 0))
-    assert resolve_checkpoints(folds) == [paths[1], paths[0]], "fold runs in order, fold_all left out"
-    assert resolve_checkpoints([best, folds]) == [best, paths[1], paths[0]]
-    model, info = load_ensemble_for_inference(folds)
-    assert isinstance(model, ProbabilityEnsemble) and len(model.members) == 2
-    assert info["checkpoints"] == [str(paths[1]), str(paths[0])] and isinstance(info["plan"], Plan)
+    assert model_sources(folds) == [paths[1], paths[0]], "fold runs in order, fold_all left out"
+    assert model_sources([best, folds]) == [best, paths[1], paths[0]]
+    loaded = load(folds)
+    assert isinstance(loaded.model, ProbabilityEnsemble) and len(loaded.model.members) == 2
+    assert loaded.sources == [paths[1], paths[0]] and isinstance(loaded.info.plan, Plan)
     (folds / "fold_2").mkdir()
     with pytest.raises(InputError, match=r"fold runs \['fold_2'\] have no best.pt"):
-        resolve_checkpoints(folds)
+        model_sources(folds)
     with pytest.raises(InputError, match="does not exist"):
-        resolve_checkpoints(tmp_path / "missing")
+        model_sources(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
     with pytest.raises(InputError, match="holds no best.pt"):
-        resolve_checkpoints(tmp_path / "empty")
+        model_sources(tmp_path / "empty")

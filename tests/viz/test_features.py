@@ -8,7 +8,8 @@ import torch
 
 from perspective_unet import create_model, save_model
 from perspective_unet.cli import main
-from perspective_unet.viz import feature_maps, feature_titles, save_feature_figure
+from perspective_unet.engine.figures import feature_maps, feature_titles
+from perspective_unet.viz import save_feature_figure
 from perspective_unet.viz.figure import GAP_PX, HEADER_PX
 from tests.viz.conftest import PANEL, pixels_of
 

@@ -7,10 +7,10 @@ import numpy as np
 
 from perspective_unet.cli import main
 from perspective_unet.data.layouts import files
+from perspective_unet.engine.figures import overlay_from_files
 from perspective_unet.viz import (
     CLASS_COLORS,
     overlay,
-    overlay_from_files,
     overlay_grid_size,
     save_overlay_grid,
     volumes,

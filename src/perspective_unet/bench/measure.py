@@ -321,6 +321,7 @@ def measure_volume(
         labels_out: Save the predicted labels here (``.npy``), for comparing paths.
     """
     from perspective_unet.engine.inference import predict_volume
+    from perspective_unet.engine.inference_settings import InferenceSettings
 
     setup = prepare(
         device,
@@ -332,22 +333,13 @@ def measure_volume(
     )
     if resampler is None:
         resampler = "scipy" if setup.settings.name == "baseline" else "torch"
+    inference = InferenceSettings(batch_size=batch_size, resampler=resampler, amp_dtype=setup.settings.amp_dtype)
     depth, height, width = (int(s) for s in volume_shape)
     volume = synthetic_ct_volume(depth, height, width)
     labels: list[np.ndarray] = []
 
     def call() -> None:
-        labels[:] = [
-            predict_volume(
-                setup.model,
-                volume,
-                img_size=img_size,
-                batch_size=batch_size,
-                device=setup.device,
-                resampler=resampler,
-                amp_dtype=setup.settings.amp_dtype,
-            )
-        ]
+        labels[:] = [predict_volume(setup.model, volume, img_size, inference)]
 
     result = _time_and_record("volume", call, setup, items=depth, runs=runs, warmup=warmup, count_flops=False)
     if labels_out:

@@ -6,7 +6,7 @@ import argparse
 import json
 
 from perspective_unet.cli.choices import METRIC_PROTOCOL_CHOICES, RESAMPLER_CHOICES
-from perspective_unet.cli.options import add_checkpoints
+from perspective_unet.cli.options import add_checkpoints, inference_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,12 +52,8 @@ def run(args: argparse.Namespace) -> int:
         args.checkpoint,
         args.data,
         args.output,
+        inference_settings(args),
         split=args.split,
-        batch_size=args.batch_size,
-        device=args.device,
-        tta=args.tta,
-        resampler=args.resampler,
-        img_size=args.img_size,
         protocols=args.protocol or PROTOCOLS,
         overwrite=args.overwrite,
     )

@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perspective_unet.engine.export import PARITY_TOLERANCE, export_folder, export_onnx
+    from perspective_unet.export.folder import export_folder
+    from perspective_unet.export.onnx import PARITY_TOLERANCE, export_onnx
 
     if args.format == "folder":
         folder = export_folder(args.checkpoint, args.output, overwrite=args.overwrite)

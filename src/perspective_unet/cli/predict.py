@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from perspective_unet.cli.choices import RESAMPLER_CHOICES
-from perspective_unet.cli.options import add_checkpoints, add_intensity_override
+from perspective_unet.cli.options import add_checkpoints, add_intensity_override, inference_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -73,33 +73,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.predict import predict_path
 
-    model, info = args.checkpoint, None
+    settings = inference_settings(args)
     if args.onnx:
-        from perspective_unet.engine.onnx_model import load_onnx_for_inference
-
         if args.device not in ("auto", "cpu"):
             raise ValueError(
                 f"--onnx runs on the CPU (ONNX Runtime's CPU provider); --device {args.device} is not "
                 "available with it."
             )
-        model, info = load_onnx_for_inference(args.onnx)
-        args.device = "cpu"
+        settings = settings.replace(device="cpu")
     written = predict_path(
-        model,
-        args.input,
-        args.output,
-        tta=args.tta,
-        save_probabilities=args.save_probabilities,
-        overwrite=args.overwrite,
-        batch_size=args.batch_size,
-        device=args.device,
-        window=args.window,
-        mr_normalize=args.mr_normalize,
-        orientation=args.orientation,
-        img_size=args.img_size,
-        resampler=args.resampler,
-        series=args.series,
-        info=info,
+        args.onnx or args.checkpoint, args.input, args.output, settings, overwrite=args.overwrite, series=args.series
     )
     target = written[0] if len(written) == 1 else args.output
     print(f"wrote {len(written)} label map(s) to {target}")

@@ -130,7 +130,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.train import train
-    from perspective_unet.engine.training import resume_config
+    from perspective_unet.engine.training import TrainingCheckpoint
+    from perspective_unet.runs import RunFolder
 
     # Every option whose destination is a TrainConfig field overrides that field (None: not given).
     nested = ("model_options", "augmentation")
@@ -138,21 +139,24 @@ def run(args: argparse.Namespace) -> int:
     overrides = {name: getattr(args, name) for name in fields if hasattr(args, name)}
     if args.model_option:
         overrides["model_options"] = dict(args.model_option)
+    resume = None
     if args.resume:
         if args.overwrite:
             raise ValueError("--resume continues a run and --overwrite replaces it; choose one.")
         given = _read_yaml(args.config) if args.config else {}
         given.update({k: v for k, v in overrides.items() if v is not None})
-        config = resume_config(args.resume, given)
+        resume = TrainingCheckpoint.read(args.resume)  # read once: its config, plan and state
+        config = resume.config(given)
     elif args.config:
         config = TrainConfig.from_yaml(args.config, **overrides)
     else:
         config = TrainConfig.from_dict({k: v for k, v in overrides.items() if v is not None})
     if not config.data:
         raise ValueError("no dataset given: pass --data or set `data:` in the --config file.")
-    if config.fold is not None and not args.resume and Path(config.output).name != f"fold_{config.fold}":
-        config = dataclasses.replace(config, output=str(Path(config.output) / f"fold_{config.fold}"))
-    result = train(config, resume=args.resume, overwrite=args.overwrite)
+    fold_run = RunFolder(config.output).fold(config.fold) if config.fold is not None else None
+    if fold_run is not None and not args.resume and Path(config.output).name != fold_run.path.name:
+        config = dataclasses.replace(config, output=str(fold_run.path))
+    result = train(config, resume=resume, overwrite=args.overwrite)
     print(
         f"finished after {result.epochs_completed} epoch(s), {result.iterations} iterations; last checkpoint "
         f"{result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else "")

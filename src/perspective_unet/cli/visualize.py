@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from perspective_unet.cli.options import add_intensity_override
+from perspective_unet.cli.options import add_intensity_override, inference_settings
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -102,7 +102,7 @@ def _check_output(args: argparse.Namespace) -> None:
 
 
 def run_overlay(args: argparse.Namespace) -> int:
-    from perspective_unet.viz import overlay_from_files
+    from perspective_unet.engine.figures import overlay_from_files
 
     _check_output(args)
     if args.slices is None and args.num_slices < 1:
@@ -113,14 +113,10 @@ def run_overlay(args: argparse.Namespace) -> int:
         label=args.label,
         prediction=args.prediction,
         checkpoint=args.checkpoint,
+        settings=inference_settings(args),
         slices=args.slices,
         num_slices=args.num_slices,
         class_names=args.class_names,
-        window=args.window,
-        mr_normalize=args.mr_normalize,
-        orientation=args.orientation,
-        device=args.device,
-        tta=args.tta,
         panel_size=args.panel_size,
     )
     print(f"wrote {path}")
@@ -128,20 +124,17 @@ def run_overlay(args: argparse.Namespace) -> int:
 
 
 def run_features(args: argparse.Namespace) -> int:
-    from perspective_unet.viz import feature_figure_from_files
+    from perspective_unet.engine.figures import feature_figure_from_files
 
     _check_output(args)
     path = feature_figure_from_files(
         args.checkpoint,
         args.image,
         args.output,
+        inference_settings(args),
         layer=args.layer,
         slice_index=args.slice_index,
         reduction=args.reduction,
-        window=args.window,
-        mr_normalize=args.mr_normalize,
-        orientation=args.orientation,
-        device=args.device,
         cmap=args.cmap,
         panel_size=args.panel_size,
     )

@@ -36,11 +36,16 @@ from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.layouts.prepared import PreparedWriter
 from perspective_unet.data.layouts.raw import read_pair, remap_labels, volume_attrs
 from perspective_unet.data.layouts.synapse import SYNAPSE_CLASS_NAMES
-from perspective_unet.data.normalize import describe_ct_window, percentile_window
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.splits import SliceBlockSplit, choose_test_block
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import SYNAPSE_HU_WINDOW, IntensitySpec, ct_window
+from perspective_unet.intensity import (
+    SYNAPSE_HU_WINDOW,
+    IntensitySpec,
+    ct_window,
+    describe_ct_window,
+    percentile_window,
+)
 
 __all__ = [
     "DEMO_SDIST_NAME",

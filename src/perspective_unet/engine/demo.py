@@ -23,6 +23,7 @@ from perspective_unet.config import TrainConfig
 from perspective_unet.data import prepare_demo
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.evaluate import evaluate
+from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predictor import Predictor
 from perspective_unet.engine.train import train
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
@@ -208,12 +209,11 @@ def run_demo(
     # the last epoch's weights; they are written as best.pt.
     shutil.copyfile(result.last_checkpoint, output / "best.pt")
 
-    summary = evaluate(
-        output / "best.pt", data, output / "evaluation", device=settings.device, progress=False, overwrite=True
-    )
+    inference = InferenceSettings(device=settings.device)
+    summary = evaluate(output / "best.pt", data, output / "evaluation", inference, progress=False, overwrite=True)
     shutil.copyfile(output / "evaluation" / "summary.json", output / "summary.json")
 
-    predictor = Predictor.from_checkpoint(output / "best.pt", device=settings.device)
+    predictor = Predictor.from_source(output / "best.pt", inference)
     test_volume = sorted((data / "test_vol_h5").glob("*.npy.h5"))[0]
     with h5py.File(test_volume, "r") as handle:
         image, label, spacing = handle["image"][:], handle["label"][:], tuple(handle.attrs["spacing"])

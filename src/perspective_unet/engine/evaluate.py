@@ -24,14 +24,16 @@ from tqdm.auto import tqdm
 
 from perspective_unet.data import VolumeDataset
 from perspective_unet.data.layouts.detect import open_dataset
+from perspective_unet.engine.inference import model_device
+from perspective_unet.engine.inference_settings import InferenceSettings
+from perspective_unet.engine.inferers import inferer_for
 from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
-from perspective_unet.engine.sliding_window import predict_with_plan
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
-from perspective_unet.models.ensemble import load_ensemble_for_inference
 from perspective_unet.outputs import output_lock, remove_stale_temporaries, write_all
 from perspective_unet.plan import Plan
+from perspective_unet.runs import ModelSource, load
 from perspective_unet.table import format_table
 
 __all__ = ["REPORTS", "evaluate", "evaluate_model", "write_reports"]
@@ -42,34 +44,26 @@ REPORTS = ("summary.json", "per_case.csv", "summary.md")
 def evaluate_model(
     model: torch.nn.Module,
     dataset: VolumeDataset,
+    plan: Plan,
+    settings: InferenceSettings | None = None,
     *,
     num_classes: int,
-    img_size: Sequence[int] = (224, 224),
-    plan: Plan | None = None,
-    batch_size: int = 16,
     protocols: Sequence[str] = PROTOCOLS,
     class_names: Sequence[str] | None = None,
-    tta: bool = False,
-    resampler: str = "torch",
-    amp_dtype: torch.dtype | None = None,
     ctx: DistributedContext | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
     """Predict and score every volume of ``dataset``.
 
     Args:
-        model: The segmentation model (put in eval mode here; its training mode is restored at the end).
+        model: The segmentation model, on the device to run on (put in eval mode here; its training mode is restored
+            at the end).
         dataset: Volumes with labels.
+        plan: The model's plan (protocol, spacing, window, intensity scaling, context slices).
+        settings: Batch size, mirroring, resampler, autocast, and the plan's overrides (patch size, overlap).
         num_classes: Classes, background included.
-        img_size: The size the model was trained at (paper protocol, when no ``plan`` is given).
-        plan: The model's plan (protocol, spacing, window, intensity scaling, context slices); default the paper
-            protocol at ``img_size``.
-        batch_size: Slices (or sliding windows) per forward pass.
         protocols: ``legacy`` and/or ``corrected``.
         class_names: Names indexed by class id (background first).
-        tta: Flip test-time augmentation.
-        resampler: ``torch`` (batched on the model's device) or ``scipy`` (TransUNet's slice loop).
-        amp_dtype: Autocast type for inference, or None.
         ctx: Distributed context; volumes are split across processes and the scores gathered on every process.
         progress: Show a progress bar.
 
@@ -80,7 +74,7 @@ def evaluate_model(
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}.")
     ctx = ctx or DistributedContext()
-    plan = plan or Plan("paper", tuple(int(s) for s in img_size), IntensitySpec("unit"))
+    inferer = inferer_for(plan, settings)
     was_training = model.training
     model.eval()
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
@@ -96,16 +90,7 @@ def evaluate_model(
                 )
             spacing = item.get("spacing")
             try:
-                prediction = predict_with_plan(
-                    model,
-                    item["image"],
-                    plan,
-                    spacing=None if spacing is None else spacing[1:],
-                    batch_size=batch_size,
-                    tta=tta,
-                    resampler=resampler,
-                    amp_dtype=amp_dtype,
-                )
+                prediction = inferer(model, item["image"], spacing=None if spacing is None else spacing[1:])
             except InputError as exc:
                 raise InputError(f"case {item['case']} of {dataset.root}: {exc}") from None
             scored.append(workers.submit(_score_row, item, prediction, num_classes, protocols))
@@ -240,24 +225,22 @@ def summary_markdown(result: dict[str, Any]) -> str:
 
 
 def evaluate(
-    checkpoint: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    source: ModelSource | Sequence[ModelSource],
     data: str | os.PathLike[str],
     output: str | os.PathLike[str],
+    settings: InferenceSettings | None = None,
     *,
     split: str = "test",
-    batch_size: int = 16,
-    device: str = "auto",
-    tta: bool = False,
-    resampler: str = "torch",
-    img_size: Sequence[int] | None = None,
     protocols: Sequence[str] = PROTOCOLS,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Evaluate a checkpoint on a prepared dataset's volumes and write the reports; returns ``summary.json``'s dict.
+    """Evaluate a model on a prepared dataset's volumes and write the reports; returns ``summary.json``'s dict.
 
-    ``checkpoint`` may also be a run folder, a folder of fold runs or several of these: their ensemble (the mean of
-    their probabilities, see :func:`~perspective_unet.models.ensemble.load_ensemble_for_inference`) is evaluated.
+    ``source`` is anything :func:`perspective_unet.runs.load` takes: a checkpoint, a model folder, a run folder, a
+    folder of fold runs or several of these (their ensemble, the mean of their probabilities, is evaluated).
+    ``settings`` give the device, batch size, mirroring, resampler and the plan's overrides (the prepared volumes are
+    already normalized and canonical: the settings of new images do not apply).
 
     Existing reports in ``output`` are replaced only with ``overwrite``; the folder is locked while the command
     runs.
@@ -269,6 +252,7 @@ def evaluate(
         >>> summary = evaluate("runs/synapse/best.pt", "prepared/Synapse", "runs/synapse/eval")  # doctest: +SKIP
         >>> summary["mean_dice"], summary["corrected"]["mean_hd95"]  # doctest: +SKIP
     """
+    settings = settings or InferenceSettings()
     existing = [name for name in REPORTS if (Path(output) / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
@@ -277,48 +261,46 @@ def evaluate(
         )
     with output_lock(output, "evaluate"):
         remove_stale_temporaries(output)
-        torch_device = resolve_device(device)
-        model, info = load_ensemble_for_inference(checkpoint, torch_device)
+        device = settings.device
+        loaded = load(source, device if isinstance(device, torch.device) else resolve_device(device))
+        model, info = loaded.model, loaded.info
         layout = open_dataset(data)
         num_classes = model.config.num_classes
         if layout.info.num_classes != num_classes:
             raise InputError(
-                f"the checkpoint {info['checkpoints'][0]} predicts {num_classes} classes but {data} has "
+                f"the checkpoint {info.sources[0]} predicts {num_classes} classes but {data} has "
                 f"{layout.info.num_classes}; evaluate it on data of the same label set."
             )
         dataset = VolumeDataset(layout, split=split)
         if len(dataset) == 0:
             raise InputError(f"{data} has no {split!r} volumes to evaluate; choose another --split.")
-        plan = info["plan"] or Plan("paper", tuple(info["img_size"]), IntensitySpec("unit"))
-        if img_size is not None:
-            plan = plan.replace(patch_size=tuple(int(s) for s in img_size))
+        plan = settings.plan_for(info.plan or Plan("paper", info.img_size, IntensitySpec("unit")))
         height, width = plan.patch_size
         check_memory(
             model,
-            batch_size * height * width,
-            torch_device,
+            settings.batch_size * height * width,
+            model_device(model),
             training=False,
-            what=f"evaluate with {batch_size} x {height} x {width} pixels per forward pass",
+            what=f"evaluate with {settings.batch_size} x {height} x {width} pixels per forward pass",
         )
         result = evaluate_model(
             model,
             dataset,
+            plan,
+            settings,
             num_classes=num_classes,
-            plan=plan,
-            batch_size=batch_size,
             protocols=protocols,
             class_names=list(layout.info.class_names),
-            tta=tta,
-            resampler=resampler,
             progress=progress,
         )
+        sources = [str(path) for path in loaded.sources]
         extra = {
-            "checkpoint": info["checkpoints"][0] if len(info["checkpoints"]) == 1 else info["checkpoints"],
+            "checkpoint": sources[0] if len(sources) == 1 else sources,
             "data": str(data),
             "split": split,
             "plan": plan.to_dict(),
             "img_size": list(plan.patch_size),
-            "tta": tta,
-            "resampler": resampler,
+            "tta": settings.tta,
+            "resampler": settings.resampler,
         }
         return write_reports(result, output, extra=extra)

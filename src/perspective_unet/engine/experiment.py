@@ -31,6 +31,7 @@ import yaml
 from perspective_unet.config.experiment import ExperimentConfig, ExperimentRun
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import atomic_write
+from perspective_unet.runs import RunFolder
 
 __all__ = ["RunOutcome", "run_experiment", "run_status"]
 
@@ -38,7 +39,6 @@ log = logging.getLogger(__name__)
 
 EXPERIMENT_FILE = "experiment.yaml"
 RUN_REQUEST = "run.json"
-EVALUATION_DIR = "evaluation"
 
 
 @dataclass(frozen=True)
@@ -56,9 +56,10 @@ def _request(run: ExperimentRun) -> dict:
 
 def run_status(folder: Path) -> str:
     """``finished``, ``interrupted`` (a ``last.pt`` without evaluation), ``started`` (no checkpoint) or ``new``."""
-    if (folder / EVALUATION_DIR / "summary.json").is_file():
+    run = RunFolder(folder)
+    if (run.evaluation / "summary.json").is_file():
         return "finished"
-    if (folder / "last.pt").is_file():
+    if run.last.is_file():
         return "interrupted"
     return "started" if folder.exists() else "new"
 
@@ -80,9 +81,9 @@ def _check_request(run: ExperimentRun, folder: Path) -> None:
 def _execute(run: ExperimentRun, root: Path, device: str | None, split: str, tta: bool) -> str:
     """Train (or resume) and evaluate one run; returns ``skipped`` or ``done``."""
     from perspective_unet.engine.evaluate import evaluate
+    from perspective_unet.engine.inference_settings import InferenceSettings
     from perspective_unet.engine.train import train
-    from perspective_unet.engine.training import resume_config
-    from perspective_unet.models.ensemble import resolve_checkpoints
+    from perspective_unet.engine.training import TrainingCheckpoint
 
     folder = root / run.folder
     _check_request(run, folder)
@@ -94,19 +95,18 @@ def _execute(run: ExperimentRun, root: Path, device: str | None, split: str, tta
     atomic_write(folder / RUN_REQUEST, lambda path: path.write_text(json.dumps(_request(run), indent=2)))
     if status == "interrupted":
         log.info("%s: resuming from its last.pt", run.label)
-        given = {"device": device} if device else {}
-        train(resume_config(folder / "last.pt", given), resume=folder / "last.pt")
+        resume = TrainingCheckpoint.read(RunFolder(folder).last)
+        train(resume.config({"device": device} if device else {}), resume=resume)
     else:
         # A folder without last.pt holds no result (a run killed before its first checkpoint): start it again.
         train(config, overwrite=status == "started")
-    checkpoint = resolve_checkpoints(folder)[0]  # best.pt (selected on validation cases), else last.pt
+    checkpoint = RunFolder(folder).checkpoint()  # best.pt (selected on validation cases), else last.pt
     evaluate(
-        checkpoint,
+        checkpoint,  # type: ignore[arg-type]
         config.data,
-        folder / EVALUATION_DIR,
+        RunFolder(folder).evaluation,
+        InferenceSettings(tta=tta, device=config.device),
         split=split,
-        tta=tta,
-        device=config.device,
         progress=False,
         overwrite=True,
     )

@@ -30,9 +30,10 @@ import numpy as np
 import yaml
 
 from perspective_unet.config.experiment import ExperimentConfig
-from perspective_unet.engine.experiment import EVALUATION_DIR, EXPERIMENT_FILE
+from perspective_unet.engine.experiment import EXPERIMENT_FILE
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import text_writer, write_all
+from perspective_unet.runs import RunFolder
 from perspective_unet.stats import Comparison, Spread, bootstrap_interval, holm, paired_wilcoxon, spread
 from perspective_unet.table import format_table
 
@@ -100,7 +101,7 @@ def gather_scores(root: Path, experiment: ExperimentConfig) -> tuple[dict[str, d
     found: dict[str, dict[str, RunScores]] = defaultdict(dict)
     missing = []
     for run in experiment.runs():
-        path = root / run.folder / EVALUATION_DIR / "per_case.csv"
+        path = RunFolder(root / run.folder).evaluation / "per_case.csv"
         if path.is_file():
             found[run.configuration][run.label] = _read_per_case(path, experiment.evaluate.protocol)
         else:

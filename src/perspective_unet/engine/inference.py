@@ -22,11 +22,25 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
+from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.errors import InputError
 
-__all__ = ["corner_aligned_indices", "predict_slices", "predict_volume", "spline_zoom_matrix", "zoom_slices"]
+__all__ = [
+    "corner_aligned_indices",
+    "model_device",
+    "predict_slices",
+    "predict_volume",
+    "spline_zoom_matrix",
+    "zoom_slices",
+]
 
-RESAMPLERS = ("torch", "scipy")
+
+def model_device(model: torch.nn.Module) -> torch.device:
+    """The device of a model's weights (the CPU for a model without any, such as an ONNX Runtime session)."""
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
 
 
 def corner_aligned_indices(source: int, target: int, device: torch.device | None = None) -> torch.Tensor:
@@ -86,15 +100,18 @@ def _flip_variants(tta: bool) -> list[tuple[int, ...]]:
 
 
 def predict_slices(
-    model: torch.nn.Module, images: torch.Tensor, *, tta: bool = False, amp_dtype: torch.dtype | None = None
+    model: torch.nn.Module, images: torch.Tensor, settings: InferenceSettings | None = None
 ) -> torch.Tensor:
     """Softmax probabilities of a batch of model-sized, normalized slices (B, C_in, H, W) -> (B, classes, H, W).
 
-    With ``tta`` the probabilities are averaged over the four horizontal/vertical flips. A model whose outputs depend
+    With ``settings.tta`` the probabilities are averaged over the four horizontal/vertical flips; the forward passes
+    run under autocast to ``settings.amp_dtype`` when set. A model whose outputs depend
     on its batch (``batch_dependent``, SCSI attention as released) sees one slice at a time.
     """
+    settings = settings or InferenceSettings()
+    amp_dtype = settings.amp_dtype
     total = None
-    variants = _flip_variants(tta)
+    variants = _flip_variants(settings.tta)
     one_at_a_time = bool(getattr(model, "batch_dependent", False))
     for dims in variants:
         x = images.flip(dims) if dims else images
@@ -116,15 +133,11 @@ def predict_slices(
 def predict_volume(
     model: torch.nn.Module,
     volume: np.ndarray | torch.Tensor,
-    *,
     img_size: Sequence[int] = (224, 224),
-    batch_size: int = 16,
-    device: torch.device | str | None = None,
-    tta: bool = False,
-    resampler: str = "torch",
+    settings: InferenceSettings | None = None,
+    *,
     normalize: bool = True,
     return_probabilities: bool = False,
-    amp_dtype: torch.dtype | None = None,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment a volume slice by slice.
 
@@ -132,14 +145,11 @@ def predict_volume(
         model: A segmentation model in eval mode taking (B, C, H, W) and returning logits.
         volume: (Z, H, W) intensities in [0, 1] (the prepared-data convention), or (Z, C, H, W) for several channels.
         img_size: The (height, width) the model was trained at; every slice is resampled to it.
-        batch_size: Slices per forward pass. The model's outputs do not depend on the batch.
-        device: Where to run; default the model's device.
-        tta: Average the probabilities over flips.
-        resampler: ``"torch"`` (batched, on the device) or ``"scipy"`` (TransUNet's slice-by-slice loop); both
-            resample with scipy's cubic spline and give the same labels.
+        settings: ``batch_size`` (slices per forward pass; the model's outputs do not depend on the batch), ``tta``,
+            ``resampler`` (``torch``: batched on the model's device; ``scipy``: TransUNet's slice-by-slice loop; both
+            resample with scipy's cubic spline and give the same labels) and ``amp_dtype``; default settings when None.
         normalize: Map [0, 1] intensities to [-1, 1] ((x - 0.5) / 0.5) as the training data are.
         return_probabilities: Also return (classes, Z, H, W) float16 probabilities on the volume's grid.
-        amp_dtype: Autocast type (e.g. ``torch.bfloat16`` on CUDA), or ``None`` for full precision.
 
     Returns:
         uint8 labels of shape (Z, H, W), and the probabilities when asked.
@@ -150,10 +160,8 @@ def predict_volume(
         >>> predict_volume(model, np.random.rand(4, 50, 70).astype("float32"), img_size=(32, 48)).shape
         (4, 50, 70)
     """
-    if resampler not in RESAMPLERS:
-        raise ValueError(f"resampler must be one of {RESAMPLERS}, got {resampler!r}.")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    settings = settings or InferenceSettings()
+    batch_size, resampler = settings.batch_size, settings.resampler
     array = torch.as_tensor(np.asarray(volume, dtype=np.float32)) if not torch.is_tensor(volume) else volume.float()
     if array.ndim == 3:
         array = array[:, None]
@@ -161,7 +169,7 @@ def predict_volume(
         raise ValueError(f"expected a (Z, H, W) or (Z, C, H, W) volume, got shape {tuple(array.shape)}.")
     if not torch.isfinite(array).all():
         raise ValueError("the volume contains NaN or infinite intensities; clean or mask them before predicting.")
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    device = model_device(model)
     depth, _, height, width = array.shape
     target_h, target_w = int(img_size[0]), int(img_size[1])
     # The scipy loop fills labels on the CPU; the torch path keeps them on the device until the end.
@@ -184,7 +192,7 @@ def predict_volume(
             x = zoom_slices(on_device[start : start + batch_size], (target_h, target_w))
         if normalize:
             x = (x - 0.5) / 0.5
-        probs = predict_slices(model, x, tta=tta, amp_dtype=amp_dtype)
+        probs = predict_slices(model, x, settings)
         small_labels = probs.argmax(dim=1)
         if resampler == "scipy":
             factors = (height / target_h, width / target_w)

@@ -2,9 +2,9 @@
 
 Each input is read with its geometry, reoriented to the orientation the model was trained in (``to_canonical``; only
 flips and axis permutations), normalized as the training data were, segmented slice by slice as the checkpoint's plan
-says (:func:`~perspective_unet.engine.sliding_window.predict_with_plan`: the paper protocol zooms each slice to the
-training size; the spacing protocol resamples it to the plan's pixel spacing, slides a window over it and resamples
-the probabilities back), and its labels are put back on the input's own voxel grid (``from_canonical``) and written
+says (its inferer, :mod:`perspective_unet.engine.inferers`: the paper protocol zooms each slice to the training size;
+the spacing protocol resamples it to the plan's pixel spacing, slides a window over it and resamples the
+probabilities back), and its labels are put back on the input's own voxel grid (``from_canonical``) and written
 as uint8 with the input's affine and header.
 
 Output names: a label map keeps its input's name, with nnU-Net's channel suffix ``_0000`` dropped
@@ -20,7 +20,7 @@ data were normalized, first to their stored [0, 1] range:
 "percentiles": [0.5, 99.5]}`` (per volume), ``{"kind": "picture"}`` (8-bit / 255, 16-bit / 65535) or
 ``{"kind": "unit"}`` (already in [0, 1]). Checkpoints without it (older ones, converted released checkpoints) fall back
 to the CT window written in their ``normalization`` text, to MR percentiles for MR data, and otherwise to the Synapse
-window [-125, 275] HU with a warning; ``window`` / ``mr_normalize`` override all of this.
+window [-125, 275] HU with a warning; the settings' ``window`` / ``mr_normalize`` override all of this.
 """
 
 from __future__ import annotations
@@ -41,10 +41,12 @@ from perspective_unet.data.io import (
     SITK_SUFFIXES,
     full_suffix,
 )
+from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predictor import Predictor
-from perspective_unet.engine.runtime import check_memory, resolve_device
+from perspective_unet.engine.runtime import check_memory
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
+from perspective_unet.runs import LoadedModel, ModelSource
 
 __all__ = ["find_inputs", "output_name", "predict_file", "predict_path", "probability_path"]
 
@@ -201,18 +203,20 @@ def _check_overwrite(jobs: Sequence[_Job], overwrite: bool) -> None:
 
 
 def predict_file(
-    model_or_checkpoint: torch.nn.Module | str | os.PathLike[str],
+    source: torch.nn.Module | LoadedModel | ModelSource | Sequence[ModelSource],
     input_path: str | os.PathLike[str],
     output_path: str | os.PathLike[str],
+    settings: InferenceSettings | None = None,
     **options: Any,
 ) -> Path:
     """Segment one image and write its label map with the image's geometry; :func:`predict_path` for one input.
 
     Args:
-        model_or_checkpoint: A checkpoint path, or a model (then pass ``info``, see :func:`predict_path`).
+        source: A model source (see :func:`predict_path`), a loaded model, or a bare model.
         input_path: A NIfTI/SimpleITK file, a DICOM series folder or a PNG/JPG picture.
         output_path: The label map file, or a folder to write it into under :func:`output_name`.
-        **options: Keyword arguments of :func:`predict_path` (``tta``, ``overwrite``, ``window``, ``info``, ...).
+        settings: The inference settings.
+        **options: Keyword arguments of :func:`predict_path` (``overwrite``, ``series``, ...).
 
     Returns:
         The label map's path.
@@ -222,25 +226,24 @@ def predict_file(
         PosixPath('pred/case.nii.gz')
     """
     options.setdefault("progress", False)
-    return predict_path(model_or_checkpoint, input_path, output_path, **options)[0]
+    return predict_path(source, input_path, output_path, settings, **options)[0]
+
+
+def _predictor(
+    source: torch.nn.Module | LoadedModel | ModelSource | Sequence[ModelSource], settings: InferenceSettings
+) -> Predictor:
+    if isinstance(source, torch.nn.Module):
+        source = LoadedModel(source)  # no record of its training: the paper protocol at 224 x 224, the CT fallback
+    return Predictor.from_source(source, settings)
 
 
 def predict_path(
-    checkpoint: torch.nn.Module | str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
+    source: torch.nn.Module | LoadedModel | ModelSource | Sequence[ModelSource],
     inputs: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
     output: str | os.PathLike[str],
+    settings: InferenceSettings | None = None,
     *,
-    tta: bool = False,
-    save_probabilities: bool = False,
     overwrite: bool = False,
-    batch_size: int = 16,
-    device: str | torch.device = "auto",
-    window: Sequence[float] | None = None,
-    mr_normalize: bool = False,
-    orientation: str | None = None,
-    img_size: Sequence[int] | None = None,
-    resampler: str = "torch",
-    info: dict[str, Any] | None = None,
     progress: bool = True,
     series: str | None = None,
 ) -> list[Path]:
@@ -251,23 +254,16 @@ def predict_path(
     the inputs before a failing one stay (they are complete).
 
     Args:
-        checkpoint: A checkpoint path, a run folder, a folder of fold runs or several of these (an ensemble that
-            averages their probabilities), or a model (then ``info`` supplies ``plan`` or ``img_size``, and ``dataset``
-            as ``load_for_inference`` returns them; without it the paper protocol at 224x224 and the CT fallback are
-            assumed).
+        source: A checkpoint, a model folder, an ONNX file, a run folder, a folder of fold runs or several of these
+            (an ensemble that averages their probabilities; see :func:`perspective_unet.runs.load`); a model loaded
+            with its :class:`~perspective_unet.runs.LoadedModel` info; or a bare model (the paper protocol at
+            224x224 and the CT fallback are then assumed).
         inputs: One path (file, DICOM folder, or folder of inputs) or several.
         output: A folder (created if needed), or a file name when there is a single input file.
-        tta: Average over flips.
-        save_probabilities: Also write class probabilities beside each label map.
+        settings: The inference settings: ``tta``, ``batch_size``, ``device``, ``patch_size``, ``resampler``,
+            ``save_probabilities`` (class probabilities beside each label map), ``window`` / ``mr_normalize`` (the
+            stored range of the inputs instead of the model's), ``orientation``.
         overwrite: Replace existing outputs.
-        batch_size: Slices (paper protocol) or sliding windows (spacing protocol) per forward pass.
-        device: ``auto``, ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        window: CT window (low, high) in HU overriding the checkpoint's normalization.
-        mr_normalize: Per-volume MR normalization overriding the checkpoint's.
-        orientation: Canonical orientation overriding the checkpoint's.
-        img_size: Model input size (paper protocol) or window size (spacing protocol) overriding the plan's.
-        resampler: ``torch`` or ``scipy`` (paper protocol).
-        info: With a model instead of a checkpoint: ``plan`` (or ``img_size``) and ``dataset`` of its training.
         progress: Show a progress bar over the inputs.
         series: The DICOM series (SeriesInstanceUID) to read from DICOM folders that hold several; without it such a
             folder is refused with the list of its series.
@@ -280,11 +276,11 @@ def predict_path(
         FileExistsError: an output exists and ``overwrite`` is False.
 
     Example:
-        >>> predict_path("runs/synapse/best.pt", "imagesTs/", "predictions/", tta=True)  # doctest: +SKIP
+        >>> predict_path("runs/synapse/best.pt", "imagesTs/", "predictions/", InferenceSettings(tta=True))
+        ... # doctest: +SKIP
         [PosixPath('predictions/case1.nii.gz'), PosixPath('predictions/case2.nii.gz')]
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be positive, got {batch_size}.")
+    settings = settings or InferenceSettings()
     paths = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs)
     if not paths:
         raise InputError("no inputs given.")
@@ -294,45 +290,14 @@ def predict_path(
         files, many = find_inputs(path)
         found.extend(files)
         collection = collection or many
-    jobs = _plan(found, collection, Path(output), save_probabilities)
+    jobs = _plan(found, collection, Path(output), settings.save_probabilities)
     folder = jobs[0].labels.parent
     # One predict command per output folder: a second one would silently replace the first one's outputs.
     with output_lock(folder, "predict"):
         remove_stale_temporaries(folder)
         _check_overwrite(jobs, overwrite)
-
-        options = {"tta": tta, "batch_size": batch_size, "resampler": resampler}
-        choices = {"window": window, "mr_normalize": mr_normalize, "orientation": orientation, "img_size": img_size}
-        if isinstance(checkpoint, torch.nn.Module):
-            torch_device = (
-                None if device == "auto" else (device if isinstance(device, torch.device) else resolve_device(device))
-            )
-            predictor = Predictor.from_model(checkpoint, info, device=torch_device, **choices, **options)
-        else:
-            predictor = Predictor.from_checkpoint(checkpoint, device=device, **choices, **options)
-        plan = predictor.plan
-        height, width = plan.patch_size
-        check_memory(
-            predictor.model,
-            batch_size * height * width,
-            predictor.device,
-            training=False,
-            what=f"predict with {batch_size} x {height} x {width} pixels per forward pass",
-        )
-        where = (
-            f"at {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm in {plan.patch_size[0]}x{plan.patch_size[1]} windows"
-            if plan.protocol == "spacing"
-            else f"zoomed to {plan.patch_size[0]}x{plan.patch_size[1]}"
-        )
-        logger.info(
-            "predicting %d input(s), %s protocol %s, orientation %s, intensity %s",
-            len(jobs),
-            plan.protocol,
-            where,
-            predictor.orientation,
-            plan.intensity.describe() if predictor.intensity else "fallback (CT window)",
-        )
-
+        predictor = _predictor(source, settings)
+        _check_and_log(predictor, len(jobs))
         written: list[Path] = []
         for job in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) == 1, dynamic_ncols=True):
             try:
@@ -345,3 +310,29 @@ def predict_path(
                     ) from exc
                 raise
         return written
+
+
+def _check_and_log(predictor: Predictor, inputs: int) -> None:
+    """Refuse a batch that cannot fit in memory, and say how the inputs will be predicted."""
+    plan, batch_size = predictor.plan, predictor.settings.batch_size
+    height, width = plan.patch_size
+    check_memory(
+        predictor.model,
+        batch_size * height * width,
+        predictor.device,
+        training=False,
+        what=f"predict with {batch_size} x {height} x {width} pixels per forward pass",
+    )
+    where = (
+        f"at {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm in {plan.patch_size[0]}x{plan.patch_size[1]} windows"
+        if plan.protocol == "spacing"
+        else f"zoomed to {plan.patch_size[0]}x{plan.patch_size[1]}"
+    )
+    logger.info(
+        "predicting %d input(s), %s protocol %s, orientation %s, intensity %s",
+        inputs,
+        plan.protocol,
+        where,
+        predictor.orientation,
+        plan.intensity.describe() if predictor.intensity_known else "fallback (CT window)",
+    )

@@ -20,21 +20,14 @@ from tqdm.auto import tqdm
 
 from perspective_unet.config import TrainConfig
 from perspective_unet.engine.evaluate import evaluate_model
+from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.runtime import DistributedContext
-from perspective_unet.engine.training import (
-    RUN_FILES,
-    RUN_RECORDS,
-    STALE_PATTERNS,
-    TrainingRun,
-    append_log,
-    checkpoint_payload,
-    run_files,
-    setup_run,
-)
+from perspective_unet.engine.training import TrainingCheckpoint, TrainingRun, append_log, checkpoint_payload, setup_run
 from perspective_unet.engine.training_data import make_loader
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import atomic_torch_save
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
+from perspective_unet.runs import STALE_PATTERNS, RunFolder
 from perspective_unet.schedule import poly_lr
 from perspective_unet.viz import overlay_panel
 
@@ -55,14 +48,16 @@ class TrainResult:
     best_val_dice: float | None
 
 
-def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: bool = False) -> TrainResult:
+def train(
+    config: TrainConfig, *, resume: TrainingCheckpoint | str | Path | None = None, overwrite: bool = False
+) -> TrainResult:
     """Train a model as ``config`` describes; returns where the checkpoints are.
 
     Args:
         config: The run. ``config.data`` is a prepared dataset (``perspective-unet prepare``).
-        resume: A ``last.pt`` of an earlier run of the same config: training continues exactly where it stopped
-            (weights, optimizer, AMP scaler, iteration, RNG states; the data order is seeded per epoch).
-            :func:`resume_config` gives that run's config.
+        resume: A ``last.pt`` of an earlier run of the same config (its path, or the file already read): training
+            continues exactly where it stopped (weights, optimizer, AMP scaler, iteration, RNG states; the data order
+            is seeded per epoch). :meth:`TrainingCheckpoint.config` gives that run's config.
         overwrite: Replace the run an output folder already holds (its checkpoints, log and events).
 
     The output folder is locked while the run lasts; a folder that holds another run is refused unless ``resume``
@@ -78,28 +73,30 @@ def train(config: TrainConfig, *, resume: str | Path | None = None, overwrite: b
         >>> from perspective_unet.config import TrainConfig
         >>> result = train(TrainConfig(data="prepared/Synapse", output="runs/synapse"))  # doctest: +SKIP
     """
-    output = Path(config.output)
-    found = run_files(output)
+    folder = RunFolder(config.output)
+    found = [path.name for path in folder.results()]
     if found and resume is None and not overwrite:
         raise InputError(
-            f"{output} already holds a run ({', '.join(found)}); continue it with --resume "
-            f"{output / 'last.pt'}, choose another output folder, or pass --overwrite to replace it."
+            f"{folder.path} already holds a run ({', '.join(found)}); continue it with --resume "
+            f"{folder.last}, choose another output folder, or pass --overwrite to replace it."
         )
+    if resume is not None and not isinstance(resume, TrainingCheckpoint):
+        resume = TrainingCheckpoint.read(resume)
     ctx = DistributedContext.from_environment(config.device)
     if not ctx.is_main:
         return _train(config, resume, ctx)
-    with output_lock(output, "train"):
-        remove_stale_temporaries(output, STALE_PATTERNS)
+    with output_lock(folder.path, "train"):
+        remove_stale_temporaries(folder.path, STALE_PATTERNS)
         if overwrite and resume is None:
-            for path in (output / name for name in RUN_FILES + RUN_RECORDS):
+            for path in folder.records():
                 if path.is_dir():
                     shutil.rmtree(path)
-                elif path.exists():
+                else:
                     path.unlink()
         return _train(config, resume, ctx)
 
 
-def _train(config: TrainConfig, resume: str | Path | None, ctx: DistributedContext) -> TrainResult:
+def _train(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: DistributedContext) -> TrainResult:
     run = setup_run(config, resume, ctx)
     started = time.monotonic()
     try:
@@ -122,11 +119,11 @@ def _train(config: TrainConfig, resume: str | Path | None, ctx: DistributedConte
         # destroyed, its gloo destructor once waited forever for its threads (a worker left hanging after its run).
         run.model = run.core_model
         ctx.close()
-    best = run.output / "best.pt"
+    folder = RunFolder(run.output)
     return TrainResult(
         output=run.output,
-        last_checkpoint=run.output / "last.pt",
-        best_checkpoint=best if best.exists() else None,
+        last_checkpoint=folder.last,
+        best_checkpoint=folder.best if folder.best.exists() else None,
         epochs_completed=run.epochs_completed,
         iterations=run.iteration,
         best_val_dice=run.best_val_dice,
@@ -199,9 +196,9 @@ def _validate(run: TrainingRun, epoch: int, row: dict[str, Any]) -> bool:
     summary = evaluate_model(
         run.core_model,
         run.val_set,
+        run.plan,
+        InferenceSettings(batch_size=config.val_batch_size),
         num_classes=run.num_classes,
-        plan=run.plan,
-        batch_size=config.val_batch_size,
         protocols=("legacy",),
         ctx=run.ctx,
         progress=False,
@@ -229,11 +226,12 @@ def _save(run: TrainingRun, epoch: int, row: dict[str, Any], validated: bool, sa
         dataset_info=run.info,
         plan=run.plan,
     )
+    folder = RunFolder(run.output)
     if validated and (run.best_val_dice is None or row["val_mean_dice"] > run.best_val_dice):
         run.best_val_dice = payload["best_val_dice"] = row["val_mean_dice"]
-        atomic_torch_save(payload, run.output / "best.pt")
-    atomic_torch_save(payload, run.output / "last.pt")
-    append_log(run.output / "train_log.csv", row)
+        atomic_torch_save(payload, folder.best)
+    atomic_torch_save(payload, folder.last)
+    append_log(folder.train_log, row)
     if run.writer is not None:
         image, label, logits = sample
         run.writer.add_scalar("train/epoch_loss", row["train_loss"], run.iteration)

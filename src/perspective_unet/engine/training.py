@@ -1,5 +1,6 @@
-"""The pieces of a training run: what a run folder holds, resuming, the data, model and optimizer of a run, its
-checkpoints and logs. :mod:`perspective_unet.engine.train` puts them together in one loop that reads top to bottom.
+"""The pieces of a training run: resuming (a ``last.pt`` read once), the data, model and optimizer of a run, its
+checkpoints and logs (the run folder's layout: :class:`perspective_unet.runs.RunFolder`).
+:mod:`perspective_unet.engine.train` puts them together in one loop that reads top to bottom.
 """
 
 from __future__ import annotations
@@ -40,17 +41,14 @@ from perspective_unet.models.perspective_unet import check_input_size
 from perspective_unet.models.registry import create_model
 from perspective_unet.outputs import atomic_write
 from perspective_unet.plan import Plan
+from perspective_unet.runs import RunFolder
 
 __all__ = [
     "LOG_FIELDS",
-    "RUN_FILES",
-    "RUN_RECORDS",
-    "STALE_PATTERNS",
+    "TrainingCheckpoint",
     "TrainingRun",
     "append_log",
     "checkpoint_payload",
-    "resume_config",
-    "run_files",
     "setup_run",
 ]
 
@@ -121,11 +119,6 @@ def append_log(path: Path, row: dict[str, Any]) -> None:
         writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
 
 
-# What makes a folder a run (its results), and what --overwrite removes with them.
-RUN_FILES = ("last.pt", "best.pt", "train_log.csv")
-RUN_RECORDS = ("config.json", "tensorboard")
-# Temporary files a killed run leaves: this version's names, and the checkpoint temporaries of earlier versions.
-STALE_PATTERNS = (".tmp-*", ".last.pt.*.tmp", ".best.pt.*.tmp")
 # Settings a resumed run may change: where it runs and how long; everything else must stay what the run was.
 RESUME_MAY_CHANGE = (
     "data",
@@ -139,55 +132,70 @@ RESUME_MAY_CHANGE = (
 )
 
 
-def run_files(output: Path) -> list[str]:
-    """The files of a run present in ``output``."""
-    return [name for name in RUN_FILES if (output / name).exists()]
+@dataclass(frozen=True)
+class TrainingCheckpoint:
+    """A run's ``last.pt``, read once: the saved config, plan and state a resumed run continues from.
 
-
-def _saved_plan(resume: str | Path | None) -> Plan | None:
-    if resume is None:
-        return None
-    saved = load_checkpoint_file(resume).get("plan")
-    return None if saved is None else Plan.from_dict(saved)
-
-
-def resume_config(checkpoint: str | Path, given: dict[str, Any]) -> TrainConfig:
-    """The training config saved in a run's ``last.pt``, with the settings a resumed run may change.
-
-    Args:
-        checkpoint: The run's ``last.pt``; the run continues in its folder unless ``given`` names another output.
-        given: Settings given for the resumed run (from the command line and a ``--config`` file). A value equal to
-            the saved one is fine; ``data``, ``output``, ``device``, ``num_workers``, ``val_batch_size``,
-            ``log_every``, ``time_limit_minutes`` and ``max_iterations`` may change; ``epochs`` may rise (the poly
-            schedule then runs from the saved iteration to the new total, so the learning rate rises again); any
-            other difference is refused.
-
-    Raises:
-        InputError: The file is not a training checkpoint, or a given setting differs from the saved one.
+    Attributes:
+        path: The file.
+        state: Its content (on the CPU): weights, optimizer, scaler, counters, RNG states, config, plan.
     """
-    state = load_checkpoint_file(checkpoint)
-    if "train_config" not in state or "optimizer" not in state:
-        raise InputError(f"{checkpoint} is not a training checkpoint (last.pt) of this project; cannot resume from it.")
-    saved = TrainConfig.from_dict(dict(state["train_config"]))
-    # The run lives where its last.pt is now (a run folder may have been moved or copied since).
-    changes: dict[str, Any] = {"output": str(Path(checkpoint).parent)}
-    for name, value in given.items():
-        if value is None:
-            continue
-        merged = {**getattr(saved, name), **value} if isinstance(value, dict) else value
-        candidate = getattr(TrainConfig.from_dict({**saved.to_dict(), name: merged}), name)
-        current = getattr(saved, name)
-        if candidate == current:
-            continue
-        if name in RESUME_MAY_CHANGE or (name == "epochs" and candidate > current):
-            changes[name] = candidate
-            continue
-        hint = " (epochs may only rise)" if name == "epochs" else ""
-        raise InputError(
-            f"{name.replace('_', '-')} {candidate!r} differs from the run's saved {current!r} "
-            f"({checkpoint}){hint}; resume without it, or start a new run in another folder."
-        )
-    return dataclasses.replace(saved, **changes)
+
+    path: Path
+    state: dict[str, Any]
+
+    @classmethod
+    def read(cls, path: str | Path) -> TrainingCheckpoint:
+        """Read a training checkpoint.
+
+        Raises:
+            InputError: The file is unreadable, or not a training checkpoint (``last.pt``) of this project.
+        """
+        state = load_checkpoint_file(path)
+        if "train_config" not in state or "optimizer" not in state:
+            raise InputError(f"{path} is not a training checkpoint (last.pt) of this project; cannot resume from it.")
+        return cls(Path(path), state)
+
+    @property
+    def plan(self) -> Plan | None:
+        """The plan the run was trained with (None for runs written before plans existed)."""
+        saved = self.state.get("plan")
+        return None if saved is None else Plan.from_dict(saved)
+
+    def config(self, given: dict[str, Any]) -> TrainConfig:
+        """The training config saved in the checkpoint, with the settings a resumed run may change.
+
+        Args:
+            given: Settings given for the resumed run (from the command line and a ``--config`` file); the run
+                continues in the checkpoint's folder unless they name another output. A value equal to the saved one
+                is fine; ``data``, ``output``, ``device``, ``num_workers``, ``val_batch_size``, ``log_every``,
+                ``time_limit_minutes`` and ``max_iterations`` may change; ``epochs`` may rise (the poly schedule then
+                runs from the saved iteration to the new total, so the learning rate rises again); any other
+                difference is refused.
+
+        Raises:
+            InputError: A given setting differs from the saved one.
+        """
+        saved = TrainConfig.from_dict(dict(self.state["train_config"]))
+        # The run lives where its last.pt is now (a run folder may have been moved or copied since).
+        changes: dict[str, Any] = {"output": str(self.path.parent)}
+        for name, value in given.items():
+            if value is None:
+                continue
+            merged = {**getattr(saved, name), **value} if isinstance(value, dict) else value
+            candidate = getattr(TrainConfig.from_dict({**saved.to_dict(), name: merged}), name)
+            current = getattr(saved, name)
+            if candidate == current:
+                continue
+            if name in RESUME_MAY_CHANGE or (name == "epochs" and candidate > current):
+                changes[name] = candidate
+                continue
+            hint = " (epochs may only rise)" if name == "epochs" else ""
+            raise InputError(
+                f"{name.replace('_', '-')} {candidate!r} differs from the run's saved {current!r} "
+                f"({self.path}){hint}; resume without it, or start a new run in another folder."
+            )
+        return dataclasses.replace(saved, **changes)
 
 
 @dataclass
@@ -270,11 +278,9 @@ def _build_model(config: TrainConfig, plan: Plan, num_classes: int, device: torc
     return model.to(device)
 
 
-def _restore(run: TrainingRun, resume: str | Path) -> None:
+def _restore(run: TrainingRun, resume: TrainingCheckpoint) -> None:
     """Weights, optimizer, scaler, counters and random states of a ``last.pt``, exactly as they were."""
-    state = load_checkpoint_file(resume, map_location=run.device)
-    if "optimizer" not in state or "train_config" not in state:
-        raise InputError(f"{resume} is not a training checkpoint (last.pt) of this project; cannot resume from it.")
+    state = resume.state
     run.core_model.load_state_dict(state["model"])
     run.optimizer.load_state_dict(state["optimizer"])
     run.scaler.load_state_dict(state["scaler"])
@@ -286,10 +292,10 @@ def _restore(run: TrainingRun, resume: str | Path) -> None:
     run.epochs_completed = run.start_epoch
     set_rng_state(state["rng"])
     if run.ctx.is_main:
-        log.info("resumed from %s after epoch %d (iteration %d)", resume, run.start_epoch, run.iteration)
+        log.info("resumed from %s after epoch %d (iteration %d)", resume.path, run.start_epoch, run.iteration)
 
 
-def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedContext) -> TrainingRun:
+def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: DistributedContext) -> TrainingRun:
     """Data as the plan says, the model, loss and optimizer, the state of a resumed run, the run folder's records."""
     device = resolve_device(config.device, ctx.local_rank)
     seed_everything(config.seed + ctx.rank)
@@ -297,7 +303,7 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     info = layout.info
     if ctx.is_main:
         log.info("data %s: %s", config.data, layout.describe())
-    plan = _saved_plan(resume) or layout.plan_for_training(
+    plan = (resume.plan if resume is not None else None) or layout.plan_for_training(
         protocol=config.protocol,
         patch_size=config.img_size,
         batch_size=config.batch_size,
@@ -345,7 +351,8 @@ def setup_run(config: TrainConfig, resume: str | Path | None, ctx: DistributedCo
     )
     run.max_iterations = config.epochs * steps_per_epoch
     if ctx.is_main:
-        run.output.mkdir(parents=True, exist_ok=True)
-        atomic_write(run.output / "config.json", lambda path: path.write_text(json.dumps(config.to_dict(), indent=2)))
-        run.writer = SummaryWriter(str(run.output / "tensorboard"), purge_step=run.iteration if resume else None)
+        folder = RunFolder(run.output)
+        folder.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(folder.config, lambda path: path.write_text(json.dumps(config.to_dict(), indent=2)))
+        run.writer = SummaryWriter(str(folder.tensorboard), purge_step=run.iteration if resume else None)
     return run

@@ -1,4 +1,10 @@
-"""The project's own checkpoint: weights plus the full model config, so a file alone rebuilds its model."""
+"""The project's own checkpoint: weights plus the full model config, so a file alone rebuilds its model.
+
+:func:`load_checkpoint_file` is the one reader of ``.pt`` files (``weights_only=True``); :func:`model_from_checkpoint`
+rebuilds the model of what it read. :func:`perspective_unet.runs.load` uses both for every kind of model source and
+reads what inference needs beside the weights (:class:`~perspective_unet.models.inference_info.InferenceInfo`) from the
+same content, so a command reads each file once.
+"""
 
 from __future__ import annotations
 
@@ -16,15 +22,12 @@ from perspective_unet.config import ModelConfig
 from perspective_unet.errors import InputError
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.outputs import atomic_write
-from perspective_unet.plan import Plan
 
 __all__ = [
     "CHECKPOINT_FORMAT",
     "atomic_torch_save",
     "check_state_dict",
     "load_checkpoint_file",
-    "inference_info",
-    "load_for_inference",
     "load_model",
     "model_from_checkpoint",
     "save_model",
@@ -182,63 +185,3 @@ def model_from_checkpoint(
     model = PerspectiveUNet(config)
     model.load_state_dict(state, strict=strict)
     return model.to(map_location).eval()
-
-
-def load_for_inference(
-    checkpoint: str | os.PathLike[str], device: torch.device | str = "cpu"
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """The model of a checkpoint in eval mode, and what inference needs to know about its training.
-
-    Returns:
-        ``(model, info)`` where ``info`` holds ``plan`` (the :class:`~perspective_unet.plan.Plan` the model was
-        trained with, or None for checkpoints written before plans existed and converted released checkpoints),
-        ``img_size`` (the training size, 224x224 when the checkpoint does not say), ``dataset`` (class names,
-        modality and intensity normalization of the training data, when written by ``train``), ``epoch`` and
-        ``train_config`` (the training settings as saved, empty when not recorded).
-
-    Raises:
-        InputError: The checkpoint's plan is invalid, or asks for another number of input channels than the model has.
-    """
-    raw = load_checkpoint_file(checkpoint, map_location="cpu")
-    model = model_from_checkpoint(raw, checkpoint, map_location=device)
-    info = inference_info(
-        model, raw.get("plan"), raw.get("train_config") or {}, raw.get("dataset"), raw.get("epoch"), checkpoint
-    )
-    return model, info
-
-
-def inference_info(
-    model: PerspectiveUNet,
-    plan_data: Mapping[str, Any] | None,
-    train_config: Mapping[str, Any],
-    dataset: Mapping[str, Any] | None,
-    epoch: int | None,
-    origin: str | os.PathLike[str],
-) -> dict[str, Any]:
-    """The ``info`` of :func:`load_for_inference` from what a saved model records (``origin`` names it in errors).
-
-    Raises:
-        InputError: The plan is invalid, or asks for another number of input channels than the model has.
-    """
-    plan = None
-    if plan_data is not None:
-        try:
-            plan = Plan.from_dict(plan_data)
-        except (TypeError, ValueError) as exc:
-            raise InputError(
-                f"{origin} holds an invalid plan ({exc}); it was not written by this version of perspective-unet, or "
-                "it was edited."
-            ) from None
-        channels = model.config.in_channels
-        if channels != plan.in_channels and not model.config.repeat_gray_to_rgb:
-            raise InputError(
-                f"{origin}: its plan gives {plan.in_channels} input channel(s) (the slice and {plan.context_slices} "
-                f"context slices on each side) but its model takes {channels}; the file is inconsistent."
-            )
-    return {
-        "plan": plan,
-        "img_size": tuple(plan.patch_size if plan else train_config.get("img_size", (224, 224))),
-        "dataset": dict(dataset or {}),
-        "epoch": epoch,
-        "train_config": dict(train_config),
-    }

@@ -22,7 +22,12 @@ from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import load_checkpoint_file, save_model
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 
-__all__ = ["convert_official_checkpoint", "convert_official_state_dict", "load_official_checkpoint"]
+__all__ = [
+    "convert_official_checkpoint",
+    "convert_official_state_dict",
+    "is_official_state_dict",
+    "load_official_checkpoint",
+]
 
 # Applied in order to every released key; each rule rewrites a prefix or a name inside the key.
 _RENAMES: tuple[tuple[str, str], ...] = (
@@ -80,6 +85,15 @@ def _unwrap(state: Mapping[str, object]) -> dict[str, torch.Tensor]:
     return tensors
 
 
+def is_official_state_dict(data: Mapping[str, object]) -> bool:
+    """Whether a checkpoint's content is a state dict of the released implementation (its module names)."""
+    try:
+        keys = _unwrap(data)
+    except InputError:
+        return False
+    return any(key.startswith(("encoder.Encoder1.", "segmentation_head.")) for key in keys)
+
+
 def convert_official_state_dict(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Rename a released state dict to this project's module names.
 
@@ -134,6 +148,7 @@ def load_official_checkpoint(
     use_scsi: bool = True,
     num_classes: int | None = None,
     map_location: str | torch.device = "cpu",
+    origin: str | os.PathLike[str] | None = None,
     **config_overrides: Any,
 ) -> PerspectiveUNet:
     """Load a checkpoint saved by the authors' released implementation into an eval-mode model.
@@ -151,6 +166,7 @@ def load_official_checkpoint(
         use_scsi: ``False`` for a checkpoint trained without the cross-scale integrator.
         num_classes: Output classes; by default read from the head's weight.
         map_location: Device for the weights.
+        origin: The file a given state dict was read from, named in errors.
         **config_overrides: Any other ``ModelConfig`` field (dropout rates, ``fast_dropout``, ...).
 
     Returns:
@@ -164,7 +180,8 @@ def load_official_checkpoint(
         >>> model = load_official_checkpoint("epoch_599.pth")  # doctest: +SKIP
         >>> no_scsi = load_official_checkpoint("ablation.pth", use_scsi=False)  # doctest: +SKIP
     """
-    origin = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
+    if origin is None:
+        origin = str(source) if isinstance(source, (str, os.PathLike)) else "the given state dict"
     raw = load_checkpoint_file(source, map_location) if isinstance(source, (str, os.PathLike)) else source
     state = convert_official_state_dict(raw)
     if not use_bipath:

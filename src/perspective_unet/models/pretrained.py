@@ -12,9 +12,9 @@ MODEL/
 ```
 
 :func:`save_pretrained` writes the folder (all files or none); :func:`from_pretrained` rebuilds the model and
-:func:`load_pretrained_for_inference` also returns what prediction needs, as
-:func:`~perspective_unet.models.checkpoint.load_for_inference` does for a checkpoint. The loader never unpickles:
-config and labels are JSON, weights are safetensors, checked against the recorded hash before they are read.
+:func:`read_inference_info` reads what prediction needs beside it (:func:`perspective_unet.runs.load` does both for
+any ``--checkpoint``). The loader never unpickles: config and labels are JSON, weights are safetensors, checked
+against the recorded hash before they are read.
 """
 
 from __future__ import annotations
@@ -30,7 +30,8 @@ import torch
 
 from perspective_unet.config import ModelConfig
 from perspective_unet.errors import InputError
-from perspective_unet.models.checkpoint import check_state_dict, inference_info
+from perspective_unet.models.checkpoint import check_state_dict
+from perspective_unet.models.inference_info import DEFAULT_IMG_SIZE, InferenceInfo
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.outputs import text_writer, write_all
 from perspective_unet.plan import Plan
@@ -43,9 +44,9 @@ __all__ = [
     "from_pretrained",
     "inference_file_texts",
     "is_model_folder",
-    "load_pretrained_for_inference",
-    "read_inference_files",
+    "read_inference_info",
     "save_pretrained",
+    "write_model_folder",
 ]
 
 CONFIG_FILE = "config.json"
@@ -78,35 +79,23 @@ def labels_record(class_names: Sequence[str], colors: Sequence[Sequence[int]] | 
     }
 
 
-def preprocessing_record(plan: Plan | None, img_size: Sequence[int], dataset: Mapping[str, Any]) -> dict[str, Any]:
-    """``preprocessing.json``'s content: the plan (or the paper protocol's size) and the training data's description."""
-    keep = ("name", "modality", "normalization", "intensity", "orientation")
-    return {
-        "plan": plan.to_dict() if plan is not None else None,
-        "img_size": [int(s) for s in img_size],
-        "dataset": {k: dataset[k] for k in keep if k in dataset},
-    }
-
-
 def inference_file_texts(
-    num_classes: int,
-    plan: Plan | None,
-    img_size: Sequence[int],
-    dataset: Mapping[str, Any],
-    colors: Sequence[Sequence[int]] | None = None,
+    info: InferenceInfo, num_classes: int, colors: Sequence[Sequence[int]] | None = None
 ) -> dict[str, str]:
     """The texts of ``preprocessing.json`` and ``labels.json``, the files inference reads beside a model folder's
     weights or an ONNX graph: one form for both, so that a graph exported into a model folder recognizes its files.
 
     Raises:
-        ValueError: ``dataset`` names another number of classes than ``num_classes``.
+        ValueError: ``info`` names another number of classes than ``num_classes``.
     """
-    class_names = list(dataset.get("class_names") or [f"class_{i}" for i in range(num_classes)])
-    if len(class_names) != num_classes:
-        raise ValueError(f"{len(class_names)} class names for a model of {num_classes} classes.")
+    preprocessing = {
+        "plan": info.plan.to_dict() if info.plan is not None else None,
+        "img_size": list(info.img_size),
+        "dataset": info.dataset_record(),
+    }
     return {
-        PREPROCESSING_FILE: json.dumps(preprocessing_record(plan, img_size, dataset), indent=2) + "\n",
-        LABELS_FILE: json.dumps(labels_record(class_names, colors), indent=2) + "\n",
+        PREPROCESSING_FILE: json.dumps(preprocessing, indent=2) + "\n",
+        LABELS_FILE: json.dumps(labels_record(info.class_names_for(num_classes), colors), indent=2) + "\n",
     }
 
 
@@ -115,7 +104,7 @@ def save_pretrained(
     folder: str | os.PathLike[str],
     *,
     plan: Plan | None = None,
-    img_size: Sequence[int] = (224, 224),
+    img_size: Sequence[int] = DEFAULT_IMG_SIZE,
     dataset: Mapping[str, Any] | None = None,
     colors: Sequence[Sequence[int]] | None = None,
     card: str | None = None,
@@ -136,7 +125,24 @@ def save_pretrained(
 
     Raises:
         FileExistsError: ``folder`` holds a model's files and ``overwrite`` is False.
+        InputError: ``plan`` or ``dataset`` is invalid.
     """
+    info = InferenceInfo.from_record(
+        plan, dataset, "the plan or dataset given to save_pretrained", img_size=tuple(img_size)
+    )
+    return write_model_folder(model, folder, info, colors=colors, card=card, overwrite=overwrite)
+
+
+def write_model_folder(
+    model: PerspectiveUNet,
+    folder: str | os.PathLike[str],
+    info: InferenceInfo,
+    *,
+    colors: Sequence[Sequence[int]] | None = None,
+    card: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """:func:`save_pretrained` with the inference info as a value (what ``perspective-unet export`` writes)."""
     from safetensors.torch import save_file
 
     from perspective_unet import __version__
@@ -146,7 +152,7 @@ def save_pretrained(
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{folder / existing[0]} already exists; pass --overwrite to replace the model folder.")
-    inference_texts = inference_file_texts(model.config.num_classes, plan, img_size, dict(dataset or {}), colors)
+    inference_texts = inference_file_texts(info, model.config.num_classes, colors)
     folder.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = folder / f".{WEIGHTS_FILE}.staged"
@@ -186,12 +192,8 @@ def _read_json(path: Path) -> Any:
         raise InputError(f"{path} is not valid JSON ({exc}); the file is damaged or was edited.") from None
 
 
-def read_inference_files(folder: str | os.PathLike[str]) -> dict[str, Any]:
+def read_inference_info(folder: str | os.PathLike[str]) -> InferenceInfo:
     """What inference needs from ``preprocessing.json`` and ``labels.json`` in ``folder``, without the model.
-
-    Returns:
-        ``{"plan": Plan | None, "img_size": tuple, "dataset": dict with class_names, "epoch": None}`` (the plan as a
-        dict; :func:`~perspective_unet.models.checkpoint.inference_info` checks it against a model).
 
     Raises:
         InputError: A file is missing, not JSON, or holds the wrong fields (the message names it).
@@ -199,19 +201,9 @@ def read_inference_files(folder: str | os.PathLike[str]) -> dict[str, Any]:
     folder = Path(folder)
     preprocessing = _read_json(folder / PREPROCESSING_FILE)
     labels = _read_json(folder / LABELS_FILE)
-    try:
-        names = [str(labels[str(i)]["name"]) for i in range(len(labels))]
-        dataset = {**dict(preprocessing.get("dataset") or {}), "class_names": names}
-        return {
-            "plan": preprocessing.get("plan"),
-            "img_size": tuple(preprocessing["img_size"]),
-            "dataset": dataset,
-            "epoch": None,
-        }
-    except (KeyError, TypeError, AttributeError) as exc:
-        raise InputError(
-            f"{folder}: {PREPROCESSING_FILE} or {LABELS_FILE} lacks {exc}; export the model again."
-        ) from None
+    if not isinstance(preprocessing, dict) or not isinstance(labels, dict):
+        raise InputError(f"{folder}: {PREPROCESSING_FILE} and {LABELS_FILE} must hold JSON objects; export again.")
+    return InferenceInfo.from_files(preprocessing, labels, folder)
 
 
 def from_pretrained(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> PerspectiveUNet:
@@ -254,14 +246,3 @@ def from_pretrained(folder: str | os.PathLike[str], device: torch.device | str =
     model = PerspectiveUNet(config)
     model.load_state_dict(state)
     return model.to(device).eval()
-
-
-def load_pretrained_for_inference(
-    folder: str | os.PathLike[str], device: torch.device | str = "cpu"
-) -> tuple[PerspectiveUNet, dict[str, Any]]:
-    """A model folder's model and inference info, as :func:`~perspective_unet.models.checkpoint.load_for_inference`
-    returns them for a checkpoint."""
-    model = from_pretrained(folder, device)
-    files = read_inference_files(folder)
-    info = inference_info(model, files["plan"], {"img_size": files["img_size"]}, files["dataset"], None, folder)
-    return model, info

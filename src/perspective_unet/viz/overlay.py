@@ -1,8 +1,9 @@
 """Labels over images: colored overlays, the qualitative overlay grid figure, and the TensorBoard panel.
 
 ``save_overlay_grid`` draws the qualitative figure like the paper's (rows = slices; columns = image, label overlay,
-prediction overlay; a legend of class colors and names); ``overlay_from_files`` draws it from image, label and
-prediction files or a checkpoint.
+prediction overlay; a legend of class colors and names);
+:func:`perspective_unet.engine.figures.overlay_from_files` draws it from image, label and prediction files or a
+checkpoint.
 """
 
 from __future__ import annotations
@@ -10,7 +11,6 @@ from __future__ import annotations
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -25,10 +25,10 @@ from perspective_unet.viz.figure import (
     panel_shape,
     resize_nearest,
 )
-from perspective_unet.viz.palette import class_names_near, colorize, draw_legend, legend_rows
-from perspective_unet.viz.volumes import choose_slices, read_canonical, read_figure_image
+from perspective_unet.viz.palette import colorize, draw_legend, legend_rows
+from perspective_unet.viz.volumes import choose_slices
 
-__all__ = ["overlay", "overlay_from_files", "overlay_grid_size", "overlay_panel", "save_overlay_grid"]
+__all__ = ["overlay", "overlay_grid_size", "overlay_panel", "save_overlay_grid"]
 
 
 def _to_gray(image: np.ndarray, value_range: tuple[float, float] | None = None) -> np.ndarray:
@@ -178,114 +178,3 @@ def save_overlay_grid(
             figure.picture(resize_nearest(rgb, panel_h, panel_w), LEFT_PX + c * (panel_w + GAP_PX), y)
     draw_legend(figure, num_classes, class_names, HEADER_PX + len(slices) * (panel_h + GAP_PX))
     return figure.save(output)
-
-
-def overlay_from_files(
-    image: str | os.PathLike[str],
-    output: str | os.PathLike[str],
-    *,
-    label: str | os.PathLike[str] | None = None,
-    prediction: str | os.PathLike[str] | None = None,
-    checkpoint: str | os.PathLike[str] | None = None,
-    slices: Sequence[int] | None = None,
-    num_slices: int = 3,
-    class_names: Sequence[str] | None = None,
-    window: Sequence[float] | None = None,
-    mr_normalize: bool = False,
-    orientation: str | None = None,
-    device: str = "auto",
-    tta: bool = False,
-    panel_size: int = 256,
-) -> Path:
-    """The qualitative figure of image files: read, reorient, normalize, predict if asked, draw.
-
-    Args:
-        image: A NIfTI/DICOM/picture file (brought to the canonical orientation) or a prepared ``*.npy.h5`` volume
-            (whose ``label`` dataset is used when ``label`` is not given).
-        output: The figure file.
-        label: A label map on the image's grid, or None.
-        prediction: A predicted label map on the image's grid, or None.
-        checkpoint: Predict with this checkpoint instead of reading ``prediction`` (only the shown slices are
-            predicted when a label chooses them).
-        slices: Slice indices (canonical Z) to show; by default chosen by foreground.
-        num_slices: How many slices to choose.
-        class_names: Names by class id (background first); default the checkpoint's or the prepared dataset's.
-        window: CT window for the image (and the prediction); default the checkpoint's normalization.
-        mr_normalize: Per-volume MR normalization instead.
-        orientation: Canonical orientation of image files; default the checkpoint's, else ``"SPL"``.
-        device: Where the checkpoint runs.
-        tta: Flip test-time augmentation for the prediction.
-        panel_size: Panel height in pixels.
-
-    Example:
-        >>> overlay_from_files("prepared/test_vol_h5/case0001.npy.h5", "fig.png",
-        ...                    checkpoint="runs/synapse/best.pt")  # doctest: +SKIP
-    """
-    from perspective_unet.data.orientation import CANONICAL_ORIENTATION
-
-    if prediction is not None and checkpoint is not None:
-        raise ValueError("give either a prediction file or a checkpoint to predict with, not both.")
-    predictor = None
-    if checkpoint is not None:
-        from perspective_unet.engine.predictor import Predictor
-
-        predictor = Predictor.from_checkpoint(
-            checkpoint, device=device, window=window, mr_normalize=mr_normalize, orientation=orientation, tta=tta
-        )
-    orient = predictor.orientation if predictor is not None else (orientation or CANONICAL_ORIENTATION)
-    image_path = Path(image)
-    # A prepared volume's own label is read with its image, unless another label file replaces it.
-    volume, label_volume, spacing = read_figure_image(
-        image_path, predictor, orient, window, mr_normalize, with_label=label is None
-    )
-    if label is not None:
-        label_volume, _ = read_canonical(label, as_label=True, orientation=orient)
-    prediction_volume = None
-    if prediction is not None:
-        prediction_volume, _ = read_canonical(prediction, as_label=True, orientation=orient)
-    for name, other in (("label", label_volume), ("prediction", prediction_volume)):
-        if other is not None and other.shape != volume.shape:
-            raise InputError(
-                f"the {name} has canonical shape {other.shape} but the image {image} has {volume.shape}; "
-                "give files on the same voxel grid."
-            )
-    if predictor is not None:
-        prediction_volume, slices = _predict_shown(predictor, volume, spacing, label_volume, slices, num_slices, image)
-    names = class_names or (predictor.class_names if predictor is not None else None) or class_names_near(image_path)
-    return save_overlay_grid(
-        volume,
-        output,
-        label=label_volume,
-        prediction=prediction_volume,
-        slices=slices,
-        num_slices=num_slices,
-        class_names=names,
-        panel_size=panel_size,
-        value_range=(0.0, 1.0),
-    )
-
-
-def _predict_shown(
-    predictor: Any,
-    volume: np.ndarray,
-    spacing: tuple[float, ...] | None,
-    label: np.ndarray | None,
-    slices: Sequence[int] | None,
-    num_slices: int,
-    image: str | os.PathLike[str],
-) -> tuple[np.ndarray, list[int] | None]:
-    """The prediction of the slices the figure shows (zeros elsewhere), and those slices (None: still to choose).
-
-    Without given slices or a label to choose them, the whole volume is predicted and the prediction chooses.
-    """
-    if slices is None and label is None:
-        return predictor.predict_canonical(volume, spacing=spacing), None
-    chosen = [int(z) for z in slices] if slices is not None else choose_slices(label, num_slices)
-    bad = [z for z in chosen if not 0 <= z < volume.shape[0]]
-    if bad:
-        raise InputError(f"slice(s) {bad} outside 0..{volume.shape[0] - 1} of {image}; choose others.")
-    if predictor.plan.context_slices:  # a 2.5D model needs each chosen slice's neighbors
-        return predictor.predict_canonical(volume, spacing=spacing), chosen
-    prediction = np.zeros(volume.shape, dtype=np.uint8)
-    prediction[chosen] = predictor.predict_canonical(volume[chosen], spacing=spacing)
-    return prediction, chosen

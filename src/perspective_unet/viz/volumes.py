@@ -7,7 +7,7 @@ one reader of that format; NIfTI, DICOM and pictures with :func:`perspective_une
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import numpy as np
 
 from perspective_unet.data.layouts.files import load_h5
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import IntensitySpec, normalize_intensity, percentile_minmax
 
 __all__ = ["choose_slices", "is_prepared", "read_canonical", "read_figure_image"]
 
@@ -88,32 +89,29 @@ def _checked(volume: np.ndarray, path: Path, as_label: bool) -> np.ndarray:
 
 def read_figure_image(
     path: Path,
-    predictor: Any,
     orientation: str,
-    window: Sequence[float] | None,
-    mr_normalize: bool,
     *,
+    prepare: Callable[[np.ndarray, dict[str, Any]], np.ndarray] | None = None,
+    intensity: IntensitySpec | None = None,
     with_label: bool = True,
 ) -> tuple[np.ndarray, np.ndarray | None, tuple[float, ...] | None]:
     """The canonical image of a figure, with the label a prepared volume holds and its in-plane pixel spacing.
 
     Args:
         path: A prepared ``*.npy.h5`` volume (read once, image and label together) or an image file.
-        predictor: A :class:`perspective_unet.engine.predict.Predictor` whose normalization the image gets, or None.
         orientation: Canonical orientation code for image files.
-        window: CT window in HU when there is no predictor.
-        mr_normalize: Per-volume MR normalization when there is no predictor.
+        prepare: Turns the raw voxels and meta of ``read_image`` into the canonical stored volume as a model's
+            training data were (a predictor's ``prepare``); None normalizes for display.
+        intensity: Without ``prepare``: the stored range chosen by the user (a CT window, MR percentiles); None gives
+            pictures their type's range and anything else a robust percentile range, a readable contrast.
         with_label: Return (and check) the prepared volume's label; figures without a label column skip it.
 
     Returns:
-        The (Z, H, W) float32 image in [0, 1] (normalized as the model's training data, else for display), the
-        prepared volume's (Z, H, W) class ids (None for image files or without ``with_label``), and the
-        (row, column) spacing in mm when known.
+        The (Z, H, W) float32 image in [0, 1], the prepared volume's (Z, H, W) class ids (None for image files or
+        without ``with_label``), and the (row, column) spacing in mm when known.
     """
     from perspective_unet.data.io import read_image
     from perspective_unet.data.orientation import canonical_spacing, to_canonical
-    from perspective_unet.engine.predictor import normalize_intensity, resolve_intensity
-    from perspective_unet.intensity import percentile_minmax
 
     if is_prepared(path):
         _require_file(path)
@@ -125,13 +123,11 @@ def read_figure_image(
         return volume, label, in_plane
     array, meta = read_image(path)
     in_plane = canonical_spacing(meta, orientation)[1:]
-    if predictor is not None:
-        return predictor.prepare(array, meta), None, in_plane
-    spec = resolve_intensity({}, window=window, mr_normalize=mr_normalize)
-    if spec is None and meta.get("format") == "picture":
-        spec = {"kind": "picture"}
-    # Without a checkpoint or a window the figure only needs a readable contrast: a robust percentile range.
-    unit = normalize_intensity(array, spec, source=path) if spec else percentile_minmax(array)
+    if prepare is not None:
+        return prepare(array, meta), None, in_plane
+    if intensity is None and meta.get("format") == "picture":
+        intensity = IntensitySpec("picture")
+    unit = normalize_intensity(array, intensity, source=path) if intensity else percentile_minmax(array)
     return to_canonical(unit, meta, orientation), None, in_plane
 
 

@@ -32,10 +32,9 @@ from perspective_unet.data.layouts.files import FolderWriter, load_npz, save_npz
 from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.layouts.prepared import PreparedWriter
 from perspective_unet.data.layouts.raw import RawDataset, progress, read_pair, volume_attrs
-from perspective_unet.data.normalize import describe_mr, mr_normalize
 from perspective_unet.data.orientation import STORED_ORIENTATION
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import MR_PERCENTILES, IntensitySpec
+from perspective_unet.intensity import MR_PERCENTILES, IntensitySpec, describe_mr, percentile_minmax
 
 __all__ = [
     "ACDC_CLASS_NAMES",
@@ -148,7 +147,7 @@ class AcdcRaw(RawDataset):
                     label_path = _frame_file(folder, f"{stem}_gt")
                     pair = read_pair(image_path, label_path, range(len(ACDC_CLASS_NAMES)), STORED_ORIENTATION)
                     assert pair.label is not None
-                    image = mr_normalize(pair.image, MR_PERCENTILES)
+                    image = percentile_minmax(pair.image, MR_PERCENTILES)
                     case, attrs = f"case_{patient:03d}_{phase}", volume_attrs(pair, image_path.name)
                     if split == "train":
                         writer.add_train_volume(

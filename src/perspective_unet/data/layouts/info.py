@@ -18,12 +18,11 @@ Example:
 from __future__ import annotations
 
 import dataclasses
-import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from perspective_unet.intensity import MR_PERCENTILES, IntensitySpec
+from perspective_unet.intensity import IntensitySpec, recorded_intensity
 
 __all__ = ["IMG_FORMAT_VERSION", "SPLITS", "DatasetInfo"]
 
@@ -47,7 +46,6 @@ _ENTRIES = (
 )
 # What a checkpoint keeps of the description: what prediction needs later (classes, modality, intensities).
 _SUMMARY = ("name", "num_classes", "class_names", "modality", "normalization", *_ENTRIES[:4])
-_CT_TEXT = re.compile(r"HU clipped to \[\s*(-?[\d.]+(?:e[-+]?\d+)?)\s*,\s*(-?[\d.]+(?:e[-+]?\d+)?)\s*\]")
 
 
 @dataclass(frozen=True)
@@ -119,17 +117,7 @@ class DatasetInfo:
         The machine-readable ``intensity`` when recorded; for older descriptions the CT window written in the
         ``normalization`` text, per-image percentiles for MR, and the type range for 2D pictures.
         """
-        if self.intensity is not None:
-            return self.intensity
-        match = _CT_TEXT.search(self.normalization)
-        if match:
-            return IntensitySpec("ct_window", window=(float(match.group(1)), float(match.group(2))))
-        modality = self.modality.upper()
-        if modality.startswith("MR") or self.normalization.startswith("MR"):
-            return IntensitySpec("percentile_minmax", percentiles=MR_PERCENTILES)
-        if modality == "2D":
-            return IntensitySpec("picture")
-        return None
+        return recorded_intensity(self.intensity, self.normalization, self.modality)
 
     def to_dict(self) -> dict[str, Any]:
         """``dataset.json``'s content, key for key as the prepared writer has always written it."""

@@ -11,7 +11,7 @@ RAW/
 Volumes are reoriented to the canonical axial orientation (``"SPL"``, see ``io.to_canonical``; ``"stored"`` keeps
 the acquisition's slice axis) and cut into slices. Normalization: CT (``channel_names`` says "CT") by a HU window,
 given or taken from the 0.5th / 99.5th percentiles of the training cases' foreground (nnU-Net's rule); any other
-modality per volume (see ``normalize.mr_normalize``). The cases of ``imagesTr`` get a seeded case-level split.
+modality per volume (see ``intensity.percentile_minmax``). The cases of ``imagesTr`` get a seeded case-level split.
 A ``file_ending`` of a 2D picture format (``.png``, ...) gives a 2D dataset (see ``folder2d``).
 
 A folder without ``dataset.json`` but with ``images/`` and ``masks/`` (or ``labels/``) is read as a plain 2D
@@ -45,11 +45,18 @@ from perspective_unet.data.layouts.raw import (
     volume_attrs,
     warn_if_all_background,
 )
-from perspective_unet.data.normalize import describe_ct_window, describe_mr, mr_normalize, percentile_window
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.splits import split_cases
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import MR_PERCENTILES, IntensitySpec, ct_window
+from perspective_unet.intensity import (
+    MR_PERCENTILES,
+    IntensitySpec,
+    ct_window,
+    describe_ct_window,
+    describe_mr,
+    percentile_minmax,
+    percentile_window,
+)
 from perspective_unet.outputs import read_json
 
 __all__ = ["NnUNetRaw", "channel_files", "prepare_nnunet"]
@@ -229,7 +236,7 @@ class NnUNetRaw(RawDataset):
             for split in ("train", "val", "test"):
                 for case in progress(splits[split], f"{split} cases"):
                     pair = read(case)
-                    image = ct_window(pair.image, window) if self.is_ct else mr_normalize(pair.image, percentiles)
+                    image = ct_window(pair.image, window) if self.is_ct else percentile_minmax(pair.image, percentiles)
                     attrs = volume_attrs(pair, by_case[case][0].name)
                     if split == "train":
                         assert pair.label is not None

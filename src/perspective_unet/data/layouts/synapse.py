@@ -35,9 +35,8 @@ from perspective_unet.data.layouts.files import VOLUME_SUFFIX, FolderWriter, sav
 from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.layouts.prepared import PreparedWriter
 from perspective_unet.data.layouts.raw import RawDataset, progress, read_pair, volume_attrs
-from perspective_unet.data.normalize import describe_ct_window
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import SYNAPSE_HU_WINDOW, IntensitySpec, ct_window
+from perspective_unet.intensity import SYNAPSE_HU_WINDOW, IntensitySpec, ct_window, describe_ct_window
 
 __all__ = [
     "SYNAPSE_CLASS_NAMES",

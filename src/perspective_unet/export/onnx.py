@@ -1,14 +1,12 @@
-"""``perspective-unet export``: a trained model as a model folder (safetensors, no pickle) or as ONNX.
+"""``perspective-unet export --format onnx``: a trained model as an ONNX graph that checks itself.
 
-The ONNX export checks itself: ONNX Runtime's logits against PyTorch's on two input sizes and two batch sizes.
+ONNX Runtime's logits are compared with PyTorch's on two input sizes and two batch sizes before anything is written.
 Beside ``model.onnx`` go ``preprocessing.json`` and ``labels.json``, so that ``predict --onnx`` sees new scans as the
 training data were seen.
 """
 
 from __future__ import annotations
 
-import json
-import logging
 import os
 import warnings
 from collections.abc import Sequence
@@ -20,124 +18,18 @@ import numpy as np
 import torch
 
 from perspective_unet.errors import InputError
-from perspective_unet.models.ensemble import load_source_for_inference, resolve_checkpoints
+from perspective_unet.export.folder import class_colors, exported_model
+from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.models.perspective_unet import PerspectiveUNet
-from perspective_unet.models.pretrained import inference_file_texts, save_pretrained
+from perspective_unet.models.pretrained import inference_file_texts
 from perspective_unet.outputs import text_writer, write_all
 
-__all__ = ["OnnxParity", "export_folder", "export_onnx", "model_card"]
-
-log = logging.getLogger(__name__)
+__all__ = ["ONNX_OPSET", "PARITY_TOLERANCE", "OnnxParity", "export_onnx"]
 
 # Opset 18: supported by ONNX Runtime's CPU provider for every operator the model uses.
 ONNX_OPSET = 18
 # The export is accepted when ONNX Runtime's logits are this close to PyTorch's, relative to the largest logit.
 PARITY_TOLERANCE = 1e-4
-
-
-def _load(source: str | os.PathLike[str]) -> tuple[PerspectiveUNet, dict[str, Any], Path]:
-    paths = resolve_checkpoints(source)
-    if len(paths) != 1:
-        raise InputError(f"{source} stands for {len(paths)} checkpoints; export one model at a time.")
-    model, info = load_source_for_inference(paths[0])
-    return model, info, paths[0]
-
-
-def _palette(num_classes: int) -> list[list[int]]:
-    from perspective_unet.viz.palette import class_color
-
-    return [[int(c) for c in class_color(i)] for i in range(num_classes)]
-
-
-def _evaluation_of(checkpoint: Path) -> dict[str, Any] | None:
-    """The evaluation summary a run folder holds beside its checkpoint, if any."""
-    for name in ("evaluation", "eval"):
-        path = checkpoint.parent / name / "summary.json"
-        if path.is_file():
-            try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
-                return None
-    return None
-
-
-def model_card(model: PerspectiveUNet, info: dict[str, Any], checkpoint: Path, training: dict[str, Any]) -> str:
-    """A Markdown model card: architecture, training data and recipe as recorded, metrics if the run was evaluated."""
-    config = model.config
-    dataset = info.get("dataset") or {}
-    plan = info.get("plan")
-    parameters = sum(p.numel() for p in model.parameters())
-    lines = [
-        "# Perspective+ Unet model",
-        "",
-        "Perspective+ Unet (Hu et al., MICCAI 2024): a bi-path residual encoder, efficient non-local transformer "
-        "blocks and a spatial cross-scale integrator in a U-Net. Load it with "
-        "`perspective_unet.from_pretrained(folder)` or give the folder to any `--checkpoint`.",
-        "",
-        "## Architecture",
-        "",
-        f"- widths {list(config.widths)}, {parameters / 1e6:.2f} M parameters, {config.in_channels} input channel(s), "
-        f"{config.num_classes} classes",
-        f"- BPRB {'on' if config.use_bipath else 'off'}, ENLTB {'on' if config.use_enltb else 'off'}, SCSI "
-        f"{'on' if config.use_scsi else 'off'} (attention: {config.scsi_attention})",
-        "",
-        "## Training data (as recorded)",
-        "",
-        f"- dataset: {dataset.get('name', 'not recorded')}; modality {dataset.get('modality', 'not recorded')}",
-        f"- intensity normalization: {dataset.get('normalization', 'not recorded')}",
-        f"- classes: {', '.join(dataset.get('class_names') or []) or 'not recorded'}",
-        "",
-        "## Recipe",
-        "",
-    ]
-    if plan is not None:
-        lines.append(
-            f"- protocol {plan.protocol}, patch {plan.patch_size[0]}x{plan.patch_size[1]}"
-            + (f", spacing {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm" if plan.spacing else "")
-            + f", {plan.context_slices} context slice(s) on each side"
-        )
-    keys = ("model", "epochs", "batch_size", "optimizer", "base_lr", "seed", "fold", "augment")
-    recipe = ", ".join(f"{k} {training[k]}" for k in keys if training.get(k) is not None)
-    lines += [f"- {recipe}" if recipe else "- training settings not recorded", ""]
-    evaluation = _evaluation_of(checkpoint)
-    lines += ["## Evaluation", ""]
-    if evaluation:
-        lines.append(
-            f"Split {evaluation.get('split', '?')}, {evaluation.get('num_cases', '?')} case(s), metric "
-            f"protocol {evaluation.get('protocol', '?')} (HD95 in {evaluation.get('hd95_units', '?')}): mean "
-            f"Dice {100 * evaluation['mean_dice']:.2f}, mean HD95 {evaluation['mean_hd95']:.2f}."
-        )
-        for name, values in (evaluation.get("per_class") or {}).items():
-            if values.get("dice") is not None:
-                lines.append(f"- {name}: Dice {100 * values['dice']:.2f}")
-    else:
-        lines.append("No evaluation found beside the checkpoint (`perspective-unet evaluate` writes one).")
-    license_text = dataset.get("license", "not recorded")
-    lines += [
-        "",
-        "## License",
-        "",
-        f"Weights: as the training data's terms allow ({license_text}). Code: Apache-2.0 (perspective-unet).",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def export_folder(
-    checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], *, overwrite: bool = False
-) -> Path:
-    """Write a checkpoint (or model folder) as a model folder with a model card."""
-    model, info, path = _load(checkpoint)
-    return save_pretrained(
-        model,
-        output,
-        plan=info["plan"],
-        img_size=info["img_size"],
-        dataset=info["dataset"],
-        colors=_palette(model.config.num_classes),
-        card=model_card(model, info, path, info["train_config"]),
-        overwrite=overwrite,
-    )
 
 
 @dataclass(frozen=True)
@@ -152,10 +44,10 @@ class OnnxParity:
         return self.relative_difference <= PARITY_TOLERANCE
 
 
-def _check_sizes(model: PerspectiveUNet, info: dict[str, Any]) -> list[tuple[int, int, int, int]]:
+def _check_sizes(model: PerspectiveUNet, info: InferenceInfo) -> list[tuple[int, int, int, int]]:
     """Two sizes (the plan's and another multiple of the size divisor) at batch 1 and 2."""
     divisor = model.config.size_divisor
-    height, width = (int(s) for s in info["img_size"])
+    height, width = info.img_size
     other = (max(divisor, height - 2 * divisor), width + divisor)
     channels = model.config.in_channels
     return [(1, channels, height, width), (2, channels, *other)]
@@ -193,7 +85,8 @@ def export_onnx(
         raise InputError(f"{output}: the ONNX file's name must end in .onnx.")
     if output.exists() and not overwrite:
         raise FileExistsError(f"{output} already exists; pass --overwrite to replace it.")
-    model, info, _ = _load(checkpoint)
+    loaded = exported_model(checkpoint)
+    model, info = loaded.model, loaded.info
     if model.batch_dependent:
         raise InputError(
             "this model's SCSI attention runs across the batch (scsi_attention='released'): its output "
@@ -238,9 +131,7 @@ def export_onnx(
             )
 
     parities: list[OnnxParity] = []
-    texts = inference_file_texts(
-        model.config.num_classes, info["plan"], info["img_size"], info["dataset"], _palette(model.config.num_classes)
-    )
+    texts = inference_file_texts(info, model.config.num_classes, class_colors(model.config.num_classes))
     writers: dict[Path, Any] = {output: write_onnx}
     for name, text in texts.items():
         path = output.parent / name

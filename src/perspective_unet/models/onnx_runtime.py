@@ -1,23 +1,22 @@
 """An exported ONNX model run by ONNX Runtime, behind the interface the predict path uses for a torch model.
 
 :class:`OnnxRuntimeModel` is a ``torch.nn.Module`` whose forward hands the batch to an ONNX Runtime session and
-returns the logits as a tensor, so :class:`~perspective_unet.engine.predictor.Predictor` and everything below it
-(paper and spacing protocols, sliding windows, mirroring, writing label maps) run unchanged without PyTorch's model.
+returns the logits as a tensor, so the predict path (paper and spacing protocols, sliding windows, mirroring, writing
+label maps) runs unchanged without PyTorch's model. :func:`perspective_unet.runs.load` builds it for an ``.onnx``
+source, with the inference info of the ``preprocessing.json`` and ``labels.json`` beside the graph.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import torch
 
 from perspective_unet.errors import InputError
-from perspective_unet.models.checkpoint import inference_info
-from perspective_unet.models.pretrained import LABELS_FILE, PREPROCESSING_FILE, read_inference_files
+from perspective_unet.models.pretrained import LABELS_FILE
 
-__all__ = ["OnnxRuntimeModel", "load_onnx_for_inference"]
+__all__ = ["OnnxRuntimeModel"]
 
 
 class _Config:
@@ -66,29 +65,3 @@ class OnnxRuntimeModel(torch.nn.Module):
                 f"{self.config.num_classes}; export the model again."
             )
         return torch.from_numpy(logits).to(x.device)
-
-
-def load_onnx_for_inference(
-    path: str | os.PathLike[str], threads: int | None = None
-) -> tuple[torch.nn.Module, dict[str, Any]]:
-    """An ONNX file as a model with the inference info of the files beside it (``preprocessing.json``,
-    ``labels.json``), as :func:`~perspective_unet.models.checkpoint.load_for_inference` returns a checkpoint's.
-
-    Raises:
-        InputError: The file is missing or unreadable, or its preprocessing files are missing or damaged (the
-            message names the file).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise InputError(f"{path} does not exist; export a model with `perspective-unet export --format onnx`.")
-    folder = path.parent
-    for name in (PREPROCESSING_FILE, LABELS_FILE):
-        if not (folder / name).is_file():
-            raise InputError(
-                f"{folder / name} is missing: predict --onnx needs the preprocessing files that "
-                "`perspective-unet export --format onnx` writes beside the .onnx file."
-            )
-    files = read_inference_files(folder)
-    model = OnnxRuntimeModel(path, len(files["dataset"]["class_names"]), threads)
-    info = inference_info(model, files["plan"], {"img_size": files["img_size"]}, files["dataset"], None, path)  # type: ignore[arg-type]
-    return model, info
