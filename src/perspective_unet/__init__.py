@@ -15,7 +15,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from perspective_unet.version import __version__
 
 # Each public name and the module it is read from; "metrics" is the module itself. The model names come from the
 # ``models`` package, whose own __init__ says which file defines each.

@@ -7,7 +7,7 @@ import argparse
 import dataclasses
 from typing import TYPE_CHECKING, Any
 
-from perspective_unet import __version__
+from perspective_unet.version import __version__
 
 if TYPE_CHECKING:  # the settings' module imports torch, which --help must not wait for
     from perspective_unet.engine.inference_settings import InferenceSettings

@@ -145,7 +145,7 @@ def write_model_folder(
     """:func:`save_pretrained` with the inference info as a value (what ``perspective-unet export`` writes)."""
     from safetensors.torch import save_file
 
-    from perspective_unet import __version__
+    from perspective_unet.version import __version__
 
     folder = Path(folder)
     names = [CONFIG_FILE, WEIGHTS_FILE, PREPROCESSING_FILE, LABELS_FILE, *([CARD_FILE] if card is not None else [])]
