@@ -137,8 +137,13 @@ class FolderWriter:
     def __enter__(self: _Writer) -> _Writer:
         self.out.parent.mkdir(parents=True, exist_ok=True)
         self.tmp.mkdir(parents=True)
-        for sub in self.folders:
-            (self.tmp / sub).mkdir(parents=True)
+        try:
+            for sub in self.folders:
+                (self.tmp / sub).mkdir(parents=True)
+        except BaseException:
+            # __exit__ does not run when __enter__ fails, and an interrupt (SIGTERM) can land right here.
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            raise
         return self
 
     def __exit__(
