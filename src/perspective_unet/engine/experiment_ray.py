@@ -1,0 +1,115 @@
+"""The Ray executor of ``experiment run``: each run a Ray task with its GPUs and CPUs, on a Ray cluster or on a Ray
+instance started on this machine for the experiment.
+
+A task runs :func:`~perspective_unet.engine.experiment_run.execute_run` for its run. Ray places the tasks on nodes
+with the resources free; a task whose worker or node dies is retried (``max_requeues`` times) and resumes from the
+run's ``last.pt``. The nodes must have this package installed and see the experiment folder and the data at the same
+paths (a shared file system).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+import ray
+
+from perspective_unet.config.experiment import ExecutorSettings
+from perspective_unet.engine.experiment_folder import LOGS_DIR, RunStatus, release_lock_of, write_job, write_status
+from perspective_unet.engine.experiment_run import RunJob, RunOutcome, execute_run, report_outcome
+from perspective_unet.errors import InputError
+
+__all__ = ["run_on_ray"]
+
+log = logging.getLogger(__name__)
+
+
+def _job_id(task_id: str) -> str:
+    # A task id's first 16 hex digits are its own; the rest names the job the task belongs to.
+    return f"ray-{task_id[:16]}"
+
+
+def _run_task(job: RunJob) -> RunOutcome:
+    return execute_run(job, _job_id(ray.get_runtime_context().get_task_id()))
+
+
+def _connect(settings: ExecutorSettings) -> bool:
+    """Join the cluster at ``settings.address``, or start a local instance; returns whether one was started here.
+
+    A Ray already initialized in this process (by the caller of :func:`run_on_ray`) is used as it is.
+    """
+    if ray.is_initialized():
+        return False
+    if settings.address is not None:
+        ray.init(address=settings.address)
+        return False
+    # A local instance serves this machine only: its services listen on the loopback address.
+    ray.init(include_dashboard=False, _node_ip_address="127.0.0.1")
+    return True
+
+
+def _check_resources(settings: ExecutorSettings, started: bool) -> None:
+    """A run must fit on the cluster; an instance started here cannot grow, so there a misfit is an error."""
+    have = ray.cluster_resources()
+    for key, need, option in (("GPU", settings.gpus_per_run, "gpus"), ("CPU", settings.cpus_per_run, "cpus")):
+        if need <= have.get(key, 0):
+            continue
+        message = f"each run asks for {need} {key}(s) (--{option}-per-run) but the Ray cluster has {have.get(key, 0):g}"
+        if started:
+            hint = " (--gpus-per-run 0 trains on CPUs)" if key == "GPU" else ""
+            raise InputError(f"{message}; ask for fewer{hint}.")
+        log.warning("%s; the runs wait until the cluster has them.", message)
+
+
+def run_on_ray(jobs: Sequence[RunJob], settings: ExecutorSettings, root: Path, name: str) -> list[RunOutcome]:
+    """Run one Ray task per run and wait for them; returns their outcomes as they end.
+
+    Interrupting the wait (Ctrl-C) cancels the tasks: each run stops as on Ctrl-C and resumes on the next
+    ``experiment run``.
+    """
+    if not jobs:
+        return []
+    started = _connect(settings)
+    try:
+        _check_resources(settings, started)
+        task = ray.remote(
+            num_cpus=settings.cpus_per_run, num_gpus=settings.gpus_per_run, max_retries=settings.max_requeues
+        )(_run_task)
+        pending = {task.options(name=f"{name}/{job.run.label}").remote(job): job for job in jobs}
+        for ref, job in pending.items():
+            write_job(job.folder, "ray", _job_id(ref.task_id().hex()))
+        log.info("started %d Ray task(s) on %s", len(pending), settings.address or "a local Ray instance")
+        return _gather(pending)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def _gather(pending: dict[ray.ObjectRef, RunJob]) -> list[RunOutcome]:
+    outcomes = []
+    waiting = list(pending)
+    try:
+        while waiting:
+            done, waiting = ray.wait(waiting, num_returns=1)
+            for ref in done:
+                outcome = _outcome(ref, pending[ref])
+                report_outcome(outcome)
+                outcomes.append(outcome)
+    except KeyboardInterrupt:
+        for ref in waiting:
+            ray.cancel(ref)
+        raise
+    return outcomes
+
+
+def _outcome(ref: ray.ObjectRef, job: RunJob) -> RunOutcome:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayError as exc:  # the task ended without a result: its worker or node died, retries spent
+        first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
+        job_id = _job_id(ref.task_id().hex())
+        message = f"task {job_id} ended without a result ({first}); see {job.folder / LOGS_DIR / job_id}.log"
+        release_lock_of(job.folder, job_id)
+        write_status(job.folder, RunStatus("failed", "ray", job_id, message=message))
+        return RunOutcome(job.run.label, "failed", message)
