@@ -161,6 +161,17 @@ def test_a_missing_cluster_package_is_one_line_and_nothing_is_written(
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.slow
+def test_a_local_ray_instance_refuses_runs_it_has_no_room_for_before_writing_anything(tiny_dataset, tmp_path):
+    import ray
+
+    assert not ray.is_initialized()
+    settings = ExecutorSettings(name="ray", gpus_per_run=64, cpus_per_run=1)  # more than any one machine has
+    with pytest.raises(InputError, match=r"each run asks for 64 GPU\(s\) \(--gpus-per-run\) but the Ray cluster has"):
+        run_experiment(_grid(tiny_dataset), tmp_path / "out", executor=settings)
+    assert not (tmp_path / "out").exists() and not ray.is_initialized(), "the instance started for it was stopped"
+
+
 def test_executor_settings_come_from_the_file_under_the_command_line_and_are_checked(tiny_dataset, tmp_path, capsys):
     path = tmp_path / "grid.yaml"
     grid = _grid(tiny_dataset).to_dict()

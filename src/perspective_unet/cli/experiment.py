@@ -4,8 +4,9 @@ cluster or a Ray cluster, follow it, and report on it."""
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
-from perspective_unet.config.experiment import EXECUTORS, SLURM_CLUSTERS
+from perspective_unet.config.experiment import EXECUTORS, SLURM_CLUSTERS, ExecutorSettings
 
 # Command-line option -> field of the experiment file's ``executor:`` block.
 _EXECUTOR_OPTIONS = {
@@ -18,6 +19,7 @@ _EXECUTOR_OPTIONS = {
     "slurm_cluster": "slurm_cluster",
     "address": "address",
 }
+_DEFAULTS = {item.name: item.default for item in dataclasses.fields(ExecutorSettings)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -34,7 +36,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     commands = parser.add_subparsers(dest="experiment_command", metavar="{run,status,report}")
     commands.required = True
     _register_run(commands)
-    status_parser = commands.add_parser("status", help="where each run of an experiment folder stands")
+    status_parser = commands.add_parser(
+        "status",
+        help="where each run of an experiment folder stands",
+        description="Each run as waiting, running (its job, host, process and epoch), finished (its mean Dice), "
+        "interrupted or failed (the error's line), read from the run folders, whatever the executor.",
+    )
     status_parser.add_argument("folder", help="the experiment folder `experiment run` writes")
     status_parser.set_defaults(func=status)
     report_parser = commands.add_parser("report", help="tables, tests and box plots of an experiment folder")
@@ -67,14 +74,25 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
         "each run's configured device)",
     )
     cluster = parser.add_argument_group("slurm and ray (default: the file's executor block, else the value shown)")
-    cluster.add_argument("--gpus-per-run", type=int, metavar="N", help="GPUs each run's job or task asks for (1)")
-    cluster.add_argument("--cpus-per-run", type=int, metavar="N", help="CPU cores each run's job or task asks for (4)")
+    cluster.add_argument(
+        "--gpus-per-run",
+        type=int,
+        metavar="N",
+        help=f"GPUs each run's job or task asks for ({_DEFAULTS['gpus_per_run']})",
+    )
+    cluster.add_argument(
+        "--cpus-per-run",
+        type=int,
+        metavar="N",
+        help=f"CPU cores each run's job or task asks for ({_DEFAULTS['cpus_per_run']})",
+    )
     cluster.add_argument("--partition", help="SLURM partition (the cluster's default)")
     cluster.add_argument(
         "--time-limit",
         type=int,
         metavar="MINUTES",
-        help="SLURM time limit of each job; a job that reaches it is requeued and resumes (1440)",
+        help="SLURM time limit of each job; a job that reaches it is requeued and resumes "
+        f"({_DEFAULTS['time_limit_minutes']})",
     )
     cluster.add_argument(
         "--array-parallelism", type=int, metavar="N", help="SLURM: how many of the runs' jobs run at once"
@@ -83,7 +101,7 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
         "--slurm-cluster",
         choices=SLURM_CLUSTERS,
         help="slurm: submit with sbatch; local: run the same jobs through submitit on this machine, to try a setup "
-        "without a cluster (slurm)",
+        f"without a cluster ({_DEFAULTS['slurm_cluster']})",
     )
     cluster.add_argument(
         "--address", help="Ray cluster to join, e.g. auto or ray://head:10001 (default: a local Ray instance)"
@@ -92,8 +110,6 @@ def _register_run(commands: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import dataclasses
-
     from perspective_unet.config.experiment import ExperimentConfig
     from perspective_unet.engine.experiment import run_experiment
 

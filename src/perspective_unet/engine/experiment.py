@@ -15,13 +15,14 @@ schedule nothing themselves.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib
 import logging
 import multiprocessing
 import os
 import queue
-from collections.abc import Callable, Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
@@ -35,11 +36,11 @@ from perspective_unet.engine.experiment_folder import (
     check_run,
     write_status,
 )
-from perspective_unet.engine.experiment_run import RunJob, RunOutcome, execute_run, report_outcome
+from perspective_unet.engine.experiment_run import RunJob, RunJobs, RunOutcome, execute_run, report_outcome
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import atomic_write, lock_holder, output_lock
 
-__all__ = ["EXPERIMENT_LOCK", "check_runs", "run_experiment"]
+__all__ = ["EXPERIMENT_LOCK", "check_runs", "executor_session", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -68,9 +69,23 @@ def check_runs(experiment: ExperimentConfig, root: Path) -> list[RunCheck]:
     return checks
 
 
-def _cluster_executor(settings: ExecutorSettings) -> Callable[..., list[RunOutcome]]:
-    """The adapter of a cluster executor; its engine's package is imported now, so a missing one stops the command
-    before anything is written."""
+@contextlib.contextmanager
+def executor_session(
+    settings: ExecutorSettings, root: Path, name: str, devices: Sequence[str] | None = None
+) -> Iterator[RunJobs]:
+    """The executor ready to run jobs: its package imported, its cluster reached and checked (so a missing package,
+    no ``sbatch`` or a Ray cluster without the resources a run asks for stop the command before anything is
+    written), and released at the end.
+
+    Raises:
+        InputError: The executor cannot run the experiment's jobs here (the message says what to do).
+    """
+    if settings.name == "local":
+        if devices and len(devices) > 1:
+            yield lambda jobs: _run_in_parallel(jobs, devices)
+        else:
+            yield _run_one_after_another
+        return
     package = _PACKAGES[settings.name]
     try:
         importlib.import_module(package)
@@ -79,12 +94,11 @@ def _cluster_executor(settings: ExecutorSettings) -> Callable[..., list[RunOutco
             f"--executor {settings.name} needs the {package} package, which is not installed; {_INSTALL}."
         ) from None
     if settings.name == "slurm":
-        from perspective_unet.engine.experiment_slurm import run_on_slurm
-
-        return run_on_slurm
-    from perspective_unet.engine.experiment_ray import run_on_ray
-
-    return run_on_ray
+        from perspective_unet.engine.experiment_slurm import slurm_session as session
+    else:
+        from perspective_unet.engine.experiment_ray import ray_session as session
+    with session(settings, root, name) as run_jobs:
+        yield run_jobs
 
 
 def run_experiment(
@@ -118,11 +132,15 @@ def run_experiment(
     experiment = dataclasses.replace(experiment, executor=settings)
     if devices and settings.name != "local":
         raise InputError(f"--devices is for the local executor; --executor {settings.name} places runs itself.")
-    run_jobs = None if settings.name == "local" else _cluster_executor(settings)
     root = Path(output)
     runs = experiment.runs()
     checks = check_runs(experiment, root)
-    with output_lock(root, "experiment run", name=EXPERIMENT_LOCK):
+    # With every run finished no cluster is reached: the report is ready.
+    unfinished = settings if any(c.state != "finished" for c in checks) else ExecutorSettings()
+    with (
+        executor_session(unfinished, root, experiment.name, devices) as run_jobs,
+        output_lock(root, "experiment run", name=EXPERIMENT_LOCK),
+    ):
         text = yaml.safe_dump(experiment.self_contained().to_dict(), sort_keys=False)
         atomic_write(root / EXPERIMENT_FILE, lambda path: path.write_text(text))
         device = devices[0] if devices and len(devices) == 1 else None
@@ -130,13 +148,7 @@ def run_experiment(
         outcomes = _hand_over(jobs, checks)
         jobs = [job for job in jobs if job.run.label not in outcomes]
         log.info("experiment %s: %d runs, %d to do (%s executor)", experiment.name, len(runs), len(jobs), settings.name)
-        if run_jobs is not None:
-            done = run_jobs(jobs, settings, root, experiment.name)
-        elif devices and len(devices) > 1:
-            done = _run_in_parallel(jobs, devices)
-        else:
-            done = _run_one_after_another(jobs)
-        outcomes.update({outcome.label: outcome for outcome in done})
+        outcomes.update({outcome.label: outcome for outcome in run_jobs(jobs)})
     return [outcomes[run.label] for run in runs]
 
 

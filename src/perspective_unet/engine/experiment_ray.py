@@ -9,18 +9,19 @@ paths (a shared file system).
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import ray
 
 from perspective_unet.config.experiment import ExecutorSettings
 from perspective_unet.engine.experiment_folder import LOGS_DIR, RunStatus, release_lock_of, write_job, write_status
-from perspective_unet.engine.experiment_run import RunJob, RunOutcome, execute_run, report_outcome
+from perspective_unet.engine.experiment_run import RunJob, RunJobs, RunOutcome, execute_run, report_outcome
 from perspective_unet.errors import InputError
 
-__all__ = ["run_on_ray"]
+__all__ = ["ray_session", "run_on_ray"]
 
 log = logging.getLogger(__name__)
 
@@ -62,28 +63,35 @@ def _check_resources(settings: ExecutorSettings, started: bool) -> None:
         log.warning("%s; the runs wait until the cluster has them.", message)
 
 
-def run_on_ray(jobs: Sequence[RunJob], settings: ExecutorSettings, root: Path, name: str) -> list[RunOutcome]:
-    """Run one Ray task per run and wait for them; returns their outcomes as they end.
+@contextlib.contextmanager
+def ray_session(settings: ExecutorSettings, root: Path, name: str) -> Iterator[RunJobs]:
+    """Joins the Ray cluster (or starts a local instance, stopped at the end) and checks that a run fits on it, then
+    yields the function that runs a list of jobs."""
+    started = _connect(settings)
+    try:
+        _check_resources(settings, started)
+        yield lambda jobs: run_on_ray(jobs, settings, name)
+    finally:
+        if started:
+            ray.shutdown()
+
+
+def run_on_ray(jobs: Sequence[RunJob], settings: ExecutorSettings, name: str) -> list[RunOutcome]:
+    """Run one Ray task per run on the Ray this process is connected to, and wait for them; returns their outcomes
+    as they end.
 
     Interrupting the wait (Ctrl-C) cancels the tasks: each run stops as on Ctrl-C and resumes on the next
     ``experiment run``.
     """
     if not jobs:
         return []
-    started = _connect(settings)
-    try:
-        _check_resources(settings, started)
-        task = ray.remote(
-            num_cpus=settings.cpus_per_run, num_gpus=settings.gpus_per_run, max_retries=settings.max_requeues
-        )(_run_task)
-        pending = {task.options(name=f"{name}/{job.run.label}").remote(job): job for job in jobs}
-        for ref, job in pending.items():
-            write_job(job.folder, "ray", _job_id(ref.task_id().hex()))
-        log.info("started %d Ray task(s) on %s", len(pending), settings.address or "a local Ray instance")
-        return _gather(pending)
-    finally:
-        if started:
-            ray.shutdown()
+    resources = {"num_cpus": settings.cpus_per_run, "num_gpus": settings.gpus_per_run}
+    task = ray.remote(max_retries=settings.max_requeues, **resources)(_run_task)
+    pending = {task.options(name=f"{name}/{job.run.label}").remote(job): job for job in jobs}
+    for ref, job in pending.items():
+        write_job(job.folder, "ray", _job_id(ref.task_id().hex()))
+    log.info("started %d Ray task(s) on %s", len(pending), settings.address or "a local Ray instance")
+    return _gather(pending)
 
 
 def _gather(pending: dict[ray.ObjectRef, RunJob]) -> list[RunOutcome]:

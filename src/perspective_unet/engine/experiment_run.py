@@ -13,7 +13,7 @@ import os
 import shutil
 import sys
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from perspective_unet.engine.experiment_folder import (
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import atomic_write, output_lock, temporary_path, text_writer
 
-__all__ = ["RunJob", "RunOutcome", "execute_run", "report_outcome"]
+__all__ = ["RunJob", "RunJobs", "RunOutcome", "execute_run", "report_outcome"]
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +75,10 @@ class RunJob:
     @property
     def folder(self) -> Path:
         return self.root / self.run.folder
+
+
+# What an executor offers: run a list of jobs, return their outcomes in the order they end.
+RunJobs = Callable[[Sequence[RunJob]], list[RunOutcome]]
 
 
 def report_outcome(outcome: RunOutcome) -> None:

@@ -11,19 +11,20 @@ executor on this machine, which is how the tests run this path: no SLURM cluster
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import submitit
 
 from perspective_unet.config.experiment import ExecutorSettings
 from perspective_unet.engine.experiment_folder import LOGS_DIR, RunStatus, release_lock_of, write_job, write_status
-from perspective_unet.engine.experiment_run import RunJob, RunOutcome, execute_run, report_outcome
+from perspective_unet.engine.experiment_run import RunJob, RunJobs, RunOutcome, execute_run, report_outcome
 from perspective_unet.errors import InputError
 
-__all__ = ["SUBMITIT_DIR", "SlurmRun", "run_on_slurm", "slurm_executor"]
+__all__ = ["SUBMITIT_DIR", "SlurmRun", "run_on_slurm", "slurm_executor", "slurm_session"]
 
 log = logging.getLogger(__name__)
 
@@ -41,18 +42,29 @@ class SlurmRun(submitit.helpers.Checkpointable):
         return execute_run(self.job, f"slurm-{submitit.JobEnvironment().job_id}")
 
 
+def _check_sbatch(settings: ExecutorSettings) -> None:
+    if settings.slurm_cluster == "slurm" and shutil.which("sbatch") is None:
+        raise InputError(
+            "--executor slurm submits with sbatch, which is not on this machine's PATH; run the command on the "
+            "cluster's login node, or pass --slurm-cluster local to try the jobs on this machine."
+        )
+
+
+@contextlib.contextmanager
+def slurm_session(settings: ExecutorSettings, root: Path, name: str) -> Iterator[RunJobs]:
+    """Checks that jobs can be submitted from here, then yields the function that runs a list of jobs."""
+    _check_sbatch(settings)
+    yield lambda jobs: run_on_slurm(jobs, settings, root, name)
+
+
 def slurm_executor(settings: ExecutorSettings, root: Path, name: str) -> submitit.AutoExecutor:
     """A submitit executor with the experiment's job settings (one task on one node per run).
 
     Raises:
         InputError: SLURM was asked for but this machine cannot submit jobs (no ``sbatch``).
     """
+    _check_sbatch(settings)
     cluster = settings.slurm_cluster
-    if cluster == "slurm" and shutil.which("sbatch") is None:
-        raise InputError(
-            "--executor slurm submits with sbatch, which is not on this machine's PATH; run the command on the "
-            "cluster's login node, or pass --slurm-cluster local to try the jobs on this machine."
-        )
     executor = submitit.AutoExecutor(
         folder=root / SUBMITIT_DIR / "%j", cluster=cluster, **{f"{cluster}_max_num_timeout": settings.max_requeues}
     )
