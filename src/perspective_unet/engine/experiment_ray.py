@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import uuid
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -24,15 +25,6 @@ from perspective_unet.errors import InputError
 __all__ = ["ray_session", "run_on_ray"]
 
 log = logging.getLogger(__name__)
-
-
-def _job_id(task_id: str) -> str:
-    # A task id's first 16 hex digits are its own; the rest names the job the task belongs to.
-    return f"ray-{task_id[:16]}"
-
-
-def _run_task(job: RunJob) -> RunOutcome:
-    return execute_run(job, _job_id(ray.get_runtime_context().get_task_id()))
 
 
 def _connect(settings: ExecutorSettings) -> bool:
@@ -86,22 +78,27 @@ def run_on_ray(jobs: Sequence[RunJob], settings: ExecutorSettings, name: str) ->
     if not jobs:
         return []
     resources = {"num_cpus": settings.cpus_per_run, "num_gpus": settings.gpus_per_run}
-    task = ray.remote(max_retries=settings.max_requeues, **resources)(_run_task)
-    pending = {task.options(name=f"{name}/{job.run.label}").remote(job): job for job in jobs}
-    for ref, job in pending.items():
-        write_job(job.folder, "ray", _job_id(ref.task_id().hex()))
+    task = ray.remote(max_retries=settings.max_requeues, **resources)(execute_run)
+    pending, ids = {}, {}
+    for job in jobs:
+        # Drawn here, so that a retried task keeps its id (and takes over what its earlier attempt left), while Ray's
+        # own task ids repeat from one Ray instance to the next.
+        job_id = f"ray-{uuid.uuid4().hex[:12]}"
+        ref = task.options(name=f"{name}/{job.run.label}").remote(job, job_id)
+        pending[ref], ids[ref] = job, job_id
+        write_job(job.folder, "ray", job_id)
     log.info("started %d Ray task(s) on %s", len(pending), settings.address or "a local Ray instance")
-    return _gather(pending)
+    return _gather(pending, ids)
 
 
-def _gather(pending: dict[ray.ObjectRef, RunJob]) -> list[RunOutcome]:
+def _gather(pending: dict[ray.ObjectRef, RunJob], ids: dict[ray.ObjectRef, str]) -> list[RunOutcome]:
     outcomes = []
     waiting = list(pending)
     try:
         while waiting:
             done, waiting = ray.wait(waiting, num_returns=1)
             for ref in done:
-                outcome = _outcome(ref, pending[ref])
+                outcome = _outcome(ref, pending[ref], ids[ref])
                 report_outcome(outcome)
                 outcomes.append(outcome)
     except KeyboardInterrupt:
@@ -111,12 +108,11 @@ def _gather(pending: dict[ray.ObjectRef, RunJob]) -> list[RunOutcome]:
     return outcomes
 
 
-def _outcome(ref: ray.ObjectRef, job: RunJob) -> RunOutcome:
+def _outcome(ref: ray.ObjectRef, job: RunJob, job_id: str) -> RunOutcome:
     try:
         return ray.get(ref)
     except ray.exceptions.RayError as exc:  # the task ended without a result: its worker or node died, retries spent
         first = next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
-        job_id = _job_id(ref.task_id().hex())
         message = f"task {job_id} ended without a result ({first}); see {job.folder / LOGS_DIR / job_id}.log"
         release_lock_of(job.folder, job_id)
         write_status(job.folder, RunStatus("failed", "ray", job_id, message=message))
