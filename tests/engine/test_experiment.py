@@ -20,6 +20,7 @@ from perspective_unet.config.experiment import ExperimentConfig
 from perspective_unet.engine import experiment as experiment_module
 from perspective_unet.engine.experiment import run_experiment
 from perspective_unet.engine.experiment_report import report_experiment
+from perspective_unet.engine.experiment_status import experiment_status
 from perspective_unet.engine.train import train
 from perspective_unet.errors import InputError
 from tests.engine.test_train import TINY_RUN
@@ -102,6 +103,9 @@ def test_a_two_by_two_experiment_runs_resumes_and_reports_hand_computed_statisti
     with pytest.raises(KeyboardInterrupt):
         run_experiment(experiment, root)
     monkeypatch.setattr(experiment_module, "execute_run", original)
+    # The runs the interrupt kept from starting are not left "waiting" for a command that has ended.
+    assert [line.state for line in experiment_status(root)] == ["finished", "finished", "waiting", "waiting"]
+    assert [line.detail for line in experiment_status(root)][2:] == ["not started", "not started"]
     finished = (root / "full/seed_1/last.pt").stat().st_mtime_ns
     outcomes = run_experiment(experiment, root)
     assert [(o.label, o.status) for o in outcomes] == [

@@ -30,10 +30,13 @@ import yaml
 from perspective_unet.config.experiment import ExecutorSettings, ExperimentConfig
 from perspective_unet.engine.experiment_folder import (
     EXPERIMENT_FILE,
+    JOB_FILE,
     RUN_LOCK,
+    STATUS_FILE,
     RunCheck,
     RunStatus,
     check_run,
+    read_status,
     write_status,
 )
 from perspective_unet.engine.experiment_run import RunJob, RunJobs, RunOutcome, execute_run, report_outcome
@@ -148,8 +151,22 @@ def run_experiment(
         outcomes = _hand_over(jobs, checks)
         jobs = [job for job in jobs if job.run.label not in outcomes]
         log.info("experiment %s: %d runs, %d to do (%s executor)", experiment.name, len(runs), len(jobs), settings.name)
-        outcomes.update({outcome.label: outcome for outcome in run_jobs(jobs)})
+        try:
+            outcomes.update({outcome.label: outcome for outcome in run_jobs(jobs)})
+        except BaseException:
+            if settings.name != "slurm":  # SLURM jobs go on without this command; runs here or on Ray stop with it
+                _withdraw(jobs)
+            raise
     return [outcomes[run.label] for run in runs]
+
+
+def _withdraw(jobs: Sequence[RunJob]) -> None:
+    """Clear the ``waiting`` status of runs that never started, so the status does not say they are queued."""
+    for job in jobs:
+        status = read_status(job.folder)
+        if status is not None and status.state == "waiting":
+            (job.folder / STATUS_FILE).unlink(missing_ok=True)
+            (job.folder / JOB_FILE).unlink(missing_ok=True)
 
 
 def _hand_over(jobs: Sequence[RunJob], checks: Sequence[RunCheck]) -> dict[str, RunOutcome]:
