@@ -32,6 +32,7 @@ __all__ = [
     "LOCK_NAME",
     "atomic_write",
     "default_file_mode",
+    "lock_holder",
     "output_lock",
     "read_json",
     "remove_stale_temporaries",
@@ -148,6 +149,15 @@ def _alive(pid: int) -> bool:
     except PermissionError:  # another user's running process
         return True
     return True
+
+
+def lock_holder(folder: str | os.PathLike[str], name: str = LOCK_NAME) -> tuple[int, str] | None:
+    """The (pid, host) of the process holding ``folder``'s lock, or None: no lock, or one left by a process of this
+    host that no longer runs (which :func:`output_lock` takes over). A lock of another host counts as held."""
+    holder = _holder(Path(folder) / name)
+    if holder is None or (holder[1] == socket.gethostname() and not _alive(holder[0])):
+        return None
+    return holder
 
 
 @contextlib.contextmanager

@@ -20,6 +20,7 @@ from perspective_unet.config.experiment import ExperimentConfig
 from perspective_unet.engine import experiment as experiment_module
 from perspective_unet.engine.experiment import run_experiment
 from perspective_unet.engine.experiment_report import report_experiment
+from perspective_unet.engine.experiment_status import experiment_status
 from perspective_unet.engine.train import train
 from perspective_unet.errors import InputError
 from tests.engine.test_train import TINY_RUN
@@ -89,19 +90,22 @@ def _per_case(folder: Path) -> dict[tuple[str, str], float]:
 def test_a_two_by_two_experiment_runs_resumes_and_reports_hand_computed_statistics(tiny_dataset, tmp_path, monkeypatch):
     experiment = _experiment(tiny_dataset)
     root = tmp_path / "experiment"
-    original = experiment_module._execute
+    original = experiment_module.execute_run
     calls = []
 
-    def killed_on_the_third(run, *args):
-        calls.append(run.label)
+    def killed_on_the_third(job, *args):
+        calls.append(job.run.label)
         if len(calls) == 3:
             raise KeyboardInterrupt  # as Ctrl-C or a scheduler's kill in the middle of the third run
-        return original(run, *args)
+        return original(job, *args)
 
-    monkeypatch.setattr(experiment_module, "_execute", killed_on_the_third)
+    monkeypatch.setattr(experiment_module, "execute_run", killed_on_the_third)
     with pytest.raises(KeyboardInterrupt):
         run_experiment(experiment, root)
-    monkeypatch.setattr(experiment_module, "_execute", original)
+    monkeypatch.setattr(experiment_module, "execute_run", original)
+    # The runs the interrupt kept from starting are not left "waiting" for a command that has ended.
+    assert [line.state for line in experiment_status(root)] == ["finished", "finished", "waiting", "waiting"]
+    assert [line.detail for line in experiment_status(root)][2:] == ["not started", "not started"]
     finished = (root / "full/seed_1/last.pt").stat().st_mtime_ns
     outcomes = run_experiment(experiment, root)
     assert [(o.label, o.status) for o in outcomes] == [
@@ -154,8 +158,8 @@ def test_a_finished_run_with_other_settings_is_refused_not_reused(tiny_dataset, 
     small = _experiment(tiny_dataset, configurations={"full": {}}, seeds=[1])
     assert [o.status for o in run_experiment(small, root)] == ["done"]
     changed = _experiment(tiny_dataset, configurations={"full": {"base_lr": 0.02}}, seeds=[1])
-    outcome = run_experiment(changed, root)[0]
-    assert outcome.status == "failed" and "base_lr" in outcome.message
+    with pytest.raises(InputError, match="full/seed_1 was trained with other settings \\(base_lr differ"):
+        run_experiment(changed, root)
 
 
 def test_experiment_files_are_checked_before_any_run(tiny_dataset, tmp_path):

@@ -14,6 +14,13 @@ folds: [0, 1, 2, 3, 4]             # optional: cross-validation folds; without i
 reference: full                    # the configuration the others are tested against (default: the first)
 evaluate: {split: test, tta: false, protocol: legacy}
 statistics: {unit: case, bootstrap_resamples: 10000, bootstrap_seed: 0, confidence: 0.95}
+executor:                          # optional: where the runs run (the command line's options win)
+  name: slurm                      # local (default), slurm or ray
+  partition: gpu
+  gpus_per_run: 1
+  cpus_per_run: 8
+  time_limit_minutes: 1440
+  array_parallelism: 8
 ```
 
 Every run's training config is built (and so checked) when the file is read, before any run starts.
@@ -38,11 +45,21 @@ from perspective_unet.config.checks import (
 )
 from perspective_unet.config.train import TrainConfig
 
-__all__ = ["EvaluationSettings", "ExperimentConfig", "ExperimentRun", "StatisticsSettings"]
+__all__ = [
+    "EXECUTORS",
+    "SLURM_CLUSTERS",
+    "EvaluationSettings",
+    "ExecutorSettings",
+    "ExperimentConfig",
+    "ExperimentRun",
+    "StatisticsSettings",
+]
 
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")
 UNITS = ("case", "case_class")
 METRIC_PROTOCOLS = ("legacy", "corrected")
+EXECUTORS = ("local", "slurm", "ray")
+SLURM_CLUSTERS = ("slurm", "local")
 
 
 @dataclass(frozen=True)
@@ -91,6 +108,57 @@ class StatisticsSettings:
 
 
 @dataclass(frozen=True)
+class ExecutorSettings:
+    """Where the runs of an experiment run: the ``executor:`` block of the experiment file, under the command line's
+    options. Every executor gives each run the same checks, lock, resumption, status file and log.
+
+    Attributes:
+        name: ``local`` (this machine: the runs one after another, or one worker per ``--devices`` entry),
+            ``slurm`` (each run a SLURM job, submitted through submitit) or ``ray`` (each run a Ray task).
+        gpus_per_run: GPUs each run's job or task asks for (slurm, ray).
+        cpus_per_run: CPU cores each run's job or task asks for (slurm, ray).
+        partition: The SLURM partition; None: the cluster's default.
+        time_limit_minutes: A SLURM job's time limit. A job that reaches it, or is preempted, is requeued and resumes
+            from its ``last.pt``.
+        array_parallelism: How many of the runs' jobs (one SLURM job array) run at once; None: submitit's default.
+        max_requeues: How many times a run's job is requeued after a time limit or preemption (slurm), or retried
+            after its worker or node died (ray).
+        slurm_options: Further ``sbatch`` settings, passed through submitit (e.g. ``{account: lab, qos: high}``).
+        setup: Shell lines each SLURM job runs first (``module load ...``, ``source venv/bin/activate``).
+        slurm_cluster: ``slurm`` submits with ``sbatch``; ``local`` runs the same jobs (pickles, job folders,
+            requeueing) through submitit's local executor on this machine, to try a setup without a cluster.
+        address: The Ray cluster to join (``auto``, ``ray://head:10001``); None: a Ray instance started on this
+            machine for the experiment, reachable from this machine only.
+    """
+
+    name: str = "local"
+    gpus_per_run: int = 1
+    cpus_per_run: int = 4
+    partition: str | None = None
+    time_limit_minutes: int = 24 * 60
+    array_parallelism: int | None = None
+    max_requeues: int = 3
+    slurm_options: dict[str, Any] = field(default_factory=dict)
+    setup: list[str] = field(default_factory=list)
+    slurm_cluster: str = "slurm"
+    address: str | None = None
+
+    def __post_init__(self) -> None:
+        check_choice("executor.name", self.name, EXECUTORS)
+        check_int("executor.gpus_per_run", self.gpus_per_run, minimum=0)
+        check_int("executor.cpus_per_run", self.cpus_per_run, minimum=1)
+        check_str("executor.partition", self.partition, optional=True)
+        check_int("executor.time_limit_minutes", self.time_limit_minutes, minimum=1)
+        check_int("executor.array_parallelism", self.array_parallelism, minimum=1, optional=True)
+        check_int("executor.max_requeues", self.max_requeues, minimum=0)
+        check_mapping("executor.slurm_options", self.slurm_options)
+        if not isinstance(self.setup, list) or not all(isinstance(line, str) for line in self.setup):
+            raise ValueError(f"executor.setup must be a list of shell lines, got {self.setup!r}.")
+        check_choice("executor.slurm_cluster", self.slurm_cluster, SLURM_CLUSTERS)
+        check_str("executor.address", self.address, optional=True)
+
+
+@dataclass(frozen=True)
 class ExperimentRun:
     """One training run of the grid.
 
@@ -131,6 +199,7 @@ class ExperimentConfig:
         reference: The configuration the others are tested against; None: the first.
         evaluate: How each run is evaluated.
         statistics: How configurations are compared.
+        executor: Where the runs run.
     """
 
     name: str
@@ -142,10 +211,18 @@ class ExperimentConfig:
     reference: str | None = None
     evaluate: EvaluationSettings = field(default_factory=EvaluationSettings)
     statistics: StatisticsSettings = field(default_factory=StatisticsSettings)
+    executor: ExecutorSettings = field(default_factory=ExecutorSettings)
 
     def __post_init__(self) -> None:
         check_str("name", self.name)
         check_mapping("train", self.train)
+        for key, kind in (
+            ("evaluate", EvaluationSettings),
+            ("statistics", StatisticsSettings),
+            ("executor", ExecutorSettings),
+        ):
+            if not isinstance(getattr(self, key), kind):
+                raise ValueError(f"{key} must be a mapping of its settings, got {getattr(self, key)!r}.")
         if not isinstance(self.configurations, dict) or not self.configurations:
             raise ValueError("configurations must map at least one name to its settings, e.g. {full: {}}.")
         for name, settings in self.configurations.items():
@@ -216,6 +293,8 @@ class ExperimentConfig:
             data["evaluate"] = dataclass_from_dict(EvaluationSettings, data["evaluate"], "evaluate keys")
         if isinstance(data.get("statistics"), dict):
             data["statistics"] = dataclass_from_dict(StatisticsSettings, data["statistics"], "statistics keys")
+        if isinstance(data.get("executor"), dict):
+            data["executor"] = dataclass_from_dict(ExecutorSettings, data["executor"], "executor keys")
         base = data.get("base")
         if isinstance(base, str) and relative_to is not None and not Path(base).is_absolute():
             data["base"] = str(relative_to / base)

@@ -1,191 +1,107 @@
-"""``perspective-unet experiment run``: every run of an experiment's grid, trained and evaluated, resumable.
+"""``perspective-unet experiment run``: every run of an experiment's grid, trained and evaluated, resumable, on this
+machine or on a cluster.
 
-Layout of an experiment folder::
+Every run is checked before any runs (see :mod:`~perspective_unet.engine.experiment_folder` for the folder's layout
+and rules): a finished run is skipped; an interrupted one resumes from its ``last.pt``; a trained run evaluated with
+other settings is evaluated again, its earlier evaluation kept aside; a run folder trained with other settings, or
+whose record is missing or unreadable, is refused, and then nothing runs and nothing is written, not even
+``experiment.yaml``.
 
-    DIR/
-      experiment.yaml                          the experiment as run (its checked, complete form)
-      <configuration>/seed_<S>[/fold_<K>]/     one run: train's files (last.pt, best.pt, config.json, ...)
-        run.json                               the training settings the experiment asked for
-        evaluation/                            evaluate's reports on the experiment's split (per_case.csv, ...)
-
-A run with ``evaluation/summary.json`` is finished and skipped; a run with a ``last.pt`` but no evaluation was
-interrupted and resumes from it (a finished training resumes to its end at once, then is evaluated); a run folder
-without ``last.pt`` starts again. A run whose ``run.json`` differs from what the experiment now asks for is refused:
-its results belong to other settings.
+The runs left are handed to an executor, each calling :func:`~perspective_unet.engine.experiment_run.execute_run`
+for its runs: ``local`` (in this process, or one worker process per device), ``slurm`` (a SLURM job per run,
+through submitit) or ``ray`` (a Ray task per run). The executors adapt that one function to their engines; they
+schedule nothing themselves.
 """
 
 from __future__ import annotations
 
-import json
+import contextlib
+import dataclasses
+import importlib
 import logging
 import multiprocessing
 import os
 import queue
-import traceback
-from collections.abc import Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import yaml
 
-from perspective_unet.config.experiment import ExperimentConfig, ExperimentRun
+from perspective_unet.config.experiment import ExecutorSettings, ExperimentConfig
+from perspective_unet.engine.experiment_folder import (
+    EXPERIMENT_FILE,
+    JOB_FILE,
+    RUN_LOCK,
+    STATUS_FILE,
+    RunCheck,
+    RunStatus,
+    check_run,
+    read_status,
+    write_status,
+)
+from perspective_unet.engine.experiment_run import RunJob, RunJobs, RunOutcome, execute_run, report_outcome
 from perspective_unet.errors import InputError
-from perspective_unet.outputs import atomic_write
-from perspective_unet.runs import RunFolder
+from perspective_unet.outputs import atomic_write, lock_holder, output_lock
 
-__all__ = ["RunOutcome", "run_experiment", "run_status"]
+__all__ = ["EXPERIMENT_LOCK", "check_runs", "executor_session", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
-EXPERIMENT_FILE = "experiment.yaml"
-RUN_REQUEST = "run.json"
+# Held by `experiment run` on the experiment folder while it runs (a run folder has a lock of its own).
+EXPERIMENT_LOCK = ".perspective-unet-experiment.lock"
+# The package each cluster executor needs, and where it is installed from.
+_PACKAGES = {"slurm": "submitit", "ray": "ray"}
+_INSTALL = 'pip install "perspective-unet[cluster]"'
 
 
-@dataclass(frozen=True)
-class RunOutcome:
-    """What happened to one run: ``skipped`` (finished before), ``done`` or ``failed`` (with the error's line)."""
+def check_runs(experiment: ExperimentConfig, root: Path) -> list[RunCheck]:
+    """Every run's check, in grid order; reads only.
 
-    label: str
-    status: str
-    message: str = ""
-
-
-def _request(run: ExperimentRun) -> dict:
-    return run.config.to_dict()
-
-
-def run_status(folder: Path) -> str:
-    """``finished``, ``interrupted`` (a ``last.pt`` without evaluation), ``started`` (no checkpoint) or ``new``."""
-    run = RunFolder(folder)
-    if (run.evaluation / "summary.json").is_file():
-        return "finished"
-    if run.last.is_file():
-        return "interrupted"
-    return "started" if folder.exists() else "new"
+    Raises:
+        InputError: A run folder is refused: the first one's line, and how many more were.
+    """
+    checks, refusals = [], []
+    for run in experiment.runs():
+        try:
+            checks.append(check_run(run, root / run.folder, experiment.evaluate))
+        except InputError as exc:
+            refusals.append(str(exc))
+    if refusals:
+        more = f" ({len(refusals) - 1} more run folder(s) refused likewise)" if len(refusals) > 1 else ""
+        raise InputError(f"{refusals[0]}{more} Nothing was run or written.")
+    return checks
 
 
-def _check_request(run: ExperimentRun, folder: Path) -> None:
-    path = folder / RUN_REQUEST
-    if not path.is_file():
+@contextlib.contextmanager
+def executor_session(
+    settings: ExecutorSettings, root: Path, name: str, devices: Sequence[str] | None = None
+) -> Iterator[RunJobs]:
+    """The executor ready to run jobs: its package imported, its cluster reached and checked (so a missing package,
+    no ``sbatch`` or a Ray cluster without the resources a run asks for stop the command before anything is
+    written), and released at the end.
+
+    Raises:
+        InputError: The executor cannot run the experiment's jobs here (the message says what to do).
+    """
+    if settings.name == "local":
+        if devices and len(devices) > 1:
+            yield lambda jobs: _run_in_parallel(jobs, devices)
+        else:
+            yield _run_one_after_another
         return
-    saved = json.loads(path.read_text())
-    asked = _request(run)
-    differing = sorted(k for k in set(saved) | set(asked) if saved.get(k) != asked.get(k) and k != "output")
-    if differing:
+    package = _PACKAGES[settings.name]
+    try:
+        importlib.import_module(package)
+    except ImportError:
         raise InputError(
-            f"{folder} was run with other settings ({', '.join(differing)} differ from the experiment "
-            "file); restore the file, or move the folder away to run it again."
-        )
-
-
-def _execute(run: ExperimentRun, root: Path, device: str | None, split: str, tta: bool) -> str:
-    """Train (or resume) and evaluate one run; returns ``skipped`` or ``done``."""
-    from perspective_unet.engine.evaluate import evaluate
-    from perspective_unet.engine.inference_settings import InferenceSettings
-    from perspective_unet.engine.train import train
-    from perspective_unet.engine.training import TrainingCheckpoint
-
-    folder = root / run.folder
-    _check_request(run, folder)
-    status = run_status(folder)
-    if status == "finished":
-        return "skipped"
-    config = replace(run.config, output=str(folder), **({"device": device} if device else {}))
-    folder.mkdir(parents=True, exist_ok=True)
-    atomic_write(folder / RUN_REQUEST, lambda path: path.write_text(json.dumps(_request(run), indent=2)))
-    if status == "interrupted":
-        log.info("%s: resuming from its last.pt", run.label)
-        resume = TrainingCheckpoint.read(RunFolder(folder).last)
-        train(resume.config({"device": device} if device else {}), resume=resume)
+            f"--executor {settings.name} needs the {package} package, which is not installed; {_INSTALL}."
+        ) from None
+    if settings.name == "slurm":
+        from perspective_unet.engine.experiment_slurm import slurm_session as session
     else:
-        # A folder without last.pt holds no result (a run killed before its first checkpoint): start it again.
-        train(config, overwrite=status == "started")
-    checkpoint = RunFolder(folder).checkpoint()  # best.pt (selected on validation cases), else last.pt
-    evaluate(
-        checkpoint,  # type: ignore[arg-type]
-        config.data,
-        RunFolder(folder).evaluation,
-        InferenceSettings(tta=tta, device=config.device),
-        split=split,
-        progress=False,
-        overwrite=True,
-    )
-    return "done"
-
-
-def _finished(run: ExperimentRun, root: Path) -> RunOutcome:
-    """A finished run is skipped, if it was made with the settings the experiment asks for now."""
-    try:
-        _check_request(run, root / run.folder)
-    except InputError as exc:
-        return RunOutcome(run.label, "failed", str(exc))
-    return RunOutcome(run.label, "skipped")
-
-
-def _attempt(run: ExperimentRun, root: Path, device: str | None, split: str, tta: bool) -> RunOutcome:
-    try:
-        return RunOutcome(run.label, _execute(run, root, device, split, tta))
-    except (InputError, ValueError, FileExistsError, OSError, RuntimeError) as exc:
-        log.debug("%s failed:\n%s", run.label, traceback.format_exc())
-        return RunOutcome(run.label, "failed", f"{type(exc).__name__}: {exc}")
-
-
-def _worker(
-    runs: Sequence[ExperimentRun],
-    root: Path,
-    device: str,
-    split: str,
-    tta: bool,
-    todo: queue.Queue,
-    results: queue.Queue,
-) -> None:
-    """One device's loop in its own process: take the next run until none is left."""
-    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{device}] %(message)s")
-    while True:
-        try:
-            index = todo.get_nowait()
-        except queue.Empty:
-            return
-        results.put(_attempt(runs[index], root, device, split, tta))
-
-
-def _run_in_parallel(
-    runs: Sequence[ExperimentRun], pending: Sequence[int], root: Path, devices: Sequence[str], split: str, tta: bool
-) -> list[RunOutcome]:
-    context = multiprocessing.get_context("spawn")
-    todo, results = context.Queue(), context.Queue()
-    for index in pending:
-        todo.put(index)
-    workers = [
-        context.Process(target=_worker, args=(runs, root, device, split, tta, todo, results)) for device in devices
-    ]
-    for worker in workers:
-        worker.start()
-    outcomes: list[RunOutcome] = []
-    while len(outcomes) < len(pending):
-        try:
-            outcome = results.get(timeout=2.0)
-        except queue.Empty:
-            if any(worker.is_alive() for worker in workers):
-                continue
-            break  # every worker is gone: what is left was lost with a crashed one
-        log.info("%s: %s%s", outcome.label, outcome.status, f" ({outcome.message})" if outcome.message else "")
-        outcomes.append(outcome)
-    for worker in workers:
-        worker.join()
-    reported = {o.label for o in outcomes}
-    exits = ", ".join(f"{d}: {w.exitcode}" for d, w in zip(devices, workers))
-    outcomes += [
-        RunOutcome(runs[i].label, "failed", f"its worker process ended (exit codes {exits})")
-        for i in pending
-        if runs[i].label not in reported
-    ]
-    return outcomes
-
-
-def _write_experiment(experiment: ExperimentConfig, root: Path) -> None:
-    text = yaml.safe_dump(experiment.self_contained().to_dict(), sort_keys=False)
-    atomic_write(root / EXPERIMENT_FILE, lambda path: path.write_text(text))
+        from perspective_unet.engine.experiment_ray import ray_session as session
+    with session(settings, root, name) as run_jobs:
+        yield run_jobs
 
 
 def run_experiment(
@@ -193,39 +109,130 @@ def run_experiment(
     output: str | os.PathLike[str],
     *,
     devices: Sequence[str] | None = None,
+    executor: ExecutorSettings | None = None,
 ) -> list[RunOutcome]:
     """Run every run of the grid that is not finished yet, then return what happened to each.
 
     Args:
         experiment: The experiment, or its YAML file.
-        output: The experiment folder (see the module docstring); created if needed.
-        devices: One worker per device (``cuda:0 cuda:1``, ``cpu``), each taking the next unfinished run; None or
-            one device: the runs one after another in this process (on the runs' own ``device`` setting when None).
+        output: The experiment folder; created if needed.
+        devices: Local executor only: one worker process per device (``cuda:0 cuda:1``, ``cpu``), each taking the
+            next run; None or one device: the runs one after another in this process (on the runs' own ``device``
+            setting when None).
+        executor: Where the runs run; None: the experiment's ``executor`` block. It is recorded in
+            ``experiment.yaml``.
 
     Returns:
         One :class:`RunOutcome` per run, in grid order. A failed run does not stop the others; the caller reports it.
+
+    Raises:
+        InputError: A run folder is refused, the executor's package is missing, ``devices`` was given to another
+            executor than ``local``, or another command runs this experiment folder; nothing was run or written.
     """
     if not isinstance(experiment, ExperimentConfig):
         experiment = ExperimentConfig.from_yaml(experiment)
+    settings = executor or experiment.executor
+    experiment = dataclasses.replace(experiment, executor=settings)
+    if devices and settings.name != "local":
+        raise InputError(f"--devices is for the local executor; --executor {settings.name} places runs itself.")
     root = Path(output)
-    root.mkdir(parents=True, exist_ok=True)
     runs = experiment.runs()
-    _write_experiment(experiment, root)
-    split, tta = experiment.evaluate.split, experiment.evaluate.tta
-    pending = [i for i, run in enumerate(runs) if run_status(root / run.folder) != "finished"]
-    log.info("experiment %s: %d runs, %d to do", experiment.name, len(runs), len(pending))
-    outcomes: dict[str, RunOutcome] = {}
-    for index, run in enumerate(runs):
-        if index not in pending:
-            outcomes[run.label] = _finished(run, root)
-    if devices is None or len(devices) <= 1:
-        device = devices[0] if devices else None
-        for position, index in enumerate(pending, 1):
-            log.info("[%d/%d] %s", position, len(pending), runs[index].label)
-            outcome = _attempt(runs[index], root, device, split, tta)
-            if outcome.status == "failed":
-                log.error("%s failed: %s", outcome.label, outcome.message)
-            outcomes[outcome.label] = outcome
-    else:
-        outcomes.update({o.label: o for o in _run_in_parallel(runs, pending, root, devices, split, tta)})
+    checks = check_runs(experiment, root)
+    # With every run finished no cluster is reached: the report is ready.
+    unfinished = settings if any(c.state != "finished" for c in checks) else ExecutorSettings()
+    with (
+        executor_session(unfinished, root, experiment.name, devices) as run_jobs,
+        output_lock(root, "experiment run", name=EXPERIMENT_LOCK),
+    ):
+        text = yaml.safe_dump(experiment.self_contained().to_dict(), sort_keys=False)
+        atomic_write(root / EXPERIMENT_FILE, lambda path: path.write_text(text))
+        device = devices[0] if devices and len(devices) == 1 else None
+        jobs = [RunJob(run, root, experiment.evaluate, settings.name, device) for run in runs]
+        outcomes = _hand_over(jobs, checks)
+        jobs = [job for job in jobs if job.run.label not in outcomes]
+        log.info("experiment %s: %d runs, %d to do (%s executor)", experiment.name, len(runs), len(jobs), settings.name)
+        try:
+            outcomes.update({outcome.label: outcome for outcome in run_jobs(jobs)})
+        except BaseException:
+            if settings.name != "slurm":  # SLURM jobs go on without this command; runs here or on Ray stop with it
+                _withdraw(jobs)
+            raise
     return [outcomes[run.label] for run in runs]
+
+
+def _withdraw(jobs: Sequence[RunJob]) -> None:
+    """Clear the ``waiting`` status of runs that never started, so the status does not say they are queued."""
+    for job in jobs:
+        status = read_status(job.folder)
+        if status is not None and status.state == "waiting":
+            (job.folder / STATUS_FILE).unlink(missing_ok=True)
+            (job.folder / JOB_FILE).unlink(missing_ok=True)
+
+
+def _hand_over(jobs: Sequence[RunJob], checks: Sequence[RunCheck]) -> dict[str, RunOutcome]:
+    """Mark the runs to do ``waiting``; returns the outcomes of those not handed to the executor: the finished ones,
+    and those a job of an earlier ``experiment run`` still holds (their status stays theirs)."""
+    outcomes = {}
+    for job, check in zip(jobs, checks):
+        label = job.run.label
+        holder = lock_holder(job.folder, RUN_LOCK)
+        if check.state == "finished":
+            outcomes[label] = RunOutcome(label, "skipped")
+        elif holder is not None:
+            outcomes[label] = RunOutcome(
+                label, "failed", f"in use by process {holder[0]} on {holder[1]}; wait for that job to end"
+            )
+        else:
+            write_status(job.folder, RunStatus("waiting", job.executor))
+    return outcomes
+
+
+def _run_one_after_another(jobs: Sequence[RunJob]) -> list[RunOutcome]:
+    outcomes = []
+    for position, job in enumerate(jobs, 1):
+        log.info("[%d/%d] %s", position, len(jobs), job.run.label)
+        outcome = execute_run(job)
+        report_outcome(outcome)
+        outcomes.append(outcome)
+    return outcomes
+
+
+def _worker(jobs: Sequence[RunJob], device: str, todo: queue.Queue, results: queue.Queue) -> None:
+    """One device's loop in its own process: take the next run until none is left."""
+    logging.basicConfig(level=logging.INFO, format=f"%(asctime)s [{device}] %(message)s")
+    while True:
+        try:
+            index = todo.get_nowait()
+        except queue.Empty:
+            return
+        results.put(execute_run(dataclasses.replace(jobs[index], device=device)))
+
+
+def _run_in_parallel(jobs: Sequence[RunJob], devices: Sequence[str]) -> list[RunOutcome]:
+    context = multiprocessing.get_context("spawn")
+    todo, results = context.Queue(), context.Queue()
+    for index in range(len(jobs)):
+        todo.put(index)
+    workers = [context.Process(target=_worker, args=(jobs, device, todo, results)) for device in devices]
+    for worker in workers:
+        worker.start()
+    outcomes: list[RunOutcome] = []
+    while len(outcomes) < len(jobs):
+        try:
+            outcome = results.get(timeout=2.0)
+        except queue.Empty:
+            if any(worker.is_alive() for worker in workers):
+                continue
+            break  # every worker is gone: what is left was lost with a crashed one
+        report_outcome(outcome)
+        outcomes.append(outcome)
+    for worker in workers:
+        worker.join()
+    reported = {o.label for o in outcomes}
+    exits = ", ".join(f"{d}: {w.exitcode}" for d, w in zip(devices, workers))
+    outcomes += [
+        RunOutcome(job.run.label, "failed", f"its worker process ended (exit codes {exits})")
+        for job in jobs
+        if job.run.label not in reported
+    ]
+    return outcomes

@@ -10,6 +10,10 @@ For each configuration the report gives, from the per-case scores of every evalu
 - the paired Wilcoxon signed-rank test of the units' values against the reference configuration's, with Holm's
   correction across the comparisons.
 
+Only runs with a complete evaluation made with the experiment's settings count (see
+:func:`~perspective_unet.engine.experiment_folder.evaluation_problem`); the report names the others and why they were
+left out.
+
 Written as ``report.md``, ``report.csv``, ``report.tex``, ``report.json`` and ``boxplots.png`` (per-class Dice of
 every run and case).
 """
@@ -27,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from perspective_unet.config.experiment import ExperimentConfig
-from perspective_unet.engine.experiment import EXPERIMENT_FILE
+from perspective_unet.engine.experiment_folder import evaluation_problem, read_experiment
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import text_writer, write_all
 from perspective_unet.runs import RunFolder
@@ -72,7 +75,7 @@ class ConfigurationSummary:
 
 @dataclass
 class ExperimentReport:
-    """The whole report: settings, one summary per configuration, and the runs that had no evaluation."""
+    """The whole report: settings, one summary per configuration, and the runs left out (label -> why)."""
 
     name: str
     reference: str
@@ -81,7 +84,7 @@ class ExperimentReport:
     confidence: float
     classes: list[str]
     configurations: list[ConfigurationSummary]
-    missing: list[str]
+    left_out: dict[str, str]
     scores: dict[str, list[RunScores]] = field(repr=False, default_factory=dict)
 
 
@@ -96,17 +99,19 @@ def _read_per_case(path: Path, protocol: str) -> RunScores:
     return scores
 
 
-def gather_scores(root: Path, experiment: ExperimentConfig) -> tuple[dict[str, dict[str, RunScores]], list[str]]:
-    """Per configuration, per run label, the run's per-case scores; and the labels of runs not evaluated yet."""
+def gather_scores(root: Path, experiment: ExperimentConfig) -> tuple[dict[str, dict[str, RunScores]], dict[str, str]]:
+    """Per configuration, per run label, the run's per-case scores; and the runs left out, each with the reason (no
+    complete evaluation made with the experiment's settings)."""
     found: dict[str, dict[str, RunScores]] = defaultdict(dict)
-    missing = []
+    left_out = {}
     for run in experiment.runs():
-        path = RunFolder(root / run.folder).evaluation / "per_case.csv"
-        if path.is_file():
+        problem = evaluation_problem(root / run.folder, experiment.evaluate)
+        if problem is None:
+            path = RunFolder(root / run.folder).evaluation / "per_case.csv"
             found[run.configuration][run.label] = _read_per_case(path, experiment.evaluate.protocol)
         else:
-            missing.append(run.label)
-    return found, missing
+            left_out[run.label] = problem
+    return found, left_out
 
 
 def _nanmean(values: list[float]) -> float:
@@ -141,19 +146,16 @@ def summarize(root: str | os.PathLike[str]) -> ExperimentReport:
     """Gather an experiment folder's evaluated runs and compute the report's numbers (nothing is written).
 
     Raises:
-        InputError: The folder holds no experiment, or none of its runs has been evaluated.
+        InputError: The folder holds no experiment, or none of its runs has an evaluation that counts.
     """
     root = Path(root)
-    path = root / EXPERIMENT_FILE
-    if not path.is_file():
-        raise InputError(f"{root} holds no {EXPERIMENT_FILE}; give the folder `perspective-unet experiment run` wrote.")
-    try:
-        experiment = ExperimentConfig.from_dict(yaml.safe_load(path.read_text()))
-    except (ValueError, FileNotFoundError, yaml.YAMLError) as exc:
-        raise InputError(f"{path} is not a valid experiment ({exc}).") from None
-    found, missing = gather_scores(root, experiment)
+    experiment = read_experiment(root)
+    found, left_out = gather_scores(root, experiment)
     if not found:
-        raise InputError(f"{root}: no run has been evaluated yet; run `perspective-unet experiment run` first.")
+        raise InputError(
+            f"{root}: no run has a complete evaluation with the experiment's settings yet; run "
+            "`perspective-unet experiment run` first."
+        )
     # Class id order, as the per-case files list the classes (a class only later runs score comes after).
     classes = list(dict.fromkeys(name for runs in found.values() for s in runs.values() for _, name in s))
     stats = experiment.statistics
@@ -189,7 +191,7 @@ def summarize(root: str | os.PathLike[str]) -> ExperimentReport:
         confidence=stats.confidence,
         classes=classes,
         configurations=summaries,
-        missing=missing,
+        left_out=left_out,
         scores={name: list(runs.values()) for name, runs in found.items()},
     )
 
@@ -267,8 +269,9 @@ def _markdown(report: ExperimentReport) -> str:
         ),
         "",
     ]
-    if report.missing:
-        lines += [f"Runs without an evaluation (left out): {', '.join(report.missing)}.", ""]
+    if report.left_out:
+        runs = "; ".join(f"{label} ({why})" for label, why in report.left_out.items())
+        lines += [f"Left out, without a complete evaluation with this experiment's settings: {runs}.", ""]
     return "\n".join(lines)
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,11 @@ class TrainResult:
 
 
 def train(
-    config: TrainConfig, *, resume: TrainingCheckpoint | str | Path | None = None, overwrite: bool = False
+    config: TrainConfig,
+    *,
+    resume: TrainingCheckpoint | str | Path | None = None,
+    overwrite: bool = False,
+    before_checkpoint: Callable[[Path], None] | None = None,
 ) -> TrainResult:
     """Train a model as ``config`` describes; returns where the checkpoints are.
 
@@ -59,6 +64,9 @@ def train(
             continues exactly where it stopped (weights, optimizer, AMP scaler, iteration, RNG states; the data order
             is seeded per epoch). :meth:`TrainingCheckpoint.config` gives that run's config.
         overwrite: Replace the run an output folder already holds (its checkpoints, log and events).
+        before_checkpoint: Called with the run folder on the main process before each epoch's checkpoints are
+            written (the experiment runner writes a run's record with its first checkpoint, so that no checkpoint
+            is ever without it).
 
     The output folder is locked while the run lasts; a folder that holds another run is refused unless ``resume``
     or ``overwrite`` says what to do with it. Under ``torchrun`` every process trains on its share of each epoch
@@ -84,7 +92,7 @@ def train(
         resume = TrainingCheckpoint.read(resume)
     ctx = DistributedContext.from_environment(config.device)
     if not ctx.is_main:
-        return _train(config, resume, ctx)
+        return _train(config, resume, ctx, None)
     with output_lock(folder.path, "train"):
         remove_stale_temporaries(folder.path, STALE_PATTERNS)
         if overwrite and resume is None:
@@ -93,10 +101,15 @@ def train(
                     shutil.rmtree(path)
                 else:
                     path.unlink()
-        return _train(config, resume, ctx)
+        return _train(config, resume, ctx, before_checkpoint)
 
 
-def _train(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: DistributedContext) -> TrainResult:
+def _train(
+    config: TrainConfig,
+    resume: TrainingCheckpoint | None,
+    ctx: DistributedContext,
+    before_checkpoint: Callable[[Path], None] | None,
+) -> TrainResult:
     run = setup_run(config, resume, ctx)
     started = time.monotonic()
     try:
@@ -106,6 +119,8 @@ def _train(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: Distribu
             validated = _validate(run, epoch, row)
             row["epoch_seconds"] = round(time.monotonic() - epoch_start, 2)
             if ctx.is_main:
+                if before_checkpoint is not None:
+                    before_checkpoint(run.output)
                 _save(run, epoch, row, validated, sample)
             ctx.barrier()
             run.epochs_completed = epoch + 1
