@@ -24,10 +24,14 @@ def _recipe(field: str, text: str) -> str:
 def _key_value(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    import yaml
+    from perspective_unet.errors import InputError
+    from perspective_unet.outputs import parse_yaml
 
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), parse_yaml(value, f"--model-option {key.strip()}", "give a YAML value, e.g. true or 0.1.")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fold(text: str) -> int | str:
@@ -166,8 +170,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_yaml(path: str) -> dict:
     """The fields a YAML config file sets (its mapping), for comparing with a resumed run's saved settings."""
-    import yaml
+    from perspective_unet.outputs import read_yaml
 
     TrainConfig.from_yaml(path)  # the file's own checks and messages first
-    with open(path, encoding="utf-8") as handle:
-        return dict(yaml.safe_load(handle) or {})
+    return dict(read_yaml(path, "fix the config file.") or {})

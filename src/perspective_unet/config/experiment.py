@@ -37,6 +37,7 @@ from perspective_unet.config.checks import (
     dataclass_from_dict,
 )
 from perspective_unet.config.train import TrainConfig
+from perspective_unet.outputs import read_yaml
 
 __all__ = ["EvaluationSettings", "ExperimentConfig", "ExperimentRun", "StatisticsSettings"]
 
@@ -178,10 +179,8 @@ class ExperimentConfig:
         experiment's."""
         if self.base is None:
             return {}
-        import yaml
-
         TrainConfig.from_yaml(self.base)
-        data = yaml.safe_load(Path(self.base).read_text()) or {}
+        data = read_yaml(self.base, "fix the base config file.") or {}
         return {k: v for k, v in data.items() if k not in ("seed", "fold", "output")}
 
     def self_contained(self) -> ExperimentConfig:
@@ -224,15 +223,10 @@ class ExperimentConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
         """Read an experiment file; a bad one raises ``ValueError`` naming the file and the field."""
-        import yaml
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"experiment file {path} does not exist; see configs/experiments/ for examples.")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"experiment file {path} is not valid YAML: {exc}") from None
+        data = read_yaml(path, "fix the experiment file (see configs/experiments/ for examples).")
         if not isinstance(data, dict):
             raise ValueError(f"experiment file {path} must hold a mapping (name, configurations, seeds, ...).")
         try:

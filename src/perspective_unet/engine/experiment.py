@@ -30,7 +30,7 @@ import yaml
 
 from perspective_unet.config.experiment import ExperimentConfig, ExperimentRun
 from perspective_unet.errors import InputError
-from perspective_unet.outputs import atomic_write
+from perspective_unet.outputs import atomic_write, read_json
 from perspective_unet.runs import RunFolder
 
 __all__ = ["RunOutcome", "run_experiment", "run_status"]
@@ -68,7 +68,13 @@ def _check_request(run: ExperimentRun, folder: Path) -> None:
     path = folder / RUN_REQUEST
     if not path.is_file():
         return
-    saved = json.loads(path.read_text())
+    saved = read_json(
+        path, "restore it from the experiment file's settings, or move the run folder away to run it again."
+    )
+    if not isinstance(saved, dict):
+        raise InputError(
+            f"{path} must hold the run's settings as a JSON object; move the run folder away to run it again."
+        )
     asked = _request(run)
     differing = sorted(k for k in set(saved) | set(asked) if saved.get(k) != asked.get(k) and k != "output")
     if differing:

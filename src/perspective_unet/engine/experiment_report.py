@@ -27,12 +27,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import yaml
 
 from perspective_unet.config.experiment import ExperimentConfig
 from perspective_unet.engine.experiment import EXPERIMENT_FILE
 from perspective_unet.errors import InputError
-from perspective_unet.outputs import text_writer, write_all
+from perspective_unet.outputs import read_yaml, text_writer, write_all
 from perspective_unet.runs import RunFolder
 from perspective_unet.stats import Comparison, Spread, bootstrap_interval, holm, paired_wilcoxon, spread
 from perspective_unet.table import format_table
@@ -147,9 +146,12 @@ def summarize(root: str | os.PathLike[str]) -> ExperimentReport:
     path = root / EXPERIMENT_FILE
     if not path.is_file():
         raise InputError(f"{root} holds no {EXPERIMENT_FILE}; give the folder `perspective-unet experiment run` wrote.")
+    data = read_yaml(path, "give the folder `perspective-unet experiment run` wrote.")
     try:
-        experiment = ExperimentConfig.from_dict(yaml.safe_load(path.read_text()))
-    except (ValueError, FileNotFoundError, yaml.YAMLError) as exc:
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a {type(data).__name__}, not the experiment's mapping")
+        experiment = ExperimentConfig.from_dict(data)
+    except (ValueError, FileNotFoundError) as exc:
         raise InputError(f"{path} is not a valid experiment ({exc}).") from None
     found, missing = gather_scores(root, experiment)
     if not found:

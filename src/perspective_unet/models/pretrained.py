@@ -33,7 +33,7 @@ from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import check_state_dict
 from perspective_unet.models.inference_info import DEFAULT_IMG_SIZE, InferenceInfo
 from perspective_unet.models.perspective_unet import PerspectiveUNet
-from perspective_unet.outputs import text_writer, write_all
+from perspective_unet.outputs import read_json, text_writer, write_all
 from perspective_unet.plan import Plan
 
 __all__ = [
@@ -186,10 +186,7 @@ def _read_json(path: Path) -> Any:
             f"{path} is missing; a model folder holds {CONFIG_FILE}, {WEIGHTS_FILE}, "
             f"{PREPROCESSING_FILE} and {LABELS_FILE}. Export the model again."
         )
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); the file is damaged or was edited.") from None
+    return read_json(path, "the file is damaged or was edited; export the model again.")
 
 
 def read_inference_info(folder: str | os.PathLike[str]) -> InferenceInfo:
