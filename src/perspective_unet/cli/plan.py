@@ -62,8 +62,13 @@ def run(args: argparse.Namespace) -> int:
     from perspective_unet.data.layouts.detect import open_dataset
     from perspective_unet.errors import InputError
     from perspective_unet.outputs import write_json_atomic
-    from perspective_unet.plan import MAX_PATCH_PIXELS, PLAN_FILE, check_patch_size, derive_plan
+    from perspective_unet.plan import MAX_PATCH_PIXELS, PLAN_FILE, check_patch_multiple, check_patch_size, derive_plan
 
+    if args.patch_size is not None:
+        try:
+            check_patch_multiple(args.patch_size)
+        except ValueError as exc:
+            raise InputError(f"--patch-size: {exc}") from None
     layout = open_dataset(args.data)
     print(f"data: {layout.describe()}")
     fingerprint = layout.fingerprint()

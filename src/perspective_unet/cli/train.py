@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from perspective_unet.cli.choices import MODEL_CHOICES
+from perspective_unet.cli.options import seed_value
 from perspective_unet.config import TrainConfig
 from perspective_unet.config.checks import PROTOCOLS
 
@@ -75,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="slices above and below fed as extra input channels (2.5D); default: the plan's",
     )
     parser.add_argument("--lr", dest="base_lr", type=float, help=_recipe("base_lr", "initial learning rate"))
-    parser.add_argument("--seed", type=int, help=_recipe("seed", "seed of every random number generator"))
+    parser.add_argument("--seed", type=seed_value, help=_recipe("seed", "seed of every random number generator"))
     parser.add_argument("--device", help=_recipe("device", "auto, cpu, cuda, cuda:N or mps"))
     parser.add_argument("--num-workers", type=int, help=_recipe("num_workers", "data loader worker processes"))
     parser.add_argument("--grad-accum-steps", type=int, help=_recipe("grad_accum_steps", "batches per optimizer step"))

@@ -159,7 +159,7 @@ class ExperimentConfig:
         if not isinstance(self.seeds, list) or not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a list of distinct integers, got {self.seeds!r}.")
         for seed in self.seeds:
-            check_int("seeds", seed)
+            check_int("seeds", seed, minimum=0)
         if self.folds is not None and (not isinstance(self.folds, list) or not self.folds):
             raise ValueError(f"folds must be a list of fold numbers (or 'all'), got {self.folds!r}.")
         if self.reference is None:

@@ -294,7 +294,7 @@ _TRAIN_CHECKS: dict[str, Check] = {
     "foreground_sampling_weight": _number(low=0, low_open=True),
     "ce_weight": _number(low=0),
     "dice_weight": _number(low=0),
-    "seed": _int(),
+    "seed": _int(0),
     "num_workers": _int(0),
     "device": check_str,
     "amp": check_bool,

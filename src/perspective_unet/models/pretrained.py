@@ -200,7 +200,8 @@ def read_inference_info(folder: str | os.PathLike[str]) -> InferenceInfo:
     labels = _read_json(folder / LABELS_FILE)
     if not isinstance(preprocessing, dict) or not isinstance(labels, dict):
         raise InputError(f"{folder}: {PREPROCESSING_FILE} and {LABELS_FILE} must hold JSON objects; export again.")
-    return InferenceInfo.from_files(preprocessing, labels, folder)
+    info = InferenceInfo.from_files(preprocessing, labels, folder)
+    return info.replace(plan_source=folder / PREPROCESSING_FILE) if info.plan is not None else info
 
 
 def from_pretrained(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> PerspectiveUNet:
