@@ -28,7 +28,7 @@ import re
 import shutil
 import socket
 import uuid
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -45,6 +45,7 @@ __all__ = [
     "parse_yaml",
     "read_json",
     "read_yaml",
+    "refuse_own_source",
     "remove_stale_temporaries",
     "temporary_path",
     "text_writer",
@@ -83,7 +84,8 @@ def temporary_path(path: str | os.PathLike[str]) -> Path:
 def write_all(writers: Mapping[str | os.PathLike[str], Callable[[Path], None]]) -> list[Path]:
     """Write several files as one result: each writer fills a temporary file, then all are renamed into place.
 
-    If any writer fails (a full disk, an interrupt), every temporary file is removed and no target is touched.
+    If any writer fails (a full disk, an interrupt), every temporary file is removed and no target is touched; an
+    ``OSError`` that names no file, or a temporary one, is given the target's name (the one the user knows).
 
     Args:
         writers: Target path -> function that writes the file at the path it is given.
@@ -103,11 +105,39 @@ def write_all(writers: Mapping[str | os.PathLike[str], Callable[[Path], None]]) 
                 os.chmod(tmp, default_file_mode())
         for tmp, target in pending:
             os.replace(tmp, target)
-    except BaseException:
+    except BaseException as exc:
         for tmp, _ in pending:
             tmp.unlink(missing_ok=True)
+        if isinstance(exc, OSError) and pending:
+            names = {str(tmp): str(target) for tmp, target in pending}
+            exc.filename = names.get(str(exc.filename), exc.filename) or str(pending[-1][1])
         raise
     return [target for _, target in pending]
+
+
+def _same(first: Path, second: Path) -> bool:
+    if first.exists() and second.exists():
+        return os.path.samefile(first, second)  # hard links and symbolic links too
+    return first.resolve() == second.resolve()
+
+
+def refuse_own_source(
+    outputs: Iterable[str | os.PathLike[str]], sources: Iterable[str | os.PathLike[str]], fix: str
+) -> None:
+    """Raise ``InputError`` when an output path is one of the sources (the same file or folder, by any name), so a
+    conversion or export never replaces what it was made from, even with ``--overwrite``.
+
+    Args:
+        outputs: The files or folders about to be written.
+        sources: What they are made from.
+        fix: What the user should do, ending the message.
+    """
+    sources = [Path(source) for source in sources]
+    for output in map(Path, outputs):
+        for source in sources:
+            if _same(output, source):
+                which = "the source itself" if output == source else f"the source {source} by another name"
+                raise InputError(f"{output} is {which}; {fix} (nothing was written).")
 
 
 def text_writer(text: str) -> Callable[[Path], None]:

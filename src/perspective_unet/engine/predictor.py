@@ -170,7 +170,8 @@ class Predictor:
         try:
             result = self.predict_canonical(self.prepare(array, meta), return_probabilities, spacing)
         except InputError as exc:
-            raise InputError(f"{meta.get('path', 'the image')}: {exc}") from None
+            where = str(meta.get("path", "the image"))
+            raise InputError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
         labels, probabilities = result if return_probabilities else (result, None)
         labels = from_canonical(labels, meta, self.orientation)
         if probabilities is None:

@@ -12,7 +12,7 @@ from perspective_unet.errors import InputError
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.models.pretrained import write_model_folder
-from perspective_unet.outputs import read_json
+from perspective_unet.outputs import read_json, refuse_own_source
 from perspective_unet.runs import LoadedModel, RunFolder, load, model_sources
 
 __all__ = ["class_colors", "export_folder", "exported_model", "model_card"]
@@ -121,9 +121,19 @@ def model_card(model: PerspectiveUNet, info: InferenceInfo) -> str:
 def export_folder(
     checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
-    """Write a checkpoint (or model folder, or run folder) as a model folder with a model card."""
+    """Write a checkpoint (or model folder, or run folder) as a model folder with a model card.
+
+    Raises:
+        InputError: ``output`` is the model folder read, or the run folder of the checkpoint read (whose records the
+            model folder's files would replace).
+    """
     loaded = exported_model(checkpoint)
     model, info = loaded.model, loaded.info
+    refuse_own_source(
+        [output],
+        [source if source.is_dir() else source.parent for source in loaded.sources],
+        "write the model folder elsewhere",
+    )
     return write_model_folder(
         model,
         output,
