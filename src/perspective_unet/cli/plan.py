@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in-plane spacing, the patch size, the intensity normalization, the batch size and the context slices (2.5D). "
         "With options, the plan is changed and written again: a new protocol, spacing or pixel budget derives the "
         "patch and batch sizes anew unless they are given too; --reset derives the whole plan from the fingerprint. "
-        "plan.json may also be edited by hand; training checks it.",
+        "plan.json may also be edited by hand; plan -d and training check it. A folder written by `prepare` whose "
+        "plan.json was deleted is refused until --reset derives it again.",
     )
     parser.add_argument("-d", "--data", required=True, help="prepared dataset folder")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="paper or spacing")

@@ -5,7 +5,7 @@ dataset folder through, whatever its on-disk format.
 A layout lists the slices and volumes of a split and reads them; its default methods read the structure that the
 prepared layout and TransUNet's Synapse files share (``train_npz/<case>_slice<NNN>.npz`` slices and ``.npy.h5``
 volumes). It also gives the folder's fingerprint, geometry and plan (``fingerprint.json``, ``geometry.json``,
-``plan.json`` when present; the paper protocol's plan otherwise).
+``plan.json`` when present; the paper protocol's plan for folders that never had one).
 """
 
 from __future__ import annotations
