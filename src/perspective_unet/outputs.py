@@ -173,7 +173,7 @@ def _read_text(path: Path, kind: str, fix: str) -> str:
     if size > MAX_DOCUMENT_BYTES:
         raise InputError(
             f"{path} is {size / 2**20:.0f} MB, more than the {MAX_DOCUMENT_BYTES // 2**20} MB a {kind} file read "
-            f"here may hold; it is not a file of this package. {fix}"
+            f"here may hold (this package's own take a few MB); {fix}"
         )
     try:
         return path.read_bytes().decode("utf-8-sig")
@@ -197,8 +197,10 @@ def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
     result = dict(pairs)
     if len(result) != len(pairs):
         seen: set[str] = set()
-        twice = next(key for key, _ in pairs if key in seen or seen.add(key))  # type: ignore[func-returns-value]
-        raise _RefusedDocumentError(f"the key {twice!r} appears twice (keep one)")
+        for key, _ in pairs:
+            if key in seen:
+                raise _RefusedDocumentError(f"the key {key!r} appears twice (keep one)")
+            seen.add(key)
     return result
 
 
@@ -219,7 +221,7 @@ def parse_json(text: str, origin: str | os.PathLike[str], fix: str) -> Any:
         return json.loads(text, object_pairs_hook=_unique_keys)
     except _RefusedDocumentError as exc:
         raise InputError(f"{origin}: {exc}; {fix}") from None
-    except RecursionError:  # nesting the bracket count missed (it cannot, but a traceback must never reach the user)
+    except RecursionError:  # a caller already deep in the stack; the user still gets one line
         raise InputError(f"{origin}: lists or objects nest too deep; {fix}") from None
     except json.JSONDecodeError as exc:
         raise InputError(f"{origin} is not valid JSON ({exc}); {fix}") from None
@@ -287,6 +289,7 @@ def parse_yaml(text: str, origin: str | os.PathLike[str], fix: str) -> Any:
     import yaml
 
     loader = _yaml_loader()(text)
+    loader.name = str(origin)  # PyYAML's messages then say where: in "recipe.yaml", line 3, column 1
     try:
         return loader.get_single_data()
     except _RefusedDocumentError as exc:

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from perspective_unet import create_model
+from perspective_unet import create_model, save_model
 from perspective_unet.cli import main
 from perspective_unet.data.io import read_image
 from perspective_unet.engine.inference import predict_slices
@@ -178,6 +178,10 @@ def test_labels_json_naming_fewer_classes_than_the_model_is_refused(untrained_mo
     err = one_line_error(capsys)
     assert f"{folder / 'labels.json'} names 2 classes but its model has 3" in err
     assert not (tmp_path / "out").exists()
+    two_names = {"class_names": ["background", "square"]}
+    checkpoint = save_model(create_model("perspective_unet_tiny", num_classes=3), tmp_path / "m.pt", dataset=two_names)
+    assert main(predict_args(checkpoint, tmp_path)) == 2  # a checkpoint's record is held to the same rule
+    assert f"{checkpoint} names 2 classes but its model has 3" in one_line_error(capsys)
 
 
 # Files named -------------------------------------------------------------------------------------------------------
