@@ -300,7 +300,7 @@ def test_every_field_set_round_trips_through_yaml(tmp_path):
         foreground_sampling_weight=3.0,
         ce_weight=0.0,
         dice_weight=1.0,
-        seed=-1,
+        seed=0,  # the smallest seed (negative ones are refused: the data pipeline cannot draw from them)
         num_workers=0,
         device="cpu",
         amp=False,

@@ -86,10 +86,12 @@ def test_every_import_names_the_module_that_defines_the_name():
 # Which rooms a room may never import (docs/architecture.md, "Imports run one way").
 _ABOVE_THE_CONTRACTS = ("data", "models", "runs", "engine", "export", "viz", "bench", "cli")
 NEVER = {
-    "perspective_unet.config": (*_ABOVE_THE_CONTRACTS, "plan", "intensity", "fingerprint", "outputs", "metrics"),
+    # config reads its YAML through the guarded reader of outputs, which takes nothing but errors.
+    "perspective_unet.config": (*_ABOVE_THE_CONTRACTS, "plan", "intensity", "fingerprint", "metrics"),
+    "perspective_unet.outputs": (*_ABOVE_THE_CONTRACTS, "config", "plan", "intensity", "fingerprint", "metrics"),
     **{
         f"perspective_unet.{name}": _ABOVE_THE_CONTRACTS
-        for name in ("plan", "fingerprint", "intensity", "outputs", "metrics", "losses", "stats", "schedule", "table")
+        for name in ("plan", "fingerprint", "intensity", "metrics", "losses", "stats", "schedule", "table")
     },
     "perspective_unet.data": ("models", "runs", "engine", "export", "viz", "bench", "cli"),
     "perspective_unet.models": ("data", "runs", "engine", "export", "viz", "bench", "cli"),

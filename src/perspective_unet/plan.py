@@ -33,7 +33,17 @@ from perspective_unet.fingerprint import CaseFingerprint, Fingerprint
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.outputs import read_json
 
-__all__ = ["PATCH_DIVISOR", "PLAN_FILE", "PROTOCOLS", "Plan", "check_patch_size", "derive_plan", "read_plan"]
+__all__ = [
+    "PATCH_DIVISOR",
+    "PLAN_FILE",
+    "PROTOCOLS",
+    "Plan",
+    "check_patch_multiple",
+    "check_patch_size",
+    "derive_plan",
+    "largest_slice_at",
+    "read_plan",
+]
 
 PROTOCOLS = ("paper", "spacing")
 PLAN_FILE = "plan.json"
@@ -158,11 +168,27 @@ def _shape_at(case: CaseFingerprint, spacing: tuple[float, float]) -> tuple[floa
     return (case.shape[1] * case.spacing[1] / spacing[0], case.shape[2] * case.spacing[2] / spacing[1])
 
 
+def check_patch_multiple(patch: Sequence[int]) -> None:
+    """Raise ``ValueError`` unless both sides of ``patch`` are multiples of :data:`PATCH_DIVISOR`, as a plan's are (the
+    registered networks halve their input four times)."""
+    if any(int(side) % PATCH_DIVISOR or int(side) < PATCH_DIVISOR for side in patch):
+        near = "x".join(str(_round_up(int(side))) for side in patch)
+        raise ValueError(
+            f"patch size {'x'.join(str(int(side)) for side in patch)}: both sides must be multiples of "
+            f"{PATCH_DIVISOR} (the network halves its input four times), e.g. {near}."
+        )
+
+
+def largest_slice_at(fingerprint: Fingerprint, spacing: tuple[float, float] | None) -> tuple[float, float]:
+    """The largest (height, width) of the training slices once resampled to ``spacing`` (native pixels if None)."""
+    shapes = [_shape_at(c, spacing) if spacing else (c.shape[1], c.shape[2]) for c in fingerprint.training_cases]
+    return (max(s[0] for s in shapes), max(s[1] for s in shapes))
+
+
 def check_patch_size(fingerprint: Fingerprint, spacing: tuple[float, float] | None, patch: Sequence[int]) -> None:
     """Raise ``ValueError`` when ``patch`` is larger than every training slice at ``spacing`` (native pixels if None),
     the slices' largest sides rounded up to multiples of 16 (a patch a little larger than a slice is padded)."""
-    shapes = [_shape_at(c, spacing) if spacing else (c.shape[1], c.shape[2]) for c in fingerprint.training_cases]
-    extent = (max(s[0] for s in shapes), max(s[1] for s in shapes))
+    extent = largest_slice_at(fingerprint, spacing)
     limit = (_round_up(extent[0]), _round_up(extent[1]))
     if patch[0] > limit[0] or patch[1] > limit[1]:
         where = f"{spacing[0]:.3g} x {spacing[1]:.3g} mm" if spacing else "their own pixel size"
@@ -247,7 +273,7 @@ def derive_plan(
 
 
 def read_plan(path: str | os.PathLike[str]) -> Plan:
-    """Read and validate ``plan.json``.
+    """Read and validate ``plan.json``: a valid :class:`Plan` whose patch sides are multiples of 16.
 
     Raises:
         InputError: The file is missing, not JSON, or describes an invalid plan (the message names the file and
@@ -256,7 +282,9 @@ def read_plan(path: str | os.PathLike[str]) -> Plan:
     path = Path(path)
     data = read_json(path, "prepare the dataset again or write a plan with `perspective-unet plan`.")
     try:
-        return Plan.from_dict(data)
+        plan = Plan.from_dict(data)
+        check_patch_multiple(plan.patch_size)
+        return plan
     except (ValueError, TypeError) as exc:
         raise InputError(
             f"{path}: {exc} Fix the file or rewrite it with `perspective-unet plan -d {path.parent} --reset`."

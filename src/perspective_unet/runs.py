@@ -248,6 +248,7 @@ def _load_checkpoint(path: Path, device: torch.device | str) -> tuple[nn.Module,
     model = model_from_checkpoint(data, path, map_location=device)
     info = InferenceInfo.from_checkpoint(data, path)
     info.check_model(model.config.in_channels, model.config.repeat_gray_to_rgb, path)
+    info.check_classes(model.config.num_classes, path)
     return model, info
 
 
@@ -270,6 +271,7 @@ def _load_one(path: Path, device: torch.device | str) -> tuple[nn.Module, Infere
         model = from_pretrained(path, device)
         info = read_inference_info(path)
         info.check_model(model.config.in_channels, model.config.repeat_gray_to_rgb, path)
+        info.check_classes(model.config.num_classes, path / LABELS_FILE)
         return model, info
     if path.suffix.lower() == ".onnx":
         return _load_onnx(path)

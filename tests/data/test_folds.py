@@ -67,7 +67,7 @@ def test_folds_are_written_once_and_never_hold_a_test_case(dataset):
 @pytest.mark.parametrize(
     "content, match",
     [
-        ("not json", "cannot be read as JSON"),
+        ("not json", "is not valid JSON"),
         ('[{"train": ["case0001"]}]', "list of folds"),
         (
             '[{"train": ["case0001", "case0004"], "val": ["case0002", "case0003"]}, {"train": [], "val": []}]',

@@ -166,7 +166,11 @@ def test_detection_picks_the_prepared_layout_over_the_transunet_names_it_shares(
     root = write_prepared(tmp_path / "prepared")
     assert (root / "train_npz").is_dir() and (root / "test_vol_h5").is_dir()
     assert type(open_dataset(root)) is PreparedDataset
-    (root / "dataset.json").unlink()  # the same files without a description are TransUNet-style files
+    (root / "dataset.json").unlink()  # a prepared folder that lost its description is not taken for other files
+    with pytest.raises(InputError, match="dataset.json is missing, but the folder holds fingerprint.json"):
+        open_dataset(root)
+    for name in ("fingerprint.json", "geometry.json", "plan.json"):  # without prepare's records: TransUNet-style files
+        (root / name).unlink(missing_ok=True)
     layout = open_dataset(root)
     assert type(layout) is SynapseFiles and layout.info.cases("test") == ("t",)
 

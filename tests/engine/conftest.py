@@ -1,4 +1,5 @@
-"""A tiny prepared dataset (the project's layout) for engine tests: squares and discs on noise."""
+"""A tiny prepared dataset (the project's layout) for engine tests: squares and discs on noise; an untrained model
+folder of the spacing protocol for tests that probe files only."""
 
 from __future__ import annotations
 
@@ -6,10 +7,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
+from perspective_unet import create_model
 from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.layouts.prepared import PreparedWriter
 from perspective_unet.intensity import IntensitySpec
+from perspective_unet.models.pretrained import save_pretrained
+from perspective_unet.plan import Plan
 
 
 def synthetic_volume(seed: int, depth: int = 6, size: int = 32) -> tuple[np.ndarray, np.ndarray]:
@@ -52,3 +57,19 @@ def write_tiny_dataset(root: Path) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dataset(tmp_path_factory) -> Path:
     return write_tiny_dataset(tmp_path_factory.mktemp("data") / "tiny")
+
+
+@pytest.fixture(scope="module")
+def untrained_model_folder(tmp_path_factory) -> Path:
+    """A 3-class model folder of the spacing protocol at 1 x 1 mm, untrained: for tests of its files."""
+    torch.manual_seed(0)
+    plan = Plan(
+        "spacing",
+        (32, 32),
+        IntensitySpec("ct_window", window=(-125.0, 275.0), scaling="zscore_per_image"),
+        spacing=(1.0, 1.0),
+        batch_size=2,
+    )
+    dataset = {"class_names": ["background", "square", "disc"], "modality": "CT"}
+    folder = tmp_path_factory.mktemp("models") / "model"
+    return save_pretrained(create_model("perspective_unet_tiny", num_classes=3), folder, plan=plan, dataset=dataset)

@@ -67,7 +67,7 @@ def test_the_ensemble_module_is_the_log_of_the_mean_softmax():
 @pytest.mark.parametrize(
     "change, match",
     [
-        ({"num_classes": 4}, "classes"),
+        ({"num_classes": 4, "dataset": {"class_names": ["background", "square", "disc", "ring"]}}, "classes"),
         ({"dataset": {"class_names": ["background", "liver", "disc"]}}, "class names"),
         ({"plan": {**PLAN, "patch_size": [48, 48]}}, "plan"),
     ],

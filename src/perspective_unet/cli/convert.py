@@ -34,7 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.models.official import convert_official_checkpoint
+    from perspective_unet.outputs import refuse_own_source
 
+    refuse_own_source([args.destination], [args.source], "write the conversion to another file")
     if Path(args.destination).exists() and not args.overwrite:
         raise FileExistsError(f"{args.destination} exists; pass --overwrite to replace it.")
     path = convert_official_checkpoint(

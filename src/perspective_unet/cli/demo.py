@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from perspective_unet.cli.choices import MODEL_CHOICES
+from perspective_unet.cli.options import seed_value
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -26,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "paper (every slice zoomed to one size)",
     )
     parser.add_argument("--epochs", type=int, default=None, help="training epochs (default: 40)")
-    parser.add_argument("--seed", type=int, default=None, help="seed of the run (default: 1234)")
+    parser.add_argument("--seed", type=seed_value, default=None, help="seed of the run (default: 1234)")
     parser.add_argument(
         "--seeds",
         type=int,

@@ -18,6 +18,7 @@ __all__ = [
     "add_checkpoints",
     "add_intensity_override",
     "inference_settings",
+    "seed_value",
     "shown_default",
 ]
 
@@ -68,6 +69,17 @@ class CommandParser(argparse.ArgumentParser):
             help="log debug messages",
         )
         self.add_argument("--version", action="version", version=f"perspective-unet {__version__}")
+
+
+def seed_value(text: str) -> int:
+    """The ``type`` of a ``--seed`` option: an integer >= 0 (argparse then names the option in its error)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 0 (seeds are not negative), got {value}")
+    return value
 
 
 def add_checkpoints(parser: argparse.ArgumentParser | argparse._MutuallyExclusiveGroup, required: bool = True) -> None:

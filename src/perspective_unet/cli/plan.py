@@ -28,7 +28,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "in-plane spacing, the patch size, the intensity normalization, the batch size and the context slices (2.5D). "
         "With options, the plan is changed and written again: a new protocol, spacing or pixel budget derives the "
         "patch and batch sizes anew unless they are given too; --reset derives the whole plan from the fingerprint. "
-        "plan.json may also be edited by hand; training checks it.",
+        "plan.json may also be edited by hand; plan -d and training check it. A folder written by `prepare` whose "
+        "plan.json was deleted is refused until --reset derives it again.",
     )
     parser.add_argument("-d", "--data", required=True, help="prepared dataset folder")
     parser.add_argument("--protocol", choices=PROTOCOLS, help="paper or spacing")
@@ -62,8 +63,13 @@ def run(args: argparse.Namespace) -> int:
     from perspective_unet.data.layouts.detect import open_dataset
     from perspective_unet.errors import InputError
     from perspective_unet.outputs import write_json_atomic
-    from perspective_unet.plan import MAX_PATCH_PIXELS, PLAN_FILE, check_patch_size, derive_plan
+    from perspective_unet.plan import MAX_PATCH_PIXELS, PLAN_FILE, check_patch_multiple, check_patch_size, derive_plan
 
+    if args.patch_size is not None:
+        try:
+            check_patch_multiple(args.patch_size)
+        except ValueError as exc:
+            raise InputError(f"--patch-size: {exc}") from None
     layout = open_dataset(args.data)
     print(f"data: {layout.describe()}")
     fingerprint = layout.fingerprint()

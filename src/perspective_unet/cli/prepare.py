@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from perspective_unet.cli.choices import DEFAULT_ORIENTATION
+from perspective_unet.cli.options import seed_value
 
 __all__ = ["register"]
 
@@ -67,7 +68,7 @@ def register(subparsers: Any) -> None:
         default=0.2,
         help="share of cases for testing; ignored when imagesTs has labels",
     )
-    nnunet.add_argument("--seed", type=int, default=1234, help="seed of the case split")
+    nnunet.add_argument("--seed", type=seed_value, default=1234, help="seed of the case split")
     nnunet.add_argument(
         "--orientation",
         default=DEFAULT_ORIENTATION,

@@ -7,6 +7,7 @@ import dataclasses
 from pathlib import Path
 
 from perspective_unet.cli.choices import MODEL_CHOICES
+from perspective_unet.cli.options import seed_value
 from perspective_unet.config import TrainConfig
 from perspective_unet.config.checks import PROTOCOLS
 
@@ -24,10 +25,14 @@ def _recipe(field: str, text: str) -> str:
 def _key_value(text: str) -> tuple[str, object]:
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
-    import yaml
+    from perspective_unet.errors import InputError
+    from perspective_unet.outputs import parse_yaml
 
     key, value = text.split("=", 1)
-    return key.strip(), yaml.safe_load(value)
+    try:
+        return key.strip(), parse_yaml(value, f"--model-option {key.strip()}", "give a YAML value, e.g. true or 0.1.")
+    except InputError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def _fold(text: str) -> int | str:
@@ -71,7 +76,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="slices above and below fed as extra input channels (2.5D); default: the plan's",
     )
     parser.add_argument("--lr", dest="base_lr", type=float, help=_recipe("base_lr", "initial learning rate"))
-    parser.add_argument("--seed", type=int, help=_recipe("seed", "seed of every random number generator"))
+    parser.add_argument("--seed", type=seed_value, help=_recipe("seed", "seed of every random number generator"))
     parser.add_argument("--device", help=_recipe("device", "auto, cpu, cuda, cuda:N or mps"))
     parser.add_argument("--num-workers", type=int, help=_recipe("num_workers", "data loader worker processes"))
     parser.add_argument("--grad-accum-steps", type=int, help=_recipe("grad_accum_steps", "batches per optimizer step"))
@@ -166,8 +171,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_yaml(path: str) -> dict:
     """The fields a YAML config file sets (its mapping), for comparing with a resumed run's saved settings."""
-    import yaml
+    from perspective_unet.outputs import read_yaml
 
     TrainConfig.from_yaml(path)  # the file's own checks and messages first
-    with open(path, encoding="utf-8") as handle:
-        return dict(yaml.safe_load(handle) or {})
+    return dict(read_yaml(path, "fix the config file.") or {})

@@ -44,6 +44,7 @@ from perspective_unet.config.checks import (
     dataclass_from_dict,
 )
 from perspective_unet.config.train import TrainConfig
+from perspective_unet.outputs import read_yaml
 
 __all__ = [
     "EXECUTORS",
@@ -235,7 +236,7 @@ class ExperimentConfig:
         if not isinstance(self.seeds, list) or not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a list of distinct integers, got {self.seeds!r}.")
         for seed in self.seeds:
-            check_int("seeds", seed)
+            check_int("seeds", seed, minimum=0)
         if self.folds is not None and (not isinstance(self.folds, list) or not self.folds):
             raise ValueError(f"folds must be a list of fold numbers (or 'all'), got {self.folds!r}.")
         if self.reference is None:
@@ -255,10 +256,8 @@ class ExperimentConfig:
         experiment's."""
         if self.base is None:
             return {}
-        import yaml
-
         TrainConfig.from_yaml(self.base)
-        data = yaml.safe_load(Path(self.base).read_text()) or {}
+        data = read_yaml(self.base, "fix the base config file.") or {}
         return {k: v for k, v in data.items() if k not in ("seed", "fold", "output")}
 
     def self_contained(self) -> ExperimentConfig:
@@ -303,15 +302,10 @@ class ExperimentConfig:
     @classmethod
     def from_yaml(cls, path: str | Path) -> ExperimentConfig:
         """Read an experiment file; a bad one raises ``ValueError`` naming the file and the field."""
-        import yaml
-
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"experiment file {path} does not exist; see configs/experiments/ for examples.")
-        try:
-            data = yaml.safe_load(path.read_text())
-        except yaml.YAMLError as exc:
-            raise ValueError(f"experiment file {path} is not valid YAML: {exc}") from None
+        data = read_yaml(path, "fix the experiment file (see configs/experiments/ for examples).")
         if not isinstance(data, dict):
             raise ValueError(f"experiment file {path} must hold a mapping (name, configurations, seeds, ...).")
         try:

@@ -24,6 +24,7 @@ from perspective_unet.config.checks import (
     dataclass_from_dict,
 )
 from perspective_unet.config.model import _MODEL_CHECKS, ModelConfig
+from perspective_unet.outputs import read_yaml
 
 # Training ------------------------------------------------------------------------------------------------------------
 
@@ -231,16 +232,17 @@ class TrainConfig:
 
     @classmethod
     def from_yaml(cls, path: str | Path, **overrides: Any) -> TrainConfig:
-        """Read a YAML file of fields; ``overrides`` that are not None win over the file (dicts are merged)."""
-        import yaml
+        """Read a YAML file of fields; ``overrides`` that are not None win over the file (dicts are merged).
 
+        Raises:
+            FileNotFoundError: The file does not exist.
+            ValueError: The file is not valid YAML (or too large, nested too deep, or sets a field twice: see
+                :func:`perspective_unet.outputs.read_yaml`), or a field is invalid; the message names the file.
+        """
         path = Path(path)
         if not path.is_file():
             raise FileNotFoundError(f"config file {path} does not exist; see the configs/ folder for examples.")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ValueError(f"config file {path} is not valid YAML: {exc}") from exc
+        data = read_yaml(path, "fix the config file (see the configs/ folder for examples).") or {}
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of fields, not a {type(data).__name__}.")
         for key, value in overrides.items():
@@ -292,7 +294,7 @@ _TRAIN_CHECKS: dict[str, Check] = {
     "foreground_sampling_weight": _number(low=0, low_open=True),
     "ce_weight": _number(low=0),
     "dice_weight": _number(low=0),
-    "seed": _int(),
+    "seed": _int(0),
     "num_workers": _int(0),
     "device": check_str,
     "amp": check_bool,

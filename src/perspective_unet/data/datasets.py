@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 
 from perspective_unet.config.augmentation import AugmentationConfig
 from perspective_unet.data.augmentation import build_augmentation
+from perspective_unet.data.checks import check_finite, check_label_values
 from perspective_unet.data.layouts.base import TRAIN_DIR, DatasetLayout, SliceRef, context_indices
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.layouts.info import SPLITS
@@ -251,6 +252,7 @@ class VolumeDataset(Dataset):
         if image.ndim != 3 or (label is not None and label.shape != image.shape):
             shape = None if label is None else label.shape
             raise InputError(f"{path}: image {image.shape} and label {shape} must be equal (Z, H, W) volumes.")
+        self._check_values(image, label, f"{path} (case {case!r})")
         spacing = attrs.pop("spacing", None)
         return {
             "image": image.astype(np.float32, copy=False),
@@ -259,6 +261,16 @@ class VolumeDataset(Dataset):
             "spacing": None if spacing is None else tuple(float(s) for s in np.ravel(spacing)),
             "meta": attrs,
         }
+
+    def _check_values(self, image: np.ndarray, label: np.ndarray | None, where: str) -> None:
+        """Raise ``InputError`` naming the file and case for NaN or infinite intensities and for labels outside the
+        dataset's classes (a model would be blamed for them, or a metric would fail without a name)."""
+        check_finite(image, where)
+        if label is not None and label.size:
+            classes, low, high = self.info.num_classes, label.min(), label.max()
+            # The range alone is checked on every volume; the full check (which sorts the values) only names them.
+            if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high >= classes:
+                check_label_values(label, range(classes), where)
 
     def _stack(self, case: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         refs = sorted(self.stacked[case], key=lambda ref: ref.position)

@@ -26,6 +26,7 @@ import numpy as np
 
 from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.errors import InputError
+from perspective_unet.outputs import read_json
 
 __all__ = ["ALL_FOLDS", "SPLITS_FILE", "Fold", "development_cases", "fold_cases", "make_folds", "read_splits"]
 
@@ -84,10 +85,7 @@ def read_splits(path: Path, cases: Sequence[str]) -> list[dict[str, list[str]]]:
         InputError: The file is not valid JSON or not a list of folds, or a fold names a case outside ``cases``,
             puts a case on both sides, or leaves one out.
     """
-    try:
-        folds = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} cannot be read as JSON ({exc}); fix it or delete it to draw new folds.") from None
+    folds = read_json(path, "fix it or delete it to draw new folds.")
     if (
         not isinstance(folds, list)
         or not folds

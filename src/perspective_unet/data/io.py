@@ -66,7 +66,8 @@ def read_image(
         SeriesInstanceUID read).
 
     Raises:
-        InputError: The file does not exist, cannot be read completely (unreadable or truncated), or is not 2D/3D;
+        InputError: The file does not exist, cannot be read completely (unreadable or truncated), is not 2D/3D, or
+            holds complex or non-numeric voxels;
             a DICOM folder holds several series and ``series`` is None, holds no series ``series``, or the chosen
             series has two slices at one position or a missing slice; ``series`` is given for a file.
     """
@@ -96,6 +97,13 @@ def read_image(
             f"Cannot read {path}: {type(exc).__name__}: {exc}. The file is unreadable or truncated; "
             "copy or download it again."
         ) from exc
+    if array.dtype.kind not in "biuf":
+        # Complex voxels (MR raw data) would lose their imaginary part in a cast with only a NumPy warning.
+        what = "complex values" if array.dtype.kind == "c" else "non-numeric voxels (RGB or another record type)"
+        raise InputError(
+            f"{path} holds {what} of type {array.dtype}; expected real intensities: convert the image to its "
+            "magnitude (or to gray) first."
+        )
     if array.ndim == 4 and array.shape[3] == 1:
         array = array[..., 0]
     if array.ndim not in (2, 3):

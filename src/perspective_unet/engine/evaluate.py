@@ -52,6 +52,7 @@ def evaluate_model(
     class_names: Sequence[str] | None = None,
     ctx: DistributedContext | None = None,
     progress: bool = True,
+    plan_source: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """Predict and score every volume of ``dataset``.
 
@@ -66,6 +67,7 @@ def evaluate_model(
         class_names: Names indexed by class id (background first).
         ctx: Distributed context; volumes are split across processes and the scores gathered on every process.
         progress: Show a progress bar.
+        plan_source: The file the plan was read from, named when a size it sets cannot be met.
 
     Returns:
         ``{"per_case": [{"case", "spacing_known", protocol: scores, ...}], protocol: aggregate(...), ...}``.
@@ -74,7 +76,7 @@ def evaluate_model(
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}.")
     ctx = ctx or DistributedContext()
-    inferer = inferer_for(plan, settings)
+    inferer = inferer_for(plan, settings, plan_source=plan_source)
     was_training = model.training
     model.eval()
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
@@ -292,6 +294,7 @@ def evaluate(
             protocols=protocols,
             class_names=list(layout.info.class_names),
             progress=progress,
+            plan_source=info.plan_source,
         )
         sources = [str(path) for path in loaded.sources]
         extra = {

@@ -33,11 +33,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from perspective_unet.config.experiment import EvaluationSettings, ExperimentConfig, ExperimentRun
 from perspective_unet.errors import InputError
-from perspective_unet.outputs import atomic_write, lock_holder, text_writer
+from perspective_unet.outputs import atomic_write, lock_holder, read_json, read_yaml, text_writer
 from perspective_unet.runs import RunFolder
 
 __all__ = [
@@ -81,9 +79,12 @@ def read_experiment(root: Path) -> ExperimentConfig:
     path = root / EXPERIMENT_FILE
     if not path.is_file():
         raise InputError(f"{root} holds no {EXPERIMENT_FILE}; give the folder `perspective-unet experiment run` wrote.")
+    data = read_yaml(path, "give the folder `perspective-unet experiment run` wrote.")
     try:
-        return ExperimentConfig.from_dict(yaml.safe_load(path.read_text()))
-    except (ValueError, TypeError, FileNotFoundError, yaml.YAMLError) as exc:
+        if not isinstance(data, dict):
+            raise ValueError(f"it holds a {type(data).__name__}, not the experiment's mapping")
+        return ExperimentConfig.from_dict(data)
+    except (ValueError, TypeError, FileNotFoundError) as exc:
         raise InputError(f"{path} is not a valid experiment ({exc}).") from None
 
 
@@ -96,13 +97,10 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
     path = folder / RUN_RECORD
     if not path.exists():
         return None
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise InputError(
-            f"{path} is unreadable ({type(exc).__name__}: {exc}); the settings {folder} was trained with are unknown. "
-            "Restore the file, or move the folder away to run it again."
-        ) from None
+    record = read_json(
+        path,
+        f"the settings {folder} was trained with are unknown; restore the file, or move the folder away to rerun it.",
+    )
     if not isinstance(record, dict):
         raise InputError(
             f"{path} holds no training settings (a JSON object is expected); restore the file, or move {folder} away "

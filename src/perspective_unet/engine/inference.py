@@ -119,8 +119,13 @@ def predict_slices(
             logits = torch.cat([model(s) for s in x.split(1)]) if one_at_a_time else model(x)
         if not torch.isfinite(logits).all():
             # An all-background map would otherwise be written as if it were a result.
+            if not torch.isfinite(x).all():
+                raise InputError(
+                    "the network input holds NaN or infinite values (the image's intensities, after normalization); "
+                    "clean or mask the image (nothing more was written)."
+                )
             raise InputError(
-                "the model produced NaN or infinite outputs; its weights or the input are damaged "
+                "the model produced NaN or infinite outputs from a finite input; its weights are damaged "
                 "(nothing more was written)."
             )
         probs = torch.softmax(logits.float(), dim=1)
@@ -168,7 +173,7 @@ def predict_volume(
     if array.ndim != 4:
         raise ValueError(f"expected a (Z, H, W) or (Z, C, H, W) volume, got shape {tuple(array.shape)}.")
     if not torch.isfinite(array).all():
-        raise ValueError("the volume contains NaN or infinite intensities; clean or mask them before predicting.")
+        raise InputError("the volume contains NaN or infinite intensities; clean or mask them before predicting.")
     device = model_device(model)
     depth, _, height, width = array.shape
     target_h, target_w = int(img_size[0]), int(img_size[1])

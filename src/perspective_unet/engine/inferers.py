@@ -14,14 +14,17 @@ hold them), apply stage 2 and stack the 2.5D context slices.
 
 from __future__ import annotations
 
+import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from perspective_unet.engine.inference import predict_volume
+from perspective_unet.data.resample import resampled_shape
+from perspective_unet.engine.inference import model_device, predict_volume
 from perspective_unet.engine.inference_settings import InferenceSettings
+from perspective_unet.engine.runtime import require_memory
 from perspective_unet.engine.sliding_window import predict_at_spacing, stack_context
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import ImageStats
@@ -38,15 +41,24 @@ class Inferer(ABC):
     Args:
         plan: The model's plan (the settings' ``patch_size`` and ``overlap`` replace its own where set).
         settings: Batch size, test-time mirroring, resampler, autocast.
+        plan_source: The file the plan was read from, named when a size it sets cannot be met.
 
     Attributes:
         plan: The plan as used, with the settings' overrides.
         settings: The settings.
+        plan_source: The plan's file, or None.
     """
 
-    def __init__(self, plan: Plan, settings: InferenceSettings | None = None) -> None:
+    def __init__(
+        self,
+        plan: Plan,
+        settings: InferenceSettings | None = None,
+        *,
+        plan_source: str | os.PathLike[str] | None = None,
+    ) -> None:
         self.settings = settings or InferenceSettings()
         self.plan = self.settings.plan_for(plan)
+        self.plan_source = plan_source
 
     def __call__(
         self,
@@ -70,8 +82,8 @@ class Inferer(ABC):
             uint8 labels (Z, H, W), and the probabilities when asked.
 
         Raises:
-            InputError: The volume has fewer slices than the model reads at once, or the spacing protocol lacks the
-                volume's spacing.
+            InputError: The volume has fewer slices than the model reads at once, the spacing protocol lacks the
+                volume's spacing, or the volume resampled to the plan's spacing cannot fit in memory.
         """
         volume = np.asarray(volume, dtype=np.float32)
         if volume.ndim != 3:
@@ -146,6 +158,7 @@ class SpacingInferer(Inferer):
                 "the model works at a fixed pixel spacing (spacing protocol) but the image's spacing is "
                 "unknown; give an image whose header records its voxel size."
             )
+        self.check_resampled_size(model, volume.shape, spacing)
         stats = stats or (ImageStats.of(volume) if self.plan.intensity.per_image else None)
         return predict_at_spacing(
             model,
@@ -157,16 +170,43 @@ class SpacingInferer(Inferer):
             return_probabilities=return_probabilities,
         )
 
+    def check_resampled_size(self, model: torch.nn.Module, shape: Sequence[int], spacing: Sequence[float]) -> None:
+        """Raise ``InputError`` before allocating when a batch of slices of a (Z, H, W) ``shape`` at ``spacing``
+        cannot be held in memory once resampled to the plan's spacing (with its class probabilities).
+
+        The size comes from two files (the image's header and the plan), so a hostile or damaged one of either would
+        otherwise allocate hundreds of gigabytes; the message names both numbers and the plan's file.
+        """
+        plan = self.plan
+        height, width = int(shape[-2]), int(shape[-1])
+        size = resampled_shape((height, width), spacing, plan.spacing)  # type: ignore[arg-type]
+        slices = max(1, min(self.settings.batch_size, int(shape[0])))
+        classes = int(getattr(getattr(model, "config", None), "num_classes", 2))
+        # Per pixel: the network input, MONAI's sliding-window sums and their weights, the probabilities (float32).
+        need = slices * size[0] * size[1] * 4 * (plan.in_channels + 2 * classes + 1)
+        source = f" in {self.plan_source}" if self.plan_source is not None else ""
+        require_memory(
+            need,
+            model_device(model),
+            what=f"resampling {slices} slice(s) of {height} x {width} pixels at {spacing[0]:.3g} x {spacing[1]:.3g} "
+            f"mm to the plan's spacing of {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm{source} ({size[0]} x "  # type: ignore[index]
+            f"{size[1]} pixels each)",
+            fix="the plan's spacing or the image's header is wrong: check both (a smaller --batch-size lowers the "
+            "need)",
+        )
+
 
 INFERERS: dict[str, type[Inferer]] = {"paper": PaperInferer, "spacing": SpacingInferer}
 
 
-def inferer_for(plan: Plan, settings: InferenceSettings | None = None) -> Inferer:
-    """The inferer of the plan's protocol.
+def inferer_for(
+    plan: Plan, settings: InferenceSettings | None = None, *, plan_source: str | os.PathLike[str] | None = None
+) -> Inferer:
+    """The inferer of the plan's protocol (``plan_source``: the plan's file, named in errors).
 
     Example:
         >>> from perspective_unet.intensity import IntensitySpec
         >>> type(inferer_for(Plan("paper", (32, 32), IntensitySpec("unit")))).__name__
         'PaperInferer'
     """
-    return INFERERS[plan.protocol](plan, settings)
+    return INFERERS[plan.protocol](plan, settings, plan_source=plan_source)

@@ -51,6 +51,7 @@ class Predictor:
             :func:`~perspective_unet.intensity.normalize_intensity`).
         intensity_from_user: Whether the stored range was chosen by the user; if not, pictures (which hold no
             Hounsfield units) are scaled by their type's range when the model expects a CT window.
+        plan_source: The file the plan was read from, named when a size it sets cannot be met.
 
     Example:
         >>> import perspective_unet
@@ -67,12 +68,13 @@ class Predictor:
     class_names: Sequence[str] = ()
     intensity_known: bool = True
     intensity_from_user: bool = False
+    plan_source: Path | None = None
     inferer: Inferer = field(init=False, repr=False)
     _warned: bool = field(default=False, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.model.eval()
-        self.inferer = inferer_for(self.plan, self.settings)
+        self.inferer = inferer_for(self.plan, self.settings, plan_source=self.plan_source)
         self.plan = self.inferer.plan
         self.class_names = list(self.class_names)
 
@@ -126,6 +128,7 @@ class Predictor:
             class_names=info.class_names,
             intensity_known=info.plan is not None or chosen is not None,
             intensity_from_user=settings.overrides_intensity,
+            plan_source=info.plan_source if info.plan is not None else None,
         )
 
     def stored_range_for(self, meta: dict[str, Any]) -> IntensitySpec | None:
@@ -167,7 +170,8 @@ class Predictor:
         try:
             result = self.predict_canonical(self.prepare(array, meta), return_probabilities, spacing)
         except InputError as exc:
-            raise InputError(f"{meta.get('path', 'the image')}: {exc}") from None
+            where = str(meta.get("path", "the image"))
+            raise InputError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
         labels, probabilities = result if return_probabilities else (result, None)
         labels = from_canonical(labels, meta, self.orientation)
         if probabilities is None:

@@ -20,6 +20,7 @@ __all__ = [
     "compile_model",
     "estimate_memory",
     "get_rng_state",
+    "require_memory",
     "resolve_device",
     "seed_everything",
     "set_rng_state",
@@ -226,10 +227,23 @@ def check_memory(model: torch.nn.Module, pixels: int, device: torch.device, *, t
         what: What runs, named in the message (e.g. "predict with 16 slices of 8192 x 8192").
     """
     need = estimate_memory(model, pixels, training=training)
+    if need is not None:
+        require_memory(need, device, what=what, fix="use a smaller --img-size or --batch-size")
+
+
+def require_memory(need: int, device: torch.device, *, what: str, fix: str) -> None:
+    """Raise ``InputError`` before allocating ``need`` bytes on ``device`` when they are not available.
+
+    Args:
+        need: Bytes about to be allocated.
+        device: Where.
+        what: What needs them, named in the message (e.g. "predict with 16 slices of 8192 x 8192").
+        fix: What the user should do (e.g. "use a smaller --batch-size").
+    """
     have = available_memory(device)
-    if need is None or have is None or need <= have:
+    if have is None or need <= have:
         return
     raise InputError(
         f"{what} needs about {need / 2**30:.1f} GB of memory but {have / 2**30:.1f} GB are available "
-        f"on {device}; use a smaller --img-size or --batch-size (nothing was written)."
+        f"on {device}; {fix} (nothing was written)."
     )

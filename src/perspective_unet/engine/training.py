@@ -33,14 +33,20 @@ from perspective_unet.engine.runtime import (
     seed_everything,
     set_rng_state,
 )
-from perspective_unet.engine.training_data import foreground_weights, make_loader, training_set, validation_set
+from perspective_unet.engine.training_data import (
+    check_resampled_slices,
+    foreground_weights,
+    make_loader,
+    training_set,
+    validation_set,
+)
 from perspective_unet.errors import InputError
 from perspective_unet.losses import SegmentationLoss
 from perspective_unet.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
 from perspective_unet.models.perspective_unet import check_input_size
 from perspective_unet.models.registry import create_model
 from perspective_unet.outputs import atomic_write
-from perspective_unet.plan import Plan
+from perspective_unet.plan import PLAN_FILE, Plan
 from perspective_unet.runs import RunFolder
 
 __all__ = [
@@ -319,6 +325,9 @@ def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: Distr
     fold = fold_cases(config.data, info, config.fold, config.num_folds) if config.fold is not None else None
     if fold is not None and ctx.is_main:
         log.info("%s: %d training and %d validation cases", fold.name, len(fold.train), len(fold.val))
+    check_resampled_slices(
+        layout, plan, config.num_workers, resume.path if resume is not None else layout.root / PLAN_FILE
+    )
     train_set = training_set(config, plan, fold, layout)
     val_set = validation_set(config, ctx, fold, layout)
     model = _build_model(config, plan, info.num_classes, device)

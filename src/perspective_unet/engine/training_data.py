@@ -4,6 +4,7 @@ checkpoints are selected on (a fold's held-out cases or the dataset's val split;
 from __future__ import annotations
 
 import logging
+import os
 
 import torch
 from torch.utils.data import DataLoader, DistributedSampler, RandomSampler, WeightedRandomSampler
@@ -14,11 +15,11 @@ from perspective_unet.data import AugmentationConfig, SliceDataset, VolumeDatase
 from perspective_unet.data.folds import Fold
 from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.patches import PatchDataset
-from perspective_unet.engine.runtime import DistributedContext
+from perspective_unet.engine.runtime import DistributedContext, require_memory
 from perspective_unet.errors import InputError
-from perspective_unet.plan import Plan
+from perspective_unet.plan import Plan, largest_slice_at
 
-__all__ = ["foreground_weights", "make_loader", "training_set", "validation_set"]
+__all__ = ["check_resampled_slices", "foreground_weights", "make_loader", "training_set", "validation_set"]
 
 log = logging.getLogger("perspective_unet.engine.training")
 
@@ -46,6 +47,35 @@ def training_set(
     except ValueError as exc:
         raise InputError(f"training config, augmentation: {exc}") from None
     return PatchDataset(layout, plan, spacing, seed=config.seed, cases=cases)
+
+
+def check_resampled_slices(
+    layout: DatasetLayout, plan: Plan, num_workers: int, plan_source: str | os.PathLike[str]
+) -> None:
+    """Raise ``InputError`` before training when the largest training slice, resampled to a spacing-protocol plan's
+    spacing, cannot be held in memory by every data loader process at once (a mistyped or hostile ``plan.json``).
+
+    Args:
+        layout: The run's data (its fingerprint gives the slices' shapes and spacings).
+        plan: The run's plan; other protocols than ``spacing`` and folders without a fingerprint pass.
+        num_workers: Data loader worker processes, each resampling one slice at a time.
+        plan_source: Where the plan came from, named in the message.
+    """
+    fingerprint = layout.fingerprint()
+    if plan.protocol != "spacing" or fingerprint is None or not fingerprint.training_cases:
+        return
+    height, width = (round(side) for side in largest_slice_at(fingerprint, plan.spacing))
+    # Per pixel: the resampled image's channels (float32), its label (float32 while resampled and drawn from, uint8
+    # kept) and the foreground mask a patch center is drawn from.
+    need = max(1, num_workers) * height * width * (4 * plan.in_channels + 10)
+    require_memory(
+        need,
+        torch.device("cpu"),
+        what=f"resampling the training slices to the spacing of {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm "  # type: ignore[index]
+        f"in {plan_source} (the largest becomes {height} x {width} pixels)",
+        fix=f"check the spacing in {plan_source}, or derive the plan again with `perspective-unet plan -d "
+        f"{layout.root} --reset`",
+    )
 
 
 def foreground_weights(dataset: SliceDataset | PatchDataset, weight: float) -> torch.Tensor | None:

@@ -3,7 +3,7 @@ card, and the helpers both exports share (the one model a source stands for, the
 
 from __future__ import annotations
 
-import json
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -12,9 +12,12 @@ from perspective_unet.errors import InputError
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.models.pretrained import write_model_folder
+from perspective_unet.outputs import read_json, refuse_own_source
 from perspective_unet.runs import LoadedModel, RunFolder, load, model_sources
 
 __all__ = ["class_colors", "export_folder", "exported_model", "model_card"]
+
+log = logging.getLogger(__name__)
 
 
 def exported_model(source: str | os.PathLike[str]) -> LoadedModel:
@@ -45,9 +48,11 @@ def _evaluation_of(checkpoint: Path) -> dict[str, Any] | None:
         path = folder / "summary.json"
         if path.is_file():
             try:
-                return json.loads(path.read_text())
-            except json.JSONDecodeError:
+                summary = read_json(path, "its scores are left out of the model card.")
+            except InputError as exc:
+                log.warning("%s", exc)
                 return None
+            return summary if isinstance(summary, dict) else None
     return None
 
 
@@ -116,9 +121,19 @@ def model_card(model: PerspectiveUNet, info: InferenceInfo) -> str:
 def export_folder(
     checkpoint: str | os.PathLike[str], output: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
-    """Write a checkpoint (or model folder, or run folder) as a model folder with a model card."""
+    """Write a checkpoint (or model folder, or run folder) as a model folder with a model card.
+
+    Raises:
+        InputError: ``output`` is the model folder read, or the run folder of the checkpoint read (whose records the
+            model folder's files would replace).
+    """
     loaded = exported_model(checkpoint)
     model, info = loaded.model, loaded.info
+    refuse_own_source(
+        [output],
+        [source if source.is_dir() else source.parent for source in loaded.sources],
+        "write the model folder elsewhere",
+    )
     return write_model_folder(
         model,
         output,

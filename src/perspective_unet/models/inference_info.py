@@ -51,6 +51,8 @@ class InferenceInfo:
         train_config: The training settings as saved (a dict, as older versions' fields may differ); empty when not
             recorded.
         sources: The files the model was loaded from.
+        plan_source: The file the plan was read from (a checkpoint, or the ``preprocessing.json`` of a model folder or
+            ONNX graph), named when a size the plan sets cannot be met; None without a plan.
     """
 
     plan: Plan | None = None
@@ -65,6 +67,7 @@ class InferenceInfo:
     epoch: int | None = None
     train_config: Mapping[str, Any] = field(default_factory=dict)
     sources: tuple[Path, ...] = ()
+    plan_source: Path | None = None
 
     def __post_init__(self) -> None:
         size = self.plan.patch_size if self.plan is not None else self.img_size
@@ -87,6 +90,19 @@ class InferenceInfo:
             raise InputError(
                 f"{origin}: its plan gives {plan.in_channels} input channel(s) (the slice and {plan.context_slices} "
                 f"context slices on each side) but its model takes {in_channels}; the file is inconsistent."
+            )
+
+    def check_classes(self, num_classes: int, origin: str | os.PathLike[str]) -> None:
+        """Raise ``InputError`` when the recorded class names are another number than the model's classes.
+
+        Args:
+            num_classes: The model's classes.
+            origin: The file that records the names (a model folder's ``labels.json``, a checkpoint), named.
+        """
+        if self.class_names and len(self.class_names) != num_classes:
+            raise InputError(
+                f"{origin} names {len(self.class_names)} classes but its model has {num_classes}; the files are "
+                "inconsistent (damaged or edited): export the model again."
             )
 
     # ----------------------------------------------------------------------------------------------------------------
@@ -154,6 +170,7 @@ class InferenceInfo:
             epoch=None if epoch is None else int(epoch),
             train_config=train_config,
             sources=(Path(origin),),
+            plan_source=Path(origin) if data.get("plan") is not None else None,
         )
 
     @classmethod

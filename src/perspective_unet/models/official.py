@@ -21,6 +21,7 @@ from perspective_unet.config import ModelConfig
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import load_checkpoint_file, save_model
 from perspective_unet.models.perspective_unet import PerspectiveUNet
+from perspective_unet.outputs import refuse_own_source
 
 __all__ = [
     "convert_official_checkpoint",
@@ -233,7 +234,14 @@ def convert_official_checkpoint(
     use_scsi: bool = True,
     scsi_attention: str = "official",
 ) -> Path:
-    """Convert a released checkpoint to this project's format (weights plus config); returns the written path."""
+    """Convert a released checkpoint to this project's format (weights plus config); returns the written path.
+
+    Raises:
+        InputError: ``destination`` is ``source`` itself (the released checkpoint would be lost), or ``source`` is
+            not a released checkpoint.
+    """
+    if isinstance(source, (str, os.PathLike)):
+        refuse_own_source([destination], [source], "write the conversion to another file")
     model = load_official_checkpoint(
         source,
         num_classes=num_classes,

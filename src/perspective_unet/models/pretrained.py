@@ -19,9 +19,12 @@ against the recorded hash before they are read.
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -33,7 +36,7 @@ from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import check_state_dict
 from perspective_unet.models.inference_info import DEFAULT_IMG_SIZE, InferenceInfo
 from perspective_unet.models.perspective_unet import PerspectiveUNet
-from perspective_unet.outputs import text_writer, write_all
+from perspective_unet.outputs import read_json, text_writer, write_all
 from perspective_unet.plan import Plan
 
 __all__ = [
@@ -142,42 +145,74 @@ def write_model_folder(
     card: str | None = None,
     overwrite: bool = False,
 ) -> Path:
-    """:func:`save_pretrained` with the inference info as a value (what ``perspective-unet export`` writes)."""
-    from safetensors.torch import save_file
+    """:func:`save_pretrained` with the inference info as a value (what ``perspective-unet export`` writes).
 
-    from perspective_unet.version import __version__
+    A failure (a full disk, an interrupt) leaves no file behind, and no folder if this call created it.
 
+    Raises:
+        FileExistsError: ``folder`` holds a model's files and ``overwrite`` is False.
+        OSError: Writing failed (the error names the file).
+    """
     folder = Path(folder)
     names = [CONFIG_FILE, WEIGHTS_FILE, PREPROCESSING_FILE, LABELS_FILE, *([CARD_FILE] if card is not None else [])]
     existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(f"{folder / existing[0]} already exists; pass --overwrite to replace the model folder.")
     inference_texts = inference_file_texts(info, model.config.num_classes, colors)
+    created = not folder.exists()
     folder.mkdir(parents=True, exist_ok=True)
+    try:
+        _write_folder_files(model, folder, inference_texts, card)
+    except BaseException:
+        if created:
+            with contextlib.suppress(OSError):  # not empty: another process wrote into it meanwhile
+                folder.rmdir()
+        raise
+    return folder
+
+
+def _save_weights(state: Mapping[str, torch.Tensor], path: Path, target: Path) -> None:
+    """``safetensors.torch.save_file``, its I/O errors raised as ``OSError`` naming ``target`` (a full disk is then
+    one line, as every other file's)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import save_file
+
+    try:
+        save_file(dict(state), str(path), metadata={"format": "pt"})
+    except SafetensorError as exc:
+        code = re.search(r"os error (\d+)", str(exc))
+        raise OSError(int(code.group(1)) if code else errno.EIO, str(exc), str(target)) from None
+
+
+def _write_folder_files(
+    model: PerspectiveUNet, folder: Path, inference_texts: Mapping[str, str], card: str | None
+) -> None:
+    """The weights (staged first: the config records their hash), then every file of the folder at once."""
+    from perspective_unet.version import __version__
+
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = folder / f".{WEIGHTS_FILE}.staged"
-    save_file(state, str(weights), metadata={"format": "pt"})
-    config = {
-        "format": FOLDER_FORMAT,
-        "format_version": 1,
-        "architecture": "PerspectiveUNet",
-        "model_config": model.config.to_dict(),
-        "weights_sha256": _sha256(weights),
-        "perspective_unet_version": __version__,
-        "torch_version": torch.__version__,
-    }
-    texts = {
-        CONFIG_FILE: json.dumps(config, indent=2) + "\n",
-        **inference_texts,
-        **({CARD_FILE: card + "\n"} if card is not None else {}),
-    }
-    writers: dict[Path, Any] = {folder / name: text_writer(text) for name, text in texts.items()}
-    writers[folder / WEIGHTS_FILE] = lambda path: os.replace(weights, path)
     try:
+        _save_weights(state, weights, folder / WEIGHTS_FILE)
+        config = {
+            "format": FOLDER_FORMAT,
+            "format_version": 1,
+            "architecture": "PerspectiveUNet",
+            "model_config": model.config.to_dict(),
+            "weights_sha256": _sha256(weights),
+            "perspective_unet_version": __version__,
+            "torch_version": torch.__version__,
+        }
+        texts = {
+            CONFIG_FILE: json.dumps(config, indent=2) + "\n",
+            **inference_texts,
+            **({CARD_FILE: card + "\n"} if card is not None else {}),
+        }
+        writers: dict[Path, Any] = {folder / name: text_writer(text) for name, text in texts.items()}
+        writers[folder / WEIGHTS_FILE] = lambda path: os.replace(weights, path)
         write_all(writers)
     finally:
         weights.unlink(missing_ok=True)
-    return folder
 
 
 def _read_json(path: Path) -> Any:
@@ -186,10 +221,7 @@ def _read_json(path: Path) -> Any:
             f"{path} is missing; a model folder holds {CONFIG_FILE}, {WEIGHTS_FILE}, "
             f"{PREPROCESSING_FILE} and {LABELS_FILE}. Export the model again."
         )
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InputError(f"{path} is not valid JSON ({exc}); the file is damaged or was edited.") from None
+    return read_json(path, "the file is damaged or was edited; export the model again.")
 
 
 def read_inference_info(folder: str | os.PathLike[str]) -> InferenceInfo:
@@ -203,7 +235,8 @@ def read_inference_info(folder: str | os.PathLike[str]) -> InferenceInfo:
     labels = _read_json(folder / LABELS_FILE)
     if not isinstance(preprocessing, dict) or not isinstance(labels, dict):
         raise InputError(f"{folder}: {PREPROCESSING_FILE} and {LABELS_FILE} must hold JSON objects; export again.")
-    return InferenceInfo.from_files(preprocessing, labels, folder)
+    info = InferenceInfo.from_files(preprocessing, labels, folder)
+    return info.replace(plan_source=folder / PREPROCESSING_FILE) if info.plan is not None else info
 
 
 def from_pretrained(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> PerspectiveUNet:

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 
+from perspective_unet.outputs import read_json
 from perspective_unet.viz.figure import GAP_PX, LEGEND_ENTRY_PX, LEGEND_PATCH_PX, LEGEND_ROW_PX, PixelFigure
 
 __all__ = ["CLASS_COLORS", "class_color", "class_names_near", "colorize", "draw_legend", "legend_rows"]
@@ -101,7 +101,7 @@ def class_names_near(path: Path) -> list[str] | None:
     if not path.name.lower().endswith(".h5") or not candidate.is_file():
         return None
     try:
-        names = json.loads(candidate.read_text()).get("class_names")
-    except (OSError, ValueError):
+        names = read_json(candidate, "prepare the dataset again.").get("class_names")
+    except (OSError, ValueError, AttributeError):
         return None
     return [str(n) for n in names] if isinstance(names, list) else None

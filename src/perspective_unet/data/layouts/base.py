@@ -5,7 +5,7 @@ dataset folder through, whatever its on-disk format.
 A layout lists the slices and volumes of a split and reads them; its default methods read the structure that the
 prepared layout and TransUNet's Synapse files share (``train_npz/<case>_slice<NNN>.npz`` slices and ``.npy.h5``
 volumes). It also gives the folder's fingerprint, geometry and plan (``fingerprint.json``, ``geometry.json``,
-``plan.json`` when present; the paper protocol's plan otherwise).
+``plan.json`` when present; the paper protocol's plan for folders that never had one).
 """
 
 from __future__ import annotations
@@ -245,14 +245,25 @@ class DatasetLayout(ABC):
         return read_fingerprint(path) if path.is_file() else None
 
     def plan(self) -> Plan:
-        """``plan.json``, or the paper protocol's plan (224 x 224, the recorded intensities) for folders without one.
+        """``plan.json``, or the paper protocol's plan (224 x 224, the recorded intensities) for folders without one
+        that never had one (TransUNet-style files, folders of test volumes only).
 
         Raises:
-            InputError: The plan file is invalid (named), or its stored range differs from the data's.
+            InputError: The plan file is invalid (named), its stored range differs from the data's, or it is missing
+                from a folder `prepare` wrote with training cases (which always gets one: falling back to the paper
+                protocol there would change how a model sees the data without a word).
         """
         path = self.root / PLAN_FILE
         recorded = self.info.stored_intensity()
         if not path.is_file():
+            fingerprint = self.fingerprint()
+            if fingerprint is not None and fingerprint.training_cases:
+                raise InputError(
+                    f"{path} is missing: `perspective-unet prepare` wrote the folder's plan there, and without it "
+                    "training would silently fall back to the paper protocol at 224 x 224. Restore the file, or "
+                    f"derive it again with `perspective-unet plan -d {self.root} --reset` (add --protocol paper for "
+                    "the paper protocol)."
+                )
             return Plan("paper", (224, 224), recorded or IntensitySpec("unit"), batch_size=12)
         plan = read_plan(path)
         if recorded is not None and _stage1(plan.intensity) != _stage1(recorded):

@@ -10,7 +10,9 @@ Readable layouts, tried in this order:
   ``case_*.npz``).
 
 A raw dataset (nnU-Net raw, raw Synapse or ACDC, folders of pictures) is refused with the ``prepare`` command that
-converts it.
+converts it. A folder ``prepare`` wrote that lost its ``dataset.json`` (it still holds ``fingerprint.json`` or
+``geometry.json``, which only ``prepare`` writes) is refused naming the missing file, rather than read as TransUNet's
+Synapse files, whose class list (nine classes) it would silently take.
 """
 
 from __future__ import annotations
@@ -19,13 +21,14 @@ import os
 from pathlib import Path
 
 from perspective_unet.data.layouts.acdc import AcdcFiles, AcdcRaw
-from perspective_unet.data.layouts.base import DatasetLayout
+from perspective_unet.data.layouts.base import GEOMETRY_FILE, DatasetLayout
 from perspective_unet.data.layouts.nnunet import NnUNetRaw
 from perspective_unet.data.layouts.pictures import PictureFolders
-from perspective_unet.data.layouts.prepared import PreparedDataset
+from perspective_unet.data.layouts.prepared import DATASET_FILE, PreparedDataset
 from perspective_unet.data.layouts.raw import RawDataset
 from perspective_unet.data.layouts.synapse import SynapseFiles, SynapseRaw
 from perspective_unet.errors import InputError
+from perspective_unet.fingerprint import FINGERPRINT_FILE
 
 __all__ = ["LAYOUTS", "RAW_FORMATS", "open_dataset"]
 
@@ -43,6 +46,14 @@ def open_dataset(root: str | os.PathLike[str]) -> DatasetLayout:
     root = Path(root)
     if not root.is_dir():
         raise InputError(f"{root} is not a folder; give a prepared dataset folder (see `perspective-unet prepare`).")
+    if not PreparedDataset.recognizes(root):
+        written_by_prepare = [name for name in (FINGERPRINT_FILE, GEOMETRY_FILE) if (root / name).is_file()]
+        if written_by_prepare:
+            raise InputError(
+                f"{root / DATASET_FILE} is missing, but the folder holds {written_by_prepare[0]}, which only "
+                "`perspective-unet prepare` writes: restore dataset.json (its classes, modality and intensities), or "
+                "prepare the dataset again."
+            )
     for layout in LAYOUTS:
         if layout.recognizes(root):
             return layout.open(root)
