@@ -385,7 +385,8 @@ def _write_per_case(summary: EvaluationSummary, path: Path) -> None:
                 )
 
 
-def _fmt(value: float, scale: float = 1.0) -> str:
+def _fmt(values: Mapping[str, float], metric: str, scale: float = 1.0) -> str:
+    value = values.get(metric, math.nan)
     return "n/a" if value is None or math.isnan(value) else f"{value * scale:.2f}"
 
 
@@ -395,33 +396,27 @@ def summary_markdown(summary: EvaluationSummary) -> str:
     names = {k: summary.class_names[k] for k in summary.class_ids}
     parts = [f"# Evaluation\n\n{len(summary.cases)} case(s); Dice, IoU and NSD in %.\n"]
     if "corrected" in summary.protocols:
-        tolerances = sorted(set(summary.nsd_tolerance.values()))
-        header = ["class", "Dice", "IoU", "HD95 (mm)", f"NSD ({'/'.join(f'{t:g}' for t in tolerances)} mm)"]
-        header.append("undefined Dice / HD95")
+        tolerances = "/".join(f"{t:g}" for t in sorted(set(summary.nsd_tolerance.values())))
+        header = ["class", "Dice", "IoU", "HD95 (mm)", f"NSD ({tolerances} mm)", "undefined Dice / HD95"]
+        columns = (("Dice", 100), ("IoU", 100), ("HD95", 1), ("NSD", 100))
         rows = [
             [
                 names[k],
-                _fmt(means[k]["Dice"], 100),
-                _fmt(means[k]["IoU"], 100),
-                _fmt(means[k]["HD95"]),
-                _fmt(means[k]["NSD"], 100),
-                f"{undefined[k]['Dice']} / {undefined[k]['HD95']}",
+                *(_fmt(means[k], m, scale) for m, scale in columns),
+                f"{undefined[k].get('Dice', 0)} / {undefined[k].get('HD95', 0)}",
             ]
             for k in summary.class_ids
         ]
-        footer = ["foreground mean", *(_fmt(overall[m], s) for m, s in (("Dice", 100), ("IoU", 100), ("HD95", 1)))]
-        footer += [_fmt(overall["NSD"], 100), ""]
+        rows.append(["foreground mean", *(_fmt(overall, m, scale) for m, scale in columns), ""])
         parts.append(
             "## Corrected protocol (HD95 in mm; undefined values left out and counted)\n\n"
-            + format_table(header, [*rows, footer], markdown=True)
+            + format_table(header, rows, markdown=True)
             + "\n"
         )
     if "legacy" in summary.protocols:
-        rows = [
-            [names[k], _fmt(means[k]["legacy_Dice"], 100), _fmt(means[k]["legacy_HD95_voxels"])]
-            for k in summary.class_ids
-        ]
-        rows.append(["mean", _fmt(overall["legacy_Dice"], 100), _fmt(overall["legacy_HD95_voxels"])])
+        columns = (("legacy_Dice", 100), ("legacy_HD95_voxels", 1))
+        rows = [[names[k], *(_fmt(means[k], m, scale) for m, scale in columns)] for k in summary.class_ids]
+        rows.append(["mean", *(_fmt(overall, m, scale) for m, scale in columns)])
         parts.append(
             "## Legacy protocol (as in the papers; HD95 in voxels, (1, 0) / (0, 0) rules for empty masks)\n\n"
             + format_table(["class", "DSC", "HD95 (voxels)"], rows, markdown=True)
