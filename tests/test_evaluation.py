@@ -55,6 +55,7 @@ def _blobs(rng: np.random.Generator, shape: tuple[int, ...], num_classes: int) -
     return noise.argmax(axis=0).astype(np.int64)
 
 
+@pytest.mark.filterwarnings("ignore::FutureWarning")
 @pytest.mark.parametrize("seed", [0, 1, 2])
 def test_nsd_equals_monai_on_the_whole_volume(seed):
     rng = np.random.default_rng(seed)
@@ -132,3 +133,23 @@ def test_merging_refuses_a_case_twice_and_other_classes():
     other = EvaluationSummary(summary.cases, ("background", "x", "y"), summary.protocols, summary.nsd_tolerance)
     with pytest.raises(ValueError, match="classes"):
         summary.merged(other)
+
+
+def test_the_reports_means_are_the_metrics_aggregates_of_both_protocols():
+    from perspective_unet.metrics import aggregate
+
+    rng = np.random.default_rng(5)
+    pairs = [(_blobs(rng, (5, 12, 12), 4), _blobs(rng, (5, 12, 12), 4)) for _ in range(4)]
+    pairs[0][0][pairs[0][0] == 3] = 0  # a class missed: undefined HD95
+    spacing = (3.0, 0.7, 0.7)
+    cases = [CaseScores(str(i), score_volume(p, r, 4, spacing=spacing)) for i, (p, r) in enumerate(pairs)]
+    summary = EvaluationSummary.of(cases, ("bg", "a", "b", "c"), ("legacy", "corrected"))
+    for protocol, dice, hd95 in (("legacy", "legacy_Dice", "legacy_HD95_voxels"), ("corrected", "Dice", "HD95")):
+        scores = [score_case(p, r, 4, protocol=protocol, spacing=spacing) for p, r in pairs]
+        expected = aggregate(scores, ["bg", "a", "b", "c"], protocol=protocol)
+        for class_id in (1, 2, 3):
+            assert summary.mean()[class_id][dice] == pytest.approx(expected["per_class"][class_id]["dice"])
+            assert summary.mean()[class_id][hd95] == pytest.approx(expected["per_class"][class_id]["hd95"])
+        assert summary.foreground_mean()[dice] == pytest.approx(expected["mean_dice"])
+        assert summary.foreground_mean()[hd95] == pytest.approx(expected["mean_hd95"])
+    assert summary.undefined()[3]["HD95"] == 1

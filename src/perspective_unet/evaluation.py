@@ -316,7 +316,12 @@ class EvaluationSummary:
 
 
 def _number(value: Any) -> float:
-    return math.nan if value is None else float(value) if isinstance(value, float) else value
+    """A metric value read back: null is NaN; anything but a number is refused."""
+    if value is None:
+        return math.nan
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ValueError(f"{value!r} is not a metric value")
+    return value
 
 
 def _json_values(values: Mapping[str, float]) -> dict[str, Any]:

@@ -78,7 +78,7 @@ def test_find_best_ranks_the_better_configuration_first_and_keeps_only_the_helpf
     bad = configuration(tmp_path / "bad", data, worse, monkeypatch)
     choice = find_best([str(bad), str(good)], tmp_path / "best")
     names = [c.name for c in choice.candidates]
-    assert names[0] == "good" and set(names) == {"good", "bad", "bad + good"}
+    assert names[0] == str(good) and set(names) == {str(good), str(bad), f"{bad} + {good}"}
     best = choice.candidates[0]
     assert best.comparison is not None and best.comparison.n == 10
     assert best.comparison.p_value == pytest.approx(0.0625), "5 cases better, none worse: the exact two-sided p"
@@ -93,15 +93,15 @@ def test_find_best_ranks_the_better_configuration_first_and_keeps_only_the_helpf
     assert choice.dice_before["disc"] < 1.0 and choice.dice_after["disc"] == 1.0
     assert choice.dice_before["squares"] == choice.dice_after["squares"] == 1.0
     written = json.loads((tmp_path / "best" / "postprocessing.json").read_text())
-    assert written["largest_component_classes"] == [1] and written["decided_on"] == "good"
+    assert written["largest_component_classes"] == [1] and written["decided_on"] == str(good)
     instructions = (tmp_path / "best" / "inference_instructions.txt").read_text().strip()
     assert instructions == (
         f"perspective-unet predict --checkpoint {good} -i INPUT_FOLDER -o OUTPUT_FOLDER --postprocess "
         f"{tmp_path / 'best' / 'postprocessing.json'}"
     )
     ranking = json.loads((tmp_path / "best" / "find_best.json").read_text())["ranking"]
-    assert ranking[0]["name"] == "good" and ranking[0]["p_wilcoxon"] == pytest.approx(0.0625)
-    assert find_best([str(good)], tmp_path / "other").candidates[0].name == "good", "one configuration alone"
+    assert ranking[0]["name"] == str(good) and ranking[0]["p_wilcoxon"] == pytest.approx(0.0625)
+    assert find_best([str(good)], tmp_path / "other").candidates[0].name == str(good), "one configuration alone"
     with pytest.raises(FileExistsError, match="--overwrite"):
         find_best([str(good)], tmp_path / "best")
 

@@ -172,6 +172,12 @@ def evaluation_dataset(layout: DatasetLayout, split: str, info: InferenceInfo) -
     Raises:
         InputError: ``val`` asked of an ensemble of fold runs or of a run on every case, or a split without volumes.
     """
+    if split == "val" and info.fold is None and info.train_config.get("fold") is not None:
+        raise InputError(
+            f"{info.sources[0]} is a fold run written before checkpoints recorded their held-out cases; --split val "
+            "cannot tell them from its training cases. Score its fold with `perspective-unet crossval` after training "
+            "it again, or evaluate it on the test split."
+        )
     if split == "val" and info.fold is not None:
         if len(info.sources) > 1:
             raise InputError(

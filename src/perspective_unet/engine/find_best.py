@@ -74,8 +74,8 @@ class Candidate:
 
     @property
     def name(self) -> str:
-        """The members' names (their folders' names, joined by ``+``)."""
-        return " + ".join(Path(m).name or m for m in self.members)
+        """The members' folders as given, joined by `` + ``."""
+        return " + ".join(self.members)
 
     @property
     def dice(self) -> float:
@@ -305,7 +305,7 @@ def find_best(
         folds = _fold_spread(summary, predictions.fold_of_case)
         candidates.append(Candidate(tuple(folders[i] for i in members), summary, folds))
     ranked = _compare(sorted(candidates, key=lambda c: (-_sortable(c.dice), c.name)))
-    best_members = groups[[c.name for c in candidates].index(ranked[0].name)]
+    best_members = groups[[c.members for c in candidates].index(ranked[0].members)]
     post, before, after = _decide_postprocessing(predictions, best_members, data, class_names)
     post = Postprocessing(
         post.class_names,
