@@ -195,3 +195,13 @@ def test_bad_splits_files_are_refused_with_one_line_before_any_training(raw, tmp
     assert main([*base, "--fold", "0", "--num-folds", "3"]) == 2
     assert "hold different folds" in one_line_error(capsys)
     assert not (tmp_path / "runs").exists(), "nothing written"
+
+
+@pytest.mark.slow
+def test_a_run_without_a_fold_trains_on_every_case_and_says_it_has_no_validation(folds, tmp_path, caplog):
+    data, _ = folds
+    with caplog.at_level("INFO", logger="perspective_unet.engine.training"):
+        result = train(TrainConfig(data=str(data), output=str(tmp_path / "run"), **{**TINY, "val_every": 1}))
+    assert result.best_checkpoint is None and result.last_checkpoint.is_file() and result.validation is None
+    assert "training on every training case without validation" in caplog.text and "--fold K" in caplog.text
+    assert torch.load(result.last_checkpoint, weights_only=True).get("fold") is None
