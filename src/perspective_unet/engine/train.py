@@ -3,7 +3,8 @@ on volumes with the evaluation metric, exact resumption, TensorBoard and CSV log
 
 The loop reads top to bottom: set up the run (:func:`~perspective_unet.engine.training.setup_run`), then for each
 epoch train, validate, write the checkpoints and the log, and stop when the epochs, the iteration cap or the time
-limit say so.
+limit say so; a cross-validation fold's run then predicts its held-out cases
+(:mod:`~perspective_unet.engine.fold_validation`).
 """
 
 from __future__ import annotations
