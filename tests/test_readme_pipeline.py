@@ -21,7 +21,13 @@ import pytest
 
 import perspective_unet.data.demo as demo_module
 from perspective_unet.cli import main
-from tests.data.conftest import write_acdc_raw, write_nnunet_raw, write_pictures, write_synapse_raw
+from tests.data.conftest import (
+    write_acdc_raw,
+    write_blob_nnunet_raw,
+    write_nnunet_raw,
+    write_pictures,
+    write_synapse_raw,
+)
 from tests.data.test_splits_demo import _make_fake_sdist
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -37,16 +43,28 @@ TRAIN_OVERRIDES = [
     "2",
     "--num-workers",
     "0",
+    "--max-iterations",
+    "3",
 ]
 
 
+_LOOP = re.compile(r"for (\w+) in ([^;]+); do (.+); done")
+
+
 def pipeline_commands() -> list[str]:
-    """The command lines of the ``bash`` blocks between "## The pipeline" and "### Python API", comments removed."""
+    """The command lines of the ``bash`` blocks between "## The pipeline" and "### Python API", comments removed and
+    ``for VAR in A B; do COMMAND; done`` loops unrolled."""
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     section = text[text.index("## The pipeline") : text.index("### Python API")]
     lines = []
     for block in re.findall(r"```bash\n(.*?)```", section, flags=re.S):
-        lines += [line.split(" # ")[0].strip() for line in block.splitlines() if line.strip()]
+        for line in block.splitlines():
+            line = line.split(" # ")[0].strip()
+            loop = _LOOP.fullmatch(line)
+            if loop:
+                lines += [loop[3].replace(f"${loop[1]}", value) for value in loop[2].split()]
+            elif line:
+                lines.append(line)
     return lines
 
 
@@ -55,6 +73,7 @@ def write_inputs(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     write_synapse_raw(cwd / "RawData" / "Training")
     write_acdc_raw(cwd / "ACDC" / "database")
     write_nnunet_raw(cwd / "Dataset042_Liver")
+    write_blob_nnunet_raw(cwd / "Dataset050_Spleen", num_cases=10, test_cases=2)
     write_pictures(cwd / "my_pngs" / "images", cwd / "my_pngs" / "masks", count=6)
     shutil.copytree(ROOT / "configs", cwd / "configs")
     sdist = _make_fake_sdist(cwd / "fake" / demo_module.DEMO_SDIST_NAME)
@@ -77,7 +96,7 @@ def as_test_run(argv: list[str]) -> list[str]:
         return argv
     argv = ["cpu" if arg.startswith("cuda") else arg for arg in argv]
     overrides = list(TRAIN_OVERRIDES)
-    if "prepared/Liver" in argv:  # the generated nnU-Net cases are 10 x 12 pixels at the plan's spacing
+    if "prepared/Liver" in argv or "prepared/Spleen" in argv:  # the generated nnU-Net cases are small slices
         overrides[overrides.index("--img-size") + 1 : overrides.index("--img-size") + 3] = ["16", "16"]
     return argv + overrides
 
@@ -112,12 +131,19 @@ def test_every_pipeline_command_of_the_readme_runs(tmp_path, monkeypatch):
         "features.png",
         "prepared/Demo/plan.json",
         "prepared/MyPngs/plan.json",
-        "prepared/Liver/splits.json",
-        "runs/liver_cv/fold_1/last.pt",
-        "runs/liver_cv/eval/summary.json",
+        "prepared/Spleen/splits.json",
+        "runs/spleen_2d/fold_4/validation/summary.json",
+        "runs/spleen_25d/fold_0/validation/summary.json",
+        "runs/spleen_2d/crossval/summary.json",
+        "runs/spleen_best/postprocessing.json",
+        "runs/spleen_best/inference_instructions.txt",
+        "predictions_spleen/test_001.nii.gz",
+        "runs/spleen_best/test/summary.json",
         "models/synapse/model.safetensors",
         "models/synapse/model.onnx",
         "predictions_folder/case.nii.gz",
         "predictions_onnx/case.nii.gz",
     ):
         assert (tmp_path / made).is_file(), made
+    validation = tmp_path / "runs/spleen_25d/fold_0/validation"
+    assert len(list(validation.glob("*_probabilities.npz"))) == len(list(validation.glob("*.nii.gz"))) == 2

@@ -57,16 +57,19 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import torch
+from monai.metrics import compute_surface_dice
 from monai.metrics.utils import get_mask_edges, get_surface_distance
 from scipy import ndimage
 
 from perspective_unet.errors import InputError
 
-__all__ = ["PROTOCOLS", "aggregate", "score_case"]
+__all__ = ["PROTOCOLS", "aggregate", "class_tolerances", "normalized_surface_dice", "score_case"]
 
 PROTOCOLS = ("legacy", "corrected")
 
@@ -146,6 +149,87 @@ def score_case(
             hd95 = _hd95(pred_mask, gt_mask, spacing=voxel_size, pooled=False)
         scores[class_id] = {"dice": dice, "hd95": hd95}
     return scores
+
+
+def normalized_surface_dice(
+    prediction: Any,
+    label: Any,
+    num_classes: int,
+    *,
+    spacing: Sequence[float],
+    tolerance: float | Sequence[float],
+) -> dict[int, float]:
+    """The normalized surface Dice (NSD) of every foreground class: MONAI's ``compute_surface_dice``.
+
+    The share of both surfaces (edge voxels, as for HD95) that lies within ``tolerance`` mm of the other surface.
+    A class absent from both masks has no NSD (NaN); a class in only one of them scores 0. Each class is computed
+    inside the bounding box of its two masks plus one voxel, which changes neither surface nor distance.
+
+    Args:
+        prediction: Predicted labels, as for :func:`score_case`.
+        label: Ground-truth labels, same shape.
+        num_classes: Number of classes, background included.
+        spacing: Voxel size along each array axis (mm), in the arrays' axis order.
+        tolerance: The accepted distance in mm: one for every class, or one per foreground class ``1..C-1``.
+
+    Returns:
+        ``{class_id: nsd}`` for ``class_id`` in ``1..num_classes-1``, each in [0, 1] or NaN.
+
+    Raises:
+        ValueError: Bad ``spacing`` or ``tolerance``, or the inputs :func:`score_case` refuses.
+
+    Example:
+        >>> import numpy as np
+        >>> label = np.zeros((8, 8), dtype=np.uint8)
+        >>> label[2:6, 2:6] = 1
+        >>> normalized_surface_dice(np.roll(label, 1, axis=1), label, 2, spacing=(1.0, 1.0), tolerance=1.0)
+        {1: 1.0}
+    """
+    pred = _as_label_array(prediction, "prediction", int(num_classes))
+    gt = _as_label_array(label, "label", int(num_classes))
+    if pred.shape != gt.shape:
+        raise InputError(f"prediction and label must have the same shape, got {pred.shape} and {gt.shape}.")
+    voxel_size = _check_spacing(spacing, pred.ndim, required=True)
+    tolerances = class_tolerances(tolerance, int(num_classes))
+    pred_boxes = ndimage.find_objects(pred, max_label=num_classes - 1)
+    gt_boxes = ndimage.find_objects(gt, max_label=num_classes - 1)
+    scores: dict[int, float] = {}
+    for class_id in range(1, num_classes):
+        pred_box, gt_box = pred_boxes[class_id - 1], gt_boxes[class_id - 1]
+        if pred_box is None or gt_box is None:
+            scores[class_id] = math.nan if pred_box is None and gt_box is None else 0.0
+            continue
+        window = _union_window(pred_box, gt_box, pred.shape, margin=1)
+        masks = [torch.from_numpy(np.ascontiguousarray(a[window] == class_id)) for a in (pred, gt)]
+        one_hot = [torch.stack([~mask, mask])[None] for mask in masks]
+        with warnings.catch_warnings():  # MONAI passes a deprecated argument to itself
+            warnings.simplefilter("ignore", FutureWarning)
+            value = compute_surface_dice(*one_hot, [tolerances[class_id]], spacing=voxel_size)
+        scores[class_id] = float(value[0, 0])
+    return scores
+
+
+def class_tolerances(tolerance: float | Sequence[float], num_classes: int) -> dict[int, float]:
+    """One NSD tolerance (mm) per foreground class from one value or one per class ``1..num_classes-1``.
+
+    Raises:
+        ValueError: Another number of values, or a value that is negative or not finite.
+    """
+    values = [tolerance] if isinstance(tolerance, (int, float)) else list(tolerance)
+    if len(values) == 1:
+        values = values * (num_classes - 1)
+    if len(values) != num_classes - 1:
+        raise ValueError(
+            f"give one NSD tolerance for every class or one per foreground class ({num_classes - 1}), got "
+            f"{len(values)}."
+        )
+    out = {}
+    for class_id, value in enumerate(values, start=1):
+        value = float(value)
+        if not (math.isfinite(value) and value >= 0):
+            raise ValueError(f"NSD tolerances must be finite and >= 0 (mm), got {value} for class {class_id}.")
+        out[class_id] = value
+    return out
 
 
 def aggregate(

@@ -346,7 +346,8 @@ def output_lock(
 ) -> Iterator[Path]:
     """Hold ``folder`` (created if missing) for one command; yields the folder.
 
-    A folder this call created is removed again if it is still empty when the command ends.
+    A folder this call created (and the parents it created for it) is removed again if still empty when the command
+    ends.
 
     Args:
         folder: The output folder.
@@ -358,7 +359,7 @@ def output_lock(
         InputError: Another running command holds the folder.
     """
     folder = Path(folder)
-    created = not folder.exists()
+    created = [path for path in (folder, *folder.parents) if not path.exists()]  # the deepest first
     folder.mkdir(parents=True, exist_ok=True)
     lock = folder / name
     me = f"{os.getpid()} {socket.gethostname()} {command}\n"
@@ -388,9 +389,11 @@ def output_lock(
     finally:
         if _holder(lock) == (os.getpid(), socket.gethostname()):
             lock.unlink(missing_ok=True)
-        if created:  # a command that failed before writing anything leaves no empty folder behind
-            with contextlib.suppress(OSError):
-                folder.rmdir()
+        for path in created:  # a command that failed before writing anything leaves no empty folder behind
+            try:
+                path.rmdir()
+            except OSError:
+                break
 
 
 def remove_stale_temporaries(

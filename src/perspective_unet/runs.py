@@ -8,13 +8,15 @@ A run folder, as ``perspective-unet train`` writes it (:class:`RunFolder` names 
       config.json        the run's training config
       train_log.csv      one row per epoch
       tensorboard/       TensorBoard events
-      validation/        the fold's out-of-fold predictions, with their summary.json
+      validation/        a fold run's out-of-fold predictions of its held-out cases on their own grids
+                         (<case>.nii.gz, <case>_probabilities.npz), with their summary.json
       training_log.txt   the run's log as text
       progress.png       the log's curves
       evaluation/        an evaluation's reports (summary.json, per_case.csv, summary.md), when one was run
 
 A folder of fold runs (``train --fold K -o OUT`` for each K): ``OUT/fold_0`` ... ``OUT/fold_K``, one run per
-cross-validation fold, and ``OUT/fold_all``, a run on every development case.
+cross-validation fold, ``OUT/fold_all``, a run on every development case, and ``OUT/crossval/``, the summary of the
+folds' out-of-fold predictions (``perspective-unet crossval OUT``).
 
 :func:`load` takes any model source and returns a :class:`LoadedModel`: the model in eval mode and its
 :class:`~perspective_unet.models.inference_info.InferenceInfo`. A source is a checkpoint of this project, a released
@@ -114,6 +116,20 @@ class RunFolder:
         """The scores of the out-of-fold predictions."""
         return self.validation / "summary.json"
 
+    def validation_labels(self, case: str) -> Path:
+        """A held-out case's out-of-fold label map, on the case's own grid."""
+        return self.validation / f"{case}.nii.gz"
+
+    def validation_probabilities(self, case: str) -> Path:
+        """A held-out case's out-of-fold class probabilities: float16 ``probabilities`` (classes first, then the
+        label map's shape) and ``class_names``."""
+        return self.validation / f"{case}_probabilities.npz"
+
+    @property
+    def crossval(self) -> Path:
+        """The cross-validation summary of a folder of fold runs (summary.json, per_case.csv, summary.md)."""
+        return self.path / "crossval"
+
     @property
     def training_log(self) -> Path:
         """The run's log as text."""
@@ -134,8 +150,9 @@ class RunFolder:
         return [path for path in (self.last, self.best, self.train_log) if path.exists()]
 
     def records(self) -> list[Path]:
-        """Everything a run writes that ``train --overwrite`` replaces: its results, config and events."""
-        return [*self.results(), *(p for p in (self.config, self.tensorboard) if p.exists())]
+        """Everything a run writes that ``train --overwrite`` replaces: its results, config, events and out-of-fold
+        predictions."""
+        return [*self.results(), *(p for p in (self.config, self.tensorboard, self.validation) if p.exists())]
 
     def checkpoint(self) -> Path | None:
         """``best.pt`` (chosen on validation cases), else ``last.pt`` (runs without validation), else None."""

@@ -8,7 +8,9 @@ from perspective_unet.bench.settings import PATH_CHOICES
 from perspective_unet.cli import choices
 from perspective_unet.config.checks import PROTOCOLS
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
+from perspective_unet.engine.evaluate_folder import AFFINE_TOLERANCE_MM
 from perspective_unet.engine.inference_settings import RESAMPLERS
+from perspective_unet.evaluation import DEFAULT_NSD_TOLERANCE_MM
 from perspective_unet.metrics import PROTOCOLS as METRIC_PROTOCOLS
 from perspective_unet.models.registry import list_models
 from perspective_unet.plan import MAX_PATCH_PIXELS
@@ -24,6 +26,8 @@ def test_protocol_resampler_and_orientation_copies_equal_their_homes():
     assert choices.RESAMPLER_CHOICES == RESAMPLERS
     assert choices.DEFAULT_ORIENTATION == CANONICAL_ORIENTATION
     assert choices.DEFAULT_MAX_PATCH_PIXELS == MAX_PATCH_PIXELS
+    assert choices.DEFAULT_NSD_TOLERANCE_MM == DEFAULT_NSD_TOLERANCE_MM
+    assert choices.DEFAULT_AFFINE_TOLERANCE_MM == AFFINE_TOLERANCE_MM
     # train and plan offer the training protocols from config (light); the plan module has its own tuple.
     assert PROTOCOLS == PLAN_PROTOCOLS
 

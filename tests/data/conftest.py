@@ -97,6 +97,45 @@ def write_nnunet_raw(
     return arrays
 
 
+def blob_case(seed: int, shape: tuple[int, int, int] = (20, 18, 6)) -> tuple[np.ndarray, np.ndarray]:
+    """A CT-like image and its labels: a bright disc (class 1) through the middle slices and two separate dark squares
+    (class 2, two components on purpose), on noise; a model learns it in a few dozen steps."""
+    rng = np.random.default_rng(seed)
+    label = np.zeros(shape, dtype=np.uint8)
+    xx, yy = np.mgrid[: shape[0], : shape[1]]
+    cx, cy = rng.integers(7, 11, 2)
+    label[..., 1:5][(xx - cx) ** 2 + (yy - cy) ** 2 <= 12] = 1
+    corner = rng.integers(0, 2)
+    label[1:4, 1 + corner : 4 + corner, 2:5] = 2
+    label[15:18, 13:16, 2:5] = 2
+    image = rng.normal(0.0, 20.0, shape) + np.where(label == 1, 250.0, 0.0) - np.where(label == 2, 180.0, 0.0)
+    return image.astype(np.float32), label
+
+
+def write_blob_nnunet_raw(root: Path, num_cases: int = 10, test_cases: int = 2) -> dict[str, tuple[np.ndarray, ...]]:
+    """An nnU-Net raw dataset of :func:`blob_case` volumes: ``case_XXX`` in imagesTr/labelsTr, ``test_XXX`` in
+    imagesTs/labelsTs; returns the arrays by case."""
+    info = {
+        "name": "Blobs",
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, "disc": 1, "squares": 2},
+        "numTraining": num_cases,
+        "file_ending": ".nii.gz",
+    }
+    root.mkdir(parents=True, exist_ok=True)
+    (root / "dataset.json").write_text(json.dumps(info))
+    affine = np.diag([0.9, 0.9, 3.0, 1.0])
+    arrays = {}
+    names = [("Tr", f"case_{i:03d}", i) for i in range(num_cases)]
+    names += [("Ts", f"test_{i:03d}", 100 + i) for i in range(test_cases)]
+    for folder, case, seed in names:
+        image, label = blob_case(seed)
+        save_nifti(root / f"images{folder}" / f"{case}_0000.nii.gz", image, affine)
+        save_nifti(root / f"labels{folder}" / f"{case}.nii.gz", label, affine)
+        arrays[case] = (image, label)
+    return arrays
+
+
 def write_pictures(
     images: Path,
     masks: Path,

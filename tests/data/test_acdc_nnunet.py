@@ -71,7 +71,11 @@ def test_acdc_empty_folder(tmp_path: Path) -> None:
 
 def test_nnunet_ct_window_slices_and_split(tmp_path: Path) -> None:
     arrays = write_nnunet_raw(tmp_path / "raw", num_cases=10)
-    out = prepare_nnunet(tmp_path / "raw", tmp_path / "out", ct_window_hu=(-100, 200), seed=7)
+    every = prepare_nnunet(tmp_path / "raw", tmp_path / "every", ct_window_hu=(-100, 200))
+    default = json.loads((every / "dataset.json").read_text())["splits"]
+    assert default == {"train": sorted(arrays), "val": [], "test": []}, "every imagesTr case goes into the folds"
+    fractions = {"val_fraction": 0.1, "test_fraction": 0.2}
+    out = prepare_nnunet(tmp_path / "raw", tmp_path / "out", ct_window_hu=(-100, 200), seed=7, **fractions)
     info = json.loads((out / "dataset.json").read_text())
     splits = info["splits"]
     assert sorted(splits["train"] + splits["val"] + splits["test"]) == sorted(arrays)
@@ -87,9 +91,9 @@ def test_nnunet_ct_window_slices_and_split(tmp_path: Path) -> None:
     with np.load(out / "train_npz" / f"{case}_slice003.npz") as data:
         np.testing.assert_allclose(data["image"], canonical_image[3], atol=1e-6)
         assert np.array_equal(data["label"], canonical_label[3])
-    again = prepare_nnunet(tmp_path / "raw", tmp_path / "again", ct_window_hu=(-100, 200), seed=7)
+    again = prepare_nnunet(tmp_path / "raw", tmp_path / "again", ct_window_hu=(-100, 200), seed=7, **fractions)
     assert json.loads((again / "dataset.json").read_text())["splits"] == splits
-    other = prepare_nnunet(tmp_path / "raw", tmp_path / "other", ct_window_hu=(-100, 200), seed=8)
+    other = prepare_nnunet(tmp_path / "raw", tmp_path / "other", ct_window_hu=(-100, 200), seed=8, **fractions)
     assert json.loads((other / "dataset.json").read_text())["splits"] != splits
 
 

@@ -112,3 +112,37 @@ def test_fold_datasets_read_training_slices_and_validation_volumes(dataset):
     np.testing.assert_array_equal(stored["label"], synthetic_volume(3)[1])
     with pytest.raises(InputError, match="case0004"):
         SliceDataset(dataset, img_size=(32, 32), cases=["case0004"])  # a test case is not for training
+
+
+def test_nnunets_splits_final_json_is_read_and_its_folds_hashed(dataset, tmp_path):
+    from perspective_unet.data.folds import NNUNET_SPLITS_FILE, splits_hash
+
+    info = open_dataset(dataset).info
+    folds = [
+        {"train": ["case0001", "case0002"], "val": ["case0003"]},
+        {"train": ["case0003"], "val": ["case0001", "case0002"]},
+    ]
+    (dataset / NNUNET_SPLITS_FILE).write_text(json.dumps(folds))
+    fold = fold_cases(dataset, info, 1, num_folds=2)
+    assert (fold.train, fold.val) == (("case0003",), ("case0001", "case0002"))
+    assert fold.splits_file == str(dataset / NNUNET_SPLITS_FILE) and fold.splits_sha256 == splits_hash(folds)
+    assert not (dataset / SPLITS_FILE).exists(), "nothing drawn beside nnU-Net's file"
+    (dataset / NNUNET_SPLITS_FILE).write_text(json.dumps(folds, indent=4))
+    assert fold_cases(dataset, info, 1, num_folds=2).splits_sha256 == fold.splits_sha256, "the layout does not count"
+    (dataset / SPLITS_FILE).write_text(json.dumps(folds))
+    assert fold_cases(dataset, info, 0, num_folds=2).splits_file.endswith(NNUNET_SPLITS_FILE)
+    (dataset / SPLITS_FILE).write_text(json.dumps(folds[::-1]))
+    with pytest.raises(InputError, match="hold different folds"):
+        fold_cases(dataset, info, 0, num_folds=2)
+    mine = tmp_path / "mine.json"
+    mine.write_text(json.dumps(folds[::-1]))
+    assert fold_cases(dataset, info, 0, num_folds=2, splits=mine).val == ("case0001", "case0002"), "a given file wins"
+    with pytest.raises(InputError, match="fold must be 0..1"):
+        fold_cases(dataset, info, 2, num_folds=2, splits=mine)
+
+
+def test_a_resumed_run_never_draws_folds(dataset):
+    info = open_dataset(dataset).info
+    with pytest.raises(InputError, match="is missing; restore the splits file"):
+        fold_cases(dataset, info, 0, num_folds=3, draw=False)
+    assert not (dataset / SPLITS_FILE).exists()

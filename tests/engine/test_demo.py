@@ -16,8 +16,8 @@ def test_demo_writes_checkpoint_summary_and_figure(tiny_dataset, tmp_path):
     for name in ("best.pt", "summary.json", "overlay.png", "demo.json"):
         assert (out / name).is_file(), name
     saved = json.loads((out / "summary.json").read_text())
-    assert saved["mean_dice"] == summary["mean_dice"]
-    assert set(saved["per_class"]) == {"square", "disc"}
+    assert saved["foreground_mean"] == summary["foreground_mean"]
+    assert set(saved["mean"]) == {"1", "2"} and saved["class_names"]["2"] == "disc"
     table = format_organ_table(saved)
     assert table.splitlines()[0].split()[:2] == ["organ", "Dice"]
     assert table.splitlines()[-1].startswith("mean")
@@ -66,7 +66,7 @@ def test_demo_over_seeds_reports_each_organs_spread(tiny_dataset, tmp_path, caps
     record = json.loads((out / "seeds.json").read_text())
     assert record["seeds"] == [7, 8]
     runs = [json.loads((out / f"seed_{s}" / "summary.json").read_text()) for s in (7, 8)]
-    dice = [r["per_class"]["disc"]["dice"] for r in runs]
+    dice = [r["mean"]["2"]["legacy_Dice"] for r in runs]
     assert record["per_class"]["disc"]["dice"]["mean"] == np.mean(dice)
     assert record["per_class"]["disc"]["dice"]["std"] == np.std(dice, ddof=1)
     assert record["mean_dice"]["n"] == 2 and "±" in printed and "seeds [7, 8]" in printed

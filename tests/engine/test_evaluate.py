@@ -22,19 +22,23 @@ def test_evaluate_cli_writes_both_protocols(tiny_dataset, checkpoint, tmp_path, 
     out = tmp_path / "eval"
     assert main(["evaluate", "--checkpoint", str(checkpoint), "--data", str(tiny_dataset), "-o", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert 0.0 <= summary["mean_dice"] <= 1.0 and summary["mean_hd95"] >= 0.0
-    assert set(summary["per_class"]) == {"square", "disc"}
-    assert summary["num_cases"] == 2 and summary["img_size"] == [32, 32]
-    corrected = summary["corrected"]
-    assert corrected["hd95_units"] == "mm" and set(corrected["per_class"]) == {"square", "disc"}
-    assert set(corrected["undefined"]) == {"dice", "hd95"}
+    assert summary["class_names"] == {"0": "background", "1": "square", "2": "disc"}
+    assert set(summary["mean"]) == {"1", "2"} and summary["protocols"] == ["legacy", "corrected"]
+    assert summary["num_cases"] == 2 and summary["img_size"] == [32, 32] and "hd95_units" not in summary
+    assert 0.0 <= summary["foreground_mean"]["legacy_Dice"] <= 1.0
+    assert summary["units"]["HD95"].startswith("mm") and summary["units"]["legacy_HD95_voxels"].startswith("voxels")
+    assert set(summary["undefined"]["1"]) == {"Dice", "IoU", "HD95", "NSD"}
+    assert [c["case"] for c in summary["metric_per_case"]] == ["case0004", "case0005"]
+    first = summary["metric_per_case"][0]["metrics"]["1"]
+    assert first["n_pred"] == first["TP"] + first["FP"] and first["n_ref"] == first["TP"] + first["FN"]
     rows = list(csv.DictReader((out / "per_case.csv").open()))
-    assert len(rows) == 2 * 2 * 2  # cases x protocols x classes
+    assert len(rows) == 2 * 2  # cases x classes, every metric a column
     assert {r["case"] for r in rows} == {"case0004", "case0005"}
+    assert {"Dice", "IoU", "TP", "HD95", "NSD", "legacy_Dice", "legacy_HD95_voxels"} <= set(rows[0])
     markdown = (out / "summary.md").read_text()
-    header = [line for line in markdown.splitlines() if line.startswith("| cases")][0]
-    assert [cell.strip() for cell in header.strip("|").split("|")] == ["cases", "DSC", "HD95", "square", "disc"]
-    assert '"mean_dice"' in capsys.readouterr().out
+    header = [line for line in markdown.splitlines() if line.startswith("| class ") and "DSC" in line][0]
+    assert [cell.strip() for cell in header.strip("|").split("|")] == ["class", "DSC", "HD95 (voxels)"]
+    assert '"foreground_mean"' in capsys.readouterr().out
 
 
 def test_perfect_prediction_scores_one(tiny_dataset, tmp_path, monkeypatch):
@@ -53,8 +57,9 @@ def test_perfect_prediction_scores_one(tiny_dataset, tmp_path, monkeypatch):
     result = evaluate_model(
         create_model("perspective_unet_tiny", num_classes=3), dataset, plan, num_classes=3, progress=False
     )
-    for protocol in ("legacy", "corrected"):
-        assert result[protocol]["mean_dice"] == 1.0 and result[protocol]["mean_hd95"] == 0.0
+    mean = result.foreground_mean()
+    assert mean["Dice"] == mean["legacy_Dice"] == mean["IoU"] == mean["NSD"] == 1.0
+    assert mean["HD95"] == mean["legacy_HD95_voxels"] == mean["FP"] == mean["FN"] == 0.0
 
 
 def test_class_count_mismatch_is_a_clear_error(tiny_dataset, tmp_path, capsys):

@@ -82,9 +82,7 @@ def _experiment(data: Path, **changes) -> ExperimentConfig:
 
 def _per_case(folder: Path) -> dict[tuple[str, str], float]:
     with (folder / "evaluation" / "per_case.csv").open() as handle:
-        return {
-            (r["case"], r["class_name"]): float(r["dice"]) for r in csv.DictReader(handle) if r["protocol"] == "legacy"
-        }
+        return {(r["case"], r["class_name"]): float(r["legacy_Dice"]) for r in csv.DictReader(handle)}
 
 
 def test_a_two_by_two_experiment_runs_resumes_and_reports_hand_computed_statistics(tiny_dataset, tmp_path, monkeypatch):
@@ -220,7 +218,7 @@ def test_cli_runs_and_reports_an_experiment_with_folds(tiny_dataset, tmp_path, c
         == 0
     )
     summary = json.loads((tmp_path / "ensemble" / "summary.json").read_text())
-    assert len(summary["checkpoint"]) == 2 and not math.isnan(summary["mean_dice"])
+    assert len(summary["checkpoint"]) == 2 and not math.isnan(summary["foreground_mean"]["legacy_Dice"])
 
 
 @pytest.mark.parametrize(

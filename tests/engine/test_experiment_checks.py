@@ -76,7 +76,7 @@ def test_a_changed_protocol_reads_the_scores_the_evaluation_already_holds(root, 
     assert [o.status for o in outcomes] == ["skipped", "skipped"]
     report = report_experiment(root)
     assert report.protocol == "corrected"
-    corrected = [_summary(root / label)["corrected"]["mean_dice"] for label in LABELS]
+    corrected = [_summary(root / label)["foreground_mean"]["Dice"] for label in LABELS]
     assert report.configurations[0].dice.mean == pytest.approx(sum(corrected) / 2)
 
 

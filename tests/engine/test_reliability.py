@@ -121,7 +121,7 @@ def test_a_higher_epochs_continues_a_finished_run(finished_run, tmp_path, capsys
 def test_evaluate_keeps_earlier_reports_unless_told_and_writes_all_three_or_none(
     finished_run, tiny_dataset, tmp_path, capsys, monkeypatch
 ):
-    import perspective_unet.engine.evaluate as evaluate_module
+    import perspective_unet.evaluation as evaluate_module
 
     out = tmp_path / "eval"
     args = ["evaluate", "--checkpoint", str(finished_run / "last.pt"), "--data", str(tiny_dataset), "-o", str(out)]

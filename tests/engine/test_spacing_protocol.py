@@ -233,7 +233,7 @@ def test_both_protocols_train_evaluate_and_predict_end_to_end(tiny_dataset, tmp_
         == 0
     )
     summary = json.loads((tmp_path / "eval" / "summary.json").read_text())
-    assert summary["plan"]["protocol"] == protocol and 0.0 <= summary["mean_dice"] <= 1.0
+    assert summary["plan"]["protocol"] == protocol and 0.0 <= summary["foreground_mean"]["legacy_Dice"] <= 1.0
     scan = tmp_path / "scan.nii.gz"
     nib.save(
         nib.Nifti1Image(

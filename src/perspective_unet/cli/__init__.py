@@ -31,6 +31,8 @@ _COMMAND_MODULES = (
     "convert",
     "train",
     "evaluate",
+    "crossval",
+    "find_best",
     "experiment",
     "demo",
     "predict",

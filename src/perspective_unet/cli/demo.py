@@ -94,7 +94,7 @@ def run(args: argparse.Namespace) -> int:
     if summary["demo_cut_short"]:
         ran += f" (cut short by the {settings.time_limit_minutes:g}-minute time limit: not the seed's full run)"
     print(
-        f"\nmean Dice over the 8 organs on the held-out slices: {summary['mean_dice']:.3f}; "
+        f"\nmean Dice over the 8 organs on the held-out slices: {summary['foreground_mean']['legacy_Dice']:.3f}; "
         f"{summary['demo_protocol']} protocol, seed {summary['demo_seed']}, {ran}, {summary['demo_minutes']:.1f} "
         f"min; files in {args.output}/: best.pt, summary.json, overlay.png"
     )

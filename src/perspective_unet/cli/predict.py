@@ -67,6 +67,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default="torch",
         help="paper protocol: torch (batched on the device) or scipy (TransUNet's exact slice loop)",
     )
+    parser.add_argument(
+        "--postprocess",
+        metavar="POSTPROCESSING_JSON",
+        help="apply the post-processing `find-best` decided (keep the largest connected components) to every label "
+        "map; the file must be for the model's classes",
+    )
     parser.set_defaults(func=run)
 
 
@@ -74,6 +80,10 @@ def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.predict import predict_path
 
     settings = inference_settings(args)
+    if args.postprocess:
+        from perspective_unet.postprocessing import Postprocessing
+
+        settings = settings.replace(postprocessing=Postprocessing.read(args.postprocess))
     if args.onnx:
         if args.device not in ("auto", "cpu"):
             raise ValueError(

@@ -43,7 +43,9 @@ def register(subparsers: Any) -> None:
         "nnunet",
         help="any nnU-Net raw dataset, or a folder with images/ and masks/",
         description="A dataset in the nnU-Net v2 raw layout (dataset.json, imagesTr, "
-        "labelsTr, optional imagesTs/labelsTs), or a plain folder of 2D images/ and masks/.",
+        "labelsTr, optional imagesTs/labelsTs), or a plain folder of 2D images/ and masks/. Every case of imagesTr "
+        "is a training case (cross-validation folds, `train --fold K`, hold cases out), as in nnU-Net; imagesTs with "
+        "labelsTs is the test split.",
     )
     _add_io(nnunet, "nnU-Net raw dataset folder (DatasetXXX_Name)")
     nnunet.add_argument(
@@ -61,12 +63,18 @@ def register(subparsers: Any) -> None:
         metavar=("LOW", "HIGH"),
         help="percentiles of the CT rule and of per-volume MR normalization",
     )
-    nnunet.add_argument("--val-fraction", type=float, default=0.1, help="share of cases for validation")
+    nnunet.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.0,
+        help="share of imagesTr kept out of training as a val split (0: every case trains; cross-validation folds "
+        "hold cases out instead)",
+    )
     nnunet.add_argument(
         "--test-fraction",
         type=float,
-        default=0.2,
-        help="share of cases for testing; ignored when imagesTs has labels",
+        default=0.0,
+        help="share of imagesTr kept as a test split; ignored when imagesTs has labels in labelsTs (the test split)",
     )
     nnunet.add_argument("--seed", type=seed_value, default=1234, help="seed of the case split")
     nnunet.add_argument(

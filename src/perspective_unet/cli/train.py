@@ -85,10 +85,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--fold",
         type=_fold,
         help="cross-validation fold K (0..N-1) or 'all': trains on the other folds' cases, selects "
-        "best.pt on fold K's, and writes the run to OUTPUT/fold_K; folds come from the data folder's "
+        "best.pt on fold K's, ends by predicting fold K's cases into OUTPUT/fold_K/validation/, and writes the run "
+        "to OUTPUT/fold_K; folds come from --splits, else the data folder's splits_final.json, else its "
         "splits.json (drawn from its train and val cases on first use, never from its test cases)",
     )
     parser.add_argument("--num-folds", type=int, help=_recipe("num_folds", "folds of splits.json"))
+    parser.add_argument(
+        "--splits",
+        metavar="FILE",
+        help="with --fold: a splits file of your own (nnU-Net's splits_final.json layout: a list of "
+        '{"train": [...], "val": [...]}) instead of the data folder\'s splits_final.json or splits.json',
+    )
     parser.add_argument("--max-iterations", type=int, help="stop after this many optimizer steps")
     parser.add_argument("--time-limit-minutes", type=float, help="stop after the epoch that passes this budget")
     parser.add_argument(
@@ -164,7 +171,9 @@ def run(args: argparse.Namespace) -> int:
     result = train(config, resume=resume, overwrite=args.overwrite)
     print(
         f"finished after {result.epochs_completed} epoch(s), {result.iterations} iterations; last checkpoint "
-        f"{result.last_checkpoint}" + (f", best {result.best_checkpoint}" if result.best_checkpoint else "")
+        f"{result.last_checkpoint}"
+        + (f", best {result.best_checkpoint}" if result.best_checkpoint else "")
+        + (f"; out-of-fold predictions in {result.validation}" if result.validation else "")
     )
     return 0
 

@@ -82,6 +82,8 @@ class TrainConfig:
             validation; the fold's held-out cases are the validation set (see ``perspective_unet.data.folds``).
             None: the dataset's own train and val splits.
         num_folds: Folds of the dataset's ``splits.json`` (drawn on first use from its train and val cases).
+        splits: A splits file of one's own (nnU-Net's ``splits_final.json`` layout) instead of the data folder's
+            ``splits_final.json`` or ``splits.json``; with ``fold`` only.
         val_batch_size: Slices per forward pass during validation.
         augment: Augment the training data: the paper's augmentation (paper protocol) or nnU-Net's (spacing
             protocol).
@@ -123,6 +125,7 @@ class TrainConfig:
     val_split: str = "val"
     fold: int | str | None = None
     num_folds: int = 5
+    splits: str | None = None
     val_batch_size: int = 16
     augment: bool = True
     augmentation: dict[str, Any] = field(default_factory=dict)
@@ -149,6 +152,8 @@ class TrainConfig:
         _check_fields(self, _TRAIN_CHECKS, normalize=False)
         if self.ce_weight + self.dice_weight == 0:
             raise ValueError("ce_weight and dice_weight must not both be 0.")
+        if self.splits is not None and self.fold is None:
+            raise ValueError("splits names the folds of cross-validation; give a fold too (fold: K or 'all').")
         if isinstance(self.fold, int) and self.fold >= self.num_folds:
             raise ValueError(f"fold must be 0..{self.num_folds - 1} for {self.num_folds} folds, got {self.fold}.")
         if self.activation_memory_budget is not None and not self.compile:
@@ -305,6 +310,7 @@ _TRAIN_CHECKS: dict[str, Check] = {
     "val_split": _check_val_split,
     "fold": _check_fold,
     "num_folds": _int(2),
+    "splits": lambda name, value: None if value is None else check_path(name, value),
     "val_batch_size": _int(1),
     "augment": check_bool,
     "augmentation": check_mapping,

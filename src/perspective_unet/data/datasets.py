@@ -215,7 +215,8 @@ class VolumeDataset(Dataset):
             volumes).
         cases: Only these development cases (a cross-validation fold's validation cases); ``split`` is then ignored.
             A case stored as training slices comes back as the stack of its slices in slice order, with the
-            spacing ``geometry.json`` records (None in circulating files) and no other geometry.
+            geometry ``geometry.json`` records (spacing, affine, original shape, orientation; nothing in circulating
+            files).
     """
 
     def __init__(
@@ -231,6 +232,7 @@ class VolumeDataset(Dataset):
         self.split = split
         self.info = self.layout.info
         self.stacked: dict[str, list[SliceRef]] = {}
+        self._geometry: dict[str, dict[str, Any]] | None = None
         if cases is None:
             self.volumes = self.layout.volume_files(split)
         else:
@@ -280,8 +282,11 @@ class VolumeDataset(Dataset):
                 f"{self.root}: the training slices of case {case!r} differ in shape; they cannot be "
                 "stacked into a validation volume."
             )
-        spacing = self.layout.geometry().get(case, {}).get("spacing")
-        return np.stack([s[0] for s in slices]), np.stack([s[1] for s in slices]), {"spacing": spacing}
+        if self._geometry is None:
+            self._geometry = self.layout.geometry()
+        attrs = dict(self._geometry.get(case, {}))
+        attrs.setdefault("spacing", None)
+        return np.stack([s[0] for s in slices]), np.stack([s[1] for s in slices]), attrs
 
 
 def seed_worker(worker_id: int) -> None:

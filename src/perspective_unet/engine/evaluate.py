@@ -1,44 +1,60 @@
 """Evaluation of a model on prepared volumes with the papers' (``legacy``) and the ``corrected`` protocol.
 
 Each volume is predicted slice by slice in batches (the model's outputs do not depend on the batch), the labels are
-brought back to the volume's grid, and every foreground class is scored in 3D with
-:func:`perspective_unet.metrics.score_case`. See ``docs/metrics.md`` for the rules of both protocols.
+brought back to the volume's grid, and every foreground class is scored in 3D
+(:func:`perspective_unet.evaluation.score_volume`: nnU-Net's counts, Dice and IoU, HD95 in mm and the normalized
+surface Dice, the papers' Dice and HD95 in voxels). The reports are written by the project's one summary writer,
+:func:`perspective_unet.evaluation.write_summary`. See ``docs/metrics.md`` for the rules and the schema.
 
 Reading the next volume and scoring the previous one run on worker threads while the model predicts, so on a GPU
 the device does not wait for files or for the surface-distance computations.
+
+A checkpoint of a cross-validation fold records its held-out cases: ``split="val"`` scores exactly those (never a
+case the fold trained on).
 """
 
 from __future__ import annotations
 
-import csv
-import json
-import math
+import logging
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from perspective_unet.data import VolumeDataset
+from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.inference import model_device
 from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import inferer_for
 from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
 from perspective_unet.errors import InputError
+from perspective_unet.evaluation import (
+    DEFAULT_NSD_TOLERANCE_MM,
+    REPORTS,
+    CaseScores,
+    EvaluationSummary,
+    score_volume,
+    write_summary,
+)
 from perspective_unet.intensity import IntensitySpec
-from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
-from perspective_unet.outputs import output_lock, remove_stale_temporaries, write_all
+from perspective_unet.metrics import PROTOCOLS
+from perspective_unet.models.inference_info import InferenceInfo
+from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.plan import Plan
 from perspective_unet.runs import ModelSource, load
-from perspective_unet.table import format_table
 
-__all__ = ["REPORTS", "evaluate", "evaluate_model", "write_reports"]
+__all__ = ["SavePrediction", "evaluate", "evaluate_model"]
 
-REPORTS = ("summary.json", "per_case.csv", "summary.md")
+log = logging.getLogger(__name__)
+
+# Writes one case's prediction (the dataset item, its labels, its probabilities or None) and returns the file.
+SavePrediction = Callable[[dict[str, Any], np.ndarray, "np.ndarray | None"], str]
 
 
 def evaluate_model(
@@ -50,10 +66,13 @@ def evaluate_model(
     num_classes: int,
     protocols: Sequence[str] = PROTOCOLS,
     class_names: Sequence[str] | None = None,
+    nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE_MM,
     ctx: DistributedContext | None = None,
     progress: bool = True,
+    save: SavePrediction | None = None,
+    save_probabilities: bool = False,
     plan_source: str | os.PathLike[str] | None = None,
-) -> dict[str, Any]:
+) -> EvaluationSummary:
     """Predict and score every volume of ``dataset``.
 
     Args:
@@ -61,25 +80,31 @@ def evaluate_model(
             at the end).
         dataset: Volumes with labels.
         plan: The model's plan (protocol, spacing, window, intensity scaling, context slices).
-        settings: Batch size, mirroring, resampler, autocast, and the plan's overrides (patch size, overlap).
+        settings: Batch size, mirroring, resampler, and the plan's overrides (patch size, overlap).
         num_classes: Classes, background included.
-        protocols: ``legacy`` and/or ``corrected``.
-        class_names: Names indexed by class id (background first).
+        protocols: ``legacy`` and/or ``corrected`` (see :func:`~perspective_unet.evaluation.score_volume`).
+        class_names: Names indexed by class id (background first); default ``class_<id>``.
+        nsd_tolerance: NSD tolerance in mm, one value or one per foreground class.
         ctx: Distributed context; volumes are split across processes and the scores gathered on every process.
         progress: Show a progress bar.
+        save: Called with each case's item, labels and probabilities (on a worker thread); returns the file written,
+            recorded as the case's ``prediction_file``.
+        save_probabilities: Predict the probabilities too, for ``save``.
         plan_source: The file the plan was read from, named when a size it sets cannot be met.
 
     Returns:
-        ``{"per_case": [{"case", "spacing_known", protocol: scores, ...}], protocol: aggregate(...), ...}``.
+        The per-case scores (gathered from every process).
     """
     for protocol in protocols:
         if protocol not in PROTOCOLS:
             raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}.")
+    names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
     ctx = ctx or DistributedContext()
     inferer = inferer_for(plan, settings, plan_source=plan_source)
     was_training = model.training
     model.eval()
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
+    files = dict(dataset.volumes)
     scored: list[Future] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="evaluate") as workers:
         loaded = _prefetch(dataset, indices, workers)
@@ -92,17 +117,22 @@ def evaluate_model(
                 )
             spacing = item.get("spacing")
             try:
-                prediction = inferer(model, item["image"], spacing=None if spacing is None else spacing[1:])
+                result = inferer(
+                    model,
+                    item["image"],
+                    spacing=None if spacing is None else spacing[1:],
+                    return_probabilities=save is not None and save_probabilities,
+                )
             except InputError as exc:
                 raise InputError(f"case {item['case']} of {dataset.root}: {exc}") from None
-            scored.append(workers.submit(_score_row, item, prediction, num_classes, protocols))
+            labels, probabilities = result if isinstance(result, tuple) else (result, None)
+            reference = str(files.get(item["case"], dataset.root))
+            job = (item, labels, probabilities, num_classes, protocols, nsd_tolerance, reference, save)
+            scored.append(workers.submit(_score_case, *job))
         rows = [future.result() for future in scored]
     model.train(was_training)
-    rows = sorted(ctx.gather(rows), key=lambda r: r["case"])
-    result: dict[str, Any] = {"per_case": rows}
-    for protocol in protocols:
-        result[protocol] = aggregate([r[protocol] for r in rows], class_names, protocol=protocol)
-    return result
+    rows = ctx.gather(rows)
+    return EvaluationSummary.of(rows, names, protocols, nsd_tolerance)
 
 
 def _prefetch(dataset: VolumeDataset, indices: Sequence[int], workers: ThreadPoolExecutor) -> Iterator[dict]:
@@ -115,115 +145,60 @@ def _prefetch(dataset: VolumeDataset, indices: Sequence[int], workers: ThreadPoo
         yield item
 
 
-def _score_row(item: dict[str, Any], prediction: Any, num_classes: int, protocols: Sequence[str]) -> dict[str, Any]:
+def _score_case(
+    item: dict[str, Any],
+    labels: np.ndarray,
+    probabilities: np.ndarray | None,
+    num_classes: int,
+    protocols: Sequence[str],
+    nsd_tolerance: float | Sequence[float],
+    reference: str,
+    save: SavePrediction | None,
+) -> CaseScores:
     spacing = item.get("spacing")
-    row: dict[str, Any] = {"case": item["case"], "spacing_known": spacing is not None}
-    for protocol in protocols:
-        row[protocol] = score_case(
-            prediction,
-            item["label"],
-            num_classes,
-            protocol=protocol,
-            spacing=tuple(spacing) if spacing is not None else (1.0,) * prediction.ndim,
-        )
-    return row
-
-
-def _finite_or_none(value: float) -> float | None:
-    return None if value is None or (isinstance(value, float) and math.isnan(value)) else value
-
-
-def _per_class_by_name(summary: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    out = {}
-    for entry in summary["per_class"].values():
-        fields = {k: _finite_or_none(v) for k, v in entry.items() if k != "name"}
-        out[entry["name"]] = fields
-    return out
-
-
-def write_reports(
-    result: dict[str, Any], output: str | os.PathLike[str], *, extra: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """Write ``per_case.csv``, ``summary.json`` and ``summary.md`` into ``output`` (all three or none); returns the
-    summary dict.
-
-    ``summary.json`` holds, at the top level, ``mean_dice`` (in [0, 1]) and ``mean_hd95`` of the legacy protocol and
-    ``per_class`` values by class name; the corrected protocol's numbers sit under ``corrected``.
-    """
-    output = Path(output)
-    output.mkdir(parents=True, exist_ok=True)
-    legacy, corrected = result.get("legacy"), result.get("corrected")
-    main = legacy or corrected
-    summary: dict[str, Any] = {
-        "protocol": "legacy" if legacy else "corrected",
-        "num_cases": main["num_cases"],
-        "mean_dice": main["mean_dice"],
-        "mean_hd95": main["mean_hd95"],
-        "per_class": _per_class_by_name(main),
-    }
-    if legacy and corrected:
-        summary["corrected"] = {
-            "mean_dice": _finite_or_none(corrected["mean_dice"]),
-            "mean_hd95": _finite_or_none(corrected["mean_hd95"]),
-            "per_class": _per_class_by_name(corrected),
-            "undefined": corrected["undefined"],
-            "spacing_known_cases": sum(r["spacing_known"] for r in result["per_case"]),
-            "hd95_units": "mm",
-        }
-    summary["hd95_units"] = "voxels" if legacy else "mm"
-    summary.update(extra or {})
-
-    def write_per_case(path: Path) -> None:
-        protocols = [p for p in PROTOCOLS if p in result]
-        with path.open("w", newline="") as handle:
-            writer = csv.writer(handle)
-            writer.writerow(["case", "protocol", "class_id", "class_name", "dice", "hd95"])
-            for row in result["per_case"]:
-                for protocol in protocols:
-                    for class_id, scores in row[protocol].items():
-                        name = result[protocol]["per_class"][class_id]["name"]
-                        writer.writerow([row["case"], protocol, class_id, name, scores["dice"], scores["hd95"]])
-
-    # The three reports appear together or not at all (a full disk must not leave a summary without its cases).
-    write_all(
-        {
-            output / "per_case.csv": write_per_case,
-            output / "summary.json": lambda path: path.write_text(json.dumps(summary, indent=2)),
-            output / "summary.md": lambda path: path.write_text(summary_markdown(result)),
-        }
+    prediction_file = save(item, labels, probabilities) if save is not None else ""
+    metrics = score_volume(
+        labels,
+        item["label"],
+        num_classes,
+        spacing=tuple(spacing) if spacing is not None else (1.0,) * labels.ndim,
+        protocols=protocols,
+        nsd_tolerance=nsd_tolerance,
     )
-    return summary
+    return CaseScores(item["case"], metrics, prediction_file, reference, spacing is not None)
 
 
-def _fmt(value: float, scale: float = 1.0) -> str:
-    return "n/a" if value is None or math.isnan(value) else f"{value * scale:.2f}"
+def evaluation_dataset(layout: DatasetLayout, split: str, info: InferenceInfo) -> VolumeDataset:
+    """The volumes ``split`` stands for: a fold run's ``val`` is its own held-out cases, never a case it trained on.
 
-
-def summary_markdown(result: dict[str, Any]) -> str:
-    """Tables laid out like the paper's: DSC (x100) and HD95, then DSC per organ, one table per protocol."""
-    parts = []
-    titles = {
-        "legacy": "Legacy protocol (as in the papers; HD95 in voxels, (1, 0) / (0, 0) rules for empty masks)",
-        "corrected": "Corrected protocol (HD95 in mm; undefined values left out and counted)",
-    }
-    for protocol in PROTOCOLS:
-        if protocol not in result:
-            continue
-        summary = result[protocol]
-        names = [e["name"] for e in summary["per_class"].values()]
-        header = ["cases", "DSC", "HD95", *names]
-        row = [summary["num_cases"], _fmt(summary["mean_dice"], 100), _fmt(summary["mean_hd95"])]
-        row += [_fmt(e["dice"], 100) for e in summary["per_class"].values()]
-        text = f"## {titles[protocol]}\n\n" + format_table(header, [row], markdown=True) + "\n"
-        if protocol == "corrected":
-            hd_row = ["HD95", *[_fmt(e["hd95"]) for e in summary["per_class"].values()]]
-            undefined = [
-                "undefined Dice / HD95",
-                *[f"{e['dice_undefined']} / {e['hd95_undefined']}" for e in summary["per_class"].values()],
-            ]
-            text += "\n" + format_table(["", *names], [hd_row, undefined], markdown=True) + "\n"
-        parts.append(text)
-    return "# Evaluation\n\n" + "\n".join(parts)
+    Raises:
+        InputError: ``val`` asked of an ensemble of fold runs or of a run on every case, or a split without volumes.
+    """
+    if split == "val" and info.fold is None and info.train_config.get("fold") is not None:
+        raise InputError(
+            f"{info.sources[0]} is a fold run written before checkpoints recorded their held-out cases; --split val "
+            "cannot tell them from its training cases. Score its fold with `perspective-unet crossval` after training "
+            "it again, or evaluate it on the test split."
+        )
+    if split == "val" and info.fold is not None:
+        if len(info.sources) > 1:
+            raise InputError(
+                f"--split val of an ensemble of fold runs ({info.sources[0]}, ...) would score cases the other folds "
+                "trained on; score each fold's out-of-fold predictions with `perspective-unet crossval`."
+            )
+        if not info.held_out:
+            raise InputError(
+                f"{info.sources[0]} is {info.fold}, trained on every case: it has no validation cases; evaluate it "
+                "on the test split."
+            )
+        log.info(
+            "%s: --split val scores its %d held-out cases (splits %s)", info.fold, len(info.held_out), info.splits_file
+        )
+        return VolumeDataset(layout, cases=list(info.held_out))
+    dataset = VolumeDataset(layout, split=split)
+    if len(dataset) == 0:
+        raise InputError(f"{layout.root} has no {split!r} volumes to evaluate; choose another --split.")
+    return dataset
 
 
 def evaluate(
@@ -234,6 +209,7 @@ def evaluate(
     *,
     split: str = "test",
     protocols: Sequence[str] = PROTOCOLS,
+    nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE_MM,
     progress: bool = True,
     overwrite: bool = False,
 ) -> dict[str, Any]:
@@ -242,7 +218,8 @@ def evaluate(
     ``source`` is anything :func:`perspective_unet.runs.load` takes: a checkpoint, a model folder, a run folder, a
     folder of fold runs or several of these (their ensemble, the mean of their probabilities, is evaluated).
     ``settings`` give the device, batch size, mirroring, resampler and the plan's overrides (the prepared volumes are
-    already normalized and canonical: the settings of new images do not apply).
+    already normalized and canonical: the settings of new images do not apply). ``split="val"`` of a fold run scores
+    the fold's held-out cases (see :func:`evaluation_dataset`).
 
     Existing reports in ``output`` are replaced only with ``overwrite``; the folder is locked while the command
     runs.
@@ -252,7 +229,7 @@ def evaluate(
 
     Example:
         >>> summary = evaluate("runs/synapse/best.pt", "prepared/Synapse", "runs/synapse/eval")  # doctest: +SKIP
-        >>> summary["mean_dice"], summary["corrected"]["mean_hd95"]  # doctest: +SKIP
+        >>> summary["foreground_mean"]["Dice"], summary["foreground_mean"]["HD95"]  # doctest: +SKIP
     """
     settings = settings or InferenceSettings()
     existing = [name for name in REPORTS if (Path(output) / name).exists()]
@@ -273,9 +250,7 @@ def evaluate(
                 f"the checkpoint {info.sources[0]} predicts {num_classes} classes but {data} has "
                 f"{layout.info.num_classes}; evaluate it on data of the same label set."
             )
-        dataset = VolumeDataset(layout, split=split)
-        if len(dataset) == 0:
-            raise InputError(f"{data} has no {split!r} volumes to evaluate; choose another --split.")
+        dataset = evaluation_dataset(layout, split, info)
         plan = settings.plan_for(info.plan or Plan("paper", info.img_size, IntensitySpec("unit")))
         height, width = plan.patch_size
         check_memory(
@@ -285,7 +260,7 @@ def evaluate(
             training=False,
             what=f"evaluate with {settings.batch_size} x {height} x {width} pixels per forward pass",
         )
-        result = evaluate_model(
+        summary = evaluate_model(
             model,
             dataset,
             plan,
@@ -293,6 +268,7 @@ def evaluate(
             num_classes=num_classes,
             protocols=protocols,
             class_names=list(layout.info.class_names),
+            nsd_tolerance=nsd_tolerance,
             progress=progress,
             plan_source=info.plan_source,
         )
@@ -306,4 +282,6 @@ def evaluate(
             "tta": settings.tta,
             "resampler": settings.resampler,
         }
-        return write_reports(result, output, extra=extra)
+        if info.fold is not None and split == "val":
+            extra["fold"] = info.fold
+        return write_summary(summary, output, extra)

@@ -35,6 +35,7 @@ from typing import Any
 
 from perspective_unet.config.experiment import EvaluationSettings, ExperimentConfig, ExperimentRun
 from perspective_unet.errors import InputError
+from perspective_unet.evaluation import PER_CASE_FILE, SUMMARY_FILE, SUMMARY_FORMAT_VERSION
 from perspective_unet.outputs import atomic_write, lock_holder, read_json, read_yaml, text_writer
 from perspective_unet.runs import RunFolder
 
@@ -111,7 +112,7 @@ def _read_record(folder: Path) -> dict[str, Any] | None:
 
 def _summary(folder: Path) -> dict[str, Any] | None:
     try:
-        summary = json.loads((folder / "summary.json").read_text())
+        summary = json.loads((folder / SUMMARY_FILE).read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     return summary if isinstance(summary, dict) else None
@@ -119,8 +120,8 @@ def _summary(folder: Path) -> dict[str, Any] | None:
 
 def _protocols(summary: dict[str, Any]) -> set[str]:
     """The metric protocols an evaluation's scores hold (``evaluate`` writes both unless asked otherwise)."""
-    main = {summary.get("protocol", "legacy")}
-    return main | ({"corrected"} if isinstance(summary.get("corrected"), dict) else set())
+    protocols = summary.get("protocols")
+    return {p for p in protocols if isinstance(p, str)} if isinstance(protocols, list) else set()
 
 
 def evaluation_problem(folder: Path, settings: EvaluationSettings) -> str | None:
@@ -130,10 +131,12 @@ def evaluation_problem(folder: Path, settings: EvaluationSettings) -> str | None
         return "not evaluated"
     summary = _summary(evaluation)
     if summary is None:
-        missing = not (evaluation / "summary.json").exists()
-        return f"{evaluation.name}/summary.json is {'missing' if missing else 'unreadable'}"
-    if not (evaluation / "per_case.csv").is_file():
-        return f"{evaluation.name}/per_case.csv is missing"
+        missing = not (evaluation / SUMMARY_FILE).exists()
+        return f"{evaluation.name}/{SUMMARY_FILE} is {'missing' if missing else 'unreadable'}"
+    if summary.get("format_version") != SUMMARY_FORMAT_VERSION:
+        return f"{evaluation.name}/{SUMMARY_FILE} was written by an earlier version (another format)"
+    if not (evaluation / PER_CASE_FILE).is_file():
+        return f"{evaluation.name}/{PER_CASE_FILE} is missing"
     if summary.get("split") != settings.split:
         return f"evaluated on the {summary.get('split')!r} split, the experiment asks for {settings.split!r}"
     if summary.get("tta") is not settings.tta:

@@ -88,14 +88,21 @@ class ExperimentReport:
     scores: dict[str, list[RunScores]] = field(repr=False, default_factory=dict)
 
 
+# The per_case.csv columns of each protocol's Dice and HD95 (see perspective_unet.evaluation).
+_PROTOCOL_COLUMNS = {"legacy": ("legacy_Dice", "legacy_HD95_voxels"), "corrected": ("Dice", "HD95")}
+
+
 def _read_per_case(path: Path, protocol: str) -> RunScores:
+    dice, hd95 = _PROTOCOL_COLUMNS[protocol]
     scores: RunScores = {}
     with path.open(newline="") as handle:
-        for row in csv.DictReader(handle):
-            if row["protocol"] == protocol:
-                scores[(row["case"], row["class_name"])] = (float(row["dice"]), float(row["hd95"]))
+        reader = csv.DictReader(handle)
+        if not {dice, hd95} <= set(reader.fieldnames or ()):
+            raise InputError(f"{path} holds no {protocol!r} scores; evaluate the run with that protocol.")
+        for row in reader:
+            scores[(row["case"], row["class_name"])] = (float(row[dice] or "nan"), float(row[hd95] or "nan"))
     if not scores:
-        raise InputError(f"{path} holds no {protocol!r} scores; evaluate the run with that protocol.")
+        raise InputError(f"{path} holds no scores; evaluate the run again.")
     return scores
 
 

@@ -21,6 +21,7 @@ from perspective_unet.engine.experiment_folder import (
     read_job,
     read_status,
 )
+from perspective_unet.evaluation import SUMMARY_FILE
 from perspective_unet.outputs import lock_holder
 from perspective_unet.runs import RunFolder
 from perspective_unet.table import format_table
@@ -77,9 +78,9 @@ def _where(status: RunStatus, job: str | None) -> str:
 
 
 def _score(folder: Path, settings: EvaluationSettings) -> str:
-    summary = json.loads((RunFolder(folder).evaluation / "summary.json").read_text())
-    scores = summary if summary.get("protocol", "legacy") == settings.protocol else summary.get("corrected", {})
-    dice = scores.get("mean_dice")
+    summary = json.loads((RunFolder(folder).evaluation / SUMMARY_FILE).read_text())
+    metric = "legacy_Dice" if settings.protocol == "legacy" else "Dice"
+    dice = summary.get("foreground_mean", {}).get(metric)
     tta = "on" if settings.tta else "off"
     shown = "n/a" if dice is None else f"{100 * dice:.2f}"
     return f"mean Dice {shown} ({settings.protocol}, {settings.split} split, tta {tta})"

@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from perspective_unet.plan import Plan
+from perspective_unet.postprocessing import Postprocessing
 
 __all__ = ["RESAMPLERS", "InferenceSettings"]
 
@@ -49,6 +50,8 @@ class InferenceSettings:
         window: A CT window (low, high) in HU for new images instead of the model's recorded normalization.
         mr_normalize: Per-volume MR percentile normalization for new images instead of the model's.
         orientation: The canonical orientation code new images are cut in instead of the model's training data's.
+        postprocessing: What to do to each label map after prediction (``find-best``'s ``postprocessing.json``), or
+            None.
 
     Example:
         >>> settings = InferenceSettings(batch_size=4, tta=True)
@@ -67,6 +70,7 @@ class InferenceSettings:
     window: tuple[float, float] | None = None
     mr_normalize: bool = False
     orientation: str | None = None
+    postprocessing: Postprocessing | None = None
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", _pair(self.patch_size, "patch_size", int))

@@ -120,6 +120,11 @@ class Predictor:
             # Without a plan: the paper protocol at the training size; an unknown stored range keeps the CT fallback.
             plan = Plan("paper", info.img_size, chosen or IntensitySpec("unit"))
         recorded = info.orientation
+        if settings.postprocessing is not None:
+            num_classes = getattr(getattr(model, "config", None), "num_classes", len(info.class_names))
+            settings.postprocessing.check_classes(
+                info.class_names, num_classes, info.sources[0] if info.sources else "the model"
+            )
         return cls(
             model,
             plan,
@@ -164,7 +169,8 @@ class Predictor:
         """Labels of raw voxels from ``read_image``, in the image's own stored order and shape.
 
         Returns:
-            uint8 labels of ``array``'s shape, and with ``return_probabilities`` also float16 (C, *array.shape).
+            uint8 labels of ``array``'s shape (post-processed when the settings say so), and with
+            ``return_probabilities`` also float16 (C, *array.shape), never post-processed.
         """
         spacing = canonical_spacing(meta, self.orientation)[1:]
         try:
@@ -174,6 +180,8 @@ class Predictor:
             raise InputError(str(exc) if str(exc).startswith(where) else f"{where}: {exc}") from None
         labels, probabilities = result if return_probabilities else (result, None)
         labels = from_canonical(labels, meta, self.orientation)
+        if self.settings.postprocessing is not None:
+            labels = self.settings.postprocessing.apply(labels)
         if probabilities is None:
             return labels
         return labels, np.stack([from_canonical(p, meta, self.orientation) for p in probabilities])

@@ -3,7 +3,8 @@ on volumes with the evaluation metric, exact resumption, TensorBoard and CSV log
 
 The loop reads top to bottom: set up the run (:func:`~perspective_unet.engine.training.setup_run`), then for each
 epoch train, validate, write the checkpoints and the log, and stop when the epochs, the iteration cap or the time
-limit say so.
+limit say so; a cross-validation fold's run then predicts its held-out cases
+(:mod:`~perspective_unet.engine.fold_validation`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from tqdm.auto import tqdm
 
 from perspective_unet.config import TrainConfig
 from perspective_unet.engine.evaluate import evaluate_model
+from perspective_unet.engine.fold_validation import predict_held_out
 from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.runtime import DistributedContext
 from perspective_unet.engine.training import TrainingCheckpoint, TrainingRun, append_log, checkpoint_payload, setup_run
@@ -47,6 +49,7 @@ class TrainResult:
     epochs_completed: int
     iterations: int
     best_val_dice: float | None
+    validation: Path | None = None
 
 
 def train(
@@ -126,6 +129,7 @@ def _train(
             run.epochs_completed = epoch + 1
             if _should_stop(run, started):
                 break
+        validation = _predict_held_out(run)
     finally:
         # A failed run (a full disk, an interrupt) closes its event file too, so nothing holds the folder open.
         if run.writer is not None:
@@ -142,7 +146,33 @@ def _train(
         epochs_completed=run.epochs_completed,
         iterations=run.iteration,
         best_val_dice=run.best_val_dice,
+        validation=validation,
     )
+
+
+def _predict_held_out(run: TrainingRun) -> Path | None:
+    """A fold run's out-of-fold predictions with the final weights (main process; the others wait)."""
+    if run.fold is None or not run.fold.val:
+        return None
+    folder = None
+    if run.ctx.is_main:
+        predict_held_out(
+            run.core_model,
+            run.fold,
+            run.config.data,
+            run.output,
+            run.plan,
+            list(run.info.class_names),
+            batch_size=run.config.val_batch_size,
+            extra={
+                "checkpoint": str(RunFolder(run.output).last),
+                "epoch": run.epochs_completed,
+                "num_folds": run.config.num_folds,
+            },
+        )
+        folder = RunFolder(run.output).validation
+    run.ctx.barrier()
+    return folder
 
 
 def _train_one_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
@@ -218,13 +248,14 @@ def _validate(run: TrainingRun, epoch: int, row: dict[str, Any]) -> bool:
         ctx=run.ctx,
         progress=False,
         class_names=list(run.info.class_names),
-    )["legacy"]
-    row["val_mean_dice"], row["val_mean_hd95"] = summary["mean_dice"], summary["mean_hd95"]
+    )
+    mean = summary.foreground_mean()
+    row["val_mean_dice"], row["val_mean_hd95"] = mean["legacy_Dice"], mean["legacy_HD95_voxels"]
     if run.writer is not None:
-        run.writer.add_scalar("val/mean_dice", summary["mean_dice"], run.iteration)
-        run.writer.add_scalar("val/mean_hd95", summary["mean_hd95"], run.iteration)
-        for entry in summary["per_class"].values():
-            run.writer.add_scalar(f"val_dice/{entry['name']}", entry["dice"], run.iteration)
+        run.writer.add_scalar("val/mean_dice", row["val_mean_dice"], run.iteration)
+        run.writer.add_scalar("val/mean_hd95", row["val_mean_hd95"], run.iteration)
+        for class_id, values in summary.mean().items():
+            run.writer.add_scalar(f"val_dice/{summary.class_names[class_id]}", values["legacy_Dice"], run.iteration)
     return True
 
 
@@ -240,6 +271,7 @@ def _save(run: TrainingRun, epoch: int, row: dict[str, Any], validated: bool, sa
         best_val_dice=run.best_val_dice,
         dataset_info=run.info,
         plan=run.plan,
+        fold=run.fold,
     )
     folder = RunFolder(run.output)
     if validated and (run.best_val_dice is None or row["val_mean_dice"] > run.best_val_dice):

@@ -20,7 +20,7 @@ from torch.utils.tensorboard import SummaryWriter
 
 from perspective_unet.config import TrainConfig
 from perspective_unet.data import SliceDataset, VolumeDataset
-from perspective_unet.data.folds import fold_cases
+from perspective_unet.data.folds import Fold, fold_cases
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.patches import PatchDataset
@@ -90,7 +90,9 @@ def checkpoint_payload(
     best_val_dice: float | None,
     dataset_info: DatasetInfo,
     plan: Plan,
+    fold: Fold | None = None,
 ) -> dict[str, Any]:
+    """A checkpoint's content; a fold run's records its fold (cases and the splits' hash)."""
     return {
         "plan": plan.to_dict(),
         "format": CHECKPOINT_FORMAT,
@@ -105,6 +107,7 @@ def checkpoint_payload(
         "train_config": config.to_dict(),
         "dataset": dataset_info.summary(),
         "rng": get_rng_state(),
+        **({"fold": fold.record()} if fold is not None else {}),
     }
 
 
@@ -129,6 +132,7 @@ def append_log(path: Path, row: dict[str, Any]) -> None:
 RESUME_MAY_CHANGE = (
     "data",
     "output",
+    "splits",  # the path may change; its folds may not (their hash is checked)
     "device",
     "num_workers",
     "val_batch_size",
@@ -226,6 +230,7 @@ class TrainingRun:
         amp_dtype: Autocast type, or None.
         max_iterations: Optimizer steps of the whole schedule.
         writer: TensorBoard writer (main process only).
+        fold: The cross-validation fold trained (None: the dataset's own splits).
         start_epoch: Epochs already done (resumed runs).
         iteration: Optimizer steps done.
         best_val_dice: Best validation mean Dice so far.
@@ -248,6 +253,7 @@ class TrainingRun:
     amp_dtype: torch.dtype | None
     max_iterations: int
     writer: SummaryWriter | None = None
+    fold: Fold | None = None
     start_epoch: int = 0
     iteration: int = 0
     best_val_dice: float | None = None
@@ -301,6 +307,27 @@ def _restore(run: TrainingRun, resume: TrainingCheckpoint) -> None:
         log.info("resumed from %s after epoch %d (iteration %d)", resume.path, run.start_epoch, run.iteration)
 
 
+def _run_fold(config: TrainConfig, info: DatasetInfo, resume: TrainingCheckpoint | None) -> Fold | None:
+    """The run's fold; a resumed run's folds must be those it started with (nothing is drawn for it).
+
+    Raises:
+        InputError: The splits file changed since the resumed run started, or is gone.
+    """
+    if config.fold is None:
+        return None
+    fold = fold_cases(config.data, info, config.fold, config.num_folds, splits=config.splits, draw=resume is None)
+    recorded = (resume.state.get("fold") or {}).get("splits_sha256") if resume is not None else None
+    if resume is not None and recorded is None:
+        log.warning("%s records no splits hash (an older version wrote it); its folds cannot be checked", resume.path)
+    elif recorded is not None and recorded != fold.splits_sha256:
+        raise InputError(
+            f"{fold.splits_file} changed since {resume.path} was trained on it (the folds' SHA-256 was "  # type: ignore[union-attr]
+            f"{recorded[:12]}..., is {fold.splits_sha256[:12]}...); resuming would train on former validation cases. "
+            "Restore the file, or start a new run in another folder."
+        )
+    return fold
+
+
 def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: DistributedContext) -> TrainingRun:
     """Data as the plan says, the model, loss and optimizer, the state of a resumed run, the run folder's records."""
     device = resolve_device(config.device, ctx.local_rank)
@@ -322,9 +349,15 @@ def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: Distr
         batch_size=plan.batch_size,
         context_slices=plan.context_slices,
     )
-    fold = fold_cases(config.data, info, config.fold, config.num_folds) if config.fold is not None else None
+    fold = _run_fold(config, info, resume)
     if fold is not None and ctx.is_main:
-        log.info("%s: %d training and %d validation cases", fold.name, len(fold.train), len(fold.val))
+        log.info(
+            "%s: %d training and %d validation cases (folds of %s)",
+            fold.name,
+            len(fold.train),
+            len(fold.val),
+            fold.splits_file,
+        )
     check_resampled_slices(
         layout, plan, config.num_workers, resume.path if resume is not None else layout.root / PLAN_FILE
     )
@@ -348,6 +381,7 @@ def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: Distr
         amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),
         max_iterations=0,
+        fold=fold,
     )
     if resume is not None:
         _restore(run, resume)

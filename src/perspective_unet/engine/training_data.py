@@ -135,5 +135,9 @@ def validation_set(
     if val_set is not None and len(val_set) == 0:
         val_set = None
     if val_set is None and ctx.is_main:
-        log.info("%s: training without validation (best.pt is not written)", what)
+        log.info(
+            "%s: training on every training case without validation (best.pt is not written; last.pt is the model)%s",
+            what,
+            "" if fold is not None else "; --fold K holds a fold's cases out for cross-validation",
+        )
     return val_set

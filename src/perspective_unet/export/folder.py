@@ -56,6 +56,25 @@ def _evaluation_of(checkpoint: Path) -> dict[str, Any] | None:
     return None
 
 
+def _number(values: dict[str, Any], key: str, scale: float = 1.0) -> str:
+    value = values.get(key)
+    return "n/a" if value is None else f"{value * scale:.2f}"
+
+
+def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
+    """The card's evaluation: the foreground means of both protocols, then each class's Dice."""
+    mean, names = evaluation.get("foreground_mean") or {}, evaluation.get("class_names") or {}
+    lines = [
+        f"Split {evaluation.get('split', '?')}, {evaluation.get('num_cases', '?')} case(s). Corrected protocol: mean "
+        f"Dice {_number(mean, 'Dice', 100)}, mean HD95 {_number(mean, 'HD95')} mm, mean NSD {_number(mean, 'NSD', 100)}"
+        f"; the papers' protocol: mean Dice {_number(mean, 'legacy_Dice', 100)}, mean HD95 "
+        f"{_number(mean, 'legacy_HD95_voxels')} voxels.",
+    ]
+    for class_id, values in (evaluation.get("mean") or {}).items():
+        lines.append(f"- {names.get(class_id, class_id)}: Dice {_number(values, 'Dice', 100)}")
+    return lines
+
+
 def model_card(model: PerspectiveUNet, info: InferenceInfo) -> str:
     """A Markdown model card: architecture, training data and recipe as recorded, metrics if the run was evaluated
     (an evaluation beside ``info.sources[0]``)."""
@@ -97,14 +116,7 @@ def model_card(model: PerspectiveUNet, info: InferenceInfo) -> str:
     evaluation = _evaluation_of(info.sources[0]) if info.sources else None
     lines += ["## Evaluation", ""]
     if evaluation:
-        lines.append(
-            f"Split {evaluation.get('split', '?')}, {evaluation.get('num_cases', '?')} case(s), metric "
-            f"protocol {evaluation.get('protocol', '?')} (HD95 in {evaluation.get('hd95_units', '?')}): mean "
-            f"Dice {100 * evaluation['mean_dice']:.2f}, mean HD95 {evaluation['mean_hd95']:.2f}."
-        )
-        for name, values in (evaluation.get("per_class") or {}).items():
-            if values.get("dice") is not None:
-                lines.append(f"- {name}: Dice {100 * values['dice']:.2f}")
+        lines += _evaluation_lines(evaluation)
     else:
         lines.append("No evaluation found beside the checkpoint (`perspective-unet evaluate` writes one).")
     license_text = info.license or "not recorded"

@@ -53,6 +53,10 @@ class InferenceInfo:
         sources: The files the model was loaded from.
         plan_source: The file the plan was read from (a checkpoint, or the ``preprocessing.json`` of a model folder or
             ONNX graph), named when a size the plan sets cannot be met; None without a plan.
+        fold: The cross-validation fold the model was trained on (``fold_K``, ``fold_all``), or None.
+        held_out: The fold's validation cases, which it never trained on.
+        splits_file: The splits file the fold came from, as training found it.
+        splits_sha256: The hash of that file's folds (see ``perspective_unet.data.folds``).
     """
 
     plan: Plan | None = None
@@ -68,10 +72,15 @@ class InferenceInfo:
     train_config: Mapping[str, Any] = field(default_factory=dict)
     sources: tuple[Path, ...] = ()
     plan_source: Path | None = None
+    fold: str | None = None
+    held_out: tuple[str, ...] = ()
+    splits_file: str | None = None
+    splits_sha256: str | None = None
 
     def __post_init__(self) -> None:
         size = self.plan.patch_size if self.plan is not None else self.img_size
         object.__setattr__(self, "img_size", (int(size[0]), int(size[1])))
+        object.__setattr__(self, "held_out", tuple(str(case) for case in self.held_out))
         object.__setattr__(self, "class_names", tuple(str(name) for name in self.class_names))
         object.__setattr__(self, "sources", tuple(Path(source) for source in self.sources))
 
@@ -159,9 +168,20 @@ class InferenceInfo:
 
     @classmethod
     def from_checkpoint(cls, data: Mapping[str, Any], origin: str | os.PathLike[str]) -> InferenceInfo:
-        """From a checkpoint's content (``plan``, ``dataset``, ``epoch``, ``train_config``; each may be absent)."""
+        """From a checkpoint's content (``plan``, ``dataset``, ``epoch``, ``train_config``, ``fold``; each may be
+        absent)."""
         train_config = dict(data.get("train_config") or {})
         epoch = data.get("epoch")
+        fold = data.get("fold") or {}
+        try:
+            fold_fields = {
+                "fold": _text(fold.get("name")),
+                "held_out": tuple(fold.get("val") or ()),
+                "splits_file": _text(fold.get("splits_file")),
+                "splits_sha256": _text(fold.get("splits_sha256")),
+            }
+        except (AttributeError, TypeError):
+            raise InputError(f"{origin} holds an invalid fold record; the file is damaged or was edited.") from None
         return cls.from_record(
             data.get("plan"),
             data.get("dataset"),
@@ -171,6 +191,7 @@ class InferenceInfo:
             train_config=train_config,
             sources=(Path(origin),),
             plan_source=Path(origin) if data.get("plan") is not None else None,
+            **fold_fields,
         )
 
     @classmethod

@@ -11,7 +11,10 @@ RAW/
 Volumes are reoriented to the canonical axial orientation (``"SPL"``, see ``io.to_canonical``; ``"stored"`` keeps
 the acquisition's slice axis) and cut into slices. Normalization: CT (``channel_names`` says "CT") by a HU window,
 given or taken from the 0.5th / 99.5th percentiles of the training cases' foreground (nnU-Net's rule); any other
-modality per volume (see ``intensity.percentile_minmax``). The cases of ``imagesTr`` get a seeded case-level split.
+modality per volume (see ``intensity.percentile_minmax``). Every case of ``imagesTr`` is a training case by default,
+so cross-validation (``train --fold K``, see ``perspective_unet.data.folds``) draws its folds from all of them, as
+nnU-Net does; the test split is ``imagesTs`` with ``labelsTs``, or, when asked (``test_fraction``, ``val_fraction``),
+a seeded share of ``imagesTr``.
 A ``file_ending`` of a 2D picture format (``.png``, ...) gives a 2D dataset (see ``folder2d``).
 
 A folder without ``dataset.json`` but with ``images/`` and ``masks/`` (or ``labels/``) is read as a plain 2D
@@ -195,8 +198,8 @@ class NnUNetRaw(RawDataset):
         overwrite: bool = False,
         ct_window_hu: tuple[float, float] | None = None,
         percentiles: tuple[float, float] = MR_PERCENTILES,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.2,
+        val_fraction: float = 0.0,
+        test_fraction: float = 0.0,
         seed: int = 1234,
         orientation: str = CANONICAL_ORIENTATION,
         protocol: str = "spacing",
@@ -298,8 +301,8 @@ def prepare_nnunet(
     out: str | os.PathLike[str],
     ct_window_hu: tuple[float, float] | None = None,
     percentiles: tuple[float, float] = MR_PERCENTILES,
-    val_fraction: float = 0.1,
-    test_fraction: float = 0.2,
+    val_fraction: float = 0.0,
+    test_fraction: float = 0.0,
     seed: int = 1234,
     orientation: str = CANONICAL_ORIENTATION,
     channel: int = 0,
@@ -314,9 +317,10 @@ def prepare_nnunet(
         out: Output folder (written atomically).
         ct_window_hu: HU window (low, high) for CT; None takes the percentiles of the training foreground.
         percentiles: Percentiles of the CT rule and of the per-volume MR normalization.
-        val_fraction: Share of ``imagesTr`` cases for validation.
-        test_fraction: Share of ``imagesTr`` cases for testing (0 when ``imagesTs`` has labels, which then form the
-            test split).
+        val_fraction: Share of ``imagesTr`` cases kept out of training as a val split (0: every case trains and
+            cross-validation folds hold cases out instead).
+        test_fraction: Share of ``imagesTr`` cases kept as a test split (ignored when ``imagesTs`` has labels in
+            ``labelsTs``, which then form the test split).
         seed: Seed of the case split.
         orientation: Canonical orientation code, ``"SPL"`` (axial) by default, or ``"stored"``.
         channel: Which input channel to use (the layout holds one channel).
