@@ -67,6 +67,8 @@ def evaluate_model(
         ctx: Distributed context; volumes are split across processes and the scores gathered on every process.
         progress: Show a progress bar.
 
+    Voxels the dataset marks with its ignore label (``dataset.info.ignore_label``) are left out of the scores.
+
     Returns:
         ``{"per_case": [{"case", "spacing_known", protocol: scores, ...}], protocol: aggregate(...), ...}``.
     """
@@ -75,6 +77,8 @@ def evaluate_model(
             raise ValueError(f"unknown protocol {protocol!r}; choose from {PROTOCOLS}.")
     ctx = ctx or DistributedContext()
     inferer = inferer_for(plan, settings)
+    # Voxels the dataset marks as not annotated are left out of the scores (metrics.score_case).
+    ignore_label = dataset.info.ignore_label
     was_training = model.training
     model.eval()
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
@@ -93,7 +97,7 @@ def evaluate_model(
                 prediction = inferer(model, item["image"], spacing=None if spacing is None else spacing[1:])
             except InputError as exc:
                 raise InputError(f"case {item['case']} of {dataset.root}: {exc}") from None
-            scored.append(workers.submit(_score_row, item, prediction, num_classes, protocols))
+            scored.append(workers.submit(_score_row, item, prediction, num_classes, protocols, ignore_label))
         rows = [future.result() for future in scored]
     model.train(was_training)
     rows = sorted(ctx.gather(rows), key=lambda r: r["case"])
@@ -113,7 +117,9 @@ def _prefetch(dataset: VolumeDataset, indices: Sequence[int], workers: ThreadPoo
         yield item
 
 
-def _score_row(item: dict[str, Any], prediction: Any, num_classes: int, protocols: Sequence[str]) -> dict[str, Any]:
+def _score_row(
+    item: dict[str, Any], prediction: Any, num_classes: int, protocols: Sequence[str], ignore_label: int | None
+) -> dict[str, Any]:
     spacing = item.get("spacing")
     row: dict[str, Any] = {"case": item["case"], "spacing_known": spacing is not None}
     for protocol in protocols:
@@ -123,6 +129,7 @@ def _score_row(item: dict[str, Any], prediction: Any, num_classes: int, protocol
             num_classes,
             protocol=protocol,
             spacing=tuple(spacing) if spacing is not None else (1.0,) * prediction.ndim,
+            ignore_label=ignore_label,
         )
     return row
 
@@ -275,6 +282,11 @@ def evaluate(
         if len(dataset) == 0:
             raise InputError(f"{data} has no {split!r} volumes to evaluate; choose another --split.")
         plan = settings.plan_for(info.plan or Plan("paper", info.img_size, IntensitySpec("unit")))
+        if plan.num_channels != layout.info.num_channels:
+            raise InputError(
+                f"the checkpoint {info.sources[0]} reads {plan.num_channels} input channel(s) but {data} holds images "
+                f"of {layout.info.num_channels}; evaluate it on data of the same channels."
+            )
         height, width = plan.patch_size
         check_memory(
             model,

@@ -49,6 +49,9 @@ class InferenceSettings:
         window: A CT window (low, high) in HU for new images instead of the model's recorded normalization.
         mr_normalize: Per-volume MR percentile normalization for new images instead of the model's.
         orientation: The canonical orientation code new images are cut in instead of the model's training data's.
+        allow_modality_mismatch: Segment new images that do not fit the model (a picture into a CT or MR model, a CT
+            into an MR or picture model; see :func:`~perspective_unet.intensity.input_mismatch`) instead of refusing
+            them.
 
     Example:
         >>> settings = InferenceSettings(batch_size=4, tta=True)
@@ -67,6 +70,7 @@ class InferenceSettings:
     window: tuple[float, float] | None = None
     mr_normalize: bool = False
     orientation: str | None = None
+    allow_modality_mismatch: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", _pair(self.patch_size, "patch_size", int))
