@@ -18,13 +18,14 @@ from monai.utils import convert_to_tensor
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from perspective_unet.channels import apply_stored_channels
 from perspective_unet.config.augmentation import AugmentationConfig
 from perspective_unet.data.augmentation import build_augmentation
 from perspective_unet.data.layouts.base import TRAIN_DIR, DatasetLayout, SliceRef, context_indices
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.layouts.info import SPLITS
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import ImageStats, IntensitySpec, apply_stored_channels
+from perspective_unet.intensity import ImageStats, IntensitySpec
 
 __all__ = ["SliceDataset", "VolumeDataset", "seed_worker"]
 

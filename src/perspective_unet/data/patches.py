@@ -20,13 +20,13 @@ from monai.transforms import Affine, MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
+from perspective_unet.channels import apply_stored_channels, channel_floors
 from perspective_unet.config.augmentation import SpacingAugmentationConfig
 from perspective_unet.data.datasets import SliceDataset
 from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.resample import resample_image, resample_labels, resampled_shape
 from perspective_unet.data.spacing_augmentation import build_spacing_augmentation
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import apply_stored_channels, channel_floors
 from perspective_unet.plan import Plan
 
 __all__ = ["PatchDataset", "RandPatchAffined"]

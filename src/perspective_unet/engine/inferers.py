@@ -21,11 +21,12 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
+from perspective_unet.channels import apply_stored_channels, channel_floors
 from perspective_unet.engine.inference import predict_volume
 from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.sliding_window import predict_at_spacing, stack_context
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import ImageStats, apply_stored_channels, channel_floors
+from perspective_unet.intensity import ImageStats
 from perspective_unet.plan import Plan
 
 __all__ = ["INFERERS", "Inferer", "PaperInferer", "SpacingInferer", "inferer_for"]

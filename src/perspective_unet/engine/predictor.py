@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from perspective_unet.channels import input_mismatch
 from perspective_unet.data.checks import check_channel_grid
 from perspective_unet.data.io import read_image, write_label_map, write_probabilities
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, from_canonical, to_canonical
@@ -26,7 +27,7 @@ from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import Inferer, inferer_for
 from perspective_unet.engine.runtime import resolve_device
 from perspective_unet.errors import InputError
-from perspective_unet.intensity import IntensitySpec, input_mismatch, normalize_intensity, resolve_intensity
+from perspective_unet.intensity import IntensitySpec, normalize_intensity, resolve_intensity
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.outputs import write_all
 from perspective_unet.plan import Plan

@@ -203,13 +203,8 @@ class NnUNetRaw(RawDataset):
         if ct_window_hu is not None:
             ct_window_hu = check_ct_window(ct_window_hu, "ct_window_hu")
         if len(self.channels) < self.declared_channels:
-            logger.info(
-                "%s has %d channels; only channel %d (%s) is used.",
-                self.root,
-                self.declared_channels,
-                self.channels[0],
-                self.modality,
-            )
+            used = f"only channel {self.channels[0]} ({self.modality}) is used"
+            logger.info("%s has %d channels; %s.", self.root, self.declared_channels, used)
         splits = _case_splits(self, val_fraction, test_fraction, seed)
         source = f"nnU-Net raw dataset {self.name} ({self.root})"
         raw_license = self.dataset_json.get("licence") or self.dataset_json.get("license")
@@ -261,34 +256,16 @@ class NnUNetRaw(RawDataset):
 
         return read
 
-    def _prepare_pictures(
-        self,
-        out: str | os.PathLike[str],
-        splits: dict[str, list[str]],
-        source: str,
-        license: str,
-        overwrite: bool,
-        protocol: str,
-    ) -> Path:
+    def _prepare_pictures(self, out: str | os.PathLike[str], splits: dict[str, list[str]], *details: Any) -> Path:
+        """A dataset of 2D pictures (one channel); ``details`` are :func:`prepare_pictures`' source to folder."""
         if len(self.channels) > 1:
             raise InputError(
                 f"{self.root / 'dataset.json'} declares {len(self.channels)} channels of 2D pictures; pictures "
                 "of several channels are not supported: prepare one of them with --channel K."
             )
         pairs = [(case, paths[0], label) for case, paths, label in self.training + self.testing]
-        return prepare_pictures(
-            pairs,
-            out,
-            splits,
-            self.class_names,
-            self.name,
-            source,
-            license,
-            overwrite,
-            protocol,
-            self.root,
-            ignore_id=self.ignore_id,
-        )
+        names = (self.class_names, self.name)
+        return prepare_pictures(pairs, out, splits, *names, *details, self.root, ignore_id=self.ignore_id)
 
     def _info(
         self,
@@ -299,25 +276,18 @@ class NnUNetRaw(RawDataset):
         seed: int,
     ) -> DatasetInfo:
         """The description of the prepared data: one channel as always; several with their names and intensities."""
-        several = len(stored) > 1
-        texts = [text for _, text in stored]
-        normalization = (
-            "; ".join(
-                f"channel {i} ({name}) {text}" for i, (name, text) in enumerate(zip(self.channel_modalities, texts))
-            )
-            if several
-            else texts[0]
-        )
+        several, names = len(stored) > 1, self.channel_modalities
+        texts = [f"channel {i} ({names[i]}) {text}" if several else text for i, (_, text) in enumerate(stored)]
         return DatasetInfo(
             name=self.name,
             class_names=self.class_names,
             modality=self.modality,
-            normalization=normalization,
+            normalization="; ".join(texts),
             intensity=stored[0][0],
             orientation=orientation,
             source=source,
             license=license,
-            channel_names={str(i): name for i, name in enumerate(self.channel_modalities)} if several else None,
+            channel_names={str(i): name for i, name in enumerate(names)} if several else None,
             split_seed=seed,
             ignore_label=self.ignore_label,
             other_channels=tuple(spec for spec, _ in stored[1:]) or None,
