@@ -174,7 +174,13 @@ class Predictor:
         Raises:
             InputError: The image does not fit the model (:meth:`check_fit`), or holds NaN or infinite voxels.
         """
-        channels = [array] if self.plan.num_channels == 1 else list(array)
+        count = self.plan.num_channels
+        if count > 1 and (np.ndim(array) != len(meta["shape"]) + 1 or len(array) != count):
+            raise InputError(
+                f"{meta.get('path', 'the image')}: the model reads {count} input channels, one file each; this path "
+                "gives one. Predict with `perspective-unet predict` on the files <case>_0000, <case>_0001, ..."
+            )
+        channels = [array] if count == 1 else list(array)
         units = []
         for channel, values in enumerate(channels):
             self.check_fit(values, meta, channel)
