@@ -88,10 +88,18 @@ _ABOVE_THE_CONTRACTS = ("data", "models", "runs", "engine", "export", "viz", "be
 NEVER = {
     # config reads its YAML through the guarded reader of outputs, which takes nothing but errors.
     "perspective_unet.config": (*_ABOVE_THE_CONTRACTS, "plan", "intensity", "fingerprint", "metrics"),
-    "perspective_unet.outputs": (*_ABOVE_THE_CONTRACTS, "config", "plan", "intensity", "fingerprint", "metrics"),
+    "perspective_unet.outputs": (
+        *_ABOVE_THE_CONTRACTS,
+        "config",
+        "plan",
+        "channels",
+        "intensity",
+        "fingerprint",
+        "metrics",
+    ),
     **{
         f"perspective_unet.{name}": _ABOVE_THE_CONTRACTS
-        for name in ("plan", "fingerprint", "intensity", "metrics", "losses", "stats", "schedule", "table")
+        for name in ("plan", "fingerprint", "channels", "intensity", "metrics", "losses", "stats", "schedule", "table")
     },
     "perspective_unet.data": ("models", "runs", "engine", "export", "viz", "bench", "cli"),
     "perspective_unet.models": ("data", "runs", "engine", "export", "viz", "bench", "cli"),

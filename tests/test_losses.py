@@ -153,3 +153,54 @@ def test_bad_logits_and_constructor_arguments_raise():
         SegmentationLoss(3, ce_weight=0.0, dice_weight=0.0)
     with pytest.raises(ValueError, match="must be >= 0"):
         SegmentationLoss(3, ce_weight=-0.1)
+
+
+# ---------------------------------------------------------------- the ignore label (voxels without annotation)
+
+IGNORE = 255
+
+
+def _partly_annotated(seed: int, shape: tuple[int, int, int, int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    logits, target = random_batch(seed, shape)
+    ignored = torch.zeros(target.shape, dtype=torch.bool)
+    ignored[:, : shape[2] // 2, 1:] = True
+    return logits, target.masked_fill(ignored, IGNORE), ignored
+
+
+@pytest.mark.parametrize(("seed", "shape"), [(6, (2, 3, 8, 6)), (7, (3, 5, 7, 9))])
+def test_ignored_voxels_get_no_gradient_from_either_term(seed, shape):
+    logits, target, ignored = _partly_annotated(seed, shape)
+    for ce_weight, dice_weight in ((1.0, 0.0), (0.0, 1.0), (0.4, 0.6)):
+        leaf = logits.clone().requires_grad_(True)
+        SegmentationLoss(shape[1], ce_weight, dice_weight, ignore_index=IGNORE)(leaf, target).backward()
+        gradient = leaf.grad.movedim(1, -1)  # (B, H, W, classes)
+        assert torch.count_nonzero(gradient[ignored]) == 0
+        assert bool((gradient[~ignored].abs().sum(-1) > 0).all())
+
+
+@pytest.mark.parametrize(("seed", "shape"), [(8, (2, 4, 8, 8)), (9, (1, 3, 5, 11))])
+def test_the_loss_with_ignored_voxels_is_the_loss_of_the_annotated_voxels_alone(seed, shape):
+    logits, target, ignored = _partly_annotated(seed, shape)
+    # The annotated voxels gathered as one (1, classes, N, 1) batch: what the loss must see, and nothing else.
+    annotated_logits = logits.movedim(1, -1)[~ignored].T[None, :, :, None]
+    annotated_target = target[~ignored][None, :, None]
+    parts = SegmentationLoss(shape[1], ignore_index=IGNORE).components(logits, target)
+    assert parts["ce"].item() == pytest.approx(F.cross_entropy(annotated_logits, annotated_target).item(), abs=1e-6)
+    assert parts["dice"].item() == pytest.approx(
+        reference_dice_loss(annotated_logits, annotated_target).item(), abs=1e-6
+    )
+
+
+def test_a_batch_without_annotated_voxels_gives_zero_not_nan():
+    logits = torch.randn(2, 3, 4, 4, requires_grad=True)
+    loss = SegmentationLoss(3, ignore_index=IGNORE)(logits, torch.full((2, 4, 4), IGNORE))
+    loss.backward()
+    assert loss.item() == 0.0 and torch.count_nonzero(logits.grad) == 0
+
+
+def test_ignore_index_must_not_be_a_class_and_other_values_stay_refused():
+    with pytest.raises(ValueError, match="ignore_index 2 is a class id"):
+        SegmentationLoss(3, ignore_index=2)
+    with pytest.raises(ValueError, match=r"class indices in \[7, 7\]"):
+        SegmentationLoss(3, ignore_index=IGNORE)(torch.randn(1, 3, 2, 2), torch.tensor([[[0, 7], [IGNORE, 1]]]))
+    assert "ignore_index=255" in repr(SegmentationLoss(3, ignore_index=IGNORE))

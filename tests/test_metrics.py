@@ -372,3 +372,37 @@ def test_aggregate_of_scored_cases_end_to_end():
 def test_aggregate_bad_arguments_raise_value_error(cases, kwargs, message):
     with pytest.raises(ValueError, match=message):
         aggregate(cases, **kwargs)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# The ignore label: voxels without annotation are left out of both masks.
+
+
+@pytest.mark.parametrize("protocol", PROTOCOLS)
+def test_ignored_voxels_are_left_out_of_prediction_and_reference(protocol):
+    rng = np.random.default_rng(3)
+    label = rng.integers(0, 3, (4, 20, 20)).astype(np.uint8)
+    prediction = label.copy()
+    ignored = np.zeros(label.shape, dtype=bool)
+    ignored[:, :8] = True
+    prediction[ignored] = rng.integers(0, 3, int(ignored.sum()))  # anything where nothing is annotated
+    marked = np.where(ignored, 255, label).astype(np.uint8)
+    spacing = (2.0, 1.0, 1.0)
+    scores = score_case(prediction, marked, 3, protocol=protocol, spacing=spacing, ignore_label=255)
+    assert all(scores[c]["dice"] == 1.0 and scores[c]["hd95"] == 0.0 for c in (1, 2))
+    # Exactly the scores of the two maps with the ignored voxels made background in both (an independent input).
+    prediction[1:3, 12:15, 3:9] = 0  # a real error outside the ignored voxels
+    expected = score_case(
+        np.where(ignored, 0, prediction), np.where(ignored, 0, label), 3, protocol=protocol, spacing=spacing
+    )
+    assert score_case(prediction, marked, 3, protocol=protocol, spacing=spacing, ignore_label=255) == expected
+    assert expected[1]["dice"] < 1.0 or expected[2]["dice"] < 1.0
+
+
+def test_an_ignore_label_that_is_a_class_is_refused_and_without_it_255_is_no_class():
+    label = np.zeros((6, 6), np.uint8)
+    with pytest.raises(ValueError, match="ignore_label 1 is a class id"):
+        score_case(label, label, 3, ignore_label=1)
+    label[0, 0] = 255
+    with pytest.raises(Exception, match=r"outside \[0, 2\]"):
+        score_case(label, label, 3)

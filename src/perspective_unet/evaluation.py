@@ -36,7 +36,13 @@ from typing import Any
 import numpy as np
 
 from perspective_unet.errors import InputError
-from perspective_unet.metrics import PROTOCOLS, class_tolerances, normalized_surface_dice, score_case
+from perspective_unet.metrics import (
+    PROTOCOLS,
+    class_tolerances,
+    normalized_surface_dice,
+    score_case,
+    without_ignored,
+)
 from perspective_unet.outputs import read_json, text_writer, write_all
 from perspective_unet.table import format_table
 
@@ -73,12 +79,12 @@ UNITS = {
 }
 
 
-def _overlap(pred: np.ndarray, ref: np.ndarray, class_id: int) -> dict[str, float]:
+def _overlap(pred: np.ndarray, ref: np.ndarray, class_id: int, annotated: int) -> dict[str, float]:
     p, r = pred == class_id, ref == class_id
     tp = int(np.count_nonzero(p & r))
     n_pred, n_ref = int(np.count_nonzero(p)), int(np.count_nonzero(r))
     fp, fn = n_pred - tp, n_ref - tp
-    tn = int(p.size) - tp - fp - fn
+    tn = annotated - tp - fp - fn
     union = tp + fp + fn
     return {
         "Dice": 2 * tp / (2 * tp + fp + fn) if union else math.nan,
@@ -100,6 +106,7 @@ def score_volume(
     spacing: Sequence[float] | None,
     protocols: Sequence[str] = PROTOCOLS,
     nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE_MM,
+    ignore_label: int | None = None,
 ) -> dict[int, dict[str, float]]:
     """Every metric of every foreground class of one case (see the module docstring).
 
@@ -111,6 +118,8 @@ def score_volume(
         protocols: ``corrected`` adds HD95 and NSD, ``legacy`` the papers' Dice and HD95; the overlap counts, Dice and
             IoU are always computed.
         nsd_tolerance: The NSD tolerance in mm: one value, or one per foreground class.
+        ignore_label: The value ``reference`` marks voxels without annotation with (nnU-Net's ignore label); they
+            count in no metric, not even as true negatives. None: every voxel is annotated.
 
     Returns:
         ``{class_id: {metric: value}}`` for the foreground classes.
@@ -123,6 +132,10 @@ def score_volume(
         (1.0, 9, 27, 0.0, 0.0)
     """
     pred, ref = np.asarray(prediction), np.asarray(reference)
+    annotated = int(ref.size)
+    if ignore_label is not None:
+        annotated -= int(np.count_nonzero(ref == ignore_label)) if ref.shape == pred.shape else 0
+        pred, ref = without_ignored(pred, ref, int(ignore_label), num_classes)
     scores = {class_id: {} for class_id in range(1, num_classes)}
     if "corrected" in protocols:
         corrected = score_case(pred, ref, num_classes, protocol="corrected", spacing=spacing)
@@ -135,7 +148,7 @@ def score_volume(
             scores[class_id].update(legacy_Dice=legacy[class_id]["dice"], legacy_HD95_voxels=legacy[class_id]["hd95"])
     if not {"corrected", "legacy"} & set(protocols):
         score_case(pred, ref, num_classes, protocol="legacy")  # the same checks of shapes and values
-    return {class_id: {**_overlap(pred, ref, class_id), **values} for class_id, values in scores.items()}
+    return {class_id: {**_overlap(pred, ref, class_id, annotated), **values} for class_id, values in scores.items()}
 
 
 @dataclass(frozen=True)

@@ -53,6 +53,7 @@ __all__ = [
     "ct_window",
     "describe_ct_window",
     "describe_mr",
+    "foreground_mask",
     "normalize_intensity",
     "percentile_minmax",
     "percentile_window",
@@ -327,23 +328,38 @@ def subsample(values: np.ndarray, rng: np.random.Generator, limit: int = SAMPLES
     return rng.choice(values, limit, replace=False) if values.size > limit else values
 
 
+def foreground_mask(label: np.ndarray, ignore_label: int | None = None) -> np.ndarray:
+    """The labeled voxels of a label map: class ids above 0, voxels marked ``ignore_label`` (no annotation) left out.
+
+    Example:
+        >>> foreground_mask(np.array([0, 1, 2, 255]), ignore_label=255).tolist()
+        [False, True, True, False]
+    """
+    label = np.asarray(label)
+    foreground = label > 0
+    return foreground if ignore_label is None else foreground & (label != ignore_label)
+
+
 def percentile_window(
     volumes: Iterable[tuple[np.ndarray, np.ndarray | None]],
     percentiles: tuple[float, float] = MR_PERCENTILES,
     seed: int = 0,
+    ignore_label: int | None = None,
 ) -> tuple[float, float]:
     """A CT window from the percentiles of the foreground intensities of training volumes (nnU-Net's rule).
 
     Args:
-        volumes: Pairs (image, label); voxels with label > 0 are sampled. Volumes without foreground (or without a
-            label) contribute all their voxels.
+        volumes: Pairs (image, label); labeled voxels (:func:`foreground_mask`) are sampled. Volumes without
+            foreground (or without a label) contribute all their voxels.
         percentiles: Lower and upper percentile.
         seed: Seed of the voxel subsampling.
+        ignore_label: The label value of voxels without annotation, which are never foreground.
     """
     rng = np.random.default_rng(seed)
     samples = []
     for image, label in volumes:
-        values = image[label > 0] if label is not None and (label > 0).any() else np.ravel(image)
+        foreground = None if label is None else foreground_mask(label, ignore_label)
+        values = image[foreground] if foreground is not None and foreground.any() else np.ravel(image)
         samples.append(np.asarray(subsample(values, rng), dtype=np.float64))
     if not samples:
         raise ValueError("percentile_window needs at least one volume.")

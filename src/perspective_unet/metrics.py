@@ -34,6 +34,10 @@ Surface distances (both protocols):
   dilutes the distances of the direction with fewer surface voxels (for example a small false-positive blob far
   from the organ); the maximum of the directed percentiles does not.
 
+Voxels without annotation (``ignore_label``, nnU-Net's ignore label, in the reference): they are left out of both
+masks, the prediction's and the reference's (both protocols). Whatever the prediction holds there counts as neither a
+hit, a false positive nor a miss; surfaces are those of the masks outside the ignored voxels.
+
 Aggregation (``aggregate``):
 
 - legacy: per class, the sum over ALL cases divided by the number of cases (no value is skipped); ``mean_dice``
@@ -69,7 +73,7 @@ from scipy import ndimage
 
 from perspective_unet.errors import InputError
 
-__all__ = ["PROTOCOLS", "aggregate", "class_tolerances", "normalized_surface_dice", "score_case"]
+__all__ = ["PROTOCOLS", "aggregate", "class_tolerances", "normalized_surface_dice", "score_case", "without_ignored"]
 
 PROTOCOLS = ("legacy", "corrected")
 
@@ -84,6 +88,7 @@ def score_case(
     *,
     protocol: str = "legacy",
     spacing: Sequence[float] | None = None,
+    ignore_label: int | None = None,
 ) -> dict[int, dict[str, float]]:
     """Dice and HD95 of every foreground class of one case.
 
@@ -99,6 +104,8 @@ def score_case(
             undefined values). See the module docstring for every rule.
         spacing: Voxel size along each array axis, in the arrays' axis order (for a (Z, H, W) volume:
             (z, y, x) in mm). Required by ``"corrected"``; validated but not used by ``"legacy"``.
+        ignore_label: The value ``label`` marks voxels without annotation with (not a class id); those voxels are left
+            out of both masks. None: every voxel is annotated.
 
     Returns:
         ``{class_id: {"dice": float, "hd95": float}}`` for ``class_id`` in ``1..num_classes-1``.
@@ -123,6 +130,8 @@ def score_case(
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
         raise ValueError(f"num_classes must be an integer >= 2 (background included), got {num_classes!r}.")
     num_classes = int(num_classes)
+    if ignore_label is not None:
+        prediction, label = without_ignored(prediction, label, int(ignore_label), num_classes)
     pred = _as_label_array(prediction, "prediction", num_classes)
     gt = _as_label_array(label, "label", num_classes)
     if pred.shape != gt.shape:
@@ -310,6 +319,23 @@ def aggregate(
 def _check_protocol(protocol: str) -> None:
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
+
+
+def without_ignored(prediction: Any, label: Any, ignore_label: int, num_classes: int) -> tuple[Any, Any]:
+    """Prediction and label with the voxels the label marks ``ignore_label`` set to background in both.
+
+    Raises:
+        ValueError: ``ignore_label`` is a class id.
+    """
+    if 0 <= ignore_label < num_classes:
+        raise ValueError(f"ignore_label {ignore_label} is a class id (0..{num_classes - 1}); it must lie outside them.")
+    pred, gt = np.asarray(prediction), np.asarray(label)
+    if pred.shape != gt.shape:
+        return pred, gt  # refused with the shapes by the checks that follow
+    ignored = gt == ignore_label
+    if not ignored.any():
+        return pred, gt
+    return np.where(ignored, 0, pred), np.where(ignored, 0, gt)
 
 
 def _as_label_array(array: Any, name: str, num_classes: int) -> np.ndarray:

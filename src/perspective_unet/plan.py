@@ -29,7 +29,7 @@ from typing import Any
 
 from perspective_unet.config import dataclass_from_dict
 from perspective_unet.errors import InputError
-from perspective_unet.fingerprint import CaseFingerprint, Fingerprint
+from perspective_unet.fingerprint import CaseFingerprint, ChannelFingerprint, Fingerprint
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.outputs import read_json
 
@@ -74,13 +74,16 @@ class Plan:
             training patch and inference window (``spacing``); derived plans take multiples of 16 and the network
             needs multiples of its size divisor (16 for the registered variants).
         spacing: (row, column) in-plane pixel size in mm the slices are resampled to (``spacing`` protocol only).
-        intensity: Intensity normalization; its stored range (``kind``, ``window``, ``percentiles``) is fixed when
-            the data are prepared, its ``scaling`` may be edited.
+        intensity: Intensity normalization (input channel 0's when the data have several); its stored range
+            (``kind``, ``window``, ``percentiles``) is fixed when the data are prepared, its ``scaling`` may be edited.
         batch_size: Patches (or slices) per optimizer step.
         context_slices: Slices taken above and below each slice as extra input channels (2.5D input; the network
-            reads ``2 * context_slices + 1`` channels; volume edges are padded by repeating the end slice).
+            reads ``2 * context_slices + 1`` planes per input channel; volume edges are padded by repeating the end
+            slice).
         foreground_fraction: Share of training patches centered on a foreground pixel (``spacing`` protocol).
         overlap: Overlap of neighboring sliding windows in inference, as a share of the window (``spacing``).
+        other_channels: The intensity normalization of input channels 1, 2, ... of data with several channels
+            (nnU-Net's ``channel_names``), each as ``intensity``; empty for one channel.
     """
 
     protocol: str
@@ -91,19 +94,35 @@ class Plan:
     context_slices: int = 0
     foreground_fraction: float = FOREGROUND_FRACTION
     overlap: float = 0.5
+    other_channels: tuple[IntensitySpec, ...] = ()
 
     def __post_init__(self) -> None:
         if isinstance(self.intensity, Mapping):
             object.__setattr__(self, "intensity", IntensitySpec.from_dict(self.intensity))
+        if isinstance(self.other_channels, (str, Mapping)) or not isinstance(self.other_channels, Sequence):
+            raise ValueError(f"other_channels must be a list of intensity specifications, got {self.other_channels!r}.")
+        others = tuple(s if isinstance(s, IntensitySpec) else IntensitySpec.from_dict(s) for s in self.other_channels)
+        object.__setattr__(self, "other_channels", others)
         object.__setattr__(self, "patch_size", tuple(self.patch_size))
         if self.spacing is not None:
             object.__setattr__(self, "spacing", tuple(float(s) for s in self.spacing))
         self.validate()
 
     @property
+    def num_channels(self) -> int:
+        """Input channels of the data (modalities), before the context slices."""
+        return 1 + len(self.other_channels)
+
+    @property
+    def intensities(self) -> tuple[IntensitySpec, ...]:
+        """The intensity normalization of every input channel, channel 0's first."""
+        return (self.intensity, *self.other_channels)
+
+    @property
     def in_channels(self) -> int:
-        """Input channels of the network: the slice and its context slices."""
-        return 2 * self.context_slices + 1
+        """Input channels of the network: each data channel's slice and its context slices (channel-major: channel
+        0's ``2 * context_slices + 1`` planes from below to above, then channel 1's, ...)."""
+        return self.num_channels * (2 * self.context_slices + 1)
 
     def validate(self) -> None:
         """Raise ``ValueError`` naming the first inconsistent field."""
@@ -133,8 +152,8 @@ class Plan:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON- and checkpoint-safe dict."""
-        return {
+        """JSON- and checkpoint-safe dict (``other_channels`` only when the data have several channels)."""
+        out: dict[str, Any] = {
             "protocol": self.protocol,
             "patch_size": list(self.patch_size),
             "spacing": None if self.spacing is None else list(self.spacing),
@@ -144,6 +163,9 @@ class Plan:
             "foreground_fraction": self.foreground_fraction,
             "overlap": self.overlap,
         }
+        if self.other_channels:
+            out["other_channels"] = [spec.to_dict() for spec in self.other_channels]
+        return out
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> Plan:
@@ -217,7 +239,8 @@ def derive_plan(
       what keeps one batch under 5% of all training pixels (a small dataset should not be seen whole in one step).
       The paper protocol takes 12.
     - ``intensity``: the stored range of the fingerprint; ``symmetric`` scaling for the paper protocol, for the
-      spacing protocol ``zscore`` with the training foreground's mean and std (CT) or ``zscore_per_image``.
+      spacing protocol ``zscore`` with the training foreground's mean and std (CT) or ``zscore_per_image``. Each
+      input channel of a fingerprint of several gets its own (``other_channels``), by its own stored range.
 
     Raises:
         ValueError: An unknown protocol, a spacing protocol without spacings, no training cases, or a patch size
@@ -228,14 +251,16 @@ def derive_plan(
     training = fingerprint.training_cases
     if not training:
         raise ValueError("the fingerprint has no training cases; nothing to plan from.")
+    intensities = [_channel_intensity(channel, protocol) for channel in fingerprint.channels]
     if protocol == "paper":
         size = tuple(int(s) for s in patch_size) if patch_size is not None else (224, 224)
         return Plan(
             "paper",
-            size,
-            fingerprint.intensity.replace(scaling="symmetric", mean=None, std=None),  # type: ignore[arg-type]
+            size,  # type: ignore[arg-type]
+            intensities[0],
             batch_size=batch_size or 12,
             context_slices=context_slices,
+            other_channels=tuple(intensities[1:]),
         )
 
     if spacing is None:
@@ -263,13 +288,27 @@ def derive_plan(
         total = sum(s[0] * s[1] * c.shape[0] for c, s in ((c, _shape_at(c, target)) for c in training))
         cap = max(2, round(MAX_BATCH_SHARE * total / (patch[0] * patch[1])))
         batch_size = max(2, min(BATCH_PIXELS // (patch[0] * patch[1]), cap))
-    base = fingerprint.intensity
-    if base.kind in ("ct_window",) and fingerprint.foreground_stored is not None:
-        stats = fingerprint.foreground_stored
-        intensity = base.replace(scaling="zscore", mean=stats.mean, std=max(stats.std, 1e-6))
-    else:
-        intensity = base.replace(scaling="zscore_per_image", mean=None, std=None)
-    return Plan("spacing", patch, intensity, spacing=target, batch_size=batch_size, context_slices=context_slices)
+    return Plan(
+        "spacing",
+        patch,
+        intensities[0],
+        spacing=target,
+        batch_size=batch_size,
+        context_slices=context_slices,
+        other_channels=tuple(intensities[1:]),
+    )
+
+
+def _channel_intensity(channel: ChannelFingerprint, protocol: str) -> IntensitySpec:
+    """One input channel's intensity: ``symmetric`` (paper), ``zscore`` with the training foreground's mean and std
+    (a CT window), or ``zscore_per_image``."""
+    base = channel.intensity
+    if protocol == "paper":
+        return base.replace(scaling="symmetric", mean=None, std=None)
+    if base.kind == "ct_window" and channel.foreground_stored is not None:
+        stats = channel.foreground_stored
+        return base.replace(scaling="zscore", mean=stats.mean, std=max(stats.std, 1e-6))
+    return base.replace(scaling="zscore_per_image", mean=None, std=None)
 
 
 def read_plan(path: str | os.PathLike[str]) -> Plan:

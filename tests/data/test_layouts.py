@@ -12,7 +12,7 @@ import pytest
 from perspective_unet.data.layouts.acdc import AcdcFiles, AcdcFilesWriter
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.layouts.info import DatasetInfo
-from perspective_unet.data.layouts.nnunet import channel_files
+from perspective_unet.data.layouts.nnunet_files import channel_files
 from perspective_unet.data.layouts.prepared import PreparedDataset, PreparedWriter
 from perspective_unet.data.layouts.synapse import SynapseFiles, SynapseFilesWriter
 from perspective_unet.errors import InputError

@@ -88,7 +88,7 @@ def test_a_folder_is_scored_by_case_with_nnunets_counts(tmp_path, capsys):
         ),
         (lambda t: save_nifti(t / "pred" / "b.nii.gz", np.full((6, 5, 3), 3, np.uint8), AFFINE), "outside the classes"),
         (lambda t: save_nifti(t / "pred" / "b.nii.gz", np.full((6, 5, 3), 0.5), AFFINE), "not class ids"),
-        (lambda t: (t / "dataset.json").write_text('{"labels": {"a": 0, "b": 2}}'), "without gaps"),
+        (lambda t: (t / "dataset.json").write_text('{"labels": {"a": 0, "b": 2}}'), "must be consecutive from 0"),
     ],
 )
 def test_bad_folders_are_refused_with_one_line_naming_the_file(tmp_path, capsys, damage, message):
@@ -158,3 +158,28 @@ def test_folder_evaluation_equals_the_checkpoint_evaluation_of_the_same_predicti
     for class_id in ("1", "2"):
         assert checkpoint["mean"][class_id] == pytest.approx(files["mean"][class_id], rel=1e-6)
     assert checkpoint["foreground_mean"] == pytest.approx(files["foreground_mean"], rel=1e-6)
+
+
+def test_voxels_of_the_ignore_label_count_in_no_metric(tmp_path, capsys):
+    reference = np.zeros((6, 5, 3), dtype=np.uint8)
+    reference[1:3, 1:3, 1] = 1  # 4 voxels of liver
+    reference[:, :, 2] = 2  # 30 voxels without annotation (nnU-Net's ignore label, the highest id)
+    prediction = np.zeros_like(reference)
+    prediction[1:3, 1:3, 1] = 1
+    prediction[:, :, 2] = 1  # liver all over the unannotated slice: not a false positive
+    save_nifti(tmp_path / "pred" / "a.nii.gz", prediction, AFFINE)
+    save_nifti(tmp_path / "ref" / "a.nii.gz", reference, AFFINE)
+    labels = tmp_path / "dataset.json"
+    labels.write_text(json.dumps({"labels": {"background": 0, "liver": 1, "ignore": 2}}))
+    out = tmp_path / "eval"
+    args = ["evaluate", "--pred", str(tmp_path / "pred"), "--ref", str(tmp_path / "ref"), "--labels", str(labels)]
+    assert main([*args, "-o", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["class_names"] == {"0": "background", "1": "liver"}
+    liver = summary["metric_per_case"][0]["metrics"]["1"]
+    assert (liver["TP"], liver["FP"], liver["FN"], liver["TN"]) == (4, 0, 0, 90 - 30 - 4)
+    assert liver["Dice"] == 1.0 and liver["HD95"] == 0.0
+    # Without the ignore label declared, the same reference holds a class beyond the declared ones: refused.
+    labels.write_text(json.dumps({"labels": {"background": 0, "liver": 1}}))
+    assert main([*args, "-o", str(tmp_path / "eval2")]) == 2
+    assert "outside the classes 0..1" in one_line_error(capsys)

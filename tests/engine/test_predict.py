@@ -156,8 +156,12 @@ def test_png_input_gives_a_png_of_class_ids_with_the_same_size(tmp_path):
     expected = np.random.default_rng(1).integers(0, 3, (20, 28)).astype(np.uint8)
     source = tmp_path / "photo.png"
     Image.fromarray(np.array([0, 128, 255], dtype=np.uint8)[expected]).save(source)
-    # The checkpoint names a CT window, but a picture holds no HU: it is scaled by its 8-bit range instead.
-    out = predict_file(oracle((20, 28)), source, tmp_path / "out", InferenceSettings(save_probabilities=True))
+    # The checkpoint names a CT window: a picture is refused, and with the flag scaled by its 8-bit range (it holds no
+    # Hounsfield units).
+    with pytest.raises(InputError, match="photo.png: an 8-bit picture does not fit a model trained on CT"):
+        predict_file(oracle((20, 28)), source, tmp_path / "out")
+    settings = InferenceSettings(save_probabilities=True, allow_modality_mismatch=True)
+    out = predict_file(oracle((20, 28)), source, tmp_path / "out", settings)
     assert out.name == "photo.png"
     labels = np.asarray(Image.open(out))
     assert labels.shape == (20, 28)

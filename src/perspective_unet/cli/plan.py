@@ -171,4 +171,6 @@ def _describe_plan(plan: Plan) -> str:
     lines.append(f"batch size      {plan.batch_size}")
     lines.append(f"context slices  {plan.context_slices} above and below ({plan.in_channels} input channels)")
     lines.append(f"intensity       {plan.intensity.describe()}")
+    for channel, spec in enumerate(plan.other_channels, start=1):
+        lines.append(f"  channel {channel:<6d}{spec.describe()}")
     return "\n".join(lines)

@@ -18,7 +18,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "a Gaussian-weighted sliding window, probabilities resampled back) and written back as a uint8 label map with "
         "the input's shape, affine and header. Output names keep the input's name without nnU-Net's '_0000' "
         "channel suffix (case_0000.nii.gz -> case.nii.gz); a DICOM folder ct/ gives ct.nii.gz; pictures give a PNG "
-        "of class ids. Existing outputs are never replaced without --overwrite.",
+        "of class ids. A model of several input channels reads <case>_0000, <case>_0001, ... together (a folder is "
+        "grouped by case; one file given brings its siblings). Inputs that do not fit the model (a picture into a CT "
+        "or MR model, a CT into an MR model) are refused unless --allow-modality-mismatch. Existing outputs are never "
+        "replaced without --overwrite.",
     )
     model = parser.add_mutually_exclusive_group(required=True)
     add_checkpoints(model, required=False)
@@ -50,6 +53,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument(
         "--orientation", help="canonical orientation code (e.g. SPL, or 'stored'); default: the training data's"
+    )
+    parser.add_argument(
+        "--allow-modality-mismatch",
+        action="store_true",
+        help="segment inputs that do not fit the model (a picture into a CT or MR model, a CT into an MR or picture "
+        "model) instead of refusing them",
     )
     parser.add_argument(
         "--img-size",

@@ -82,7 +82,12 @@ def register(subparsers: Any) -> None:
         default=DEFAULT_ORIENTATION,
         help="axis codes of the (Z, H, W) slices: 'SPL' (axial), or 'stored' to keep the acquisition's slice axis",
     )
-    nnunet.add_argument("--channel", type=int, default=0, help="input channel to use")
+    nnunet.add_argument(
+        "--channel",
+        type=int,
+        metavar="K",
+        help="use input channel K only (default: every channel of channel_names, each normalized by its own rule)",
+    )
     nnunet.add_argument(
         "--protocol",
         choices=("spacing", "paper"),

@@ -13,6 +13,7 @@ from perspective_unet.errors import InputError
 
 __all__ = [
     "MIN_SLICE_SIDE",
+    "check_channel_grid",
     "check_ct_window",
     "check_finite",
     "check_label_values",
@@ -68,6 +69,35 @@ def check_same_geometry(
                 f"{np.round(label_affine, 3).tolist()} vs {np.round(image_affine, 3).tolist()}); "
                 "resample the label onto the image grid."
             )
+
+
+def check_channel_grid(
+    first_meta: dict[str, Any], meta: dict[str, Any], first_path: str | Path, path: str | Path
+) -> None:
+    """Raise if two channel files of one case differ in shape, voxel spacing or position (one voxel grid each).
+
+    Args:
+        first_meta: The meta of the case's first channel file (``read_image``).
+        meta: The meta of another of its channel files.
+        first_path: The first channel file, named in the message.
+        path: The other channel file, named in the message.
+    """
+    shape, first_shape = tuple(meta["shape"]), tuple(first_meta["shape"])
+    if shape != first_shape:
+        differ = f"shape ({shape} vs {first_shape})"
+    elif len(shape) == 3 and not np.allclose(meta["spacing"], first_meta["spacing"], rtol=1e-3, atol=1e-4):
+        spacings = [tuple(round(float(s), 4) for s in m["spacing"]) for m in (meta, first_meta)]
+        differ = f"voxel spacing ({spacings[0]} vs {spacings[1]} mm)"
+    elif len(shape) == 3 and not np.allclose(
+        meta["affine"], first_meta["affine"], rtol=0.0, atol=max(1e-3, 0.01 * float(min(first_meta["spacing"])))
+    ):
+        differ = "position or orientation (affine)"
+    else:
+        return
+    raise InputError(
+        f"{path} and {first_path} are channels of one case but differ in {differ}; the channels of a case must "
+        "share one voxel grid (resample them onto one grid)."
+    )
 
 
 def require_files(files: list[Path], folder: Path, what: str) -> list[Path]:

@@ -18,6 +18,7 @@ from monai.utils import convert_to_tensor
 from scipy import ndimage
 from torch.utils.data import Dataset
 
+from perspective_unet.channels import apply_stored_channels
 from perspective_unet.config.augmentation import AugmentationConfig
 from perspective_unet.data.augmentation import build_augmentation
 from perspective_unet.data.checks import check_finite, check_label_values
@@ -55,8 +56,9 @@ class SliceDataset(Dataset):
     Each item is ``{"image": float32 (C, H, W), "label": int64 (H, W), "case": str}``: the image is zoomed with cubic
     interpolation and the label with nearest neighbor (as TransUNet does, with ``scipy.ndimage.zoom``), then
     augmented, then scaled by ``intensity`` (by default (x - 0.5) / 0.5, the paper's). ``C`` is
-    ``2 * context_slices + 1``: the slice between the ``context_slices`` slices below and above it (ends repeated).
-    ``case`` is the slice's name, ``<case>_slice<NNN>``.
+    ``2 * context_slices + 1``: the slice between the ``context_slices`` slices below and above it (ends repeated),
+    times the data's input channels (channel-major: channel 0's planes, then channel 1's, ...). ``case`` is the
+    slice's name, ``<case>_slice<NNN>``. Labels keep the dataset's ignore label (voxels without annotation).
 
     The training split reads ``train_npz`` (or the ACDC ``train/`` folder); the val and test splits give the slices
     of the volumes (or the ACDC ``valid/`` slice files).
@@ -72,7 +74,8 @@ class SliceDataset(Dataset):
             ``seed`` alone, in every worker and epoch (the released training's stream).
         context_slices: Neighboring slices on each side taken as extra channels.
         intensity: The plan's intensity normalization (its ``scaling`` is applied to the stored values); None for the
-            paper's (x - 0.5) / 0.5.
+            paper's (x - 0.5) / 0.5. Input channel 0's for data of several channels.
+        other_channels: The plan's intensity normalization of input channels 1, 2, ... (``Plan.other_channels``).
         cases: Only these development cases, from the train and val splits both (a cross-validation fold's, see
             :mod:`~perspective_unet.data.folds`); ``split`` is then ignored.
     """
@@ -87,6 +90,7 @@ class SliceDataset(Dataset):
         *,
         context_slices: int = 0,
         intensity: IntensitySpec | None = None,
+        other_channels: Sequence[IntensitySpec] = (),
         cases: Sequence[str] | None = None,
     ) -> None:
         _require_split(split)
@@ -99,11 +103,18 @@ class SliceDataset(Dataset):
         self.augmentation_config = augmentation
         self._augment = build_augmentation(augmentation) if augmentation is not None else None
         self.intensity = intensity or IntensitySpec("unit")
+        self.intensities = (self.intensity, *other_channels)
+        if len(self.intensities) != self.info.num_channels:
+            raise InputError(
+                f"{self.root} holds images of {self.info.num_channels} input channel(s) but the plan normalizes "
+                f"{len(self.intensities)}; write the plan again with `perspective-unet plan -d {self.root} --reset`."
+            )
         self.samples = self.layout.list_slices(split) if cases is None else self.layout.case_slices(cases)
         if not self.samples:
             raise InputError(f"{self.root} has no {split} slices; check the folder or choose another split.")
         self.context = context_indices(self.samples, context_slices)
-        self.case_stats = self.layout.case_statistics() if self.intensity.per_image else {}
+        self.per_image = any(spec.per_image for spec in self.intensities)
+        self.case_stats = self.layout.case_statistics() if self.per_image else {}
         self.released_stream = augmentation is not None and augmentation.stream == "released"
         self.stream_position = 0
         self.reseed(None)
@@ -136,7 +147,8 @@ class SliceDataset(Dataset):
         return len(self.samples)
 
     def load_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The stored slice, before zoom, augmentation and normalization: image float32 (H, W), label int64 (H, W)."""
+        """The stored slice, before zoom, augmentation and normalization: image float32 (H, W) (or (C, H, W) for
+        several channels), label int64 (H, W)."""
         ref = self.samples[index]
         image, label = self.layout.read_slice(ref)
         if label is None:
@@ -144,21 +156,24 @@ class SliceDataset(Dataset):
         return image, label
 
     def load_stack(self, index: int) -> tuple[np.ndarray, np.ndarray]:
-        """The stored slice with its context slices: image float32 (C, H, W), label int64 (H, W)."""
+        """The stored slice with its context slices: image float32 (C, H, W), label int64 (H, W); for data of several
+        channels each channel's planes together (channel-major)."""
         image, label = self.load_slice(index)
         if len(self.context[index]) == 1:
-            return image[None], label
-        channels = [image if i == index else self.layout.read_slice(self.samples[i])[0] for i in self.context[index]]
-        if any(c.shape != image.shape for c in channels):
+            return (image[None] if image.ndim == 2 else image), label
+        planes = [image if i == index else self.layout.read_slice(self.samples[i])[0] for i in self.context[index]]
+        if any(p.shape != image.shape for p in planes):
             raise InputError(
                 f"{self.samples[index].path}: the slices of case {self.samples[index].case!r} differ in "
                 "shape; context slices need one in-plane grid per case."
             )
-        return np.stack(channels), label
+        stack = np.stack(planes)  # (planes, H, W), or (planes, channels, H, W)
+        return (stack if stack.ndim == 3 else stack.swapaxes(0, 1).reshape(-1, *image.shape[-2:])), label
 
-    def stats_of(self, index: int) -> ImageStats | None:
-        """The whole case's statistics for per-image z-scoring (None when the scaling does not need them)."""
-        if not self.intensity.per_image:
+    def stats_of(self, index: int) -> tuple[ImageStats, ...] | None:
+        """The whole case's statistics per input channel for per-image z-scoring (None when no channel's scaling
+        needs them)."""
+        if not self.per_image:
             return None
         case = self.samples[index].case
         if case not in self.case_stats:
@@ -192,7 +207,7 @@ class SliceDataset(Dataset):
         image, label = self._zoom(image, label)
         if self._augment is not None and not first:
             image, label = self._augmented(image, label)
-        scaled = self.intensity.apply_stored(image, self.stats_of(index))
+        scaled = apply_stored_channels(self.intensities, image, self.stats_of(index))
         return {
             "image": torch.from_numpy(scaled).contiguous(),
             "label": torch.from_numpy(np.rint(label).astype(np.int64)),
@@ -203,7 +218,8 @@ class SliceDataset(Dataset):
 class VolumeDataset(Dataset):
     """Whole volumes for evaluation, with their geometry.
 
-    Each item is ``{"image": float32 (Z, H, W) in [0, 1], "label": uint8 (Z, H, W) or None, "case": str,
+    Each item is ``{"image": float32 (Z, H, W) in [0, 1] ((Z, C, H, W) for several channels), "label": uint8 (Z, H, W)
+    or None (with the dataset's ignore label where voxels carry no annotation), "case": str,
     "spacing": (z, y, x) mm or None, "meta": dict}`` with numpy arrays. ``meta`` holds the h5 attributes of
     prepared volumes (``affine``, ``original_shape``, ``orientation``, ``canonical_shape``, ``source``, and
     ``crop_z`` for a block cut out of a larger volume): with ``io.from_canonical`` they put a prediction back on
@@ -251,9 +267,16 @@ class VolumeDataset(Dataset):
     def __getitem__(self, index: int) -> dict[str, Any]:
         case, path = self.volumes[index]
         image, label, attrs = self._stack(case) if case in self.stacked else self.layout.read_volume(path)
-        if image.ndim != 3 or (label is not None and label.shape != image.shape):
+        channels = self.info.num_channels
+        spatial = image.shape if image.ndim != 4 else (image.shape[0], *image.shape[2:])
+        if (
+            image.ndim != (3 if channels == 1 else 4)
+            or (channels > 1 and image.shape[1] != channels)
+            or (label is not None and label.shape != spatial)
+        ):
             shape = None if label is None else label.shape
-            raise InputError(f"{path}: image {image.shape} and label {shape} must be equal (Z, H, W) volumes.")
+            form = "(Z, H, W)" if channels == 1 else f"(Z, {channels}, H, W)"
+            raise InputError(f"{path}: image {image.shape} and label {shape} must be a {form} image and its label.")
         self._check_values(image, label, f"{path} (case {case!r})")
         spacing = attrs.pop("spacing", None)
         return {
@@ -270,9 +293,11 @@ class VolumeDataset(Dataset):
         check_finite(image, where)
         if label is not None and label.size:
             classes, low, high = self.info.num_classes, label.min(), label.max()
+            ignore = self.info.ignore_label
             # The range alone is checked on every volume; the full check (which sorts the values) only names them.
-            if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or high >= classes:
-                check_label_values(label, range(classes), where)
+            if not (np.isfinite(low) and np.isfinite(high)) or low < 0 or (high >= classes and high != ignore):
+                allowed = [*range(classes), *([ignore] if ignore is not None else [])]
+                check_label_values(label, allowed, where)
 
     def _stack(self, case: str) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
         refs = sorted(self.stacked[case], key=lambda ref: ref.position)

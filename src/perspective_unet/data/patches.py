@@ -20,6 +20,7 @@ from monai.transforms import Affine, MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
+from perspective_unet.channels import apply_stored_channels, channel_floors
 from perspective_unet.config.augmentation import SpacingAugmentationConfig
 from perspective_unet.data.datasets import SliceDataset
 from perspective_unet.data.layouts.base import DatasetLayout
@@ -37,8 +38,8 @@ CACHE_BYTES = 2 * 1024**3
 class RandPatchAffined(RandomizableTransform, MapTransform):
     """Cut a patch around ``data["center"]`` with a random rotation and scaling, in one resampling (MONAI ``Affine``).
 
-    The image is interpolated bilinearly and padded outside the slice with ``data["pad"]``; the label by nearest
-    neighbor, padded with background.
+    The image is interpolated bilinearly and padded outside the slice with ``data["pad"]`` (one value, or a (C, 1, 1)
+    tensor of one value per input channel); the label by nearest neighbor, padded with background.
 
     Args:
         patch_size: (height, width) of the patch.
@@ -91,7 +92,7 @@ class RandPatchAffined(RandomizableTransform, MapTransform):
         self.randomize()
         image, label = out[self.image_key], out[self.label_key]
         matrix = self.matrix(out["center"], tuple(image.shape[-2:]))
-        pad = float(out["pad"])
+        pad = out["pad"] if isinstance(out["pad"], torch.Tensor) else float(out["pad"])
         # MONAI pads with zeros: shift the image so that zero is the padding value, then shift back.
         warp = Affine(affine=matrix, spatial_size=self.patch_size, padding_mode="zeros", image_only=True)
         out[self.image_key] = convert_to_tensor(warp(image - pad, mode="bilinear"), track_meta=False) + pad
@@ -103,7 +104,8 @@ class PatchDataset(Dataset):
     """Training patches of the spacing protocol (see the module docstring).
 
     Each item is ``{"image": float32 (C, h, w), "label": int64 (h, w), "case": str}`` with (h, w) the plan's patch
-    size, the image in network-input units (the plan's intensity scaling applied) and ``C = 2 * context_slices + 1``.
+    size, the image in network-input units (each input channel's intensity scaling applied) and ``C`` the plan's
+    ``in_channels``. Voxels marked with the dataset's ignore label keep it (they are never a foreground center).
 
     Args:
         root: A prepared dataset (its layout, or its folder) with a fingerprint (the cases' spacings).
@@ -128,8 +130,14 @@ class PatchDataset(Dataset):
         self.plan = plan
         self.seed = int(seed)
         self.slices = SliceDataset(
-            root, "train", context_slices=plan.context_slices, intensity=plan.intensity, cases=cases
+            root,
+            "train",
+            context_slices=plan.context_slices,
+            intensity=plan.intensity,
+            other_channels=plan.other_channels,
+            cases=cases,
         )
+        self.ignore_label = self.slices.info.ignore_label
         self.root = self.slices.root
         fingerprint = self.slices.layout.fingerprint()
         if fingerprint is None:
@@ -158,7 +166,7 @@ class PatchDataset(Dataset):
                 augmentation.scale_range,
             )
             self._augment = build_spacing_augmentation(augmentation)
-        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, float]] = {}
+        self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]] = {}
         self._cached_bytes = 0
         self._classes = self._slices_by_class() if plan.foreground_fraction > 0 else {}
         self.reseed(None)
@@ -170,7 +178,7 @@ class PatchDataset(Dataset):
         found: dict[int, list[int]] = {}
         for index in range(len(self.slices)):
             for value in np.unique(self.slices.load_slice(index)[1]):
-                if value > 0:
+                if value > 0 and value != self.ignore_label:
                     found.setdefault(int(value), []).append(index)
         return {c: np.asarray(indices) for c, indices in sorted(found.items())}
 
@@ -183,17 +191,21 @@ class PatchDataset(Dataset):
         if self._augment is not None:
             self._augment.set_random_state(seed=int(state[1]) ^ 0x5EED)
 
-    def resampled(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float]:
-        """Slice ``index`` at the plan's spacing: image (C, h, w) in network units, label (h, w), padding value."""
+    def resampled(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
+        """Slice ``index`` at the plan's spacing: image (C, h, w) in network units, label (h, w), padding value (one,
+        or a (C, 1, 1) tensor of one per input plane for data of several channels)."""
         if index in self._cache:
             return self._cache[index]
         stack, label = self.slices.load_stack(index)
         stats = self.slices.stats_of(index)
-        image = torch.from_numpy(self.plan.intensity.apply_stored(stack, stats))
-        size = resampled_shape(label.shape, self.spacing[self.slices.samples[index].case], self.plan.spacing)
+        plan = self.plan
+        image = torch.from_numpy(apply_stored_channels(plan.intensities, stack, stats))
+        size = resampled_shape(label.shape, self.spacing[self.slices.samples[index].case], plan.spacing)
         image = resample_image(image[None], size)[0]
         labels = resample_labels(torch.from_numpy(label.astype(np.uint8))[None], size)[0]
-        entry = (image, labels, self.plan.intensity.floor(stats))
+        floors = channel_floors(plan.intensities, stats, 2 * plan.context_slices + 1)
+        pad = floors[0] if plan.num_channels == 1 else torch.tensor(floors, dtype=torch.float32).view(-1, 1, 1)
+        entry = (image, labels, pad)
         size_bytes = image.numel() * 4 + labels.numel()
         if self._cached_bytes + size_bytes <= CACHE_BYTES:
             self._cache[index] = entry
@@ -210,7 +222,8 @@ class PatchDataset(Dataset):
         _, labels, _ = self.resampled(index)
         height, width = labels.shape
         if forced:
-            pixels = torch.nonzero(labels == cls) if bool((labels == cls).any()) else torch.nonzero(labels > 0)
+            foreground = (labels > 0) & (labels != self.ignore_label) if self.ignore_label is not None else labels > 0
+            pixels = torch.nonzero(labels == cls) if bool((labels == cls).any()) else torch.nonzero(foreground)
             if len(pixels):
                 row, column = pixels[rng.randint(len(pixels))].tolist()
                 return index, (float(row), float(column))

@@ -92,6 +92,8 @@ def evaluate_model(
         save_probabilities: Predict the probabilities too, for ``save``.
         plan_source: The file the plan was read from, named when a size it sets cannot be met.
 
+    Voxels the dataset marks with its ignore label (``dataset.info.ignore_label``) are left out of the scores.
+
     Returns:
         The per-case scores (gathered from every process).
     """
@@ -101,6 +103,8 @@ def evaluate_model(
     names = list(class_names) if class_names is not None else [f"class_{i}" for i in range(num_classes)]
     ctx = ctx or DistributedContext()
     inferer = inferer_for(plan, settings, plan_source=plan_source)
+    # Voxels the dataset marks as not annotated are left out of the scores (evaluation.score_volume).
+    ignore_label = dataset.info.ignore_label
     was_training = model.training
     model.eval()
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
@@ -127,7 +131,7 @@ def evaluate_model(
                 raise InputError(f"case {item['case']} of {dataset.root}: {exc}") from None
             labels, probabilities = result if isinstance(result, tuple) else (result, None)
             reference = str(files.get(item["case"], dataset.root))
-            job = (item, labels, probabilities, num_classes, protocols, nsd_tolerance, reference, save)
+            job = (item, labels, probabilities, num_classes, protocols, nsd_tolerance, ignore_label, reference, save)
             scored.append(workers.submit(_score_case, *job))
         rows = [future.result() for future in scored]
     model.train(was_training)
@@ -152,6 +156,7 @@ def _score_case(
     num_classes: int,
     protocols: Sequence[str],
     nsd_tolerance: float | Sequence[float],
+    ignore_label: int | None,
     reference: str,
     save: SavePrediction | None,
 ) -> CaseScores:
@@ -164,6 +169,7 @@ def _score_case(
         spacing=tuple(spacing) if spacing is not None else (1.0,) * labels.ndim,
         protocols=protocols,
         nsd_tolerance=nsd_tolerance,
+        ignore_label=ignore_label,
     )
     return CaseScores(item["case"], metrics, prediction_file, reference, spacing is not None)
 
@@ -252,6 +258,11 @@ def evaluate(
             )
         dataset = evaluation_dataset(layout, split, info)
         plan = settings.plan_for(info.plan or Plan("paper", info.img_size, IntensitySpec("unit")))
+        if plan.num_channels != layout.info.num_channels:
+            raise InputError(
+                f"the checkpoint {info.sources[0]} reads {plan.num_channels} input channel(s) but {data} holds images "
+                f"of {layout.info.num_channels}; evaluate it on data of the same channels."
+            )
         height, width = plan.patch_size
         check_memory(
             model,

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from perspective_unet.data.io import full_suffix, read_image
+from perspective_unet.data.layouts.nnunet_files import label_ids
 from perspective_unet.engine.predict import LABEL_SUFFIXES
 from perspective_unet.errors import InputError
 from perspective_unet.evaluation import (
@@ -84,28 +85,23 @@ def pair_files(predictions: str | os.PathLike[str], references: str | os.PathLik
     return [(case, pred[case], ref[case]) for case in sorted(pred)]
 
 
-def class_names_of(path: str | os.PathLike[str]) -> list[str]:
-    """Class names by id from a ``dataset.json``: nnU-Net's ``labels`` (name -> id) or a prepared ``class_names``.
+def class_names_of(path: str | os.PathLike[str]) -> tuple[list[str], int | None]:
+    """Class names by id from a ``dataset.json`` (nnU-Net's ``labels``, name -> id, or a prepared folder's
+    ``class_names``), and the value that marks voxels without annotation (nnU-Net's ignore label), or None.
 
     Raises:
-        InputError: The file holds neither, ids that are not consecutive from 0, a region, or an ignore label.
+        InputError: The file holds neither, ids that are not consecutive from 0, a region, or an ignore label that is
+            not the highest id.
     """
+    path = Path(path)
     data = read_json(path, "give the dataset.json of the references' labels.")
     if isinstance(data, dict) and isinstance(data.get("class_names"), list) and data["class_names"]:
-        return [str(name) for name in data["class_names"]]
+        ignore = data.get("ignore_label")
+        return [str(name) for name in data["class_names"]], ignore if isinstance(ignore, int) else None
     labels = data.get("labels") if isinstance(data, dict) else None
     if not isinstance(labels, dict) or not labels:
         raise InputError(f"{path} holds neither nnU-Net's 'labels' (name -> id) nor 'class_names'.")
-    by_id: dict[int, str] = {}
-    for name, value in labels.items():
-        if name == "ignore":
-            raise InputError(f"{path}: the ignore label is not scored by folder evaluation yet; remove it to score.")
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise InputError(f"{path}: label {name!r} has id {value!r}; folder evaluation scores one id per class.")
-        by_id[value] = str(name)
-    if sorted(by_id) != list(range(len(by_id))) or len(by_id) < 2:
-        raise InputError(f"{path}: label ids {sorted(by_id)} must run from 0 (background) without gaps.")
-    return [by_id[i] for i in range(len(by_id))]
+    return label_ids(labels, path)
 
 
 def _read_labels(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
@@ -120,9 +116,13 @@ def _read_labels(path: Path) -> tuple[np.ndarray, dict[str, Any]]:
 
 
 def _checked_pairs(
-    pairs: Sequence[tuple[str, Path, Path]], num_classes: int | None, affine_tolerance: float
+    pairs: Sequence[tuple[str, Path, Path]],
+    num_classes: int | None,
+    affine_tolerance: float,
+    ignore_label: int | None = None,
 ) -> Iterator[tuple[str, Path, Path, np.ndarray, np.ndarray, dict[str, Any]]]:
-    """Each pair read and checked: its grid, and its labels within ``num_classes`` (when given)."""
+    """Each pair read and checked: its grid, and its labels within ``num_classes`` (when given; a reference may
+    also hold ``ignore_label``)."""
     for case, pred_path, ref_path in pairs:
         pred, pred_meta = _read_labels(pred_path)
         ref, ref_meta = _read_labels(ref_path)
@@ -135,6 +135,10 @@ def _checked_pairs(
                 f"{difference:.4g} mm, more than {affine_tolerance:g}); resample it onto the reference's grid."
             )
         for path, array in ((pred_path, pred), (ref_path, ref)):
+            if array is ref and ignore_label is not None:
+                array = array[array != ignore_label]
+                if not array.size:
+                    continue
             low, high = int(array.min()), int(array.max())
             if low < 0 or (num_classes is not None and high >= num_classes):
                 raise InputError(
@@ -161,7 +165,8 @@ def evaluate_folder(
         predictions: The folder of predicted label maps.
         references: The folder of reference label maps.
         output: The folder of the reports (summary.json, per_case.csv, summary.md).
-        labels: A ``dataset.json`` naming the classes; None: classes 0 to the largest label found.
+        labels: A ``dataset.json`` naming the classes (nnU-Net's ignore label there: its voxels are scored by no
+            metric); None: classes 0 to the largest label found.
         protocols: The metric protocols (both by default).
         nsd_tolerance: NSD tolerance in mm: one value or one per foreground class.
         affine_tolerance: The largest difference (mm) between a prediction's and its reference's affine entries.
@@ -184,15 +189,23 @@ def evaluate_folder(
             "reports, or choose another output folder."
         )
     pairs = pair_files(predictions, references)
-    names = class_names_of(labels) if labels is not None else None
+    names, ignore_label = class_names_of(labels) if labels is not None else (None, None)
     if names is None:  # one pass to find the classes (and check every file) before scoring
         largest = max(int(max(p.max(), r.max())) for *_, p, r, _ in _checked_pairs(pairs, None, affine_tolerance))
         names = ["background", *(f"class_{i}" for i in range(1, max(largest, 1) + 1))]
         log.info("no --labels: scoring classes 1..%d, the largest label found", len(names) - 1)
     cases = []
-    for case, pred_path, ref_path, pred, ref, meta in _checked_pairs(pairs, len(names), affine_tolerance):
+    for case, pred_path, ref_path, pred, ref, meta in _checked_pairs(pairs, len(names), affine_tolerance, ignore_label):
         spacing = tuple(meta["spacing"]) if len(meta.get("spacing", ())) == pred.ndim else (1.0,) * pred.ndim
-        metrics = score_volume(pred, ref, len(names), spacing=spacing, protocols=protocols, nsd_tolerance=nsd_tolerance)
+        metrics = score_volume(
+            pred,
+            ref,
+            len(names),
+            spacing=spacing,
+            protocols=protocols,
+            nsd_tolerance=nsd_tolerance,
+            ignore_label=ignore_label,
+        )
         cases.append(CaseScores(case, metrics, str(pred_path), str(ref_path), meta.get("format") != "picture"))
     summary = EvaluationSummary.of(cases, names, protocols, nsd_tolerance)
     extra = {

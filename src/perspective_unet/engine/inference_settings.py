@@ -52,6 +52,9 @@ class InferenceSettings:
         orientation: The canonical orientation code new images are cut in instead of the model's training data's.
         postprocessing: What to do to each label map after prediction (``find-best``'s ``postprocessing.json``), or
             None.
+        allow_modality_mismatch: Segment new images that do not fit the model (a picture into a CT or MR model, a CT
+            into an MR or picture model; see :func:`~perspective_unet.intensity.input_mismatch`) instead of refusing
+            them.
 
     Example:
         >>> settings = InferenceSettings(batch_size=4, tta=True)
@@ -71,6 +74,7 @@ class InferenceSettings:
     mr_normalize: bool = False
     orientation: str | None = None
     postprocessing: Postprocessing | None = None
+    allow_modality_mismatch: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "patch_size", _pair(self.patch_size, "patch_size", int))

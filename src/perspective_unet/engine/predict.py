@@ -7,6 +7,11 @@ the spacing protocol resamples it to the plan's pixel spacing, slides a window o
 probabilities back), and its labels are put back on the input's own voxel grid (``from_canonical``) and written
 as uint8 with the input's affine and header.
 
+A model of several input channels (nnU-Net's ``channel_names``) reads one file per channel: ``<case>_0000``,
+``<case>_0001``, ... (:func:`channel_groups`). In a folder they are grouped by case; a single file given (any of a
+case's) brings its sibling channel files from its folder; a case missing a channel is refused. A one-channel model
+refuses a case that comes with a second channel file beside its ``_0000``.
+
 Output names: a label map keeps its input's name, with nnU-Net's channel suffix ``_0000`` dropped
 (``case_0000.nii.gz`` -> ``case.nii.gz``). NIfTI, ``.mha`` and ``.nrrd`` inputs keep their format; a DICOM series
 folder ``ct/`` gives ``ct.nii.gz``; other 3D formats give ``.nii.gz``; pictures give a ``.png`` whose pixel values
@@ -41,6 +46,7 @@ from perspective_unet.data.io import (
     SITK_SUFFIXES,
     full_suffix,
 )
+from perspective_unet.data.layouts.nnunet_files import split_channel
 from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predictor import Predictor
 from perspective_unet.engine.runtime import check_memory
@@ -48,7 +54,7 @@ from perspective_unet.errors import InputError
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.runs import LoadedModel, ModelSource
 
-__all__ = ["find_inputs", "output_name", "predict_file", "predict_path", "probability_path"]
+__all__ = ["channel_groups", "find_inputs", "output_name", "predict_file", "predict_path", "probability_path"]
 
 logger = logging.getLogger(__name__)
 
@@ -110,6 +116,63 @@ def find_inputs(path: str | os.PathLike[str]) -> tuple[list[Path], bool]:
     return found, True
 
 
+def _channel_key(path: Path) -> tuple[tuple[Path, str, str], int] | None:
+    """((folder, case, suffix), channel) of a file named ``<case>_<XXXX><suffix>``; None for other names."""
+    if path.is_dir():
+        return None
+    suffix = full_suffix(path)
+    parsed = split_channel(path.name[: -len(suffix)] if suffix else path.name)
+    return None if parsed is None else ((path.parent, parsed[0], suffix), parsed[1])
+
+
+def channel_groups(inputs: Sequence[Path], channels: int, names: Sequence[str] = ()) -> list[tuple[Path, ...]]:
+    """The files of each case to segment, one per input channel in channel order (see the module docstring).
+
+    Args:
+        inputs: The image files and DICOM folders found (:func:`find_inputs`).
+        channels: The model's input channels.
+        names: The channels' names, for messages.
+
+    Raises:
+        InputError: A case lacks a channel file, or has one the model does not read; an input is not named
+            ``<case>_<XXXX>`` (or is a DICOM folder) for a model of several channels.
+    """
+    keyed = [(path, _channel_key(path)) for path in inputs]
+    if channels == 1:
+        cases: dict[tuple[Path, str, str], dict[int, Path]] = {}
+        for path, key in keyed:
+            if key is not None:
+                cases.setdefault(key[0], {})[key[1]] = path
+        for files in cases.values():
+            if 0 in files and len(files) > 1:
+                first, other = files[0], files[min(c for c in files if c > 0)]
+                raise InputError(
+                    f"{other} and {first} are channels of one case but the model reads one channel; give only the "
+                    "channel it was trained on."
+                )
+        return [(path,) for path in inputs]
+    described = f" ({', '.join(names)})" if names else ""
+    groups: dict[tuple[Path, str, str], tuple[Path, ...]] = {}
+    for path, key in keyed:
+        if key is None:
+            raise InputError(
+                f"{path}: the model reads {channels} input channels{described}, one file per channel: name a case's "
+                f"files <case>_0000 ... <case>_{channels - 1:04d} with the same suffix."
+            )
+        (folder, case, suffix), channel = key
+        if channel >= channels:
+            raise InputError(f"{path} is channel {channel} but the model reads {channels} channels{described}.")
+        if key[0] not in groups:
+            files = tuple(folder / f"{case}_{c:04d}{suffix}" for c in range(channels))
+            missing = next((f for f in files if not f.is_file()), None)
+            if missing is not None:
+                raise InputError(
+                    f"{missing} is missing: case {case!r} needs one file per input channel of the model{described}."
+                )
+            groups[key[0]] = files
+    return list(groups.values())
+
+
 def output_name(input_path: str | os.PathLike[str]) -> str:
     """The file name of the label map of an input (see the module docstring for the rules).
 
@@ -149,7 +212,7 @@ def _is_file_target(output: Path) -> bool:
     return not output.is_dir() and full_suffix(output) in (*LABEL_SUFFIXES, ".jpg", ".jpeg")
 
 
-def _plan(inputs: Sequence[Path], collection: bool, output: Path, save_probabilities: bool) -> list[_Job]:
+def _plan(inputs: Sequence[tuple[Path, ...]], collection: bool, output: Path, save_probabilities: bool) -> list[_Job]:
     if _is_file_target(output):
         if collection or len(inputs) > 1:
             raise InputError(f"{output} is a file name but there are {len(inputs)} inputs; give a folder as output.")
@@ -159,26 +222,27 @@ def _plan(inputs: Sequence[Path], collection: bool, output: Path, save_probabili
     else:
         if output.exists() and not output.is_dir():
             raise InputError(f"{output} is an existing file; give a folder (or a new path) for the outputs.")
-        targets = [output / output_name(p) for p in inputs]
+        targets = [output / output_name(p[0]) for p in inputs]
     jobs = []
     seen: dict[Path, Path] = {}
-    for source, target in zip(inputs, targets):
+    for sources, target in zip(inputs, targets):
+        source = sources[0]
         if target.resolve() in seen:
             raise InputError(
                 f"{seen[target.resolve()]} and {source} would both be written to {target}; rename one of them."
             )
-        if target.resolve() == source.resolve():
+        if any(target.resolve() == path.resolve() for path in sources):
             raise InputError(f"the output {target} is the input itself; choose another output path.")
         seen[target.resolve()] = source
         ndim = 2 if full_suffix(source) in PICTURE_SUFFIXES else 3
         probs = probability_path(target, ndim) if save_probabilities else None
-        jobs.append(_Job(source, target, probs))
+        jobs.append(_Job(sources, target, probs))
     return jobs
 
 
 @dataclass
 class _Job:
-    source: Path
+    sources: tuple[Path, ...]
     labels: Path
     probabilities: Path | None = None
 
@@ -258,11 +322,13 @@ def predict_path(
             (an ensemble that averages their probabilities; see :func:`perspective_unet.runs.load`); a model loaded
             with its :class:`~perspective_unet.runs.LoadedModel` info; or a bare model (the paper protocol at
             224x224 and the CT fallback are then assumed).
-        inputs: One path (file, DICOM folder, or folder of inputs) or several.
+        inputs: One path (file, DICOM folder, or folder of inputs) or several; for a model of several input
+            channels, the files of a case are grouped (:func:`channel_groups`).
         output: A folder (created if needed), or a file name when there is a single input file.
         settings: The inference settings: ``tta``, ``batch_size``, ``device``, ``patch_size``, ``resampler``,
             ``save_probabilities`` (class probabilities beside each label map), ``window`` / ``mr_normalize`` (the
-            stored range of the inputs instead of the model's), ``orientation``.
+            stored range of the inputs instead of the model's), ``orientation``, ``allow_modality_mismatch``
+            (segment inputs that do not fit the model instead of refusing them).
         overwrite: Replace existing outputs.
         progress: Show a progress bar over the inputs.
         series: The DICOM series (SeriesInstanceUID) to read from DICOM folders that hold several; without it such a
@@ -272,7 +338,8 @@ def predict_path(
         The label maps written, in input order.
 
     Raises:
-        InputError: an input is missing or unreadable (named in the message), or the outputs clash.
+        InputError: an input is missing or unreadable (named in the message), does not fit the model (a picture into
+            a CT or MR model, a CT into an MR model) or lacks a channel, or the outputs clash.
         FileExistsError: an output exists and ``overwrite`` is False.
 
     Example:
@@ -290,18 +357,20 @@ def predict_path(
         files, many = find_inputs(path)
         found.extend(files)
         collection = collection or many
-    jobs = _plan(found, collection, Path(output), settings.save_probabilities)
+    # The model says how many files make one input (its input channels).
+    predictor = _predictor(source, settings)
+    groups = channel_groups(found, predictor.plan.num_channels, predictor.channel_names)
+    jobs = _plan(groups, collection, Path(output), settings.save_probabilities)
     folder = jobs[0].labels.parent
     # One predict command per output folder: a second one would silently replace the first one's outputs.
     with output_lock(folder, "predict"):
         remove_stale_temporaries(folder)
         _check_overwrite(jobs, overwrite)
-        predictor = _predictor(source, settings)
         _check_and_log(predictor, len(jobs))
         written: list[Path] = []
         for job in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) == 1, dynamic_ncols=True):
             try:
-                written.append(predictor.predict_file(job.source, job.labels, job.probabilities, series))
+                written.append(predictor.predict_file(job.sources, job.labels, job.probabilities, series))
             except InputError as exc:
                 if written:
                     raise InputError(

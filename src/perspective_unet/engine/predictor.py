@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from perspective_unet.channels import input_mismatch
+from perspective_unet.data.checks import check_channel_grid
 from perspective_unet.data.io import read_image, write_label_map, write_probabilities
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, from_canonical, to_canonical
 from perspective_unet.engine.inference import model_device
@@ -50,7 +52,9 @@ class Predictor:
         intensity_known: Whether the plan's stored range is known; if not, new images get the CT fallback (see
             :func:`~perspective_unet.intensity.normalize_intensity`).
         intensity_from_user: Whether the stored range was chosen by the user; if not, pictures (which hold no
-            Hounsfield units) are scaled by their type's range when the model expects a CT window.
+            Hounsfield units) are scaled by their type's range when the model expects a CT window (and the settings
+            allow a picture into a CT model at all).
+        channel_names: The input channels' names of a model of several (empty for one channel).
         plan_source: The file the plan was read from, named when a size it sets cannot be met.
 
     Example:
@@ -69,6 +73,7 @@ class Predictor:
     intensity_known: bool = True
     intensity_from_user: bool = False
     plan_source: Path | None = None
+    channel_names: Sequence[str] = ()
     inferer: Inferer = field(init=False, repr=False)
     _warned: bool = field(default=False, init=False, repr=False)
 
@@ -114,6 +119,11 @@ class Predictor:
             model = model.to(device if isinstance(device, torch.device) else resolve_device(device))
         chosen = resolve_intensity(info.stored_intensity(), window=settings.window, mr_normalize=settings.mr_normalize)
         plan = info.plan
+        if plan is not None and plan.num_channels > 1 and settings.overrides_intensity:
+            raise InputError(
+                "--window and --mr-normalize choose the normalization of one-channel models; this model reads "
+                f"{plan.num_channels} channels ({', '.join(info.channel_names)}), each normalized as in its training."
+            )
         if plan is not None and settings.overrides_intensity:
             plan = plan.replace(intensity=plan.intensity.with_stored_range(chosen))  # type: ignore[arg-type]
         elif plan is None:
@@ -134,22 +144,87 @@ class Predictor:
             intensity_known=info.plan is not None or chosen is not None,
             intensity_from_user=settings.overrides_intensity,
             plan_source=info.plan_source if info.plan is not None else None,
+            channel_names=info.channel_names,
         )
 
-    def stored_range_for(self, meta: dict[str, Any]) -> IntensitySpec | None:
-        """Stage 1 for one image (None: the CT fallback): pictures get their type's range unless the user chose."""
-        spec = self.plan.intensity if self.intensity_known else None
+    def stored_range_for(self, meta: dict[str, Any], channel: int = 0) -> IntensitySpec | None:
+        """Stage 1 for one image's input channel (None: the CT fallback): pictures get their type's range unless the
+        user chose."""
+        spec = self.plan.intensities[channel] if self.intensity_known else None
         is_picture = meta.get("format") == "picture"
         if is_picture and not self.intensity_from_user and (spec is None or spec.kind == "ct_window"):
             return IntensitySpec("picture")
         return spec
 
+    def check_fit(self, array: np.ndarray, meta: dict[str, Any], channel: int = 0) -> None:
+        """Refuse an image that does not fit the model (:func:`~perspective_unet.intensity.input_mismatch`) unless the
+        settings allow it.
+
+        Raises:
+            InputError: The image is a picture and the model one of CT or MR, or a CT and the model one of MR or
+                pictures (the message names the file and the option that allows it).
+        """
+        if self.settings.allow_modality_mismatch or not self.intensity_known:
+            return
+        spec = self.plan.intensities[channel]
+        reason = input_mismatch(spec, array, picture=meta.get("format") == "picture")
+        if reason is not None:
+            path = meta.get("channel_paths", [meta.get("path", "the image")])[channel]
+            raise InputError(
+                f"{path}: {reason}; give an image of the model's kind, or pass --allow-modality-mismatch "
+                "(allow_modality_mismatch) to segment it anyway."
+            )
+
     def prepare(self, array: np.ndarray, meta: dict[str, Any]) -> np.ndarray:
-        """Raw voxels of ``read_image`` to the canonical (Z, H, W) volume of stored values in [0, 1]."""
-        spec = self.stored_range_for(meta)
-        unit = normalize_intensity(array, spec, source=meta.get("path"), warn=not self._warned)
-        self._warned = self._warned or spec is None  # the CT fallback's warning is given once per predictor
-        return to_canonical(unit, meta, self.orientation)
+        """Raw voxels of ``read_image`` to the canonical (Z, H, W) volume of stored values in [0, 1]; for a model of
+        several input channels, the (C, *image shape) raw channels to a (Z, C, H, W) volume.
+
+        Raises:
+            InputError: The image does not fit the model (:meth:`check_fit`), or holds NaN or infinite voxels.
+        """
+        count = self.plan.num_channels
+        if count > 1 and (np.ndim(array) != len(meta["shape"]) + 1 or len(array) != count):
+            raise InputError(
+                f"{meta.get('path', 'the image')}: the model reads {count} input channels, one file each; this path "
+                "gives one. Predict with `perspective-unet predict` on the files <case>_0000, <case>_0001, ..."
+            )
+        channels = [array] if count == 1 else list(array)
+        units = []
+        for channel, values in enumerate(channels):
+            self.check_fit(values, meta, channel)
+            spec = self.stored_range_for(meta, channel)
+            source = meta.get("channel_paths", [meta.get("path")])[channel]
+            unit = normalize_intensity(values, spec, source=source, warn=not self._warned)
+            self._warned = self._warned or spec is None  # the CT fallback's warning is given once per predictor
+            units.append(to_canonical(unit, meta, self.orientation))
+        return units[0] if len(units) == 1 else np.stack(units, axis=1)
+
+    def read(self, paths: Sequence[str | os.PathLike[str]], series: str | None = None) -> tuple[np.ndarray, dict]:
+        """The raw image of one input: one file (or DICOM folder), or one file per input channel of a model of
+        several, stacked along a first axis; and the first file's meta (``channel_paths`` names every file).
+
+        Raises:
+            InputError: Another number of files than the model's input channels, unreadable or empty files, channel
+                files on different voxel grids.
+        """
+        channels = self.plan.num_channels
+        if len(paths) != channels:
+            names = f" ({', '.join(self.channel_names)})" if self.channel_names else ""
+            raise InputError(
+                f"{paths[0]}: the model reads {channels} input channel(s){names} but {len(paths)} file(s) were given "
+                "for this case; give one file per channel, named <case>_0000, <case>_0001, ..."
+            )
+        arrays, metas = [], []
+        for path in paths:
+            array, meta = read_image(path, series=series if Path(path).is_dir() else None)
+            if array.size == 0:
+                raise InputError(f"{path} holds no voxels (shape {array.shape}).")
+            if metas:
+                check_channel_grid(metas[0], meta, paths[0], path)
+            arrays.append(array)
+            metas.append(meta)
+        meta = {**metas[0], "channel_paths": [str(path) for path in paths]} if channels > 1 else metas[0]
+        return (arrays[0] if channels == 1 else np.stack(arrays)), meta
 
     def predict_canonical(
         self, volume: np.ndarray, return_probabilities: bool = False, spacing: Sequence[float] | None = None
@@ -166,7 +241,8 @@ class Predictor:
     def predict_image(
         self, array: np.ndarray, meta: dict[str, Any], return_probabilities: bool = False
     ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
-        """Labels of raw voxels from ``read_image``, in the image's own stored order and shape.
+        """Labels of raw voxels from ``read_image`` (the channels stacked first for a model of several), in the
+        image's own stored order and shape.
 
         Returns:
             uint8 labels of ``array``'s shape (post-processed when the settings say so), and with
@@ -188,19 +264,19 @@ class Predictor:
 
     def predict_file(
         self,
-        input_path: str | os.PathLike[str],
+        input_path: str | os.PathLike[str] | Sequence[str | os.PathLike[str]],
         output_path: str | os.PathLike[str],
         probabilities_path: str | os.PathLike[str] | None = None,
         series: str | None = None,
     ) -> Path:
-        """Segment one image file (or DICOM folder) and write its label map (and probabilities) atomically.
+        """Segment one image file (or DICOM folder; or one file per input channel for a model of several) and write its
+        label map (and probabilities) atomically.
 
         Overwrites without asking; :func:`~perspective_unet.engine.predict.predict_path` checks for existing outputs
         first. ``series`` chooses one DICOM series (SeriesInstanceUID) of a folder that holds several.
         """
-        array, meta = read_image(input_path, series=series if Path(input_path).is_dir() else None)
-        if array.size == 0:
-            raise InputError(f"{input_path} holds no voxels (shape {array.shape}).")
+        paths = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
+        array, meta = self.read(paths, series)
         result = self.predict_image(array, meta, return_probabilities=probabilities_path is not None)
         labels, probabilities = result if probabilities_path is not None else (result, None)
         writers: dict[Path, Any] = {Path(output_path): lambda path: write_label_map(labels, meta, path)}

@@ -26,19 +26,23 @@ __all__ = ["predict_at_spacing", "stack_context"]
 def stack_context(volume: np.ndarray | torch.Tensor, context: int) -> torch.Tensor:
     """(Z, H, W) -> (Z, 2 * context + 1, H, W): each slice between its neighbors, the end slices repeated.
 
+    A (Z, C, H, W) volume of C input channels gives (Z, C * (2 * context + 1), H, W), channel-major (channel 0's
+    planes from below to above, then channel 1's, ...), the order training stacks them in.
+
     Example:
         >>> stack_context(torch.arange(3.0)[:, None, None], 1)[:, :, 0, 0].tolist()
         [[0.0, 0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0, 2.0]]
     """
     volume = torch.as_tensor(volume)
-    if volume.ndim != 3:
-        raise ValueError(f"expected a (Z, H, W) volume, got shape {tuple(volume.shape)}.")
+    if volume.ndim not in (3, 4):
+        raise ValueError(f"expected a (Z, H, W) or (Z, C, H, W) volume, got shape {tuple(volume.shape)}.")
     if context == 0:
-        return volume[:, None]
+        return volume[:, None] if volume.ndim == 3 else volume
     depth = volume.shape[0]
     offsets = torch.arange(-context, context + 1)
     indices = (torch.arange(depth)[:, None] + offsets[None]).clamp_(0, depth - 1)
-    return volume[indices]
+    stacked = volume[indices]  # (Z, planes, H, W) or (Z, planes, C, H, W)
+    return stacked if volume.ndim == 3 else stacked.transpose(1, 2).flatten(1, 2)
 
 
 @torch.inference_mode()
@@ -49,7 +53,7 @@ def predict_at_spacing(
     plan: Plan,
     settings: InferenceSettings | None = None,
     *,
-    pad_value: float,
+    pad_value: float | Sequence[float],
     return_probabilities: bool = False,
 ) -> np.ndarray | tuple[np.ndarray, np.ndarray]:
     """Segment a (Z, C, H, W) volume in network-input units with the spacing protocol (see the module docstring).
@@ -62,7 +66,7 @@ def predict_at_spacing(
         settings: ``patch_size`` and ``overlap`` where they replace the plan's, ``batch_size`` (slices resampled
             together, and windows per forward pass), ``tta`` (average over the four mirrorings) and ``amp_dtype``;
             default settings when None.
-        pad_value: Value that pads windows reaching past the image (the intensity floor).
+        pad_value: Value that pads windows reaching past the image (the intensity floor), or one per input channel.
         return_probabilities: Also return (classes, Z, H, W) float16 probabilities.
     """
     settings = settings or InferenceSettings()
@@ -72,22 +76,25 @@ def predict_at_spacing(
     size = resampled_shape((height, width), spacing, plan.spacing)  # type: ignore[arg-type]
     labels = torch.empty((depth, height, width), dtype=torch.uint8)
     probabilities = None
+    # MONAI pads with one value: inputs of several channels, each with its own floor, are shifted so that every floor
+    # is 0, padded with 0, and shifted back in each window.
+    shift = None if isinstance(pad_value, (int, float)) else torch.tensor(pad_value, device=device).view(1, -1, 1, 1)
 
     def predictor(windows: torch.Tensor) -> torch.Tensor:
-        return predict_slices(model, windows, settings)
+        return predict_slices(model, windows if shift is None else windows + shift, settings)
 
     for start in range(0, depth, batch_size):
         chunk = volume[start : start + batch_size].to(device, torch.float32)
         resampled = resample_image(chunk, size)
         probs = sliding_window_inference(
-            resampled,
+            resampled if shift is None else resampled - shift,
             plan.patch_size,
             batch_size,
             predictor,
             overlap=plan.overlap,
             mode="gaussian",
             padding_mode="constant",
-            cval=float(pad_value),
+            cval=0.0 if shift is not None else float(pad_value),  # type: ignore[arg-type]
         )
         probs = torch.as_tensor(probs).float()
         back = resample_image(probs, (height, width))

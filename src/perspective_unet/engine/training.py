@@ -373,10 +373,12 @@ def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: Distr
         info=info,
         train_set=train_set,
         val_set=val_set,
-        sampling_weights=foreground_weights(train_set, config.foreground_sampling_weight),
+        sampling_weights=foreground_weights(train_set, config.foreground_sampling_weight, info.ignore_label),
         model=model,
         core_model=model,
-        loss_fn=SegmentationLoss(info.num_classes, ce_weight=config.ce_weight, dice_weight=config.dice_weight),
+        loss_fn=SegmentationLoss(
+            info.num_classes, ce_weight=config.ce_weight, dice_weight=config.dice_weight, ignore_index=info.ignore_label
+        ),
         optimizer=_make_optimizer(model, config),
         amp_dtype=amp_dtype,
         scaler=torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16),

@@ -17,6 +17,7 @@ from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.patches import PatchDataset
 from perspective_unet.engine.runtime import DistributedContext, require_memory
 from perspective_unet.errors import InputError
+from perspective_unet.intensity import foreground_mask
 from perspective_unet.plan import Plan, largest_slice_at
 
 __all__ = ["check_resampled_slices", "foreground_weights", "make_loader", "training_set", "validation_set"]
@@ -41,6 +42,7 @@ def training_set(
                 seed=config.seed,
                 context_slices=plan.context_slices,
                 intensity=plan.intensity,
+                other_channels=plan.other_channels,
                 cases=cases,
             )
         spacing = SpacingAugmentationConfig.from_dict(config.augmentation) if config.augment else None
@@ -78,11 +80,14 @@ def check_resampled_slices(
     )
 
 
-def foreground_weights(dataset: SliceDataset | PatchDataset, weight: float) -> torch.Tensor | None:
-    """Sampling weight per slice: ``weight`` for slices holding any foreground, 1 otherwise (None when uniform)."""
+def foreground_weights(
+    dataset: SliceDataset | PatchDataset, weight: float, ignore_label: int | None = None
+) -> torch.Tensor | None:
+    """Sampling weight per slice: ``weight`` for slices holding any foreground (voxels of ``ignore_label``, without
+    annotation, are none), 1 otherwise (None when uniform)."""
     if weight == 1.0:
         return None
-    has_foreground = [bool(dataset.load_slice(i)[1].any()) for i in range(len(dataset))]
+    has_foreground = [bool(foreground_mask(dataset.load_slice(i)[1], ignore_label).any()) for i in range(len(dataset))]
     return torch.tensor([weight if f else 1.0 for f in has_foreground], dtype=torch.float64)
 
 

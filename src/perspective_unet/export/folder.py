@@ -97,7 +97,8 @@ def model_card(model: PerspectiveUNet, info: InferenceInfo) -> str:
         "",
         "## Training data (as recorded)",
         "",
-        f"- dataset: {info.dataset_name or 'not recorded'}; modality {info.modality or 'not recorded'}",
+        f"- dataset: {info.dataset_name or 'not recorded'}; modality {info.modality or 'not recorded'}"
+        + (f"; input channels {', '.join(info.channel_names)} (files <case>_0000, ...)" if info.channel_names else ""),
         f"- intensity normalization: {info.normalization or 'not recorded'}",
         f"- classes: {', '.join(info.class_names) or 'not recorded'}",
         "",

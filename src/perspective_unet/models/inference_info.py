@@ -24,7 +24,7 @@ __all__ = ["DEFAULT_IMG_SIZE", "InferenceInfo"]
 # The paper protocol's slice size, assumed when a saved model records neither a plan nor a training size.
 DEFAULT_IMG_SIZE = (224, 224)
 # The dataset description keys a model folder's preprocessing.json keeps, in this order.
-_RECORD_KEYS = ("name", "modality", "normalization", "intensity", "orientation")
+_RECORD_KEYS = ("name", "modality", "normalization", "intensity", "orientation", "channel_names")
 
 
 def _text(value: Any) -> str | None:
@@ -45,6 +45,8 @@ class InferenceInfo:
             :meth:`stored_intensity` for the range the older records imply.
         normalization: The training data's normalization as text, when recorded.
         orientation: The canonical orientation code the training volumes were cut in, when recorded.
+        channel_names: The input channels' names in channel order, recorded for data of several channels (empty
+            otherwise: the one channel is the ``modality``).
         dataset_name: The training dataset's name, when recorded.
         license: The training data's license, when recorded.
         epoch: The epoch the checkpoint was written after, when recorded.
@@ -66,6 +68,7 @@ class InferenceInfo:
     intensity: IntensitySpec | None = None
     normalization: str | None = None
     orientation: str | None = None
+    channel_names: tuple[str, ...] = ()
     dataset_name: str | None = None
     license: str | None = None
     epoch: int | None = None
@@ -82,6 +85,7 @@ class InferenceInfo:
         object.__setattr__(self, "img_size", (int(size[0]), int(size[1])))
         object.__setattr__(self, "held_out", tuple(str(case) for case in self.held_out))
         object.__setattr__(self, "class_names", tuple(str(name) for name in self.class_names))
+        object.__setattr__(self, "channel_names", tuple(str(name) for name in self.channel_names))
         object.__setattr__(self, "sources", tuple(Path(source) for source in self.sources))
 
     def stored_intensity(self) -> IntensitySpec | None:
@@ -96,9 +100,11 @@ class InferenceInfo:
         """Raise ``InputError`` when the plan asks for another number of input channels than the model takes."""
         plan = self.plan
         if plan is not None and in_channels != plan.in_channels and not repeat_gray_to_rgb:
+            data = "" if plan.num_channels == 1 else f"{plan.num_channels} data channels, each "
             raise InputError(
-                f"{origin}: its plan gives {plan.in_channels} input channel(s) (the slice and {plan.context_slices} "
-                f"context slices on each side) but its model takes {in_channels}; the file is inconsistent."
+                f"{origin}: its plan gives {plan.in_channels} input channel(s) ({data}the slice and "
+                f"{plan.context_slices} context slices on each side) but its model takes {in_channels}; the file is "
+                "inconsistent."
             )
 
     def check_classes(self, num_classes: int, origin: str | os.PathLike[str]) -> None:
@@ -131,7 +137,8 @@ class InferenceInfo:
         Args:
             plan: The plan, as a dict or a :class:`Plan`, or None.
             dataset: The description: ``class_names``, ``modality``, ``normalization`` (older files:
-                ``normalisation``), ``intensity``, ``orientation``, ``name``, ``license``.
+                ``normalisation``), ``intensity``, ``orientation``, ``channel_names`` (``{"0": name, ...}``),
+                ``name``, ``license``.
             origin: The file, named in errors.
             **fields: Other fields (``img_size``, ``epoch``, ``train_config``, ``sources``).
 
@@ -154,9 +161,15 @@ class InferenceInfo:
                 f"{origin} records an unknown intensity normalization {dataset.get('intensity')!r} ({exc}); the file "
                 "is damaged or was edited."
             ) from None
+        channels = dataset.get("channel_names") or {}
+        try:
+            channel_names = tuple(str(channels[key]) for key in sorted(channels, key=int))
+        except (TypeError, ValueError, AttributeError):
+            raise InputError(f"{origin} records channel_names {channels!r}, not numbered channels.") from None
         return cls(
             plan=plan,
             class_names=tuple(dataset.get("class_names") or ()),
+            channel_names=channel_names,
             modality=_text(dataset.get("modality")),
             intensity=intensity,
             normalization=_text(dataset.get("normalization", dataset.get("normalisation"))),
@@ -215,13 +228,15 @@ class InferenceInfo:
         return cls.from_record(plan, dataset, origin, img_size=img_size, sources=(Path(origin),))
 
     def dataset_record(self) -> dict[str, Any]:
-        """preprocessing.json's ``dataset`` entry: name, modality, normalization, intensity, orientation (as known)."""
+        """preprocessing.json's ``dataset`` entry: name, modality, normalization, intensity, orientation, the channel
+        names of several (as known)."""
         values = {
             "name": self.dataset_name,
             "modality": self.modality,
             "normalization": self.normalization,
             "intensity": self.intensity.stored_range() if self.intensity is not None else None,
             "orientation": self.orientation,
+            "channel_names": {str(i): name for i, name in enumerate(self.channel_names)} or None,
         }
         return {key: values[key] for key in _RECORD_KEYS if values[key] is not None}
 

@@ -212,11 +212,25 @@ class DatasetLayout(ABC):
         return refs
 
     def read_slice(self, ref: SliceRef) -> tuple[np.ndarray, np.ndarray | None]:
-        """The stored slice: image float32 (H, W) and label int64 (H, W) or None."""
+        """The stored slice: image float32 (H, W), or (C, H, W) for several channels, and label int64 (H, W) or None.
+
+        Raises:
+            InputError: The image is not a slice of the folder's channels, or the label's shape differs.
+        """
         image, label = load_npz(ref.path) if ref.z is None else self.read_volume_slice(ref.path, ref.z)
-        if image.ndim != 2 or (label is not None and image.shape != label.shape):
+        channels = self.info.num_channels
+        expected = 2 if channels == 1 else 3
+        if (
+            image.ndim != expected
+            or (channels > 1 and image.shape[0] != channels)
+            or (label is not None and image.shape[-2:] != label.shape)
+        ):
             shape = None if label is None else label.shape
-            raise InputError(f"{ref.path}: slice image {image.shape} and label {shape} must be equal 2D shapes.")
+            form = "(H, W)" if channels == 1 else f"({channels}, H, W)"
+            raise InputError(
+                f"{ref.path}: slice image {image.shape} and label {shape} must be a {form} image and an (H, W) label "
+                "of one size."
+            )
         return image.astype(np.float32), None if label is None else np.rint(label).astype(np.int64)
 
     def read_volume(self, path: Path) -> tuple[np.ndarray, np.ndarray | None, dict[str, Any]]:
@@ -264,19 +278,27 @@ class DatasetLayout(ABC):
                     f"derive it again with `perspective-unet plan -d {self.root} --reset` (add --protocol paper for "
                     "the paper protocol)."
                 )
-            return Plan("paper", (224, 224), recorded or IntensitySpec("unit"), batch_size=12)
+            others = tuple(spec.replace(scaling="symmetric") for spec in self.info.other_channels or ())
+            return Plan("paper", (224, 224), recorded or IntensitySpec("unit"), batch_size=12, other_channels=others)
         plan = read_plan(path)
-        if recorded is not None and _stage1(plan.intensity) != _stage1(recorded):
+        stored = self.info.stored_intensities()
+        if stored is not None and plan.num_channels != len(stored):
             raise InputError(
-                f"{path}: intensity {plan.intensity.to_dict()} does not match the stored data's "
-                f"{recorded.to_dict()} (kind, window and percentiles are fixed when the data are prepared; only "
-                f"scaling, mean and std may be edited). Fix the file or run `perspective-unet plan -d {self.root} "
-                "--reset`."
+                f"{path}: the plan gives {plan.num_channels} input channel(s) but the stored data have {len(stored)}. "
+                f"Fix the file or run `perspective-unet plan -d {self.root} --reset`."
             )
+        for spec, data in zip(plan.intensities, stored or ()):
+            if _stage1(spec) != _stage1(data):
+                raise InputError(
+                    f"{path}: intensity {spec.to_dict()} does not match the stored data's {data.to_dict()} (kind, "
+                    "window and percentiles are fixed when the data are prepared; only scaling, mean and std may be "
+                    f"edited). Fix the file or run `perspective-unet plan -d {self.root} --reset`."
+                )
         return plan
 
-    def case_statistics(self) -> dict[str, ImageStats]:
-        """Per-case mean and std of the stored images (from the fingerprint), for per-image z-scoring.
+    def case_statistics(self) -> dict[str, tuple[ImageStats, ...]]:
+        """Per-case mean and std of the stored images (from the fingerprint), one per input channel, for per-image
+        z-scoring.
 
         Raises:
             InputError: The folder has no fingerprint.
@@ -287,7 +309,7 @@ class DatasetLayout(ABC):
                 f"{self.root} has no {FINGERPRINT_FILE}: per-image z-scoring needs each case's statistics. "
                 "Prepare the dataset again with `perspective-unet prepare`, or use 'symmetric' scaling."
             )
-        return {c.case: ImageStats(c.stored.mean, c.stored.std) for c in fingerprint.cases}
+        return {c.case: tuple(ImageStats(s.mean, s.std) for s in c.stored_channels) for c in fingerprint.cases}
 
     def plan_for_training(
         self,

@@ -100,16 +100,17 @@ def save_npz(path: Path, image: np.ndarray, label: np.ndarray | None, image_key:
 
 
 def save_h5(path: Path, image: np.ndarray, label: np.ndarray | None, attrs: Mapping[str, Any] | None = None) -> None:
-    """Write a ``(Z, H, W)`` volume (image float32, label uint8 if any) with its attributes as ``.npy.h5``."""
+    """Write a ``(Z, H, W)`` (or ``(Z, C, H, W)``) volume (image float32, label uint8 (Z, H, W) if any) with its
+    attributes as ``.npy.h5``."""
     image = np.asarray(image, dtype=np.float32)
     # One chunk per slice: a slice-wise reader touches one chunk, and gzip keeps the files small.
     chunks = (1, *image.shape[1:])
     with h5py.File(path, "w") as f:
         f.create_dataset("image", data=image, chunks=chunks, compression="gzip", compression_opts=4)
         if label is not None:
-            f.create_dataset(
-                "label", data=np.asarray(label, dtype=np.uint8), chunks=chunks, compression="gzip", compression_opts=4
-            )
+            label = np.asarray(label, dtype=np.uint8)
+            label_chunks = (1, *label.shape[1:])
+            f.create_dataset("label", data=label, chunks=label_chunks, compression="gzip", compression_opts=4)
         for key, value in (attrs or {}).items():
             f.attrs[key] = value
 

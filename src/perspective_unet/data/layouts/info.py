@@ -24,9 +24,12 @@ from typing import Any
 
 from perspective_unet.intensity import IntensitySpec, recorded_intensity
 
-__all__ = ["IMG_FORMAT_VERSION", "SPLITS", "DatasetInfo"]
+__all__ = ["IGNORE_LABEL", "IMG_FORMAT_VERSION", "SPLITS", "DatasetInfo"]
 
 IMG_FORMAT_VERSION = 1
+# The value prepared labels give voxels without annotation (nnU-Net's ignore label, whatever its id in the raw data):
+# above any class id the uint8 labels can hold beside it, the same for every dataset.
+IGNORE_LABEL = 255
 SPLITS = ("train", "val", "test")
 # dataset.json keys of folders prepared before the American spelling -> today's keys.
 _OLD_KEYS = {"normalisation": "normalization", "licence": "license"}
@@ -43,9 +46,11 @@ _ENTRIES = (
     "notes",
     "slice_split",
     "class_voxels",
+    "ignore_label",
+    "other_channels",
 )
-# What a checkpoint keeps of the description: what prediction needs later (classes, modality, intensities).
-_SUMMARY = ("name", "num_classes", "class_names", "modality", "normalization", *_ENTRIES[:4])
+# What a checkpoint keeps of the description: what prediction needs later (classes, modality, intensities, channels).
+_SUMMARY = ("name", "num_classes", "class_names", "modality", "normalization", *_ENTRIES[:4], "channel_names")
 
 
 @dataclass(frozen=True)
@@ -54,23 +59,30 @@ class DatasetInfo:
 
     Attributes:
         name: Dataset name.
-        class_names: Class names by class id, ``background`` first.
+        class_names: Class names by class id, ``background`` first (the ignore label is no class).
         splits: Case names by split (``train``, ``val``, ``test``); a split not listed has no cases.
-        modality: ``CT``, ``MR``, ``2D`` or the channel's name.
+        modality: ``CT``, ``MR``, ``2D`` or the channel's name (the channels' names joined by ``+`` for several).
         normalization: How raw intensities became the stored [0, 1] range, for people.
-        intensity: The same, machine-readable (stage 1 of the intensity normalization); None when not recorded.
+        intensity: The same, machine-readable (stage 1 of the intensity normalization; input channel 0's when there
+            are several); None when not recorded.
         orientation: The canonical orientation of the stored (Z, H, W) arrays (``SPL``, ``stored``, ``2d``, ...), or
             None when unknown (TransUNet-style files).
         source: Where the data came from.
         license: The data's license or terms.
         channel_names: The input channels by index (nnU-Net's ``channel_names``); None for the one channel the
-            modality names.
+            modality names. Images of several channels are stored channel axis first per slice: (C, H, W) slices,
+            (Z, C, H, W) volumes.
         label_origin: How the labels were made, when that matters (model output rather than annotation).
         label_map: Source label value -> class id, for converters that remap labels.
         split_seed: Seed of a drawn case split.
         notes: Free text.
         slice_split: How a volume was split into blocks of slices (the demo).
         class_voxels: Voxels per class and side of the split (the demo).
+        ignore_label: The label value of voxels without annotation (:data:`IGNORE_LABEL` in prepared data), which
+            are no class: left out of the loss, the metrics and the intensity fingerprint; None when every voxel is
+            annotated.
+        other_channels: The stored range of input channels 1, 2, ... (channel 0's is ``intensity``); None for one
+            channel.
         extra: Any other entries of ``dataset.json``, kept as they are.
         img_format_version: Version of the prepared layout.
     """
@@ -91,17 +103,48 @@ class DatasetInfo:
     notes: str | None = None
     slice_split: Mapping[str, Any] | None = None
     class_voxels: Mapping[str, Mapping[str, int]] | None = None
+    ignore_label: int | None = None
+    other_channels: tuple[IntensitySpec, ...] | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
     img_format_version: int = IMG_FORMAT_VERSION
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "class_names", tuple(str(n) for n in self.class_names))
         object.__setattr__(self, "splits", {str(k): tuple(str(c) for c in v) for k, v in self.splits.items()})
+        if self.other_channels is not None:
+            specs = tuple(
+                s if isinstance(s, IntensitySpec) else IntensitySpec.from_dict(s) for s in self.other_channels
+            )
+            object.__setattr__(self, "other_channels", specs or None)
+        if self.ignore_label is not None:
+            ignore = self.ignore_label
+            if isinstance(ignore, bool) or not isinstance(ignore, int) or not self.num_classes <= ignore <= 255:
+                raise ValueError(
+                    f"ignore_label must be an integer from {self.num_classes} (above the class ids) to 255, got "
+                    f"{ignore!r}."
+                )
+        names = self.channel_names
+        if names is not None and len(names) > 1 and len(names) != self.num_channels:
+            raise ValueError(
+                f"channel_names names {len(names)} channels but other_channels gives the intensities of "
+                f"{self.num_channels}."
+            )
 
     @property
     def num_classes(self) -> int:
-        """Number of classes, background included."""
+        """Number of classes, background included (the ignore label is none)."""
         return len(self.class_names)
+
+    @property
+    def num_channels(self) -> int:
+        """Number of input channels of the stored images."""
+        return 1 + len(self.other_channels or ())
+
+    def channel_list(self) -> tuple[str, ...]:
+        """The input channels' names in channel order (the modality alone for one channel without names)."""
+        if self.channel_names:
+            return tuple(str(self.channel_names[key]) for key in sorted(self.channel_names, key=int))
+        return (self.modality,)
 
     def cases(self, split: str) -> tuple[str, ...]:
         """The cases of a split (none when the split is not listed)."""
@@ -118,6 +161,11 @@ class DatasetInfo:
         ``normalization`` text, per-image percentiles for MR, and the type range for 2D pictures.
         """
         return recorded_intensity(self.intensity, self.normalization, self.modality)
+
+    def stored_intensities(self) -> tuple[IntensitySpec, ...] | None:
+        """Every input channel's stored range, channel 0's first, or None when the description does not say."""
+        first = self.stored_intensity()
+        return None if first is None else (first, *(self.other_channels or ()))
 
     def to_dict(self) -> dict[str, Any]:
         """``dataset.json``'s content, key for key as the prepared writer has always written it."""
@@ -167,6 +215,11 @@ class DatasetInfo:
             fields[key] = str(fields.get(key) or "")
         # An empty entry says as little as none: the normalization text and the modality decide.
         fields["intensity"] = IntensitySpec.from_dict(fields["intensity"]) if fields.get("intensity") else None
+        if fields.get("other_channels") is not None:
+            others = fields["other_channels"]
+            if isinstance(others, (str, Mapping)) or not isinstance(others, Sequence):
+                raise ValueError(f"other_channels must be a list of intensity records, got {others!r}.")
+            fields["other_channels"] = tuple(IntensitySpec.from_dict(spec) for spec in others)
         if "img_format_version" in fields:
             fields["img_format_version"] = int(fields["img_format_version"])
         return cls(

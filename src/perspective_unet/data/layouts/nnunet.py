@@ -3,33 +3,38 @@
 ```
 RAW/
   dataset.json            channel_names {"0": "CT"}, labels {"background": 0, "liver": 1, ...}, file_ending
-  imagesTr/<case>_0000<file_ending>
+  imagesTr/<case>_0000<file_ending>   one file per channel: _0000, _0001, ... as channel_names numbers them
   labelsTr/<case><file_ending>
   imagesTs/, labelsTs/    optional; with labels they form the test split, without labels they are skipped
 ```
 
 Volumes are reoriented to the canonical axial orientation (``"SPL"``, see ``io.to_canonical``; ``"stored"`` keeps
-the acquisition's slice axis) and cut into slices. Normalization: CT (``channel_names`` says "CT") by a HU window,
-given or taken from the 0.5th / 99.5th percentiles of the training cases' foreground (nnU-Net's rule); any other
-modality per volume (see ``intensity.percentile_minmax``). Every case of ``imagesTr`` is a training case by default,
-so cross-validation (``train --fold K``, see ``perspective_unet.data.folds``) draws its folds from all of them, as
-nnU-Net does; the test split is ``imagesTs`` with ``labelsTs``, or, when asked (``test_fraction``, ``val_fraction``),
-a seeded share of ``imagesTr``.
-A ``file_ending`` of a 2D picture format (``.png``, ...) gives a 2D dataset (see ``folder2d``).
+the acquisition's slice axis) and cut into slices. Normalization, per channel by its name: CT (``channel_names``
+says "CT") by a HU window, given or taken from the 0.5th / 99.5th percentiles of the training cases' foreground
+(nnU-Net's rule); any other modality per volume (see ``intensity.percentile_minmax``). Every channel is kept (the
+prepared images get a channel axis, see ``DatasetInfo.channel_names``) unless ``channel`` picks one; the channel files
+of a case must share one voxel grid. Every case of ``imagesTr`` is a training case by default, so cross-validation
+(``train --fold K``, see ``perspective_unet.data.folds``) draws its folds from all of them, as nnU-Net does; the test
+split is ``imagesTs`` with ``labelsTs``, or, when asked (``test_fraction``, ``val_fraction``), a seeded share of
+``imagesTr``. A ``file_ending`` of a 2D picture format (``.png``, ...) gives a 2D dataset (see ``folder2d``; one
+channel).
+
+nnU-Net's ignore label (the label named ``"ignore"``, the highest id: voxels without annotation) is no class: it is
+stored as ``IGNORE_LABEL`` (255) and recorded as ``ignore_label``, and its voxels are not foreground for the CT window
+and the fingerprint.
 
 A folder without ``dataset.json`` but with ``images/`` and ``masks/`` (or ``labels/``) is read as a plain 2D
 dataset (see ``pictures``).
 
-The files of a case's channels (``_0000``, ``_0001``, ...) are found in one place, :func:`channel_files`; the
-prepared layout holds one channel (``channel``).
+The files of a case's channels (``_0000``, ``_0001``, ...) and dataset.json's labels and channel names are read in
+:mod:`~perspective_unet.data.layouts.nnunet_files`.
 """
 
 from __future__ import annotations
 
 import logging
 import os
-import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -37,13 +42,15 @@ import numpy as np
 
 from perspective_unet.data.checks import check_ct_window, check_percentiles, require_files
 from perspective_unet.data.io import PICTURE_SUFFIXES
-from perspective_unet.data.layouts.info import DatasetInfo
+from perspective_unet.data.layouts.info import IGNORE_LABEL, DatasetInfo
+from perspective_unet.data.layouts.nnunet_files import case_files, channel_names, label_ids
 from perspective_unet.data.layouts.pictures import PictureFolders, prepare_pictures
 from perspective_unet.data.layouts.prepared import PreparedWriter
 from perspective_unet.data.layouts.raw import (
     CanonicalPair,
     RawDataset,
     progress,
+    read_channels,
     read_pair,
     volume_attrs,
     warn_if_all_background,
@@ -54,37 +61,18 @@ from perspective_unet.errors import InputError
 from perspective_unet.intensity import (
     MR_PERCENTILES,
     IntensitySpec,
-    ct_window,
     describe_ct_window,
     describe_mr,
-    percentile_minmax,
+    foreground_mask,
     percentile_window,
 )
 from perspective_unet.outputs import read_json
 
-__all__ = ["NnUNetRaw", "channel_files", "prepare_nnunet"]
+__all__ = ["NnUNetRaw", "prepare_nnunet"]
 
 logger = logging.getLogger(__name__)
 
 _REQUIRED_FIELDS = ("channel_names", "labels", "file_ending")
-
-
-_CHANNEL_FILE = re.compile(r"^(?P<case>.+)_(?P<channel>\d{4})$")
-
-
-def channel_files(images: Path, file_ending: str) -> dict[str, dict[int, Path]]:
-    """The image files of a folder by case and channel: ``<case>_<XXXX><file_ending>`` -> ``{case: {XXXX: path}}``.
-
-    The one place channels are read: a case's channels are the files that share its name.
-    """
-    found: dict[str, dict[int, Path]] = {}
-    for path in sorted(images.iterdir()):
-        if not path.name.endswith(file_ending):
-            continue
-        match = _CHANNEL_FILE.match(path.name[: -len(file_ending)])
-        if match:
-            found.setdefault(match["case"], {})[int(match["channel"])] = path
-    return found
 
 
 class NnUNetRaw(RawDataset):
@@ -94,21 +82,27 @@ class NnUNetRaw(RawDataset):
         root: The raw folder.
         dataset_json: The whole dataset.json.
         name: Dataset name (``name`` of dataset.json, or the folder name).
-        class_names: Class names by id, background first.
-        channel: The channel used.
-        modality: The channel's name, such as "CT" or "T2".
+        class_names: Class names by id, background first (the ignore label is none).
+        ignore_id: The raw id of nnU-Net's ignore label (voxels without annotation), or None.
+        channels: The input channels used, by index.
+        channel_modalities: Their names, such as "CT" or "T2".
+        modality: The channel's name, or the names joined by ``+`` for several.
         file_ending: Suffix of every image and label file.
-        training: (case, image path, label path) of ``imagesTr``.
-        testing: (case, image path, label path) of ``imagesTs`` cases that have a label in ``labelsTs``.
+        training: (case, image paths by channel, label path) of ``imagesTr``.
+        testing: (case, image paths by channel, label path) of ``imagesTs`` cases that have a label in ``labelsTs``.
+
+    Args:
+        root: The raw folder.
+        channel: Use this input channel only; None uses every channel of ``channel_names``.
 
     Raises:
-        InputError: No dataset.json, invalid JSON, a missing field, bad labels, missing files.
+        InputError: No dataset.json, invalid JSON, a missing field, bad labels or channels, missing files.
     """
 
     command = "nnunet"
     description = "nnU-Net raw dataset"
 
-    def __init__(self, root: str | os.PathLike[str], channel: int = 0) -> None:
+    def __init__(self, root: str | os.PathLike[str], channel: int | None = None) -> None:
         super().__init__(root)
         json_path = self.root / "dataset.json"
         if not json_path.is_file():
@@ -128,15 +122,17 @@ class NnUNetRaw(RawDataset):
         self.dataset_json = info
         self.name = str(info.get("name") or self.root.name)
         self.file_ending = str(info["file_ending"])
-        channels = info["channel_names"]
-        if not isinstance(channels, dict) or str(channel) not in {str(k) for k in channels}:
+        names = channel_names(info["channel_names"], json_path)
+        if channel is not None and not 0 <= channel < len(names):
             raise InputError(
-                f"{json_path}: channel_names {channels!r} has no channel {channel}; pick one with "
+                f"{json_path}: channel_names {info['channel_names']!r} has no channel {channel}; pick one with "
                 "--channel or fix channel_names."
             )
-        self.modality = str({str(k): v for k, v in channels.items()}[str(channel)])
-        self.class_names = _class_names(info["labels"], json_path)
-        self.channel = channel
+        self.declared_channels = len(names)
+        self.channels = tuple(range(len(names))) if channel is None else (channel,)
+        self.channel_modalities = tuple(names[c] for c in self.channels)
+        self.modality = "+".join(self.channel_modalities)
+        self.class_names, self.ignore_id = label_ids(info["labels"], json_path)
         self.training = self._cases("imagesTr", "labelsTr", require_labels=True)
         self.testing = self._cases("imagesTs", "labelsTs", require_labels=False)
 
@@ -145,35 +141,36 @@ class NnUNetRaw(RawDataset):
         return (root / "dataset.json").is_file() and (root / "imagesTr").is_dir()
 
     @property
-    def is_ct(self) -> bool:
-        """Whether the channel is CT, which decides between a HU window and per-volume normalization."""
-        return self.modality.strip().upper() == "CT"
-
-    @property
     def is_2d(self) -> bool:
         """Whether the files are 2D pictures."""
         return self.file_ending.lower() in PICTURE_SUFFIXES
 
-    def _cases(self, images_name: str, labels_name: str, require_labels: bool) -> list[tuple[str, Path, Path | None]]:
+    @property
+    def ignore_label(self) -> int | None:
+        """The value the ignore label gets in the prepared labels (None without one)."""
+        return None if self.ignore_id is None else IGNORE_LABEL
+
+    def _cases(
+        self, images_name: str, labels_name: str, require_labels: bool
+    ) -> list[tuple[str, tuple[Path, ...], Path]]:
         images, labels = self.root / images_name, self.root / labels_name
         if not images.is_dir():
             if require_labels:
                 raise InputError(f"{images} is missing; an nnU-Net raw dataset keeps its training images there.")
             return []
-        ending = self.file_ending
-        image_files = {
-            case: files[self.channel] for case, files in channel_files(images, ending).items() if self.channel in files
-        }
+        image_files = case_files(images, self.file_ending, self.channels, self.declared_channels)
         if require_labels:
-            require_files(list(image_files.values()), images, f"files named <case>_{self.channel:04d}{ending}")
+            require_files(
+                list(image_files.values()), images, f"files named <case>_{self.channels[0]:04d}{self.file_ending}"
+            )
         cases = []
-        for case, image_path in image_files.items():
-            label_path = labels / f"{case}{ending}"
+        for case, image_paths in image_files.items():
+            label_path = labels / f"{case}{self.file_ending}"
             if not label_path.exists():
                 if require_labels:
-                    raise InputError(f"{image_path} has no label {label_path}; every training case needs one.")
+                    raise InputError(f"{image_paths[0]} has no label {label_path}; every training case needs one.")
                 continue
-            cases.append((case, image_path, label_path))
+            cases.append((case, image_paths, label_path))
         if not require_labels and image_files and not cases:
             logger.info(
                 "%s has no labels in %s: its cases are skipped (use `perspective-unet predict` on them).",
@@ -208,42 +205,31 @@ class NnUNetRaw(RawDataset):
         percentiles = check_percentiles(percentiles, "percentiles")
         if ct_window_hu is not None:
             ct_window_hu = check_ct_window(ct_window_hu, "ct_window_hu")
-        num_channels = len(self.dataset_json["channel_names"])
-        if num_channels > 1:
-            logger.info(
-                "%s has %d channels; only channel %d (%s) is used.",
-                self.root,
-                num_channels,
-                self.channel,
-                self.modality,
-            )
+        if len(self.channels) < self.declared_channels:
+            used = f"only channel {self.channels[0]} ({self.modality}) is used"
+            logger.info("%s has %d channels; %s.", self.root, self.declared_channels, used)
         splits = _case_splits(self, val_fraction, test_fraction, seed)
-        all_cases = self.training + self.testing
         source = f"nnU-Net raw dataset {self.name} ({self.root})"
         raw_license = self.dataset_json.get("licence") or self.dataset_json.get("license")
         license = str(raw_license or "as stated by the dataset's owners")
         if self.is_2d:
-            return prepare_pictures(
-                all_cases, out, splits, self.class_names, self.name, source, license, overwrite, protocol, self.root
-            )
-        allowed = range(len(self.class_names))
-        by_case = {case: (image, label) for case, image, label in all_cases}
-
-        def read(case: str) -> CanonicalPair:
-            image_path, label_path = by_case[case]
-            return read_pair(image_path, label_path, allowed, orientation)
-
-        window, normalization = _normalization(self, read, splits["train"], ct_window_hu, percentiles, seed)
-        with PreparedWriter(out, overwrite=overwrite) as writer:
+            return self._prepare_pictures(out, splits, source, license, overwrite, protocol)
+        read = self._reader(orientation)
+        stored = [
+            _normalization(self, c, read, splits["train"], ct_window_hu, percentiles, seed)
+            for c in range(len(self.channels))
+        ]
+        channels, ignore_label = len(self.channels), self.ignore_label
+        with PreparedWriter(out, overwrite=overwrite, channels=channels, ignore_label=ignore_label) as writer:
             any_foreground = False
             for split in ("train", "val", "test"):
                 for case in progress(splits[split], f"{split} cases"):
                     pair = read(case)
-                    image = ct_window(pair.image, window) if self.is_ct else percentile_minmax(pair.image, percentiles)
-                    attrs = volume_attrs(pair, by_case[case][0].name)
+                    image = _stored_image(pair.image, [spec for spec, _ in stored])
+                    attrs = volume_attrs(pair, self.files[case][0][0].name)
                     if split == "train":
                         assert pair.label is not None
-                        any_foreground = any_foreground or bool(pair.label.any())
+                        any_foreground = any_foreground or bool(foreground_mask(pair.label, ignore_label).any())
                         writer.add_train_volume(
                             case, image, pair.label, spacing=pair.spacing, attrs=attrs, raw=pair.image
                         )
@@ -251,49 +237,76 @@ class NnUNetRaw(RawDataset):
                         writer.add_volume(split, case, image, pair.label, pair.spacing, attrs, raw=pair.image)
             if splits["train"]:
                 warn_if_all_background(any_foreground, self.root)
-            intensity = (
-                IntensitySpec("ct_window", window=window)
-                if self.is_ct
-                else IntensitySpec("percentile_minmax", percentiles=percentiles)
-            )
-            return writer.finish(
-                DatasetInfo(
-                    name=self.name,
-                    class_names=self.class_names,
-                    modality=self.modality,
-                    normalization=normalization,
-                    intensity=intensity,
-                    orientation=orientation,
-                    source=source,
-                    license=license,
-                    split_seed=seed,
-                ),
-                protocol=protocol,
-            )
+            return writer.finish(self._info(stored, orientation, source, license, seed), protocol=protocol)
 
+    @property
+    def files(self) -> dict[str, tuple[tuple[Path, ...], Path]]:
+        """(image paths by channel, label path) of every labeled case."""
+        return {case: (paths, label) for case, paths, label in self.training + self.testing}
 
-def _class_names(labels: Any, json_path: Path) -> list[str]:
-    if not isinstance(labels, dict) or not labels:
-        raise InputError(f"{json_path}: 'labels' must map class names to ids, such as {{\"background\": 0, ...}}.")
-    by_id: dict[int, str] = {}
-    for label_name, value in labels.items():
-        if isinstance(value, (list, tuple)):
+    def _reader(self, orientation: str) -> Callable[[str], CanonicalPair]:
+        """Reads a case: its channels (checked to share one grid) and its label, the ignore label's id as
+        ``IGNORE_LABEL``."""
+        classes = range(len(self.class_names))
+        allowed = [*classes, *([] if self.ignore_id is None else [self.ignore_id])]
+        label_map = None if self.ignore_id is None else {**{i: i for i in classes}, self.ignore_id: IGNORE_LABEL}
+        files = self.files
+
+        def read(case: str) -> CanonicalPair:
+            paths, label_path = files[case]
+            pair = read_pair(paths[0], label_path, allowed, orientation, label_map)
+            return read_channels(pair, paths[0], paths[1:])
+
+        return read
+
+    def _prepare_pictures(self, out: str | os.PathLike[str], splits: dict[str, list[str]], *details: Any) -> Path:
+        """A dataset of 2D pictures (one channel); ``details`` are :func:`prepare_pictures`' source to folder."""
+        if len(self.channels) > 1:
             raise InputError(
-                f"{json_path}: label {label_name!r} is a region ({value}); region-based labels are not "
-                "supported, declare one id per class."
+                f"{self.root / 'dataset.json'} declares {len(self.channels)} channels of 2D pictures; pictures "
+                "of several channels are not supported: prepare one of them with --channel K."
             )
-        try:
-            class_id = int(value)
-        except (TypeError, ValueError):
-            raise InputError(f"{json_path}: label {label_name!r} has id {value!r}, not an integer.") from None
-        if class_id in by_id:
-            raise InputError(f"{json_path}: labels {by_id[class_id]!r} and {label_name!r} share id {class_id}.")
-        by_id[class_id] = str(label_name)
-    if sorted(by_id) != list(range(len(by_id))):
-        raise InputError(f"{json_path}: label ids {sorted(by_id)} must be consecutive from 0 (background).")
-    if len(by_id) < 2:
-        raise InputError(f"{json_path}: 'labels' declares {len(by_id)} class; a segmentation needs at least two.")
-    return [by_id[i] for i in range(len(by_id))]
+        pairs = [(case, paths[0], label) for case, paths, label in self.training + self.testing]
+        names = (self.class_names, self.name)
+        return prepare_pictures(pairs, out, splits, *names, *details, self.root, ignore_id=self.ignore_id)
+
+    def _info(
+        self,
+        stored: list[tuple[IntensitySpec, str]],
+        orientation: str,
+        source: str,
+        license: str,
+        seed: int,
+    ) -> DatasetInfo:
+        """The description of the prepared data: one channel as always; several with their names and intensities."""
+        several, names = len(stored) > 1, self.channel_modalities
+        texts = [f"channel {i} ({names[i]}) {text}" if several else text for i, (_, text) in enumerate(stored)]
+        return DatasetInfo(
+            name=self.name,
+            class_names=self.class_names,
+            modality=self.modality,
+            normalization="; ".join(texts),
+            intensity=stored[0][0],
+            orientation=orientation,
+            source=source,
+            license=license,
+            channel_names={str(i): name for i, name in enumerate(names)} if several else None,
+            split_seed=seed,
+            ignore_label=self.ignore_label,
+            other_channels=tuple(spec for spec, _ in stored[1:]) or None,
+        )
+
+
+def _is_ct(name: str) -> bool:
+    """Whether a channel name says CT, which decides between a HU window and per-volume normalization."""
+    return name.strip().upper() == "CT"
+
+
+def _stored_image(raw: np.ndarray, specs: list[IntensitySpec]) -> np.ndarray:
+    """Stage 1 of every channel: (Z, H, W) or (Z, C, H, W) raw values to the stored [0, 1] range."""
+    if len(specs) == 1:
+        return specs[0].to_unit(raw)
+    return np.stack([spec.to_unit(raw[:, c]) for c, spec in enumerate(specs)], axis=1)
 
 
 def prepare_nnunet(
@@ -305,7 +318,7 @@ def prepare_nnunet(
     test_fraction: float = 0.0,
     seed: int = 1234,
     orientation: str = CANONICAL_ORIENTATION,
-    channel: int = 0,
+    channel: int | None = None,
     overwrite: bool = False,
     protocol: str = "spacing",
 ) -> Path:
@@ -323,7 +336,7 @@ def prepare_nnunet(
             ``labelsTs``, which then form the test split).
         seed: Seed of the case split.
         orientation: Canonical orientation code, ``"SPL"`` (axial) by default, or ``"stored"``.
-        channel: Which input channel to use (the layout holds one channel).
+        channel: Use this input channel only; None keeps every channel of ``channel_names``.
         overwrite: Replace an existing ``out``.
         protocol: Protocol of the plan written beside the data (``spacing`` by default, see ``perspective_unet.plan``).
 
@@ -357,10 +370,10 @@ def prepare_nnunet(
     )
 
 
-def _images_and_labels(read: Any, cases: list[str]) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
+def _images_and_labels(read: Any, cases: list[str], channel: int) -> Iterator[tuple[np.ndarray, np.ndarray | None]]:
     for case in progress(cases, "CT window statistics"):
         pair = read(case)
-        yield pair.image, pair.label
+        yield (pair.image if pair.image.ndim == 3 else pair.image[:, channel]), pair.label
 
 
 def _case_splits(dataset: NnUNetRaw, val_fraction: float, test_fraction: float, seed: int) -> dict[str, list[str]]:
@@ -378,20 +391,22 @@ def _case_splits(dataset: NnUNetRaw, val_fraction: float, test_fraction: float, 
 
 def _normalization(
     dataset: NnUNetRaw,
+    channel: int,
     read: Any,
     training: list[str],
     ct_window_hu: tuple[float, float] | None,
     percentiles: tuple[float, float],
     seed: int,
-) -> tuple[tuple[float, float], str]:
-    """The CT window (given, or the training foreground's percentiles) and the text describing the normalization;
-    for other modalities (per-image percentiles) the window is unused."""
-    if not dataset.is_ct:
-        return (0.0, 1.0), describe_mr(percentiles)
+) -> tuple[IntensitySpec, str]:
+    """The stored range of one of the channels used (by its position) and the text describing it: a CT window (given,
+    or the training foreground's percentiles) for CT, per-image percentiles otherwise."""
+    if not _is_ct(dataset.channel_modalities[channel]):
+        return IntensitySpec("percentile_minmax", percentiles=percentiles), describe_mr(percentiles)
     if ct_window_hu is None:
-        window = percentile_window(_images_and_labels(read, training), percentiles, seed)
+        volumes = _images_and_labels(read, training, channel)
+        window = percentile_window(volumes, percentiles, seed, ignore_label=dataset.ignore_label)
         how = f"{percentiles[0]:g}th/{percentiles[1]:g}th percentiles of the training foreground"
     else:
         window, how = (float(ct_window_hu[0]), float(ct_window_hu[1])), "given"
     logger.info("CT window: [%g, %g] HU", *window)
-    return window, describe_ct_window(window, how)
+    return IntensitySpec("ct_window", window=window), describe_ct_window(window, how)

@@ -20,7 +20,7 @@ import numpy as np
 
 from perspective_unet.data.checks import check_same_geometry, check_slice_size, require_files
 from perspective_unet.data.io import PICTURE_SUFFIXES, full_suffix, read_image
-from perspective_unet.data.layouts.info import DatasetInfo
+from perspective_unet.data.layouts.info import IGNORE_LABEL, DatasetInfo
 from perspective_unet.data.layouts.prepared import PreparedWriter
 from perspective_unet.data.layouts.raw import RawDataset, progress, warn_if_all_background
 from perspective_unet.data.splits import split_cases
@@ -186,6 +186,7 @@ def prepare_pictures(
     overwrite: bool = False,
     protocol: str = "spacing",
     folder: str | os.PathLike[str] | None = None,
+    ignore_id: int | None = None,
 ) -> Path:
     """Write 2D picture pairs (case, image, mask) into the prepared layout with the given case split.
 
@@ -200,13 +201,15 @@ def prepare_pictures(
         overwrite: Replace an existing ``out``.
         protocol: Protocol of the plan written beside the data.
         folder: The dataset's folder, named in warnings about the whole dataset (the first mask's folder if None).
+        ignore_id: The mask value of pixels without annotation (nnU-Net's ignore label), stored as ``IGNORE_LABEL``;
+            None when every pixel is annotated.
 
     Raises:
         InputError: JPEG masks, masks mixing the 0/255 and the class-id encodings, pictures smaller than 2 x 2
             pixels, mask values beyond the classes, unreadable files.
     """
     case_split = {case: split for split, cases in splits.items() for case in cases}
-    survey = _survey_masks([(case, m) for case, _, m in pairs if m is not None], case_split)
+    survey = _survey_masks([(case, m) for case, _, m in pairs if m is not None], case_split, ignore_id)
     names = list(class_names) if class_names else ["background", *[f"class_{i}" for i in range(1, survey.largest + 1)]]
     if len(names) < 2:
         raise InputError("A segmentation dataset needs at least two classes (background and one more).")
@@ -214,9 +217,10 @@ def prepare_pictures(
         warn_if_all_background(
             survey.train_foreground, folder if folder is not None else survey.first_mask.parent, "training mask"
         )
-    with PreparedWriter(out, overwrite=overwrite) as writer:
+    ignore_label = None if ignore_id is None else IGNORE_LABEL
+    with PreparedWriter(out, overwrite=overwrite, ignore_label=ignore_label) as writer:
         for case, image_path, mask_path in progress(pairs, "2D images"):
-            picture, image, label = _read_pair(image_path, mask_path, survey.binary_255, len(names))
+            picture, image, label = _read_pair(image_path, mask_path, survey.binary_255, len(names), ignore_id)
             split = case_split.get(case)
             if split is None:
                 continue
@@ -253,6 +257,7 @@ def prepare_pictures(
                 orientation="2d",
                 source=source,
                 license=license,
+                ignore_label=ignore_label,
             ),
             protocol=protocol,
         )
@@ -268,7 +273,9 @@ class _MaskSurvey:
     first_mask: Path | None
 
 
-def _survey_masks(masks: Sequence[tuple[str, Path]], case_split: dict[str, str]) -> _MaskSurvey:
+def _survey_masks(
+    masks: Sequence[tuple[str, Path]], case_split: dict[str, str], ignore_id: int | None = None
+) -> _MaskSurvey:
     """One encoding (0/255 or class ids) for the whole dataset, the largest class id, any training foreground.
 
     Raises:
@@ -292,7 +299,7 @@ def _survey_masks(masks: Sequence[tuple[str, Path]], case_split: dict[str, str])
             binary_example = binary_example or (mask_path if 255 in present else None)
         elif ids_example is None:
             ids_example = (mask_path, sorted(present))
-        train_foreground = train_foreground or (case_split.get(case) == "train" and bool(present - {0}))
+        train_foreground = train_foreground or (case_split.get(case) == "train" and bool(present - {0, ignore_id}))
     if binary_example is not None and ids_example is not None:
         ids_path, ids_values = ids_example
         shown = ", ".join(str(v) for v in ids_values[:8]) + (", ..." if len(ids_values) > 8 else "")
@@ -310,9 +317,10 @@ def _survey_masks(masks: Sequence[tuple[str, Path]], case_split: dict[str, str])
 
 
 def _read_pair(
-    image_path: Path, mask_path: Path | None, binary_255: bool, num_classes: int
+    image_path: Path, mask_path: Path | None, binary_255: bool, num_classes: int, ignore_id: int | None = None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-    """(picture as read, picture in [0, 1], class ids or None) of one image and its mask, checked."""
+    """(picture as read, picture in [0, 1], class ids or None) of one image and its mask, checked; the ignore label's
+    pixels hold ``IGNORE_LABEL``."""
     picture, meta = read_image(image_path)
     check_slice_size(picture.shape, image_path)
     image = picture_to_unit(picture, image_path)
@@ -322,9 +330,11 @@ def _read_pair(
     check_same_geometry(meta, mask_meta, image_path, mask_path)
     if binary_255:
         mask = (mask == 255).astype(np.uint8)
-    if int(mask.max(initial=0)) >= num_classes or int(mask.min(initial=0)) < 0:
+    ignored = None if ignore_id is None else mask == ignore_id
+    classes = mask if ignored is None else np.where(ignored, 0, mask)
+    if int(classes.max(initial=0)) >= num_classes or int(classes.min(initial=0)) < 0:
         raise InputError(
-            f"{mask_path} holds label values {sorted(int(v) for v in np.unique(mask) if v >= num_classes)}"
+            f"{mask_path} holds label values {sorted(int(v) for v in np.unique(classes) if v >= num_classes)}"
             f" beyond the declared classes 0..{num_classes - 1}; fix the mask or declare those classes."
         )
-    return picture, image, mask.astype(np.uint8)
+    return picture, image, (classes if ignored is None else np.where(ignored, IGNORE_LABEL, classes)).astype(np.uint8)

@@ -5,8 +5,9 @@ atomically.
 OUT/
   dataset.json                       name, num_classes, class_names, modality, normalization, source, license,
                                      splits {train, val, test}, orientation, img_format_version
-  train_npz/<case>_slice<NNN>.npz    image float32 (H, W) in [0, 1]; label uint8 (H, W)
-  val_vol_h5/<case>.npy.h5           image float32 (Z, H, W) in [0, 1]; label uint8 (Z, H, W); geometry attrs
+  train_npz/<case>_slice<NNN>.npz    image float32 (H, W) in [0, 1] ((C, H, W) for C channels); label uint8 (H, W)
+  val_vol_h5/<case>.npy.h5           image float32 (Z, H, W) in [0, 1] ((Z, C, H, W)); label uint8 (Z, H, W);
+                                     geometry attrs
   test_vol_h5/<case>.npy.h5          the same
   lists/train.txt                    one slice name per line (<case>_slice<NNN>), as in TransUNet's files
   lists/val.txt, lists/test_vol.txt  one case name per line
@@ -17,6 +18,9 @@ OUT/
   plan.json                          the plan (protocol, spacing, patch size, intensity, batch size, context
                                      slices), see ``perspective_unet.plan``; editable, `perspective-unet plan`
 ```
+
+Labels hold class ids; voxels without annotation (nnU-Net's ignore label) hold ``IGNORE_LABEL`` (255), recorded as
+``ignore_label`` in ``dataset.json``.
 
 ``PreparedWriter`` writes into a hidden temporary folder beside OUT and renames it to OUT only when everything
 succeeded, so a failure (bad input, a full disk, Ctrl-C) never leaves a half-written dataset. ``dataset.json`` is
@@ -140,14 +144,27 @@ class PreparedWriter(FolderWriter):
     Args:
         out: Final folder of the dataset.
         overwrite: Replace an existing ``out``; without it an existing ``out`` raises ``FileExistsError``.
+        channels: Input channels of the images; with several, every image carries a channel axis after the slice
+            axis: (Z, C, H, W) volumes, (C, H, W) slices (one channel: (Z, H, W) and (H, W), as always).
+        ignore_label: The label value of voxels without annotation (:data:`~.info.IGNORE_LABEL`), or None; the
+            fingerprint counts them as no foreground, and ``finish`` checks that the description records it.
     """
 
-    def __init__(self, out: str | os.PathLike[str], overwrite: bool = False) -> None:
+    def __init__(
+        self,
+        out: str | os.PathLike[str],
+        overwrite: bool = False,
+        *,
+        channels: int = 1,
+        ignore_label: int | None = None,
+    ) -> None:
         super().__init__(out, overwrite, folders=(TRAIN_DIR, VAL_DIR, TEST_DIR, LISTS_DIR))
         self.train_slices: list[str] = []
         self.splits: dict[str, list[str]] = {"train": [], "val": [], "test": []}
         self.geometry: dict[str, dict[str, Any]] = {}
-        self.fingerprint = FingerprintBuilder()
+        self.channels = int(channels)
+        self.ignore_label = ignore_label
+        self.fingerprint = FingerprintBuilder(channels=self.channels, ignore_label=ignore_label)
 
     def _add_case(self, split: str, case: str) -> None:
         for other, cases in self.splits.items():
@@ -190,7 +207,7 @@ class PreparedWriter(FolderWriter):
         attrs: dict[str, Any] | None = None,
         raw: np.ndarray | None = None,
     ) -> None:
-        """Write every slice of a ``(Z, H, W)`` volume; slice numbers start at ``first_index``.
+        """Write every slice of a ``(Z, H, W)`` (or ``(Z, C, H, W)``) volume; slice numbers start at ``first_index``.
 
         ``spacing`` and ``attrs`` (as for ``add_volume``), when given, are recorded in ``geometry.json``; ``raw``
         (the volume before normalization, e.g. in HU) feeds the fingerprint's raw foreground statistics.
@@ -223,7 +240,7 @@ class PreparedWriter(FolderWriter):
         Args:
             split: ``"val"`` or ``"test"``.
             case: Case name.
-            image: (Z, H, W) in [0, 1].
+            image: (Z, H, W) in [0, 1]; (Z, C, H, W) for several channels.
             label: (Z, H, W) class ids, or None for an unlabeled volume.
             spacing: Voxel size (z, y, x) in mm along the stored axes.
             attrs: Geometry needed to put a prediction back on the original grid (``affine``, ``original_shape``,
@@ -253,11 +270,18 @@ class PreparedWriter(FolderWriter):
         missing = [key for key in _REQUIRED_INFO if not getattr(info, key)]
         if missing or not info.class_names:
             raise ValueError(f"dataset info lacks {missing or ['class_names']}.")
+        if info.num_channels != self.channels or info.ignore_label != self.ignore_label:
+            raise ValueError(
+                f"dataset info describes {info.num_channels} channel(s) and ignore label {info.ignore_label}, but "
+                f"{self.channels} and {self.ignore_label} were written."
+            )
         if not self.splits["train"] and not self.splits["test"]:
             raise ValueError("Nothing was written: the dataset has neither training slices nor test volumes.")
         if protocol not in PROTOCOLS:
             raise ValueError(f"protocol must be one of {PROTOCOLS}, got {protocol!r}.")
-        fingerprint = self.fingerprint.build(info.modality, info.intensity or IntensitySpec("unit"))
+        fingerprint = self.fingerprint.build(
+            info.modality, info.intensity or IntensitySpec("unit"), info.other_channels or ()
+        )
         write_json_atomic(fingerprint.to_dict(), self.tmp / FINGERPRINT_FILE)
         if self.splits["train"]:
             write_json_atomic(derive_plan(fingerprint, protocol).to_dict(), self.tmp / PLAN_FILE)

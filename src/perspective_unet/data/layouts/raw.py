@@ -18,7 +18,13 @@ from typing import Any, ClassVar, TypeVar
 import numpy as np
 from tqdm import tqdm
 
-from perspective_unet.data.checks import check_finite, check_label_values, check_same_geometry, check_slice_size
+from perspective_unet.data.checks import (
+    check_channel_grid,
+    check_finite,
+    check_label_values,
+    check_same_geometry,
+    check_slice_size,
+)
 from perspective_unet.data.io import read_image
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, to_canonical
 
@@ -26,6 +32,7 @@ __all__ = [
     "CanonicalPair",
     "RawDataset",
     "progress",
+    "read_channels",
     "read_pair",
     "remap_labels",
     "volume_attrs",
@@ -76,7 +83,7 @@ class CanonicalPair:
     """An image and its label map, read, checked and brought to the canonical (Z, H, W) order.
 
     Attributes:
-        image: (Z, H, W) float array, raw intensities.
+        image: (Z, H, W) float array, raw intensities; (Z, C, H, W) for several channels.
         label: (Z, H, W) int array of class ids (after ``label_map``), or None.
         meta: The image's meta from ``read_image``.
         orientation: The orientation the canonical arrays are in.
@@ -92,6 +99,12 @@ class CanonicalPair:
     def spacing(self) -> tuple[float, float, float]:
         """Voxel size (z, y, x) in mm of the canonical arrays."""
         return canonical_spacing(self.meta, self.orientation)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The canonical (Z, H, W) shape, without the channel axis."""
+        shape = self.image.shape
+        return (shape[0], shape[-2], shape[-1])
 
 
 def read_pair(
@@ -130,6 +143,28 @@ def read_pair(
     return CanonicalPair(canonical, label, meta, orientation)
 
 
+def read_channels(pair: CanonicalPair, first_path: Path, others: Iterable[Path]) -> CanonicalPair:
+    """The pair with the case's other channel files read beside its image: image (Z, C, H, W), channel order kept.
+
+    Args:
+        pair: The case's first channel and its label (:func:`read_pair`).
+        first_path: The first channel's file.
+        others: The files of channels 1, 2, ...
+
+    Raises:
+        InputError: A file is unreadable, holds NaN/Inf voxels, or lies on another voxel grid than the first.
+    """
+    channels = [pair.image]
+    for path in others:
+        image, meta = read_image(path)
+        check_finite(image, path)
+        check_channel_grid(pair.meta, meta, first_path, path)
+        channels.append(to_canonical(image.astype(np.float32), pair.meta, pair.orientation))
+    if len(channels) == 1:
+        return pair
+    return CanonicalPair(np.stack(channels, axis=1), pair.label, pair.meta, pair.orientation)
+
+
 def remap_labels(label: np.ndarray, label_map: dict[int, int]) -> np.ndarray:
     """Map source label values to class ids with a lookup table; unmapped values become 0."""
     size = max(int(label.max(initial=0)), max(label_map, default=0)) + 1
@@ -147,7 +182,7 @@ def volume_attrs(pair: CanonicalPair, source: str, **extra: Any) -> dict[str, An
         "original_shape": np.asarray(meta["shape"], dtype=np.int64),
         "original_axcodes": meta.get("axcodes", ""),
         "orientation": pair.orientation,
-        "canonical_shape": np.asarray(pair.image.shape, dtype=np.int64),
+        "canonical_shape": np.asarray(pair.shape, dtype=np.int64),
         "source": source,
     }
     attrs.update(extra)
