@@ -96,6 +96,8 @@ def train(
         )
     if resume is not None and not isinstance(resume, TrainingCheckpoint):
         resume = TrainingCheckpoint.read(resume)
+    if resume is not None:
+        config = resume.fill_open(config)
     init = None
     if config.init_from and resume is None:
         init = InitSource.read(config.init_from)

@@ -48,7 +48,7 @@ from perspective_unet.models.perspective_unet import check_input_size
 from perspective_unet.models.registry import create_model
 from perspective_unet.outputs import atomic_write
 from perspective_unet.plan import Plan
-from perspective_unet.recipe import resolve_recipe
+from perspective_unet.recipe import RECIPE_FIELDS, resolve_recipe
 from perspective_unet.runs import RunFolder
 
 __all__ = [
@@ -146,6 +146,17 @@ class TrainingCheckpoint:
         """The plan the run was trained with (None for runs written before plans existed)."""
         saved = self.state.get("plan")
         return None if saved is None else Plan.from_dict(saved)
+
+    def fill_open(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with the fields it leaves to the recipe (and, without a model, the architecture) taken from the
+        run's saved config, so a resumed run trains on as it began."""
+        saved = TrainConfig.from_dict(dict(self.state["train_config"]))
+        changes: dict[str, Any] = {
+            name: getattr(saved, name) for name in RECIPE_FIELDS if getattr(config, name) is None
+        }
+        if config.model is None:
+            changes["model_options"] = {**saved.model_options, **config.model_options}
+        return dataclasses.replace(config, **changes)
 
     def config(self, given: dict[str, Any]) -> TrainConfig:
         """The training config saved in the checkpoint, with the settings a resumed run may change.
