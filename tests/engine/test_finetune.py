@@ -16,12 +16,19 @@ from perspective_unet.cli import main
 from perspective_unet.config import TrainConfig
 from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.layouts.prepared import PreparedWriter
-from perspective_unet.engine.finetune import InitSource, adapt_input_weight, transfer_weights
+from perspective_unet.engine.finetune import (
+    InitSource,
+    adapt_input_weight,
+    normalization_differences,
+    transfer_weights,
+)
 from perspective_unet.engine.run_log import read_log
 from perspective_unet.engine.train import train
 from perspective_unet.intensity import IntensitySpec
+from perspective_unet.models.checkpoint import save_model
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.models.registry import create_model
+from perspective_unet.plan import Plan
 from tests.engine.conftest import synthetic_volume
 
 # A network small enough for several short runs per test: the tiny variant with fewer channels and blocks.
@@ -68,6 +75,7 @@ def source(tiny_dataset, tmp_path_factory) -> Path:
     return train(config).last_checkpoint
 
 
+@pytest.mark.slow
 def test_a_3_class_model_starts_a_4_class_run_with_all_but_the_head_and_a_lower_loss(
     source, four_classes, tmp_path, caplog
 ):
@@ -150,7 +158,8 @@ def test_the_head_is_drawn_anew_when_no_class_name_is_shared():
     torch.testing.assert_close(model.state_dict()["head.bias"], trained.state_dict()["head.bias"][[0, 2, 1]])
 
 
-def test_a_source_that_cannot_start_the_run_is_one_line_and_writes_nothing(source, four_classes, tmp_path, capsys):
+def test_a_source_that_cannot_start_the_run_is_one_line_and_writes_nothing(four_classes, tmp_path, capsys):
+    source = save_model(create_model("perspective_unet_tiny", num_classes=3), tmp_path / "model.pt")
     folds = tmp_path / "folds"
     for fold in ("fold_0", "fold_1"):
         (folds / fold).mkdir(parents=True)
@@ -175,10 +184,25 @@ def test_a_source_that_cannot_start_the_run_is_one_line_and_writes_nothing(sourc
         assert not out.exists()
 
 
+def test_a_source_seen_otherwise_is_named_with_each_difference():
+    ct = IntensitySpec("ct_window", window=(-125.0, 275.0), scaling="zscore", mean=0.5, std=0.2)
+    mine = Plan("spacing", (64, 64), ct, spacing=(0.8, 0.8), batch_size=4)
+    assert normalization_differences(InferenceInfo(plan=mine), mine) == []
+    assert normalization_differences(InferenceInfo(plan=mine.replace(spacing=(0.82, 0.8))), mine) == []
+    theirs = Plan("paper", (224, 224), ct.replace(window=(-100.0, 240.0), scaling="symmetric", mean=None, std=None))
+    found = normalization_differences(InferenceInfo(plan=theirs), mine)
+    assert len(found) == 2 and "[-100, 240]" in found[0] and "(this run: HU clipped to [-125, 275]" in found[0]
+    assert found[1] == "the paper protocol (this run: spacing)"
+    found = normalization_differences(InferenceInfo(plan=mine.replace(spacing=(3.0, 3.0))), mine)
+    assert found == ["pixels of 3 x 3 mm (this run: 0.8 x 0.8 mm)"]
+    assert "records no plan" in normalization_differences(InferenceInfo(), mine)[0]
+
+
 @pytest.mark.slow
-def test_a_frozen_encoder_stays_as_loaded_and_a_fine_tuning_run_resumes_exactly(source, four_classes, tmp_path):
+def test_a_frozen_encoder_stays_as_loaded_and_a_fine_tuning_run_resumes_exactly(source, four_classes, tmp_path, caplog):
     def config(out: str, **changes) -> TrainConfig:
         fields = dict(
+            protocol="spacing",  # the source was trained on the paper protocol
             data=str(four_classes),
             output=str(tmp_path / out),
             init_from=str(source),
@@ -189,7 +213,9 @@ def test_a_frozen_encoder_stays_as_loaded_and_a_fine_tuning_run_resumes_exactly(
         )
         return TrainConfig(**{**fields, **changes})
 
-    whole = train(config("whole"))
+    with caplog.at_level(logging.WARNING):
+        whole = train(config("whole"))
+    assert f"{source} was trained on data seen otherwise" in caplog.text and "the paper protocol" in caplog.text
     first = train(config("split", max_iterations=whole.iterations // 2))
     assert first.epochs_completed == 1
     loaded = torch.load(source, weights_only=True)["model"]
