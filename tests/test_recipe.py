@@ -61,7 +61,8 @@ def test_given_fields_stay_and_their_partners_follow_them():
     plan = spacing_plan((112, 128), 4)
     config, line = resolve_recipe(TrainConfig(epochs=7), plan, 93, gpu=False)
     assert (config.epochs, config.iterations_per_epoch, config.model) == (7, 0, "perspective_unet_tiny")
-    assert "given: epochs" in line and "7 epochs of one pass over the slices" in line
+    assert "(model, optimizer: derived from the plan and 93 training slices" in line and "given: epochs" in line
+    assert "7 epochs of one pass over the slices" in line
     config, _ = resolve_recipe(TrainConfig(iterations_per_epoch=10), plan, 93, gpu=False)
     assert config.epochs == 95  # the recipe's 19 x 50 steps, in epochs of 10
     config, _ = resolve_recipe(TrainConfig(optimizer="sgd"), plan, 93, gpu=False)
@@ -70,8 +71,8 @@ def test_given_fields_stay_and_their_partners_follow_them():
     assert (config.optimizer, config.base_lr, config.model_options) == ("adamw", 1e-4, {})
     config, _ = resolve_recipe(TrainConfig(model_options={"scsi_dropout": 0.2}), plan, 93, gpu=False)
     assert config.model_options == {"scsi_dropout": 0.2}
-    resolved, _ = resolve_recipe(config, plan, 93, gpu=True)
-    assert resolved == config  # nothing left open
+    resolved, line = resolve_recipe(config, plan, 93, gpu=True)
+    assert resolved == config and line.endswith("(as given)")  # nothing left open
 
 
 def test_a_frozen_encoder_needs_a_source_and_epochs_after_it():

@@ -172,5 +172,9 @@ def _describe(config: TrainConfig, plan: Plan, recipe: Recipe, given: list[str])
     epochs = f"{config.epochs} epochs of " + (f"{per_epoch} iterations" if per_epoch else "one pass over the slices")
     batch = f"batches of {plan.batch_size} x {plan.patch_size[0]} x {plan.patch_size[1]}"
     words = f"{config.model}{f' ({options})' if options else ''}, {config.optimizer} at lr {config.base_lr:g}, "
-    source = recipe.origin + ("" if not given else f"; given: {', '.join(given)}")
+    # A field given decides its partner too (epochs: the epoch's length; the optimizer: its rate).
+    taken = [name for name in ("model", "optimizer", "epochs") if name not in given]
+    if not taken:
+        return f"training recipe: {words}{epochs}, {batch} (as given)"
+    source = f"{', '.join(taken)}: {recipe.origin}" + (f"; given: {', '.join(given)}" if given else "")
     return f"training recipe: {words}{epochs}, {batch} ({source}; rule in docs/plans.md)"
