@@ -27,6 +27,7 @@ from perspective_unet.engine.train import train
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.models.checkpoint import save_model
 from perspective_unet.models.inference_info import InferenceInfo
+from perspective_unet.models.pretrained import save_pretrained
 from perspective_unet.models.registry import create_model
 from perspective_unet.plan import Plan
 from tests.engine.conftest import synthetic_volume
@@ -231,3 +232,13 @@ def test_a_frozen_encoder_stays_as_loaded_and_a_fine_tuning_run_resumes_exactly(
     assert not all(torch.equal(final[k], loaded[k]) for k in weights)  # trained from epoch 2 on
     expected = torch.load(whole.last_checkpoint, weights_only=True)["model"]
     assert all(torch.equal(final[k], expected[k]) for k in expected)
+
+
+def test_a_model_folder_and_its_checkpoint_are_the_same_source(tmp_path):
+    model = create_model("perspective_unet_tiny", num_classes=3, **SMALLEST)
+    dataset = {"class_names": ["background", "square", "disc"], "modality": "CT"}
+    checkpoint = InitSource.read(save_model(model, tmp_path / "model.pt", dataset=dataset))
+    folder = InitSource.read(save_pretrained(model, tmp_path / "folder", dataset=dataset))
+    assert folder.path == tmp_path / "folder" and checkpoint.path == tmp_path / "model.pt"
+    assert folder.config == checkpoint.config and folder.info.class_names == ("background", "square", "disc")
+    assert all(torch.equal(folder.state[key], checkpoint.state[key]) for key in checkpoint.state)
