@@ -132,16 +132,16 @@ def with_source_architecture(config: TrainConfig, source: InitSource) -> TrainCo
     """
     options = {k: v for k, v in config.model_options.items() if k not in _DATA_FIELDS}
     if config.model is not None or any(key in ARCHITECTURE_FIELDS for key in options):
-        name = config.model or _nearest_variant(_inherited(source.config))[0]
         try:
-            wanted = get_model_config(name, **options)
+            wanted = get_model_config(config.model, **options) if config.model else source.config.replace(**options)
         except ValueError as exc:
-            raise InputError(f"model {name!r}: {exc}") from None
+            raise InputError(f"training config, model {config.model!r}: {exc}") from None
         differing = [f for f in ARCHITECTURE_FIELDS if getattr(wanted, f) != getattr(source.config, f)]
         if differing:
             shown = ", ".join(f"{f} {getattr(source.config, f)!r} vs {getattr(wanted, f)!r}" for f in differing[:4])
+            what = f"{config.model}" if config.model else "model options"
             raise InputError(
-                f"{source.path} is a network of another architecture than this run's {name} ({shown}); its weights "
+                f"{source.path} is a network of another architecture than this run's {what} ({shown}); its weights "
                 "cannot start it. Leave out --model and the architecture's --model-option to fine-tune the source's "
                 "own architecture, or train from scratch."
             )

@@ -164,7 +164,8 @@ def _train(
 
 
 def _train_one_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, Any], tuple[torch.Tensor, ...]]:
-    """One pass over the training data; returns the epoch's log row and a sample (image, label, logits) to show."""
+    """One epoch of training (a pass over the slices, or its iterations); returns its log row and a sample (image,
+    label, logits) to show."""
     config, ctx = run.config, run.ctx
     run.model.train()
     # Augmentation draws restart from a per-epoch seed (workers reseed from the loader's generator), so a resumed run
