@@ -99,7 +99,18 @@ NEVER = {
     ),
     **{
         f"perspective_unet.{name}": _ABOVE_THE_CONTRACTS
-        for name in ("plan", "fingerprint", "channels", "intensity", "metrics", "losses", "stats", "schedule", "table")
+        for name in (
+            "recipe",
+            "plan",
+            "fingerprint",
+            "channels",
+            "intensity",
+            "metrics",
+            "losses",
+            "stats",
+            "schedule",
+            "table",
+        )
     },
     "perspective_unet.data": ("models", "runs", "engine", "export", "viz", "bench", "cli"),
     "perspective_unet.models": ("data", "runs", "engine", "export", "viz", "bench", "cli"),

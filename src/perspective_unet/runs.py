@@ -5,13 +5,14 @@ A run folder, as ``perspective-unet train`` writes it (:class:`RunFolder` names 
     RUN/
       last.pt            the latest checkpoint: weights, optimizer, RNG states, config, plan (resuming reads it)
       best.pt            the checkpoint of the best validation mean Dice (runs with validation only)
-      config.json        the run's training config
-      train_log.csv      one row per epoch
+      config.json        the run's training config, every field resolved, and its plan
+      train_log.csv      one row per epoch (validation Dice per class among its columns)
       tensorboard/       TensorBoard events
       validation/        a fold run's out-of-fold predictions of its held-out cases on their own grids
                          (<case>.nii.gz, <case>_probabilities.npz), with their summary.json
-      training_log.txt   the run's log as text
-      progress.png       the log's curves
+      training_log.txt   everything the run logged, as text
+      progress.png       the log's curves, redrawn after every epoch
+      initialization.csv a fine-tuning run's start: what became of each tensor of the source (loaded, adapted, new)
       evaluation/        an evaluation's reports (summary.json, per_case.csv, summary.md), when one was run
 
 A folder of fold runs (``train --fold K -o OUT`` for each K): ``OUT/fold_0`` ... ``OUT/fold_K``, one run per
@@ -93,7 +94,7 @@ class RunFolder:
 
     @property
     def config(self) -> Path:
-        """The run's training config."""
+        """The run's training config, resolved, with its plan."""
         return self.path / "config.json"
 
     @property
@@ -132,13 +133,18 @@ class RunFolder:
 
     @property
     def training_log(self) -> Path:
-        """The run's log as text."""
+        """Everything the run logged, as text."""
         return self.path / "training_log.txt"
 
     @property
     def progress(self) -> Path:
         """The log's curves."""
         return self.path / "progress.png"
+
+    @property
+    def initialization(self) -> Path:
+        """A fine-tuning run's table of the tensors it loaded, adapted and left new."""
+        return self.path / "initialization.csv"
 
     @property
     def evaluation(self) -> Path:
@@ -150,9 +156,17 @@ class RunFolder:
         return [path for path in (self.last, self.best, self.train_log) if path.exists()]
 
     def records(self) -> list[Path]:
-        """Everything a run writes that ``train --overwrite`` replaces: its results, config, events and out-of-fold
-        predictions."""
-        return [*self.results(), *(p for p in (self.config, self.tensorboard, self.validation) if p.exists())]
+        """Everything a run writes that ``train --overwrite`` replaces: its results, config, events, logs and
+        out-of-fold predictions."""
+        written = (
+            self.config,
+            self.tensorboard,
+            self.validation,
+            self.training_log,
+            self.progress,
+            self.initialization,
+        )
+        return [*self.results(), *(p for p in written if p.exists())]
 
     def checkpoint(self) -> Path | None:
         """``best.pt`` (chosen on validation cases), else ``last.pt`` (runs without validation), else None."""

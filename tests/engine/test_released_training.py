@@ -117,7 +117,7 @@ def test_lr_after_step_gives_the_recorded_rates(tmp_path, monkeypatch):
     assert result.iterations == len(small["lrs"]) == 26
     np.testing.assert_allclose(used, small["lrs"], rtol=1e-12, atol=0)
     # This project's default sets each step's own rate: the released rates are one step behind it.
-    default = [poly_lr(config.base_lr, t, result.iterations, config.lr_power) for t in range(result.iterations)]
+    default = [poly_lr(result.config.base_lr, t, result.iterations, config.lr_power) for t in range(result.iterations)]
     np.testing.assert_allclose(default[:-1], small["lrs"][1:], rtol=1e-12, atol=0)
 
 

@@ -8,17 +8,29 @@ from pathlib import Path
 
 from perspective_unet.cli.choices import MODEL_CHOICES
 from perspective_unet.cli.options import seed_value
-from perspective_unet.config import TrainConfig
+from perspective_unet.config import OPTIMIZERS, TrainConfig
 from perspective_unet.config.checks import PROTOCOLS
 
 # The recipe's defaults, shown in --help; an option left out takes the --config file's value, else this one.
 _RECIPE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(TrainConfig)}
+# What an open recipe field (None) becomes: perspective_unet.recipe, docs/plans.md.
+_FROM_RECIPE = {
+    "model": "the recipe's: perspective_unet for the paper protocol; for the spacing protocol "
+    "perspective_unet_tiny on a CPU, perspective_unet_small or perspective_unet on a GPU; with --init-from the "
+    "source's",
+    "epochs": "the recipe's: 600 for the paper protocol, derived from the plan and the number of training slices "
+    "for the spacing protocol",
+    "iterations_per_epoch": "the recipe's: one pass over the slices for the paper protocol or with --epochs, 50 on "
+    "a CPU and 250 on a GPU for the spacing protocol",
+    "optimizer": "the recipe's: sgd for the paper protocol and on a GPU, adamw on a CPU for the spacing protocol",
+    "base_lr": "the optimizer's: 0.05 for sgd, 0.002 for adamw",
+}
 
 
 def _recipe(field: str, text: str) -> str:
     """``text`` ending with the default of the ``TrainConfig`` field an option sets."""
     value = _RECIPE_DEFAULTS[field]
-    shown = ("on" if value else "off") if isinstance(value, bool) else value
+    shown = _FROM_RECIPE[field] if value is None else ("on" if value else "off") if isinstance(value, bool) else value
     return f"{text} (default: {shown})"
 
 
@@ -45,12 +57,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
         "train",
         help="train a model on a prepared dataset",
-        description="Train Perspective+ Unet with the paper's recipe (configs/*.yaml); any field can be overridden. "
-        "Writes last.pt and best.pt (weights, optimizer, RNG states, config), train_log.csv and TensorBoard events "
+        description="Train Perspective+ Unet on a prepared dataset, from random weights or from a trained model "
+        "(--init-from). Without --config the recipe follows the data: the paper's Synapse recipe for the paper "
+        "protocol, one derived from the plan and the number of training slices for the spacing protocol (one's own "
+        "data; the rule is in docs/plans.md); it is printed at the start and written into config.json. Writes "
+        "last.pt and best.pt (weights, optimizer, RNG states, config, plan), config.json, train_log.csv, "
+        "training_log.txt (everything logged), progress.png (the curves, redrawn each epoch) and TensorBoard events "
         "into the output folder. Under torchrun it trains with DistributedDataParallel. An option left out takes "
         "the --config file's value, else the default shown (with --resume: the run's saved value).",
     )
-    parser.add_argument("--config", help="YAML recipe (e.g. configs/synapse.yaml); default: the paper's Synapse recipe")
+    parser.add_argument(
+        "--config",
+        help="YAML recipe (configs/synapse.yaml: the paper's; configs/demo.yaml: the demo's CPU recipe; a run's "
+        "config.json: its resolved recipe); default: the recipe for the data (see above)",
+    )
     parser.add_argument("--data", help="prepared dataset folder (perspective-unet prepare ...)")
     parser.add_argument("-o", "--output", help=_recipe("output", "run folder"))
     parser.add_argument("--model", choices=MODEL_CHOICES, help=_recipe("model", "model variant"))
@@ -61,7 +81,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "spacing, random patches of --img-size (default: the dataset plan's, see `perspective-unet "
         "plan`)",
     )
-    parser.add_argument("--epochs", type=int, help=_recipe("epochs", "passes over the training slices"))
+    parser.add_argument("--epochs", type=int, help=_recipe("epochs", "epochs of training"))
+    parser.add_argument(
+        "--iterations-per-epoch",
+        type=int,
+        metavar="N",
+        help=_recipe(
+            "iterations_per_epoch",
+            "optimizer steps per epoch, batches drawn at random (0: one pass over the training slices)",
+        ),
+    )
     parser.add_argument("--batch-size", type=int, help="slices or patches per optimizer step; default: the plan's")
     parser.add_argument(
         "--img-size",
@@ -75,6 +104,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         type=int,
         help="slices above and below fed as extra input channels (2.5D); default: the plan's",
     )
+    parser.add_argument("--optimizer", choices=OPTIMIZERS, help=_recipe("optimizer", "optimizer"))
     parser.add_argument("--lr", dest="base_lr", type=float, help=_recipe("base_lr", "initial learning rate"))
     parser.add_argument("--seed", type=seed_value, help=_recipe("seed", "seed of every random number generator"))
     parser.add_argument("--device", help=_recipe("device", "auto, cpu, cuda, cuda:N or mps"))
@@ -124,6 +154,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="model config override, e.g. use_scsi=false or widths=[16,32,64,128,256] (repeatable)",
+    )
+    parser.add_argument(
+        "--init-from",
+        metavar="SOURCE",
+        help="fine-tune: start from a trained model (a checkpoint, run folder, model folder or released checkpoint): "
+        "weights loaded where names and shapes match, the first convolution adapted to other input channels, the "
+        "head's rows kept for the classes of the same name and drawn anew for the others; the table of what was "
+        "loaded, adapted and left new is printed and written to initialization.csv; the run builds the source's "
+        "architecture and keeps its own data's plan",
+    )
+    parser.add_argument(
+        "--freeze-encoder-epochs",
+        type=int,
+        metavar="N",
+        help=_recipe(
+            "freeze_encoder_epochs",
+            "with --init-from: keep the encoder's weights as loaded for the first "
+            "N epochs while the decoder and head adapt",
+        ),
     )
     parser.add_argument(
         "--resume",
@@ -180,7 +229,5 @@ def run(args: argparse.Namespace) -> int:
 
 def _read_yaml(path: str) -> dict:
     """The fields a YAML config file sets (its mapping), for comparing with a resumed run's saved settings."""
-    from perspective_unet.outputs import read_yaml
-
     TrainConfig.from_yaml(path)  # the file's own checks and messages first
-    return dict(read_yaml(path, "fix the config file.") or {})
+    return TrainConfig.read_fields(path)

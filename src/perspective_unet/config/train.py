@@ -28,30 +28,48 @@ from perspective_unet.outputs import read_yaml
 
 # Training ------------------------------------------------------------------------------------------------------------
 
+# The entry of a run's config.json that holds its resolved plan beside the fields.
+RUN_PLAN_KEY = "plan"
+
 
 @dataclass
 class TrainConfig:
-    """A training run: data, model, the paper's optimization recipe and the run's mechanics.
+    """A training run: data, model, the optimization recipe and the run's mechanics.
 
-    The defaults are the paper's recipe for Synapse (SGD 0.05 / momentum 0.9 / weight decay 1e-4, poly 0.9 per
-    iteration, 600 epochs, 0.4 CE + 0.6 Dice, seed 1234); protocol, slice or patch size, batch size and context
-    slices come from the dataset's plan (``plan.json``: for Synapse and ACDC the paper's 224x224 and batch 12)
-    unless set here. ``configs/*.yaml`` hold the recipe per dataset; the command line overrides single fields.
+    A field left None is filled in when training starts: protocol, slice or patch size, batch size and context slices
+    from the dataset's plan (``plan.json``: for Synapse and ACDC the paper's 224x224 and batch 12); model, epochs,
+    iterations per epoch, optimizer and learning rate from the recipe for the data
+    (:func:`perspective_unet.recipe.resolve_recipe`): the paper's Synapse recipe for the paper protocol (SGD 0.05,
+    600 epochs, the 112.7 M model), one derived from the plan and the number of training slices for the spacing
+    protocol. The run's ``config.json`` and checkpoints hold the resolved values. The other defaults are the paper's
+    (momentum 0.9, weight decay 1e-4, poly 0.9 per iteration, 0.4 CE + 0.6 Dice, seed 1234); ``configs/*.yaml`` hold
+    the recipe per dataset; the command line overrides single fields.
 
     Attributes:
         data: Prepared dataset folder (``perspective-unet prepare``), or TransUNet-style Synapse/ACDC files.
         output: Run folder for checkpoints, logs and TensorBoard events.
-        model: Registered model variant.
+        model: Registered model variant; None takes the recipe's (with ``init_from``: the source's architecture).
         model_options: ``ModelConfig`` overrides (e.g. ``{"use_scsi": False}``).
+        init_from: A trained model to start from (fine-tuning): a checkpoint, run folder, model folder or released
+            checkpoint. Its weights are loaded where names and shapes match, the first convolution's adapted where
+            the input channels differ, the head's rows kept for the classes whose names both share and drawn anew
+            for the others; the run's data keep their own plan. None trains from random weights.
+        freeze_encoder_epochs: With ``init_from``, the encoder's weights (bi-path CNN, ENLTB branch and SCSI) stay
+            as loaded for this many first epochs while the decoder and head adapt; their BatchNorm statistics still
+            follow the new data.
         protocol: ``paper`` (each slice zoomed to ``img_size``) or ``spacing`` (slices resampled to the plan's pixel
             spacing, random patches of ``img_size``); None takes the dataset plan's (``plan.json``).
         img_size: (height, width) slices are zoomed to (paper protocol) or of the training patches and inference
             window (spacing protocol); None takes the plan's.
         context_slices: Neighboring slices on each side fed as extra input channels (2.5D); None takes the plan's.
-        epochs: Passes over the training slices (one patch per slice and pass in the spacing protocol).
+        epochs: Epochs of training; None takes the recipe's.
+        iterations_per_epoch: Optimizer steps per epoch, the batches drawn at random (nnU-Net's epochs); 0: one
+            pass over the training slices (one patch per slice and pass in the spacing protocol). None: the recipe's
+            when ``epochs`` is None too, else 0.
         batch_size: Slices or patches per optimizer step (per process under DDP), before gradient accumulation;
             None takes the plan's.
         base_lr: Initial learning rate; decays as base_lr * (1 - iter / max_iter) ** lr_power every iteration.
+            None: the recipe's rate for the optimizer (0.05 for SGD, 2e-3 for AdamW).
         momentum: SGD momentum.
         weight_decay: SGD weight decay.
         lr_power: Exponent of the poly schedule.
@@ -59,7 +77,7 @@ class TrainConfig:
             code does: step t then runs at the rate of iteration t - 1 (steps 0 and 1 at ``base_lr``), one iteration
             behind the schedule, and the last step does not reach the schedule's smallest rate.
         optimizer: ``sgd`` (the paper's, with ``momentum``) or ``adamw`` (``weight_decay`` decoupled; converges in
-            fewer steps, which suits short CPU runs such as the demo).
+            fewer steps, which suits short CPU runs such as the demo); None takes the recipe's.
         foreground_sampling_weight: How much more often a training slice that holds any foreground is drawn than
             an empty one (1: uniform, as the paper). Abdominal volumes are mostly organ-free slices; a weight > 1
             spends the steps of short runs where the organs are.
@@ -98,19 +116,22 @@ class TrainConfig:
 
     data: str = ""
     output: str = "runs/perspective_unet"
-    model: str = "perspective_unet"
+    model: str | None = None
     model_options: dict[str, Any] = field(default_factory=dict)
+    init_from: str | None = None
+    freeze_encoder_epochs: int = 0
     protocol: str | None = None
     img_size: tuple[int, int] | None = None
     context_slices: int | None = None
-    epochs: int = 600
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
     batch_size: int | None = None
-    base_lr: float = 0.05
+    base_lr: float | None = None
     momentum: float = 0.9
     weight_decay: float = 1e-4
     lr_power: float = 0.9
     lr_after_step: bool = False
-    optimizer: str = "sgd"
+    optimizer: str | None = None
     foreground_sampling_weight: float = 1.0
     ce_weight: float = 0.4
     dice_weight: float = 0.6
@@ -156,6 +177,13 @@ class TrainConfig:
             raise ValueError("splits names the folds of cross-validation; give a fold too (fold: K or 'all').")
         if isinstance(self.fold, int) and self.fold >= self.num_folds:
             raise ValueError(f"fold must be 0..{self.num_folds - 1} for {self.num_folds} folds, got {self.fold}.")
+        if self.freeze_encoder_epochs and not self.init_from:
+            raise ValueError("freeze_encoder_epochs keeps trained encoder weights; it needs init_from.")
+        if self.epochs is not None and self.freeze_encoder_epochs >= self.epochs:
+            raise ValueError(
+                f"freeze_encoder_epochs ({self.freeze_encoder_epochs}) must be below epochs ({self.epochs}), or the "
+                "encoder is never trained."
+            )
         if self.activation_memory_budget is not None and not self.compile:
             raise ValueError("activation_memory_budget acts on the compiled model only; set compile too.")
         self._validate_model_options()
@@ -241,8 +269,27 @@ class TrainConfig:
 
         Raises:
             FileNotFoundError: The file does not exist.
-            ValueError: The file is not valid YAML (or too large, nested too deep, or sets a field twice: see
-                :func:`perspective_unet.outputs.read_yaml`), or a field is invalid; the message names the file.
+            ValueError: The file holds no mapping, or a field is invalid; the message names the file.
+            InputError: The file is not valid YAML (or too large, nested too deep, or sets a field twice: see
+                :func:`perspective_unet.outputs.read_yaml`).
+        """
+        data = cls.read_fields(path)
+        for key, value in overrides.items():
+            if value is None:
+                continue
+            # Dict fields (model_options, augmentation) are merged, so one override keeps the file's other entries.
+            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
+        return cls.from_dict(data)
+
+    @staticmethod
+    def read_fields(path: str | Path) -> dict[str, Any]:
+        """The fields a YAML (or JSON) config file sets. A run's ``config.json`` is one too: the plan it records beside
+        its fields is left out, as a new run takes its data's plan.
+
+        Raises:
+            FileNotFoundError: The file does not exist.
+            ValueError: It holds no mapping.
+            InputError: It is not valid YAML (see :func:`perspective_unet.outputs.read_yaml`).
         """
         path = Path(path)
         if not path.is_file():
@@ -250,12 +297,8 @@ class TrainConfig:
         data = read_yaml(path, "fix the config file (see the configs/ folder for examples).") or {}
         if not isinstance(data, dict):
             raise ValueError(f"config file {path} must hold a mapping of fields, not a {type(data).__name__}.")
-        for key, value in overrides.items():
-            if value is None:
-                continue
-            # Dict fields (model_options, augmentation) are merged, so one override keeps the file's other entries.
-            data[key] = {**data[key], **value} if isinstance(value, dict) and isinstance(data.get(key), dict) else value
-        return cls.from_dict(data)
+        data.pop(RUN_PLAN_KEY, None)
+        return data
 
 
 def _check_val_split(name: str, value: Any) -> str:
@@ -281,21 +324,24 @@ def _check_fold(name: str, value: Any) -> int | str | None:
 _TRAIN_CHECKS: dict[str, Check] = {
     "data": check_path,
     "output": check_path,
-    "model": check_str,
+    "model": lambda name, value: check_str(name, value, optional=True),
     "model_options": check_mapping,
+    "init_from": lambda name, value: None if value is None else check_path(name, value),
+    "freeze_encoder_epochs": _int(0),
     "protocol": _choice(PROTOCOLS, optional=True),
     "img_size": lambda name, value: (
         None if value is None else check_int_list(name, value, length=2, what="[height, width], two positive integers")
     ),
     "context_slices": _int(0, optional=True),
-    "epochs": _int(1),
+    "epochs": _int(1, optional=True),
+    "iterations_per_epoch": _int(0, optional=True, note=" (0: one pass over the training slices)"),
     "batch_size": _int(1, optional=True),
-    "base_lr": _number(low=0, low_open=True),
+    "base_lr": _number(low=0, low_open=True, optional=True),
     "momentum": _number(low=0, high=1, high_open=True),
     "weight_decay": _number(low=0),
     "lr_power": _number(low=0, low_open=True),
     "lr_after_step": check_bool,
-    "optimizer": _choice(OPTIMIZERS),
+    "optimizer": _choice(OPTIMIZERS, optional=True),
     "foreground_sampling_weight": _number(low=0, low_open=True),
     "ce_weight": _number(low=0),
     "dice_weight": _number(low=0),

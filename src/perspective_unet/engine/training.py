@@ -5,7 +5,6 @@ checkpoints and logs (the run folder's layout: :class:`perspective_unet.runs.Run
 
 from __future__ import annotations
 
-import csv
 import dataclasses
 import json
 import logging
@@ -19,11 +18,19 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.tensorboard import SummaryWriter
 
 from perspective_unet.config import TrainConfig
+from perspective_unet.config.train import RUN_PLAN_KEY
 from perspective_unet.data import SliceDataset, VolumeDataset
 from perspective_unet.data.folds import Fold, fold_cases
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.layouts.info import DatasetInfo
 from perspective_unet.data.patches import PatchDataset
+from perspective_unet.engine.finetune import (
+    InitSource,
+    WeightTransfer,
+    normalization_differences,
+    set_encoder_frozen,
+    transfer_weights,
+)
 from perspective_unet.engine.runtime import (
     DistributedContext,
     check_memory,
@@ -47,30 +54,17 @@ from perspective_unet.models.perspective_unet import check_input_size
 from perspective_unet.models.registry import create_model
 from perspective_unet.outputs import atomic_write
 from perspective_unet.plan import PLAN_FILE, Plan
+from perspective_unet.recipe import RECIPE_FIELDS, resolve_recipe
 from perspective_unet.runs import RunFolder
 
 __all__ = [
-    "LOG_FIELDS",
     "TrainingCheckpoint",
     "TrainingRun",
-    "append_log",
     "checkpoint_payload",
     "setup_run",
 ]
 
 log = logging.getLogger(__name__)
-
-LOG_FIELDS = (
-    "epoch",
-    "iteration",
-    "lr",
-    "train_loss",
-    "train_ce",
-    "train_dice_loss",
-    "val_mean_dice",
-    "val_mean_hd95",
-    "epoch_seconds",
-)
 
 
 def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -119,15 +113,6 @@ def _make_optimizer(model: torch.nn.Module, config: TrainConfig) -> torch.optim.
     )
 
 
-def append_log(path: Path, row: dict[str, Any]) -> None:
-    new = not path.exists()
-    with path.open("a", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=LOG_FIELDS)
-        if new:
-            writer.writeheader()
-        writer.writerow({k: row.get(k, "") for k in LOG_FIELDS})
-
-
 # Settings a resumed run may change: where it runs and how long; everything else must stay what the run was.
 RESUME_MAY_CHANGE = (
     "data",
@@ -171,6 +156,17 @@ class TrainingCheckpoint:
         """The plan the run was trained with (None for runs written before plans existed)."""
         saved = self.state.get("plan")
         return None if saved is None else Plan.from_dict(saved)
+
+    def fill_open(self, config: TrainConfig) -> TrainConfig:
+        """``config`` with the fields it leaves to the recipe (and, without a model, the architecture) taken from the
+        run's saved config, so a resumed run trains on as it began."""
+        saved = TrainConfig.from_dict(dict(self.state["train_config"]))
+        changes: dict[str, Any] = {
+            name: getattr(saved, name) for name in RECIPE_FIELDS if getattr(config, name) is None
+        }
+        if config.model is None:
+            changes["model_options"] = {**saved.model_options, **config.model_options}
+        return dataclasses.replace(config, **changes)
 
     def config(self, given: dict[str, Any]) -> TrainConfig:
         """The training config saved in the checkpoint, with the settings a resumed run may change.
@@ -328,8 +324,21 @@ def _run_fold(config: TrainConfig, info: DatasetInfo, resume: TrainingCheckpoint
     return fold
 
 
-def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: DistributedContext) -> TrainingRun:
-    """Data as the plan says, the model, loss and optimizer, the state of a resumed run, the run folder's records."""
+def setup_run(
+    config: TrainConfig,
+    resume: TrainingCheckpoint | None,
+    ctx: DistributedContext,
+    init: InitSource | None = None,
+) -> TrainingRun:
+    """Data as the plan says, the recipe, the model (from ``init``'s weights when fine-tuning), loss and optimizer, the
+    state of a resumed run, the run folder's records (``config.json`` with the resolved plan, the fine-tuning table).
+
+    Args:
+        config: The run; its open fields are filled from the plan and the recipe.
+        resume: The ``last.pt`` a resumed run continues from.
+        ctx: Distributed context.
+        init: The trained model a new run starts from (``config.init_from`` read; ignored when resuming).
+    """
     device = resolve_device(config.device, ctx.local_rank)
     seed_everything(config.seed + ctx.rank)
     layout = open_dataset(config.data)
@@ -363,7 +372,18 @@ def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: Distr
     )
     train_set = training_set(config, plan, fold, layout)
     val_set = validation_set(config, ctx, fold, layout)
+    try:
+        config, recipe = resolve_recipe(config, plan, len(train_set), gpu=device.type == "cuda")
+    except ValueError as exc:
+        raise InputError(f"training config: {exc}") from None
+    if ctx.is_main and resume is None:
+        log.info("%s", recipe)
     model = _build_model(config, plan, info.num_classes, device)
+    transfer = None
+    if init is not None and resume is None:
+        transfer = transfer_weights(model, init, info.class_names)
+        if ctx.is_main:
+            _report_transfer(transfer, init, plan)
     amp_dtype = _autocast_dtype(device, config.amp)
     run = TrainingRun(
         config=config,
@@ -387,6 +407,11 @@ def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: Distr
     )
     if resume is not None:
         _restore(run, resume)
+    if config.freeze_encoder_epochs and run.start_epoch < config.freeze_encoder_epochs:
+        # Before DDP wraps the model: it registers only the parameters that take gradients then.
+        set_encoder_frozen(model, True)
+        if ctx.is_main:
+            log.info("the encoder stays as loaded for the first %d epoch(s)", config.freeze_encoder_epochs)
     if config.compile:
         run.model = compile_model(run.model, activation_memory_budget=config.activation_memory_budget)
     if ctx.enabled:
@@ -398,6 +423,22 @@ def setup_run(config: TrainConfig, resume: TrainingCheckpoint | None, ctx: Distr
     if ctx.is_main:
         folder = RunFolder(run.output)
         folder.path.mkdir(parents=True, exist_ok=True)
-        atomic_write(folder.config, lambda path: path.write_text(json.dumps(config.to_dict(), indent=2)))
+        record = {**config.to_dict(), RUN_PLAN_KEY: plan.to_dict()}
+        atomic_write(folder.config, lambda path: path.write_text(json.dumps(record, indent=2)))
+        if transfer is not None:
+            transfer.write_csv(folder.initialization)
         run.writer = SummaryWriter(str(folder.tensorboard), purge_step=run.iteration if resume else None)
     return run
+
+
+def _report_transfer(transfer: WeightTransfer, init: InitSource, plan: Plan) -> None:
+    """The fine-tuning table, and a warning when the source saw its data otherwise than the run's plan does."""
+    log.info("fine-tuning from %s:\n%s", transfer.source, transfer.summary())
+    differences = normalization_differences(init.info, plan)
+    if differences:
+        log.warning(
+            "%s was trained on data seen otherwise than this run's plan sees its data: %s. The run uses its own "
+            "data's plan; the loaded weights meet other inputs at first.",
+            init.path,
+            "; ".join(differences),
+        )

@@ -98,11 +98,20 @@ def make_loader(
     epoch: int,
     weights: torch.Tensor | None = None,
 ) -> DataLoader:
+    """The batches of one epoch: a pass over the training slices (shared out among the processes), or with
+    ``config.iterations_per_epoch`` that many optimizer steps' batches drawn at random (per process)."""
     # A generator seeded per epoch (and process) fixes both the order and the workers' seeds, so a resumed run sees
     # the same batches as an uninterrupted one.
     generator = torch.Generator().manual_seed(config.seed + 7919 * epoch + ctx.rank)
+    drawn = (
+        config.iterations_per_epoch * config.grad_accum_steps * config.batch_size if config.iterations_per_epoch else 0
+    )
     if weights is not None:
-        sampler = WeightedRandomSampler(weights, len(dataset) // ctx.world_size, replacement=True, generator=generator)
+        count = drawn or len(dataset) // ctx.world_size
+        sampler = WeightedRandomSampler(weights, count, replacement=True, generator=generator)
+    elif drawn:
+        # Each process draws its own batches (its generator is seeded with its rank).
+        sampler = RandomSampler(dataset, num_samples=drawn, generator=generator)
     elif ctx.enabled:
         sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=config.seed, drop_last=True)
         sampler.set_epoch(epoch)
