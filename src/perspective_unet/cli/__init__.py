@@ -31,6 +31,7 @@ _COMMAND_MODULES = (
     "convert",
     "train",
     "evaluate",
+    "report",
     "experiment",
     "demo",
     "predict",
