@@ -69,12 +69,15 @@ class Browser:
         self.session = ""
 
     def __enter__(self) -> Browser:
-        target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
-        self.session = self.call("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)[
-            "sessionId"
-        ]
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            self.call(f"{domain}.enable")
+        try:
+            target = self.call("Target.createTarget", {"url": "about:blank"}, session=False)["targetId"]
+            attached = self.call("Target.attachToTarget", {"targetId": target, "flatten": True}, session=False)
+            self.session = attached["sessionId"]
+            for domain in ("Page", "Runtime", "Log", "Network"):
+                self.call(f"{domain}.enable")
+        except BaseException:
+            self.__exit__()  # a browser that fails to start leaves neither a process nor its profile behind
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
