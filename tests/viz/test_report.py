@@ -132,7 +132,7 @@ def test_case_slices_choose_the_worst_and_best_slice_and_cap_the_frames():
     assert view.worst[0] in (1, 2) and view.worst[1] == pytest.approx(np.nanmin(dice))
     assert view.best[1] == 1.0 and view.best[0] not in (1, 2)
     assert len(view.frames) <= 5 and {view.worst[0], view.best[0]} <= {z for z, _ in view.frames}
-    panel = np.asarray(Image.open(io.BytesIO(view.worst[2])))
+    panel = np.asarray(Image.open(io.BytesIO(view.worst[2])).convert("RGB"))
     assert panel.shape == (72, 3 * 80 + 8, 3)  # 36 x 40 slices doubled to 72 x 80, three panels and two gaps
 
 
@@ -154,6 +154,14 @@ def test_report_of_an_evaluation_folder_is_one_self_contained_page(tmp_path):
     pictures = _data_uri_pngs(text)
     assert len(pictures) >= 2 + 3 * 2  # two box plots, and worst and best of every case (slider frames besides)
     assert any(_tinted(p, 2).sum() > 20 for p in pictures)
+
+
+def test_only_the_lowest_cases_get_a_slider(tmp_path):
+    evaluation = write_evaluation(tmp_path, CASES)
+    text = report_evaluation(evaluation, images=tmp_path / "images", slider_cases=1, panel_px=40).read_text()
+    assert re.findall(r'<div class="slider" data-case="([^"]+)"', text) == ["case_bad"]
+    assert "The 1 cases of lowest mean Dice have a slider" in text
+    assert text.count("<figcaption>worst slice") == 3
 
 
 def test_report_names_cases_without_predictions_and_refuses_to_overwrite(tmp_path):

@@ -23,7 +23,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="the cases' images (<case>_0000.nii.gz or <case>.nii.gz, ...) for references that do not hold them",
     )
     parser.add_argument("--max-cases", type=int, default=40, help="cases drawn, lowest mean Dice first")
-    parser.add_argument("--max-frames", type=int, default=32, help="slices a case's slider steps through at most")
+    parser.add_argument(
+        "--slider-cases", type=int, default=10, help="cases (lowest mean Dice first) with a slider through their slices"
+    )
+    parser.add_argument("--max-frames", type=int, default=24, help="slices a case's slider steps through at most")
     parser.add_argument("--panel-size", type=int, default=160, help="largest side of a slice panel, in pixels")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing report")
     parser.set_defaults(func=run)
@@ -32,14 +35,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from perspective_unet.engine.report import report_evaluation
 
-    for name in ("max_cases", "max_frames", "panel_size"):
-        if getattr(args, name) < 1:
-            raise ValueError(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}.")
+    for name, least in (("max_cases", 1), ("slider_cases", 0), ("max_frames", 1), ("panel_size", 16)):
+        if getattr(args, name) < least:
+            raise ValueError(f"--{name.replace('_', '-')} must be at least {least}, got {getattr(args, name)}.")
     written = report_evaluation(
         args.evaluation,
         args.output,
         images=args.images,
         max_cases=args.max_cases,
+        slider_cases=args.slider_cases,
         max_frames=args.max_frames,
         panel_px=args.panel_size,
         overwrite=args.overwrite,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +49,8 @@ def report_evaluation(
     *,
     images: str | os.PathLike[str] | None = None,
     max_cases: int = 40,
-    max_frames: int = 32,
+    slider_cases: int = 10,
+    max_frames: int = 24,
     panel_px: int = 160,
     overwrite: bool = False,
 ) -> Path:
@@ -61,6 +61,8 @@ def report_evaluation(
         output: The HTML file; default ``report.html`` in ``evaluation``.
         images: A folder of the cases' images, for references that do not hold theirs (``evaluate --pred --ref``).
         max_cases: Cases drawn, lowest mean Dice first (every case stays in the tables).
+        slider_cases: Of those, how many (lowest mean Dice first) get a slider through their slices; the others show
+            their worst and best slice only.
         max_frames: The most slices a case's slider steps through.
         panel_px: The largest side of a panel, in pixels.
         overwrite: Replace an existing report.
@@ -81,7 +83,7 @@ def report_evaluation(
     record = read_evaluation(folder)
     order = sorted(record.cases, key=lambda c: _sort_key(c.mean("Dice")))
     views, missing = [], []
-    for case in order[:max_cases]:
+    for rank, case in enumerate(order[:max_cases]):
         try:
             volumes = _case_volumes(case, folder, None if images is None else Path(images))
         except InputError as exc:
@@ -90,8 +92,9 @@ def report_evaluation(
         if volumes is None:
             missing.append(f"{case.case}: no prediction file was kept (evaluate with --save-predictions)")
             continue
-        views.append(case_slices(case.case, *volumes, note=_case_note(case), max_frames=max_frames, panel_px=panel_px))
-    page = _page(record, folder, views, missing, len(order) - max_cases)
+        frames = max_frames if rank < slider_cases else 0
+        views.append(case_slices(case.case, *volumes, note=_case_note(case), max_frames=frames, panel_px=panel_px))
+    page = _page(record, folder, views, missing, len(order) - max_cases, slider_cases)
     written = write_report(page, target)
     log.info("report of %d case(s), %d drawn: %s (%.1f MB)", len(order), len(views), written, _megabytes(written))
     return written
@@ -140,16 +143,20 @@ def _case_volumes(
     case: CaseRecord, folder: Path, images: Path | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The case's canonical image, reference and prediction, or None when its prediction was not kept."""
+    if not case.prediction_file:
+        return None
     prediction_path = _resolve(case.prediction_file, folder)
     reference_path = _resolve(case.reference_file, folder)
     if prediction_path is None:
-        return None
+        raise InputError(f"the prediction {case.prediction_file} is not there")
     if reference_path is None:
         raise InputError(f"the reference {case.reference_file or '(none named)'} is not there")
     if is_prepared(reference_path):
-        image, reference, _ = read_figure_image(reference_path, "SPL")
-        _, _, attrs = load_h5(reference_path, label_only=True)
-        prediction = _prediction_on_reference_grid(prediction_path, attrs, reference.shape)
+        image, reference, attrs = load_h5(reference_path)  # a prepared volume: canonical image and label, one read
+        if reference is None:
+            raise InputError(f"the reference {reference_path} holds no label")
+        image, reference = np.asarray(image, dtype=np.float32), np.asarray(reference).astype(np.int64)
+        prediction = _prediction_on_reference_grid(prediction_path, attrs)
     else:
         reference, _ = read_canonical(reference_path, as_label=True)
         prediction, _ = read_canonical(prediction_path, as_label=True)
@@ -158,8 +165,6 @@ def _case_volumes(
             image, _, _ = read_figure_image(image_path, "SPL")
         else:
             image = np.zeros(reference.shape, dtype=np.float32)
-    if reference is None:
-        raise InputError(f"the reference {reference_path} holds no label")
     if not image.shape == reference.shape == prediction.shape:
         raise InputError(
             f"image {image.shape}, reference {reference.shape} and prediction {prediction.shape} differ in shape"
@@ -167,7 +172,7 @@ def _case_volumes(
     return image, reference, prediction
 
 
-def _prediction_on_reference_grid(path: Path, attrs: dict, shape: Sequence[int]) -> np.ndarray:
+def _prediction_on_reference_grid(path: Path, attrs: dict) -> np.ndarray:
     """A prediction of a prepared volume, on that volume's canonical grid."""
     prediction, _ = read_canonical(path, as_label=True, orientation=str(attrs.get("orientation") or "SPL"))
     return prediction
@@ -214,7 +219,7 @@ def _box_plots(record: EvaluationRecord) -> tuple[tuple[str, bytes], ...]:
 
 
 def _page(
-    record: EvaluationRecord, folder: Path, views: list[CaseSlices], missing: list[str], left_out: int
+    record: EvaluationRecord, folder: Path, views: list[CaseSlices], missing: list[str], left_out: int, sliders: int
 ) -> ReportPage:
     notes = [
         f"{folder}: {len(record.cases)} case(s), {len(record.class_ids)} foreground class(es); protocols "
@@ -225,6 +230,8 @@ def _page(
         notes.append(
             f"Slices are drawn for the {len(views)} cases of lowest mean Dice; {left_out} more are only listed."
         )
+    if len(views) > sliders:
+        notes.append(f"The {sliders} cases of lowest mean Dice have a slider through their slices.")
     notes.extend(f"Not drawn: {line}." for line in missing)
     return ReportPage(
         title=f"Evaluation report: {folder.resolve().name}",
