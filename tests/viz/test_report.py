@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import csv
 import io
 import json
 import re
@@ -14,6 +15,7 @@ import pytest
 from PIL import Image
 
 from perspective_unet.cli import main
+from perspective_unet.data.layouts.files import load_h5
 from perspective_unet.engine.report import report_evaluation
 from perspective_unet.errors import InputError
 from perspective_unet.metrics import score_case
@@ -173,7 +175,10 @@ def test_report_names_cases_without_predictions_and_refuses_to_overwrite(tmp_pat
     with pytest.raises(FileExistsError, match="already exists"):
         report_evaluation(evaluation, tmp_path / "r.html")
     (evaluation / "summary.json").write_text(json.dumps({"mean_dice": 0.8, "per_class": {}}))
-    with pytest.raises(InputError, match="not an evaluation summary in nnU-Net's layout"):
+    with pytest.raises(InputError, match=r"per_case\.csv is missing; evaluate again"):
+        report_evaluation(evaluation, tmp_path / "r.html", overwrite=True)
+    (evaluation / "summary.json").write_text(json.dumps({"cases": []}))
+    with pytest.raises(InputError, match=r"summary\.json is not an evaluation summary \(KeyError"):
         report_evaluation(evaluation, tmp_path / "r.html", overwrite=True)
 
 
@@ -186,6 +191,26 @@ def test_report_command_end_to_end_and_bad_input(tmp_path, capsys):
     error = capsys.readouterr().err.strip()
     assert len(error.splitlines()) == 1 and "nothing" in error
     assert not (tmp_path / "x.html").exists()
+
+
+def test_evaluate_report_keeps_the_scored_predictions_and_draws_every_case(tiny_dataset, checkpoint, tmp_path, capsys):
+    out = tmp_path / "eval"
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(tiny_dataset), "-o", str(out), "--report"]
+    assert main(argv) == 0
+    assert sorted(p.name for p in (out / "predictions").iterdir()) == ["case0004.nii.gz", "case0005.nii.gz"]
+    text = (out / "report.html").read_text()
+    rows = list(csv.DictReader((out / "per_case.csv").open()))
+    for case in ("case0004", "case0005"):
+        assert f'id="case-{case}"' in text
+        # The kept prediction is the one scored: its Dice against the prepared label is per_case.csv's.
+        _, label, _ = load_h5(tiny_dataset / "test_vol_h5" / f"{case}.npy.h5", label_only=True)
+        prediction = np.asarray(nib.load(str(out / "predictions" / f"{case}.nii.gz")).dataobj)
+        for row in (r for r in rows if r["case"] == case and r["protocol"] == "corrected"):
+            expected = score_case(prediction, label, 3, protocol="corrected", spacing=(3.0, 0.8, 0.8))
+            assert float(row["dice"]) == pytest.approx(expected[int(row["class_id"])]["dice"], nan_ok=True)
+    capsys.readouterr()
+    assert main(argv) == 2  # the reports exist: nothing is replaced without --overwrite
+    assert "already exists" in capsys.readouterr().err
 
 
 CHROMIUM = find_chromium()

@@ -17,7 +17,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "spacing protocol), bring the labels back to the volume's grid and score each foreground class: 'legacy' "
         "(the papers' rules, HD95 in voxels) and 'corrected' (HD95 in mm from the voxel spacing, undefined cases "
         "kept apart). Writes per_case.csv, "
-        "summary.json and summary.md.",
+        "summary.json and summary.md (with --report also report.html, a page to open in a browser).",
     )
     add_checkpoints(parser)
     parser.add_argument("--data", required=True, help="prepared dataset folder (or TransUNet-style Synapse/ACDC files)")
@@ -40,6 +40,17 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         help="slice size (paper protocol) or sliding window (spacing protocol); default: the plan's",
     )
     parser.add_argument("--protocol", choices=METRIC_PROTOCOL_CHOICES, action="append", help="default: both")
+    parser.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="keep each case's predicted labels as OUTPUT/predictions/<case>.nii.gz (the prepared volume's grid)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write OUTPUT/report.html (tables, box plots, slice overlays; see `perspective-unet report`); "
+        "keeps the predictions for its overlays",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace reports the output folder already holds")
     parser.set_defaults(func=run)
 
@@ -56,6 +67,8 @@ def run(args: argparse.Namespace) -> int:
         split=args.split,
         protocols=args.protocol or PROTOCOLS,
         overwrite=args.overwrite,
+        save_predictions=args.save_predictions,
+        report=args.report,
     )
     with open(f"{args.output}/summary.md") as handle:
         print(handle.read())

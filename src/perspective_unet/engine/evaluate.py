@@ -14,19 +14,22 @@ import csv
 import json
 import math
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
 from perspective_unet.data import VolumeDataset
+from perspective_unet.data.io import write_label_map
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.inference import model_device
 from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import inferer_for
+from perspective_unet.engine.report import REPORT_FILE, report_evaluation
 from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
@@ -36,9 +39,11 @@ from perspective_unet.plan import Plan
 from perspective_unet.runs import ModelSource, load
 from perspective_unet.table import format_table
 
-__all__ = ["REPORTS", "evaluate", "evaluate_model", "write_reports"]
+__all__ = ["PREDICTIONS_DIR", "REPORTS", "evaluate", "evaluate_model", "write_reports"]
 
 REPORTS = ("summary.json", "per_case.csv", "summary.md")
+# Where evaluate --save-predictions keeps each case's labels, named <case>.nii.gz.
+PREDICTIONS_DIR = "predictions"
 
 
 def evaluate_model(
@@ -52,6 +57,7 @@ def evaluate_model(
     class_names: Sequence[str] | None = None,
     ctx: DistributedContext | None = None,
     progress: bool = True,
+    save: Callable[[str, np.ndarray, Sequence[float] | None], Any] | None = None,
 ) -> dict[str, Any]:
     """Predict and score every volume of ``dataset``.
 
@@ -66,6 +72,7 @@ def evaluate_model(
         class_names: Names indexed by class id (background first).
         ctx: Distributed context; volumes are split across processes and the scores gathered on every process.
         progress: Show a progress bar.
+        save: Called with each case's name, canonical labels and spacing (on a worker thread), to keep them.
 
     Returns:
         ``{"per_case": [{"case", "spacing_known", protocol: scores, ...}], protocol: aggregate(...), ...}``.
@@ -79,6 +86,7 @@ def evaluate_model(
     model.eval()
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
     scored: list[Future] = []
+    saved: list[Future] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="evaluate") as workers:
         loaded = _prefetch(dataset, indices, workers)
         for item in tqdm(
@@ -93,8 +101,12 @@ def evaluate_model(
                 prediction = inferer(model, item["image"], spacing=None if spacing is None else spacing[1:])
             except InputError as exc:
                 raise InputError(f"case {item['case']} of {dataset.root}: {exc}") from None
+            if save is not None:
+                saved.append(workers.submit(save, item["case"], prediction, item.get("spacing")))
             scored.append(workers.submit(_score_row, item, prediction, num_classes, protocols))
         rows = [future.result() for future in scored]
+        for future in saved:
+            future.result()  # a failed write raises here
     model.train(was_training)
     rows = sorted(ctx.gather(rows), key=lambda r: r["case"])
     result: dict[str, Any] = {"per_case": rows}
@@ -234,6 +246,8 @@ def evaluate(
     protocols: Sequence[str] = PROTOCOLS,
     progress: bool = True,
     overwrite: bool = False,
+    save_predictions: bool = False,
+    report: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model on a prepared dataset's volumes and write the reports; returns ``summary.json``'s dict.
 
@@ -243,7 +257,9 @@ def evaluate(
     already normalized and canonical: the settings of new images do not apply).
 
     Existing reports in ``output`` are replaced only with ``overwrite``; the folder is locked while the command
-    runs.
+    runs. ``save_predictions`` keeps each case's predicted labels as ``predictions/<case>.nii.gz`` (the prepared
+    volume's canonical (Z, H, W) grid, its spacing on the diagonal of the affine); ``report`` keeps them too and
+    writes ``report.html`` (:func:`perspective_unet.engine.report.report_evaluation`).
 
     Raises:
         FileExistsError: ``output`` holds reports and ``overwrite`` is False (checked before any work).
@@ -253,7 +269,9 @@ def evaluate(
         >>> summary["mean_dice"], summary["corrected"]["mean_hd95"]  # doctest: +SKIP
     """
     settings = settings or InferenceSettings()
-    existing = [name for name in REPORTS if (Path(output) / name).exists()]
+    save_predictions = save_predictions or report
+    names = (*REPORTS, *((PREDICTIONS_DIR,) if save_predictions else ()), *((REPORT_FILE,) if report else ()))
+    existing = [name for name in names if (Path(output) / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
             f"{Path(output) / existing[0]} already exists; nothing was written. Pass --overwrite to "
@@ -292,6 +310,7 @@ def evaluate(
             protocols=protocols,
             class_names=list(layout.info.class_names),
             progress=progress,
+            save=_prediction_writer(Path(output) / PREDICTIONS_DIR) if save_predictions else None,
         )
         sources = [str(path) for path in loaded.sources]
         extra = {
@@ -303,4 +322,16 @@ def evaluate(
             "tta": settings.tta,
             "resampler": settings.resampler,
         }
-        return write_reports(result, output, extra=extra)
+        summary = write_reports(result, output, extra=extra)
+        if report:
+            report_evaluation(output, overwrite=True)
+        return summary
+
+
+def _prediction_writer(folder: Path) -> Callable[[str, np.ndarray, Sequence[float] | None], Path]:
+    def save(case: str, labels: np.ndarray, spacing: Sequence[float] | None) -> Path:
+        size = [float(s) for s in spacing] if spacing is not None else [1.0] * labels.ndim
+        meta = {"affine": np.diag([*size, 1.0]), "shape": labels.shape}
+        return write_label_map(labels, meta, folder / f"{case}.nii.gz")
+
+    return save

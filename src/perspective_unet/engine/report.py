@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from perspective_unet.data.io import NIFTI_SUFFIXES, PICTURE_SUFFIXES
+from perspective_unet.data.io import NIFTI_SUFFIXES, PICTURE_SUFFIXES, read_image
 from perspective_unet.data.layouts.files import load_h5
 from perspective_unet.engine.report_data import CaseRecord, EvaluationRecord, read_evaluation
 from perspective_unet.errors import InputError
@@ -81,7 +81,7 @@ def report_evaluation(
     if images is not None and not Path(images).is_dir():
         raise InputError(f"--images {images} is not a folder; give the folder of the cases' images.")
     record = read_evaluation(folder)
-    order = sorted(record.cases, key=lambda c: _sort_key(c.mean("Dice")))
+    order = sorted(record.cases, key=lambda c: _sort_key(c.mean(record.dice_metric)))
     views, missing = [], []
     for rank, case in enumerate(order[:max_cases]):
         try:
@@ -93,7 +93,8 @@ def report_evaluation(
             missing.append(f"{case.case}: no prediction file was kept (evaluate with --save-predictions)")
             continue
         frames = max_frames if rank < slider_cases else 0
-        views.append(case_slices(case.case, *volumes, note=_case_note(case), max_frames=frames, panel_px=panel_px))
+        note = _case_note(case, record.dice_metric)
+        views.append(case_slices(case.case, *volumes, note=note, max_frames=frames, panel_px=panel_px))
     page = _page(record, folder, views, missing, len(order) - max_cases, slider_cases)
     written = write_report(page, target)
     log.info("report of %d case(s), %d drawn: %s (%.1f MB)", len(order), len(views), written, _megabytes(written))
@@ -108,8 +109,8 @@ def _sort_key(value: float) -> float:
     return math.inf if math.isnan(value) else value
 
 
-def _case_note(case: CaseRecord) -> str:
-    parts = [f"mean Dice {case.mean('Dice'):.3f}"]
+def _case_note(case: CaseRecord, dice: str) -> str:
+    parts = [f"mean {_SUMMARY_METRICS[dice]} {case.mean(dice):.3f}"]
     if case.has("HD95"):
         parts.append(f"mean HD95 {case.mean('HD95'):.2f} mm")
     return ", ".join(parts)
@@ -152,11 +153,11 @@ def _case_volumes(
     if reference_path is None:
         raise InputError(f"the reference {case.reference_file or '(none named)'} is not there")
     if is_prepared(reference_path):
-        image, reference, attrs = load_h5(reference_path)  # a prepared volume: canonical image and label, one read
+        image, reference, _ = load_h5(reference_path)  # a prepared volume: canonical image and label, one read
         if reference is None:
             raise InputError(f"the reference {reference_path} holds no label")
         image, reference = np.asarray(image, dtype=np.float32), np.asarray(reference).astype(np.int64)
-        prediction = _prediction_on_reference_grid(prediction_path, attrs)
+        prediction = _prediction_on_reference_grid(prediction_path)
     else:
         reference, _ = read_canonical(reference_path, as_label=True)
         prediction, _ = read_canonical(prediction_path, as_label=True)
@@ -172,10 +173,11 @@ def _case_volumes(
     return image, reference, prediction
 
 
-def _prediction_on_reference_grid(path: Path, attrs: dict) -> np.ndarray:
-    """A prediction of a prepared volume, on that volume's canonical grid."""
-    prediction, _ = read_canonical(path, as_label=True, orientation=str(attrs.get("orientation") or "SPL"))
-    return prediction
+def _prediction_on_reference_grid(path: Path) -> np.ndarray:
+    """A prediction of a prepared volume, on that volume's canonical grid: ``evaluate --save-predictions`` keeps
+    it so (the array as stored)."""
+    prediction, _ = read_image(path, as_label=True)
+    return np.rint(prediction).astype(np.int64)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -196,11 +198,12 @@ def _summary_table(record: EvaluationRecord) -> ReportTable:
 
 
 def _case_table(record: EvaluationRecord, drawn: set[str]) -> ReportTable:
-    overall = [m for m in ("Dice", "HD95", "NSD") if m in record.metric_names]
+    dice = record.dice_metric
+    overall = [m for m in (dice, "HD95", "NSD") if m in record.metric_names]
     headers = ("case", *(f"mean {_SUMMARY_METRICS[m]}" for m in overall))
-    headers += tuple(f"Dice {record.class_names[k]}" for k in record.class_ids)
+    headers += tuple(f"{_SUMMARY_METRICS[dice]} {record.class_names[k]}" for k in record.class_ids)
     rows = [
-        (c.case, *(c.mean(m) for m in overall), *(c.metrics[k]["Dice"] for k in record.class_ids)) for c in record.cases
+        (c.case, *(c.mean(m) for m in overall), *(c.metrics[k][dice] for k in record.class_ids)) for c in record.cases
     ]
     links = tuple(anchor(c.case) if c.case in drawn else "" for c in record.cases)
     return ReportTable("Cases", headers, tuple(rows), sortable=True, links=links)
@@ -208,7 +211,8 @@ def _case_table(record: EvaluationRecord, drawn: set[str]) -> ReportTable:
 
 def _box_plots(record: EvaluationRecord) -> tuple[tuple[str, bytes], ...]:
     figures = []
-    for metric, label, limits in (("Dice", "Dice", (-0.02, 1.02)), ("HD95", "HD95 (mm)", None)):
+    dice = record.dice_metric
+    for metric, label, limits in ((dice, _SUMMARY_METRICS[dice], (-0.02, 1.02)), ("HD95", "HD95 (mm)", None)):
         if metric not in record.metric_names:
             continue
         scores = {record.class_names[k]: {"": record.values(k, metric)} for k in record.class_ids}
