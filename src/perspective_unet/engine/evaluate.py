@@ -30,6 +30,7 @@ from perspective_unet.engine.inference import model_device
 from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import inferer_for
 from perspective_unet.engine.report import REPORT_FILE, report_evaluation
+from perspective_unet.engine.report_data import PREDICTIONS_DIR
 from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
@@ -39,11 +40,9 @@ from perspective_unet.plan import Plan
 from perspective_unet.runs import ModelSource, load
 from perspective_unet.table import format_table
 
-__all__ = ["PREDICTIONS_DIR", "REPORTS", "evaluate", "evaluate_model", "write_reports"]
+__all__ = ["REPORTS", "evaluate", "evaluate_model", "write_reports"]
 
 REPORTS = ("summary.json", "per_case.csv", "summary.md")
-# Where evaluate --save-predictions keeps each case's labels, named <case>.nii.gz.
-PREDICTIONS_DIR = "predictions"
 
 
 def evaluate_model(

@@ -27,10 +27,11 @@ from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import read_json
 
-__all__ = ["CaseRecord", "EvaluationRecord", "read_evaluation"]
+__all__ = ["PREDICTIONS_DIR", "CaseRecord", "EvaluationRecord", "read_evaluation"]
 
 SUMMARY_FILE = "summary.json"
 PER_CASE_FILE = "per_case.csv"
+# Where evaluate --save-predictions keeps each case's labels, named <case>.nii.gz.
 PREDICTIONS_DIR = "predictions"
 # per_case.csv's (protocol, column) -> the metric's name in the record
 _PER_CASE_METRICS = {
