@@ -29,6 +29,7 @@ from tests.data.conftest import (
     write_synapse_raw,
 )
 from tests.data.test_splits_demo import _make_fake_sdist
+from tests.engine.dicom_series import write_series
 
 ROOT = Path(__file__).resolve().parents[1]
 TRAIN_OVERRIDES = [
@@ -84,6 +85,8 @@ def write_inputs(cwd: Path, monkeypatch: pytest.MonkeyPatch) -> None:
 
     monkeypatch.setattr(demo_module, "_download_sdist", download)
     monkeypatch.setenv("PERSPECTIVE_UNET_CACHE", str(cwd / "cache"))
+    slices = np.random.default_rng(1).uniform(-300, 300, (3, 24, 20)).astype(np.int16)
+    write_series(cwd / "dicom" / "ct_0042", slices, (1.0, 0.0, 0.0), (0.0, 1.0, 0.0))
     scan = np.random.default_rng(0).uniform(-300, 300, (24, 20, 5)).astype(np.float32)
     (cwd / "scans").mkdir()
     for path in (cwd / "scans" / "case_0000.nii.gz", cwd / "scan.nii.gz"):
@@ -143,6 +146,9 @@ def test_every_pipeline_command_of_the_readme_runs(tmp_path, monkeypatch):
         "models/synapse/model.onnx",
         "predictions_folder/case.nii.gz",
         "predictions_onnx/case.nii.gz",
+        "seg/ct_0042.dcm",
+        "runs/synapse/eval_report/report.html",
+        "synapse_report.html",
     ):
         assert (tmp_path / made).is_file(), made
     validation = tmp_path / "runs/spleen_25d/fold_0/validation"

@@ -10,6 +10,7 @@ from perspective_unet.config.checks import PROTOCOLS
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.engine.evaluate_folder import AFFINE_TOLERANCE_MM
 from perspective_unet.engine.inference_settings import RESAMPLERS
+from perspective_unet.engine.predict import OUTPUT_FORMATS
 from perspective_unet.evaluation import DEFAULT_NSD_TOLERANCE_MM
 from perspective_unet.metrics import PROTOCOLS as METRIC_PROTOCOLS
 from perspective_unet.models.registry import list_models
@@ -24,6 +25,7 @@ def test_model_choices_are_the_registered_models():
 def test_protocol_resampler_and_orientation_copies_equal_their_homes():
     assert choices.METRIC_PROTOCOL_CHOICES == METRIC_PROTOCOLS
     assert choices.RESAMPLER_CHOICES == RESAMPLERS
+    assert choices.OUTPUT_FORMAT_CHOICES == OUTPUT_FORMATS
     assert choices.DEFAULT_ORIENTATION == CANONICAL_ORIENTATION
     assert choices.DEFAULT_MAX_PATCH_PIXELS == MAX_PATCH_PIXELS
     assert choices.DEFAULT_NSD_TOLERANCE_MM == DEFAULT_NSD_TOLERANCE_MM

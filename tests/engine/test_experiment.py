@@ -202,6 +202,9 @@ def test_cli_runs_and_reports_an_experiment_with_folds(tiny_dataset, tmp_path, c
     assert main(["experiment", "report", str(tmp_path / "cv")]) == 0
     out = capsys.readouterr().out
     assert "Experiment cv" in out and "HD95 in mm" in out
+    assert main(["experiment", "report", str(tmp_path / "cv"), "--report", "--overwrite"]) == 0
+    page = (tmp_path / "cv" / "report" / "report.html").read_text()
+    assert "<title>Experiment cv</title>" in page and 'class="sortable"' in page
     # The fold runs of a seed form an ensemble for evaluate.
     assert (
         main(

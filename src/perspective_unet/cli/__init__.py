@@ -33,6 +33,7 @@ _COMMAND_MODULES = (
     "evaluate",
     "crossval",
     "find_best",
+    "report",
     "experiment",
     "demo",
     "predict",

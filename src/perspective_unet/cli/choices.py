@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_ORIENTATION",
     "METRIC_PROTOCOL_CHOICES",
     "MODEL_CHOICES",
+    "OUTPUT_FORMAT_CHOICES",
     "RESAMPLER_CHOICES",
 ]
 
@@ -27,6 +28,9 @@ METRIC_PROTOCOL_CHOICES = ("legacy", "corrected")
 
 RESAMPLER_CHOICES = ("torch", "scipy")
 """``engine.inference.RESAMPLERS``."""
+
+OUTPUT_FORMAT_CHOICES = ("auto", "dicom-seg")
+"""``engine.predict.OUTPUT_FORMATS``."""
 
 DEFAULT_ORIENTATION = "SPL"
 """``data.orientation.CANONICAL_ORIENTATION``."""

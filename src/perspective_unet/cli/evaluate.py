@@ -24,7 +24,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--pred/--ref: score any tool's label maps (NIfTI, .mha, .nrrd, PNG), paired by case name, against "
         "reference label maps on the same grid. Every foreground class gets nnU-Net's Dice, IoU and voxel counts, "
         "the corrected HD95 in mm and the normalized surface Dice, and the papers' Dice and HD95 in voxels. Writes "
-        "summary.json (nnU-Net's layout), per_case.csv and summary.md.",
+        "summary.json (nnU-Net's layout), per_case.csv and summary.md (with --report also report.html, a page to open "
+        "in a browser).",
     )
     source = parser.add_mutually_exclusive_group(required=True)
     add_checkpoints(source, required=False)
@@ -71,6 +72,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="MM",
         help="with --pred: largest difference of a prediction's affine from its reference's",
     )
+    parser.add_argument(
+        "--save-predictions",
+        action="store_true",
+        help="with --checkpoint: keep each case's predicted labels as OUTPUT/predictions/<case>.nii.gz (the prepared "
+        "volume's grid)",
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write OUTPUT/report.html (tables, box plots, slice overlays; see `perspective-unet report`); "
+        "with --checkpoint it keeps the predictions for its overlays",
+    )
     parser.add_argument("--overwrite", action="store_true", help="replace reports the output folder already holds")
     parser.set_defaults(func=run)
 
@@ -107,6 +120,8 @@ def run(args: argparse.Namespace) -> int:
             protocols=protocols,
             nsd_tolerance=tolerance,
             overwrite=args.overwrite,
+            save_predictions=args.save_predictions,
+            report=args.report,
         )
     else:
         from perspective_unet.engine.evaluate_folder import evaluate_folder

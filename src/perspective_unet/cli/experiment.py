@@ -48,6 +48,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     report_parser.add_argument("folder", help="the experiment folder `experiment run` wrote")
     report_parser.add_argument("-o", "--output", help="report folder (default: FOLDER/report)")
     report_parser.add_argument("--overwrite", action="store_true", help="replace an earlier report")
+    report_parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write report.html: the tables, box plots and per-unit scores as one self-contained page",
+    )
     report_parser.set_defaults(func=report)
 
 
@@ -146,7 +151,7 @@ def status(args: argparse.Namespace) -> int:
 def report(args: argparse.Namespace) -> int:
     from perspective_unet.engine.experiment_report import report_experiment
 
-    result = report_experiment(args.folder, args.output, overwrite=args.overwrite)
+    result = report_experiment(args.folder, args.output, overwrite=args.overwrite, html=args.report)
     folder = args.output or f"{args.folder}/report"
     with open(f"{folder}/report.md", encoding="utf-8") as handle:
         print(handle.read())

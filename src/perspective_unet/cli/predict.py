@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from perspective_unet.cli.choices import RESAMPLER_CHOICES
+from perspective_unet.cli.choices import OUTPUT_FORMAT_CHOICES, RESAMPLER_CHOICES
 from perspective_unet.cli.options import add_checkpoints, add_intensity_override, inference_settings
 
 
@@ -20,8 +20,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "channel suffix (case_0000.nii.gz -> case.nii.gz); a DICOM folder ct/ gives ct.nii.gz; pictures give a PNG "
         "of class ids. A model of several input channels reads <case>_0000, <case>_0001, ... together (a folder is "
         "grouped by case; one file given brings its siblings). Inputs that do not fit the model (a picture into a CT "
-        "or MR model, a CT into an MR model) are refused unless --allow-modality-mismatch. Existing outputs are never "
-        "replaced without --overwrite.",
+        "or MR model, a CT into an MR model) are refused unless --allow-modality-mismatch. --output-format dicom-seg "
+        "writes a DICOM Segmentation (ct.dcm) that references the DICOM series it was predicted from. Existing "
+        "outputs are never replaced without --overwrite.",
     )
     model = parser.add_mutually_exclusive_group(required=True)
     add_checkpoints(model, required=False)
@@ -42,6 +43,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--save-probabilities",
         action="store_true",
         help="also write <name>_probabilities.nii.gz (float, one channel per class; .npz for pictures)",
+    )
+    parser.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMAT_CHOICES,
+        default="auto",
+        help="auto: the input's format (NIfTI for DICOM series); dicom-seg: a DICOM Segmentation object per DICOM "
+        "series, one segment per class, on the series' geometry (needs highdicom: pip install "
+        "'perspective-unet[dicom]')",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
@@ -101,7 +110,13 @@ def run(args: argparse.Namespace) -> int:
             )
         settings = settings.replace(device="cpu")
     written = predict_path(
-        args.onnx or args.checkpoint, args.input, args.output, settings, overwrite=args.overwrite, series=args.series
+        args.onnx or args.checkpoint,
+        args.input,
+        args.output,
+        settings,
+        overwrite=args.overwrite,
+        series=args.series,
+        output_format=args.output_format,
     )
     target = written[0] if len(written) == 1 else args.output
     print(f"wrote {len(written)} label map(s) to {target}")

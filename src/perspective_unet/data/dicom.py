@@ -89,7 +89,8 @@ def read_dicom_series(folder: Path, series: str | None) -> tuple[np.ndarray, dic
         reader.SetFileNames(files[chosen])
         image = reader.Execute()
     array, affine = sitk_to_array(image)
-    return array, {"affine": affine, "format": "dicom", "series": chosen}
+    # The files in slice order (the order of the array's last axis): a DICOM SEG output references each of them.
+    return array, {"affine": affine, "format": "dicom", "series": chosen, "files": tuple(files[chosen])}
 
 
 def _dicom_header(path: str) -> Any:

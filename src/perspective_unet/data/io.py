@@ -63,7 +63,7 @@ def read_image(
         mm, identity for pictures), ``spacing`` (per array axis, mm), ``shape``, ``axcodes`` (nibabel's codes of
         the array axes), ``format`` ("nifti", "sitk", "dicom", "picture"), ``path``, for NIfTI ``header``
         (the nibabel header, for writing a label map with the same header) and for DICOM ``series`` (the
-        SeriesInstanceUID read).
+        SeriesInstanceUID read) and ``files`` (the series' files in the order of the array's last axis).
 
     Raises:
         InputError: The file does not exist, cannot be read completely (unreadable or truncated), is not 2D/3D, or

@@ -27,11 +27,14 @@ import torch
 from tqdm.auto import tqdm
 
 from perspective_unet.data import VolumeDataset
+from perspective_unet.data.io import write_label_map
 from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.inference import model_device
 from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import inferer_for
+from perspective_unet.engine.report import REPORT_FILE, report_evaluation
+from perspective_unet.engine.report_data import PREDICTIONS_DIR
 from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
 from perspective_unet.errors import InputError
 from perspective_unet.evaluation import (
@@ -110,6 +113,7 @@ def evaluate_model(
     indices = list(range(ctx.rank, len(dataset), ctx.world_size))
     files = dict(dataset.volumes)
     scored: list[Future] = []
+    saved: list[Future] = []
     with ThreadPoolExecutor(max_workers=2, thread_name_prefix="evaluate") as workers:
         loaded = _prefetch(dataset, indices, workers)
         for item in tqdm(
@@ -134,6 +138,8 @@ def evaluate_model(
             job = (item, labels, probabilities, num_classes, protocols, nsd_tolerance, ignore_label, reference, save)
             scored.append(workers.submit(_score_case, *job))
         rows = [future.result() for future in scored]
+        for future in saved:
+            future.result()  # a failed write raises here
     model.train(was_training)
     rows = ctx.gather(rows)
     return EvaluationSummary.of(rows, names, protocols, nsd_tolerance)
@@ -218,6 +224,8 @@ def evaluate(
     nsd_tolerance: float | Sequence[float] = DEFAULT_NSD_TOLERANCE_MM,
     progress: bool = True,
     overwrite: bool = False,
+    save_predictions: bool = False,
+    report: bool = False,
 ) -> dict[str, Any]:
     """Evaluate a model on a prepared dataset's volumes and write the reports; returns ``summary.json``'s dict.
 
@@ -228,7 +236,9 @@ def evaluate(
     the fold's held-out cases (see :func:`evaluation_dataset`).
 
     Existing reports in ``output`` are replaced only with ``overwrite``; the folder is locked while the command
-    runs.
+    runs. ``save_predictions`` keeps each case's predicted labels as ``predictions/<case>.nii.gz`` (the prepared
+    volume's canonical (Z, H, W) grid, its spacing on the diagonal of the affine); ``report`` keeps them too and
+    writes ``report.html`` (:func:`perspective_unet.engine.report.report_evaluation`).
 
     Raises:
         FileExistsError: ``output`` holds reports and ``overwrite`` is False (checked before any work).
@@ -238,7 +248,9 @@ def evaluate(
         >>> summary["foreground_mean"]["Dice"], summary["foreground_mean"]["HD95"]  # doctest: +SKIP
     """
     settings = settings or InferenceSettings()
-    existing = [name for name in REPORTS if (Path(output) / name).exists()]
+    save_predictions = save_predictions or report
+    names = (*REPORTS, *((PREDICTIONS_DIR,) if save_predictions else ()), *((REPORT_FILE,) if report else ()))
+    existing = [name for name in names if (Path(output) / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
             f"{Path(output) / existing[0]} already exists; nothing was written. Pass --overwrite to "
@@ -282,6 +294,7 @@ def evaluate(
             nsd_tolerance=nsd_tolerance,
             progress=progress,
             plan_source=info.plan_source,
+            save=_prediction_writer(Path(output) / PREDICTIONS_DIR) if save_predictions else None,
         )
         sources = [str(path) for path in loaded.sources]
         extra = {
@@ -295,4 +308,19 @@ def evaluate(
         }
         if info.fold is not None and split == "val":
             extra["fold"] = info.fold
-        return write_summary(summary, output, extra)
+        written = write_summary(summary, output, extra)
+        if report:
+            report_evaluation(output, overwrite=True)
+        return written
+
+
+def _prediction_writer(folder: Path) -> SavePrediction:
+    """Keep each case's predicted labels as ``folder/<case>.nii.gz`` on the prepared volume's canonical grid."""
+
+    def save(item: dict[str, Any], labels: np.ndarray, probabilities: np.ndarray | None) -> str:
+        spacing = item.get("spacing")
+        size = [float(s) for s in spacing] if spacing is not None else [1.0] * labels.ndim
+        meta = {"affine": np.diag([*size, 1.0]), "shape": labels.shape}
+        return str(write_label_map(labels, meta, folder / f"{item['case']}.nii.gz"))
+
+    return save

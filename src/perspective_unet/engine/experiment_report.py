@@ -43,6 +43,7 @@ from perspective_unet.table import format_table
 __all__ = ["ConfigurationSummary", "ExperimentReport", "gather_scores", "report_experiment", "summarize"]
 
 REPORT_FILES = ("report.md", "report.csv", "report.tex", "report.json", "boxplots.png")
+HTML_FILE = "report.html"
 
 # (case, class name) -> (dice, hd95) of one run
 RunScores = dict[tuple[str, str], tuple[float, float]]
@@ -351,9 +352,14 @@ def _json(report: ExperimentReport) -> str:
 
 
 def report_experiment(
-    root: str | os.PathLike[str], output: str | os.PathLike[str] | None = None, *, overwrite: bool = False
+    root: str | os.PathLike[str],
+    output: str | os.PathLike[str] | None = None,
+    *,
+    overwrite: bool = False,
+    html: bool = False,
 ) -> ExperimentReport:
-    """Write the report of an experiment folder (into ``root/report`` unless ``output`` says otherwise).
+    """Write the report of an experiment folder (into ``root/report`` unless ``output`` says otherwise); with
+    ``html``, also ``report.html``, the same numbers as a self-contained page to open in a browser.
 
     Raises:
         FileExistsError: The report folder holds a report and ``overwrite`` is False (nothing is written).
@@ -362,7 +368,8 @@ def report_experiment(
     from perspective_unet.viz.boxplot import class_box_plot
 
     folder = Path(output) if output is not None else Path(root) / "report"
-    existing = [name for name in REPORT_FILES if (folder / name).exists()]
+    names = (*REPORT_FILES, HTML_FILE) if html else REPORT_FILES
+    existing = [name for name in names if (folder / name).exists()]
     if existing and not overwrite:
         raise FileExistsError(
             f"{folder / existing[0]} already exists; nothing was written. Pass --overwrite to "
@@ -382,5 +389,10 @@ def report_experiment(
     }
     writers: dict[Path, Any] = {folder / name: text_writer(text) for name, text in texts.items()}
     writers[folder / "boxplots.png"] = lambda path: class_box_plot(box_scores, path, title=report.name)
+    if html:
+        from perspective_unet.engine.experiment_report_page import experiment_page
+        from perspective_unet.viz.report import render_report
+
+        writers[folder / HTML_FILE] = text_writer(render_report(experiment_page(report)))
     write_all(writers)
     return report

@@ -15,9 +15,11 @@ refuses a case that comes with a second channel file beside its ``_0000``.
 Output names: a label map keeps its input's name, with nnU-Net's channel suffix ``_0000`` dropped
 (``case_0000.nii.gz`` -> ``case.nii.gz``). NIfTI, ``.mha`` and ``.nrrd`` inputs keep their format; a DICOM series
 folder ``ct/`` gives ``ct.nii.gz``; other 3D formats give ``.nii.gz``; pictures give a ``.png`` whose pixel values
-are class ids. Probability maps go beside the label map as ``<name>_probabilities.nii.gz`` (float32, one channel per
-class along the fourth axis, same affine) for 3D NIfTI outputs and as ``<name>_probabilities.npz`` (key
-``probabilities``, float16 (classes, *image shape), and ``class_names``) otherwise.
+are class ids. With ``output_format="dicom-seg"`` every input must be a DICOM series and its label map is a DICOM
+Segmentation object ``<folder>.dcm`` that references the series (:mod:`perspective_unet.data.dicom_seg`).
+Probability maps go beside the label map as ``<name>_probabilities.nii.gz`` (float32, one channel per class along
+the fourth axis, same affine) for 3D NIfTI outputs and as ``<name>_probabilities.npz`` (key ``probabilities``,
+float16 (classes, *image shape), and ``class_names``) otherwise.
 
 Intensities: the checkpoint's plan (or, for checkpoints without one, ``dataset["intensity"]``) says how the training
 data were normalized, first to their stored [0, 1] range:
@@ -40,6 +42,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
+from perspective_unet.data.dicom_seg import DICOM_SEG_SUFFIX
 from perspective_unet.data.io import (
     NIFTI_SUFFIXES,
     PICTURE_SUFFIXES,
@@ -54,11 +57,21 @@ from perspective_unet.errors import InputError
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.runs import LoadedModel, ModelSource
 
-__all__ = ["channel_groups", "find_inputs", "output_name", "predict_file", "predict_path", "probability_path"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "channel_groups",
+    "find_inputs",
+    "output_name",
+    "predict_file",
+    "predict_path",
+    "probability_path",
+]
 
 logger = logging.getLogger(__name__)
 
 CHANNEL_SUFFIX = "_0000"
+# auto: the input's own format (see the module docstring); dicom-seg: a DICOM Segmentation of a DICOM series.
+OUTPUT_FORMATS = ("auto", "dicom-seg")
 # Formats a label map may be written in; JPEG is left out on purpose (lossy compression changes class ids).
 LABEL_SUFFIXES = (*NIFTI_SUFFIXES, ".png", ".bmp", ".tif", ".tiff", ".mha", ".nrrd")
 _KEEP_SUFFIXES = (*NIFTI_SUFFIXES, ".mha", ".nrrd")
@@ -173,15 +186,19 @@ def channel_groups(inputs: Sequence[Path], channels: int, names: Sequence[str] =
     return list(groups.values())
 
 
-def output_name(input_path: str | os.PathLike[str]) -> str:
+def output_name(input_path: str | os.PathLike[str], output_format: str = "auto") -> str:
     """The file name of the label map of an input (see the module docstring for the rules).
 
     Example:
         >>> output_name("scans/case_0000.nii.gz"), output_name("photos/x.jpg"), output_name("dicom/ct_head")
         ('case.nii.gz', 'x.png', 'ct_head.nii.gz')
+        >>> output_name("dicom/ct_head", "dicom-seg")
+        'ct_head.dcm'
     """
     path = Path(input_path)
     suffix = full_suffix(path)
+    if output_format == "dicom-seg":
+        return f"{path.name}{DICOM_SEG_SUFFIX}"
     if path.is_dir() or suffix == "":
         return f"{path.name}.nii.gz"
     stem = path.name[: -len(suffix)]
@@ -209,10 +226,32 @@ def probability_path(label_path: str | os.PathLike[str], ndim: int = 3) -> Path:
 
 
 def _is_file_target(output: Path) -> bool:
-    return not output.is_dir() and full_suffix(output) in (*LABEL_SUFFIXES, ".jpg", ".jpeg")
+    return not output.is_dir() and full_suffix(output) in (*LABEL_SUFFIXES, DICOM_SEG_SUFFIX, ".jpg", ".jpeg")
 
 
-def _plan(inputs: Sequence[tuple[Path, ...]], collection: bool, output: Path, save_probabilities: bool) -> list[_Job]:
+def _check_format(inputs: Sequence[Path], output: Path, output_format: str) -> None:
+    if output_format not in OUTPUT_FORMATS:
+        raise InputError(f"--output-format {output_format} is not one of {', '.join(OUTPUT_FORMATS)}.")
+    if output_format == "dicom-seg":
+        for source in inputs:
+            if not source.is_dir():
+                raise InputError(
+                    f"{source} is not a DICOM series folder; --output-format dicom-seg references the DICOM series a "
+                    "label map was predicted from. Give DICOM series folders, or drop --output-format."
+                )
+        if _is_file_target(output) and full_suffix(output) != DICOM_SEG_SUFFIX:
+            raise InputError(f"{output}: a DICOM SEG file is named .dcm; give a .dcm file name or a folder.")
+    elif full_suffix(output) == DICOM_SEG_SUFFIX and not output.is_dir():
+        raise InputError(f"{output}: .dcm outputs are DICOM SEG files; add --output-format dicom-seg.")
+
+
+def _plan(
+    inputs: Sequence[tuple[Path, ...]],
+    collection: bool,
+    output: Path,
+    save_probabilities: bool,
+    output_format: str = "auto",
+) -> list[_Job]:
     if _is_file_target(output):
         if collection or len(inputs) > 1:
             raise InputError(f"{output} is a file name but there are {len(inputs)} inputs; give a folder as output.")
@@ -222,7 +261,7 @@ def _plan(inputs: Sequence[tuple[Path, ...]], collection: bool, output: Path, sa
     else:
         if output.exists() and not output.is_dir():
             raise InputError(f"{output} is an existing file; give a folder (or a new path) for the outputs.")
-        targets = [output / output_name(p[0]) for p in inputs]
+        targets = [output / output_name(p[0], output_format) for p in inputs]
     jobs = []
     seen: dict[Path, Path] = {}
     for sources, target in zip(inputs, targets):
@@ -236,7 +275,7 @@ def _plan(inputs: Sequence[tuple[Path, ...]], collection: bool, output: Path, sa
         seen[target.resolve()] = source
         ndim = 2 if full_suffix(source) in PICTURE_SUFFIXES else 3
         probs = probability_path(target, ndim) if save_probabilities else None
-        jobs.append(_Job(sources, target, probs))
+        jobs.append(_Job(sources, target, probs, output_format))
     return jobs
 
 
@@ -245,6 +284,7 @@ class _Job:
     sources: tuple[Path, ...]
     labels: Path
     probabilities: Path | None = None
+    output_format: str = "auto"
 
     def outputs(self) -> list[Path]:
         return [self.labels] + ([self.probabilities] if self.probabilities is not None else [])
@@ -310,6 +350,7 @@ def predict_path(
     overwrite: bool = False,
     progress: bool = True,
     series: str | None = None,
+    output_format: str = "auto",
 ) -> list[Path]:
     """Segment image files, DICOM series or a folder of them, and write one uint8 label map per input.
 
@@ -333,13 +374,16 @@ def predict_path(
         progress: Show a progress bar over the inputs.
         series: The DICOM series (SeriesInstanceUID) to read from DICOM folders that hold several; without it such a
             folder is refused with the list of its series.
+        output_format: ``auto`` (the input's format, see the module docstring) or ``dicom-seg`` (a DICOM
+            Segmentation per DICOM series input; any other input is refused before anything is written).
 
     Returns:
         The label maps written, in input order.
 
     Raises:
         InputError: an input is missing or unreadable (named in the message), does not fit the model (a picture into
-            a CT or MR model, a CT into an MR model) or lacks a channel, or the outputs clash.
+            a CT or MR model, a CT into an MR model) or lacks a channel, the outputs clash, or an input is not a DICOM
+            series with ``output_format="dicom-seg"``.
         FileExistsError: an output exists and ``overwrite`` is False.
 
     Example:
@@ -357,10 +401,11 @@ def predict_path(
         files, many = find_inputs(path)
         found.extend(files)
         collection = collection or many
+    _check_format(found, Path(output), output_format)  # before the model is loaded
     # The model says how many files make one input (its input channels).
     predictor = _predictor(source, settings)
     groups = channel_groups(found, predictor.plan.num_channels, predictor.channel_names)
-    jobs = _plan(groups, collection, Path(output), settings.save_probabilities)
+    jobs = _plan(groups, collection, Path(output), settings.save_probabilities, output_format)
     folder = jobs[0].labels.parent
     # One predict command per output folder: a second one would silently replace the first one's outputs.
     with output_lock(folder, "predict"):
@@ -370,7 +415,9 @@ def predict_path(
         written: list[Path] = []
         for job in tqdm(jobs, desc="predict", unit="image", disable=not progress or len(jobs) == 1, dynamic_ncols=True):
             try:
-                written.append(predictor.predict_file(job.sources, job.labels, job.probabilities, series))
+                written.append(
+                    predictor.predict_file(job.sources, job.labels, job.probabilities, series, job.output_format)
+                )
             except InputError as exc:
                 if written:
                     raise InputError(

@@ -20,6 +20,7 @@ import torch
 
 from perspective_unet.channels import input_mismatch
 from perspective_unet.data.checks import check_channel_grid
+from perspective_unet.data.dicom_seg import write_dicom_seg
 from perspective_unet.data.io import read_image, write_label_map, write_probabilities
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, from_canonical, to_canonical
 from perspective_unet.engine.inference import model_device
@@ -268,18 +269,28 @@ class Predictor:
         output_path: str | os.PathLike[str],
         probabilities_path: str | os.PathLike[str] | None = None,
         series: str | None = None,
+        output_format: str = "auto",
     ) -> Path:
         """Segment one image file (or DICOM folder; or one file per input channel for a model of several) and write its
         label map (and probabilities) atomically.
 
         Overwrites without asking; :func:`~perspective_unet.engine.predict.predict_path` checks for existing outputs
-        first. ``series`` chooses one DICOM series (SeriesInstanceUID) of a folder that holds several.
+        first. ``series`` chooses one DICOM series (SeriesInstanceUID) of a folder that holds several;
+        ``output_format="dicom-seg"`` writes the labels of a DICOM series as a DICOM Segmentation of it.
         """
         paths = [input_path] if isinstance(input_path, (str, os.PathLike)) else list(input_path)
         array, meta = self.read(paths, series)
         result = self.predict_image(array, meta, return_probabilities=probabilities_path is not None)
         labels, probabilities = result if probabilities_path is not None else (result, None)
-        writers: dict[Path, Any] = {Path(output_path): lambda path: write_label_map(labels, meta, path)}
+        if output_format == "dicom-seg":
+            num_classes = len(self.class_names) or None
+            writers: dict[Path, Any] = {
+                Path(output_path): lambda path: write_dicom_seg(
+                    labels, meta, path, self.class_names, num_classes=num_classes
+                )
+            }
+        else:
+            writers = {Path(output_path): lambda path: write_label_map(labels, meta, path)}
         if probabilities is not None and probabilities_path is not None:
             writers[Path(probabilities_path)] = lambda path: write_probabilities(
                 probabilities, meta, path, self.class_names

@@ -6,6 +6,8 @@
 - :mod:`~perspective_unet.viz.volumes`: canonical volumes for figures and the choice of slices to show.
 - :mod:`~perspective_unet.viz.figure`: the pixel-exact matplotlib figure and its layout constants.
 - :mod:`~perspective_unet.viz.boxplot`: the experiment report's box plots.
+- :mod:`~perspective_unet.viz.report`: the self-contained HTML report (tables, box plots, slice overlays, sliders);
+  :mod:`perspective_unet.engine.report` reads an evaluation folder into it.
 
 viz never imports the engine: figures that run a model first (a checkpoint's prediction, feature maps) are in
 :mod:`perspective_unet.engine.figures`.
