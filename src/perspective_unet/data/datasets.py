@@ -22,6 +22,7 @@ from torch.utils.data import Dataset
 from perspective_unet.config.augmentation import AugmentationConfig
 from perspective_unet.data.augmentation import build_augmentation
 from perspective_unet.data.dataset_info import read_dataset_info
+from perspective_unet.data.domain_augmentation import DOMAIN_SEED_SALT, RANGE_KEY, build_domain_augmentation
 from perspective_unet.data.layout import TRAIN_DIR, VOLUME_SUFFIX
 from perspective_unet.data.planning import case_statistics
 from perspective_unet.data.slices import (
@@ -102,6 +103,8 @@ class SliceDataset(Dataset):
         self.seed = int(seed)
         self.augmentation_config = augmentation
         self._augment = build_augmentation(augmentation) if augmentation is not None else None
+        domain = augmentation is not None and augmentation.domain_generalization
+        self._domain = build_domain_augmentation(augmentation) if domain else None
         self.intensity = intensity or IntensitySpec("unit")
         self.samples = (
             list_slices(self.root, self.info, split) if cases is None else case_slices(self.root, self.info, cases)
@@ -119,6 +122,8 @@ class SliceDataset(Dataset):
         entropy = [self.seed] if worker_seed is None else [self.seed, int(worker_seed)]
         state = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         self._augment.set_random_state(seed=state)
+        if self._domain is not None:
+            self._domain.set_random_state(seed=state ^ DOMAIN_SEED_SALT)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -161,12 +166,14 @@ class SliceDataset(Dataset):
         return ndimage.zoom(image, (1.0, *factors), order=3), ndimage.zoom(label, factors, order=0)
 
     def _augmented(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        out = self._augment(
-            {
-                "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None],
-            }
-        )
+        data = {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None],
+        }
+        if self._domain is not None:  # on stored values, whose range is [0, 1] whatever the normalization
+            changed = self._domain({**data, RANGE_KEY: (0.0, 1.0)})
+            data["image"] = changed["image"]
+        out = self._augment(data)
         image_t = convert_to_tensor(out["image"], track_meta=False, dtype=torch.float32)
         label_t = convert_to_tensor(out["label"], track_meta=False, dtype=torch.float32)
         return image_t.numpy(), torch.round(label_t[0]).numpy()
