@@ -213,12 +213,12 @@ def format_table(name: str, result: dict[str, Any]) -> str:
     unit = result.get("intensity_unit", "HU")
     lines = [
         f"{name}  ({' x '.join(map(str, result['shape']))} voxels, spacing {result['spacing_mm']} mm)",
-        f"{'organ':<14}{'Dice':>8}{'ref voxels':>12}{'pred voxels':>13}{'ref mean ' + unit:>15}",
+        f"{'organ':<14}{'Dice':>8}{'ref voxels':>12}{'pred voxels':>13}{'ref mean ' + unit:>20}",
     ]
     for organ, s in result["organs"].items():
         dice = "n/a" if s["dice"] is None else f"{s['dice']:.4f}"
         level = "n/a" if s["reference_mean"] is None else f"{s['reference_mean']:.0f}"
-        lines.append(f"{organ:<14}{dice:>8}{s['reference_voxels']:>12}{s['predicted_voxels']:>13}{level:>15}")
+        lines.append(f"{organ:<14}{dice:>8}{s['reference_voxels']:>12}{s['predicted_voxels']:>13}{level:>20}")
     mean = "n/a" if result["mean_dice"] is None else f"{result['mean_dice']:.4f}"
     return "\n".join([*lines, f"{'mean':<14}{mean:>8}"])
 
