@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import io
+import math
 import tarfile
 from pathlib import Path
 
@@ -135,10 +136,12 @@ def test_classes_present_and_table(transfer):
     assert transfer.classes_present(labels) == [5]
     assert transfer.classes_present(labels, min_voxels=3) == [5, 7]
     scores = transfer.dice_per_class(labels, labels, [5, 2])
-    organs = {name: {**scores[c], "reference_mean_hu": None} for c, name in [(5, "liver"), (2, "gallbladder")]}
+    organs = {name: {**scores[c], "reference_mean": None} for c, name in [(5, "liver"), (2, "gallbladder")]}
+    organs["liver"]["reference_mean"] = 412.4
     result = {"shape": [10, 10, 20], "spacing_mm": [1.0, 1.0, 2.0], "organs": organs, "mean_dice": 1.0}
     table = transfer.format_table("scan", result)
-    assert "liver" in table and "1.0000" in table and "n/a" in table
+    assert "liver" in table and "1.0000" in table and "n/a" in table and "ref mean HU" in table and "412" in table
+    assert "ref mean MR signal" in transfer.format_table("mr", {**result, "intensity_unit": "MR signal"})
 
 
 def test_extract_scans_by_exact_names(transfer, tmp_path):
@@ -151,7 +154,7 @@ def test_extract_scans_by_exact_names(transfer, tmp_path):
             tar.addfile(info, io.BytesIO(name.encode()))
     dest = transfer.extract_scans(archive, tmp_path / "out")
     found = sorted(str(p.relative_to(dest)) for p in dest.rglob("*") if p.is_file())
-    assert found == names and len(names) == 23  # 20 DICOM slices, the CTA, two references
+    assert found == names and len(names) == 25  # 20 DICOM slices, the CTA, the MR, three references
     assert (dest / names[0]).read_text() == names[0]
     with tarfile.open(tmp_path / "short.tar.gz", "w:gz"):
         pass
@@ -166,3 +169,68 @@ def test_bad_input_exits_2(transfer, tmp_path, capsys):
     checkpoint.write_bytes(b"x")
     assert transfer.main(["--checkpoint", str(checkpoint), "--sdist", str(tmp_path / "none.tar.gz")]) == 2
     assert len(capsys.readouterr().err.strip().splitlines()) == 1
+
+
+def test_the_mr_scan_scores_the_eight_organs_under_the_mr_models_ids(transfer):
+    spec = transfer.SCANS["abdominal_mr"]
+    assert spec["modality"] == "MR" and spec["classes"] == list(range(1, 9))
+    # TotalSegmentator's total_mr ids of the eight organs, by name, onto the Synapse ids of the same names.
+    total_mr = {"spleen": 1, "kidney_right": 2, "kidney_left": 3, "gallbladder": 4, "liver": 5, "stomach": 6}
+    total_mr |= {"pancreas": 7, "aorta": 23}
+    synapse = {"aorta": 1, "gallbladder": 2, "kidney_left": 3, "kidney_right": 4, "liver": 5, "pancreas": 6}
+    synapse |= {"spleen": 7, "stomach": 8}
+    assert spec["label_map"] == {total_mr[name]: synapse[name] for name in synapse}
+    assert all(s["modality"] == "CT" for name, s in transfer.SCANS.items() if name != "abdominal_mr")
+
+
+def _run(held_out: float, minutes: float, liver: float | None, aorta: float) -> dict:
+    """One run's record as run_variants gives it, with the same score on every scan."""
+    organs = {"liver": {"dice": liver}, "aorta": {"dice": aorta}}
+    scores = [v for v in (liver, aorta) if v is not None]
+    scan = {"organs": organs, "mean_dice": sum(scores) / len(scores)}
+    return {"held_out_mean_dice": held_out, "minutes": minutes, "epochs": 40, "scans": dict.fromkeys(_SCANS, scan)}
+
+
+_SCANS = ("dicom_ct", "aorta_cta", "abdominal_mr")
+
+
+def test_comparison_gives_mean_and_sample_std_over_seeds(transfer):
+    assert tuple(transfer.SCANS) == _SCANS
+    records = {
+        "demo": {1234: _run(0.66, 9.0, 0.8, 0.2), 1235: _run(0.70, 11.0, 0.9, 0.4), 1236: _run(0.68, 10.0, None, 0.3)},
+        "demo_domain": {1234: _run(0.65, 9.5, 0.85, 0.6)},
+    }
+    summary = transfer.compare(records)
+    demo = summary["demo"]
+    assert demo["seeds"] == [1234, 1235, 1236]
+    assert demo["held_out_mean_dice"]["mean"] == pytest.approx(0.68)
+    assert demo["held_out_mean_dice"]["std"] == pytest.approx(0.02)  # sample std of 0.66, 0.70, 0.68
+    liver = demo["scans"]["dicom_ct"]["liver"]
+    assert liver["n"] == 2 and liver["mean"] == pytest.approx(0.85)  # an organ absent in both counts for nothing
+    aorta = demo["scans"]["aorta_cta"]["aorta"]
+    assert aorta["mean"] == pytest.approx(0.3) and aorta["std"] == pytest.approx(0.1)
+    assert demo["scans"]["abdominal_mr"]["mean"]["mean"] == pytest.approx((0.5 + 0.65 + 0.3) / 3)
+    one = summary["demo_domain"]["scans"]["dicom_ct"]["aorta"]
+    assert one["n"] == 1 and math.isnan(one["std"])
+    table = transfer.format_comparison(summary)
+    lines = table.splitlines()
+    assert lines[0] == "| scan | organ | demo recipe | demo recipe + domain_generalization |"
+    assert "| demo CT, held-out slices | mean of 8 | 68.0 ± 2.0 (3) | 65.0 (1 seed) |" in lines
+    assert "| aorta_cta | aorta | 30.0 ± 10.0 (3) | 60.0 (1 seed) |" in lines
+    assert "| training and evaluation | minutes | 10.0 ± 1.0 (3) | 9.5 (1 seed) |" in lines
+    assert "| dicom_ct | liver | 85.0 ± 7.1 (2) | 85.0 (1 seed) |" in lines
+    missing = transfer.format_comparison(transfer.compare({"demo": records["demo"], "demo_domain": {}}))
+    assert "not run" in missing
+
+
+def test_runs_without_training_score_nothing_and_an_earlier_comparison_is_kept(transfer, tmp_path, capsys):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "transfer_compare.json").write_text("{}")
+    assert transfer.main(["--runs", str(tmp_path / "runs"), "-o", str(out)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+    assert (out / "transfer_compare.json").read_text() == "{}"
+    assert transfer.main(["--runs", str(tmp_path / "runs"), "--seeds", "0", "-o", str(tmp_path / "p")]) == 2
+    assert "--seeds" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        transfer.main(["--runs", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt")])

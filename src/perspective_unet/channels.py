@@ -15,7 +15,7 @@ import numpy as np
 
 from perspective_unet.intensity import ImageStats, IntensitySpec
 
-__all__ = ["CT_EVIDENCE_HU", "apply_stored_channels", "channel_floors", "input_mismatch"]
+__all__ = ["CT_EVIDENCE_HU", "apply_stored_channels", "channel_ceilings", "channel_floors", "input_mismatch"]
 
 # Raw values below this are Hounsfield units (air is -1000 HU, fat -100 HU): MR and picture intensities are never this
 # negative, so such an image is taken for a CT.
@@ -57,6 +57,16 @@ def channel_floors(
     for the ``planes`` (slice and context slices) of each channel: what padding outside an image should hold."""
     stats = tuple(stats) if stats is not None else (None,) * len(specs)
     return tuple(spec.floor(s) for spec, s in zip(specs, stats) for _ in range(planes))
+
+
+def channel_ceilings(
+    specs: Sequence[IntensitySpec], stats: Sequence[ImageStats | None] | None = None, planes: int = 1
+) -> tuple[float, ...]:
+    """The network-input value of each input channel's brightest stored value (1), repeated for the ``planes`` of
+    each channel: the top of the range an intensity augmentation may reach."""
+    stats = tuple(stats) if stats is not None else (None,) * len(specs)
+    one = np.ones(1, dtype=np.float32)
+    return tuple(float(spec.apply_stored(one, s)[0]) for spec, s in zip(specs, stats) for _ in range(planes))
 
 
 def input_mismatch(spec: IntensitySpec | None, image: np.ndarray, *, picture: bool) -> str | None:

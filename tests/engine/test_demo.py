@@ -99,3 +99,32 @@ def test_the_demo_config_file_holds_the_demo_settings():
     ):
         assert getattr(config, name) == getattr(settings, name), name
     assert yaml.safe_load(path.read_text())["val_every"] == 0 and config.num_workers == 0
+
+
+def test_the_domain_switch_reaches_the_training_of_both_protocols(tiny_dataset, tmp_path, monkeypatch):
+    import pytest
+
+    from perspective_unet.cli import main
+    from perspective_unet.engine import demo
+
+    class TrainingReachedError(Exception):
+        pass
+
+    seen = {}
+
+    def capture(config):  # stands in for training: the config it gets is what this test is about
+        seen[config.protocol] = config.augmentation
+        raise TrainingReachedError
+
+    monkeypatch.setattr(demo, "train", capture)
+    for protocol in ("spacing", "paper"):
+        out = tmp_path / protocol
+        shutil.copytree(tiny_dataset, out / "data")
+        with pytest.raises(TrainingReachedError):
+            main(["demo", "-o", str(out), "--protocol", protocol, "--domain-generalization", "--device", "cpu"])
+    assert seen["spacing"]["domain_generalization"] is True and seen["spacing"]["shift_prob"] == 0.5
+    # The paper protocol keeps the paper's own augmentation: only the shared switch comes from the demo's settings.
+    assert seen["paper"] == {"domain_generalization": True}
+    with pytest.raises(TrainingReachedError):
+        main(["demo", "-o", str(tmp_path / "spacing"), "--no-domain-generalization", "--device", "cpu"])
+    assert seen["spacing"]["domain_generalization"] is False

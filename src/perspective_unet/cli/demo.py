@@ -46,6 +46,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--context-slices", type=int, default=None, help="2.5D: neighboring slices on each side")
     parser.add_argument("--no-augment", dest="augment", action="store_false", help="train without augmentation")
+    parser.add_argument(
+        "--domain-generalization",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="switch the appearance augmentation for unseen scanners, contrast phases and modalities on or off "
+        "(augmentation.domain_generalization; default: the demo recipe's)",
+    )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
         "--time-limit-minutes",
@@ -78,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
     ):
         if value is not None:
             setattr(settings, name, tuple(value) if name == "img_size" else value)
+    if args.domain_generalization is not None:
+        settings.augmentation = {**settings.augmentation, "domain_generalization": args.domain_generalization}
     if args.seeds < 1:
         raise ValueError(f"--seeds must be at least 1, got {args.seeds}.")
     if args.seeds > 1:

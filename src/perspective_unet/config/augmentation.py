@@ -23,6 +23,60 @@ from perspective_unet.config.checks import (
     dataclass_from_dict,
 )
 
+# Appearance augmentation for unseen domains (both protocols) -------------------------------------------------------
+
+
+@dataclass
+class DomainAugmentationFields:
+    """Appearance augmentation for scans of other scanners, contrast phases and modalities; both protocols have it.
+
+    Three operations (``perspective_unet.data.domain_augmentation``), in this order, each with its own probability
+    and all off unless ``domain_generalization`` is true: label-aware intensity shifts (each labeled structure moved
+    on its own, as contrast enhancement does), GIN (a random shallow convolutional network, mixed with the image and
+    brought back to its mean and standard deviation) and IPA-style resampling (a smooth random mask blends the image
+    with a second random appearance, so no structure's intensity predicts another's). The results are clipped to
+    the range the normalization can produce (the stored [0, 1] of the paper protocol; the network-input values of
+    the stored 0 and 1 in the spacing protocol).
+
+    Attributes:
+        domain_generalization: The switch: the three operations below act on the training samples.
+        organ_shift_prob: Probability of the label-aware shifts.
+        organ_shift_range: Range of each structure's shift, as a fraction of the normalization's range (0.25 is
+            100 HU for a [-125, 275] HU window).
+        organ_shift_sigma: Standard deviation of the Gaussian that softens the shift's edges, in pixels (0: none).
+        gin_prob: Probability of GIN.
+        gin_layers: Convolutional layers of the random network.
+        gin_channels: Channels between its layers.
+        gin_mix_range: Range of the weight of the network's output in the mix with the image (1: output alone).
+        ipa_prob: Probability of the blend with a second random appearance.
+        ipa_grid: Control points per side of the random mask (more: smaller blobs).
+    """
+
+    domain_generalization: bool = False
+    organ_shift_prob: float = 0.5
+    organ_shift_range: tuple[float, float] = (-0.3, 0.5)
+    organ_shift_sigma: float = 1.0
+    gin_prob: float = 0.3
+    gin_layers: int = 4
+    gin_channels: int = 2
+    gin_mix_range: tuple[float, float] = (0.0, 1.0)
+    ipa_prob: float = 0.2
+    ipa_grid: int = 4
+
+
+_DOMAIN_AUGMENTATION_CHECKS: dict[str, Check] = {
+    "domain_generalization": check_bool,
+    "organ_shift_prob": _PROBABILITY,
+    "organ_shift_range": _pair(low=-1, high=1),
+    "organ_shift_sigma": _number(low=0),
+    "gin_prob": _PROBABILITY,
+    "gin_layers": _int(1),
+    "gin_channels": _int(1),
+    "gin_mix_range": _pair(low=0, high=1),
+    "ipa_prob": _PROBABILITY,
+    "ipa_grid": _int(2),
+}
+
 # Augmentation --------------------------------------------------------------------------------------------------------
 
 # How the paper protocol's blur, piecewise warp and random stream can be built: this project's way, or the released
@@ -33,8 +87,10 @@ AUGMENTATION_STREAMS = ("fresh", "released")
 
 
 @dataclass
-class AugmentationConfig:
+class AugmentationConfig(DomainAugmentationFields):
     """Probabilities and ranges of the paper's augmentation; the defaults are the paper's.
+
+    The appearance augmentation for unseen domains (:class:`DomainAugmentationFields`) comes first, off by default.
 
     Attributes:
         min_ops: Fewest operations drawn per sample.
@@ -145,6 +201,7 @@ def _check_operations(name: str, value: Any) -> tuple[str, ...]:
 
 
 _PAPER_AUGMENTATION_CHECKS: dict[str, Check] = {
+    **_DOMAIN_AUGMENTATION_CHECKS,
     **{item.name: _PROBABILITY for item in dataclasses.fields(AugmentationConfig) if item.name.endswith("_prob")},
     "min_ops": _int(0),
     "max_ops": _int(0),
@@ -168,8 +225,11 @@ _PAPER_AUGMENTATION_CHECKS: dict[str, Check] = {
 
 
 @dataclass
-class SpacingAugmentationConfig:
+class SpacingAugmentationConfig(DomainAugmentationFields):
     """Probabilities and ranges of the spacing protocol's augmentation; the defaults are nnU-Net's.
+
+    The appearance augmentation for unseen domains (:class:`DomainAugmentationFields`) comes first, off by default;
+    it acts on the patch right after it is cut, before the operations below that follow the rotation and scaling.
 
     Attributes:
         rotate_prob: Probability of an in-plane rotation.
@@ -242,6 +302,7 @@ class SpacingAugmentationConfig:
 
 
 _SPACING_AUGMENTATION_CHECKS: dict[str, Check] = {
+    **_DOMAIN_AUGMENTATION_CHECKS,
     **{
         item.name: _PROBABILITY for item in dataclasses.fields(SpacingAugmentationConfig) if item.name.endswith("_prob")
     },

@@ -22,6 +22,7 @@ from perspective_unet.channels import apply_stored_channels
 from perspective_unet.config.augmentation import AugmentationConfig
 from perspective_unet.data.augmentation import build_augmentation
 from perspective_unet.data.checks import check_finite, check_label_values
+from perspective_unet.data.domain_augmentation import DOMAIN_SEED_SALT, RANGE_KEY, build_domain_augmentation
 from perspective_unet.data.layouts.base import TRAIN_DIR, DatasetLayout, SliceRef, context_indices
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.layouts.info import SPLITS
@@ -102,6 +103,8 @@ class SliceDataset(Dataset):
         self.seed = int(seed)
         self.augmentation_config = augmentation
         self._augment = build_augmentation(augmentation) if augmentation is not None else None
+        domain = augmentation is not None and augmentation.domain_generalization
+        self._domain = build_domain_augmentation(augmentation) if domain else None
         self.intensity = intensity or IntensitySpec("unit")
         self.intensities = (self.intensity, *other_channels)
         if len(self.intensities) != self.info.num_channels:
@@ -133,6 +136,8 @@ class SliceDataset(Dataset):
         entropy = [self.seed] if worker_seed is None else [self.seed, int(worker_seed)]
         state = int(np.random.SeedSequence(entropy).generate_state(1)[0])
         self._augment.set_random_state(seed=state)
+        if self._domain is not None:
+            self._domain.set_random_state(seed=state ^ DOMAIN_SEED_SALT)
 
     def _next_draw(self) -> None:
         """With the released stream, set the augmentation to the next draw of the sequence (one seed per draw, so a
@@ -189,12 +194,14 @@ class SliceDataset(Dataset):
 
     def _augmented(self, image: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         self._next_draw()
-        out = self._augment(
-            {
-                "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None],
-            }
-        )
+        data = {
+            "image": torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+            "label": torch.from_numpy(np.ascontiguousarray(label, dtype=np.float32))[None],
+        }
+        if self._domain is not None:  # on stored values, whose range is [0, 1] whatever the normalization
+            changed = self._domain({**data, RANGE_KEY: (0.0, 1.0)})
+            data["image"] = changed["image"]
+        out = self._augment(data)
         image_t = convert_to_tensor(out["image"], track_meta=False, dtype=torch.float32)
         label_t = convert_to_tensor(out["label"], track_meta=False, dtype=torch.float32)
         return image_t.numpy(), torch.round(label_t[0]).numpy()

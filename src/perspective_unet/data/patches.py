@@ -4,7 +4,8 @@ Each item is one patch of the plan's size, cut out of a training slice that has 
 in-plane spacing. A share ``foreground_fraction`` of the patches (a third, as nnU-Net) is centered on a labeled
 pixel: a class is drawn uniformly among those present in the dataset, then a slice that holds it and one of its
 pixels. The other patches come from the slice the sampler asked for, at a random position. Rotation and scaling are
-applied while the patch is cut (one interpolation), the other operations of the augmentation afterwards.
+applied while the patch is cut (one interpolation), the appearance augmentation for unseen domains (when switched on)
+and the other operations of the augmentation afterwards.
 """
 
 from __future__ import annotations
@@ -20,9 +21,10 @@ from monai.transforms import Affine, MapTransform, RandomizableTransform
 from monai.utils import convert_to_tensor
 from torch.utils.data import Dataset
 
-from perspective_unet.channels import apply_stored_channels, channel_floors
+from perspective_unet.channels import apply_stored_channels, channel_ceilings, channel_floors
 from perspective_unet.config.augmentation import SpacingAugmentationConfig
 from perspective_unet.data.datasets import SliceDataset
+from perspective_unet.data.domain_augmentation import DOMAIN_SEED_SALT, RANGE_KEY, build_domain_augmentation
 from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.resample import resample_image, resample_labels, resampled_shape
 from perspective_unet.data.spacing_augmentation import build_spacing_augmentation
@@ -166,6 +168,8 @@ class PatchDataset(Dataset):
                 augmentation.scale_range,
             )
             self._augment = build_spacing_augmentation(augmentation)
+        domain = augmentation is not None and augmentation.domain_generalization
+        self._domain = build_domain_augmentation(augmentation) if domain else None
         self._cache: dict[int, tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]] = {}
         self._cached_bytes = 0
         self._classes = self._slices_by_class() if plan.foreground_fraction > 0 else {}
@@ -190,6 +194,8 @@ class PatchDataset(Dataset):
         self._patch.set_random_state(seed=int(state[1]))
         if self._augment is not None:
             self._augment.set_random_state(seed=int(state[1]) ^ 0x5EED)
+        if self._domain is not None:
+            self._domain.set_random_state(seed=int(state[1]) ^ DOMAIN_SEED_SALT)
 
     def resampled(self, index: int) -> tuple[torch.Tensor, torch.Tensor, float | torch.Tensor]:
         """Slice ``index`` at the plan's spacing: image (C, h, w) in network units, label (h, w), padding value (one,
@@ -238,6 +244,9 @@ class PatchDataset(Dataset):
         image, labels, pad = self.resampled(index)
         data = {"image": image, "label": labels[None].float(), "center": center, "pad": pad}
         data = self._patch(data)
+        if self._domain is not None:
+            sample = {"image": data["image"], "label": data["label"], RANGE_KEY: (pad, self._ceiling(index))}
+            data["image"] = self._domain(sample)["image"]
         if self._augment is not None:
             data = self._augment({"image": data["image"], "label": data["label"]})
         image_t = convert_to_tensor(data["image"], track_meta=False, dtype=torch.float32)
@@ -247,6 +256,13 @@ class PatchDataset(Dataset):
             "label": torch.round(label_t[0]).to(torch.int64),
             "case": self.slices.samples[index].name,
         }
+
+    def _ceiling(self, index: int) -> float | torch.Tensor:
+        """Network-input value of the brightest stored value (1) of slice ``index``, the top of its range: one value,
+        or a (C, 1, 1) tensor of one per input plane (as the padding value) for data of several channels."""
+        plan = self.plan
+        ceilings = channel_ceilings(plan.intensities, self.slices.stats_of(index), 2 * plan.context_slices + 1)
+        return ceilings[0] if plan.num_channels == 1 else torch.tensor(ceilings, dtype=torch.float32).view(-1, 1, 1)
 
     def load_slice(self, index: int) -> tuple[np.ndarray, np.ndarray]:
         """The stored slice (as :meth:`SliceDataset.load_slice`), for sampling weights."""

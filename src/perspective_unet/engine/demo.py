@@ -20,6 +20,7 @@ import h5py
 import torch
 
 from perspective_unet.config import TrainConfig
+from perspective_unet.config.augmentation import DomainAugmentationFields
 from perspective_unet.data import prepare_demo
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.evaluate import evaluate
@@ -104,6 +105,12 @@ class DemoSettings:
     device: str = "auto"
     seed: int = 1234
     time_limit_minutes: float = 11.0
+
+
+def _domain_settings(settings: DemoSettings) -> dict[str, Any]:
+    """The demo's settings of the appearance augmentation for unseen domains, the part both protocols share."""
+    shared = {item.name for item in dataclasses.fields(DomainAugmentationFields)}
+    return {key: value for key, value in settings.augmentation.items() if key in shared}
 
 
 def organ_means(summary: dict[str, Any]) -> dict[str, dict[str, float | None]]:
@@ -199,8 +206,9 @@ def run_demo(
         foreground_sampling_weight=settings.foreground_sampling_weight,
         model_options=dict(settings.model_options),
         augment=settings.augment,
-        # The demo's augmentation settings are the spacing protocol's; the paper protocol keeps the paper's own.
-        augmentation=dict(settings.augmentation) if settings.protocol == "spacing" else {},
+        # The demo's augmentation settings are the spacing protocol's; the paper protocol keeps the paper's own, with
+        # the appearance augmentation for unseen domains as the demo's settings have it (both protocols share it).
+        augmentation=dict(settings.augmentation) if settings.protocol == "spacing" else _domain_settings(settings),
         device=settings.device,
         seed=settings.seed,
         num_workers=0,
