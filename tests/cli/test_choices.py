@@ -8,11 +8,11 @@ from perspective_unet.bench.settings import PATH_CHOICES
 from perspective_unet.cli import choices
 from perspective_unet.config.checks import PROTOCOLS
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
-from perspective_unet.engine.inference_settings import RESAMPLERS
 from perspective_unet.metrics import PROTOCOLS as METRIC_PROTOCOLS
 from perspective_unet.models.registry import list_models
 from perspective_unet.plan import MAX_PATCH_PIXELS
 from perspective_unet.plan import PROTOCOLS as PLAN_PROTOCOLS
+from perspective_unet.runtime.inference_settings import RESAMPLERS
 
 
 def test_model_choices_are_the_registered_models():

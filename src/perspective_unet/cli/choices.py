@@ -24,7 +24,7 @@ METRIC_PROTOCOL_CHOICES = ("legacy", "corrected")
 """``metrics.PROTOCOLS``."""
 
 RESAMPLER_CHOICES = ("torch", "scipy")
-"""``engine.inference.RESAMPLERS``."""
+"""``runtime.inference_settings.RESAMPLERS``."""
 
 DEFAULT_ORIENTATION = "SPL"
 """``data.orientation.CANONICAL_ORIENTATION``."""

@@ -25,7 +25,6 @@ from tqdm.auto import tqdm
 from perspective_unet.data import VolumeDataset
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.inference import model_device
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import inferer_for
 from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
 from perspective_unet.errors import InputError
@@ -34,6 +33,7 @@ from perspective_unet.metrics import PROTOCOLS, aggregate, score_case
 from perspective_unet.outputs import output_lock, remove_stale_temporaries, write_all
 from perspective_unet.plan import Plan
 from perspective_unet.runs import ModelSource, load
+from perspective_unet.runtime.inference_settings import InferenceSettings
 from perspective_unet.table import format_table
 
 __all__ = ["REPORTS", "evaluate", "evaluate_model", "write_reports"]

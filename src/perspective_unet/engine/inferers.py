@@ -9,98 +9,36 @@ As MONAI's inferers, an :class:`Inferer` holds how to predict and is called with
   Gaussian-weighted sliding window (:func:`~perspective_unet.engine.sliding_window.predict_at_spacing`).
 
 Both take canonical volumes of stored values in [0, 1] (stage 1 of the plan's intensity applied, as prepared data
-hold them), apply stage 2 and stack the 2.5D context slices.
+hold them), apply stage 2 and stack the 2.5D context slices, as :class:`~perspective_unet.runtime.inferers.BaseInferer`
+(shared with the light ONNX runtime's NumPy inferers) does it.
 """
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
 from perspective_unet.engine.inference import predict_volume
-from perspective_unet.engine.inference_settings import InferenceSettings
-from perspective_unet.engine.sliding_window import predict_at_spacing, stack_context
-from perspective_unet.errors import InputError
+from perspective_unet.engine.sliding_window import predict_at_spacing
 from perspective_unet.intensity import ImageStats
 from perspective_unet.plan import Plan
+from perspective_unet.runtime.inference_settings import InferenceSettings
+from perspective_unet.runtime.inferers import BaseInferer
 
 __all__ = ["INFERERS", "Inferer", "PaperInferer", "SpacingInferer", "inferer_for"]
 
 Prediction = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
-class Inferer(ABC):
-    """How a plan segments a volume: built once from the plan and the settings, then called for each volume.
-
-    Args:
-        plan: The model's plan (the settings' ``patch_size`` and ``overlap`` replace its own where set).
-        settings: Batch size, test-time mirroring, resampler, autocast.
-
-    Attributes:
-        plan: The plan as used, with the settings' overrides.
-        settings: The settings.
-    """
-
-    def __init__(self, plan: Plan, settings: InferenceSettings | None = None) -> None:
-        self.settings = settings or InferenceSettings()
-        self.plan = self.settings.plan_for(plan)
-
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        volume: np.ndarray,
-        *,
-        spacing: Sequence[float] | None = None,
-        stats: ImageStats | None = None,
-        return_probabilities: bool = False,
-    ) -> Prediction:
-        """Segment a canonical volume of stored values in [0, 1].
-
-        Args:
-            model: Segmentation model in eval mode, on the device to run on, with ``plan.in_channels`` inputs.
-            volume: (Z, H, W) stored values.
-            spacing: In-plane pixel size (row, column) in mm; the spacing protocol needs it.
-            stats: The whole image's statistics for ``zscore_per_image`` (default: computed from ``volume``).
-            return_probabilities: Also return (classes, Z, H, W) float16 probabilities on the volume's grid.
-
-        Returns:
-            uint8 labels (Z, H, W), and the probabilities when asked.
-
-        Raises:
-            InputError: The volume has fewer slices than the model reads at once, or the spacing protocol lacks the
-                volume's spacing.
-        """
-        volume = np.asarray(volume, dtype=np.float32)
-        if volume.ndim != 3:
-            raise ValueError(f"expected a (Z, H, W) volume, got shape {volume.shape}.")
-        plan = self.plan
-        if plan.context_slices and volume.shape[0] < plan.in_channels:
-            raise InputError(
-                f"the model reads {plan.in_channels} neighboring slices at once ({plan.context_slices} "
-                f"context slices on each side) but the image has {volume.shape[0]}; give a volume with at "
-                f"least {plan.in_channels} slices."
-            )
-        return self.infer(model, volume, spacing, stats, return_probabilities)
+class Inferer(BaseInferer):
+    """A PyTorch inferer: ``model`` is a segmentation model in eval mode, on the device to run on (see
+    :meth:`BaseInferer.__call__`)."""
 
     def network_input(self, volume: np.ndarray, stats: ImageStats | None) -> torch.Tensor:
         """Stage 2 of the plan's intensity and the context slices: (Z, H, W) stored values -> (Z, C, H, W)."""
-        intensity = self.plan.intensity
-        stats = stats or (ImageStats.of(volume) if intensity.per_image else None)
-        return stack_context(torch.from_numpy(intensity.apply_stored(volume, stats)), self.plan.context_slices)
-
-    @abstractmethod
-    def infer(
-        self,
-        model: torch.nn.Module,
-        volume: np.ndarray,
-        spacing: Sequence[float] | None,
-        stats: ImageStats | None,
-        return_probabilities: bool,
-    ) -> Prediction:
-        """The protocol itself, on a checked float32 (Z, H, W) volume."""
+        return torch.from_numpy(self.network_array(volume, stats))
 
 
 class PaperInferer(Inferer):
@@ -115,7 +53,7 @@ class PaperInferer(Inferer):
         return_probabilities: bool,
     ) -> Prediction:
         plan = self.plan
-        if plan.intensity.scaling == "symmetric" and plan.context_slices == 0:
+        if self.zooms_in_unit_range():
             # The paper's own path, unchanged: zoom in [0, 1], then (x - 0.5) / 0.5 inside predict_volume.
             return predict_volume(
                 model, volume, plan.patch_size, self.settings, return_probabilities=return_probabilities
@@ -141,19 +79,14 @@ class SpacingInferer(Inferer):
         stats: ImageStats | None,
         return_probabilities: bool,
     ) -> Prediction:
-        if spacing is None:
-            raise InputError(
-                "the model works at a fixed pixel spacing (spacing protocol) but the image's spacing is "
-                "unknown; give an image whose header records its voxel size."
-            )
-        stats = stats or (ImageStats.of(volume) if self.plan.intensity.per_image else None)
+        array, pad_value = self.spacing_inputs(volume, spacing, stats)
         return predict_at_spacing(
             model,
-            self.network_input(volume, stats),
-            spacing,
+            torch.from_numpy(array),
+            spacing,  # type: ignore[arg-type]
             self.plan,
             self.settings,
-            pad_value=self.plan.intensity.floor(stats),
+            pad_value=pad_value,
             return_probabilities=return_probabilities,
         )
 

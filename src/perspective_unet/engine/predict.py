@@ -41,12 +41,12 @@ from perspective_unet.data.io import (
     SITK_SUFFIXES,
     full_suffix,
 )
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predictor import Predictor
 from perspective_unet.engine.runtime import check_memory
 from perspective_unet.errors import InputError
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.runs import LoadedModel, ModelSource
+from perspective_unet.runtime.inference_settings import InferenceSettings
 
 __all__ = ["find_inputs", "output_name", "predict_file", "predict_path", "probability_path"]
 

@@ -21,7 +21,6 @@ import torch
 from perspective_unet.data.io import read_image, write_label_map, write_probabilities
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, from_canonical, to_canonical
 from perspective_unet.engine.inference import model_device
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import Inferer, inferer_for
 from perspective_unet.engine.runtime import resolve_device
 from perspective_unet.errors import InputError
@@ -30,6 +29,7 @@ from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.outputs import write_all
 from perspective_unet.plan import Plan
 from perspective_unet.runs import LoadedModel, ModelSource, load
+from perspective_unet.runtime.inference_settings import InferenceSettings
 
 __all__ = ["Predictor"]
 

@@ -21,7 +21,6 @@ from tqdm.auto import tqdm
 
 from perspective_unet.config import TrainConfig
 from perspective_unet.engine.evaluate import evaluate_model
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.runtime import DistributedContext
 from perspective_unet.engine.training import TrainingCheckpoint, TrainingRun, append_log, checkpoint_payload, setup_run
 from perspective_unet.engine.training_data import make_loader
@@ -29,6 +28,7 @@ from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import atomic_torch_save
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.runs import STALE_PATTERNS, RunFolder
+from perspective_unet.runtime.inference_settings import InferenceSettings
 from perspective_unet.schedule import poly_lr
 from perspective_unet.viz import overlay_panel
 

@@ -1,18 +1,20 @@
 """How to run inference: :class:`InferenceSettings`, one value passed whole from the command line to the inferers.
 
-Prediction, evaluation, the figures and the demo take the same settings; each level reads the fields it needs and
-hands the value on, so a new setting is one field here (and, for the command line, one option).
+Prediction (with PyTorch or with the light ONNX runtime), evaluation, the figures and the demo take the same settings;
+each level reads the fields it needs and hands the value on, so a new setting is one field here (and, for the command
+line, one option). The module imports no PyTorch: the light runtime reads the same settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from perspective_unet.plan import Plan
+
+if TYPE_CHECKING:  # the fields' types only: the light runtime takes these settings without PyTorch
+    import torch
 
 __all__ = ["RESAMPLERS", "InferenceSettings"]
 
@@ -43,8 +45,9 @@ class InferenceSettings:
         tta: Average the probabilities over mirrorings.
         device: Where the model runs: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (or a ``torch.device``).
         resampler: Paper protocol: ``torch`` (batched on the device) or ``scipy`` (TransUNet's slice loop); both give
-            the same labels.
-        amp_dtype: Autocast type of the forward passes (e.g. ``torch.bfloat16``), or None for full precision.
+            the same labels. The light runtime resamples with NumPy whatever this says.
+        amp_dtype: Autocast type of the forward passes (e.g. ``torch.bfloat16``), or None for full precision
+            (PyTorch only).
         save_probabilities: Also write class probabilities beside each label map (prediction of files).
         window: A CT window (low, high) in HU for new images instead of the model's recorded normalization.
         mr_normalize: Per-volume MR percentile normalization for new images instead of the model's.
