@@ -12,9 +12,9 @@ MODEL/
 ```
 
 :func:`save_pretrained` writes the folder (all files or none); :func:`from_pretrained` rebuilds the model and
-:func:`read_inference_info` reads what prediction needs beside it (:func:`perspective_unet.runs.load` does both for
-any ``--checkpoint``). The loader never unpickles: config and labels are JSON, weights are safetensors, checked
-against the recorded hash before they are read.
+:func:`~perspective_unet.models.inference_info.read_inference_info` reads what prediction needs beside it
+(:func:`perspective_unet.runs.load` does both for any ``--checkpoint``). The loader never unpickles: config and labels
+are JSON, weights are safetensors, checked against the recorded hash before they are read.
 """
 
 from __future__ import annotations
@@ -31,28 +31,30 @@ import torch
 from perspective_unet.config import ModelConfig
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import check_state_dict
-from perspective_unet.models.inference_info import DEFAULT_IMG_SIZE, InferenceInfo
+from perspective_unet.models.inference_info import (
+    DEFAULT_IMG_SIZE,
+    LABELS_FILE,
+    PREPROCESSING_FILE,
+    InferenceInfo,
+    inference_file_texts,
+)
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.outputs import text_writer, write_all
 from perspective_unet.plan import Plan
 
 __all__ = [
     "CONFIG_FILE",
-    "LABELS_FILE",
-    "PREPROCESSING_FILE",
     "WEIGHTS_FILE",
     "from_pretrained",
-    "inference_file_texts",
     "is_model_folder",
-    "read_inference_info",
     "save_pretrained",
+    "weights_bytes",
+    "weights_sha256",
     "write_model_folder",
 ]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-PREPROCESSING_FILE = "preprocessing.json"
-LABELS_FILE = "labels.json"
 CARD_FILE = "README.md"
 FOLDER_FORMAT = "perspective-unet-model"
 
@@ -65,38 +67,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_bytes(model: PerspectiveUNet) -> bytes:
+    """The model's weights as ``model.safetensors`` holds them (from the CPU, contiguous)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return save(state, metadata={"format": "pt"})
+
+
+def weights_sha256(model: PerspectiveUNet) -> str:
+    """SHA-256 of :func:`weights_bytes`: the hash a model folder's ``config.json`` records, and an exported ONNX
+    graph's metadata, for the same weights."""
+    return hashlib.sha256(weights_bytes(model)).hexdigest()
+
+
 def is_model_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder holding a model's ``config.json`` and ``model.safetensors``."""
     path = Path(path)
     return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-
-
-def labels_record(class_names: Sequence[str], colors: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
-    """``labels.json``'s content: ``{"0": {"name": "background", "color": [0, 0, 0]}, ...}``."""
-    return {
-        str(i): {"name": str(name), **({"color": [int(c) for c in colors[i]]} if colors is not None else {})}
-        for i, name in enumerate(class_names)
-    }
-
-
-def inference_file_texts(
-    info: InferenceInfo, num_classes: int, colors: Sequence[Sequence[int]] | None = None
-) -> dict[str, str]:
-    """The texts of ``preprocessing.json`` and ``labels.json``, the files inference reads beside a model folder's
-    weights or an ONNX graph: one form for both, so that a graph exported into a model folder recognizes its files.
-
-    Raises:
-        ValueError: ``info`` names another number of classes than ``num_classes``.
-    """
-    preprocessing = {
-        "plan": info.plan.to_dict() if info.plan is not None else None,
-        "img_size": list(info.img_size),
-        "dataset": info.dataset_record(),
-    }
-    return {
-        PREPROCESSING_FILE: json.dumps(preprocessing, indent=2) + "\n",
-        LABELS_FILE: json.dumps(labels_record(info.class_names_for(num_classes), colors), indent=2) + "\n",
-    }
 
 
 def save_pretrained(
@@ -143,8 +131,6 @@ def write_model_folder(
     overwrite: bool = False,
 ) -> Path:
     """:func:`save_pretrained` with the inference info as a value (what ``perspective-unet export`` writes)."""
-    from safetensors.torch import save_file
-
     from perspective_unet.version import __version__
 
     folder = Path(folder)
@@ -154,15 +140,13 @@ def write_model_folder(
         raise FileExistsError(f"{folder / existing[0]} already exists; pass --overwrite to replace the model folder.")
     inference_texts = inference_file_texts(info, model.config.num_classes, colors)
     folder.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
-    weights = folder / f".{WEIGHTS_FILE}.staged"
-    save_file(state, str(weights), metadata={"format": "pt"})
+    data = weights_bytes(model)
     config = {
         "format": FOLDER_FORMAT,
         "format_version": 1,
         "architecture": "PerspectiveUNet",
         "model_config": model.config.to_dict(),
-        "weights_sha256": _sha256(weights),
+        "weights_sha256": hashlib.sha256(data).hexdigest(),
         "perspective_unet_version": __version__,
         "torch_version": torch.__version__,
     }
@@ -172,11 +156,8 @@ def write_model_folder(
         **({CARD_FILE: card + "\n"} if card is not None else {}),
     }
     writers: dict[Path, Any] = {folder / name: text_writer(text) for name, text in texts.items()}
-    writers[folder / WEIGHTS_FILE] = lambda path: os.replace(weights, path)
-    try:
-        write_all(writers)
-    finally:
-        weights.unlink(missing_ok=True)
+    writers[folder / WEIGHTS_FILE] = lambda path: path.write_bytes(data)
+    write_all(writers)
     return folder
 
 
@@ -190,20 +171,6 @@ def _read_json(path: Path) -> Any:
         return json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InputError(f"{path} is not valid JSON ({exc}); the file is damaged or was edited.") from None
-
-
-def read_inference_info(folder: str | os.PathLike[str]) -> InferenceInfo:
-    """What inference needs from ``preprocessing.json`` and ``labels.json`` in ``folder``, without the model.
-
-    Raises:
-        InputError: A file is missing, not JSON, or holds the wrong fields (the message names it).
-    """
-    folder = Path(folder)
-    preprocessing = _read_json(folder / PREPROCESSING_FILE)
-    labels = _read_json(folder / LABELS_FILE)
-    if not isinstance(preprocessing, dict) or not isinstance(labels, dict):
-        raise InputError(f"{folder}: {PREPROCESSING_FILE} and {LABELS_FILE} must hold JSON objects; export again.")
-    return InferenceInfo.from_files(preprocessing, labels, folder)
 
 
 def from_pretrained(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> PerspectiveUNet:
