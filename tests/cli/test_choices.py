@@ -8,6 +8,7 @@ from perspective_unet.bench.settings import PATH_CHOICES
 from perspective_unet.cli import choices
 from perspective_unet.config.checks import PROTOCOLS
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
+from perspective_unet.export.quantize import CALIBRATION_SLICES, DICE_TOLERANCE, QUANTIZATIONS
 from perspective_unet.metrics import PROTOCOLS as METRIC_PROTOCOLS
 from perspective_unet.models.registry import list_models
 from perspective_unet.plan import MAX_PATCH_PIXELS
@@ -32,3 +33,9 @@ def test_benchmark_choices_equal_the_bench_modules():
     assert choices.BENCHMARK_MODE_CHOICES == MODES
     assert choices.BENCHMARK_PATH_CHOICES == PATH_CHOICES
     assert tuple(ALLOCATOR_PROFILES) == choices.ALLOCATOR_PROFILE_CHOICES
+
+
+def test_quantization_choices_and_defaults_equal_the_export_module():
+    assert choices.QUANTIZATION_CHOICES == QUANTIZATIONS
+    assert choices.DEFAULT_DICE_TOLERANCE == DICE_TOLERANCE
+    assert choices.DEFAULT_CALIBRATION_SLICES == CALIBRATION_SLICES
