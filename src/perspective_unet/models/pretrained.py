@@ -97,8 +97,15 @@ def save_pretrained(
     colors: Sequence[Sequence[int]] | None = None,
     card: str | None = None,
     overwrite: bool = False,
+    push_to_hub: bool = False,
+    repo_id: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload perspective-unet model",
 ) -> Path:
-    """Write ``model`` as a model folder (see the module docstring); every file appears, or none.
+    """Write ``model`` as a model folder (see the module docstring); every file appears, or none. With
+    ``push_to_hub`` the folder is then uploaded to the Hugging Face Hub
+    (:func:`~perspective_unet.models.hub.push_folder`).
 
     Args:
         model: The model (its weights are saved from the CPU, contiguous).
@@ -106,19 +113,34 @@ def save_pretrained(
         plan: The plan it was trained with (None: the paper protocol at ``img_size``).
         img_size: The training size, used when there is no plan.
         dataset: The training data's description (``class_names``, ``modality``, ``normalization``, ``intensity``,
-            ``orientation``, as a checkpoint's ``dataset`` entry holds them).
+            ``orientation``, ``name``, ``license``, as a checkpoint's ``dataset`` entry holds them).
         colors: A display color (r, g, b) per class id.
-        card: The model card's Markdown; None writes none.
+        card: The model card's Markdown; None writes none, or, when pushing, a short card with the Hub's metadata.
         overwrite: Replace the files of an earlier model in ``folder``.
+        push_to_hub: Upload the folder to the Hub repository ``repo_id`` (created if needed).
+        repo_id: ``owner/name`` on the Hub; default the folder's name under the token's user.
+        private: Create the repository private (None: the Hub's default).
+        token: A Hub token (None: huggingface_hub's stored login).
+        commit_message: The upload's commit message.
 
     Raises:
         FileExistsError: ``folder`` holds a model's files and ``overwrite`` is False.
-        InputError: ``plan`` or ``dataset`` is invalid.
+        InputError: ``plan`` or ``dataset`` is invalid, or pushing without huggingface_hub installed.
     """
+    from perspective_unet.models.hub import card_front_matter, push_folder
+
     info = InferenceInfo.from_record(
         plan, dataset, "the plan or dataset given to save_pretrained", img_size=tuple(img_size)
     )
-    return write_model_folder(model, folder, info, colors=colors, card=card, overwrite=overwrite)
+    if card is None and push_to_hub:
+        # The Hub indexes a model by its card's metadata: a pushed folder always gets one.
+        card = card_front_matter(info, num_classes=model.config.num_classes) + "\n# Perspective+ Unet model\n"
+    folder = write_model_folder(model, folder, info, colors=colors, card=card, overwrite=overwrite)
+    if push_to_hub:
+        push_folder(
+            folder, repo_id or Path(folder).resolve().name, private=private, token=token, commit_message=commit_message
+        )
+    return folder
 
 
 def write_model_folder(
@@ -173,17 +195,33 @@ def _read_json(path: Path) -> Any:
         raise InputError(f"{path} is not valid JSON ({exc}); the file is damaged or was edited.") from None
 
 
-def from_pretrained(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> PerspectiveUNet:
-    """The model of a model folder, in eval mode on ``device``.
+def from_pretrained(
+    folder: str | os.PathLike[str],
+    device: torch.device | str = "cpu",
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> PerspectiveUNet:
+    """The model of a model folder, or of a Hugging Face Hub id (``owner/name``), in eval mode on ``device``.
+
+    Args:
+        folder: A model folder, or the Hub id of one (downloaded once into huggingface_hub's cache; offline, with
+            ``HF_HUB_OFFLINE=1``, read from the cache).
+        device: Where the weights go.
+        revision: For a Hub id: a branch, tag or commit (default the main branch).
+        cache_dir: For a Hub id: huggingface_hub's cache folder (default its own, ``HF_HUB_CACHE``).
 
     Raises:
         InputError: A file is missing or damaged, the weights' hash differs from the recorded one, or the weights
-            belong to another architecture than the config describes (each message names the file).
+            belong to another architecture than the config describes (each message names the file); a Hub id
+            cannot be had.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    from perspective_unet.models.hub import hub_folder
+
+    folder = hub_folder(folder, revision=revision, cache_dir=cache_dir)
     config_data = _read_json(folder / CONFIG_FILE)
     if not isinstance(config_data, dict) or config_data.get("format") != FOLDER_FORMAT:
         raise InputError(
