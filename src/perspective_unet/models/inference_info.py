@@ -39,7 +39,7 @@ DEFAULT_IMG_SIZE = (224, 224)
 PREPROCESSING_FILE = "preprocessing.json"
 LABELS_FILE = "labels.json"
 # The dataset description keys a model folder's preprocessing.json keeps, in this order.
-_RECORD_KEYS = ("name", "modality", "normalization", "intensity", "orientation")
+_RECORD_KEYS = ("name", "modality", "normalization", "intensity", "orientation", "license")
 
 
 def _text(value: Any) -> str | None:
@@ -192,13 +192,15 @@ class InferenceInfo:
         return cls.from_record(plan, dataset, origin, img_size=img_size, sources=(Path(origin),))
 
     def dataset_record(self) -> dict[str, Any]:
-        """preprocessing.json's ``dataset`` entry: name, modality, normalization, intensity, orientation (as known)."""
+        """preprocessing.json's ``dataset`` entry: name, modality, normalization, intensity, orientation and the
+        training data's license (as known; the license travels with the weights)."""
         values = {
             "name": self.dataset_name,
             "modality": self.modality,
             "normalization": self.normalization,
             "intensity": self.intensity.stored_range() if self.intensity is not None else None,
             "orientation": self.orientation,
+            "license": self.license,
         }
         return {key: values[key] for key in _RECORD_KEYS if values[key] is not None}
 
