@@ -5,9 +5,11 @@ The float graph is exported and checked against PyTorch as usual (:mod:`perspect
 Runtime's static quantization (``quantize_static``: QDQ format, int8 weights per channel, uint8 activations, min-max
 calibration) turns it into an int8 graph, calibrated on the network inputs the light runtime feeds the float graph
 when it predicts slices of the training data (:func:`calibration_windows`: the same resampling, windows, context
-slices and intensities as prediction). Both graphs then predict held-out volumes of the dataset (its validation
-split, else its test split: the demo's held-out slices) with the light runtime, and the int8 graph is written only
-when its mean Dice stays within :data:`DICE_TOLERANCE` of the float graph's; the check goes into its metadata.
+slices and intensities as prediction). The QDQ format keeps the graph usable by every execution provider (TensorRT
+reads QDQ graphs; ONNX Runtime's CPU provider fuses them into int8 kernels). Both graphs then predict held-out volumes
+of the dataset (its validation split, else its test split: the demo's held-out slices) with the light runtime, and
+the int8 graph is written only when its mean Dice stays within :data:`DICE_TOLERANCE` of the float graph's; the check
+goes into its metadata.
 """
 
 from __future__ import annotations
@@ -61,9 +63,10 @@ DICE_TOLERANCE = 0.01
 CALIBRATION_SLICES = 32
 # Held-out volumes the check predicts (the first ones of the split).
 CHECK_CASES = 8
-# The operators that run in int8: convolutions and matrix products hold nearly all the arithmetic; normalization,
-# softmax and the element-wise operators stay in float between them.
-QUANTIZED_OPERATORS = ["Conv", "MatMul", "Gemm"]
+# The operators that run in int8: None quantizes every operator ONNX Runtime can (convolutions, matrix products and
+# the element-wise ones between them, so fewer tensors go back and forth between int8 and float: faster than
+# quantizing the convolutions and matrix products alone; docs/performance.md).
+QUANTIZED_OPERATORS: list[str] | None = None
 
 
 @dataclass(frozen=True)
