@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING, Any
 
 from perspective_unet.version import __version__
 
-if TYPE_CHECKING:  # the settings' module imports torch, which --help must not wait for
+if TYPE_CHECKING:  # the settings' module imports the plan and NumPy, which --help must not wait for
     from perspective_unet.runtime.inference_settings import InferenceSettings
 
 __all__ = [
