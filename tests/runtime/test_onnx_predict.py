@@ -24,6 +24,7 @@ from perspective_unet.runtime.inference_settings import InferenceSettings
 from perspective_unet.runtime.predict import predict_onnx
 from perspective_unet.runtime.predictor import OnnxPredictor
 from perspective_unet.version import __version__
+from tests.engine.test_predict import _write_dicom_series
 from tests.runtime.conftest import exported
 
 REPO = Path(__file__).resolve().parents[2]
@@ -93,6 +94,18 @@ def test_the_runtime_writes_probabilities_and_takes_the_settings(scan, tmp_path)
     ]
     with pytest.raises(FileExistsError, match="--overwrite"):
         predict_onnx(graph, scan, tmp_path / "out", settings)
+
+
+def test_a_dicom_series_is_predicted_on_its_own_grid(spacing_model, tmp_path):
+    checkpoint, graph = spacing_model
+    volume = np.random.default_rng(1).uniform(-150, 300, (4, 30, 26)).astype(np.int16)
+    _write_dicom_series(tmp_path / "ct", volume)
+    assert main(["predict", "--onnx", str(graph), "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "light")]) == 0
+    assert (
+        main(["predict", "--checkpoint", str(checkpoint), "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "pt")]) == 0
+    )
+    light, reference = _labels(tmp_path / "light", "ct.nii.gz"), _labels(tmp_path / "pt", "ct.nii.gz")
+    assert light.shape == (26, 30, 4) and (light != reference).sum() <= reference.size // 1000
 
 
 def test_prediction_without_pytorch_in_the_process(spacing_model, scan, tmp_path):
