@@ -62,6 +62,7 @@ def _fill_cache(cache, repo_id: str, folder) -> str:
     return commit
 
 
+@pytest.mark.slow
 def test_from_pretrained_loads_a_hub_id_offline_from_the_cache(tmp_path):
     model = create_model("perspective_unet_tiny", num_classes=3).eval()
     save_pretrained(model, tmp_path / "folder", plan=PLAN, dataset=DATASET)
