@@ -162,6 +162,17 @@ def test_a_graph_whose_channels_differ_from_what_a_scan_gives_is_one_line(graph_
     assert "takes 1 input channel(s) but a scan gives it 3" in error and len(error.splitlines()) == 1
 
 
+def test_a_graph_whose_labels_name_other_classes_is_one_line(graph_copy, scan, tmp_path, capsys):
+    session = OnnxSession(graph_copy, providers="cpu")
+    metadata = dict(session.metadata)
+    labels = json.loads(metadata["perspective_unet.labels"])
+    metadata["perspective_unet.labels"] = json.dumps({**labels, "3": {"name": "extra"}})
+    set_graph_metadata(graph_copy, metadata)
+    assert main(["predict", "--onnx", str(graph_copy), "-i", str(scan), "-o", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "gives 3 classes but its labels.json names 4" in error and len(error.splitlines()) == 1
+
+
 def test_the_graphs_metadata_wins_over_edited_files_beside_it(graph_copy, caplog):
     graph = graph_copy
     labels = graph.parent / "labels.json"

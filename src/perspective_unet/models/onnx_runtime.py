@@ -14,8 +14,6 @@ from collections.abc import Sequence
 
 import torch
 
-from perspective_unet.errors import InputError
-from perspective_unet.models.inference_info import LABELS_FILE
 from perspective_unet.models.onnx_session import OnnxSession
 
 __all__ = ["OnnxRuntimeModel"]
@@ -54,15 +52,10 @@ class OnnxRuntimeModel(torch.nn.Module):
         super().__init__()
         if not isinstance(source, OnnxSession):
             source = OnnxSession(source, providers=providers, threads=int(threads or torch.get_num_threads()))
+        source.num_classes = num_classes
         self.session = source
         self.path = source.path
         self.config = _Config(num_classes, source.in_channels or 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = self.session(x.detach().to("cpu", torch.float32).numpy())
-        if logits.shape[1] != self.config.num_classes:
-            raise InputError(
-                f"{self.path} gives {logits.shape[1]} classes but its {LABELS_FILE} names "
-                f"{self.config.num_classes}; export the model again."
-            )
-        return torch.from_numpy(logits).to(x.device)
+        return torch.from_numpy(self.session(x.detach().to("cpu", torch.float32).numpy())).to(x.device)

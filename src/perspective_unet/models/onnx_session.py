@@ -145,6 +145,7 @@ class OnnxSession:
         path: The file.
         in_channels: The graph's input channels (None when the graph leaves them open).
         metadata: The graph's ``metadata_props``.
+        num_classes: The classes its labels name, checked against every output once set (None: not checked).
 
     Raises:
         InputError: A provider is unknown or unavailable, or the file is no ONNX graph of one (B, C, H, W) input.
@@ -179,6 +180,7 @@ class OnnxSession:
         channels = inputs[0].shape[1]
         self.in_channels: int | None = channels if isinstance(channels, int) else None
         self.metadata: dict[str, str] = dict(self.session.get_modelmeta().custom_metadata_map)
+        self.num_classes: int | None = None
 
     @property
     def providers(self) -> list[str]:
@@ -186,8 +188,18 @@ class OnnxSession:
         return list(self.session.get_providers())
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Logits (B, classes, H, W) float32 of a (B, C, H, W) batch."""
-        return self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        """Logits (B, classes, H, W) float32 of a (B, C, H, W) batch.
+
+        Raises:
+            InputError: The graph gives another number of classes than :attr:`num_classes`.
+        """
+        logits = self.session.run(None, {self.input_name: np.ascontiguousarray(batch, dtype=np.float32)})[0]
+        if self.num_classes is not None and logits.shape[1] != self.num_classes:
+            raise InputError(
+                f"{self.path} gives {logits.shape[1]} classes but its {LABELS_FILE} names {self.num_classes}; "
+                "export the model again."
+            )
+        return logits
 
     @property
     def record(self) -> GraphRecord:

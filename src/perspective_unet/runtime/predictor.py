@@ -25,7 +25,7 @@ from perspective_unet.data.io import read_image, write_label_map, write_probabil
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION, canonical_spacing, from_canonical, to_canonical
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec, normalize_intensity, resolve_intensity
-from perspective_unet.models.inference_info import LABELS_FILE, InferenceInfo
+from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.models.onnx_session import OnnxSession
 from perspective_unet.outputs import write_all
 from perspective_unet.plan import Plan
@@ -199,6 +199,8 @@ class OnnxPredictor(ScanPredictor):
         self.inferer = numpy_inferer_for(self.plan, self.settings)
         self.plan = self.inferer.plan
         self.class_names = list(self.class_names)
+        if self.class_names:
+            self.session.num_classes = len(self.class_names)
         channels = self.session.in_channels
         if channels is not None and channels != self.plan.in_channels:
             raise InputError(
@@ -234,16 +236,7 @@ class OnnxPredictor(ScanPredictor):
         """Wrap a session with what its training recorded."""
         return cls(session, **cls.resolve(info, settings or InferenceSettings()))
 
-    def _network(self, batch: np.ndarray) -> np.ndarray:
-        logits = self.session(batch)
-        if self.class_names and logits.shape[1] != len(self.class_names):
-            raise InputError(
-                f"{self.session.path} gives {logits.shape[1]} classes but its {LABELS_FILE} names "
-                f"{len(self.class_names)}; export the model again."
-            )
-        return logits
-
     def predict_canonical(
         self, volume: np.ndarray, return_probabilities: bool = False, spacing: Sequence[float] | None = None
     ) -> Prediction:
-        return self.inferer(self._network, volume, spacing=spacing, return_probabilities=return_probabilities)
+        return self.inferer(self.session, volume, spacing=spacing, return_probabilities=return_probabilities)
