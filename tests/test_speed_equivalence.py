@@ -16,13 +16,13 @@ import perspective_unet.bench as bench
 from perspective_unet import ModelConfig, create_model
 from perspective_unet.cli import main
 from perspective_unet.engine.inference import predict_volume
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.models.attention import (
     gaussian_orthogonal_random_matrix,
     kernel_attention,
     linear_attention,
     random_feature_map,
 )
+from perspective_unet.runtime.inference_settings import InferenceSettings
 
 TINY = "perspective_unet_tiny"
 

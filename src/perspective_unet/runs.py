@@ -22,9 +22,10 @@ folds' out-of-fold predictions (``perspective-unet crossval OUT``).
 :func:`load` takes any model source and returns a :class:`LoadedModel`: the model in eval mode and its
 :class:`~perspective_unet.models.inference_info.InferenceInfo`. A source is a checkpoint of this project, a released
 checkpoint of the authors' code, a model folder (``export --format folder``), an ONNX file (``export --format onnx``,
-run by ONNX Runtime on the CPU), a run folder (its ``best.pt``, else ``last.pt``), a folder of fold runs (the ensemble
-of its ``fold_K`` runs, ``fold_all`` left out as it saw every fold's cases; ``fold_all`` alone when it is all the
-folder holds), or several of these (an ensemble averaging their probabilities). Each file is read once.
+run by ONNX Runtime: TensorRT or CUDA where installed, else the CPU), a run folder (its ``best.pt``, else
+``last.pt``), a folder of fold runs (the ensemble of its ``fold_K`` runs, ``fold_all`` left out as it saw every fold's
+cases; ``fold_all`` alone when it is all the folder holds), or several of these (an ensemble averaging their
+probabilities). Each file is read once.
 """
 
 from __future__ import annotations
@@ -42,16 +43,11 @@ from torch import nn
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file, model_from_checkpoint
 from perspective_unet.models.ensemble import ProbabilityEnsemble
-from perspective_unet.models.inference_info import InferenceInfo
+from perspective_unet.models.inference_info import LABELS_FILE, InferenceInfo, read_inference_info
 from perspective_unet.models.official import is_official_state_dict, load_official_checkpoint
 from perspective_unet.models.onnx_runtime import OnnxRuntimeModel
-from perspective_unet.models.pretrained import (
-    LABELS_FILE,
-    PREPROCESSING_FILE,
-    from_pretrained,
-    is_model_folder,
-    read_inference_info,
-)
+from perspective_unet.models.onnx_session import OnnxSession
+from perspective_unet.models.pretrained import from_pretrained, is_model_folder
 
 __all__ = ["FOLD_ALL", "STALE_PATTERNS", "LoadedModel", "ModelSource", "RunFolder", "load", "model_sources"]
 
@@ -284,15 +280,10 @@ def _load_checkpoint(path: Path, device: torch.device | str) -> tuple[nn.Module,
 
 
 def _load_onnx(path: Path) -> tuple[nn.Module, InferenceInfo]:
-    """An ONNX graph in ONNX Runtime, with the preprocessing files ``export --format onnx`` wrote beside it."""
-    for name in (PREPROCESSING_FILE, LABELS_FILE):
-        if not (path.parent / name).is_file():
-            raise InputError(
-                f"{path.parent / name} is missing: an ONNX model needs the preprocessing files that "
-                "`perspective-unet export --format onnx` writes beside the .onnx file."
-            )
-    info = read_inference_info(path.parent).replace(sources=(path,))
-    model = OnnxRuntimeModel(path, len(info.class_names))
+    """An ONNX graph in ONNX Runtime, with the inference info of its metadata (or of the files beside it)."""
+    session = OnnxSession(path, threads=torch.get_num_threads())
+    info = session.info()
+    model = OnnxRuntimeModel(session, len(info.class_names))
     info.check_model(model.config.in_channels, False, path)
     return model, info
 
@@ -315,7 +306,8 @@ def load(source: ModelSource | Sequence[ModelSource], device: torch.device | str
     Args:
         source: A checkpoint (this project's or a released one), a model folder, an ONNX file, a run folder, a folder
             of fold runs, or several of these: their ensemble, the mean of their probabilities.
-        device: Where the weights go (an ONNX model always runs on the CPU).
+        device: Where the weights go (an ONNX model runs on ONNX Runtime's providers: TensorRT or CUDA where
+            installed, else the CPU).
 
     Returns:
         The model (one, or a :class:`ProbabilityEnsemble`) and the first source's info, whose ``sources`` list every

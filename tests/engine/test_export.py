@@ -12,7 +12,7 @@ import torch
 from perspective_unet import InputError, create_model, from_pretrained, list_models, save_model, save_pretrained
 from perspective_unet.cli import main
 from perspective_unet.export.folder import export_folder
-from perspective_unet.export.onnx import export_onnx
+from perspective_unet.export.onnx import export_onnx, set_graph_metadata
 from perspective_unet.plan import Plan
 from perspective_unet.runs import load
 
@@ -173,11 +173,17 @@ def test_prediction_through_onnx_runtime_equals_the_torch_path(checkpoint, scan,
     assert loaded.info.plan == Plan.from_dict(PLAN) and loaded.model.config.num_classes == 3
 
 
-def test_an_onnx_file_without_its_preprocessing_files_is_named(checkpoint, scan, tmp_path, capsys):
-    export_onnx(checkpoint, tmp_path / "onnx" / "model.onnx")
-    (tmp_path / "onnx" / "preprocessing.json").unlink()
+def test_an_onnx_file_runs_alone_and_one_without_metadata_or_files_is_named(checkpoint, scan, tmp_path, capsys):
+    graph = tmp_path / "onnx" / "model.onnx"
+    export_onnx(checkpoint, graph)
+    for name in ("preprocessing.json", "labels.json"):
+        (tmp_path / "onnx" / name).unlink()
+    assert main(["predict", "--onnx", str(graph), "-i", str(scan), "-o", str(tmp_path / "alone")]) == 0
+    set_graph_metadata(graph, {})
     out = str(tmp_path / "out")
-    assert main(["predict", "--onnx", str(tmp_path / "onnx" / "model.onnx"), "-i", str(scan), "-o", out]) == 2
-    assert "preprocessing.json is missing" in capsys.readouterr().err
+    assert main(["predict", "--onnx", str(graph), "-i", str(scan), "-o", out]) == 2
+    error = capsys.readouterr().err
+    assert "carries no perspective-unet metadata and has no preprocessing.json and labels.json" in error
+    assert len(error.strip().splitlines()) == 1 and not (tmp_path / "out" / "scan.nii.gz").exists()
     with pytest.raises(FileExistsError):
-        export_onnx(checkpoint, tmp_path / "onnx" / "model.onnx")
+        export_onnx(checkpoint, graph)

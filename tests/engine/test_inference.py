@@ -5,15 +5,16 @@ import pytest
 import scipy.ndimage
 import torch
 
-from perspective_unet.engine.inference import corner_aligned_indices, predict_volume, spline_zoom_matrix, zoom_slices
-from perspective_unet.engine.inference_settings import InferenceSettings
+from perspective_unet.engine.inference import predict_volume, zoom_slices
+from perspective_unet.runtime.inference_settings import InferenceSettings
+from perspective_unet.runtime.kernels import corner_aligned_indices, spline_zoom_matrix
 
 
 @pytest.mark.parametrize(("source", "target"), [(512, 224), (37, 16), (20, 32), (7, 7), (1, 5), (9, 1)])
 def test_spline_zoom_matrix_is_scipy_zoom_in_1d(source, target):
     v = np.random.default_rng(source).random(source)
     expected = scipy.ndimage.zoom(v, target / source, order=3)
-    np.testing.assert_allclose(spline_zoom_matrix(source, target).numpy() @ v, expected, atol=1e-12)
+    np.testing.assert_allclose(spline_zoom_matrix(source, target) @ v, expected, atol=1e-12)
 
 
 @pytest.mark.parametrize(("shape", "size"), [((53, 37), (16, 24)), ((40, 56), (32, 48)), ((20, 30), (33, 17))])
@@ -58,7 +59,7 @@ def test_torch_and_scipy_resamplers_give_the_same_labels():
 def test_label_zoom_back_matches_scipy_order_zero():
     for source, target in [(224, 512), (32, 59), (48, 45), (7, 19), (100, 37)]:
         expected = scipy.ndimage.zoom(np.arange(source, dtype=np.float64), target / source, order=0)
-        np.testing.assert_array_equal(corner_aligned_indices(source, target).numpy(), expected)
+        np.testing.assert_array_equal(corner_aligned_indices(source, target), expected)
 
 
 def test_scipy_order_zero_quirk_is_only_the_last_index():
@@ -66,6 +67,6 @@ def test_scipy_order_zero_quirk_is_only_the_last_index():
     # constant 0 (background); the torch path keeps the last label instead. Everything else agrees.
     for source, target in [(8, 26), (32, 61)]:
         expected = scipy.ndimage.zoom(np.arange(source, dtype=np.float64) + 1, target / source, order=0) - 1
-        ours = corner_aligned_indices(source, target).numpy()
+        ours = corner_aligned_indices(source, target)
         np.testing.assert_array_equal(ours[:-1], expected[:-1])
         assert expected[-1] == -1 and ours[-1] == source - 1

@@ -18,7 +18,6 @@ from perspective_unet.config import TrainConfig
 from perspective_unet.data.io import read_image
 from perspective_unet.data.orientation import to_canonical
 from perspective_unet.engine.evaluate import evaluate
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predict import predict_path
 from perspective_unet.engine.train import train
 from perspective_unet.errors import InputError
@@ -26,6 +25,7 @@ from perspective_unet.intensity import IntensitySpec
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.plan import Plan
 from perspective_unet.runs import LoadedModel, load
+from perspective_unet.runtime.inference_settings import InferenceSettings
 
 AFFINE = np.diag([1.0, 1.0, 3.0, 1.0])
 UNIT = IntensitySpec("unit")
@@ -209,7 +209,7 @@ def test_evaluating_a_model_on_data_of_other_channels_is_refused(tmp_path):
 def test_training_and_inference_stack_channels_and_context_slices_alike(tmp_path):
     from perspective_unet.data import SliceDataset
     from perspective_unet.data.layouts.detect import open_dataset
-    from perspective_unet.engine.sliding_window import stack_context
+    from perspective_unet.runtime.kernels import stack_context
     from tests.data.test_owndata import write_two_channel_raw
 
     write_two_channel_raw(tmp_path / "raw", num_cases=4, names=("T2", "ADC"))
@@ -223,7 +223,7 @@ def test_training_and_inference_stack_channels_and_context_slices_alike(tmp_path
     expected = np.stack([volume[0, 0], volume[0, 0], volume[1, 0], volume[0, 1], volume[0, 1], volume[1, 1]])
     stack, _ = slices.load_stack(index)
     np.testing.assert_array_equal(stack, expected)
-    np.testing.assert_array_equal(stack_context(torch.from_numpy(volume), 1)[0].numpy(), expected)
+    np.testing.assert_array_equal(stack_context(volume, 1)[0], expected)
     np.testing.assert_allclose(slices[index]["image"].numpy(), (expected - 0.5) / 0.5, atol=1e-6)
 
 

@@ -14,13 +14,14 @@ from perspective_unet import create_model, save_model
 from perspective_unet.cli import main
 from perspective_unet.data.io import read_image
 from perspective_unet.data.orientation import to_canonical
-from perspective_unet.engine.inference_settings import InferenceSettings
-from perspective_unet.engine.predict import find_inputs, output_name, predict_file, predict_path, probability_path
+from perspective_unet.engine.predict import predict_file, predict_path
 from perspective_unet.engine.predictor import Predictor
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec, normalize_intensity, recorded_intensity, resolve_intensity
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.runs import LoadedModel
+from perspective_unet.runtime.inference_settings import InferenceSettings
+from perspective_unet.runtime.predict import find_inputs, output_name, probability_path
 
 CT_SPEC = {"kind": "ct_window", "window": [-125.0, 275.0]}
 # Hounsfield units that the CT window maps to 0, 0.5 and 1: the oracle model below reads them as classes 0, 1, 2.

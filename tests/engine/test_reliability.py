@@ -142,7 +142,7 @@ def test_evaluate_keeps_earlier_reports_unless_told_and_writes_all_three_or_none
 
 
 def test_a_label_map_never_appears_without_its_probabilities(finished_run, tmp_path, capsys, monkeypatch):
-    import perspective_unet.engine.predictor as predictor_module
+    import perspective_unet.runtime.predictor as predictor_module
 
     def full_disk(probabilities, meta, path, class_names):
         raise OSError(errno.ENOSPC, "No space left on device", str(path))

@@ -14,10 +14,10 @@ from perspective_unet import create_model, save_model
 from perspective_unet.cli import main
 from perspective_unet.engine import inferers
 from perspective_unet.engine.evaluate import evaluate
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predict import predict_path
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.plan import Plan
+from perspective_unet.runtime.inference_settings import InferenceSettings
 
 TINY_RUN = ["--model", "perspective_unet_tiny", "--img-size", "32", "32", "--batch-size", "4", "--num-workers", "0"]
 

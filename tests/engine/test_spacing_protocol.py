@@ -14,15 +14,16 @@ import torch.nn.functional as F
 from perspective_unet import create_model
 from perspective_unet.cli import main
 from perspective_unet.engine.inference import predict_slices
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import inferer_for
 from perspective_unet.engine.predict import predict_path
-from perspective_unet.engine.sliding_window import predict_at_spacing, stack_context
+from perspective_unet.engine.sliding_window import predict_at_spacing
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.plan import Plan
 from perspective_unet.runs import LoadedModel
+from perspective_unet.runtime.inference_settings import InferenceSettings
+from perspective_unet.runtime.kernels import stack_context
 
 WINDOW = IntensitySpec("ct_window", window=(-100.0, 300.0))
 
@@ -137,7 +138,7 @@ def test_windows_cover_images_larger_and_smaller_than_the_patch():
 
 
 def test_stack_context_repeats_the_end_slices():
-    volume = torch.arange(4.0)[:, None, None].expand(4, 2, 2)
+    volume = np.broadcast_to(np.arange(4.0)[:, None, None], (4, 2, 2))
     stacked = stack_context(volume, 2)
     assert tuple(stacked.shape) == (4, 5, 2, 2)
     assert stacked[:, :, 0, 0].tolist() == [[0, 0, 0, 1, 2], [0, 0, 1, 2, 3], [0, 1, 2, 3, 3], [1, 2, 3, 3, 3]]

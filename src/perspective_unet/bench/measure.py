@@ -321,7 +321,7 @@ def measure_volume(
         labels_out: Save the predicted labels here (``.npy``), for comparing paths.
     """
     from perspective_unet.engine.inference import predict_volume
-    from perspective_unet.engine.inference_settings import InferenceSettings
+    from perspective_unet.runtime.inference_settings import InferenceSettings
 
     setup = prepare(
         device,

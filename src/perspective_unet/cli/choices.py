@@ -11,12 +11,15 @@ __all__ = [
     "BENCHMARK_MODE_CHOICES",
     "BENCHMARK_PATH_CHOICES",
     "DEFAULT_AFFINE_TOLERANCE_MM",
+    "DEFAULT_CALIBRATION_SLICES",
+    "DEFAULT_DICE_TOLERANCE",
     "DEFAULT_MAX_PATCH_PIXELS",
     "DEFAULT_NSD_TOLERANCE_MM",
     "DEFAULT_ORIENTATION",
     "METRIC_PROTOCOL_CHOICES",
     "MODEL_CHOICES",
     "OUTPUT_FORMAT_CHOICES",
+    "QUANTIZATION_CHOICES",
     "RESAMPLER_CHOICES",
 ]
 
@@ -27,10 +30,10 @@ METRIC_PROTOCOL_CHOICES = ("legacy", "corrected")
 """``metrics.PROTOCOLS``."""
 
 RESAMPLER_CHOICES = ("torch", "scipy")
-"""``engine.inference.RESAMPLERS``."""
+"""``runtime.inference_settings.RESAMPLERS``."""
 
 OUTPUT_FORMAT_CHOICES = ("auto", "dicom-seg")
-"""``engine.predict.OUTPUT_FORMATS``."""
+"""``runtime.predict.OUTPUT_FORMATS``."""
 
 DEFAULT_ORIENTATION = "SPL"
 """``data.orientation.CANONICAL_ORIENTATION``."""
@@ -52,3 +55,12 @@ BENCHMARK_PATH_CHOICES = ("baseline", "optimized", "both")
 
 ALLOCATOR_PROFILE_CHOICES = ("reuse", "release")
 """The names of ``bench.machine.ALLOCATOR_PROFILES``."""
+
+QUANTIZATION_CHOICES = ("int8",)
+"""``export.quantize.QUANTIZATIONS``."""
+
+DEFAULT_DICE_TOLERANCE = 0.01
+"""``export.quantize.DICE_TOLERANCE``."""
+
+DEFAULT_CALIBRATION_SLICES = 32
+"""``export.quantize.CALIBRATION_SLICES``."""

@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 from perspective_unet.version import __version__
 
-if TYPE_CHECKING:  # the settings' module imports torch, which --help must not wait for
-    from perspective_unet.engine.inference_settings import InferenceSettings
+if TYPE_CHECKING:  # the settings' module imports the plan and NumPy, which --help must not wait for
+    from perspective_unet.runtime.inference_settings import InferenceSettings
 
 __all__ = [
     "CommandParser",
@@ -105,9 +105,9 @@ def add_intensity_override(parser: argparse.ArgumentParser, *, window_help: str,
 
 
 def inference_settings(args: argparse.Namespace) -> InferenceSettings:
-    """The :class:`~perspective_unet.engine.inference_settings.InferenceSettings` a command's options give: every
+    """The :class:`~perspective_unet.runtime.inference_settings.InferenceSettings` a command's options give: every
     option whose destination is a settings field (``--img-size`` gives ``patch_size``), the defaults for the rest."""
-    from perspective_unet.engine.inference_settings import InferenceSettings
+    from perspective_unet.runtime.inference_settings import InferenceSettings
 
     given = {**vars(args), "patch_size": getattr(args, "img_size", None)}
     names = {item.name for item in dataclasses.fields(InferenceSettings)}

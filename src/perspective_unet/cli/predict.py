@@ -29,8 +29,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     model.add_argument(
         "--onnx",
         metavar="MODEL_ONNX",
-        help="run ONNX Runtime on this file (from `export --format onnx`, with its preprocessing.json and labels.json "
-        "beside it) instead of PyTorch; CPU only",
+        help="run this graph (from `export --format onnx`; its plan and classes are in its metadata) in ONNX Runtime "
+        "with NumPy instead of PyTorch: works in a `pip install perspective-unet[runtime]` environment without "
+        "PyTorch",
     )
     parser.add_argument(
         "-i", "--input", required=True, nargs="+", help="image file(s), DICOM series folder(s), or a folder of them"
@@ -54,7 +55,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
-    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument("--device", default="auto", help="PyTorch's device: auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--providers",
+        default="auto",
+        metavar="P[,P...]",
+        help="with --onnx: ONNX Runtime's execution providers in order (cpu, cuda, tensorrt, openvino, dnnl, rocm, "
+        "coreml, directml); auto takes TensorRT and CUDA where installed, then the CPU",
+    )
     add_intensity_override(
         parser,
         window_help="CT window in HU, for checkpoints that do not record their normalization",
@@ -83,7 +91,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "--resampler",
         choices=RESAMPLER_CHOICES,
         default="torch",
-        help="paper protocol: torch (batched on the device) or scipy (TransUNet's exact slice loop)",
+        help="paper protocol: torch (batched on the device) or scipy (TransUNet's exact slice loop); --onnx resamples "
+        "with NumPy as torch does",
     )
     parser.add_argument(
         "--postprocess",
@@ -95,29 +104,44 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from perspective_unet.engine.predict import predict_path
-
     settings = inference_settings(args)
     if args.postprocess:
         from perspective_unet.postprocessing import Postprocessing
 
         settings = settings.replace(postprocessing=Postprocessing.read(args.postprocess))
     if args.onnx:
+        # The light path: ONNX Runtime and NumPy only, so that it runs where PyTorch is not installed.
+        from perspective_unet.runtime.predict import predict_onnx
+
         if args.device not in ("auto", "cpu"):
             raise ValueError(
-                f"--onnx runs on the CPU (ONNX Runtime's CPU provider); --device {args.device} is not "
-                "available with it."
+                f"--onnx runs on ONNX Runtime's execution providers, not on --device {args.device}; choose them with "
+                "--providers (e.g. --providers cuda,cpu)."
             )
-        settings = settings.replace(device="cpu")
-    written = predict_path(
-        args.onnx or args.checkpoint,
-        args.input,
-        args.output,
-        settings,
-        overwrite=args.overwrite,
-        series=args.series,
-        output_format=args.output_format,
-    )
+        written = predict_onnx(
+            args.onnx,
+            args.input,
+            args.output,
+            settings.replace(device="cpu"),
+            providers=args.providers,
+            overwrite=args.overwrite,
+            series=args.series,
+            output_format=args.output_format,
+        )
+    else:
+        from perspective_unet.engine.predict import predict_path
+
+        if args.providers != "auto":
+            raise ValueError("--providers chooses ONNX Runtime's execution providers; it applies with --onnx only.")
+        written = predict_path(
+            args.checkpoint,
+            args.input,
+            args.output,
+            settings,
+            overwrite=args.overwrite,
+            series=args.series,
+            output_format=args.output_format,
+        )
     target = written[0] if len(written) == 1 else args.output
     print(f"wrote {len(written)} label map(s) to {target}")
     return 0

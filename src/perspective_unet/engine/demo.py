@@ -24,10 +24,10 @@ from perspective_unet.config.augmentation import DomainAugmentationFields
 from perspective_unet.data import prepare_demo
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.evaluate import evaluate
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predictor import Predictor
 from perspective_unet.engine.train import train
 from perspective_unet.intensity import SYNAPSE_HU_WINDOW
+from perspective_unet.runtime.inference_settings import InferenceSettings
 from perspective_unet.stats import spread
 from perspective_unet.table import format_table
 from perspective_unet.viz import save_overlay_grid

@@ -31,7 +31,6 @@ from perspective_unet.data.io import write_label_map
 from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.inference import model_device
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.inferers import inferer_for
 from perspective_unet.engine.report import REPORT_FILE, report_evaluation
 from perspective_unet.engine.report_data import PREDICTIONS_DIR
@@ -51,6 +50,7 @@ from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.plan import Plan
 from perspective_unet.runs import ModelSource, load
+from perspective_unet.runtime.inference_settings import InferenceSettings
 
 __all__ = ["SavePrediction", "evaluate", "evaluate_model"]
 

@@ -24,7 +24,6 @@ import numpy as np
 
 from perspective_unet.data.io import full_suffix, read_image
 from perspective_unet.data.layouts.nnunet_files import label_ids
-from perspective_unet.engine.predict import LABEL_SUFFIXES
 from perspective_unet.errors import InputError
 from perspective_unet.evaluation import (
     DEFAULT_NSD_TOLERANCE_MM,
@@ -36,6 +35,7 @@ from perspective_unet.evaluation import (
 )
 from perspective_unet.metrics import PROTOCOLS
 from perspective_unet.outputs import output_lock, read_json, remove_stale_temporaries
+from perspective_unet.runtime.predict import LABEL_SUFFIXES
 
 __all__ = ["AFFINE_TOLERANCE_MM", "class_names_of", "evaluate_folder", "pair_files"]
 

@@ -143,9 +143,9 @@ def _execute_locked(job: RunJob, job_id: str) -> RunOutcome:
 def _train_and_evaluate(job: RunJob, check: RunCheck) -> str:
     """Train or resume, then evaluate into a temporary folder renamed into place; returns a note on what was done."""
     from perspective_unet.engine.evaluate import evaluate
-    from perspective_unet.engine.inference_settings import InferenceSettings
     from perspective_unet.engine.train import train
     from perspective_unet.engine.training import TrainingCheckpoint
+    from perspective_unet.runtime.inference_settings import InferenceSettings
 
     folder, run = job.folder, job.run
     run_folder = RunFolder(folder)

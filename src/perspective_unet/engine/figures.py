@@ -20,11 +20,11 @@ import torch.nn.functional as F
 from perspective_unet.data.orientation import CANONICAL_ORIENTATION
 from perspective_unet.data.resample import resampled_shape
 from perspective_unet.engine.inference import zoom_slices
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.predictor import Predictor
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import resolve_intensity
 from perspective_unet.runs import ModelSource
+from perspective_unet.runtime.inference_settings import InferenceSettings
 from perspective_unet.viz.features import colormap, save_feature_figure
 from perspective_unet.viz.overlay import save_overlay_grid
 from perspective_unet.viz.palette import class_names_near

@@ -34,10 +34,10 @@ from perspective_unet.data.io import write_label_map, write_probabilities
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.orientation import from_canonical, to_canonical, uncrop_canonical
 from perspective_unet.engine.evaluate import evaluate_model
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.evaluation import EvaluationSummary, write_summary
 from perspective_unet.outputs import TEMPORARY_PREFIX, write_all
 from perspective_unet.runs import RunFolder
+from perspective_unet.runtime.inference_settings import InferenceSettings
 
 __all__ = ["from_own_grid", "own_grid_meta", "predict_held_out", "to_own_grid"]
 

@@ -5,7 +5,8 @@ The protocol of this line of work zooms every slice to the training size with a 
 and zooms the labels back with nearest-neighbor sampling (corner-aligned, as ``scipy.ndimage.zoom`` does).
 ``resampler="scipy"`` does exactly that on the CPU, one slice at a time; ``resampler="torch"`` does the same
 steps in batches on the model's device. Both steps are linear and separable, so the spline zoom of a slice ``X`` is
-``R @ X @ C.T`` with two fixed matrices (:func:`spline_zoom_matrix`): the torch path gives scipy's resampled
+``R @ X @ C.T`` with two fixed matrices (:func:`~perspective_unet.runtime.kernels.spline_zoom_matrix`, shared with
+the light ONNX runtime, which zooms with the same matrices in NumPy): the torch path gives scipy's resampled
 slices to float32 rounding (about 1e-6) and therefore the same labels. One difference is deliberate: for some
 sizes (e.g. 32 -> 61; about one target size in ten) scipy's order-0 zoom puts its last output coordinate a
 rounding error beyond the last input and returns its constant 0 there, i.e. a last row or column of background;
@@ -22,17 +23,11 @@ import scipy.ndimage
 import torch
 import torch.nn.functional as F
 
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.errors import InputError
+from perspective_unet.runtime.inference_settings import InferenceSettings
+from perspective_unet.runtime.kernels import corner_aligned_indices, spline_zoom_matrix
 
-__all__ = [
-    "corner_aligned_indices",
-    "model_device",
-    "predict_slices",
-    "predict_volume",
-    "spline_zoom_matrix",
-    "zoom_slices",
-]
+__all__ = ["model_device", "predict_slices", "predict_volume", "zoom_slices"]
 
 
 def model_device(model: torch.nn.Module) -> torch.device:
@@ -41,38 +36,6 @@ def model_device(model: torch.nn.Module) -> torch.device:
     if tensor is None:
         tensor = next(model.buffers(), None)
     return tensor.device if tensor is not None else torch.device("cpu")
-
-
-def corner_aligned_indices(source: int, target: int, device: torch.device | None = None) -> torch.Tensor:
-    """Nearest source index of every target index when corners are aligned (``scipy.ndimage.zoom``, order 0)."""
-    if target == 1 or source == 1:
-        return torch.zeros(target, dtype=torch.long, device=device)
-    positions = torch.arange(target, dtype=torch.float64, device=device) * ((source - 1) / (target - 1))
-    return torch.floor(positions + 0.5).long().clamp_(0, source - 1)
-
-
-@functools.lru_cache(maxsize=32)
-def _spline_zoom_matrix_f64(source: int, target: int) -> np.ndarray:
-    identity = np.eye(source)
-    columns = [scipy.ndimage.zoom(identity[i], target / source, order=3) for i in range(source)]
-    return np.stack(columns, axis=1)
-
-
-def spline_zoom_matrix(source: int, target: int) -> torch.Tensor:
-    """The (target, source) float64 matrix ``M`` with ``M @ v == scipy.ndimage.zoom(v, target / source, order=3)``.
-
-    ``scipy.ndimage.zoom`` with a cubic spline is linear in its input (the spline prefilter is a fixed linear
-    filter, the interpolation a fixed weighting) and acts on each axis separately, so a 2D zoom is ``R @ X @ C.T``.
-    The matrix is built once per pair of sizes by zooming the unit vectors.
-
-    Example:
-        >>> m = spline_zoom_matrix(512, 224)
-        >>> tuple(m.shape)
-        (224, 512)
-    """
-    if source < 1 or target < 1:
-        raise ValueError(f"sizes must be positive, got source={source}, target={target}.")
-    return torch.from_numpy(_spline_zoom_matrix_f64(int(source), int(target)))
 
 
 def zoom_slices(slices: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
@@ -92,7 +55,7 @@ def _spline_zoom_matrix_on(source: int, target: int, device: torch.device, dtype
     # Kept on the device: a volume's batches reuse the matrices instead of copying them there for every batch. Made
     # outside inference mode, so a cached matrix is a normal tensor wherever it is used later.
     with torch.inference_mode(False):
-        return spline_zoom_matrix(source, target).to(device, dtype)
+        return torch.from_numpy(spline_zoom_matrix(source, target).copy()).to(device, dtype)
 
 
 def _flip_variants(tta: bool) -> list[tuple[int, ...]]:
@@ -180,8 +143,8 @@ def predict_volume(
     # The scipy loop fills labels on the CPU; the torch path keeps them on the device until the end.
     labels = np.empty((depth, height, width), dtype=np.uint8) if resampler == "scipy" else None
     probabilities = None
-    rows = corner_aligned_indices(target_h, height, device)
-    cols = corner_aligned_indices(target_w, width, device)
+    rows = torch.from_numpy(corner_aligned_indices(target_h, height)).to(device)
+    cols = torch.from_numpy(corner_aligned_indices(target_w, width)).to(device)
     if resampler == "torch":
         # One transfer in and one out per volume: no per-batch synchronization with an accelerator.
         on_device = array.pin_memory() if device.type == "cuda" and array.device.type == "cpu" else array

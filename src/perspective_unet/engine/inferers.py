@@ -10,139 +10,40 @@ As MONAI's inferers, an :class:`Inferer` holds how to predict and is called with
 
 Both take canonical volumes of stored values in [0, 1] (stage 1 of the plan's intensity applied, as prepared data
 hold them): (Z, H, W), or (Z, C, H, W) for a plan of several input channels; they apply stage 2 (each channel its
-own) and stack the 2.5D context slices (channel-major, as training does).
+own) and stack the 2.5D context slices (channel-major, as training does), as
+:class:`~perspective_unet.runtime.inferers.BaseInferer` (shared with the light ONNX runtime's NumPy inferers) does it.
 """
 
 from __future__ import annotations
 
 import os
-from abc import ABC, abstractmethod
 from collections.abc import Sequence
 
 import numpy as np
 import torch
 
-from perspective_unet.channels import apply_stored_channels, channel_floors
 from perspective_unet.data.resample import resampled_shape
 from perspective_unet.engine.inference import model_device, predict_volume
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.runtime import require_memory
-from perspective_unet.engine.sliding_window import predict_at_spacing, stack_context
-from perspective_unet.errors import InputError
+from perspective_unet.engine.sliding_window import predict_at_spacing
 from perspective_unet.intensity import ImageStats
 from perspective_unet.plan import Plan
+from perspective_unet.runtime.inference_settings import InferenceSettings
+from perspective_unet.runtime.inferers import BaseInferer
 
 __all__ = ["INFERERS", "Inferer", "PaperInferer", "SpacingInferer", "inferer_for"]
 
 Prediction = np.ndarray | tuple[np.ndarray, np.ndarray]
 
 
-class Inferer(ABC):
-    """How a plan segments a volume: built once from the plan and the settings, then called for each volume.
-
-    Args:
-        plan: The model's plan (the settings' ``patch_size`` and ``overlap`` replace its own where set).
-        settings: Batch size, test-time mirroring, resampler, autocast.
-        plan_source: The file the plan was read from, named when a size it sets cannot be met.
-
-    Attributes:
-        plan: The plan as used, with the settings' overrides.
-        settings: The settings.
-        plan_source: The plan's file, or None.
-    """
-
-    def __init__(
-        self,
-        plan: Plan,
-        settings: InferenceSettings | None = None,
-        *,
-        plan_source: str | os.PathLike[str] | None = None,
-    ) -> None:
-        self.settings = settings or InferenceSettings()
-        self.plan = self.settings.plan_for(plan)
-        self.plan_source = plan_source
-
-    def __call__(
-        self,
-        model: torch.nn.Module,
-        volume: np.ndarray,
-        *,
-        spacing: Sequence[float] | None = None,
-        stats: ImageStats | Sequence[ImageStats] | None = None,
-        return_probabilities: bool = False,
-    ) -> Prediction:
-        """Segment a canonical volume of stored values in [0, 1].
-
-        Args:
-            model: Segmentation model in eval mode, on the device to run on, with ``plan.in_channels`` inputs.
-            volume: (Z, H, W) stored values; (Z, C, H, W) for a plan of C input channels.
-            spacing: In-plane pixel size (row, column) in mm; the spacing protocol needs it.
-            stats: The whole image's statistics for ``zscore_per_image``, one per input channel (default: computed
-                from ``volume``).
-            return_probabilities: Also return (classes, Z, H, W) float16 probabilities on the volume's grid.
-
-        Returns:
-            uint8 labels (Z, H, W), and the probabilities when asked.
-
-        Raises:
-            InputError: The volume has another number of channels than the plan, fewer slices than the model reads
-                at once, the spacing protocol lacks the volume's spacing, or the volume resampled to the plan's
-                spacing cannot fit in memory.
-        """
-        volume = np.asarray(volume, dtype=np.float32)
-        plan = self.plan
-        channels = plan.num_channels
-        if volume.ndim != (3 if channels == 1 else 4):
-            form = "(Z, H, W)" if channels == 1 else f"(Z, {channels}, H, W)"
-            raise ValueError(f"expected a {form} volume, got shape {volume.shape}.")
-        if channels > 1 and volume.shape[1] != channels:
-            raise InputError(
-                f"the model reads {channels} input channels but the image has {volume.shape[1]}; give every channel."
-            )
-        if plan.context_slices and volume.shape[0] < 2 * plan.context_slices + 1:
-            planes = 2 * plan.context_slices + 1
-            raise InputError(
-                f"the model reads {planes} neighboring slices at once ({plan.context_slices} context slices on each "
-                f"side) but the image has {volume.shape[0]}; give a volume with at least {planes} slices."
-            )
-        if isinstance(stats, ImageStats):
-            stats = (stats,)
-        return self.infer(model, volume, spacing, stats, return_probabilities)
-
-    def channel_stats(self, volume: np.ndarray, stats: Sequence[ImageStats] | None) -> Sequence[ImageStats] | None:
-        """Each input channel's whole-image statistics for ``zscore_per_image`` (None when no channel needs them)."""
-        if stats is not None or not any(spec.per_image for spec in self.plan.intensities):
-            return stats
-        if volume.ndim == 3:
-            return (ImageStats.of(volume),)
-        return tuple(ImageStats.of(volume[:, c]) for c in range(volume.shape[1]))
+class Inferer(BaseInferer):
+    """A PyTorch inferer: ``model`` is a segmentation model in eval mode, on the device to run on (see
+    :meth:`BaseInferer.__call__`)."""
 
     def network_input(self, volume: np.ndarray, stats: Sequence[ImageStats] | None) -> torch.Tensor:
         """Stage 2 of each channel's intensity and the context slices: (Z, H, W) or (Z, C, H, W) stored values ->
-        (Z, in_channels, H, W), channel-major."""
-        specs, stats = self.plan.intensities, self.channel_stats(volume, stats)
-        if volume.ndim == 3:
-            scaled = specs[0].apply_stored(volume, stats[0] if stats else None)
-        else:
-            # The channel axis first: apply_stored_channels scales groups along the first axis.
-            scaled = apply_stored_channels(specs, volume.swapaxes(0, 1), stats).swapaxes(0, 1)
-        return stack_context(torch.from_numpy(np.ascontiguousarray(scaled)), self.plan.context_slices)
-
-    def floors(self, stats: Sequence[ImageStats] | None) -> float | tuple[float, ...]:
-        """The padding value of the network input: one for one channel, one per input plane for several."""
-        floors = channel_floors(self.plan.intensities, stats, 2 * self.plan.context_slices + 1)
-        return floors[0] if self.plan.num_channels == 1 else floors
-
-    @abstractmethod
-    def infer(
-        self,
-        model: torch.nn.Module,
-        volume: np.ndarray,
-        spacing: Sequence[float] | None,
-        stats: Sequence[ImageStats] | None,
-        return_probabilities: bool,
-    ) -> Prediction:
-        """The protocol itself, on a checked float32 (Z, H, W) (or (Z, C, H, W)) volume."""
+        (Z, in_channels, H, W)."""
+        return torch.from_numpy(self.network_array(volume, stats))
 
 
 class PaperInferer(Inferer):
@@ -157,7 +58,7 @@ class PaperInferer(Inferer):
         return_probabilities: bool,
     ) -> Prediction:
         plan = self.plan
-        if plan.intensity.scaling == "symmetric" and plan.context_slices == 0 and plan.num_channels == 1:
+        if self.zooms_in_unit_range():
             # The paper's own path, unchanged: zoom in [0, 1], then (x - 0.5) / 0.5 inside predict_volume.
             return predict_volume(
                 model, volume, plan.patch_size, self.settings, return_probabilities=return_probabilities
@@ -183,20 +84,16 @@ class SpacingInferer(Inferer):
         stats: Sequence[ImageStats] | None,
         return_probabilities: bool,
     ) -> Prediction:
-        if spacing is None:
-            raise InputError(
-                "the model works at a fixed pixel spacing (spacing protocol) but the image's spacing is "
-                "unknown; give an image whose header records its voxel size."
-            )
-        self.check_resampled_size(model, volume.shape, spacing)
-        stats = self.channel_stats(volume, stats)
+        if spacing is not None:
+            self.check_resampled_size(model, volume.shape, spacing)
+        array, pad_value = self.spacing_inputs(volume, spacing, stats)
         return predict_at_spacing(
             model,
-            self.network_input(volume, stats),
-            spacing,
+            torch.from_numpy(array),
+            spacing,  # type: ignore[arg-type]
             self.plan,
             self.settings,
-            pad_value=self.floors(stats),
+            pad_value=pad_value,
             return_probabilities=return_probabilities,
         )
 

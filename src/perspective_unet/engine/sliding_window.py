@@ -1,4 +1,5 @@
-"""The spacing protocol's prediction of a volume, and the 2.5D context both protocols stack.
+"""The spacing protocol's prediction of a volume with PyTorch (the light runtime's NumPy counterpart is
+:mod:`perspective_unet.runtime.inferers`).
 
 Per batch of slices: resample to the plan's in-plane spacing (antialiased where the slice shrinks,
 as in training), predict with ``monai.inferers.sliding_window_inference`` (windows of the plan's patch size,
@@ -17,32 +18,10 @@ from monai.inferers import sliding_window_inference
 
 from perspective_unet.data.resample import resample_image, resampled_shape
 from perspective_unet.engine.inference import model_device, predict_slices
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.plan import Plan
+from perspective_unet.runtime.inference_settings import InferenceSettings
 
-__all__ = ["predict_at_spacing", "stack_context"]
-
-
-def stack_context(volume: np.ndarray | torch.Tensor, context: int) -> torch.Tensor:
-    """(Z, H, W) -> (Z, 2 * context + 1, H, W): each slice between its neighbors, the end slices repeated.
-
-    A (Z, C, H, W) volume of C input channels gives (Z, C * (2 * context + 1), H, W), channel-major (channel 0's
-    planes from below to above, then channel 1's, ...), the order training stacks them in.
-
-    Example:
-        >>> stack_context(torch.arange(3.0)[:, None, None], 1)[:, :, 0, 0].tolist()
-        [[0.0, 0.0, 1.0], [0.0, 1.0, 2.0], [1.0, 2.0, 2.0]]
-    """
-    volume = torch.as_tensor(volume)
-    if volume.ndim not in (3, 4):
-        raise ValueError(f"expected a (Z, H, W) or (Z, C, H, W) volume, got shape {tuple(volume.shape)}.")
-    if context == 0:
-        return volume[:, None] if volume.ndim == 3 else volume
-    depth = volume.shape[0]
-    offsets = torch.arange(-context, context + 1)
-    indices = (torch.arange(depth)[:, None] + offsets[None]).clamp_(0, depth - 1)
-    stacked = volume[indices]  # (Z, planes, H, W) or (Z, planes, C, H, W)
-    return stacked if volume.ndim == 3 else stacked.transpose(1, 2).flatten(1, 2)
+__all__ = ["predict_at_spacing"]
 
 
 @torch.inference_mode()

@@ -27,7 +27,6 @@ from perspective_unet.config import TrainConfig
 from perspective_unet.engine.evaluate import evaluate_model
 from perspective_unet.engine.finetune import InitSource, set_encoder_frozen, with_source_architecture
 from perspective_unet.engine.fold_validation import predict_held_out
-from perspective_unet.engine.inference_settings import InferenceSettings
 from perspective_unet.engine.run_log import TrainingLog, append_log, log_fields, read_log
 from perspective_unet.engine.runtime import DistributedContext
 from perspective_unet.engine.training import TrainingCheckpoint, TrainingRun, checkpoint_payload, setup_run
@@ -36,6 +35,7 @@ from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import atomic_torch_save
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.runs import STALE_PATTERNS, RunFolder
+from perspective_unet.runtime.inference_settings import InferenceSettings
 from perspective_unet.schedule import poly_lr
 from perspective_unet.viz import overlay_panel
 from perspective_unet.viz.progress import DICE_PREFIX, save_progress

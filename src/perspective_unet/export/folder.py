@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from perspective_unet.errors import InputError
+from perspective_unet.models.hub import card_front_matter
 from perspective_unet.models.inference_info import InferenceInfo
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.models.pretrained import write_model_folder
@@ -76,17 +77,21 @@ def _evaluation_lines(evaluation: dict[str, Any]) -> list[str]:
 
 
 def model_card(model: PerspectiveUNet, info: InferenceInfo) -> str:
-    """A Markdown model card: architecture, training data and recipe as recorded, metrics if the run was evaluated
-    (an evaluation beside ``info.sources[0]``)."""
+    """A Markdown model card: the Hub's YAML metadata (:func:`~perspective_unet.models.hub.card_metadata`),
+    architecture, training data and recipe as recorded, metrics if the run was evaluated (an evaluation beside
+    ``info.sources[0]``)."""
     config = model.config
     plan, training = info.plan, info.train_config
     parameters = sum(p.numel() for p in model.parameters())
+    evaluation = _evaluation_of(info.sources[0]) if info.sources else None
     lines = [
+        card_front_matter(info, num_classes=config.num_classes, evaluation=evaluation),
         "# Perspective+ Unet model",
         "",
         "Perspective+ Unet (Hu et al., MICCAI 2024): a bi-path residual encoder, efficient non-local transformer "
         "blocks and a spatial cross-scale integrator in a U-Net. Load it with "
-        "`perspective_unet.from_pretrained(folder)` or give the folder to any `--checkpoint`.",
+        "`perspective_unet.from_pretrained(folder)` (or the Hub id of this repository) or give the folder to any "
+        "`--checkpoint`.",
         "",
         "## Architecture",
         "",
@@ -114,7 +119,6 @@ def model_card(model: PerspectiveUNet, info: InferenceInfo) -> str:
     keys = ("model", "epochs", "batch_size", "optimizer", "base_lr", "seed", "fold", "augment")
     recipe = ", ".join(f"{k} {training[k]}" for k in keys if training.get(k) is not None)
     lines += [f"- {recipe}" if recipe else "- training settings not recorded", ""]
-    evaluation = _evaluation_of(info.sources[0]) if info.sources else None
     lines += ["## Evaluation", ""]
     if evaluation:
         lines += _evaluation_lines(evaluation)

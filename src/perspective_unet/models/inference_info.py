@@ -1,30 +1,45 @@
 """What inference needs to know about a saved model, beside its weights: :class:`InferenceInfo`.
 
 A checkpoint of this project records it in its ``plan``, ``dataset``, ``epoch`` and ``train_config`` entries; a model
-folder and an exported ONNX graph in ``preprocessing.json`` and ``labels.json``. Those on-disk dicts are read into an
-:class:`InferenceInfo` here (:meth:`InferenceInfo.from_checkpoint`, :meth:`InferenceInfo.from_files`) and written back
-from it (:meth:`InferenceInfo.dataset_record`), so everything after loading works with the typed value.
+folder and an exported ONNX graph in ``preprocessing.json`` and ``labels.json`` (the graph also in its own metadata,
+the same texts). Those on-disk dicts are read into an :class:`InferenceInfo` here
+(:meth:`InferenceInfo.from_checkpoint`, :meth:`InferenceInfo.from_files`, :func:`read_inference_info`) and written
+back from it (:func:`inference_file_texts`), so everything after loading works with the typed value. The module
+imports no PyTorch: the light ONNX runtime reads it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from perspective_unet.errors import InputError
 from perspective_unet.intensity import IntensitySpec, recorded_intensity
+from perspective_unet.outputs import read_json
 from perspective_unet.plan import Plan
 
-__all__ = ["DEFAULT_IMG_SIZE", "InferenceInfo"]
+__all__ = [
+    "DEFAULT_IMG_SIZE",
+    "LABELS_FILE",
+    "PREPROCESSING_FILE",
+    "InferenceInfo",
+    "inference_file_texts",
+    "labels_record",
+    "read_inference_info",
+]
 
 # The paper protocol's slice size, assumed when a saved model records neither a plan nor a training size.
 DEFAULT_IMG_SIZE = (224, 224)
+# The files beside a model folder's weights or an ONNX graph that say how inference sees a new scan.
+PREPROCESSING_FILE = "preprocessing.json"
+LABELS_FILE = "labels.json"
 # The dataset description keys a model folder's preprocessing.json keeps, in this order.
-_RECORD_KEYS = ("name", "modality", "normalization", "intensity", "orientation", "channel_names")
+_RECORD_KEYS = ("name", "modality", "normalization", "intensity", "orientation", "channel_names", "license")
 
 
 def _text(value: Any) -> str | None:
@@ -229,7 +244,7 @@ class InferenceInfo:
 
     def dataset_record(self) -> dict[str, Any]:
         """preprocessing.json's ``dataset`` entry: name, modality, normalization, intensity, orientation, the channel
-        names of several (as known)."""
+        names of several and the training data's license (as known; the license travels with the weights)."""
         values = {
             "name": self.dataset_name,
             "modality": self.modality,
@@ -237,6 +252,7 @@ class InferenceInfo:
             "intensity": self.intensity.stored_range() if self.intensity is not None else None,
             "orientation": self.orientation,
             "channel_names": {str(i): name for i, name in enumerate(self.channel_names)} or None,
+            "license": self.license,
         }
         return {key: values[key] for key in _RECORD_KEYS if values[key] is not None}
 
@@ -259,3 +275,55 @@ class InferenceInfo:
             "plan": self.plan.to_dict() if self.plan is not None else {"img_size": list(self.img_size)},
             "input channels": int(in_channels),
         }
+
+
+def labels_record(class_names: Sequence[str], colors: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
+    """``labels.json``'s content: ``{"0": {"name": "background", "color": [0, 0, 0]}, ...}``."""
+    return {
+        str(i): {"name": str(name), **({"color": [int(c) for c in colors[i]]} if colors is not None else {})}
+        for i, name in enumerate(class_names)
+    }
+
+
+def inference_file_texts(
+    info: InferenceInfo, num_classes: int, colors: Sequence[Sequence[int]] | None = None
+) -> dict[str, str]:
+    """The texts of ``preprocessing.json`` and ``labels.json``, the files inference reads beside a model folder's
+    weights or an ONNX graph (and in the graph's metadata): one form for all, so that a graph exported into a model
+    folder recognizes its files.
+
+    Raises:
+        ValueError: ``info`` names another number of classes than ``num_classes``.
+    """
+    preprocessing = {
+        "plan": info.plan.to_dict() if info.plan is not None else None,
+        "img_size": list(info.img_size),
+        "dataset": info.dataset_record(),
+    }
+    return {
+        PREPROCESSING_FILE: json.dumps(preprocessing, indent=2) + "\n",
+        LABELS_FILE: json.dumps(labels_record(info.class_names_for(num_classes), colors), indent=2) + "\n",
+    }
+
+
+def read_inference_info(folder: str | os.PathLike[str]) -> InferenceInfo:
+    """What inference needs from ``preprocessing.json`` and ``labels.json`` in ``folder``, without the model.
+
+    Raises:
+        InputError: A file is missing, not JSON, or holds the wrong fields (the message names it).
+    """
+    folder = Path(folder)
+    contents = []
+    for name in (PREPROCESSING_FILE, LABELS_FILE):
+        path = folder / name
+        if not path.is_file():
+            raise InputError(
+                f"{path} is missing; a model folder holds config.json, model.safetensors, {PREPROCESSING_FILE} and "
+                f"{LABELS_FILE}. Export the model again."
+            )
+        contents.append(read_json(path, "the file is damaged or was edited; export the model again."))
+    preprocessing, labels = contents
+    if not isinstance(preprocessing, dict) or not isinstance(labels, dict):
+        raise InputError(f"{folder}: {PREPROCESSING_FILE} and {LABELS_FILE} must hold JSON objects; export again.")
+    info = InferenceInfo.from_files(preprocessing, labels, folder)
+    return info.replace(plan_source=folder / PREPROCESSING_FILE) if info.plan is not None else info

@@ -12,9 +12,9 @@ MODEL/
 ```
 
 :func:`save_pretrained` writes the folder (all files or none); :func:`from_pretrained` rebuilds the model and
-:func:`read_inference_info` reads what prediction needs beside it (:func:`perspective_unet.runs.load` does both for
-any ``--checkpoint``). The loader never unpickles: config and labels are JSON, weights are safetensors, checked
-against the recorded hash before they are read.
+:func:`~perspective_unet.models.inference_info.read_inference_info` reads what prediction needs beside it
+(:func:`perspective_unet.runs.load` does both for any ``--checkpoint``). The loader never unpickles: config and labels
+are JSON, weights are safetensors, checked against the recorded hash before they are read.
 """
 
 from __future__ import annotations
@@ -34,28 +34,30 @@ import torch
 from perspective_unet.config import ModelConfig
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import check_state_dict
-from perspective_unet.models.inference_info import DEFAULT_IMG_SIZE, InferenceInfo
+from perspective_unet.models.inference_info import (
+    DEFAULT_IMG_SIZE,
+    LABELS_FILE,
+    PREPROCESSING_FILE,
+    InferenceInfo,
+    inference_file_texts,
+)
 from perspective_unet.models.perspective_unet import PerspectiveUNet
 from perspective_unet.outputs import read_json, text_writer, write_all
 from perspective_unet.plan import Plan
 
 __all__ = [
     "CONFIG_FILE",
-    "LABELS_FILE",
-    "PREPROCESSING_FILE",
     "WEIGHTS_FILE",
     "from_pretrained",
-    "inference_file_texts",
     "is_model_folder",
-    "read_inference_info",
     "save_pretrained",
+    "weights_bytes",
+    "weights_sha256",
     "write_model_folder",
 ]
 
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
-PREPROCESSING_FILE = "preprocessing.json"
-LABELS_FILE = "labels.json"
 CARD_FILE = "README.md"
 FOLDER_FORMAT = "perspective-unet-model"
 
@@ -68,38 +70,24 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def weights_bytes(model: PerspectiveUNet) -> bytes:
+    """The model's weights as ``model.safetensors`` holds them (from the CPU, contiguous)."""
+    from safetensors.torch import save
+
+    state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    return save(state, metadata={"format": "pt"})
+
+
+def weights_sha256(model: PerspectiveUNet) -> str:
+    """SHA-256 of :func:`weights_bytes`: the hash a model folder's ``config.json`` records, and an exported ONNX
+    graph's metadata, for the same weights."""
+    return hashlib.sha256(weights_bytes(model)).hexdigest()
+
+
 def is_model_folder(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is a folder holding a model's ``config.json`` and ``model.safetensors``."""
     path = Path(path)
     return path.is_dir() and (path / CONFIG_FILE).is_file() and (path / WEIGHTS_FILE).is_file()
-
-
-def labels_record(class_names: Sequence[str], colors: Sequence[Sequence[int]] | None = None) -> dict[str, Any]:
-    """``labels.json``'s content: ``{"0": {"name": "background", "color": [0, 0, 0]}, ...}``."""
-    return {
-        str(i): {"name": str(name), **({"color": [int(c) for c in colors[i]]} if colors is not None else {})}
-        for i, name in enumerate(class_names)
-    }
-
-
-def inference_file_texts(
-    info: InferenceInfo, num_classes: int, colors: Sequence[Sequence[int]] | None = None
-) -> dict[str, str]:
-    """The texts of ``preprocessing.json`` and ``labels.json``, the files inference reads beside a model folder's
-    weights or an ONNX graph: one form for both, so that a graph exported into a model folder recognizes its files.
-
-    Raises:
-        ValueError: ``info`` names another number of classes than ``num_classes``.
-    """
-    preprocessing = {
-        "plan": info.plan.to_dict() if info.plan is not None else None,
-        "img_size": list(info.img_size),
-        "dataset": info.dataset_record(),
-    }
-    return {
-        PREPROCESSING_FILE: json.dumps(preprocessing, indent=2) + "\n",
-        LABELS_FILE: json.dumps(labels_record(info.class_names_for(num_classes), colors), indent=2) + "\n",
-    }
 
 
 def save_pretrained(
@@ -112,8 +100,15 @@ def save_pretrained(
     colors: Sequence[Sequence[int]] | None = None,
     card: str | None = None,
     overwrite: bool = False,
+    push_to_hub: bool = False,
+    repo_id: str | None = None,
+    private: bool | None = None,
+    token: str | None = None,
+    commit_message: str = "Upload perspective-unet model",
 ) -> Path:
-    """Write ``model`` as a model folder (see the module docstring); every file appears, or none.
+    """Write ``model`` as a model folder (see the module docstring); every file appears, or none. With
+    ``push_to_hub`` the folder is then uploaded to the Hugging Face Hub
+    (:func:`~perspective_unet.models.hub.push_folder`).
 
     Args:
         model: The model (its weights are saved from the CPU, contiguous).
@@ -121,19 +116,34 @@ def save_pretrained(
         plan: The plan it was trained with (None: the paper protocol at ``img_size``).
         img_size: The training size, used when there is no plan.
         dataset: The training data's description (``class_names``, ``modality``, ``normalization``, ``intensity``,
-            ``orientation``, as a checkpoint's ``dataset`` entry holds them).
+            ``orientation``, ``name``, ``license``, as a checkpoint's ``dataset`` entry holds them).
         colors: A display color (r, g, b) per class id.
-        card: The model card's Markdown; None writes none.
+        card: The model card's Markdown; None writes none, or, when pushing, a short card with the Hub's metadata.
         overwrite: Replace the files of an earlier model in ``folder``.
+        push_to_hub: Upload the folder to the Hub repository ``repo_id`` (created if needed).
+        repo_id: ``owner/name`` on the Hub; default the folder's name under the token's user.
+        private: Create the repository private (None: the Hub's default).
+        token: A Hub token (None: huggingface_hub's stored login).
+        commit_message: The upload's commit message.
 
     Raises:
         FileExistsError: ``folder`` holds a model's files and ``overwrite`` is False.
-        InputError: ``plan`` or ``dataset`` is invalid.
+        InputError: ``plan`` or ``dataset`` is invalid, or pushing without huggingface_hub installed.
     """
+    from perspective_unet.models.hub import card_front_matter, push_folder
+
     info = InferenceInfo.from_record(
         plan, dataset, "the plan or dataset given to save_pretrained", img_size=tuple(img_size)
     )
-    return write_model_folder(model, folder, info, colors=colors, card=card, overwrite=overwrite)
+    if card is None and push_to_hub:
+        # The Hub indexes a model by its card's metadata: a pushed folder always gets one.
+        card = card_front_matter(info, num_classes=model.config.num_classes) + "\n# Perspective+ Unet model\n"
+    folder = write_model_folder(model, folder, info, colors=colors, card=card, overwrite=overwrite)
+    if push_to_hub:
+        push_folder(
+            folder, repo_id or Path(folder).resolve().name, private=private, token=token, commit_message=commit_message
+        )
+    return folder
 
 
 def write_model_folder(
@@ -224,32 +234,33 @@ def _read_json(path: Path) -> Any:
     return read_json(path, "the file is damaged or was edited; export the model again.")
 
 
-def read_inference_info(folder: str | os.PathLike[str]) -> InferenceInfo:
-    """What inference needs from ``preprocessing.json`` and ``labels.json`` in ``folder``, without the model.
+def from_pretrained(
+    folder: str | os.PathLike[str],
+    device: torch.device | str = "cpu",
+    *,
+    revision: str | None = None,
+    cache_dir: str | os.PathLike[str] | None = None,
+) -> PerspectiveUNet:
+    """The model of a model folder, or of a Hugging Face Hub id (``owner/name``), in eval mode on ``device``.
 
-    Raises:
-        InputError: A file is missing, not JSON, or holds the wrong fields (the message names it).
-    """
-    folder = Path(folder)
-    preprocessing = _read_json(folder / PREPROCESSING_FILE)
-    labels = _read_json(folder / LABELS_FILE)
-    if not isinstance(preprocessing, dict) or not isinstance(labels, dict):
-        raise InputError(f"{folder}: {PREPROCESSING_FILE} and {LABELS_FILE} must hold JSON objects; export again.")
-    info = InferenceInfo.from_files(preprocessing, labels, folder)
-    return info.replace(plan_source=folder / PREPROCESSING_FILE) if info.plan is not None else info
-
-
-def from_pretrained(folder: str | os.PathLike[str], device: torch.device | str = "cpu") -> PerspectiveUNet:
-    """The model of a model folder, in eval mode on ``device``.
+    Args:
+        folder: A model folder, or the Hub id of one (downloaded once into huggingface_hub's cache; offline, with
+            ``HF_HUB_OFFLINE=1``, read from the cache).
+        device: Where the weights go.
+        revision: For a Hub id: a branch, tag or commit (default the main branch).
+        cache_dir: For a Hub id: huggingface_hub's cache folder (default its own, ``HF_HUB_CACHE``).
 
     Raises:
         InputError: A file is missing or damaged, the weights' hash differs from the recorded one, or the weights
-            belong to another architecture than the config describes (each message names the file).
+            belong to another architecture than the config describes (each message names the file); a Hub id
+            cannot be had.
     """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
-    folder = Path(folder)
+    from perspective_unet.models.hub import hub_folder
+
+    folder = hub_folder(folder, revision=revision, cache_dir=cache_dir)
     config_data = _read_json(folder / CONFIG_FILE)
     if not isinstance(config_data, dict) or config_data.get("format") != FOLDER_FORMAT:
         raise InputError(

@@ -1,19 +1,21 @@
 """How to run inference: :class:`InferenceSettings`, one value passed whole from the command line to the inferers.
 
-Prediction, evaluation, the figures and the demo take the same settings; each level reads the fields it needs and
-hands the value on, so a new setting is one field here (and, for the command line, one option).
+Prediction (with PyTorch or with the light ONNX runtime), evaluation, the figures and the demo take the same settings;
+each level reads the fields it needs and hands the value on, so a new setting is one field here (and, for the command
+line, one option). The module imports no PyTorch: the light runtime reads the same settings.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any
-
-import torch
+from typing import TYPE_CHECKING, Any
 
 from perspective_unet.plan import Plan
 from perspective_unet.postprocessing import Postprocessing
+
+if TYPE_CHECKING:  # the fields' types only: the light runtime takes these settings without PyTorch
+    import torch
 
 __all__ = ["RESAMPLERS", "InferenceSettings"]
 
@@ -44,12 +46,18 @@ class InferenceSettings:
         tta: Average the probabilities over mirrorings.
         device: Where the model runs: ``auto``, ``cpu``, ``cuda``, ``cuda:N``, ``mps`` (or a ``torch.device``).
         resampler: Paper protocol: ``torch`` (batched on the device) or ``scipy`` (TransUNet's slice loop); both give
-            the same labels.
-        amp_dtype: Autocast type of the forward passes (e.g. ``torch.bfloat16``), or None for full precision.
+            the same labels. The light runtime resamples with NumPy whatever this says.
+        amp_dtype: Autocast type of the forward passes (e.g. ``torch.bfloat16``), or None for full precision
+            (PyTorch only).
         save_probabilities: Also write class probabilities beside each label map (prediction of files).
         window: A CT window (low, high) in HU for new images instead of the model's recorded normalization.
         mr_normalize: Per-volume MR percentile normalization for new images instead of the model's.
         orientation: The canonical orientation code new images are cut in instead of the model's training data's.
+        postprocessing: What to do to each label map after prediction (``find-best``'s ``postprocessing.json``), or
+            None.
+        allow_modality_mismatch: Segment new images that do not fit the model (a picture into a CT or MR model, a CT
+            into an MR or picture model; see :func:`~perspective_unet.channels.input_mismatch`) instead of refusing
+            them.
         postprocessing: What to do to each label map after prediction (``find-best``'s ``postprocessing.json``), or
             None.
         allow_modality_mismatch: Segment new images that do not fit the model (a picture into a CT or MR model, a CT
@@ -73,6 +81,8 @@ class InferenceSettings:
     window: tuple[float, float] | None = None
     mr_normalize: bool = False
     orientation: str | None = None
+    postprocessing: Postprocessing | None = None
+    allow_modality_mismatch: bool = False
     postprocessing: Postprocessing | None = None
     allow_modality_mismatch: bool = False
 
