@@ -14,10 +14,12 @@ import torch
 
 from perspective_unet.cli import main
 from perspective_unet.config import TrainConfig
-from perspective_unet.data import prepare_nnunet
+from perspective_unet.data import VolumeDataset, prepare_nnunet
 from perspective_unet.data.folds import SPLITS_FILE
+from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.train import train
 from perspective_unet.runs import RunFolder
+from perspective_unet.viz.volumes import read_canonical
 from tests.data.conftest import write_blob_nnunet_raw
 
 CASES = [f"case_{i:03d}" for i in range(10)]
@@ -112,6 +114,22 @@ def test_crossval_pools_the_folds_cases_and_equals_means_by_hand(folds, tmp_path
     assert main(["crossval", str(copy), "--overwrite", "--allow-missing"]) == 0
     partial = json.loads((copy / "crossval" / "summary.json").read_text())
     assert partial["num_cases"] == 8 and partial["missing_folds"] == ["fold_3"]
+
+
+def test_crossval_report_draws_every_out_of_fold_case(folds, raw, tmp_path, capsys):
+    data, runs = folds
+    copy = tmp_path / "runs"
+    shutil.copytree(runs, copy)
+    assert main(["crossval", str(copy), "--report"]) == 0
+    page = (copy / "crossval" / "report.html").read_text()
+    for case in CASES:  # each case's out-of-fold label map drawn over its image
+        assert f'id="case-{case}"' in page
+    assert "no prediction file was kept" not in page and "Not drawn" not in page
+    # The report stacks a held-out case's training slices back into its volume and reads the label map on the case's
+    # own grid in the same canonical order: the raw reference read so equals the stacked one voxel for voxel.
+    raw_label, _ = read_canonical(raw / "labelsTr" / "case_004.nii.gz", as_label=True)
+    stacked = VolumeDataset(open_dataset(data), cases=["case_004"])[0]["label"]
+    np.testing.assert_array_equal(raw_label, stacked)
 
 
 @pytest.mark.slow

@@ -14,11 +14,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Each fold run (train --fold K -o RUN_DIR) ends by predicting its held-out cases into "
         "RUN_DIR/fold_K/validation/. This pools every fold's per-case scores (both metric protocols) into "
         "RUN_DIR/crossval/summary.json, per_case.csv and summary.md: per case, per class, the mean and the "
-        "foreground mean over all cases. A fold without out-of-fold predictions is refused unless --allow-missing.",
+        "foreground mean over all cases (with --report also report.html, a page to open in a browser). A fold without "
+        "out-of-fold predictions is refused unless --allow-missing.",
     )
     parser.add_argument("run_dir", metavar="RUN_DIR", help="folder of fold runs (fold_0, fold_1, ...)")
     parser.add_argument(
         "--allow-missing", action="store_true", help="summarize the finished folds when some are missing"
+    )
+    parser.add_argument(
+        "--report",
+        action="store_true",
+        help="also write RUN_DIR/crossval/report.html: tables, box plots and every case's out-of-fold prediction "
+        "over its image (see `perspective-unet report`)",
     )
     parser.add_argument("--overwrite", action="store_true", help="replace an earlier cross-validation summary")
     parser.set_defaults(func=run)
@@ -35,5 +42,9 @@ def run(args: argparse.Namespace) -> int:
     folds = ", ".join(fold.run.path.name for fold in gathered.folds)
     missing = f"; missing: {', '.join(gathered.missing)}" if gathered.missing else ""
     print(f"{summary['num_cases']} cases from {folds}{missing}; written to {output}")
+    if args.report:
+        from perspective_unet.engine.report import report_evaluation
+
+        print(f"wrote {report_evaluation(output, overwrite=True)}")
     print(json.dumps({"cases": summary["num_cases"], "foreground_mean": summary["foreground_mean"]}))
     return 0

@@ -5,11 +5,14 @@ plots, and a sortable table of every statistics unit's Dice per configuration, d
 from __future__ import annotations
 
 import math
+from typing import TYPE_CHECKING
 
-from perspective_unet.engine.experiment_report import ExperimentReport
 from perspective_unet.stats import Spread
 from perspective_unet.viz.boxplot import class_box_plot_png
 from perspective_unet.viz.report import ReportPage, ReportTable
+
+if TYPE_CHECKING:  # the report's type only: experiment_report calls this module, the arrow runs one way
+    from perspective_unet.engine.experiment_report import ExperimentReport
 
 __all__ = ["experiment_page"]
 

@@ -22,9 +22,8 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from perspective_unet.data.resample import resampled_shape
 from perspective_unet.engine.inference import model_device, predict_volume
-from perspective_unet.engine.runtime import require_memory
+from perspective_unet.engine.runtime import available_memory
 from perspective_unet.engine.sliding_window import predict_at_spacing
 from perspective_unet.intensity import ImageStats
 from perspective_unet.plan import Plan
@@ -39,6 +38,11 @@ Prediction = np.ndarray | tuple[np.ndarray, np.ndarray]
 class Inferer(BaseInferer):
     """A PyTorch inferer: ``model`` is a segmentation model in eval mode, on the device to run on (see
     :meth:`BaseInferer.__call__`)."""
+
+    def available_memory(self, model: torch.nn.Module) -> tuple[int | None, str]:
+        """Free memory of the model's device (a CUDA device's own, the host's for the CPU) and its name."""
+        device = model_device(model)
+        return available_memory(device), str(device)
 
     def network_input(self, volume: np.ndarray, stats: Sequence[ImageStats] | None) -> torch.Tensor:
         """Stage 2 of each channel's intensity and the context slices: (Z, H, W) or (Z, C, H, W) stored values ->
@@ -95,31 +99,6 @@ class SpacingInferer(Inferer):
             self.settings,
             pad_value=pad_value,
             return_probabilities=return_probabilities,
-        )
-
-    def check_resampled_size(self, model: torch.nn.Module, shape: Sequence[int], spacing: Sequence[float]) -> None:
-        """Raise ``InputError`` before allocating when a batch of slices of a (Z, H, W) ``shape`` at ``spacing``
-        cannot be held in memory once resampled to the plan's spacing (with its class probabilities).
-
-        The size comes from two files (the image's header and the plan), so a hostile or damaged one of either would
-        otherwise allocate hundreds of gigabytes; the message names both numbers and the plan's file.
-        """
-        plan = self.plan
-        height, width = int(shape[-2]), int(shape[-1])
-        size = resampled_shape((height, width), spacing, plan.spacing)  # type: ignore[arg-type]
-        slices = max(1, min(self.settings.batch_size, int(shape[0])))
-        classes = int(getattr(getattr(model, "config", None), "num_classes", 2))
-        # Per pixel: the network input, MONAI's sliding-window sums and their weights, the probabilities (float32).
-        need = slices * size[0] * size[1] * 4 * (plan.in_channels + 2 * classes + 1)
-        source = f" in {self.plan_source}" if self.plan_source is not None else ""
-        require_memory(
-            need,
-            model_device(model),
-            what=f"resampling {slices} slice(s) of {height} x {width} pixels at {spacing[0]:.3g} x {spacing[1]:.3g} "
-            f"mm to the plan's spacing of {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm{source} ({size[0]} x "  # type: ignore[index]
-            f"{size[1]} pixels each)",
-            fix="the plan's spacing or the image's header is wrong: check both (a smaller --batch-size lowers the "
-            "need)",
         )
 
 

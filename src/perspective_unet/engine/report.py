@@ -18,7 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from perspective_unet.data.datasets import VolumeDataset
 from perspective_unet.data.io import NIFTI_SUFFIXES, PICTURE_SUFFIXES, read_image
+from perspective_unet.data.layouts.base import TRAIN_DIR
+from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.layouts.files import load_h5
 from perspective_unet.engine.report_data import CaseRecord, EvaluationRecord, read_evaluation
 from perspective_unet.errors import InputError
@@ -158,6 +161,13 @@ def _case_volumes(
             raise InputError(f"the reference {reference_path} holds no label")
         image, reference = np.asarray(image, dtype=np.float32), np.asarray(reference).astype(np.int64)
         prediction = _prediction_on_reference_grid(prediction_path)
+    elif reference_path.is_dir() and reference_path.name == TRAIN_DIR:
+        # A fold's held-out case stored as training slices: its volume stacked back, as the fold scored it; the
+        # out-of-fold label map lies on the case's own grid, brought to the same canonical order.
+        item = VolumeDataset(open_dataset(reference_path.parent), cases=[case.case])[0]
+        image, reference = np.asarray(item["image"], dtype=np.float32), np.asarray(item["label"]).astype(np.int64)
+        image = image if image.ndim == 3 else image[:, 0]  # the first channel of several
+        prediction, _ = read_canonical(prediction_path, as_label=True)
     else:
         reference, _ = read_canonical(reference_path, as_label=True)
         prediction, _ = read_canonical(prediction_path, as_label=True)

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from perspective_unet.errors import InputError
+from perspective_unet.runtime.memory import host_available_memory, refuse_beyond
 
 __all__ = [
     "DistributedContext",
@@ -206,14 +206,7 @@ def available_memory(device: torch.device) -> int | None:
     """Free memory of a CUDA device, or the system's available memory for the CPU (None where unknown)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
-    try:
-        with open("/proc/meminfo", encoding="ascii") as handle:
-            for line in handle:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except OSError:
-        return None
-    return None
+    return host_available_memory()
 
 
 def check_memory(model: torch.nn.Module, pixels: int, device: torch.device, *, training: bool, what: str) -> None:
@@ -240,10 +233,4 @@ def require_memory(need: int, device: torch.device, *, what: str, fix: str) -> N
         what: What needs them, named in the message (e.g. "predict with 16 slices of 8192 x 8192").
         fix: What the user should do (e.g. "use a smaller --batch-size").
     """
-    have = available_memory(device)
-    if have is None or need <= have:
-        return
-    raise InputError(
-        f"{what} needs about {need / 2**30:.1f} GB of memory but {have / 2**30:.1f} GB are available "
-        f"on {device}; {fix} (nothing was written)."
-    )
+    refuse_beyond(need, available_memory(device), str(device), what=what, fix=fix)

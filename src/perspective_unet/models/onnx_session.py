@@ -234,7 +234,8 @@ class OnnxSession:
                     self.path,
                     " and ".join(differing),
                 )
-            return InferenceInfo.from_files(preprocessing, labels, self.path)
+            info = InferenceInfo.from_files(preprocessing, labels, self.path)
+            return info.replace(plan_source=self.path) if info.plan is not None else info
         if all(p.is_file() for p in beside):
             return read_inference_info(self.path.parent).replace(sources=(self.path,))
         raise InputError(

@@ -36,6 +36,7 @@ from perspective_unet.runtime.kernels import (
     spline_zoom_matrix,
     stack_context,
 )
+from perspective_unet.runtime.memory import host_available_memory, refuse_beyond
 from perspective_unet.runtime.sliding_window import sliding_window
 
 __all__ = [
@@ -167,6 +168,38 @@ class BaseInferer(ABC):
         stats = self.channel_stats(volume, stats)
         return self.network_array(volume, stats), self.floors(stats)
 
+    def check_resampled_size(self, model: Any, shape: Sequence[int], spacing: Sequence[float]) -> None:
+        """Raise ``InputError`` before allocating when a batch of slices of a (Z, H, W) ``shape`` at ``spacing``
+        cannot be held in memory once resampled to the plan's spacing (with its class probabilities).
+
+        The size comes from two files (the image's header and the plan), so a hostile or damaged one of either would
+        otherwise allocate hundreds of gigabytes; the message names both numbers and the plan's file.
+        """
+        plan = self.plan
+        height, width = int(shape[-2]), int(shape[-1])
+        size = resampled_shape((height, width), spacing, plan.spacing)  # type: ignore[arg-type]
+        slices = max(1, min(self.settings.batch_size, int(shape[0])))
+        classes = getattr(getattr(model, "config", None), "num_classes", None) or getattr(model, "num_classes", None)
+        # Per pixel: the network input, the sliding window's sums and their weights, the probabilities (float32).
+        need = slices * size[0] * size[1] * 4 * (plan.in_channels + 2 * int(classes or 2) + 1)
+        source = f" in {self.plan_source}" if self.plan_source is not None else ""
+        have, where = self.available_memory(model)
+        refuse_beyond(
+            need,
+            have,
+            where,
+            what=f"resampling {slices} slice(s) of {height} x {width} pixels at {spacing[0]:.3g} x {spacing[1]:.3g} "
+            f"mm to the plan's spacing of {plan.spacing[0]:.3g} x {plan.spacing[1]:.3g} mm{source} ({size[0]} x "  # type: ignore[index]
+            f"{size[1]} pixels each)",
+            fix="the plan's spacing or the image's header is wrong: check both (a smaller --batch-size lowers the "
+            "need)",
+        )
+
+    def available_memory(self, model: Any) -> tuple[int | None, str]:
+        """Bytes available where ``model`` runs (None: unknown) and that place's name: the host's memory here; the
+        PyTorch inferers ask the model's device."""
+        return host_available_memory(), "the host"
+
     def zooms_in_unit_range(self) -> bool:
         """Whether the paper protocol zooms the stored [0, 1] values and scales after (the paper's own order), rather
         than zooming the network input."""
@@ -238,6 +271,8 @@ class NumpySpacingInferer(NumpyInferer):
         stats: Sequence[ImageStats] | None,
         return_probabilities: bool,
     ) -> Prediction:
+        if spacing is not None:
+            self.check_resampled_size(model, volume.shape, spacing)
         array, pad_value = self.spacing_inputs(volume, spacing, stats)
         plan, settings = self.plan, self.settings
         depth, _, height, width = array.shape
