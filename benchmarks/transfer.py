@@ -226,12 +226,13 @@ def format_table(name: str, result: dict[str, Any]) -> str:
 def evaluate_scan(spec: dict[str, Any], files: Path, checkpoint: Path, out: Path, tta: bool) -> dict[str, Any]:
     """Predict one scan, bring its reference (and the image, for the intensity check) onto the prediction grid and
     score. MR scans are predicted with the MR rule (see the module docstring)."""
-    from perspective_unet import predict_path  # here, not at the top: the pure functions need no torch
+    # Here, not at the top: the pure functions need no torch.
+    from perspective_unet.engine.predict import predict_path
+    from perspective_unet.runtime.inference_settings import InferenceSettings
 
     mr = spec["modality"] == "MR"
-    written = predict_path(
-        checkpoint, files / spec["image"], out, tta=tta, overwrite=True, progress=False, mr_normalize=mr
-    )
+    settings = InferenceSettings(tta=tta, mr_normalize=mr)
+    written = predict_path(checkpoint, files / spec["image"], out, settings, overwrite=True, progress=False)
     prediction, meta = read_image(written[0], as_label=True)
     raw, ref_meta = read_image(files / spec["reference"], as_label=True)
     mapped = remap_labels(raw.astype(np.int64), spec["label_map"]).astype(np.uint8)

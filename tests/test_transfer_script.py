@@ -8,6 +8,7 @@ import math
 import tarfile
 from pathlib import Path
 
+import nibabel as nib
 import numpy as np
 import pytest
 
@@ -234,3 +235,29 @@ def test_runs_without_training_score_nothing_and_an_earlier_comparison_is_kept(t
     assert "--seeds" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         transfer.main(["--runs", str(tmp_path), "--checkpoint", str(tmp_path / "x.pt")])
+
+
+@pytest.mark.parametrize("modality", ["CT", "MR"])
+def test_a_scan_is_predicted_and_scored_end_to_end(transfer, tmp_path, modality):
+    from perspective_unet import create_model, save_model
+
+    affine = _affine((1.5, 1.5, 3.0), (0.0, 0.0, 0.0))
+    image = np.full((24, 20, 4), -100.0 if modality == "CT" else 300.0, np.float32)
+    labels = np.zeros((24, 20, 4), np.uint8)
+    labels[4:12, 5:15, 1:3] = 7  # the raw label id that the spec maps to class 1
+    image[labels > 0] = 60.0 if modality == "CT" else 900.0
+    nib.save(nib.Nifti1Image(image, affine), str(tmp_path / "scan.nii.gz"))
+    nib.save(nib.Nifti1Image(labels, affine), str(tmp_path / "reference.nii.gz"))
+    model = save_model(create_model("perspective_unet_tiny", num_classes=2), tmp_path / "model.pt")
+    spec = {
+        "image": "scan.nii.gz",
+        "reference": "reference.nii.gz",
+        "label_map": {7: 1},
+        "classes": [1],
+        "resample": False,
+        "modality": modality,
+    }
+    result = transfer.evaluate_scan(spec, tmp_path, model, tmp_path / "out", tta=False)
+    organ = next(iter(result["organs"].values()))
+    assert result["shape"] == [24, 20, 4] and organ["reference_voxels"] == 8 * 10 * 2
+    assert 0.0 <= organ["dice"] <= 1.0 and organ["predicted_voxels"] >= 0
