@@ -49,7 +49,9 @@ def _mean_dice(prediction: np.ndarray, label: np.ndarray, num_classes: int) -> f
 def compare(checkpoint: Path, volumes: list[Path], repeats: int) -> dict:
     """One model's float32 and bfloat16 predictions of ``volumes``: agreement, mean Dice of each, times."""
     loaded = load(checkpoint)
-    predictors = {p: Predictor.from_model(loaded.model, loaded.info, InferenceSettings(precision=p)) for p in PRECISIONS}
+    predictors = {
+        p: Predictor.from_model(loaded.model, loaded.info, InferenceSettings(precision=p)) for p in PRECISIONS
+    }
     num_classes = int(loaded.model.config.num_classes)
     times: dict[str, list[float]] = {p: [] for p in PRECISIONS}
     agree = total = 0

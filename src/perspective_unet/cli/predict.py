@@ -6,6 +6,7 @@ import argparse
 
 from perspective_unet.cli.choices import OUTPUT_FORMAT_CHOICES, RESAMPLER_CHOICES
 from perspective_unet.cli.options import add_checkpoints, add_intensity_override, inference_settings
+from perspective_unet.config.checks import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,6 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bfloat16 where the processor computes it natively (AMX or AVX-512 BF16; a GPU with "
+        "bfloat16), else float32; bf16 and fp32 force one (docs/performance.md gives the check of labels and Dice)",
+    )
     add_intensity_override(
         parser,
         window_help="CT window in HU, for checkpoints that do not record their normalization",

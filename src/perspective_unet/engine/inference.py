@@ -106,8 +106,8 @@ def predict_slices(
     """Softmax probabilities of a batch of model-sized, normalized slices (B, C_in, H, W) -> (B, classes, H, W).
 
     With ``settings.tta`` the probabilities are averaged over the four horizontal/vertical flips; the forward passes
-    run under autocast to ``settings.amp_dtype`` when set, else as ``settings.precision`` says. A model whose outputs depend
-    on its batch (``batch_dependent``, SCSI attention as released) sees one slice at a time.
+    run under autocast to ``settings.amp_dtype`` when set, else as ``settings.precision`` says. A model whose outputs
+    depend on its batch (``batch_dependent``, SCSI attention as released) sees one slice at a time.
     """
     settings = settings or InferenceSettings()
     amp_dtype = settings.amp_dtype or inference_dtype(settings.precision, images.device)

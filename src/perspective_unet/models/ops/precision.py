@@ -36,8 +36,9 @@ from pathlib import Path
 
 import torch
 
+from perspective_unet.config.checks import PRECISIONS
+
 __all__ = [
-    "PRECISIONS",
     "CpuCapabilities",
     "autocast",
     "check_precision",
@@ -45,8 +46,6 @@ __all__ = [
     "inference_dtype",
     "training_dtype",
 ]
-
-PRECISIONS = ("auto", "fp32", "bf16")
 
 _CPUINFO = Path("/proc/cpuinfo")
 
@@ -99,7 +98,9 @@ class CpuCapabilities:
         return f"{self.model_name} ({self.architecture}): {names}; PyTorch kernels: {self.torch_capability}"
 
 
-def capabilities_from_flags(flags: set[str], model_name: str, architecture: str, torch_capability: str) -> CpuCapabilities:
+def capabilities_from_flags(
+    flags: set[str], model_name: str, architecture: str, torch_capability: str
+) -> CpuCapabilities:
     """The capabilities that a set of ``/proc/cpuinfo`` flags and PyTorch's dispatch level name.
 
     PyTorch's level fills in AVX2 and AVX-512 where the flags are unknown (a machine without ``/proc/cpuinfo``).
@@ -142,7 +143,7 @@ def cpu_capabilities() -> CpuCapabilities:
 
 
 def check_precision(precision: str) -> str:
-    """``precision`` when it is one of :data:`PRECISIONS`.
+    """``precision`` when it is one of :data:`~perspective_unet.config.checks.PRECISIONS`.
 
     Raises:
         ValueError: It is not.
