@@ -164,7 +164,9 @@ def test_prediction_through_onnx_runtime_equals_the_torch_path(checkpoint, scan,
         ("folder", ["--checkpoint", str(tmp_path / "folder")]),
         ("onnx", ["--onnx", str(tmp_path / "onnx" / "model.onnx")]),
     ):
-        assert main(["predict", *source, "-i", str(scan), "-o", str(tmp_path / name), "--device", "cpu"]) == 0
+        # The ONNX model runs in float32, so the torch paths do too (auto would take bfloat16 on some processors).
+        command = ["predict", *source, "-i", str(scan), "-o", str(tmp_path / name), "--device", "cpu"]
+        assert main([*command, "--precision", "fp32"]) == 0
         outputs[name] = np.asarray(nib.load(str(tmp_path / name / "scan.nii.gz")).dataobj)
     assert len(np.unique(outputs["torch"])) > 1, "a model that predicts one class would prove nothing"
     np.testing.assert_array_equal(outputs["folder"], outputs["torch"])

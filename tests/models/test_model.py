@@ -260,10 +260,13 @@ def test_released_attention_is_multihead_attention_across_the_batch():
 
 def test_inference_runs_a_batch_dependent_model_one_slice_at_a_time():
     from perspective_unet.engine.inference import predict_slices
+    from perspective_unet.runtime.inference_settings import InferenceSettings
 
     torch.manual_seed(0)
     model = create_model(TINY, num_classes=3, scsi_attention="released").eval()
     x = torch.randn(3, 1, 32, 32)
     with torch.no_grad():
         alone = torch.cat([torch.softmax(model(x[i : i + 1]), 1) for i in range(3)])
-    torch.testing.assert_close(predict_slices(model, x), alone, atol=1e-6, rtol=1e-5)
+    torch.testing.assert_close(
+        predict_slices(model, x, InferenceSettings(precision="fp32")), alone, atol=1e-6, rtol=1e-5
+    )

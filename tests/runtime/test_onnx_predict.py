@@ -65,11 +65,27 @@ def test_the_graph_describes_itself(spacing_model, tmp_path):
 def test_the_runtime_gives_the_pytorch_paths_labels(spacing_model, scan, tmp_path):
     checkpoint, graph = spacing_model
     for name, source in (("torch", ["--checkpoint", str(checkpoint)]), ("runtime", ["--onnx", str(graph)])):
-        assert main(["predict", *source, "-i", str(scan), "-o", str(tmp_path / name), "--device", "cpu"]) == 0
+        fp32 = ["--precision", "fp32"]  # the graph computes in float32: compare with float32 on every processor
+        assert main(["predict", *source, "-i", str(scan), "-o", str(tmp_path / name), "--device", "cpu", *fp32]) == 0
     torch_labels, runtime_labels = _labels(tmp_path / "torch"), _labels(tmp_path / "runtime")
     assert len(np.unique(torch_labels)) == 3, "a model that predicts one class would prove nothing"
     # The same graph through PyTorch's kernels (OnnxRuntimeModel): the NumPy kernels give the same labels exactly.
-    assert main(["predict", "--checkpoint", str(graph), "-i", str(scan), "-o", str(tmp_path / "graph")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(graph),
+                "-i",
+                str(scan),
+                "-o",
+                str(tmp_path / "graph"),
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     np.testing.assert_array_equal(runtime_labels, _labels(tmp_path / "graph"))
     # Against the PyTorch model only ONNX Runtime's float rounding remains: a voxel where two classes tie may flip.
     assert (runtime_labels != torch_labels).sum() <= torch_labels.size // 1000
@@ -102,7 +118,20 @@ def test_a_dicom_series_is_predicted_on_its_own_grid(spacing_model, tmp_path):
     _write_dicom_series(tmp_path / "ct", volume)
     assert main(["predict", "--onnx", str(graph), "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "light")]) == 0
     assert (
-        main(["predict", "--checkpoint", str(checkpoint), "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "pt")]) == 0
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "-i",
+                str(tmp_path / "ct"),
+                "-o",
+                str(tmp_path / "pt"),
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
     )
     light, reference = _labels(tmp_path / "light", "ct.nii.gz"), _labels(tmp_path / "pt", "ct.nii.gz")
     assert light.shape == (26, 30, 4) and (light != reference).sum() <= reference.size // 1000
@@ -122,7 +151,22 @@ def test_prediction_without_pytorch_in_the_process(spacing_model, scan, tmp_path
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"status": 0, "loaded": []}
-    assert main(["predict", "--checkpoint", str(checkpoint), "-i", str(scan), "-o", str(tmp_path / "torch")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "-i",
+                str(scan),
+                "-o",
+                str(tmp_path / "torch"),
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     light, reference = _labels(tmp_path / "light"), _labels(tmp_path / "torch")
     assert (light != reference).sum() <= reference.size // 1000
 
@@ -212,6 +256,21 @@ def test_a_fresh_environment_without_pytorch_predicts_like_the_pytorch_path(spac
         text=True,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert main(["predict", "--checkpoint", str(checkpoint), "-i", str(scan), "-o", str(tmp_path / "torch")]) == 0
+    assert (
+        main(
+            [
+                "predict",
+                "--checkpoint",
+                str(checkpoint),
+                "-i",
+                str(scan),
+                "-o",
+                str(tmp_path / "torch"),
+                "--precision",
+                "fp32",
+            ]
+        )
+        == 0
+    )
     light, reference = _labels(tmp_path / "light"), _labels(tmp_path / "torch")
     assert (light != reference).sum() <= reference.size // 1000

@@ -21,6 +21,9 @@ from dataclasses import dataclass
 
 import torch
 
+from perspective_unet.models.ops.config import get_onednn_linear
+from perspective_unet.models.ops.precision import cpu_capabilities, inference_dtype
+
 __all__ = [
     "ALLOCATOR_PROFILES",
     "MachineInfo",
@@ -61,6 +64,12 @@ class MachineInfo:
         threads: Torch's intra-op threads at the time of the call.
         device: ``"cpu"`` or the CUDA device's name.
         date: Local time with its offset, ISO 8601, to the second.
+        cpu_capabilities: The processor's instructions that decide the backend paths (``AVX2``, ``AVX-512``,
+            ``AVX512-BF16``, ``AMX``, ``VNNI``), as :class:`~perspective_unet.models.ops.precision.CpuCapabilities`
+            names them.
+        torch_cpu_capability: What PyTorch's own CPU kernels were dispatched to (``AVX2``, ``AVX512``, ...).
+        onednn_route: The oneDNN route's mode here (:func:`~perspective_unet.models.ops.get_onednn_linear`).
+        inference_precision: What ``--precision auto`` runs inference in on the measured device (``bf16``/``fp32``).
     """
 
     cpu_model: str
@@ -71,29 +80,24 @@ class MachineInfo:
     python_version: str
     date: str
     platform: str
-
-
-def _cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as handle:
-            for line in handle:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
+    cpu_capabilities: tuple[str, ...] = ()
+    torch_cpu_capability: str = ""
+    onednn_route: str = ""
+    inference_precision: str = ""
 
 
 def machine_info(device: torch.device | str = "cpu") -> MachineInfo:
-    """Describe this machine: CPU model, cores, torch threads, the accelerator's name, versions and the date.
+    """Describe this machine: CPU model and capabilities, cores, torch threads, the accelerator's name, versions, the
+    date, and what the capability-dependent defaults choose here.
 
     Args:
         device: The device the benchmark measures; a CUDA device is reported by name.
     """
     device = torch.device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    caps = cpu_capabilities()
     return MachineInfo(
-        cpu_model=_cpu_model(),
+        cpu_model=caps.model_name,
         cores=os.cpu_count() or 0,
         threads=torch.get_num_threads(),
         device=name,
@@ -101,6 +105,10 @@ def machine_info(device: torch.device | str = "cpu") -> MachineInfo:
         python_version=platform.python_version(),
         date=datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
         platform=platform.platform(),
+        cpu_capabilities=caps.names,
+        torch_cpu_capability=caps.torch_capability,
+        onednn_route=get_onednn_linear(),
+        inference_precision="bf16" if inference_dtype("auto", device) is not None else "fp32",
     )
 
 

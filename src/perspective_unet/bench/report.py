@@ -155,12 +155,22 @@ def scsi_table(points: Sequence[dict[str, Any]], *, markdown: bool = False) -> s
 
 
 def machine_markdown(machine: dict[str, Any]) -> str:
-    """A one-paragraph description of the machine (the ``machine`` of a report) for a results README."""
-    return (
+    """A one-paragraph description of the machine (the ``machine`` of a report) for a results README: the processor
+    and its capabilities, and what the capability-dependent defaults choose on it (reports written before these
+    fields existed leave them out)."""
+    text = (
         f"CPU: {machine['cpu_model']}, {machine['cores']} cores, {machine['threads']} torch threads; "
         f"device: {machine['device']}; torch {machine['torch_version']}, Python {machine['python_version']}; "
         f"{machine['platform']}; measured {machine['date']}."
     )
+    if machine.get("torch_cpu_capability"):
+        names = ", ".join(machine.get("cpu_capabilities") or ()) or "none of AVX2/AVX-512/AMX/VNNI"
+        text += (
+            f"\nCapabilities: {names} (PyTorch's kernels: {machine['torch_cpu_capability']}); oneDNN route: "
+            f"{machine.get('onednn_route', '?')}; --precision auto runs inference in "
+            f"{machine.get('inference_precision', '?')}."
+        )
+    return text
 
 
 def _fidelity_line(name: str, fid: dict[str, Any]) -> str:

@@ -39,7 +39,7 @@ __all__ = [
     "train_settings",
 ]
 
-PATH_CHOICES = ("baseline", "optimized", "both")
+PATH_CHOICES = ("baseline", "optimized", "both", "all")
 
 
 @dataclass
@@ -155,7 +155,9 @@ def select_paths(which: str = "both", device: torch.device | str = "cpu", **opti
     """The paths the ``benchmark`` command measures.
 
     Args:
-        which: ``"baseline"``, ``"optimized"`` or ``"both"`` (baseline first).
+        which: ``"baseline"``, ``"optimized"``, ``"both"`` (baseline first) or ``"all"``: both, then the optimized
+            path under bfloat16 autocast (``"optimized + bf16"``; what ``--precision bf16`` runs), unless the
+            optimized path already has an autocast type.
         device: Passed to :func:`optimized_settings`.
         **optimized: Keyword arguments of :func:`optimized_settings`.
 
@@ -165,10 +167,12 @@ def select_paths(which: str = "both", device: torch.device | str = "cpu", **opti
     if which not in PATH_CHOICES:
         raise ValueError(f"paths must be one of {PATH_CHOICES}, got {which!r}.")
     paths = []
-    if which in ("baseline", "both"):
+    if which in ("baseline", "both", "all"):
         paths.append(baseline_settings())
-    if which in ("optimized", "both"):
+    if which in ("optimized", "both", "all"):
         paths.append(optimized_settings(device, **optimized))
+    if which == "all" and paths[-1].amp is None:
+        paths.append(dataclasses.replace(paths[-1], name="optimized + bf16", amp="bfloat16"))
     return paths
 
 

@@ -50,7 +50,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         choices=(*BENCHMARK_MODE_CHOICES, "all"),
         help="inference, train, volume or all",
     )
-    parser.add_argument("--path", default="both", choices=BENCHMARK_PATH_CHOICES, help="paths to measure")
+    parser.add_argument(
+        "--path",
+        default="both",
+        choices=BENCHMARK_PATH_CHOICES,
+        help="paths to measure; all: both, and the optimized path under bfloat16 autocast (--precision bf16)",
+    )
     parser.add_argument(
         "--checkpoint",
         nargs="*",

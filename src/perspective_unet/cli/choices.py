@@ -50,7 +50,7 @@ DEFAULT_AFFINE_TOLERANCE_MM = 1e-3
 BENCHMARK_MODE_CHOICES = ("inference", "train", "volume")
 """``bench.measure.MODES``."""
 
-BENCHMARK_PATH_CHOICES = ("baseline", "optimized", "both")
+BENCHMARK_PATH_CHOICES = ("baseline", "optimized", "both", "all")
 """``bench.settings.PATH_CHOICES``."""
 
 ALLOCATOR_PROFILE_CHOICES = ("reuse", "release")

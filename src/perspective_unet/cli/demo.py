@@ -6,6 +6,7 @@ import argparse
 
 from perspective_unet.cli.choices import MODEL_CHOICES
 from perspective_unet.cli.options import seed_value
+from perspective_unet.config.checks import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -55,6 +56,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     )
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
     parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="of training and evaluation; auto: training in float32 on a CPU (as amp says on CUDA), evaluation in "
+        "bfloat16 where the processor computes it natively (AMX or AVX-512 BF16), else float32",
+    )
+    parser.add_argument(
         "--time-limit-minutes",
         type=float,
         default=None,
@@ -74,7 +82,7 @@ def run(args: argparse.Namespace) -> int:
         run_demo_seeds,
     )
 
-    settings = DemoSettings(model=args.model, device=args.device, augment=args.augment)
+    settings = DemoSettings(model=args.model, device=args.device, augment=args.augment, precision=args.precision)
     for name, value in (
         ("protocol", args.protocol),
         ("epochs", args.epochs),

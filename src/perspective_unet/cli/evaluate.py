@@ -13,6 +13,7 @@ from perspective_unet.cli.choices import (
     RESAMPLER_CHOICES,
 )
 from perspective_unet.cli.options import add_checkpoints, inference_settings
+from perspective_unet.config.checks import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -42,6 +43,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--split", default="test", help="with --checkpoint: which volumes")
     parser.add_argument("--batch-size", type=int, default=16, help="slices per forward pass")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps")
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="auto: bfloat16 where the processor computes it natively (AMX or AVX-512 BF16; a GPU with "
+        "bfloat16), else float32; bf16 and fp32 force one (docs/performance.md gives the check of labels and Dice)",
+    )
     parser.add_argument("--tta", action="store_true", help="average over flips")
     parser.add_argument(
         "--resampler",

@@ -6,6 +6,7 @@ import argparse
 
 from perspective_unet.cli.choices import OUTPUT_FORMAT_CHOICES, RESAMPLER_CHOICES
 from perspective_unet.cli.options import add_checkpoints, add_intensity_override, inference_settings
+from perspective_unet.config.checks import PRECISIONS
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -62,6 +63,13 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         metavar="P[,P...]",
         help="with --onnx: ONNX Runtime's execution providers in order (cpu, cuda, tensorrt, openvino, dnnl, rocm, "
         "coreml, directml); auto takes TensorRT and CUDA where installed, then the CPU",
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        default="auto",
+        help="PyTorch only: auto takes bfloat16 where the processor computes it natively (AMX or AVX-512 BF16; a GPU "
+        "with bfloat16), else float32; bf16 and fp32 force one (docs/performance.md: the check of labels and Dice)",
     )
     add_intensity_override(
         parser,

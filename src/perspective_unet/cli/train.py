@@ -9,7 +9,7 @@ from pathlib import Path
 from perspective_unet.cli.choices import MODEL_CHOICES
 from perspective_unet.cli.options import seed_value
 from perspective_unet.config import OPTIMIZERS, TrainConfig
-from perspective_unet.config.checks import PROTOCOLS
+from perspective_unet.config.checks import PRECISIONS, PROTOCOLS
 
 # The recipe's defaults, shown in --help; an option left out takes the --config file's value, else this one.
 _RECIPE_DEFAULTS = {item.name: item.default for item in dataclasses.fields(TrainConfig)}
@@ -130,6 +130,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--time-limit-minutes", type=float, help="stop after the epoch that passes this budget")
     parser.add_argument(
         "--amp", action=argparse.BooleanOptionalAction, default=None, help=_recipe("amp", "mixed precision on CUDA")
+    )
+    parser.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help=_recipe(
+            "precision",
+            "auto: as --amp says on CUDA, float32 on a CPU; bf16: bfloat16 autocast on any device (fast where the "
+            "processor has AMX or AVX-512 BF16); fp32: no autocast",
+        ),
     )
     parser.add_argument(
         "--compile", action=argparse.BooleanOptionalAction, default=None, help=_recipe("compile", "torch.compile")

@@ -21,6 +21,8 @@ SCSI_INITS = ("linear", "released")
 CHECKPOINTABLE_PARTS = ("cnn", "enltb", "scsi")
 PROTOCOLS = ("paper", "spacing")
 OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "fp32", "bf16")
+"""Numeric precisions of training and inference (``models/ops/precision.py`` says what each means where)."""
 OPERATIONS = ("vflip", "hflip", "noise", "blur", "contrast", "scale", "rotate", "shear", "piecewise", "translate")
 _IMAGE_MODES = ("nearest", "bilinear", "bicubic")
 

@@ -10,6 +10,7 @@ from typing import Any
 from perspective_unet.config.augmentation import _AUGMENTATION_CHECKS, PROTOCOL_AUGMENTATION
 from perspective_unet.config.checks import (
     OPTIMIZERS,
+    PRECISIONS,
     PROTOCOLS,
     Check,
     _check_fields,
@@ -86,7 +87,11 @@ class TrainConfig:
         seed: Seed of every random number generator.
         num_workers: DataLoader worker processes.
         device: ``auto`` (CUDA if present, else CPU), ``cpu``, ``cuda``, ``cuda:N`` or ``mps``.
-        amp: Mixed precision (bfloat16 where supported, else float16 with loss scaling) on CUDA; ignored on CPU.
+        amp: Mixed precision (bfloat16 where supported, else float16 with loss scaling) on CUDA with ``precision``
+            ``auto``; ignored on CPU.
+        precision: ``auto`` (on CUDA as ``amp`` says, float32 elsewhere: bfloat16 training on a CPU has not met the
+            accuracy bar, docs/performance.md), ``fp32`` (no autocast on any device) or ``bf16`` (bfloat16 autocast
+            on any device; fast where the processor has AMX or AVX-512 BF16).
         grad_accum_steps: Batches whose gradients add up before each optimizer step.
         compile: Wrap the model in ``torch.compile``.
         activation_memory_budget: With ``compile``, the share (0, 1] of the activations kept for backward; the
@@ -139,6 +144,7 @@ class TrainConfig:
     num_workers: int = 2
     device: str = "auto"
     amp: bool = True
+    precision: str = "auto"
     grad_accum_steps: int = 1
     compile: bool = False
     activation_memory_budget: float | None = None
@@ -349,6 +355,7 @@ _TRAIN_CHECKS: dict[str, Check] = {
     "num_workers": _int(0),
     "device": check_str,
     "amp": check_bool,
+    "precision": _choice(PRECISIONS),
     "grad_accum_steps": _int(1),
     "compile": check_bool,
     "activation_memory_budget": _number(low=0, high=1, low_open=True, optional=True),

@@ -84,6 +84,9 @@ class DemoSettings:
             and contrast changes, which carry a model trained on this non-contrast CT over to contrast-enhanced scans.
         window: HU window of the prepared data, or ``"foreground"`` (nnU-Net's rule; see ``prepare_demo``).
         device: ``auto``, ``cpu`` or ``cuda``.
+        precision: ``auto``, ``fp32`` or ``bf16``, of training (``TrainConfig.precision``) and of the evaluation
+            (``InferenceSettings.precision``); ``auto`` trains in float32 on a CPU and evaluates in bfloat16 where the
+            processor has AMX or AVX-512 BF16.
         seed: Seed of the run.
         time_limit_minutes: A safety stop: training ends after the epoch that passes this budget, and the summary
             says so.
@@ -103,6 +106,7 @@ class DemoSettings:
     augmentation: dict[str, Any] = field(default_factory=lambda: dict(DEMO_AUGMENTATION))
     window: tuple[float, float] | str = SYNAPSE_HU_WINDOW
     device: str = "auto"
+    precision: str = "auto"
     seed: int = 1234
     time_limit_minutes: float = 11.0
 
@@ -210,6 +214,7 @@ def run_demo(
         # the appearance augmentation for unseen domains as the demo's settings have it (both protocols share it).
         augmentation=dict(settings.augmentation) if settings.protocol == "spacing" else _domain_settings(settings),
         device=settings.device,
+        precision=settings.precision,
         seed=settings.seed,
         num_workers=0,
         val_every=0,
@@ -221,7 +226,7 @@ def run_demo(
     # the last epoch's weights; they are written as best.pt.
     shutil.copyfile(result.last_checkpoint, output / "best.pt")
 
-    inference = InferenceSettings(device=settings.device)
+    inference = InferenceSettings(device=settings.device, precision=settings.precision)
     summary = evaluate(output / "best.pt", data, output / "evaluation", inference, progress=False, overwrite=True)
     shutil.copyfile(output / "evaluation" / "summary.json", output / "summary.json")
 

@@ -24,6 +24,7 @@ import torch
 import torch.nn.functional as F
 
 from perspective_unet.errors import InputError
+from perspective_unet.models.ops.precision import autocast, inference_dtype
 from perspective_unet.runtime.inference_settings import InferenceSettings
 from perspective_unet.runtime.kernels import corner_aligned_indices, spline_zoom_matrix
 
@@ -68,17 +69,17 @@ def predict_slices(
     """Softmax probabilities of a batch of model-sized, normalized slices (B, C_in, H, W) -> (B, classes, H, W).
 
     With ``settings.tta`` the probabilities are averaged over the four horizontal/vertical flips; the forward passes
-    run under autocast to ``settings.amp_dtype`` when set. A model whose outputs depend
-    on its batch (``batch_dependent``, SCSI attention as released) sees one slice at a time.
+    run under autocast to ``settings.amp_dtype`` when set, else as ``settings.precision`` says. A model whose outputs
+    depend on its batch (``batch_dependent``, SCSI attention as released) sees one slice at a time.
     """
     settings = settings or InferenceSettings()
-    amp_dtype = settings.amp_dtype
+    amp_dtype = settings.amp_dtype or inference_dtype(settings.precision, images.device)
     total = None
     variants = _flip_variants(settings.tta)
     one_at_a_time = bool(getattr(model, "batch_dependent", False))
     for dims in variants:
         x = images.flip(dims) if dims else images
-        with torch.autocast(images.device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+        with autocast(images.device, amp_dtype):
             logits = torch.cat([model(s) for s in x.split(1)]) if one_at_a_time else model(x)
         if not torch.isfinite(logits).all():
             # An all-background map would otherwise be written as if it were a result.

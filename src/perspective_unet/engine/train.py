@@ -33,6 +33,7 @@ from perspective_unet.engine.training import TrainingCheckpoint, TrainingRun, ch
 from perspective_unet.engine.training_data import make_loader
 from perspective_unet.errors import InputError
 from perspective_unet.models.checkpoint import atomic_torch_save
+from perspective_unet.models.ops.precision import autocast
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.runs import STALE_PATTERNS, RunFolder
 from perspective_unet.runtime.inference_settings import InferenceSettings
@@ -226,7 +227,7 @@ def _train_one_epoch(run: TrainingRun, epoch: int) -> tuple[dict[str, Any], tupl
     for step, batch in enumerate(bar):
         images = batch["image"].to(run.device, non_blocking=True)
         labels = batch["label"].to(run.device, non_blocking=True)
-        with torch.autocast(run.device.type, dtype=run.amp_dtype, enabled=run.amp_dtype is not None):
+        with autocast(run.device, run.amp_dtype):
             logits = run.model(images)
         parts = run.loss_fn.components(logits, labels)
         run.scaler.scale(parts["loss"] / config.grad_accum_steps).backward()

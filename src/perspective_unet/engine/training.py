@@ -50,6 +50,7 @@ from perspective_unet.engine.training_data import (
 from perspective_unet.errors import InputError
 from perspective_unet.losses import SegmentationLoss
 from perspective_unet.models.checkpoint import CHECKPOINT_FORMAT, load_checkpoint_file
+from perspective_unet.models.ops.precision import training_dtype
 from perspective_unet.models.perspective_unet import check_input_size
 from perspective_unet.models.registry import create_model
 from perspective_unet.outputs import atomic_write
@@ -65,12 +66,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-
-
-def _autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    if not enabled or device.type != "cuda":
-        return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
 def checkpoint_payload(
@@ -384,7 +379,7 @@ def setup_run(
         transfer = transfer_weights(model, init, info.class_names)
         if ctx.is_main:
             _report_transfer(transfer, init, plan)
-    amp_dtype = _autocast_dtype(device, config.amp)
+    amp_dtype = training_dtype(config.precision, device, amp=config.amp)
     run = TrainingRun(
         config=config,
         plan=plan,

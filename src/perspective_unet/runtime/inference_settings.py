@@ -49,6 +49,8 @@ class InferenceSettings:
             the same labels. The light runtime resamples with NumPy whatever this says.
         amp_dtype: Autocast type of the forward passes (e.g. ``torch.bfloat16``), or None for full precision
             (PyTorch only).
+        precision: ``fp32``, ``bf16`` or ``auto`` (bfloat16 where the device computes it natively; see
+            :mod:`~perspective_unet.models.ops.precision`); ``amp_dtype``, where set, takes its place (PyTorch only).
         save_probabilities: Also write class probabilities beside each label map (prediction of files).
         window: A CT window (low, high) in HU for new images instead of the model's recorded normalization.
         mr_normalize: Per-volume MR percentile normalization for new images instead of the model's.
@@ -77,6 +79,7 @@ class InferenceSettings:
     device: str | torch.device = "auto"
     resampler: str = "torch"
     amp_dtype: torch.dtype | None = None
+    precision: str = "auto"
     save_probabilities: bool = False
     window: tuple[float, float] | None = None
     mr_normalize: bool = False

@@ -5,6 +5,8 @@
 - :mod:`~perspective_unet.models.ops.linear`: linear layers with the oneDNN route.
 - :mod:`~perspective_unet.models.ops.dropout`: fast CPU dropout and its custom operator.
 - :mod:`~perspective_unet.models.ops.checkpoint`: activation checkpointing.
+- :mod:`~perspective_unet.models.ops.precision`: numeric precision: the processor's capabilities, what
+  ``fp32``/``bf16``/``auto`` mean on a device, the autocast context.
 - :mod:`~perspective_unet.models.ops.attention`: :func:`attend`, the one place an attention backend is chosen, and
   :mod:`~perspective_unet.models.ops.attention_kernels`, the block-wise and oneDNN kernels it chooses among.
 - :mod:`~perspective_unet.models.ops._torch_private`: the private PyTorch APIs used, each behind a guard.
