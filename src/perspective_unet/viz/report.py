@@ -279,8 +279,8 @@ def _table(table: ReportTable, index: int) -> str:
     classes = ' class="sortable"' if table.sortable else ""
     hint = ' <span class="columns">(click a column to sort)</span>' if table.sortable else ""
     return (
-        f'<h2>{html.escape(table.title)}{hint}</h2>\n<table id="table-{index}"{classes}><thead><tr>{head}</tr>'
-        f"</thead><tbody>\n" + "\n".join(lines) + f"\n</tbody>{foot}</table>"
+        f'<h2>{html.escape(table.title)}{hint}</h2>\n<div class="scroll"><table id="table-{index}"{classes}><thead><tr>'
+        f"{head}</tr></thead><tbody>\n" + "\n".join(lines) + f"\n</tbody>{foot}</table></div>"
     )
 
 

@@ -17,6 +17,7 @@ h2 { font-size: 18px; margin: 28px 0 8px; border-bottom: 1px solid #ddd; padding
 h3 { font-size: 15px; margin: 18px 0 6px; }
 p.note { color: #555; margin: 2px 0; }
 table { border-collapse: collapse; margin: 6px 0 4px; }
+.scroll { overflow-x: auto; }  /* a table of many classes scrolls instead of leaving the page */
 th, td { padding: 3px 9px; border-bottom: 1px solid #e4e4e4; text-align: right; white-space: nowrap; }
 th:first-child, td:first-child { text-align: left; }
 thead th { background: #f4f4f6; position: sticky; top: 0; }
