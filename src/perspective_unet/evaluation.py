@@ -28,7 +28,7 @@ import csv
 import json
 import math
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -53,6 +53,7 @@ __all__ = [
     "SUMMARY_FILE",
     "CaseScores",
     "EvaluationSummary",
+    "nanmean",
     "read_summary",
     "score_volume",
     "write_summary",
@@ -175,7 +176,13 @@ class CaseScores:
         return float(np.mean(values)) if values else math.nan
 
 
-def _nanmean(values: Sequence[float]) -> float:
+def nanmean(values: Iterable[float]) -> float:
+    """The mean of the values that are not NaN (NaN when none is).
+
+    Example:
+        >>> nanmean([0.5, float("nan"), 1.0])
+        0.75
+    """
     finite = [float(v) for v in values if not math.isnan(float(v))]
     return float(np.mean(finite)) if finite else math.nan
 
@@ -232,12 +239,12 @@ class EvaluationSummary:
 
     def mean(self) -> dict[int, dict[str, float]]:
         """Per class, each metric's mean over the cases where it is defined."""
-        return {k: {m: _nanmean(self.values(k, m)) for m in self.metric_names} for k in self.class_ids}
+        return {k: {m: nanmean(self.values(k, m)) for m in self.metric_names} for k in self.class_ids}
 
     def foreground_mean(self) -> dict[str, float]:
         """Each metric's mean over the classes' means (classes without a defined mean left out)."""
         means = self.mean()
-        return {m: _nanmean([means[k][m] for k in self.class_ids]) for m in self.metric_names}
+        return {m: nanmean([means[k][m] for k in self.class_ids]) for m in self.metric_names}
 
     def undefined(self) -> dict[int, dict[str, int]]:
         """Per class, how many cases leave each metric undefined (NaN)."""

@@ -32,8 +32,7 @@ from perspective_unet.data.layouts.base import DatasetLayout
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.inference import model_device
 from perspective_unet.engine.inferers import inferer_for
-from perspective_unet.engine.report import REPORT_FILE, report_evaluation
-from perspective_unet.engine.report_data import PREDICTIONS_DIR
+from perspective_unet.engine.report import PREDICTIONS_DIR, REPORT_FILE, report_evaluation
 from perspective_unet.engine.runtime import DistributedContext, check_memory, resolve_device
 from perspective_unet.errors import InputError
 from perspective_unet.evaluation import (

@@ -40,7 +40,7 @@ from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.engine.crossval import CrossValidation, gather_folds
 from perspective_unet.engine.fold_validation import from_own_grid
 from perspective_unet.errors import InputError
-from perspective_unet.evaluation import CaseScores, EvaluationSummary, score_volume
+from perspective_unet.evaluation import CaseScores, EvaluationSummary, nanmean, score_volume
 from perspective_unet.outputs import output_lock, remove_stale_temporaries, text_writer, write_all
 from perspective_unet.postprocessing import POSTPROCESSING_FILE, Postprocessing, keep_largest_component
 from perspective_unet.runs import RunFolder
@@ -236,19 +236,14 @@ def _decide_postprocessing(
     chosen = [k for k in classes if single[k]["Dice"] > base[k]["Dice"]]
     after = {k: (single if k in chosen else base)[k]["Dice"] for k in classes}
     before = {k: mean["plain"][k]["Dice"] for k in classes}
-    named_before = {class_names[k]: before[k] for k in classes} | {"foreground": _mean(before.values())}
-    named_after = {class_names[k]: after[k] for k in classes} | {"foreground": _mean(after.values())}
+    named_before = {class_names[k]: before[k] for k in classes} | {"foreground": nanmean(before.values())}
+    named_after = {class_names[k]: after[k] for k in classes} | {"foreground": nanmean(after.values())}
     return Postprocessing(tuple(class_names), use_whole, tuple(chosen)), named_before, named_after
-
-
-def _mean(values: Any) -> float:
-    finite = [v for v in values if not math.isnan(v)]
-    return float(np.mean(finite)) if finite else math.nan
 
 
 def _improves(after: dict[int, dict[str, float]], before: dict[int, dict[str, float]], classes: list[int]) -> bool:
     """nnU-Net's rule for the foreground step: a higher foreground mean Dice, and no class's mean Dice lower."""
-    higher = _mean(after[k]["Dice"] for k in classes) > _mean(before[k]["Dice"] for k in classes)
+    higher = nanmean(after[k]["Dice"] for k in classes) > nanmean(before[k]["Dice"] for k in classes)
     return higher and not any(after[k]["Dice"] < before[k]["Dice"] for k in classes)
 
 

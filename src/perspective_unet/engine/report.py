@@ -23,17 +23,19 @@ from perspective_unet.data.io import NIFTI_SUFFIXES, PICTURE_SUFFIXES, read_imag
 from perspective_unet.data.layouts.base import TRAIN_DIR
 from perspective_unet.data.layouts.detect import open_dataset
 from perspective_unet.data.layouts.files import load_h5
-from perspective_unet.engine.report_data import CaseRecord, EvaluationRecord, read_evaluation
 from perspective_unet.errors import InputError
+from perspective_unet.evaluation import CaseScores, EvaluationSummary, read_summary
 from perspective_unet.viz.boxplot import class_box_plot_png
 from perspective_unet.viz.report import CaseSlices, ReportPage, ReportTable, anchor, case_slices, write_report
 from perspective_unet.viz.volumes import is_prepared, read_canonical, read_figure_image
 
-__all__ = ["REPORT_FILE", "report_evaluation"]
+__all__ = ["PREDICTIONS_DIR", "REPORT_FILE", "report_evaluation"]
 
 log = logging.getLogger(__name__)
 
 REPORT_FILE = "report.html"
+# Where evaluate --save-predictions keeps each case's labels, named <case>.nii.gz (the summary names each file).
+PREDICTIONS_DIR = "predictions"
 # Metrics of the summary table, in order, with their headings; counts (TP, FP, ...) stay in the JSON.
 _SUMMARY_METRICS = {
     "Dice": "Dice",
@@ -83,8 +85,9 @@ def report_evaluation(
         raise FileExistsError(f"{target} already exists; nothing was written. Pass --overwrite to replace it.")
     if images is not None and not Path(images).is_dir():
         raise InputError(f"--images {images} is not a folder; give the folder of the cases' images.")
-    record = read_evaluation(folder)
-    order = sorted(record.cases, key=lambda c: _sort_key(c.mean(record.dice_metric)))
+    summary = read_summary(folder)
+    dice = _dice_metric(summary)
+    order = sorted(summary.cases, key=lambda c: _sort_key(c.foreground_dice(dice)))
     views, missing = [], []
     for rank, case in enumerate(order[:max_cases]):
         try:
@@ -96,9 +99,9 @@ def report_evaluation(
             missing.append(f"{case.case}: no prediction file was kept (evaluate with --save-predictions)")
             continue
         frames = max_frames if rank < slider_cases else 0
-        note = _case_note(case, record.dice_metric)
+        note = _case_note(case, dice, "HD95" in summary.metric_names)
         views.append(case_slices(case.case, *volumes, note=note, max_frames=frames, panel_px=panel_px))
-    page = _page(record, folder, views, missing, len(order) - max_cases, slider_cases)
+    page = _page(summary, folder, views, missing, len(order) - max_cases, slider_cases)
     written = write_report(page, target)
     log.info("report of %d case(s), %d drawn: %s (%.1f MB)", len(order), len(views), written, _megabytes(written))
     return written
@@ -112,10 +115,15 @@ def _sort_key(value: float) -> float:
     return math.inf if math.isnan(value) else value
 
 
-def _case_note(case: CaseRecord, dice: str) -> str:
-    parts = [f"mean {_SUMMARY_METRICS[dice]} {case.mean(dice):.3f}"]
-    if case.has("HD95"):
-        parts.append(f"mean HD95 {case.mean('HD95'):.2f} mm")
+def _dice_metric(summary: EvaluationSummary) -> str:
+    """The Dice the report sorts and draws by: nnU-Net's (the corrected protocol's), else the papers'."""
+    return "Dice" if "Dice" in summary.metric_names else "legacy_Dice"
+
+
+def _case_note(case: CaseScores, dice: str, with_hd95: bool) -> str:
+    parts = [f"mean {_SUMMARY_METRICS[dice]} {case.foreground_dice(dice):.3f}"]
+    if with_hd95:
+        parts.append(f"mean HD95 {case.foreground_dice('HD95'):.2f} mm")
     return ", ".join(parts)
 
 
@@ -144,7 +152,7 @@ def _find_image(case: str, images: Path | None) -> Path | None:
 
 
 def _case_volumes(
-    case: CaseRecord, folder: Path, images: Path | None
+    case: CaseScores, folder: Path, images: Path | None
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
     """The case's canonical image, reference and prediction, or None when its prediction was not kept."""
     if not case.prediction_file:
@@ -195,10 +203,11 @@ def _prediction_on_reference_grid(path: Path) -> np.ndarray:
 # --------------------------------------------------------------------------------------------------------------------
 
 
-def _summary_table(record: EvaluationRecord) -> ReportTable:
-    metrics = [m for m in _SUMMARY_METRICS if m in record.metric_names]
-    rows = [(record.class_names[k], *(record.mean[k][m] for m in metrics)) for k in record.class_ids]
-    rows.append(("foreground mean", *(record.foreground_mean[m] for m in metrics)))
+def _summary_table(summary: EvaluationSummary) -> ReportTable:
+    metrics = [m for m in _SUMMARY_METRICS if m in summary.metric_names]
+    means, overall = summary.mean(), summary.foreground_mean()
+    rows = [(summary.class_names[k], *(means[k][m] for m in metrics)) for k in summary.class_ids]
+    rows.append(("foreground mean", *(overall[m] for m in metrics)))
     return ReportTable(
         "Summary: each class's mean over cases",
         ("class", *(_SUMMARY_METRICS[m] for m in metrics)),
@@ -207,37 +216,43 @@ def _summary_table(record: EvaluationRecord) -> ReportTable:
     )
 
 
-def _case_table(record: EvaluationRecord, drawn: set[str]) -> ReportTable:
-    dice = record.dice_metric
-    overall = [m for m in (dice, "HD95", "NSD") if m in record.metric_names]
+def _case_table(summary: EvaluationSummary, drawn: set[str]) -> ReportTable:
+    dice = _dice_metric(summary)
+    overall = [m for m in (dice, "HD95", "NSD") if m in summary.metric_names]
     headers = ("case", *(f"mean {_SUMMARY_METRICS[m]}" for m in overall))
-    headers += tuple(f"{_SUMMARY_METRICS[dice]} {record.class_names[k]}" for k in record.class_ids)
+    headers += tuple(f"{_SUMMARY_METRICS[dice]} {summary.class_names[k]}" for k in summary.class_ids)
     rows = [
-        (c.case, *(c.mean(m) for m in overall), *(c.metrics[k][dice] for k in record.class_ids)) for c in record.cases
+        (c.case, *(c.foreground_dice(m) for m in overall), *(c.metrics[k][dice] for k in summary.class_ids))
+        for c in summary.cases
     ]
-    links = tuple(anchor(c.case) if c.case in drawn else "" for c in record.cases)
+    links = tuple(anchor(c.case) if c.case in drawn else "" for c in summary.cases)
     return ReportTable("Cases", headers, tuple(rows), sortable=True, links=links)
 
 
-def _box_plots(record: EvaluationRecord) -> tuple[tuple[str, bytes], ...]:
+def _box_plots(summary: EvaluationSummary) -> tuple[tuple[str, bytes], ...]:
     figures = []
-    dice = record.dice_metric
+    dice = _dice_metric(summary)
     for metric, label, limits in ((dice, _SUMMARY_METRICS[dice], (-0.02, 1.02)), ("HD95", "HD95 (mm)", None)):
-        if metric not in record.metric_names:
+        if metric not in summary.metric_names:
             continue
-        scores = {record.class_names[k]: {"": record.values(k, metric)} for k in record.class_ids}
-        size = (max(4.5, 0.45 * len(record.class_ids) + 2), 3.2)
+        scores = {summary.class_names[k]: {"": summary.values(k, metric)} for k in summary.class_ids}
+        size = (max(4.5, 0.45 * len(summary.class_ids) + 2), 3.2)
         png = class_box_plot_png(scores, ylabel=label, ylim=limits, size=size)
         figures.append((f"{label} per class, one point per case (undefined values left out)", png))
     return tuple(figures)
 
 
 def _page(
-    record: EvaluationRecord, folder: Path, views: list[CaseSlices], missing: list[str], left_out: int, sliders: int
+    summary: EvaluationSummary,
+    folder: Path,
+    views: list[CaseSlices],
+    missing: list[str],
+    left_out: int,
+    sliders: int,
 ) -> ReportPage:
     notes = [
-        f"{folder}: {len(record.cases)} case(s), {len(record.class_ids)} foreground class(es); protocols "
-        f"{', '.join(record.protocols) or 'n/a'}.",
+        f"{folder}: {len(summary.cases)} case(s), {len(summary.class_ids)} foreground class(es); protocols "
+        f"{', '.join(summary.protocols) or 'n/a'}.",
         "Dice, IoU and NSD are fractions; HD95 is in mm (the corrected protocol); means leave undefined values out.",
     ]
     if left_out > 0:
@@ -250,8 +265,8 @@ def _page(
     return ReportPage(
         title=f"Evaluation report: {folder.resolve().name}",
         notes=tuple(notes),
-        tables=(_summary_table(record), _case_table(record, {v.case for v in views})),
-        figures=_box_plots(record),
+        tables=(_summary_table(summary), _case_table(summary, {v.case for v in views})),
+        figures=_box_plots(summary),
         cases=tuple(views),
-        class_names=record.class_names,
+        class_names=summary.class_names,
     )
