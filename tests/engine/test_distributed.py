@@ -16,6 +16,15 @@ from perspective_unet.cli import main
 pytestmark = [pytest.mark.distributed, pytest.mark.slow]
 
 
+def _tiny_training(data, out) -> list[str]:
+    """The training each process of torchrun runs: two epochs of the tiny model, validated after each."""
+    return [
+        *("-m", "perspective_unet", "train", "--data", str(data), "-o", str(out), "--device", "cpu"),
+        *("--model", "perspective_unet_tiny", "--img-size", "32", "32", "--batch-size", "2", "--num-workers", "0"),
+        *("--epochs", "2", "--val-every", "1"),
+    ]
+
+
 def test_torchrun_two_processes_on_cpu(tiny_dataset, tmp_path):
     out = tmp_path / "ddp"
     command = [
@@ -25,28 +34,7 @@ def test_torchrun_two_processes_on_cpu(tiny_dataset, tmp_path):
         "--standalone",
         "--nproc_per_node",
         "2",
-        "-m",
-        "perspective_unet",
-        "train",
-        "--data",
-        str(tiny_dataset),
-        "-o",
-        str(out),
-        "--device",
-        "cpu",
-        "--model",
-        "perspective_unet_tiny",
-        "--img-size",
-        "32",
-        "32",
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--epochs",
-        "2",
-        "--val-every",
-        "1",
+        *_tiny_training(tiny_dataset, out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     result = subprocess.run(command, capture_output=True, encoding="utf-8", errors="replace", timeout=300, env=env)
@@ -88,28 +76,7 @@ def test_torchrun_two_nodes_over_localhost_then_one_node_resumes(tiny_dataset, t
         "127.0.0.1",
         "--max-restarts",
         "0",
-        "-m",
-        "perspective_unet",
-        "train",
-        "--data",
-        str(tiny_dataset),
-        "-o",
-        str(out),
-        "--device",
-        "cpu",
-        "--model",
-        "perspective_unet_tiny",
-        "--img-size",
-        "32",
-        "32",
-        "--batch-size",
-        "2",
-        "--num-workers",
-        "0",
-        "--epochs",
-        "2",
-        "--val-every",
-        "1",
+        *_tiny_training(tiny_dataset, out),
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     nodes = [subprocess.Popen(node, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env) for _ in range(2)]
