@@ -46,6 +46,12 @@ def _labels(folder: Path, name: str = "scan.nii.gz") -> np.ndarray:
     return np.asarray(nib.load(str(folder / name)).dataobj)
 
 
+def _predict_in_float32(source: str, inputs: str, output: str) -> int:
+    """``predict --checkpoint`` in float32: the graph computes in float32, so the PyTorch path must too on every
+    processor (``auto`` takes bfloat16 where the CPU has it)."""
+    return main(["predict", "--checkpoint", source, "-i", inputs, "-o", output, "--precision", "fp32"])
+
+
 def test_the_graph_describes_itself(spacing_model, tmp_path):
     checkpoint, graph = spacing_model
     session = OnnxSession(graph, providers="cpu")
@@ -70,22 +76,7 @@ def test_the_runtime_gives_the_pytorch_paths_labels(spacing_model, scan, tmp_pat
     torch_labels, runtime_labels = _labels(tmp_path / "torch"), _labels(tmp_path / "runtime")
     assert len(np.unique(torch_labels)) == 3, "a model that predicts one class would prove nothing"
     # The same graph through PyTorch's kernels (OnnxRuntimeModel): the NumPy kernels give the same labels exactly.
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(graph),
-                "-i",
-                str(scan),
-                "-o",
-                str(tmp_path / "graph"),
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
+    assert _predict_in_float32(str(graph), str(scan), str(tmp_path / "graph")) == 0
     np.testing.assert_array_equal(runtime_labels, _labels(tmp_path / "graph"))
     # Against the PyTorch model only ONNX Runtime's float rounding remains: a voxel where two classes tie may flip.
     assert (runtime_labels != torch_labels).sum() <= torch_labels.size // 1000
@@ -117,22 +108,7 @@ def test_a_dicom_series_is_predicted_on_its_own_grid(spacing_model, tmp_path):
     volume = np.random.default_rng(1).uniform(-150, 300, (4, 30, 26)).astype(np.int16)
     _write_dicom_series(tmp_path / "ct", volume)
     assert main(["predict", "--onnx", str(graph), "-i", str(tmp_path / "ct"), "-o", str(tmp_path / "light")]) == 0
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(checkpoint),
-                "-i",
-                str(tmp_path / "ct"),
-                "-o",
-                str(tmp_path / "pt"),
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
+    assert _predict_in_float32(str(checkpoint), str(tmp_path / "ct"), str(tmp_path / "pt")) == 0
     light, reference = _labels(tmp_path / "light", "ct.nii.gz"), _labels(tmp_path / "pt", "ct.nii.gz")
     assert light.shape == (26, 30, 4) and (light != reference).sum() <= reference.size // 1000
 
@@ -151,22 +127,7 @@ def test_prediction_without_pytorch_in_the_process(spacing_model, scan, tmp_path
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env={**os.environ})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout.splitlines()[-1]) == {"status": 0, "loaded": []}
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(checkpoint),
-                "-i",
-                str(scan),
-                "-o",
-                str(tmp_path / "torch"),
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
+    assert _predict_in_float32(str(checkpoint), str(scan), str(tmp_path / "torch")) == 0
     light, reference = _labels(tmp_path / "light"), _labels(tmp_path / "torch")
     assert (light != reference).sum() <= reference.size // 1000
 
@@ -256,21 +217,6 @@ def test_a_fresh_environment_without_pytorch_predicts_like_the_pytorch_path(spac
         text=True,
     )
     assert run.returncode == 0, run.stderr[-2000:]
-    assert (
-        main(
-            [
-                "predict",
-                "--checkpoint",
-                str(checkpoint),
-                "-i",
-                str(scan),
-                "-o",
-                str(tmp_path / "torch"),
-                "--precision",
-                "fp32",
-            ]
-        )
-        == 0
-    )
+    assert _predict_in_float32(str(checkpoint), str(scan), str(tmp_path / "torch")) == 0
     light, reference = _labels(tmp_path / "light"), _labels(tmp_path / "torch")
     assert (light != reference).sum() <= reference.size // 1000
