@@ -91,3 +91,13 @@ def test_volumes_are_read_one_ahead_of_prediction_in_order():
         assert [item["case"] for item in items] == [7, 9]
     assert requested == [3, 7, 9]
     assert list(_prefetch(Volumes(), [], None)) == []
+
+
+@pytest.mark.parametrize(("precision", "recorded"), [("fp32", "fp32"), ("bf16", "bfloat16")])
+def test_the_summary_records_what_the_forward_passes_computed_in(
+    tiny_dataset, checkpoint, tmp_path, precision, recorded
+):
+    out = tmp_path / precision
+    argv = ["evaluate", "--checkpoint", str(checkpoint), "--data", str(tiny_dataset), "-o", str(out), "--device", "cpu"]
+    assert main([*argv, "--precision", precision]) == 0
+    assert json.loads((out / "summary.json").read_text())["precision"] == recorded

@@ -46,6 +46,7 @@ from perspective_unet.evaluation import (
 from perspective_unet.intensity import IntensitySpec
 from perspective_unet.metrics import PROTOCOLS
 from perspective_unet.models.inference_info import InferenceInfo
+from perspective_unet.models.ops.precision import inference_dtype
 from perspective_unet.outputs import output_lock, remove_stale_temporaries
 from perspective_unet.plan import Plan
 from perspective_unet.runs import ModelSource, load
@@ -304,6 +305,8 @@ def evaluate(
             "img_size": list(plan.patch_size),
             "tta": settings.tta,
             "resampler": settings.resampler,
+            # What the forward passes computed in (``auto`` resolves by processor): a reader can tell runs apart.
+            "precision": _computed_precision(settings, model_device(model)),
         }
         if info.fold is not None and split == "val":
             extra["fold"] = info.fold
@@ -311,6 +314,11 @@ def evaluate(
         if report:
             report_evaluation(output, overwrite=True)
         return written
+
+
+def _computed_precision(settings: InferenceSettings, device: torch.device) -> str:
+    dtype = settings.amp_dtype or inference_dtype(settings.precision, device)
+    return "fp32" if dtype is None else str(dtype).removeprefix("torch.")
 
 
 def _prediction_writer(folder: Path) -> SavePrediction:
