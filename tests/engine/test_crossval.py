@@ -127,6 +127,8 @@ def test_crossval_report_draws_every_out_of_fold_case(folds, raw, tmp_path, caps
     assert "no prediction file was kept" not in page and "Not drawn" not in page
     # The report stacks a held-out case's training slices back into its volume and reads the label map on the case's
     # own grid in the same canonical order: the raw reference read so equals the stacked one voxel for voxel.
+    assert main(["crossval", str(copy), "--overwrite"]) == 0  # summarized again without --report: no stale page
+    assert not (copy / "crossval" / "report.html").exists()
     raw_label, _ = read_canonical(raw / "labelsTr" / "case_004.nii.gz", as_label=True)
     stacked = VolumeDataset(open_dataset(data), cases=["case_004"])[0]["label"]
     np.testing.assert_array_equal(raw_label, stacked)

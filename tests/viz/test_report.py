@@ -214,6 +214,9 @@ def test_evaluate_report_keeps_the_scored_predictions_and_draws_every_case(tiny_
     capsys.readouterr()
     assert main(argv) == 2  # the reports exist: nothing is replaced without --overwrite
     assert "already exists" in capsys.readouterr().err
+    # Evaluated again without --report: the page of the replaced evaluation does not stay beside the new summary.
+    assert main([*argv[:-1], "--overwrite"]) == 0
+    assert (out / "summary.json").is_file() and not (out / "report.html").exists()
 
 
 CHROMIUM = find_chromium()

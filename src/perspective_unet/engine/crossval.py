@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from perspective_unet.engine.report import REPORT_FILE
 from perspective_unet.errors import InputError
 from perspective_unet.evaluation import REPORTS, EvaluationSummary, write_summary
 from perspective_unet.outputs import output_lock, read_json, remove_stale_temporaries
@@ -173,4 +174,7 @@ def crossval(
     gathered = gather_folds(folder, allow_missing=allow_missing)
     with output_lock(output, "crossval"):
         remove_stale_temporaries(output)
-        return gathered, write_summary(gathered.summary, output, gathered.record())
+        written = write_summary(gathered.summary, output, gathered.record())
+        # A page of the summary just replaced would show its scores beside the new one (--report draws it again).
+        (output / REPORT_FILE).unlink(missing_ok=True)
+        return gathered, written

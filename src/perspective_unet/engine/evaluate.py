@@ -313,6 +313,8 @@ def evaluate(
         written = write_summary(summary, output, extra)
         if report:
             report_evaluation(output, overwrite=True)
+        else:  # a page of the evaluation just replaced would show its scores beside the new summary
+            (Path(output) / REPORT_FILE).unlink(missing_ok=True)
         return written
 
 
