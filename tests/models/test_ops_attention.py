@@ -19,6 +19,7 @@ from perspective_unet.models.ops import (
     onednn_linear,
 )
 from perspective_unet.models.ops._torch_private import HAS_ONEDNN_MATMUL
+from perspective_unet.models.ops.dropout import draw_seed, keep_mask, keep_scale
 
 attention_module = importlib.import_module("perspective_unet.models.ops.attention")
 
@@ -185,3 +186,30 @@ def test_training_attention_with_dropout_keeps_no_n_by_n_tensor():
     assert _largest_saved(lambda: plain(x)) >= tokens * tokens  # SDPA's math path: the reason for the fast path
     q = torch.randn(1, 2, tokens, 8)
     assert attention_with_dropout(q, q, q, 0.0).shape == q.shape
+
+
+def test_blockwise_dropout_is_the_explicit_attention_with_each_blocks_mask():
+    """The kernel with dropout equals dropout(softmax(q k^T / sqrt(d))) v written out, with the masks it documents:
+    block b of group g takes its own stretch of one stream, seeded from torch's generator."""
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 30, 4, dtype=torch.float64) for _ in range(3))
+    torch.manual_seed(7)
+    out = chunked_attention(q, k, v, 0.25, chunk=8)
+    torch.manual_seed(7)
+    seed = draw_seed()
+    probs = torch.softmax(q @ k.transpose(-1, -2) / 2.0, dim=-1)[0]
+    words_per_block, blocks = (8 * 30 + 3) // 4, 4
+    keep = torch.cat(
+        [
+            torch.cat(
+                [
+                    keep_mask((min(8, 30 - 8 * b), 30), 0.25, seed=seed, offset=(g * blocks + b) * words_per_block)[0]
+                    for b in range(blocks)
+                ]
+            )
+            for g in range(2)
+        ]
+    ).view(2, 30, 30)
+    expected = (probs * keep * keep_scale(0.25)) @ v[0]
+    torch.testing.assert_close(out[0], expected)
+    assert 0.6 < keep.double().mean().item() < 0.9

@@ -27,7 +27,7 @@ from perspective_unet.models.ops.attention import (
     onednn_attention_route,
 )
 from perspective_unet.models.ops.attention_kernels import (
-    DEFAULT_CHUNK,
+    CHUNK_SCORES,
     ONEDNN_BLOCK_SCORES,
     chunked_attention,
     onednn_attention,
@@ -46,7 +46,7 @@ from perspective_unet.models.ops.linear import Linear, linear
 
 __all__ = [
     "ATTENTION_BACKENDS",
-    "DEFAULT_CHUNK",
+    "CHUNK_SCORES",
     "MIN_CHUNKED_SCORES",
     "ONEDNN_BLOCK_SCORES",
     "ONEDNN_LINEAR_ENV",

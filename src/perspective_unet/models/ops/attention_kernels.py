@@ -4,8 +4,9 @@
 ``dropout_p > 0`` SDPA falls back to its math path, which builds and keeps several ``(B, heads, N, N)`` matrices for
 backward and is much slower than the fused kernel. This kernel computes the same quantity query block by query block
 and recomputes each block in backward (the flash-attention scheme written with PyTorch operations), so only ``O(N)``
-tensors are kept: q, k, v, the output and one log-sum-exp per query. Dropout masks are regenerated in backward from a
-per-call seed, so forward and backward use the same mask.
+tensors are kept: q, k and v and the output. Dropout masks come from a counter-based generator
+(:func:`~perspective_unet.models.ops.dropout.keep_mask`) and are regenerated in backward from a per-call seed, so
+forward and backward use the same mask.
 
 :func:`onednn_attention`: without autograd (inference), exact attention block by block through oneDNN's matrix
 products, faster than SDPA's CPU flash-attention kernel on a CPU whose MKL takes AVX2 kernels while oneDNN uses
@@ -19,61 +20,52 @@ from __future__ import annotations
 import torch
 
 from perspective_unet.models.ops._torch_private import HAS_ONEDNN_MATMUL, onednn_matmul
-from perspective_unet.models.ops.dropout import keep_mask
+from perspective_unet.models.ops.dropout import draw_seed, keep_mask, keep_scale
 
-__all__ = ["DEFAULT_CHUNK", "ONEDNN_BLOCK_SCORES", "chunked_attention", "onednn_attention"]
+__all__ = ["CHUNK_SCORES", "ONEDNN_BLOCK_SCORES", "chunked_attention", "onednn_attention"]
 
-# Query rows per block; a block's score matrix is (CHUNK, N) for one sample and head, small enough for the cache.
-DEFAULT_CHUNK = 64
+# Scores per block of the block-wise kernel (4 MB in float32): a block's element-wise passes stay in the cache while
+# the Python loop runs few enough blocks that its overhead is small (at 4,116 tokens: 254 query rows per block).
+CHUNK_SCORES = 1024 * 1024
 # Scores per block of the oneDNN route (6 MB in float32): large enough for oneDNN's efficient shapes, small enough to
 # stay in the cache and below glibc's trim threshold after the first block (larger blocks were returned to the system
 # and page-faulted in again at every block, much slower).
 ONEDNN_BLOCK_SCORES = 1536 * 1024
 
 
-def _block_mask(shape: torch.Size, p: float, seed: int, block: int, device: torch.device) -> tuple[torch.Tensor, float]:
-    generator = torch.Generator(device=device)
-    generator.manual_seed((seed + 7919 * block) % (2**63 - 1))
-    return keep_mask(shape, p, device, generator=generator)
-
-
 class _ChunkedAttention(torch.autograd.Function):
-    # q, k, v arrive as (G, N, d) with G = batch * heads; blocks are (rows, M) per group so they stay in cache.
+    # q, k, v arrive as (G, N, d) with G = batch * heads; blocks are (rows, M) per group so they stay in cache. The
+    # softmax is recomputed in backward by the same kernel on the same scores, so it is the forward's bit for bit and
+    # no log-sum-exp is kept. The keep scale of dropout multiplies v instead of every block of weights. Each
+    # (group, block) draws its mask from its own stretch of one SplitMix64 stream, which backward recomputes.
 
     @staticmethod
     def forward(ctx, q, k, v, dropout_p: float, chunk: int, seed: int):  # noqa: ANN001
-        scale = q.shape[-1] ** -0.5
         groups, n, _ = q.shape
+        scaled_q = q * q.shape[-1] ** -0.5
+        values = v * keep_scale(dropout_p) if dropout_p > 0.0 else v
         out = q.new_empty(groups, n, v.shape[-1])
-        lse = q.new_empty(groups, n, 1)
         for g in range(groups):
             k_t = k[g].t()
             for block, start in enumerate(range(0, n, chunk)):
-                stop = min(start + chunk, n)
-                scores = torch.mm(q[g, start:stop], k_t)
-                if scale != 1.0:
-                    scores.mul_(scale)
-                row_max = scores.amax(dim=-1, keepdim=True)
-                probs = scores.sub_(row_max).exp_()
-                total = probs.sum(dim=-1, keepdim=True)
-                lse[g, start:stop] = row_max + total.log()
+                probs = torch.mm(scaled_q[g, start : start + chunk], k_t)
+                torch.softmax(probs, -1, out=probs)
                 if dropout_p > 0.0:
-                    keep, keep_scale = _block_mask(probs.shape, dropout_p, seed, g * n + block, probs.device)
-                    probs.masked_fill_(keep.logical_not_(), 0.0)
-                    probs.mul_(total.reciprocal_().mul_(keep_scale))
-                else:
-                    probs.div_(total)
-                out[g, start:stop] = torch.mm(probs, v[g])
-        ctx.save_for_backward(q, k, v, out, lse)
+                    probs.mul_(_block_mask(probs.shape, dropout_p, seed, g, block, n, chunk, k.shape[1]))
+                torch.mm(probs, values[g], out=out[g, start : start + chunk])
+        ctx.save_for_backward(q, k, v, out)
         ctx.dropout_p, ctx.chunk, ctx.seed = dropout_p, chunk, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
-        q, k, v, out, lse = ctx.saved_tensors
+        q, k, v, out = ctx.saved_tensors
         dropout_p, chunk, seed = ctx.dropout_p, ctx.chunk, ctx.seed
         scale = q.shape[-1] ** -0.5
         groups, n, _ = q.shape
+        scaled_q = q * scale
+        mask_scale = keep_scale(dropout_p) if dropout_p > 0.0 else 1.0
+        values_t = (v * mask_scale if dropout_p > 0.0 else v).transpose(1, 2).contiguous()
         grad_out = grad_out.contiguous()
         # sum_j P_ij dP_ij = dO_i . O_i, also with dropout on P.
         delta = (grad_out * out).sum(dim=-1, keepdim=True)
@@ -81,36 +73,39 @@ class _ChunkedAttention(torch.autograd.Function):
         grad_k = torch.zeros_like(k)
         grad_v = torch.zeros_like(v)
         for g in range(groups):
-            k_t, v_t = k[g].t(), v[g].t()
+            k_t = k[g].t()
             for block, start in enumerate(range(0, n, chunk)):
                 stop = min(start + chunk, n)
-                q_block = q[g, start:stop]
                 d_out = grad_out[g, start:stop]
-                scores = torch.mm(q_block, k_t)
-                if scale != 1.0:
-                    scores.mul_(scale)
-                probs = scores.sub_(lse[g, start:stop]).exp_()
-                d_probs = torch.mm(d_out, v_t)
+                probs = torch.mm(scaled_q[g, start:stop], k_t)
+                torch.softmax(probs, -1, out=probs)
+                d_probs = torch.mm(d_out, values_t[g])
                 if dropout_p > 0.0:
-                    keep, keep_scale = _block_mask(probs.shape, dropout_p, seed, g * n + block, probs.device)
-                    drop = keep.logical_not_()
-                    dropped = probs.masked_fill(drop, 0.0)
-                    grad_v[g].addmm_(dropped.t(), d_out, alpha=keep_scale)
-                    del dropped
-                    d_probs.masked_fill_(drop, 0.0).mul_(keep_scale)
-                else:
-                    grad_v[g].addmm_(probs.t(), d_out)
-                d_scores = probs.mul_(d_probs.sub_(delta[g, start:stop]))
+                    keep = _block_mask(probs.shape, dropout_p, seed, g, block, n, chunk, k.shape[1])
+                    d_probs.mul_(keep)
+                d_scores = d_probs.sub_(delta[g, start:stop]).mul_(probs)
+                if dropout_p > 0.0:
+                    probs.mul_(keep)
+                grad_v[g].addmm_(probs.t(), d_out, alpha=mask_scale)
                 torch.mm(d_scores, k[g], out=grad_q[g, start:stop])
-                grad_k[g].addmm_(d_scores.t(), q_block, alpha=scale)
+                grad_k[g].addmm_(d_scores.t(), scaled_q[g, start:stop])
         grad_q.mul_(scale)
         return grad_q, grad_k, grad_v, None, None, None
+
+
+def _block_mask(
+    shape: torch.Size, p: float, seed: int, group: int, block: int, n: int, chunk: int, m: int
+) -> torch.Tensor:
+    # Every (group, block) owns the stretch of the stream a full block would take, so no two overlap.
+    words = (chunk * m + 3) // 4
+    blocks = -(-n // chunk)
+    return keep_mask(shape, p, seed=seed, offset=(group * blocks + block) * words)[0]
 
 
 # Runs eagerly under torch.compile: its autograd function regenerates dropout masks from a seed it draws itself.
 @torch.compiler.disable
 def chunked_attention(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, chunk: int = DEFAULT_CHUNK
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float = 0.0, chunk: int | None = None
 ) -> torch.Tensor:
     """Softmax attention ``dropout(softmax(q k^T / sqrt(d))) v`` computed block by block, with recomputation.
 
@@ -119,18 +114,19 @@ def chunked_attention(
         k: Keys ``(..., M, d)``.
         v: Values ``(..., M, e)``.
         dropout_p: Dropout probability on the attention weights (rounded to a multiple of 2^-16).
-        chunk: Query rows per block; memory is O(chunk * M) at a time, never O(N * M).
+        chunk: Query rows per block; memory is O(chunk * M) at a time, never O(N * M). ``None``: as many rows as
+            make ``CHUNK_SCORES`` scores (at least 16).
 
     Returns:
         ``(..., N, e)``, equal to ``F.scaled_dot_product_attention(q, k, v)`` when ``dropout_p == 0``.
     """
+    if chunk is None:
+        chunk = max(16, CHUNK_SCORES // k.shape[-2])
     if chunk < 1:
         raise ValueError(f"chunk must be positive, got {chunk}.")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p must lie in [0, 1), got {dropout_p}.")
-    # The seed comes from the global generator, so seeding torch (and activation checkpointing, which restores the
-    # generator's state before recomputing) reproduces the masks.
-    seed = int(torch.randint(0, 2**62, (), dtype=torch.int64).item()) if dropout_p > 0.0 else 0
+    seed = draw_seed() if dropout_p > 0.0 else 0
     lead = q.shape[:-2]
     flat = [t.reshape(-1, *t.shape[-2:]) for t in (q, k, v)]
     out = _ChunkedAttention.apply(*flat, float(dropout_p), int(chunk), seed)
