@@ -1,9 +1,10 @@
 """The *paths* a benchmark compares (the same network with the same weights, run in different ways) and building
 the network for one.
 
-- ``baseline``: the straightforward float32 path: eager mode, default layout, BatchNorm as separate layers,
-  ``torch.nn.functional.linear`` (MKL on a CPU), SDPA for attention, ``torch.nn.functional.dropout`` (and SDPA's
-  own dropout), no activation checkpointing, default allocator settings.
+- ``baseline``: the straightforward float32 path, as the released code computes: eager mode, default layout,
+  BatchNorm as separate layers, ``torch.nn.functional.linear`` (MKL on a CPU), SDPA for attention,
+  ``torch.nn.functional.dropout`` (and SDPA's own dropout), the bi-path fusion's concatenation kept for backward, no
+  activation checkpointing, default allocator settings.
 - ``optimized``: what this package offers that changes no eval-mode output beyond float rounding: BatchNorm folded
   into the convolutions (``fuse_for_inference``), channels-last layout, linear layers (and, without autograd, the
   token attention) through oneDNN on a CPU, fast dropout, optional activation checkpointing, an allocator profile
@@ -24,6 +25,7 @@ from torch import nn
 
 from perspective_unet.bench.machine import ALLOCATOR_PROFILES
 from perspective_unet.engine.runtime import compile_model
+from perspective_unet.models.blocks import BiPathResidualBlock
 from perspective_unet.models.ops import set_onednn_linear
 from perspective_unet.models.registry import create_model
 
@@ -51,6 +53,7 @@ class PathSettings:
         channels_last: Channels-last layout for weights and feature maps.
         fuse_batchnorm: Fold BatchNorm into convolutions (inference only).
         fast_dropout: ``ModelConfig.fast_dropout`` (training only).
+        lean_concatenation: The bi-path blocks' ``lean_concatenation`` (training only; the model's default is on).
         onednn_linear: Linear layers through oneDNN on the CPU (:func:`~perspective_unet.models.ops.linear.linear`),
             and without autograd the token attention
             (:func:`~perspective_unet.models.ops.attend`); ``False`` is ``F.linear`` (MKL)
@@ -68,6 +71,7 @@ class PathSettings:
     channels_last: bool = False
     fuse_batchnorm: bool = False
     fast_dropout: bool = False
+    lean_concatenation: bool = False
     onednn_linear: bool = False
     gradient_checkpointing: tuple[str, ...] = ()
     allocator: str | None = None
@@ -108,8 +112,8 @@ def optimized_settings(
     amp: str | None = None,
     channels_last: bool = True,
 ) -> PathSettings:
-    """Every same-output change: folded BatchNorm, channels-last, fast dropout, the oneDNN route, and as asked
-    checkpointing and an allocator profile.
+    """Every same-output change: folded BatchNorm, channels-last, fast dropout, the lean bi-path concatenation, the
+    oneDNN route, and as asked checkpointing and an allocator profile.
 
     The defaults favor speed in eager mode. For a training step both faster and leaner on a CPU, compile with an
     ``activation_memory_budget`` (:func:`train_settings`); without compile, checkpoint ``("cnn", "enltb")`` and use
@@ -129,6 +133,7 @@ def optimized_settings(
         channels_last=channels_last,
         fuse_batchnorm=True,
         fast_dropout=True,
+        lean_concatenation=True,
         onednn_linear=True,
         gradient_checkpointing=tuple(gradient_checkpointing),
         allocator=allocator if torch.device(device).type == "cpu" else None,
@@ -198,6 +203,9 @@ def build_model(
     ).to(device)
     if train:
         model.train()
+        for module in model.modules():
+            if isinstance(module, BiPathResidualBlock):
+                module.lean_concatenation = settings.lean_concatenation
         if settings.channels_last:
             model.to_channels_last()
     else:

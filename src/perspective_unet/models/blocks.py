@@ -8,7 +8,7 @@ from torch import nn
 
 from perspective_unet.models.attention import EfficientNonLocalAttention
 from perspective_unet.models.layers import DropPath, fold_batchnorm, to_feature_map, to_tokens
-from perspective_unet.models.ops import Dropout, Linear
+from perspective_unet.models.ops import Dropout, Linear, concat_conv
 
 __all__ = ["BiPathResidualBlock", "EfficientNonLocalTransformerBlock", "FeedForward", "ResidualPath"]
 
@@ -54,6 +54,11 @@ class BiPathResidualBlock(nn.Module):
         use_bipath: Without it (the paper's ablation) the dilated path is not built and the fusion sees the
             local path twice.
 
+    Attributes:
+        lean_concatenation: The fusion keeps the two paths for backward, not their concatenation
+            (:func:`~perspective_unet.models.ops.concat_conv`; same values and gradients); ``False`` keeps the
+            concatenation as the released code does.
+
     Example:
         >>> block = BiPathResidualBlock(1, 16)
         >>> block(torch.randn(2, 1, 20, 28)).shape
@@ -67,10 +72,13 @@ class BiPathResidualBlock(nn.Module):
         self.fuse = nn.Conv2d(2 * out_channels, out_channels, 1)
         self.fuse_bn = nn.BatchNorm2d(out_channels)
         self.act = nn.ReLU(inplace=True)
+        self.lean_concatenation = True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         local = self.local_path(x)
         wide = self.dilated_path(x) if self.dilated_path is not None else local
+        if self.lean_concatenation:
+            return self.act(self.fuse_bn(concat_conv(self.fuse, (local, wide))))
         return self.act(self.fuse_bn(self.fuse(torch.cat([local, wide], dim=1))))
 
     def fold_batchnorm_(self) -> None:

@@ -33,6 +33,7 @@ from perspective_unet.models.ops.attention_kernels import (
     onednn_attention,
 )
 from perspective_unet.models.ops.checkpoint import frozen_batchnorm_statistics, maybe_checkpoint
+from perspective_unet.models.ops.concat import concat_conv
 from perspective_unet.models.ops.config import (
     ONEDNN_LINEAR_ENV,
     ONEDNN_MODES,
@@ -57,6 +58,7 @@ __all__ = [
     "attention_backend",
     "attention_with_dropout",
     "chunked_attention",
+    "concat_conv",
     "dropout",
     "frozen_batchnorm_statistics",
     "get_onednn_linear",
