@@ -12,7 +12,7 @@ profile, which are not defaults of training.
 
 Usage:
     python benchmarks/training_step.py [--rounds 2] [--steps 3] [--attention released|tokens] [--extras]
-        [--json OUT.json]
+        [--model perspective_unet] [--json OUT.json]
 
 Figures are medians over the rounds of each path's median step; peak memory is the process's resident high-water
 mark. On a shared machine, read the ratios of one run rather than the absolute times.
@@ -56,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=2, help="rounds over the paths (default: 2)")
     parser.add_argument("--steps", type=int, default=3, help="timed steps per process after one warm-up (default: 3)")
     parser.add_argument("--batch-size", type=int, default=2)
+    parser.add_argument("--model", default="perspective_unet", help="registered model (default: the paper's)")
     parser.add_argument("--attention", choices=("released", "tokens"), default="released", help="SCSI attention")
     parser.add_argument("--extras", action="store_true", help="also channels-last and the reuse allocator")
     parser.add_argument("--json", help="write every measurement here")
@@ -69,7 +70,7 @@ def main(argv: list[str] | None = None) -> int:
             result = run_isolated(
                 "train",
                 {
-                    "model_name": "perspective_unet",
+                    "model_name": args.model,
                     "batch_size": args.batch_size,
                     "settings": dataclasses.asdict(settings),
                     "runs": args.steps,
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     info = machine_info()
     print(
         f"\n{info.cpu_model}, {info.cores} logical CPUs, capabilities {', '.join(info.cpu_capabilities) or 'none'}, "
-        f"torch {torch.__version__}, {torch.get_num_threads()} threads; paper model, batch {args.batch_size}, "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads; {args.model}, batch {args.batch_size}, "
         f"224 x 224, SCSI attention {args.attention!r}\n"
     )
     released_s, released_mb = statistics.median(steps["released"]), statistics.median(peaks["released"])
