@@ -53,25 +53,25 @@ class _ChunkedAttention(torch.autograd.Function):
                 if dropout_p > 0.0:
                     probs.mul_(_block_mask(probs.shape, dropout_p, seed, g, block, n, chunk, k.shape[1]))
                 torch.mm(probs, values[g], out=out[g, start : start + chunk])
-        ctx.save_for_backward(q, k, v, out)
+        # Backward needs q and v only as the products use them, so the scaled copies are kept instead.
+        ctx.save_for_backward(scaled_q, k, values, out)
         ctx.dropout_p, ctx.chunk, ctx.seed = dropout_p, chunk, seed
         return out
 
     @staticmethod
     def backward(ctx, grad_out):  # noqa: ANN001
-        q, k, v, out = ctx.saved_tensors
+        scaled_q, k, values, out = ctx.saved_tensors
         dropout_p, chunk, seed = ctx.dropout_p, ctx.chunk, ctx.seed
-        scale = q.shape[-1] ** -0.5
-        groups, n, _ = q.shape
-        scaled_q = q * scale
+        scale = scaled_q.shape[-1] ** -0.5
+        groups, n, _ = scaled_q.shape
         mask_scale = keep_scale(dropout_p) if dropout_p > 0.0 else 1.0
-        values_t = (v * mask_scale if dropout_p > 0.0 else v).transpose(1, 2).contiguous()
+        values_t = values.transpose(1, 2).contiguous()
         grad_out = grad_out.contiguous()
         # sum_j P_ij dP_ij = dO_i . O_i, also with dropout on P.
         delta = (grad_out * out).sum(dim=-1, keepdim=True)
-        grad_q = torch.empty_like(q)
+        grad_q = torch.empty_like(scaled_q)
         grad_k = torch.zeros_like(k)
-        grad_v = torch.zeros_like(v)
+        grad_v = torch.zeros_like(values)
         for g in range(groups):
             k_t = k[g].t()
             for block, start in enumerate(range(0, n, chunk)):

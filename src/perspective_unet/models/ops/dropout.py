@@ -14,6 +14,7 @@ a CPU than a multiplication. Under ``torch.compile`` the mask comes from the opa
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -111,14 +112,21 @@ def keep_mask(
     threshold, scale = _mask_threshold(p)
     numel = math.prod(shape)
     keep = torch.empty(numel, dtype=torch.uint8, device=device)
-    words = (numel + 3) // 4
-    # Stretches of the stream small enough for the cache: the generator's passes then cost no memory traffic.
-    for start in range(0, words, _WORDS_PER_PASS):
-        count = min(_WORDS_PER_PASS, words - start)
-        lanes = random_words(count, seed, offset + start, device).view(torch.int16)
-        stop = min(numel, 4 * (start + count))
-        torch.ge(lanes[: stop - 4 * start], threshold - _MASK_LEVELS // 2, out=keep[4 * start : stop])
+    for start, stop, lanes in _lane_stretches(numel, seed, offset, device):
+        torch.ge(lanes, threshold - _MASK_LEVELS // 2, out=keep[start:stop])
     return keep.view(shape), scale
+
+
+def _lane_stretches(
+    numel: int, seed: int, offset: int, device: torch.device | str | None
+) -> Iterator[tuple[int, int, torch.Tensor]]:
+    """``(start, stop, lanes)``: the 16-bit lanes of elements ``start:stop`` of a mask, a cache-sized stretch at a
+    time (the generator's passes then cost no memory traffic); element ``i`` is lane ``i`` from word ``offset``."""
+    per_pass = 4 * _WORDS_PER_PASS
+    for start in range(0, numel, per_pass):
+        stop = min(numel, start + per_pass)
+        words = random_words((stop - start + 3) // 4, seed, offset + start // 4, device)
+        yield start, stop, words.view(torch.int16)[: stop - start]
 
 
 def _mask_threshold(p: float) -> tuple[int, float]:
@@ -146,7 +154,7 @@ def _compiled_keep_mask(x: torch.Tensor, p: float) -> tuple[torch.Tensor, float]
     # Under torch.compile the mask comes from an opaque operator, so the compiler neither traces the generator nor
     # regenerates masks with its own (per-element Philox, much slower on a CPU); the rest of the dropout is plain
     # element-wise arithmetic that it fuses and, when it saves memory, recomputes in backward from the mask.
-    return _keep_mask_op(list(x.shape), p, x.device), _mask_threshold(p)[1]
+    return _keep_mask_op(list(x.shape), p, x.device), keep_scale(p)
 
 
 def _masked(x: torch.Tensor, p: float, seed: int, relu: bool = False) -> torch.Tensor:
@@ -159,12 +167,8 @@ def _masked(x: torch.Tensor, p: float, seed: int, relu: bool = False) -> torch.T
     threshold, scale = _mask_threshold(p)
     source = x.contiguous().view(-1)
     out = torch.empty_like(source)
-    numel = source.numel()
-    per_pass = 4 * _WORDS_PER_PASS
-    buffer = torch.empty(min(numel, per_pass), dtype=x.dtype, device=x.device)
-    for start in range(0, numel, per_pass):
-        stop = min(numel, start + per_pass)
-        lanes = random_words((stop - start + 3) // 4, seed, start // 4, x.device).view(torch.int16)[: stop - start]
+    buffer = torch.empty(min(source.numel(), 4 * _WORDS_PER_PASS), dtype=x.dtype, device=x.device)
+    for start, stop, lanes in _lane_stretches(source.numel(), seed, 0, x.device):
         keep = torch.ge(lanes, threshold - _MASK_LEVELS // 2, out=buffer[: stop - start])
         piece = torch.mul(source[start:stop], keep, out=out[start:stop])
         if relu:
@@ -196,7 +200,7 @@ class _ReluDropout(torch.autograd.Function):
     def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:  # noqa: ANN001
         out = _masked(x, p, draw_seed(), relu=True)
         ctx.save_for_backward(out)
-        ctx.scale = _mask_threshold(p)[1]
+        ctx.scale = keep_scale(p)
         return out
 
     @staticmethod
