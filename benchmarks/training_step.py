@@ -12,7 +12,7 @@ profile, which are not defaults of training.
 
 Usage:
     python benchmarks/training_step.py [--rounds 2] [--steps 3] [--attention released|tokens] [--extras]
-        [--model perspective_unet] [--json OUT.json]
+        [--model perspective_unet] [--json OUT.json [--overwrite]]
 
 Figures are medians over the rounds of each path's median step; peak memory is the process's resident high-water
 mark. On a shared machine, read the ratios of one run rather than the absolute times.
@@ -25,6 +25,7 @@ import dataclasses
 import json
 import statistics
 import sys
+from pathlib import Path
 
 import torch
 
@@ -32,6 +33,7 @@ from perspective_unet.bench.isolate import run_isolated
 from perspective_unet.bench.machine import ALLOCATOR_PROFILES, machine_info
 from perspective_unet.bench.settings import PathSettings, baseline_settings
 from perspective_unet.models.ops import get_onednn_linear
+from perspective_unet.models.registry import list_models
 
 
 def paths(extras: bool) -> list[PathSettings]:
@@ -60,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--attention", choices=("released", "tokens"), default="released", help="SCSI attention")
     parser.add_argument("--extras", action="store_true", help="also channels-last and the reuse allocator")
     parser.add_argument("--json", help="write every measurement here")
+    parser.add_argument("--overwrite", action="store_true", help="replace an existing --json file")
     args = parser.parse_args(argv)
+    for name in ("rounds", "steps", "batch_size"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
+    if args.json and Path(args.json).exists() and not args.overwrite:
+        parser.error(f"{args.json} exists; pass --overwrite to replace it, or choose another --json")
+    if args.model not in list_models():
+        parser.error(f"--model {args.model!r} is not a registered model; choose one of {', '.join(list_models())}")
 
     chosen = paths(args.extras)
     steps: dict[str, list[float]] = {p.name: [] for p in chosen}
@@ -104,12 +114,13 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"path": name, "step_s": step_s, "speedup": released_s / step_s, "peak_mb": peak_mb})
         print(f"| {name} | {step_s:.2f} | {released_s / step_s:.2f} | {peak_mb:.0f} | {peak_mb / released_mb:.2f} |")
     if args.json:
-        with open(args.json, "w") as handle:
-            json.dump(
-                {"machine": dataclasses.asdict(info), "args": vars(args), "rows": rows, "steps": steps, "peaks": peaks},
-                handle,
-                indent=1,
-            )
+        # Written whole and then moved into place, so an interrupted run leaves no half-written file.
+        target = Path(args.json)
+        partial = target.with_name(target.name + ".partial")
+        machine = dataclasses.asdict(info)
+        payload = {"machine": machine, "args": vars(args), "rows": rows, "steps": steps, "peaks": peaks}
+        partial.write_text(json.dumps(payload, indent=1))
+        partial.replace(target)
     return 0
 
 

@@ -29,6 +29,26 @@ def test_the_released_path_is_the_baseline_and_the_default_is_what_training_runs
     assert [p.name for p in script.paths(extras=True)][3:] == ["default + channels-last", "default + reuse allocator"]
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["--rounds", "0"], "--rounds must be at least 1"), (["--model", "unet9"], "'unet9' is not a registered model")],
+)
+def test_bad_arguments_get_one_line_and_exit_status_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        _script().main(args)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_an_existing_result_is_kept_without_overwrite(tmp_path, capsys):
+    out = tmp_path / "steps.json"
+    out.write_text("earlier")
+    with pytest.raises(SystemExit) as exit_info:
+        _script().main(["--json", str(out)])
+    assert exit_info.value.code == 2 and "pass --overwrite" in capsys.readouterr().err
+    assert out.read_text() == "earlier"
+
+
 @pytest.mark.slow
 def test_a_short_run_writes_every_path(tmp_path, capsys):
     out = tmp_path / "steps.json"
